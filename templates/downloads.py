@@ -1,0 +1,91 @@
+"""Dataset downloads through `keras.utils.get_file`, with a clear offline message.
+
+The table `DATASETS` is the download manifest: where each dataset comes from, the
+archive name, and the folder inside it that the recipes read. Users with internet get
+the official sources; users without get an error naming what failed and the flag or
+variable that points at a local copy instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset comes from.
+
+    Attributes:
+        name: Short name used in messages and the cache.
+        url: Official download address.
+        archive: File name of the archive in the Keras cache.
+        folder: Folder inside the extracted archive that holds the data.
+        sha256: Published SHA-256 of the archive, when the source publishes one.
+        local_flag: The recipe flag that points at a local copy instead.
+    """
+
+    name: str
+    url: str
+    archive: str
+    folder: str
+    sha256: str | None = None
+    local_flag: str = "--data-dir"
+
+
+DATASETS: dict[str, DatasetSource] = {
+    "cats_and_dogs_filtered": DatasetSource(
+        name="cats_and_dogs_filtered",
+        url="https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip",
+        archive="cats_and_dogs_filtered.zip",
+        folder="cats_and_dogs_filtered",
+    ),
+}
+
+
+class DownloadError(RuntimeError):
+    """A download failed (offline, blocked or corrupt); the message says what to do."""
+
+
+def download_dataset(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Download and extract a dataset from `DATASETS` (once; later calls hit the cache).
+
+    Args:
+        name: A key of `DATASETS`.
+        cache_dir: Keras cache folder; ``$KERAS_HOME`` (default ``~/.keras``) if omitted.
+
+    Returns:
+        The path of the extracted data folder.
+
+    Raises:
+        DownloadError: if the download fails, naming the URL and the local alternative.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
+    source = DATASETS[name]
+    try:
+        extracted = keras.utils.get_file(
+            fname=source.archive,
+            origin=source.url,
+            extract=True,
+            file_hash=source.sha256,
+            hash_algorithm="sha256" if source.sha256 else "auto",
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        )
+    except Exception as error:  # get_file raises plain Exception for network failures
+        cache = os.fspath(cache_dir) if cache_dir else os.environ.get("KERAS_HOME", "~/.keras")
+        raise DownloadError(
+            f"Could not download the {source.name} dataset from {source.url}: {error}\n"
+            f"Without internet, download the archive elsewhere and pass the extracted "
+            f"folder with {source.local_flag} DIR, or place {source.archive} in "
+            f"{cache}/datasets/ (the Keras cache, set by KERAS_HOME)."
+        ) from None
+    for candidate in (os.path.join(extracted, source.folder), extracted):
+        if os.path.isdir(candidate):
+            return candidate
+    raise DownloadError(
+        f"The {source.name} archive was extracted to {extracted!r} but holds no "
+        f"{source.folder!r} folder; delete it to download again."
+    )

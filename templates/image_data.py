@@ -1,0 +1,324 @@
+"""Class-folder image directories into `tf.data` pipelines (TensorFlow-only module).
+
+Real folders are messy: zero-byte files, truncated downloads, text files with a `.jpg`
+name, grayscale, RGBA, CMYK and 16-bit images. `scan_image_folder` opens every file
+once, up front, with Pillow; files that cannot be decoded are skipped and reported
+(with the reason) before any training starts, and every decodable image is converted
+to 8-bit RGB. `image_dataset` then builds the pipeline: decode and resize, cache,
+shuffle, batch, prefetch. Random augmentation belongs after the cache (it runs in the
+model, see `templates.phases.with_augmentation`), so cached images are never frozen
+in one random draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a dataset, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """The usable images of a class-folder directory.
+
+    Attributes:
+        directory: The scanned directory.
+        files: Paths of the images that decode.
+        labels: Integer label of each file (index into ``class_names``).
+        class_names: Class folder names, sorted.
+        skipped: Files left out, with reasons.
+    """
+
+    directory: str
+    files: list[str]
+    labels: list[int]
+    class_names: list[str]
+    skipped: list[SkippedFile] = dataclasses.field(default_factory=list)
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolder":
+        """The same folder restricted to ``indices`` (skipped files are kept)."""
+        return ImageFolder(
+            self.directory,
+            [self.files[i] for i in indices],
+            [self.labels[i] for i in indices],
+            list(self.class_names),
+            list(self.skipped),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per class name."""
+        tally = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
+        return {name: int(count) for name, count in zip(self.class_names, tally)}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow image (grayscale, palette, RGBA, CMYK, 16-bit...) to 8-bit RGB.
+
+    Transparent pixels are composited onto white; 16- and 32-bit images are scaled
+    down to 8 bits rather than clipped.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def load_image(path: str | os.PathLike, image_size: tuple[int, int]) -> np.ndarray:
+    """Read one image as a ``(height, width, 3)`` uint8 RGB array, resized bilinearly."""
+    height, width = image_size
+    with Image.open(path) as image:
+        image.seek(0)  # first frame of animated GIF/WebP
+        rgb = to_rgb(image)
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def check_image(path: str) -> str | None:
+    """Return ``None`` if ``path`` decodes completely as an image, else the reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as image:
+            image.load()
+            if image.width < 1 or image.height < 1:
+                return f"image has no pixels ({image.width}x{image.height})"
+            to_rgb(image)
+    except UnidentifiedImageError:
+        return "not an image Pillow can read (unknown format or not an image at all)"
+    except Image.DecompressionBombError as error:
+        return f"too large to decode safely ({error})"
+    except (OSError, ValueError, SyntaxError) as error:
+        return f"cannot decode: {error}"
+    return None
+
+
+def _class_folders(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        raise ValueError(f"Image directory {directory!r} does not exist or is not a directory.")
+    return sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def scan_image_folder(
+    directory: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    check_images: bool = True,
+    minimum_classes: int = 2,
+) -> ImageFolder:
+    """List the images of a directory with one sub-folder per class.
+
+    Every candidate file is decoded once (in parallel) so that unreadable files are
+    skipped and reported now, not discovered mid-training.
+
+    Args:
+        directory: Folder holding one sub-folder per class.
+        class_names: Expected class names in label order (e.g. the training set's when
+            scanning a test set). Folders not listed are an error; listed classes
+            without a folder simply have no images.
+        check_images: Decode each file to find bad ones (recommended).
+        minimum_classes: Fewest classes with images that make a usable dataset.
+
+    Raises:
+        ValueError: when the directory is missing, has fewer than ``minimum_classes``
+            classes with images, or has folders not in ``class_names``.
+    """
+    directory = os.fspath(directory)
+    folders = _class_folders(directory)
+    if class_names is None:
+        class_names = folders
+    else:
+        class_names = list(class_names)
+        unknown = sorted(set(folders) - set(class_names))
+        if unknown:
+            raise ValueError(
+                f"{directory!r} has class folders {unknown} that are not among the known "
+                f"classes {class_names}."
+            )
+
+    candidates: list[tuple[str, int]] = []
+    skipped: list[SkippedFile] = []
+    for label, name in enumerate(class_names):
+        class_dir = os.path.join(directory, name)
+        if not os.path.isdir(class_dir):
+            continue
+        for root, dirs, files in os.walk(class_dir):  # does not follow symlinked folders
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for file_name in sorted(files):
+                path = os.path.join(root, file_name)
+                if file_name.startswith("."):
+                    continue
+                if not file_name.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append(SkippedFile(path, "not an image file extension"))
+                    continue
+                candidates.append((path, label))
+
+    if check_images and candidates:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            reasons = list(pool.map(check_image, [path for path, _ in candidates]))
+    else:
+        reasons = [None] * len(candidates)
+    files, labels = [], []
+    for (path, label), reason in zip(candidates, reasons):
+        if reason is None:
+            files.append(path)
+            labels.append(label)
+        else:
+            skipped.append(SkippedFile(path, reason))
+
+    folder = ImageFolder(directory, files, labels, list(class_names), skipped)
+    populated = [name for name, count in folder.counts().items() if count > 0]
+    if not files:
+        raise ValueError(
+            f"No usable images in {directory!r}: expected one sub-folder per class holding "
+            f"images ({', '.join(IMAGE_EXTENSIONS)}); {len(skipped)} files were skipped."
+        )
+    if len(populated) < minimum_classes:
+        raise ValueError(
+            f"{directory!r} has images for {len(populated)} class(es) ({populated}); "
+            f"classification needs at least {minimum_classes} class folders with images."
+        )
+    return folder
+
+
+def split_folder(
+    folder: ImageFolder, validation_fraction: float, seed: int
+) -> tuple[ImageFolder, ImageFolder]:
+    """Split into training and validation parts, per class, reproducibly for ``seed``."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(folder.labels)
+    train_indices, validation_indices = [], []
+    for label in range(len(folder.class_names)):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        count = int(round(len(members) * validation_fraction))
+        validation_indices.extend(members[:count].tolist())
+        train_indices.extend(members[count:].tolist())
+    return folder.subset(sorted(train_indices)), folder.subset(sorted(validation_indices))
+
+
+@dataclasses.dataclass
+class ImageSplits:
+    """Training, validation and optional test folders found under one data directory."""
+
+    train: ImageFolder
+    validation: ImageFolder
+    test: ImageFolder | None
+    layout: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        seen: dict[str, SkippedFile] = {}
+        for part in (self.train, self.validation, self.test):
+            for item in part.skipped if part is not None else ():
+                seen.setdefault(item.path, item)
+        return list(seen.values())
+
+
+def load_image_splits(
+    data_dir: str | os.PathLike,
+    test_dir: str | os.PathLike | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> ImageSplits:
+    """Find the splits of a data directory, in the layouts people actually use.
+
+    - ``train/`` and ``validation/`` (and optionally ``test/``) class folders;
+    - ``train/`` and ``test/``: a seeded validation split is taken from ``train/``;
+    - class folders directly: a seeded validation split is taken from them.
+
+    ``test_dir``, when given, is the test set whatever the layout.
+    """
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"Data directory {data_dir!r} does not exist or is not a directory.")
+    sub = {name: os.path.join(data_dir, name) for name in ("train", "validation", "test")}
+    has = {name: os.path.isdir(path) for name, path in sub.items()}
+    if has["train"]:
+        train = scan_image_folder(sub["train"])
+        if has["validation"]:
+            validation = scan_image_folder(sub["validation"], train.class_names, minimum_classes=1)
+            layout = "train/validation"
+        else:
+            train, validation = split_folder(train, validation_fraction, seed)
+            layout = "train (validation split taken)"
+        if test_dir is None and has["test"]:
+            test_dir = sub["test"]
+    else:
+        train, validation = split_folder(scan_image_folder(data_dir), validation_fraction, seed)
+        layout = "class folders (validation split taken)"
+    test = None
+    if test_dir is not None:
+        test = scan_image_folder(test_dir, train.class_names, minimum_classes=1)
+    return ImageSplits(train, validation, test, layout)
+
+
+def image_dataset(
+    folder: ImageFolder,
+    image_size: int | tuple[int, int],
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int | None = None,
+    cache: bool | str = True,
+) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of ``(float32 0..255 RGB images, int32 labels)`` batches.
+
+    Decoding and resizing happen once: the decoded images are cached (in memory, or in
+    the file named by ``cache``), then shuffled each epoch, batched and prefetched.
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    height, width = (int(side) for side in image_size)
+
+    def decode(path):
+        return load_image(path.decode() if isinstance(path, bytes) else str(path), (height, width))
+
+    def load(path, label):
+        image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+        image.set_shape((height, width, 3))
+        return tf.cast(image, tf.float32), label
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(folder.files, tf.string), tf.constant(folder.labels, tf.int32))
+    )
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        dataset = dataset.cache(cache if isinstance(cache, str) else "")
+    if shuffle:
+        dataset = dataset.shuffle(len(folder.files), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,253 @@
+"""Training phases shared by both templates: freeze, train the head, fine-tune.
+
+The schedule is the one transfer learning needs to be trustworthy:
+
+1. Freeze the reused part and train only the new head. By default the frozen part's
+   features are computed once and cached, so each epoch costs a pass over a tiny head
+   instead of a pass through the whole backbone.
+2. Unfreeze the top of the reused part and train everything at a much lower learning
+   rate. Every BatchNormalization layer stays in inference mode: in Keras 3, calling a
+   base with ``training=False`` does not keep it there once the base is unfrozen
+   (keras-team/keras#20285), so its moving statistics would drift towards the new
+   data's batches and wreck the features the head was trained on. A BatchNormalization
+   layer with ``trainable = False`` always runs in inference mode, so that is what
+   `unfreeze_from` sets.
+
+Everything here is plain Keras 3 and runs on any backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import keras
+import numpy as np
+
+LOSS = "sparse_categorical_crossentropy"
+METRICS = ("accuracy",)
+
+
+class Transferable(Protocol):
+    """What the phases need from a template's model (see `templates.pretrained`)."""
+
+    backbone: keras.Model
+    head: keras.Model
+    feature_extractor: keras.Model
+    model: keras.Model
+    fine_tune_from: str | int | None
+
+
+def iterate_layers(model: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
+    """Yield every layer inside ``model``, descending into nested models."""
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from iterate_layers(layer)
+
+
+def freeze_batch_normalization(model: keras.layers.Layer) -> int:
+    """Put every BatchNormalization layer of ``model`` in inference mode for good.
+
+    Returns:
+        How many BatchNormalization layers were frozen.
+    """
+    count = 0
+    for layer in iterate_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            count += 1
+    return count
+
+
+def unfreeze_from(backbone: keras.Model, from_layer: str | int | None) -> int:
+    """Make ``from_layer`` and every later layer of ``backbone`` trainable.
+
+    Layers before it stay frozen, and BatchNormalization layers stay frozen everywhere.
+
+    Args:
+        backbone: The reused part of the model.
+        from_layer: A layer name, an index into ``backbone.layers`` (negative counts from
+            the end), or ``None`` to unfreeze every layer.
+
+    Returns:
+        The number of trainable weight tensors after unfreezing.
+    """
+    layers = backbone.layers
+    if from_layer is None:
+        start = 0
+    elif isinstance(from_layer, str):
+        names = [layer.name for layer in layers]
+        if from_layer not in names:
+            raise ValueError(
+                f"Cannot fine-tune from {from_layer!r}: {backbone.name} has no such layer "
+                f"(its last layers are {names[-5:]})."
+            )
+        start = names.index(from_layer)
+    elif isinstance(from_layer, int) and not isinstance(from_layer, bool):
+        if not -len(layers) <= from_layer < len(layers):
+            raise ValueError(
+                f"from_layer={from_layer} is outside {backbone.name}'s {len(layers)} layers."
+            )
+        start = from_layer % len(layers)
+    else:
+        raise ValueError(f"from_layer must be a layer name, an index or None; got {from_layer!r}.")
+    backbone.trainable = True
+    for index, layer in enumerate(layers):
+        layer.trainable = index >= start
+    freeze_batch_normalization(backbone)
+    return len(backbone.trainable_weights)
+
+
+def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: Any = "auto"):
+    """Compile ``model`` for integer class labels with Adam at ``learning_rate``."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=LOSS,
+        metrics=list(METRICS),
+        jit_compile=jit_compile,
+    )
+
+
+def extract_features(
+    feature_extractor: keras.Model, data: Iterable
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``feature_extractor`` once over ``data`` (batches of ``(inputs, labels)``).
+
+    Returns:
+        ``(features, labels)`` as NumPy arrays, in the order of ``data``.
+    """
+    features, labels = [], []
+    for inputs, batch_labels in data:
+        features.append(np.asarray(feature_extractor.predict_on_batch(inputs)))
+        labels.append(keras.ops.convert_to_numpy(batch_labels))
+    if not features:
+        raise ValueError("Cannot extract features: the data yielded no batches.")
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def with_augmentation(model: keras.Model, augmentation: keras.layers.Layer | None) -> keras.Model:
+    """A training-only model applying ``augmentation`` before ``model``.
+
+    The weights are shared, so training it trains ``model``; ``model`` itself (what gets
+    saved) stays free of random layers.
+    """
+    if augmentation is None:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], name="inputs")
+    return keras.Model(inputs, model(augmentation(inputs)), name=f"augmented_{model.name}")
+
+
+def train_head(
+    transfer: Transferable,
+    train_data: Iterable,
+    validation_data: Iterable | None = None,
+    epochs: int = 5,
+    learning_rate: float = 1e-3,
+    cache_features: bool = True,
+    augmentation: keras.layers.Layer | None = None,
+    batch_size: int = 32,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    seed: int | None = None,
+    verbose: int | str = "auto",
+) -> keras.callbacks.History:
+    """Phase 1: train the new head on top of the frozen reused part.
+
+    Args:
+        transfer: The model from `pretrained_model` (or any `Transferable`).
+        train_data: Batches of ``(images, integer labels)``, e.g. a `tf.data.Dataset`.
+        validation_data: Same form, or ``None``.
+        epochs: Passes over the training data.
+        learning_rate: Adam learning rate for the head.
+        cache_features: Compute the frozen part's features once and train the head on
+            them (fast). ``False`` runs the frozen backbone inside the training graph
+            every epoch, which is needed for random ``augmentation``.
+        augmentation: Keras layers applied to training images (in-graph mode only).
+        batch_size: Batch size when training on cached features.
+        callbacks: Keras callbacks for ``fit``.
+        seed: Seeds the shuffling of cached features.
+        verbose: Passed to ``fit``.
+
+    Returns:
+        The `keras.callbacks.History` of the phase.
+    """
+    if cache_features and augmentation is not None:
+        raise ValueError(
+            "Random augmentation cannot be used with cache_features=True: cached features "
+            "are computed once, so they would never change. Pass cache_features=False to "
+            "run the frozen backbone in the training graph."
+        )
+    transfer.backbone.trainable = False
+    if not cache_features:
+        training_model = with_augmentation(transfer.model, augmentation)
+        compile_classifier(training_model, learning_rate)
+        history = training_model.fit(
+            train_data, validation_data=validation_data, epochs=epochs,
+            callbacks=list(callbacks), verbose=verbose,
+        )
+        _compile_for_evaluation(transfer, training_model, learning_rate)
+        return history
+
+    train_features, train_labels = extract_features(transfer.feature_extractor, train_data)
+    validation = None
+    if validation_data is not None:
+        validation = extract_features(transfer.feature_extractor, validation_data)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    compile_classifier(transfer.head, learning_rate)
+    history = transfer.head.fit(
+        train_features, train_labels, batch_size=batch_size, epochs=epochs,
+        validation_data=validation, shuffle=True, callbacks=list(callbacks), verbose=verbose,
+    )
+    _compile_for_evaluation(transfer, transfer.head, learning_rate)
+    return history
+
+
+def _compile_for_evaluation(transfer: Transferable, trained: keras.Model, learning_rate: float):
+    """Leave ``transfer.model`` compiled, so ``evaluate`` and ``predict`` work on it."""
+    if trained is not transfer.model:
+        compile_classifier(transfer.model, learning_rate)
+
+
+def fine_tune(
+    transfer: Transferable,
+    train_data: Iterable,
+    validation_data: Iterable | None = None,
+    epochs: int = 3,
+    learning_rate: float = 1e-5,
+    from_layer: str | int | None = "default",
+    augmentation: keras.layers.Layer | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+    verbose: int | str = "auto",
+) -> keras.callbacks.History:
+    """Phase 2: unfreeze the top of the reused part and train end to end, gently.
+
+    Args:
+        transfer: The model whose head was trained by `train_head`.
+        train_data: Batches of ``(images, integer labels)``.
+        validation_data: Same form, or ``None``.
+        epochs: Epochs of fine-tuning (counted from ``initial_epoch``).
+        learning_rate: Adam learning rate; keep it 10-100x below the head's.
+        from_layer: Where unfreezing starts: ``"default"`` uses the template's
+            ``fine_tune_from`` (the registry's choice), a layer name or index picks
+            another, ``None`` unfreezes the whole reused part.
+        augmentation: Keras layers applied to training images.
+        callbacks: Keras callbacks for ``fit``.
+        initial_epoch: Epoch number to start counting from (for continuous curves).
+        verbose: Passed to ``fit``.
+
+    Returns:
+        The `keras.callbacks.History` of the phase.
+    """
+    if from_layer == "default":
+        from_layer = transfer.fine_tune_from
+    unfreeze_from(transfer.backbone, from_layer)
+    training_model = with_augmentation(transfer.model, augmentation)
+    compile_classifier(training_model, learning_rate)
+    history = training_model.fit(
+        train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
+        initial_epoch=initial_epoch, callbacks=list(callbacks), verbose=verbose,
+    )
+    _compile_for_evaluation(transfer, training_model, learning_rate)
+    return history

@@ -1,0 +1,119 @@
+"""The pretrained-model template: reuse a released backbone, add a head, tune it.
+
+    transfer = pretrained_model("MobileNet", num_classes=2, alpha=0.25)
+    train_head(transfer, train_ds, validation_ds, epochs=5)       # backbone frozen
+    fine_tune(transfer, train_ds, validation_ds, epochs=3)        # top unfrozen, BN frozen
+    transfer.model.save("model.keras")                            # takes 0..255 RGB images
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import keras
+
+from templates.backbones import BackboneSpec, build_backbone, cut_backbone, get_backbone_spec
+from templates.heads import classification_head
+from templates.preprocessing import BackbonePreprocessing
+
+
+class TransferModel:
+    """A reused feature extractor plus a new head, and the full model joining them.
+
+    Args:
+        backbone: The reused part (a functional model taking preprocessed inputs).
+        head: The new part, from the backbone's output to class probabilities.
+        preprocessing: Optional layer applied to raw inputs before the backbone.
+        fine_tune_from: Default first layer to unfreeze when fine-tuning (a name, an
+            index into ``backbone.layers``, or ``None`` for all of it).
+        class_names: Optional names of the classes, in label order.
+        name: Name of the full model.
+
+    Attributes:
+        feature_extractor: Model from raw inputs to the backbone's features (shares
+            weights with ``model``); used to cache features for head training.
+        model: Model from raw inputs to class probabilities: what gets trained,
+            saved and exported.
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        head: keras.Model,
+        preprocessing: keras.layers.Layer | None = None,
+        fine_tune_from: str | int | None = None,
+        class_names: Sequence[str] | None = None,
+        name: str = "transfer_model",
+    ):
+        self.backbone = backbone
+        self.head = head
+        self.preprocessing = preprocessing
+        self.fine_tune_from = fine_tune_from
+        self.class_names = list(class_names) if class_names is not None else None
+        self.name = name
+
+        inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
+        x = preprocessing(inputs) if preprocessing is not None else inputs
+        features = backbone(x)
+        self.feature_extractor = keras.Model(inputs, features, name=f"{name}_features")
+        self.model = keras.Model(inputs, head(features), name=name)
+
+
+def pretrained_model(
+    backbone: str | BackboneSpec,
+    num_classes: int,
+    weights: str | os.PathLike | None = "imagenet",
+    image_size: int | None = None,
+    alpha: float | None = None,
+    cut_at: str | int | None = None,
+    pooling: str = "avg",
+    dropout: float = 0.2,
+    hidden_units: Sequence[int] = (),
+    fine_tune_from: str | int | None = "default",
+    class_names: Sequence[str] | None = None,
+) -> TransferModel:
+    """Build a classifier from a registry backbone, frozen, with a new head.
+
+    Args:
+        backbone: Registry name, case-insensitive (``"MobileNet"``, ``"resnet50"``...).
+        num_classes: Number of target classes.
+        weights: ``"imagenet"``, a local weights file, or ``None`` (random).
+        image_size: Square input side; the family's default when omitted.
+        alpha: Width multiplier for MobileNet families.
+        cut_at: Reuse only part of the backbone: a layer name or a depth (see
+            `templates.backbones.cut_backbone`). ``None`` reuses all of it.
+        pooling: Head pooling, ``"avg"``, ``"max"`` or ``"flatten"``.
+        dropout: Head dropout rate.
+        hidden_units: Optional hidden dense layers in the head.
+        fine_tune_from: First layer to unfreeze when fine-tuning. ``"default"`` takes
+            the registry's layer, or the whole kept part when ``cut_at`` removed it.
+        class_names: Optional class names, in label order.
+
+    Returns:
+        A `TransferModel` whose ``model`` takes float 0..255 RGB images of shape
+        ``(image_size, image_size, 3)``; the backbone is frozen.
+    """
+    spec = get_backbone_spec(backbone)
+    if class_names is not None and len(class_names) != int(num_classes):
+        raise ValueError(
+            f"class_names has {len(class_names)} names but num_classes={num_classes}."
+        )
+    full = build_backbone(spec, weights=weights, image_size=image_size, alpha=alpha)
+    reused = cut_backbone(full, cut_at)
+    reused.trainable = False
+    if fine_tune_from == "default":
+        names = {layer.name for layer in reused.layers}
+        fine_tune_from = spec.fine_tune_from if spec.fine_tune_from in names else None
+    head = classification_head(
+        reused.output_shape[1:], num_classes, pooling=pooling, dropout=dropout,
+        hidden_units=hidden_units,
+    )
+    return TransferModel(
+        backbone=reused,
+        head=head,
+        preprocessing=BackbonePreprocessing(spec.preprocessing, name="preprocessing"),
+        fine_tune_from=fine_tune_from,
+        class_names=class_names,
+        name=f"{spec.name.lower()}_classifier",
+    )
