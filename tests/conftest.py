@@ -1,0 +1,59 @@
+"""Shared test set-up: the real data in ../shared, and Keras's weights cache.
+
+Tests that need ../shared (real photos, Keras's official MobileNet weights) skip when
+it is absent on a developer's machine, but FAIL when TRANSFER_COOKBOOK_REQUIRE_SHARED=1,
+which .ci/run sets: in CI a missing data folder must never turn into a green run.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import pytest
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TRANSFER_COOKBOOK_SHARED", REPOSITORY.parent / "shared"))
+SHARED_KERAS_MODELS = SHARED / "keras_home" / "models"
+CATS_VS_DOGS = SHARED / "data" / "cats_vs_dogs"
+REQUIRE_SHARED = os.environ.get("TRANSFER_COOKBOOK_REQUIRE_SHARED") == "1"
+
+# Keras reads KERAS_HOME once, at import, and writes keras.json there. Point it at a
+# private folder whose models/ links to the shared weights, so the shared folder is
+# never written to and Keras finds the weights through its normal cache.
+KERAS_HOME = pathlib.Path(tempfile.mkdtemp(prefix="transfer-cookbook-keras-home-"))
+if SHARED_KERAS_MODELS.is_dir():
+    (KERAS_HOME / "models").symlink_to(SHARED_KERAS_MODELS, target_is_directory=True)
+os.environ["KERAS_HOME"] = str(KERAS_HOME)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def require_shared(*paths: pathlib.Path) -> None:
+    """Skip (developer machine) or fail (CI) when shared data is missing."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if not missing:
+        return
+    message = (
+        f"shared test data missing: {', '.join(missing)} (see ../shared/README.md; "
+        "set TRANSFER_COOKBOOK_SHARED to its location)"
+    )
+    if REQUIRE_SHARED:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def cats_vs_dogs_dir() -> pathlib.Path:
+    require_shared(CATS_VS_DOGS / "train", CATS_VS_DOGS / "test",
+                   SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
+    return CATS_VS_DOGS
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for running recipes in a subprocess, offline and on the shared cache."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
+    return env

@@ -1,0 +1,146 @@
+"""Image folders: bad files are skipped and reported, odd formats converted, never a crash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from templates.image_data import (
+    image_dataset,
+    load_image,
+    load_image_splits,
+    scan_image_folder,
+    split_folder,
+)
+
+
+def save(path, mode="RGB", size=(20, 16), color=(200, 30, 30), image_format=None, **options):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path, format=image_format, **options)
+    return path
+
+
+def plant_messy_folder(root):
+    """Every kind of file a real class folder holds, good and bad."""
+    cats, dogs = root / "cats", root / "dogs"
+    good = {
+        "jpeg": save(cats / "rgb.jpg"),
+        "grayscale": save(cats / "gray.png", "L", color=128),
+        "rgba": save(cats / "alpha.png", "RGBA", color=(10, 20, 30, 0)),
+        "cmyk": save(cats / "cmyk.jpg", "CMYK", color=(255, 0, 0, 0)),  # cyan
+        "png16": save(dogs / "deep.png", "I;16", color=65535),
+        "gif": save(dogs / "anim.gif", "P", color=3),
+        "bmp": save(dogs / "old.bmp"),
+        "webp": save(dogs / "new.webp"),
+        "tiny": save(dogs / "tiny.png", size=(1, 1)),
+        "non_ascii": save(dogs / "chien-été-犬.jpg"),
+    }
+    truncated = cats / "truncated.jpg"
+    data = (cats / "rgb.jpg").read_bytes()
+    save(truncated, size=(300, 300), color=(1, 2, 3))
+    truncated.write_bytes(truncated.read_bytes()[: len(data) // 2])
+    (cats / "empty.jpg").write_bytes(b"")
+    (cats / "notes.jpg").write_text("this is not a photo")
+    (dogs / "readme.txt").write_text("class description")
+    return good
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path):
+    good = plant_messy_folder(tmp_path)
+    folder = scan_image_folder(tmp_path)
+    assert folder.class_names == ["cats", "dogs"]
+    assert sorted(folder.files) == sorted(str(path) for path in good.values())
+    reasons = {path.rsplit("/", 1)[-1]: reason for path, reason in
+               ((s.path, s.reason) for s in folder.skipped)}
+    assert set(reasons) == {"truncated.jpg", "empty.jpg", "notes.jpg", "readme.txt"}
+    assert "0 bytes" in reasons["empty.jpg"]
+    assert "truncated" in reasons["truncated.jpg"].lower()
+    assert "not an image" in reasons["notes.jpg"]
+    assert "extension" in reasons["readme.txt"]
+
+
+def test_every_readable_format_becomes_8_bit_rgb(tmp_path):
+    good = plant_messy_folder(tmp_path)
+    for kind, path in good.items():
+        array = load_image(path, (8, 10))
+        assert array.shape == (8, 10, 3) and array.dtype == np.uint8, kind
+    # Conversions keep the content: white 16-bit is white, transparent is white,
+    # gray stays gray, CMYK cyan becomes red-less.
+    assert load_image(good["png16"], (4, 4)).min() == 255
+    assert load_image(good["rgba"], (4, 4)).min() == 255
+    assert set(np.unique(load_image(good["grayscale"], (4, 4)))) == {128}
+    cmyk = load_image(good["cmyk"], (4, 4)).astype(int)
+    assert cmyk[..., 0].mean() < 60 and cmyk[..., 2].mean() > 200
+
+
+def test_dataset_batches_have_the_right_shapes_and_labels(tmp_path):
+    plant_messy_folder(tmp_path)
+    folder = scan_image_folder(tmp_path)
+    dataset = image_dataset(folder, 24, batch_size=4)
+    images, labels = [], []
+    for batch_images, batch_labels in dataset:
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    assert images.shape == (len(folder.files), 24, 24, 3)
+    assert images.dtype == np.float32 and 0 <= images.min() and images.max() <= 255
+    np.testing.assert_array_equal(labels, folder.labels)
+
+
+def test_empty_and_single_class_folders_are_clear_errors(tmp_path):
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    (tmp_path / "empty" / "dogs").mkdir(parents=True)
+    with pytest.raises(ValueError, match="No usable images"):
+        scan_image_folder(tmp_path / "empty")
+    save(tmp_path / "single" / "cats" / "a.jpg")
+    (tmp_path / "single" / "dogs").mkdir(parents=True)
+    (tmp_path / "single" / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(ValueError, match="at least 2 class"):
+        scan_image_folder(tmp_path / "single")
+    with pytest.raises(ValueError, match="does not exist"):
+        scan_image_folder(tmp_path / "missing")
+
+
+def make_classes(root, count=10):
+    for name, color in (("cats", (250, 0, 0)), ("dogs", (0, 0, 250))):
+        for index in range(count):
+            save(root / name / f"{name}{index}.png", color=color)
+
+
+def test_layouts_are_detected(tmp_path):
+    make_classes(tmp_path / "flat")
+    flat = load_image_splits(tmp_path / "flat", validation_fraction=0.2, seed=3)
+    assert flat.layout.startswith("class folders")
+    assert len(flat.train.files) == 16 and len(flat.validation.files) == 4
+    assert flat.validation.counts() == {"cats": 2, "dogs": 2}
+    assert not set(flat.train.files) & set(flat.validation.files)
+    assert flat.test is None
+
+    make_classes(tmp_path / "tv" / "train")
+    make_classes(tmp_path / "tv" / "validation", 3)
+    make_classes(tmp_path / "tv" / "test", 2)
+    split = load_image_splits(tmp_path / "tv")
+    assert split.layout == "train/validation"
+    assert len(split.validation.files) == 6 and len(split.test.files) == 4
+
+    make_classes(tmp_path / "tt" / "train")
+    make_classes(tmp_path / "tt" / "test", 2)
+    split = load_image_splits(tmp_path / "tt", seed=1)
+    assert split.layout.startswith("train (validation split")
+    assert len(split.test.files) == 4 and len(split.validation.files) == 4
+
+
+def test_split_is_reproducible_for_a_seed(tmp_path):
+    make_classes(tmp_path)
+    folder = scan_image_folder(tmp_path)
+    first = split_folder(folder, 0.3, seed=5)[1].files
+    assert split_folder(folder, 0.3, seed=5)[1].files == first
+    assert split_folder(folder, 0.3, seed=6)[1].files != first
+
+
+def test_test_folder_with_unknown_class_is_refused(tmp_path):
+    make_classes(tmp_path / "train")
+    save(tmp_path / "test" / "birds" / "b.png")
+    with pytest.raises(ValueError, match="birds"):
+        load_image_splits(tmp_path, test_dir=tmp_path / "test")

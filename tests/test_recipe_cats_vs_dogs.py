@@ -1,0 +1,89 @@
+"""The cats-vs-dogs recipe end to end, on real photos and Keras's real ImageNet weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from templates.saving import load_model, read_labels
+
+RECIPE = [sys.executable, "-m", "recipes.cats_vs_dogs"]
+SMALL_MOBILENET = ["--backbone", "MobileNet", "--alpha", "0.25", "--image-size", "224",
+                   "--epochs", "10", "--fine-tune-epochs", "3", "--seed", "7"]
+
+
+def run(arguments, env, timeout=900):
+    return subprocess.run(RECIPE + arguments, env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=env["PYTHONPATH"].split(":")[0])
+
+
+
+
+def test_imagenet_transfer_beats_random_weights_on_real_photos(
+    cats_vs_dogs_dir, subprocess_env, tmp_path
+):
+    pretrained_dir, random_dir = tmp_path / "imagenet", tmp_path / "random"
+    pretrained = run(["--data-dir", str(cats_vs_dogs_dir), "--output-dir", str(pretrained_dir),
+                      "--assert-accuracy-at-least", "0.90", *SMALL_MOBILENET], subprocess_env)
+    assert pretrained.returncode == 0, pretrained.stdout[-3000:] + pretrained.stderr[-3000:]
+    metrics = json.loads((pretrained_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.90
+    assert metrics["images"] == {"train": 800, "validation": 200, "test": 750, "skipped": 0}
+    assert metrics["fine_tune_from"] == "conv_dw_12"
+    assert metrics["head_seconds"] > 0 and metrics["fine_tune_seconds"] > 0
+    assert metrics["versions"]["keras"].startswith("3.")
+
+    # Outputs: the history covers both phases, the model reloads and agrees.
+    history = json.loads((pretrained_dir / "history.json").read_text())
+    assert history["phase"] == ["head"] * 10 + ["fine-tuning"] * 3
+    assert len(history["val_accuracy"]) == 13
+    assert (pretrained_dir / "learning_curves.png").stat().st_size > 10_000
+    assert read_labels(pretrained_dir / "labels.txt") == ["cats", "dogs"]
+    assert (pretrained_dir / "saved_model" / "saved_model.pb").is_file()
+    assert (pretrained_dir / "saved_model" / "labels.txt").is_file()
+    model = load_model(pretrained_dir / "model.keras")
+    probabilities = model.predict(np.zeros((2, 224, 224, 3), "float32"), verbose=0)
+    assert probabilities.shape == (2, 2)
+
+    # The same run with random weights scores clearly lower, and the accuracy gate
+    # turns that into a non-zero exit.
+    random = run(["--data-dir", str(cats_vs_dogs_dir), "--output-dir", str(random_dir),
+                  "--weights", "none", "--assert-accuracy-at-least", "0.90",
+                  *SMALL_MOBILENET], subprocess_env)
+    assert random.returncode == 1, random.stdout[-3000:] + random.stderr[-3000:]
+    assert "below the required 0.9" in random.stderr
+    random_metrics = json.loads((random_dir / "metrics.json").read_text())
+    assert random_metrics["test_accuracy"] <= metrics["test_accuracy"] - 0.15
+    print(f"\ncats_vs_dogs test accuracy: imagenet {metrics['test_accuracy']:.4f}, "
+          f"random {random_metrics['test_accuracy']:.4f}")
+
+
+def test_offline_download_fails_with_a_clear_message(subprocess_env, tmp_path):
+    env = dict(subprocess_env, KERAS_HOME=str(tmp_path / "keras"),
+               https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    result = run(["--output-dir", str(tmp_path / "out")], env, timeout=300)
+    assert result.returncode == 2
+    assert "cats_and_dogs_filtered" in result.stderr
+    assert "--data-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "keras" / "datasets").glob("*.zip"))  # no partial file
+
+
+def test_bad_arguments_are_one_line_errors(subprocess_env, tmp_path):
+    result = run(["--data-dir", str(tmp_path / "nowhere")], subprocess_env, timeout=300)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_the_contract(subprocess_env):
+    result = run(["--help"], subprocess_env, timeout=300)
+    assert result.returncode == 0
+    for flag in ("--data-dir", "--test-dir", "--backbone", "--alpha", "--image-size",
+                 "--epochs", "--fine-tune-epochs", "--batch-size", "--seed", "--output-dir",
+                 "--assert-accuracy-at-least"):
+        assert flag in result.stdout
