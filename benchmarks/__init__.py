@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print JSON. Figures in README.md come from these."""
