@@ -263,10 +263,10 @@ def cut_backbone(backbone: keras.Model, cut_at: str | int | None) -> keras.Model
             )
         output_layer = layers[kept - 1]
     output = output_layer.output
-    if len(output.shape) != 4:
+    if len(output.shape) not in (2, 4):
         raise ValueError(
             f"Cutting {backbone.name} at {output_layer.name!r} gives an output of shape "
-            f"{tuple(output.shape)}; the head needs a 4-D feature map (batch, height, "
-            "width, channels)."
+            f"{tuple(output.shape)}; the head needs a feature map (batch, height, width, "
+            "channels) or a feature vector (batch, units)."
         )
     return keras.Model(backbone.input, output, name=f"{backbone.name}_to_{output_layer.name}")

@@ -1,0 +1,192 @@
+"""Runs that answer "did transfer help?" and "how much should be reused?".
+
+`compare_with_scratch` trains the transferred model and the same architecture from
+scratch under identical data, epochs, seeds and optimiser, and returns a
+`templates.transfer_report.TransferReport`. `reuse_depth_sweep` reuses a source model
+up to each of several depths and measures target skill per depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import keras
+
+from templates.files import atomic_path, write_json
+from templates.phases import compile_classifier, fine_tune, iterate_layers, train_head
+from templates.pretrained import TransferModel
+from templates.transfer_report import TransferReport, summarize_curve
+
+
+@dataclasses.dataclass
+class TrainingBudget:
+    """Identical budget for the transferred and the scratch model.
+
+    The transferred model trains its head for ``head_epochs`` at ``learning_rate``,
+    then fine-tunes for ``fine_tune_epochs`` at ``fine_tune_learning_rate``. The
+    scratch model trains every layer for ``head_epochs + fine_tune_epochs`` at
+    ``learning_rate``, with the same Adam optimiser, data and seed.
+    """
+
+    head_epochs: int = 10
+    fine_tune_epochs: int = 3
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    batch_size: int = 32
+    cache_features: bool = True
+
+    @property
+    def epochs(self) -> int:
+        return self.head_epochs + self.fine_tune_epochs
+
+
+def _accuracy(model: keras.Model, data) -> float:
+    return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+
+
+def train_transferred(
+    transfer: TransferModel, train, validation, test, budget: TrainingBudget, seed: int,
+    verbose: int | str = 0,
+):
+    """Train a transferred model on the budget; return its curve summary inputs."""
+    compile_classifier(transfer.model, budget.learning_rate)
+    before = _accuracy(transfer.model, validation)
+    history = train_head(transfer, train, validation, epochs=budget.head_epochs,
+                         learning_rate=budget.learning_rate,
+                         cache_features=budget.cache_features,
+                         batch_size=budget.batch_size, seed=seed, verbose=verbose)
+    curve = list(history.history["val_accuracy"])
+    if budget.fine_tune_epochs:
+        history = fine_tune(transfer, train, validation, epochs=budget.fine_tune_epochs,
+                            learning_rate=budget.fine_tune_learning_rate,
+                            initial_epoch=budget.head_epochs, verbose=verbose)
+        curve += list(history.history["val_accuracy"])
+    test_accuracy = _accuracy(transfer.model, test) if test is not None else None
+    return before, curve, test_accuracy
+
+
+def train_from_scratch(
+    model: keras.Model, train, validation, test, budget: TrainingBudget,
+    verbose: int | str = 0,
+):
+    """Train every layer of ``model`` (BatchNorm included) on the same budget."""
+    model.trainable = True
+    for layer in iterate_layers(model):
+        layer.trainable = True
+    compile_classifier(model, budget.learning_rate)
+    before = _accuracy(model, validation)
+    history = model.fit(train, validation_data=validation, epochs=budget.epochs,
+                        verbose=verbose)
+    test_accuracy = _accuracy(model, test) if test is not None else None
+    return before, list(history.history["val_accuracy"]), test_accuracy
+
+
+def compare_with_scratch(
+    build_transfer: Callable[[], TransferModel],
+    build_scratch: Callable[[], keras.Model],
+    train: Iterable,
+    validation: Iterable,
+    test: Iterable | None = None,
+    budget: TrainingBudget | None = None,
+    seeds: Sequence[int] = (0,),
+    slope_epochs: int = 3,
+    verbose: int | str = 0,
+) -> TransferReport:
+    """Train transfer and scratch models for each seed and report the three measures.
+
+    Args:
+        build_transfer: Returns a fresh `TransferModel` (reused part frozen).
+        build_scratch: Returns the same architecture with random weights.
+        train, validation, test: Batches of ``(inputs, labels)``; re-iterable.
+        budget: Epochs and learning rates shared by both (see `TrainingBudget`).
+        seeds: One transfer and one scratch run per seed; the report shows the spread.
+        slope_epochs: ``k`` for the slope measure.
+        verbose: Passed to ``fit``.
+    """
+    budget = budget or TrainingBudget()
+    transferred, scratch = [], []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        transfer = build_transfer()
+        before, curve, test_accuracy = train_transferred(
+            transfer, train, validation, test, budget, seed, verbose)
+        transferred.append(summarize_curve(curve, before, test_accuracy, slope_epochs))
+        keras.backend.clear_session()
+
+        keras.utils.set_random_seed(seed)
+        model = build_scratch()
+        before, curve, test_accuracy = train_from_scratch(
+            model, train, validation, test, budget, verbose)
+        scratch.append(summarize_curve(curve, before, test_accuracy, slope_epochs))
+        keras.backend.clear_session()
+    return TransferReport(transferred, scratch, list(seeds), slope_epochs,
+                          phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None)
+
+
+def reuse_depth_sweep(
+    build_transfer_at: Callable[[str | int], TransferModel],
+    cut_points: Sequence[str | int],
+    train: Iterable,
+    validation: Iterable,
+    test: Iterable | None = None,
+    budget: TrainingBudget | None = None,
+    seed: int = 0,
+    verbose: int | str = 0,
+) -> list[dict]:
+    """Reuse the source model up to each cut point; measure target skill per depth.
+
+    Args:
+        build_transfer_at: Returns a fresh `TransferModel` reusing layers up to the given
+            cut point (e.g. ``lambda cut: reuse_model(source, 5, cut_at=cut)``).
+        cut_points: Layer names or depths, shallow to deep
+            (`templates.develop.articulation_layers` lists the valid ones).
+        train, validation, test, budget, seed, verbose: As in `compare_with_scratch`.
+
+    Returns:
+        One dict per cut point: ``cut_at``, ``reused_layers``, ``best_val_accuracy``,
+        ``final_val_accuracy`` and ``test_accuracy``.
+    """
+    budget = budget or TrainingBudget()
+    results = []
+    for cut in cut_points:
+        keras.utils.set_random_seed(seed)
+        transfer = build_transfer_at(cut)
+        _, curve, test_accuracy = train_transferred(
+            transfer, train, validation, test, budget, seed, verbose)
+        results.append({
+            "cut_at": cut,
+            "reused_layers": len(transfer.backbone.layers) - 1,
+            "best_val_accuracy": max(curve),
+            "final_val_accuracy": curve[-1],
+            "test_accuracy": test_accuracy,
+        })
+        keras.backend.clear_session()
+    return results
+
+
+def write_sweep(results: list[dict], directory: str | os.PathLike, title: str) -> None:
+    """Write ``reuse_sweep.json`` and ``reuse_sweep.png`` (skill against reuse depth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    write_json(os.path.join(directory, "reuse_sweep.json"), {"title": title, "depths": results})
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    labels = [f"{r['cut_at']}\n({r['reused_layers']} layers)" for r in results]
+    positions = range(len(results))
+    axis.plot(positions, [r["best_val_accuracy"] for r in results], "-o", label="best validation")
+    if all(r["test_accuracy"] is not None for r in results):
+        axis.plot(positions, [r["test_accuracy"] for r in results], "-s", label="test")
+    axis.set_xticks(list(positions), labels, fontsize=8)
+    axis.set_xlabel("reused up to (shallow to deep)")
+    axis.set_ylabel("target accuracy")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(os.path.join(directory, "reuse_sweep.png"), suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)

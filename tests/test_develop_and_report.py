@@ -1,0 +1,168 @@
+"""develop-model: the baseline gate, reuse cut points, and the report's arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from templates.develop import (
+    SOURCE_CHECK_FILE,
+    UnskilledSourceModelError,
+    articulation_layers,
+    develop_source_model,
+    majority_baseline_accuracy,
+    reuse_model,
+)
+from templates.transfer_report import TransferReport, summarize_curve
+
+
+def separable_data(count=200, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count).astype("int32")
+    inputs = rng.normal(size=(count, 4)).astype("float32")
+    inputs[:, 0] += 3.0 * (2 * labels - 1)  # the label is readable from feature 0
+    return inputs, labels
+
+
+def mlp(num_classes=2):
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    x = keras.layers.Dense(8, activation="relu", name="features")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax",
+                                                  name="predictions")(x))
+
+
+def test_majority_baseline():
+    assert majority_baseline_accuracy([0, 1, 1, 1], [1, 1, 0, 0, 0]) == 0.4
+    with pytest.raises(ValueError):
+        majority_baseline_accuracy([], [1])
+
+
+def test_skilful_source_model_is_accepted_saved_and_reused(tmp_path):
+    train, held_out = separable_data(seed=0), separable_data(seed=1)
+    model, check = develop_source_model(mlp, train, held_out, epochs=20, learning_rate=1e-2,
+                                        directory=tmp_path, seed=0, verbose=0)
+    assert check.skilful and check.accuracy > 0.9
+    assert 0.3 < check.baseline_accuracy < 0.7
+    saved = json.loads((tmp_path / SOURCE_CHECK_FILE).read_text())
+    assert saved["accuracy"] == pytest.approx(check.accuracy)
+
+    def must_not_train():
+        raise AssertionError("a saved source model must be reused, not retrained")
+
+    reloaded, again = develop_source_model(must_not_train, train, held_out, directory=tmp_path)
+    assert again == check
+    np.testing.assert_allclose(reloaded.predict(train[0][:5], verbose=0),
+                               model.predict(train[0][:5], verbose=0), rtol=1e-6)
+
+
+def test_unskilled_source_model_is_refused_unless_overridden(tmp_path):
+    rng = np.random.default_rng(0)
+    # Labels independent of the inputs: nothing to learn, nothing to transfer.
+    noise = (rng.normal(size=(200, 4)).astype("float32"), rng.integers(0, 2, 200).astype("int32"))
+    held_out = (rng.normal(size=(200, 4)).astype("float32"),
+                rng.integers(0, 2, 200).astype("int32"))
+    with pytest.raises(UnskilledSourceModelError, match="naive baseline"):
+        develop_source_model(mlp, noise, held_out, epochs=2, directory=tmp_path, seed=0,
+                             verbose=0)
+    assert (tmp_path / SOURCE_CHECK_FILE).is_file()  # the refusal can be inspected
+    # The saved refusal holds on the next run too, without retraining...
+    with pytest.raises(UnskilledSourceModelError):
+        develop_source_model(mlp, noise, held_out, directory=tmp_path)
+    # ...and an explicit override lets the user reuse it anyway.
+    _, check = develop_source_model(mlp, noise, held_out, directory=tmp_path,
+                                    allow_unskilled=True)
+    assert not check.skilful
+
+
+def test_reuse_cuts_and_freezes_the_source():
+    source = mlp()
+    default = reuse_model(source, num_classes=3)
+    assert default.backbone.layers[-1].name == "features"
+    assert default.model.output_shape == (None, 3)
+    assert not default.backbone.trainable
+    shallow = reuse_model(source, num_classes=3, cut_at="hidden")
+    assert shallow.backbone.layers[-1].name == "hidden"
+    by_depth = reuse_model(source, num_classes=3, cut_at=2)
+    assert by_depth.backbone.layers[-1].name == "hidden"
+    # Shared weights: the reused layer is the source's own.
+    assert shallow.backbone.get_layer("hidden") is source.get_layer("hidden")
+
+
+def test_articulation_layers_are_the_valid_cut_points():
+    chain = mlp()
+    assert articulation_layers(chain) == ["hidden", "features", "predictions"]
+    inputs = keras.Input((4,))
+    a = keras.layers.Dense(4, name="a")(inputs)
+    b = keras.layers.Dense(4, name="b")(a)
+    joined = keras.layers.Add(name="join")([a, b])  # a skip connection over b
+    residual = keras.Model(inputs, keras.layers.Dense(2, name="out")(joined))
+    assert articulation_layers(residual) == ["a", "join", "out"]
+
+
+def test_curve_summary_arithmetic():
+    summary = summarize_curve([0.5, 0.7, 0.8, 0.75], before_training=0.2, test_accuracy=0.78,
+                              slope_epochs=3)
+    assert summary.start == 0.5
+    assert summary.slope == pytest.approx((0.5 + 0.7 + 0.8) / 3)
+    assert summary.gain_per_epoch == pytest.approx((0.8 - 0.2) / 3)
+    assert summary.asymptote == 0.8
+    assert summary.test_accuracy == 0.78
+    assert summarize_curve([0.6], 0.1, slope_epochs=5).slope == 0.6
+    with pytest.raises(ValueError):
+        summarize_curve([], 0.1)
+
+
+def test_report_names_negative_transfer_and_averages_seeds(tmp_path):
+    transfer = [summarize_curve([0.6, 0.8, 0.85], 0.2, 0.84, slope_epochs=2),
+                summarize_curve([0.7, 0.8, 0.83], 0.2, 0.80, slope_epochs=2)]
+    scratch = [summarize_curve([0.4, 0.6, 0.90], 0.2, 0.86, slope_epochs=2),
+               summarize_curve([0.3, 0.7, 0.88], 0.2, 0.86, slope_epochs=2)]
+    report = TransferReport(transfer, scratch, seeds=[0, 1], slope_epochs=2)
+    differences = report.differences()
+    assert differences["start"] == pytest.approx(0.65 - 0.35)
+    assert differences["slope"] == pytest.approx((0.7 + 0.75) / 2 - (0.5 + 0.5) / 2)
+    assert differences["asymptote"] == pytest.approx(0.84 - 0.89)
+    assert differences["test_accuracy"] == pytest.approx(0.82 - 0.86)
+    assert report.verdicts() == {"start": "higher", "slope": "higher", "asymptote": "lower",
+                                 "test_accuracy": "lower"}
+    assert report.negative_transfer == ["asymptote", "test_accuracy"]
+    assert "NEGATIVE TRANSFER on asymptote, test_accuracy" in report.summary_text()
+
+    written = json.loads(open(report.write_json(tmp_path / "report.json")).read())
+    assert written["transfer"]["start"] == pytest.approx(0.65)
+    assert written["scratch"]["std"]["start"] == pytest.approx(0.05)
+    assert set(written["transfer"]) >= {"start", "slope", "asymptote", "test_accuracy"}
+    with Image.open(report.plot(tmp_path / "report.png")) as image:
+        assert image.format == "PNG"
+
+
+def test_digits_recipe_writes_the_report_and_sweep(tmp_path, subprocess_env):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.develop_model_digits", "--output-dir", str(tmp_path),
+         "--seeds", "2", "--head-epochs", "4", "--fine-tune-epochs", "2"],
+        env=subprocess_env, capture_output=True, text=True, timeout=600,
+        cwd=subprocess_env["PYTHONPATH"].split(":")[0],
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "transfer_report.json").read_text())
+    for side in ("transfer", "scratch"):
+        assert set(report[side]) >= {"start", "slope", "asymptote", "test_accuracy"}
+        assert len(report[side]["runs"]) == 2
+        assert len(report[side]["runs"][0]["validation_curve"]) == 6
+    assert report["seeds"] == [0, 1]
+    assert "Transfer vs scratch" in result.stdout
+    sweep = json.loads((tmp_path / "reuse_sweep.json").read_text())
+    assert [row["cut_at"] for row in sweep["depths"]] == ["conv_1", "conv_2", "pool", "features"]
+    for name in ("transfer_report.png", "reuse_sweep.png", "source/source_model.keras",
+                 "source/source_check.json", "metrics.json"):
+        assert (tmp_path / name).is_file(), name
+    check = json.loads((tmp_path / "source" / "source_check.json").read_text())
+    assert check["skilful"] and check["accuracy"] > check["baseline_accuracy"] + 0.5
