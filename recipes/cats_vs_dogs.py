@@ -44,14 +44,16 @@ import keras  # noqa: E402
 
 from templates import reports  # noqa: E402
 from templates.backbones import WeightsUnavailableError, get_backbone_spec  # noqa: E402
+from templates.comparison import TrainingBudget, train_from_scratch  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.export import export_saved_model  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.image_data import image_dataset, load_image_splits  # noqa: E402
-from templates.phases import fine_tune, train_head  # noqa: E402
+from templates.phases import compile_classifier, fine_tune, train_head  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
 from templates.saving import save_model, write_labels  # noqa: E402
+from templates.transfer_report import TransferReport, summarize_curve  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -88,6 +90,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--output-dir", default="runs/cats_vs_dogs")
+    parser.add_argument("--compare-scratch", action="store_true",
+                        help="Also train the same architecture from random weights (every "
+                        "layer trainable, same data, epochs, seed and optimiser) and write "
+                        "transfer_report.json/.png: did transfer help here?")
     parser.add_argument("--assert-accuracy-at-least", type=float, default=None,
                         metavar="X", help="Exit non-zero if the final accuracy (test if "
                         "a test set is given, else validation) is below X.")
@@ -134,6 +140,12 @@ def main(argv=None) -> int:
              keras.layers.RandomRotation(0.1, seed=args.seed)],
             name="augmentation",
         )
+
+    # With --compare-scratch the report needs the skill before any target training.
+    before_training = None
+    if args.compare_scratch:
+        compile_classifier(transfer.model, args.learning_rate)
+        before_training = _evaluate(transfer.model, validation, None)["val_accuracy"]
 
     # ## Phase 1: train the head on the frozen backbone
     started = time.perf_counter()
@@ -190,6 +202,12 @@ def main(argv=None) -> int:
             image_size=image_size, data_dir=data_dir, seed=args.seed,
         ),
     )
+    if args.compare_scratch:
+        # ## Did transfer help? The same architecture from scratch, same budget.
+        report = _compare_with_scratch(args, spec, image_size, splits, history,
+                                       before_training, final, train, validation, test)
+        metrics["transfer_report"] = report.to_dict()["difference"]
+        print(report.summary_text())
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
 
     score_name = "test_accuracy" if test is not None else "val_accuracy"
@@ -201,6 +219,27 @@ def main(argv=None) -> int:
               f"{args.assert_accuracy_at_least}", file=sys.stderr)
         return 1
     return 0
+
+
+def _compare_with_scratch(args, spec, image_size, splits, history, before_training, final,
+                          train, validation, test):
+    keras.utils.set_random_seed(args.seed)
+    scratch = pretrained_model(spec, len(splits.class_names), weights=None,
+                               image_size=image_size, alpha=args.alpha).model
+    budget = TrainingBudget(args.epochs, args.fine_tune_epochs, args.learning_rate,
+                            args.fine_tune_learning_rate, args.batch_size)
+    scratch_before, scratch_curve, scratch_test = train_from_scratch(
+        scratch, train, validation, test, budget, verbose="auto")
+    report = TransferReport(
+        transfer=[summarize_curve(history["val_accuracy"], before_training,
+                                  final.get("test_accuracy"))],
+        scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
+        seeds=[args.seed], phase_boundary=args.epochs if args.fine_tune_epochs else None,
+    )
+    report.write_json(os.path.join(args.output_dir, "transfer_report.json"))
+    report.plot(os.path.join(args.output_dir, "transfer_report.png"),
+                title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch")
+    return report
 
 
 def _evaluate(model: keras.Model, validation, test) -> dict:

@@ -87,3 +87,24 @@ def test_help_lists_the_contract(subprocess_env):
                  "--epochs", "--fine-tune-epochs", "--batch-size", "--seed", "--output-dir",
                  "--assert-accuracy-at-least"):
         assert flag in result.stdout
+
+
+def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess_env, tmp_path):
+    # A local weights file (Keras's 224 no-top file fits any input size) at 96 pixels
+    # keeps the from-scratch run short; the figures in the README come from 224.
+    from conftest import SHARED_KERAS_MODELS
+
+    weights = SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
+    result = run(["--data-dir", str(cats_vs_dogs_dir), "--output-dir", str(tmp_path),
+                  "--backbone", "MobileNet", "--alpha", "0.25", "--weights", str(weights),
+                  "--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "1",
+                  "--compare-scratch"], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "transfer_report.json").read_text())
+    for side in ("transfer", "scratch"):
+        assert set(report[side]) >= {"start", "slope", "asymptote", "test_accuracy"}
+        assert len(report[side]["runs"][0]["validation_curve"]) == 4
+    assert (tmp_path / "transfer_report.png").stat().st_size > 10_000
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["transfer_report"]) == {"start", "slope", "asymptote", "test_accuracy"}
+    assert metrics["weights_sha256"] and "Transfer vs scratch" in result.stdout
