@@ -50,7 +50,12 @@ from templates.environment import run_metadata  # noqa: E402
 from templates.export import export_saved_model  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.image_data import image_dataset, load_image_splits  # noqa: E402
-from templates.phases import compile_classifier, fine_tune, train_head  # noqa: E402
+from templates.phases import (  # noqa: E402
+    compile_classifier,
+    evaluate_accuracy,
+    fine_tune,
+    train_head,
+)
 from templates.pretrained import pretrained_model  # noqa: E402
 from templates.saving import save_model, write_labels  # noqa: E402
 from templates.transfer_report import TransferReport, summarize_curve  # noqa: E402
@@ -243,11 +248,9 @@ def _compare_with_scratch(args, spec, image_size, splits, history, before_traini
 
 
 def _evaluate(model: keras.Model, validation, test) -> dict:
-    scores = {"val_accuracy": float(model.evaluate(validation, verbose=0, return_dict=True)
-                                    ["accuracy"])}
+    scores = {"val_accuracy": evaluate_accuracy(model, validation)}
     if test is not None:
-        scores["test_accuracy"] = float(model.evaluate(test, verbose=0, return_dict=True)
-                                        ["accuracy"])
+        scores["test_accuracy"] = evaluate_accuracy(model, test)
     return scores
 
 

@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable, Sequence
 import keras
 
 from templates.files import atomic_path, write_json
-from templates.phases import compile_classifier, fine_tune, iterate_layers, train_head
+from templates.phases import (
+    compile_classifier,
+    evaluate_accuracy,
+    fine_tune,
+    iterate_layers,
+    train_head,
+)
 from templates.pretrained import TransferModel
 from templates.transfer_report import TransferReport, summarize_curve
 
@@ -42,17 +48,13 @@ class TrainingBudget:
         return self.head_epochs + self.fine_tune_epochs
 
 
-def _accuracy(model: keras.Model, data) -> float:
-    return float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
-
-
 def train_transferred(
     transfer: TransferModel, train, validation, test, budget: TrainingBudget, seed: int,
     verbose: int | str = 0,
 ):
     """Train a transferred model on the budget; return its curve summary inputs."""
     compile_classifier(transfer.model, budget.learning_rate)
-    before = _accuracy(transfer.model, validation)
+    before = evaluate_accuracy(transfer.model, validation)
     history = train_head(transfer, train, validation, epochs=budget.head_epochs,
                          learning_rate=budget.learning_rate,
                          cache_features=budget.cache_features,
@@ -63,7 +65,7 @@ def train_transferred(
                             learning_rate=budget.fine_tune_learning_rate,
                             initial_epoch=budget.head_epochs, verbose=verbose)
         curve += list(history.history["val_accuracy"])
-    test_accuracy = _accuracy(transfer.model, test) if test is not None else None
+    test_accuracy = evaluate_accuracy(transfer.model, test) if test is not None else None
     return before, curve, test_accuracy
 
 
@@ -76,10 +78,10 @@ def train_from_scratch(
     for layer in iterate_layers(model):
         layer.trainable = True
     compile_classifier(model, budget.learning_rate)
-    before = _accuracy(model, validation)
+    before = evaluate_accuracy(model, validation)
     history = model.fit(train, validation_data=validation, epochs=budget.epochs,
                         verbose=verbose)
-    test_accuracy = _accuracy(model, test) if test is not None else None
+    test_accuracy = evaluate_accuracy(model, test) if test is not None else None
     return before, list(history.history["val_accuracy"]), test_accuracy
 
 

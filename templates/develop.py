@@ -27,7 +27,7 @@ import numpy as np
 from templates.backbones import cut_backbone
 from templates.files import write_json
 from templates.heads import classification_head
-from templates.phases import compile_classifier
+from templates.phases import compile_classifier, evaluate_accuracy
 from templates.pretrained import TransferModel
 from templates.saving import load_model, save_model
 
@@ -84,19 +84,11 @@ def _fit(model: keras.Model, data, validation, epochs: int, batch_size: int, ver
     return model.fit(data, validation_data=validation, epochs=epochs, verbose=verbose)
 
 
-def _evaluate(model: keras.Model, data) -> float:
-    if isinstance(data, tuple):
-        result = model.evaluate(data[0], data[1], verbose=0, return_dict=True)
-    else:
-        result = model.evaluate(data, verbose=0, return_dict=True)
-    return float(result["accuracy"])
-
-
 def check_source_model(
     model: keras.Model, train_labels, held_out, margin: float = 0.05
 ) -> SourceCheck:
     """Compare a compiled source classifier with the majority-class baseline."""
-    accuracy = _evaluate(model, held_out)
+    accuracy = evaluate_accuracy(model, held_out)
     baseline = majority_baseline_accuracy(train_labels, labels_of(held_out))
     return SourceCheck(accuracy, baseline, margin, accuracy >= baseline + margin)
 

@@ -109,6 +109,15 @@ def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: An
     )
 
 
+def evaluate_accuracy(model: keras.Model, data) -> float:
+    """Accuracy of a compiled ``model`` on ``(inputs, labels)`` arrays or on batches."""
+    if isinstance(data, tuple) and len(data) == 2:
+        result = model.evaluate(data[0], data[1], verbose=0, return_dict=True)
+    else:
+        result = model.evaluate(data, verbose=0, return_dict=True)
+    return float(result["accuracy"])
+
+
 def extract_features(
     feature_extractor: keras.Model, data: Iterable
 ) -> tuple[np.ndarray, np.ndarray]:
