@@ -1,7 +1,7 @@
 """transfer-cookbook: Keras 3 templates for transfer learning.
 
 Backend-agnostic model building lives in `backbones`, `preprocessing`, `heads`,
-`pretrained` and `phases`; TensorFlow-only parts (`image_data`, `export`) are imported
+`pretrained`, `develop`, `phases`, `comparison` and `transfer_report`; TensorFlow-only parts (`image_data`, `export`) are imported
 from their own modules so that the rest runs on any Keras backend.
 """
 
@@ -12,6 +12,13 @@ from templates.backbones import (
     build_backbone,
     cut_backbone,
     get_backbone_spec,
+)
+from templates.comparison import TrainingBudget, compare_with_scratch, reuse_depth_sweep
+from templates.develop import (
+    UnskilledSourceModelError,
+    develop_model,
+    develop_source_model,
+    reuse_model,
 )
 from templates.heads import classification_head
 from templates.phases import (
@@ -24,6 +31,7 @@ from templates.phases import (
 from templates.preprocessing import BackbonePreprocessing
 from templates.pretrained import TransferModel, pretrained_model
 from templates.saving import load_model, read_labels, save_model, write_labels
+from templates.transfer_report import TransferReport, summarize_curve
 
 __version__ = "0.1.0"
 
@@ -31,11 +39,17 @@ __all__ = [
     "BACKBONES",
     "BackboneSpec",
     "BackbonePreprocessing",
+    "TrainingBudget",
     "TransferModel",
+    "TransferReport",
+    "UnskilledSourceModelError",
     "WeightsUnavailableError",
     "build_backbone",
     "classification_head",
+    "compare_with_scratch",
     "cut_backbone",
+    "develop_model",
+    "develop_source_model",
     "extract_features",
     "fine_tune",
     "freeze_batch_normalization",
@@ -43,7 +57,10 @@ __all__ = [
     "load_model",
     "pretrained_model",
     "read_labels",
+    "reuse_depth_sweep",
+    "reuse_model",
     "save_model",
+    "summarize_curve",
     "train_head",
     "unfreeze_from",
     "write_labels",
