@@ -61,6 +61,10 @@ from templates.saving import save_model, write_labels  # noqa: E402
 from templates.transfer_report import TransferReport, summarize_curve  # noqa: E402
 
 
+def _layer_name_or_index(value: str) -> str | int:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m recipes.cats_vs_dogs",
@@ -86,9 +90,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Head-training learning rate.")
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
                         help="Fine-tuning learning rate (keep it well below the head's).")
-    parser.add_argument("--fine-tune-from", default="default",
-                        help="First backbone layer to unfreeze; the registry's choice "
-                        "by default.")
+    parser.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
+                        help="First backbone layer to unfreeze (a name, or an index such "
+                        "as -20); the registry's choice by default.")
     parser.add_argument("--augment", action="store_true",
                         help="Random flips and rotations; trains the head with the "
                         "backbone in the graph instead of on cached features.")

@@ -123,7 +123,7 @@ def compare_with_scratch(
             model, train, validation, test, budget, verbose)
         scratch.append(summarize_curve(curve, before, test_accuracy, slope_epochs))
         keras.backend.clear_session()
-    return TransferReport(transferred, scratch, list(seeds), slope_epochs,
+    return TransferReport(transferred, scratch, list(seeds),
                           phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None)
 
 

@@ -132,7 +132,13 @@ def develop_source_model(
         check_path = os.path.join(directory, SOURCE_CHECK_FILE)
         if os.path.isfile(model_path) and os.path.isfile(check_path):
             with open(check_path, encoding="utf-8") as handle:
-                check = SourceCheck(**json.load(handle))
+                saved = json.load(handle)
+            # Judge the saved accuracy against today's margin, not the one it was saved with.
+            check = SourceCheck(
+                saved["accuracy"], saved["baseline_accuracy"], margin,
+                saved["accuracy"] >= saved["baseline_accuracy"] + margin,
+                saved.get("baseline", "majority class"),
+            )
             _enforce(check, allow_unskilled, check_path)
             return load_model(model_path), check
 

@@ -44,6 +44,7 @@ class CurveSummary:
         asymptote: Best validation accuracy.
         test_accuracy: Accuracy of the final model on the test set (or ``None``).
         validation_curve: Validation accuracy per epoch (epoch 1 first).
+        slope_epochs: The ``k`` the slope was computed over.
     """
 
     before_training: float
@@ -53,6 +54,7 @@ class CurveSummary:
     asymptote: float
     test_accuracy: float | None
     validation_curve: list[float]
+    slope_epochs: int
 
 
 def summarize_curve(
@@ -84,6 +86,7 @@ def summarize_curve(
         asymptote=float(max(curve)),
         test_accuracy=None if test_accuracy is None else float(test_accuracy),
         validation_curve=curve,
+        slope_epochs=k,
     )
 
 
@@ -95,16 +98,33 @@ class TransferReport:
         transfer: Per-seed summaries of the transferred model.
         scratch: Per-seed summaries of the same architecture trained from scratch.
         seeds: The seeds, in the order of the summaries.
-        slope_epochs: ``k`` used for the slope.
         phase_boundary: Epoch after which the transferred model started fine-tuning
             (``None`` when it had a single phase); marked on the plot.
+
+    Every summary must have been computed over the same slope window ``k``
+    (`slope_epochs`), or the slopes would not be comparable.
     """
 
     transfer: list[CurveSummary]
     scratch: list[CurveSummary]
     seeds: list[int]
-    slope_epochs: int = 3
     phase_boundary: int | None = None
+
+    def __post_init__(self):
+        if not self.transfer or not self.scratch:
+            raise ValueError("A transfer report needs at least one transfer and one scratch run.")
+        windows = {summary.slope_epochs for summary in self.transfer + self.scratch}
+        if len(windows) != 1:
+            raise ValueError(
+                f"The runs' slopes were computed over different windows {sorted(windows)}; "
+                "summarise every curve with the same slope_epochs (and train at least that "
+                "many epochs) so the slopes compare."
+            )
+
+    @property
+    def slope_epochs(self) -> int:
+        """``k``, the slope window shared by every run."""
+        return self.transfer[0].slope_epochs
 
     def mean(self, which: str, measure: str) -> float | None:
         values = [getattr(s, measure) for s in getattr(self, which)]

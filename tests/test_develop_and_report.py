@@ -56,6 +56,9 @@ def test_skilful_source_model_is_accepted_saved_and_reused(tmp_path):
 
     reloaded, again = develop_source_model(must_not_train, train, held_out, directory=tmp_path)
     assert again == check
+    # The saved accuracy is judged against the margin asked for now.
+    with pytest.raises(UnskilledSourceModelError):
+        develop_source_model(must_not_train, train, held_out, directory=tmp_path, margin=0.99)
     np.testing.assert_allclose(reloaded.predict(train[0][:5], verbose=0),
                                model.predict(train[0][:5], verbose=0), rtol=1e-6)
 
@@ -122,7 +125,8 @@ def test_report_names_negative_transfer_and_averages_seeds(tmp_path):
                 summarize_curve([0.7, 0.8, 0.83], 0.2, 0.80, slope_epochs=2)]
     scratch = [summarize_curve([0.4, 0.6, 0.90], 0.2, 0.86, slope_epochs=2),
                summarize_curve([0.3, 0.7, 0.88], 0.2, 0.86, slope_epochs=2)]
-    report = TransferReport(transfer, scratch, seeds=[0, 1], slope_epochs=2)
+    report = TransferReport(transfer, scratch, seeds=[0, 1])
+    assert report.slope_epochs == 2
     differences = report.differences()
     assert differences["start"] == pytest.approx(0.65 - 0.35)
     assert differences["slope"] == pytest.approx((0.7 + 0.75) / 2 - (0.5 + 0.5) / 2)
@@ -139,6 +143,12 @@ def test_report_names_negative_transfer_and_averages_seeds(tmp_path):
     assert set(written["transfer"]) >= {"start", "slope", "asymptote", "test_accuracy"}
     with Image.open(report.plot(tmp_path / "report.png")) as image:
         assert image.format == "PNG"
+
+
+def test_report_refuses_slopes_over_different_windows():
+    with pytest.raises(ValueError, match="different windows"):
+        TransferReport([summarize_curve([0.5, 0.6, 0.7], 0.1, slope_epochs=3)],
+                       [summarize_curve([0.5, 0.6], 0.1, slope_epochs=3)], seeds=[0])
 
 
 def test_digits_recipe_writes_the_report_and_sweep(tmp_path, subprocess_env):

@@ -108,3 +108,11 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["transfer_report"]) == {"start", "slope", "asymptote", "test_accuracy"}
     assert metrics["weights_sha256"] and "Transfer vs scratch" in result.stdout
+
+
+def test_fine_tune_from_takes_a_name_or_an_index():
+    from recipes.cats_vs_dogs import parse_arguments
+
+    assert parse_arguments(["--fine-tune-from", "-20"]).fine_tune_from == -20
+    assert parse_arguments(["--fine-tune-from", "conv_dw_12"]).fine_tune_from == "conv_dw_12"
+    assert parse_arguments([]).fine_tune_from == "default"
