@@ -44,7 +44,7 @@ import keras  # noqa: E402
 
 from templates import reports  # noqa: E402
 from templates.backbones import WeightsUnavailableError, get_backbone_spec  # noqa: E402
-from templates.comparison import TrainingBudget, train_from_scratch  # noqa: E402
+from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.export import export_saved_model  # noqa: E402
@@ -58,7 +58,6 @@ from templates.phases import (  # noqa: E402
 )
 from templates.pretrained import pretrained_model  # noqa: E402
 from templates.saving import save_model, write_labels  # noqa: E402
-from templates.transfer_report import TransferReport, summarize_curve  # noqa: E402
 
 
 def _layer_name_or_index(value: str) -> str | int:
@@ -237,18 +236,10 @@ def _compare_with_scratch(args, spec, image_size, splits, history, before_traini
                                image_size=image_size, alpha=args.alpha).model
     budget = TrainingBudget(args.epochs, args.fine_tune_epochs, args.learning_rate,
                             args.fine_tune_learning_rate, args.batch_size)
-    scratch_before, scratch_curve, scratch_test = train_from_scratch(
-        scratch, train, validation, test, budget, verbose="auto")
-    report = TransferReport(
-        transfer=[summarize_curve(history["val_accuracy"], before_training,
-                                  final.get("test_accuracy"))],
-        scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
-        seeds=[args.seed], phase_boundary=args.epochs if args.fine_tune_epochs else None,
-    )
-    report.write_json(os.path.join(args.output_dir, "transfer_report.json"))
-    report.plot(os.path.join(args.output_dir, "transfer_report.png"),
-                title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch")
-    return report
+    return report_against_scratch(
+        history["val_accuracy"], before_training, final.get("test_accuracy"), scratch,
+        train, validation, test, budget, args.seed, args.output_dir,
+        title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch")
 
 
 def _evaluate(model: keras.Model, validation, test) -> dict:

@@ -127,6 +127,50 @@ def compare_with_scratch(
                           phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None)
 
 
+def report_against_scratch(
+    transfer_curve: Sequence[float],
+    transfer_before: float,
+    transfer_test: float | None,
+    scratch_model: keras.Model,
+    train: Iterable,
+    validation: Iterable,
+    test: Iterable | None,
+    budget: TrainingBudget,
+    seed: int,
+    directory: str | os.PathLike,
+    title: str,
+    verbose: int | str = "auto",
+) -> TransferReport:
+    """Report a recipe's finished transfer run against the same model from scratch.
+
+    A recipe has already trained its transferred model; this trains ``scratch_model``
+    on the identical budget (see `train_from_scratch`), builds the `TransferReport`
+    and writes ``transfer_report.json`` and ``transfer_report.png`` to ``directory``.
+
+    Args:
+        transfer_curve: The transferred model's validation accuracy per epoch.
+        transfer_before: Its validation accuracy before any target training.
+        transfer_test: Its final test accuracy, or ``None``.
+        scratch_model: The same architecture, randomly initialised.
+        train, validation, test, budget: As the transferred run used them.
+        seed: The run's seed, recorded in the report (seed Keras before building
+            ``scratch_model``, as the transferred run was seeded).
+        directory: Output folder.
+        title: Plot title.
+        verbose: Passed to ``fit``.
+    """
+    scratch_before, scratch_curve, scratch_test = train_from_scratch(
+        scratch_model, train, validation, test, budget, verbose=verbose)
+    report = TransferReport(
+        transfer=[summarize_curve(transfer_curve, transfer_before, transfer_test)],
+        scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
+        seeds=[seed], phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None,
+    )
+    report.write_json(os.path.join(directory, "transfer_report.json"))
+    report.plot(os.path.join(directory, "transfer_report.png"), title=title)
+    return report
+
+
 def reuse_depth_sweep(
     build_transfer_at: Callable[[str | int], TransferModel],
     cut_points: Sequence[str | int],

@@ -89,3 +89,34 @@ def download_dataset(name: str, cache_dir: str | os.PathLike | None = None) -> s
         f"The {source.name} archive was extracted to {extracted!r} but holds no "
         f"{source.folder!r} folder; delete it to download again."
     )
+
+
+def download_file(
+    url: str,
+    cache_subdir: str = "downloads",
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_alternative: str = "",
+) -> str:
+    """Download ``url`` into the Keras cache once and return the local path.
+
+    Keras removes a partly downloaded file when the transfer fails, so the cache never
+    holds a truncated copy; ``sha256`` (when the source publishes one) is checked.
+
+    Raises:
+        DownloadError: naming the URL, the cache folder and ``local_alternative``.
+    """
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        return keras.utils.get_file(
+            fname=name, origin=url, cache_subdir=cache_subdir,
+            file_hash=sha256, hash_algorithm="sha256" if sha256 else "auto",
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        )
+    except Exception as error:  # get_file raises plain Exception for network failures
+        cache = os.fspath(cache_dir) if cache_dir else os.environ.get("KERAS_HOME", "~/.keras")
+        raise DownloadError(
+            f"Could not download {name} from {url}: {error}\n"
+            f"Without internet, fetch it elsewhere and place it in {cache}/{cache_subdir}/ "
+            f"(the Keras cache, set by KERAS_HOME). {local_alternative}".rstrip()
+        ) from None

@@ -29,6 +29,8 @@ class TransferModel:
             index into ``backbone.layers``, or ``None`` for all of it).
         class_names: Optional names of the classes, in label order.
         name: Name of the full model.
+        input_name: Name of the full model's input (``"images"``, ``"token_ids"``...);
+            its shape and dtype are the backbone's.
 
     Attributes:
         feature_extractor: Model from raw inputs to the backbone's features (shares
@@ -45,6 +47,7 @@ class TransferModel:
         fine_tune_from: str | int | None = None,
         class_names: Sequence[str] | None = None,
         name: str = "transfer_model",
+        input_name: str = "images",
     ):
         self.backbone = backbone
         self.head = head
@@ -52,8 +55,10 @@ class TransferModel:
         self.fine_tune_from = fine_tune_from
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name
+        self.input_name = input_name
 
-        inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
+        inputs = keras.Input(shape=backbone.input_shape[1:], dtype=backbone.inputs[0].dtype,
+                             name=input_name)
         x = preprocessing(inputs) if preprocessing is not None else inputs
         features = backbone(x)
         self.feature_extractor = keras.Model(inputs, features, name=f"{name}_features")

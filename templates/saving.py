@@ -32,7 +32,14 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     pass ``safe_mode=False`` for files you made or trust.
     """
     # Importing the custom layers registers them for deserialisation.
+    import templates.embeddings  # noqa: F401
     import templates.preprocessing  # noqa: F401
+
+    try:  # TensorFlow-only objects: text standardisation and TF-Hub layers.
+        import templates.hub  # noqa: F401
+        import templates.text_data  # noqa: F401
+    except ImportError:
+        pass
 
     path = os.fspath(path)
     if not os.path.isfile(path):

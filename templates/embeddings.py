@@ -1,0 +1,250 @@
+"""Pretrained word vectors turned into a Keras embedding layer for a model's vocabulary.
+
+`embedding_matrix` aligns word vectors to a `keras.layers.TextVectorization`
+vocabulary (index 0 is padding, index 1 the out-of-vocabulary token) and reports how
+many words it found. `PretrainedEmbedding` is the layer, with three ways to train it:
+
+* ``"frozen"``: no row changes (the layer has no trainable weights);
+* ``"trainable"``: every row is tuned;
+* ``"missing_only"``: rows that came from the vectors stay fixed, rows that had no
+  pretrained vector (and the out-of-vocabulary row) are learnt.
+
+Plain Keras 3 (`keras.ops`), so it runs on any backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+PADDING_INDEX = 0
+OOV_INDEX = 1
+MISSING_ROWS = ("random", "zeros")
+TRAINABLE_MODES = ("frozen", "trainable", "missing_only")
+
+
+@dataclasses.dataclass
+class EmbeddingMatrix:
+    """A matrix for a vocabulary, and which of its rows came from pretrained vectors.
+
+    Attributes:
+        matrix: ``(len(vocabulary), dimension)`` float32; row 0 (padding) is zeros.
+        pretrained_rows: Boolean mask of rows copied from the vectors.
+        vocabulary: The vocabulary, in index order.
+        hits: Words found as they are.
+        case_folded_hits: Words found only after lower-casing.
+        misses: Words found in neither form (padding and OOV tokens not counted).
+        missing_examples: A few missing words, for the report.
+    """
+
+    matrix: np.ndarray
+    pretrained_rows: np.ndarray
+    vocabulary: list[str]
+    hits: int
+    case_folded_hits: int
+    misses: int
+    missing_examples: list[str]
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of real vocabulary words that received a pretrained vector."""
+        total = self.hits + self.case_folded_hits + self.misses
+        return (self.hits + self.case_folded_hits) / total if total else 0.0
+
+    @property
+    def oov_rate(self) -> float:
+        """Fraction of real vocabulary words with no pretrained vector."""
+        return 1.0 - self.coverage
+
+    def report(self) -> dict[str, Any]:
+        """The hit/miss figures as a JSON-ready dict."""
+        return {
+            "vocabulary_size": len(self.vocabulary),
+            "hits": self.hits,
+            "case_folded_hits": self.case_folded_hits,
+            "misses": self.misses,
+            "coverage": round(self.coverage, 4),
+            "oov_rate": round(self.oov_rate, 4),
+            "missing_examples": self.missing_examples,
+        }
+
+
+def embedding_matrix(
+    vocabulary: Sequence[str],
+    vectors,
+    missing: str = "random",
+    case_fold: bool = True,
+    seed: int | None = 0,
+    reserved_tokens: int = 2,
+) -> EmbeddingMatrix:
+    """Build an embedding matrix for ``vocabulary`` from gensim ``vectors``.
+
+    Args:
+        vocabulary: Words in index order, e.g. ``TextVectorization.get_vocabulary()``.
+            The first ``reserved_tokens`` entries (padding ``""`` and ``"[UNK]"``) are not
+            looked up.
+        vectors: A gensim `KeyedVectors` (or anything with ``key_to_index``, ``vectors``).
+        missing: What rows without a pretrained vector get: ``"random"`` (normal noise
+            with the vectors' own per-dimension mean and spread, so they sit among the
+            real vectors) or ``"zeros"``. The OOV row is treated as missing.
+        case_fold: Look a word up lower-cased when its exact form is missing.
+        seed: Seed for the random rows.
+        reserved_tokens: Leading vocabulary entries that are not words.
+
+    Returns:
+        An `EmbeddingMatrix`. Padding (row 0) is always zeros.
+    """
+    if missing not in MISSING_ROWS:
+        raise ValueError(f"missing must be one of {MISSING_ROWS}; got {missing!r}.")
+    vocabulary = list(vocabulary)
+    if len(vocabulary) <= reserved_tokens:
+        raise ValueError(
+            f"The vocabulary has {len(vocabulary)} entries, none of them words; adapt the "
+            "TextVectorization layer on the training texts first."
+        )
+    table = np.asarray(vectors.vectors)
+    key_to_index = vectors.key_to_index
+    words = vocabulary[reserved_tokens:]
+    # One dictionary lookup per vocabulary word (tens of thousands), never a loop over
+    # the vectors' own vocabulary (hundreds of thousands).
+    exact = np.fromiter((key_to_index.get(word, -1) for word in words), dtype=np.int64,
+                        count=len(words))
+    folded = np.full(len(words), -1, dtype=np.int64)
+    if case_fold:
+        folded = np.fromiter(
+            (key_to_index.get(word.lower(), -1) if index < 0 else -1
+             for word, index in zip(words, exact)), dtype=np.int64, count=len(words))
+    source = np.where(exact >= 0, exact, folded)
+    found = source >= 0
+
+    dimension = table.shape[1]
+    generator = np.random.default_rng(seed)
+    if missing == "random":
+        sample = table[generator.choice(len(table), size=min(len(table), 20000), replace=False)]
+        mean, spread = sample.mean(axis=0), sample.std(axis=0)
+        matrix = (generator.standard_normal((len(vocabulary), dimension)) * spread + mean)
+    else:
+        matrix = np.zeros((len(vocabulary), dimension))
+    matrix = matrix.astype(np.float32)
+    rows = np.flatnonzero(found) + reserved_tokens
+    matrix[rows] = table[source[found]]
+    matrix[PADDING_INDEX] = 0.0
+    pretrained_rows = np.zeros(len(vocabulary), dtype=bool)
+    pretrained_rows[rows] = True
+    missing_words = [word for word, hit in zip(words, found) if not hit]
+    return EmbeddingMatrix(
+        matrix=matrix,
+        pretrained_rows=pretrained_rows,
+        vocabulary=vocabulary,
+        hits=int((exact >= 0).sum()),
+        case_folded_hits=int(((exact < 0) & (folded >= 0)).sum()),
+        misses=len(missing_words),
+        missing_examples=missing_words[:20],
+    )
+
+
+def random_embedding_matrix(
+    vocabulary_size: int, like: np.ndarray, seed: int | None = 0
+) -> np.ndarray:
+    """Random rows at the scale of ``like`` (a pretrained matrix): the scratch baseline."""
+    generator = np.random.default_rng(seed)
+    sample = like[PADDING_INDEX + 1:]
+    matrix = generator.standard_normal((vocabulary_size, like.shape[1])) * sample.std(axis=0)
+    matrix = (matrix + sample.mean(axis=0)).astype(np.float32)
+    matrix[PADDING_INDEX] = 0.0
+    return matrix
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class PretrainedEmbedding(keras.layers.Layer):
+    """An embedding layer initialised from pretrained vectors, with selectable freezing.
+
+    Args:
+        input_dim: Vocabulary size.
+        output_dim: Vector dimension.
+        trainable_mode: ``"frozen"``, ``"trainable"`` or ``"missing_only"`` (see the
+            module docstring). Setting ``layer.trainable = False`` freezes every mode;
+            setting it back to ``True`` restores ``trainable_mode`` (a ``"frozen"``
+            layer's table is not a trainable weight, so it stays fixed).
+        matrix: Initial ``(input_dim, output_dim)`` values; not part of the config
+            (the values are weights, saved with the model).
+        pretrained_rows: Boolean mask of rows that came from pretrained vectors (kept
+            fixed in ``"missing_only"`` mode); saved as a non-trainable weight.
+        mask_zero: Produce a padding mask from index 0, like `keras.layers.Embedding`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        trainable_mode: str = "trainable",
+        matrix: np.ndarray | None = None,
+        pretrained_rows: np.ndarray | None = None,
+        mask_zero: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if trainable_mode not in TRAINABLE_MODES:
+            raise ValueError(
+                f"trainable_mode must be one of {TRAINABLE_MODES}; got {trainable_mode!r}.")
+        if matrix is not None and tuple(np.shape(matrix)) != (int(input_dim), int(output_dim)):
+            raise ValueError(
+                f"matrix has shape {np.shape(matrix)}, expected ({input_dim}, {output_dim}).")
+        if pretrained_rows is not None and len(pretrained_rows) != int(input_dim):
+            raise ValueError(
+                f"pretrained_rows has {len(pretrained_rows)} entries, expected {input_dim}.")
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.trainable_mode = trainable_mode
+        self.matrix = matrix
+        self.pretrained_rows = pretrained_rows
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+        self.embeddings = self.add_weight(
+            shape=(self.input_dim, self.output_dim), name="embeddings",
+            initializer=_constant_or(matrix, "uniform"),
+            trainable=trainable_mode != "frozen",
+        )
+        rows = None if pretrained_rows is None else np.asarray(pretrained_rows, np.float32)
+        self.fixed_rows = self.add_weight(
+            shape=(self.input_dim, 1), name="fixed_rows",
+            initializer=_constant_or(None if rows is None else rows[:, None], "zeros"),
+            trainable=False,
+        )
+        self.built = True
+
+    def call(self, inputs):
+        table = self.embeddings
+        if self.trainable_mode == "missing_only" and self.trainable:
+            fixed = keras.ops.cast(self.fixed_rows, table.dtype)
+            table = fixed * keras.ops.stop_gradient(table) + (1.0 - fixed) * table
+        inputs = keras.ops.cast(inputs, "int32")
+        return keras.ops.take(table, inputs, axis=0)
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero:
+            return None
+        return keras.ops.not_equal(inputs, PADDING_INDEX)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.output_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            trainable_mode=self.trainable_mode,
+            mask_zero=self.mask_zero,
+        )
+        return config
+
+
+def _constant_or(values, default: str):
+    if values is None:
+        return default
+    return keras.initializers.Constant(np.asarray(values, dtype=np.float32))
