@@ -253,49 +253,11 @@ def _archive_member(path: str, member: str | None) -> str:
 def _opener(path: str, member: str | None) -> Callable[[], BinaryIO]:
     if member is not None:
         def open_member():
-            archive = zipfile.ZipFile(path)
-            handle = archive.open(member)
-            handle.total_size = archive.getinfo(member).file_size
-            return handle
+            return zipfile.ZipFile(path).open(member)
         return open_member
     if path.lower().endswith(".gz"):
         return lambda: gzip.open(path, "rb")
-
-    def open_file():
-        handle = open(path, "rb")
-        return handle
-    return open_file
-
-
-class _Progress(io.RawIOBase):
-    """A readable stream that reports how far through ``handle`` reading has got."""
-
-    def __init__(self, handle: BinaryIO, total: int | None, label: str, show: bool):
-        self.handle, self.total, self.label, self.show = handle, total, label, show
-        self.done = 0
-        self.reported = -1
-        self.started = time.monotonic()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.handle.read(len(buffer))
-        buffer[: len(data)] = data
-        self.done += len(data)
-        if self.show and self.total:
-            percent = int(100 * self.done / self.total) // 10 * 10
-            if percent != self.reported:
-                self.reported = percent
-                print(f"\rLoading {self.label}: {percent}%", end="", file=sys.stderr, flush=True)
-        return len(data)
-
-    def close(self) -> None:
-        if self.show and self.total and self.reported >= 0:
-            elapsed = time.monotonic() - self.started
-            print(f"\rLoading {self.label}: done in {elapsed:.1f} s", file=sys.stderr, flush=True)
-        self.handle.close()
-        super().close()
+    return lambda: open(path, "rb")
 
 
 def read_text_vectors(
@@ -338,6 +300,8 @@ def read_text_vectors(
         raise VectorFileError(f"{label}: holds no word vectors.")
     fields = sample.rstrip(" ").split(" ")
     dimension = int(first_text.split()[1]) if header else len(fields) - 1
+    if words_with_spaces and not header:
+        dimension = _common_dimension(opener, encoding)
     if dimension < 1:
         raise VectorFileError(f"{label} line {2 if header else 1}: a word with no vector.")
     skip = 1 if header else 0
@@ -361,12 +325,32 @@ def read_text_vectors(
     return _drop_duplicates(words, vectors, label)
 
 
+def _common_dimension(opener, encoding: str, lines: int = 1000) -> int:
+    """The most common number of values per line among the first ``lines`` lines.
+
+    With words that may contain spaces, one line cannot tell the dimension; most words
+    have no space, so the most common field count can.
+    """
+    counts: dict[int, int] = {}
+    with opener() as handle:
+        for _, raw in zip(range(lines), handle):
+            fields = raw.decode(encoding, errors="replace").strip().split(" ")
+            if len(fields) > 1:
+                counts[len(fields) - 1] = counts.get(len(fields) - 1, 0) + 1
+    return max(counts, key=counts.get) if counts else 0
+
+
 def _is_header(line: str) -> bool:
     parts = line.split()
     return len(parts) == 2 and all(part.isdigit() for part in parts)
 
 
 def _read_with_pyarrow(opener, label, dimension, skip, trailing_space, encoding, progress):
+    """Parse with pyarrow's multithreaded CSV reader, in slices, reporting progress.
+
+    The file is memory-mapped (compressed sources are read into memory once) and cut
+    into about ten slices at line ends; each slice is parsed by all cores.
+    """
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
@@ -377,41 +361,78 @@ def _read_with_pyarrow(opener, label, dimension, skip, trailing_space, encoding,
     types["word"] = pa.string()
     if trailing_space:
         types["trailing"] = pa.string()
-    read_options = pa_csv.ReadOptions(column_names=names, skip_rows=skip, block_size=1 << 24,
-                                      encoding="utf8" if encoding.lower().replace("-", "") == "utf8"
-                                      else encoding)
+    arrow_encoding = "utf8" if encoding.lower().replace("-", "") == "utf8" else encoding
     parse_options = pa_csv.ParseOptions(delimiter=" ", quote_char=False, escape_char=False,
                                         double_quote=False, newlines_in_values=False,
                                         ignore_empty_lines=True)
     convert_options = pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False,
                                             quoted_strings_can_be_null=False, null_values=[],
                                             include_columns=names[: dimension + 1])
+    buffer = _whole_file_buffer(opener)
+    size = buffer.size
+    show = progress and size > (50 << 20)
+    started = time.monotonic()
     words: list[str] = []
     blocks: list[np.ndarray] = []
-    handle = opener()
-    total = getattr(handle, "total_size", None)
-    if total is None:
-        try:
-            total = os.fstat(handle.fileno()).st_size
-        except (OSError, AttributeError, io.UnsupportedOperation):
-            total = None
-    stream = _Progress(handle, total, label, progress and (total or 0) > (50 << 20))
+    bounds = _slice_bounds(buffer, slices=10 if size > (8 << 20) else 1)
     try:
-        reader = pa_csv.open_csv(stream, read_options=read_options,
-                                 parse_options=parse_options, convert_options=convert_options)
-        for batch in reader:
-            words.extend(batch.column(0).to_pylist())
-            block = np.empty((batch.num_rows, dimension), dtype=np.float32)
+        for number, (start, end) in enumerate(bounds):
+            read_options = pa_csv.ReadOptions(
+                column_names=names, skip_rows=skip if number == 0 else 0,
+                block_size=1 << 24, encoding=arrow_encoding)
+            table = pa_csv.read_csv(pa.BufferReader(buffer.slice(start, end - start)),
+                                    read_options=read_options, parse_options=parse_options,
+                                    convert_options=convert_options)
+            words.extend(table.column(0).to_pylist())
+            block = np.empty((table.num_rows, dimension), dtype=np.float32)
             for index in range(dimension):
-                block[:, index] = batch.column(index + 1).to_numpy(zero_copy_only=False)
+                block[:, index] = table.column(index + 1).to_numpy()
             blocks.append(block)
+            if show:
+                print(f"\rLoading {label}: {100 * end // size}%", end="", file=sys.stderr,
+                      flush=True)
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-        stream.close()
         _find_bad_line(opener, label, dimension, skip, encoding)
         raise VectorFileError(f"{label}: could not be parsed ({error}).") from None
-    stream.close()
+    if show:
+        print(f"\rLoading {label}: done in {time.monotonic() - started:.1f} s",
+              file=sys.stderr, flush=True)
     vectors = np.concatenate(blocks) if blocks else np.zeros((0, dimension), np.float32)
     return words, vectors
+
+
+def _whole_file_buffer(opener):
+    """The file as a pyarrow buffer: memory-mapped when it is a plain file."""
+    import pyarrow as pa
+
+    handle = opener()
+    try:
+        name = getattr(handle, "name", None)
+        if isinstance(handle, io.BufferedReader) and isinstance(name, str):
+            # Zero-copy: the buffer keeps the mapping alive after the file is closed.
+            return pa.memory_map(name).read_buffer()
+        return pa.py_buffer(handle.read())
+    finally:
+        handle.close()
+
+
+def _slice_bounds(buffer, slices: int) -> list[tuple[int, int]]:
+    """Cut ``buffer`` into about ``slices`` byte ranges that end at line ends."""
+    view = memoryview(buffer)
+    size = len(view)
+    bounds, start = [], 0
+    for part in range(1, slices):
+        target = max(start, size * part // slices)
+        cut = bytes(view[target: target + (1 << 20)]).find(b"\n")
+        if cut < 0:
+            continue
+        end = target + cut + 1
+        if end > start:
+            bounds.append((start, end))
+            start = end
+    if start < size or not bounds:
+        bounds.append((start, size))
+    return bounds
 
 
 def _find_bad_line(opener, label, dimension, skip, encoding) -> None:

@@ -17,6 +17,8 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("TRANSFER_COOKBOOK_SHARED", REPOSITORY.parent / "shared"))
 SHARED_KERAS_MODELS = SHARED / "keras_home" / "models"
 CATS_VS_DOGS = SHARED / "data" / "cats_vs_dogs"
+GLOVE = SHARED / "data" / "glove"
+SST2 = SHARED / "data" / "text" / "sst2"
 REQUIRE_SHARED = os.environ.get("TRANSFER_COOKBOOK_REQUIRE_SHARED") == "1"
 
 # Keras reads KERAS_HOME once, at import, and writes keras.json there. Point it at a
@@ -28,6 +30,8 @@ if SHARED_KERAS_MODELS.is_dir():
 os.environ["KERAS_HOME"] = str(KERAS_HOME)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Word-vector caches go to a private folder too, never to the user's ~/.cache.
+os.environ["TRANSFER_COOKBOOK_CACHE"] = tempfile.mkdtemp(prefix="transfer-cookbook-cache-")
 
 
 def require_shared(*paths: pathlib.Path) -> None:
@@ -49,6 +53,18 @@ def cats_vs_dogs_dir() -> pathlib.Path:
     require_shared(CATS_VS_DOGS / "train", CATS_VS_DOGS / "test",
                    SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
     return CATS_VS_DOGS
+
+
+@pytest.fixture
+def shared_dir() -> pathlib.Path:
+    require_shared(GLOVE / "glove.6B.50d.10k.txt", GLOVE / "glove.6B.50d.10k.zip")
+    return SHARED
+
+
+@pytest.fixture
+def sst2_dir() -> pathlib.Path:
+    require_shared(*(SST2 / f"stsa.binary.{split}" for split in ("train", "dev", "test")))
+    return SST2
 
 
 @pytest.fixture
