@@ -1,0 +1,248 @@
+"""Embedding matrices, PretrainedEmbedding's freeze modes, text classifiers and text data."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from templates.embeddings import PretrainedEmbedding, embedding_matrix
+from templates.phases import compile_classifier, fine_tune, train_head
+from templates.saving import load_model, save_model
+from templates.text_classifiers import (
+    ARCHITECTURES,
+    pretrained_text_classifier,
+    scratch_text_classifier,
+)
+from templates.text_data import (
+    TextDataError,
+    build_vectorizer,
+    encode_labels,
+    read_text_examples,
+    string_model,
+    token_dataset,
+    vectorize,
+)
+from templates.word_vectors import keyed_vectors
+
+POSITIVE = ["good", "great", "fun", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "poor"]
+
+
+def sentiment_vectors(dimension=8, seed=0):
+    """Vectors where sentiment is one direction: a purpose-built 'pretrained' space."""
+    generator = np.random.default_rng(seed)
+    words = POSITIVE + NEGATIVE + ["the", "film", "was", "a", "plot", "Movie"]
+    matrix = generator.normal(scale=0.3, size=(len(words), dimension)).astype(np.float32)
+    matrix[: len(POSITIVE), 0] += 2.0
+    matrix[len(POSITIVE): len(POSITIVE) + len(NEGATIVE), 0] -= 2.0
+    return keyed_vectors(words, matrix)
+
+
+def test_embedding_matrix_counts_hits_case_folds_and_fills_missing_rows():
+    keyed = sentiment_vectors()
+    vocabulary = ["", "[UNK]", "good", "BAD", "movie", "zzzz", "qqqq"]
+    result = embedding_matrix(vocabulary, keyed, missing="random", seed=0)
+    assert (result.hits, result.case_folded_hits, result.misses) == (1, 1, 3)
+    # Case folding only lower-cases the vocabulary word: "movie" misses "Movie".
+    assert result.missing_examples == ["movie", "zzzz", "qqqq"]
+    np.testing.assert_array_equal(result.matrix[2], keyed["good"])
+    np.testing.assert_array_equal(result.matrix[3], keyed["bad"])  # via case folding
+    np.testing.assert_array_equal(result.matrix[0], 0.0)           # padding
+    assert result.pretrained_rows.tolist() == [False, False, True, True, False, False, False]
+    # Random rows sit at the vectors' own scale, not at Keras's +-0.05.
+    spread = np.asarray(keyed.vectors).std(axis=0)
+    random_rows = result.matrix[[1, 4, 5, 6]]
+    assert 0.3 < random_rows.std(axis=0).mean() / spread.mean() < 3.0
+    assert result.report()["oov_rate"] == pytest.approx(3 / 5)
+
+    zeros = embedding_matrix(vocabulary, keyed, missing="zeros")
+    np.testing.assert_array_equal(zeros.matrix[[1, 4, 5, 6]], 0.0)
+    with pytest.raises(ValueError, match="missing must be one of"):
+        embedding_matrix(vocabulary, keyed, missing="mean")
+    with pytest.raises(ValueError, match="none of them words"):
+        embedding_matrix(["", "[UNK]"], keyed)
+
+
+def tiny_model(layer):
+    ids = keras.Input(shape=(3,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(layer(ids))
+    model = keras.Model(ids, keras.layers.Dense(2, activation="softmax")(pooled))
+    compile_classifier(model, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["frozen", "trainable", "missing_only"])
+def test_trainable_modes_change_exactly_the_rows_they_promise(mode):
+    keras.utils.set_random_seed(0)
+    matrix = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    pretrained = np.array([False, False, True, True, False, False])
+    layer = PretrainedEmbedding(6, 4, trainable_mode=mode, matrix=matrix,
+                                pretrained_rows=pretrained)
+    layer.trainable = True  # as fine_tune does; "frozen" must stay frozen anyway
+    model = tiny_model(layer)
+    ids = np.array([[1, 2, 4], [3, 5, 1], [2, 3, 4], [5, 4, 2]] * 4)
+    labels = np.array([0, 1, 0, 1] * 4)
+    model.fit(ids, labels, epochs=5, verbose=0)
+    after = layer.embeddings.numpy()
+    changed = ~np.isclose(after, matrix).all(axis=1)
+    if mode == "frozen":
+        assert layer.trainable_weights == [] and not changed.any()
+    elif mode == "trainable":
+        assert changed[1:].all()
+    else:
+        assert not changed[pretrained].any()   # pretrained rows fixed
+        assert changed[[1, 4, 5]].all()        # missing rows and OOV learnt
+    assert not changed[0]  # padding never appears in the data
+
+
+def test_pretrained_embedding_config_round_trip_and_mask():
+    layer = PretrainedEmbedding(5, 3, trainable_mode="missing_only", mask_zero=True, name="e")
+    clone = PretrainedEmbedding.from_config(layer.get_config())
+    assert (clone.input_dim, clone.output_dim, clone.trainable_mode, clone.mask_zero) == (
+        5, 3, "missing_only", True)
+    mask = layer.compute_mask(np.array([[0, 2, 0]]))
+    assert keras.ops.convert_to_numpy(mask).tolist() == [[False, True, False]]
+    with pytest.raises(ValueError, match="trainable_mode must be one of"):
+        PretrainedEmbedding(5, 3, trainable_mode="partly")
+    with pytest.raises(ValueError, match=r"matrix has shape \(2, 2\)"):
+        PretrainedEmbedding(5, 3, matrix=np.zeros((2, 2)))
+
+
+def sentiment_texts(count, seed):
+    generator = np.random.default_rng(seed)
+    texts, labels = [], []
+    for index in range(count):
+        positive = index % 2 == 0
+        word = generator.choice(POSITIVE if positive else NEGATIVE)
+        filler = generator.choice(["the film was", "a plot", "the movie was"])
+        texts.append(f"{filler} {word}")
+        labels.append(int(positive))
+    return texts, np.array(labels, dtype=np.int32)
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_each_architecture_transfers_unseen_words_through_the_vectors(architecture):
+    # Training sentences use 3 of the 5 words per class; the test sentences use the
+    # other 2, which training never showed. Only the pretrained vectors can tell.
+    keras.utils.set_random_seed(0)
+    keyed = sentiment_vectors()
+    train_texts, train_labels = sentiment_texts(80, 0)
+    held_out = {"lovely", "superb", "boring", "poor"}
+    keep = [not any(word in text for word in held_out) for text in train_texts]
+    train_texts = [text for text, k in zip(train_texts, keep) if k]
+    train_labels = train_labels[np.array(keep)]
+    test_texts = [f"the film was {word}" for word in ("lovely", "superb", "boring", "poor")]
+    test_labels = np.array([1, 1, 0, 0])
+
+    vectorizer = build_vectorizer(train_texts, sequence_length=6,
+                                  extra_vocabulary=keyed.index_to_key)
+    matrix = embedding_matrix(vectorizer.get_vocabulary(), keyed, seed=0)
+    transfer = pretrained_text_classifier(matrix, 2, 6, architecture, filters=8,
+                                          kernel_sizes=(1, 2), units=8, dropout=0.1)
+    train = token_dataset(vectorize(vectorizer, train_texts), train_labels, 8, shuffle=True,
+                          seed=0)
+    history = train_head(transfer, train, epochs=30, learning_rate=1e-2, seed=0, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    predictions = transfer.model.predict(vectorize(vectorizer, test_texts), verbose=0)
+    assert (predictions.argmax(axis=1) == test_labels).all()
+
+    # Fine-tuning unfreezes the embedding (every row in "trainable" mode).
+    before = transfer.backbone.get_layer("embedding").embeddings.numpy().copy()
+    fine_tune(transfer, train, epochs=2, learning_rate=1e-3, from_layer=None, verbose=0)
+    assert not np.allclose(transfer.backbone.get_layer("embedding").embeddings.numpy(), before)
+
+
+def test_scratch_classifier_is_the_same_architecture_with_random_rows():
+    matrix = embedding_matrix(["", "[UNK]", "good", "bad"], sentiment_vectors())
+    transfer = pretrained_text_classifier(matrix, 2, 5, "cnn", filters=4, kernel_sizes=(2,))
+    scratch = scratch_text_classifier(4, 8, 2, 5, "cnn", filters=4, kernel_sizes=(2,))
+    assert transfer.model.count_params() == scratch.count_params()
+    rows = scratch.get_layer("embedding").embeddings.numpy()
+    assert np.abs(rows).max() <= 0.05  # Keras's default uniform initialiser
+    with pytest.raises(ValueError, match="Unknown text architecture 'rnn'"):
+        scratch_text_classifier(4, 8, 2, 5, "rnn")
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        scratch_text_classifier(4, 8, 2, 5, "cnn", kernel_sizes=(9,))
+
+
+def test_string_model_round_trips_through_keras_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    keyed = sentiment_vectors()
+    texts, labels = sentiment_texts(40, 1)
+    vectorizer = build_vectorizer(texts)
+    matrix = embedding_matrix(vectorizer.get_vocabulary(), keyed)
+    sequence_length = vectorizer.get_config()["output_sequence_length"]
+    transfer = pretrained_text_classifier(matrix, 2, sequence_length, "bilstm", units=4,
+                                          trainable_mode="missing_only")
+    train = token_dataset(vectorize(vectorizer, texts), labels, 8)
+    train_head(transfer, train, epochs=2, verbose=0)
+    model = string_model(vectorizer, transfer.model)
+    raw = tf.constant([["The film was GOOD!"], ["a plot, awful."]])
+    expected = model.predict(raw, verbose=0)
+    path = save_model(model, tmp_path / "text.keras")
+    reloaded = load_model(path)  # safe mode: no Python code in the file
+    np.testing.assert_allclose(reloaded.predict(raw, verbose=0), expected, atol=1e-6)
+    layer = reloaded.get_layer(transfer.model.name).get_layer(
+        transfer.backbone.name).get_layer("embedding")
+    assert layer.trainable_mode == "missing_only"
+    np.testing.assert_array_equal(layer.fixed_rows.numpy()[:, 0], matrix.pretrained_rows)
+
+
+def test_vectorizer_standardises_like_glove_and_extends_the_vocabulary():
+    vectorizer = build_vectorizer(["Hello, WORLD!", "it's fine"], sequence_length=5,
+                                  extra_vocabulary=["zebra", "new york", "hello"])
+    vocabulary = vectorizer.get_vocabulary()
+    assert vocabulary[:2] == ["", "[UNK]"]
+    assert {"hello", "world", ",", "!", "it's", "zebra"} <= set(vocabulary)
+    assert "new york" not in vocabulary and vocabulary.count("hello") == 1
+    ids = vectorize(vectorizer, ["hello zebra qwerty"])
+    assert ids.shape == (1, 5) and ids[0, 2] == 1 and ids[0, 3] == 0
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_reading_labelled_text_files_and_folders(tmp_path):
+    tsv = write(tmp_path / "train.tsv",
+                b"pos\tgreat film\n\nneg\tawful\nneg\t\n\tno label\nneutral\tfine, I guess\n")
+    examples = read_text_examples(tsv)
+    assert examples.texts == ["great film", "awful", "fine, I guess"]
+    assert examples.labels == ["pos", "neg", "neutral"]
+    assert examples.skipped == [("line 4", "no text"), ("line 5", "no label")]
+
+    sst = write(tmp_path / "stsa.binary.train", b"1 a stirring , funny film\n0 dull .\n")
+    assert read_text_examples(sst).labels == ["1", "0"]
+
+    folder = tmp_path / "reviews"
+    for label, text in (("pos", "lovely"), ("neg", "boring"), ("neg", "")):
+        os.makedirs(folder / label, exist_ok=True)
+        (folder / label / f"{len(os.listdir(folder / label))}.txt").write_text(text)
+    examples = read_text_examples(folder)
+    assert sorted(zip(examples.labels, examples.texts)) == [("neg", "boring"), ("pos", "lovely")]
+    assert [reason for _, reason in examples.skipped] == ["empty"]
+
+
+def test_bad_text_data_gives_clear_errors(tmp_path):
+    latin = write(tmp_path / "latin.tsv", "pos\tcafé\n".encode("latin-1"))
+    with pytest.raises(TextDataError, match="latin.tsv line 1: bytes that are not valid utf-8"):
+        read_text_examples(latin)
+    assert read_text_examples(latin, encoding="latin-1").texts == ["café"]
+
+    train = read_text_examples(write(tmp_path / "train.tsv", b"a\tx\nb\ty\n"))
+    test = read_text_examples(write(tmp_path / "test.tsv", b"a\tx\nc\tz\n"))
+    with pytest.raises(TextDataError, match=r"test.tsv: labels \['c'\] never appear"):
+        encode_labels(train, test)
+    single = read_text_examples(write(tmp_path / "one.tsv", b"a\tx\na\ty\n"))
+    with pytest.raises(TextDataError, match="at least two classes"):
+        encode_labels(single)
+    with pytest.raises(TextDataError, match="holds no labelled text"):
+        read_text_examples(write(tmp_path / "empty.tsv", b"\n\n"))
+    with pytest.raises(FileNotFoundError):
+        read_text_examples(tmp_path / "missing.tsv")
+    # A very long document is cut to the sequence length, not an error.
+    vectorizer = build_vectorizer(["word " * 5000, "short"], sequence_length=16)
+    assert vectorize(vectorizer, ["word " * 5000]).shape == (1, 16)
