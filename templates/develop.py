@@ -49,6 +49,8 @@ class SourceCheck:
         margin: How far above the baseline the model had to be.
         skilful: Whether ``accuracy >= baseline_accuracy + margin``.
         baseline: Name of the baseline.
+        metric: What ``accuracy`` and ``baseline_accuracy`` measure (word vectors are
+            judged by a similarity correlation or analogy accuracy instead).
     """
 
     accuracy: float
@@ -56,6 +58,7 @@ class SourceCheck:
     margin: float
     skilful: bool
     baseline: str = "majority class"
+    metric: str = "held-out accuracy"
 
 
 def labels_of(data) -> np.ndarray:
@@ -138,6 +141,7 @@ def develop_source_model(
                 saved["accuracy"], saved["baseline_accuracy"], margin,
                 saved["accuracy"] >= saved["baseline_accuracy"] + margin,
                 saved.get("baseline", "majority class"),
+                saved.get("metric", "held-out accuracy"),
             )
             _enforce(check, allow_unskilled, check_path)
             return load_model(model_path), check
@@ -160,8 +164,8 @@ def _enforce(check: SourceCheck, allow_unskilled: bool, where: str | None) -> No
     if check.skilful or allow_unskilled:
         return
     raise UnskilledSourceModelError(
-        f"The source model is not clearly better than the naive baseline: held-out "
-        f"accuracy {check.accuracy:.3f} vs {check.baseline} {check.baseline_accuracy:.3f} "
+        f"The source model is not clearly better than the naive baseline: "
+        f"{check.metric} {check.accuracy:.3f} vs {check.baseline} {check.baseline_accuracy:.3f} "
         f"(required margin {check.margin:.3f}). Reusing it would transfer nothing useful; "
         "train it longer, give it more source data or pick a more related source task, "
         "or pass allow_unskilled=True to reuse it anyway."

@@ -29,15 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from templates.downloads import download_file
-
-# Punctuation that is split off words, as the Stanford tokenizer (GloVe's) does.
-# Apostrophes and hyphens stay: GloVe has "n't", "'s" and hyphenated words.
-PUNCTUATION = r"""([!"#$%&()*+,./:;<=>?@\[\\\]^_`{|}~])"""
+from templates.tokenization import PUNCTUATION
 
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")
 def standardize_text(texts):
-    """Lower-case and put spaces around punctuation (GloVe-style tokens)."""
+    """Lower-case and put spaces around punctuation (`templates.tokenization`'s rule)."""
     texts = tf.strings.lower(texts)
     texts = tf.strings.regex_replace(texts, PUNCTUATION, r" \1 ")
     return tf.strings.regex_replace(texts, r"\s+", " ")

@@ -1,0 +1,185 @@
+"""The develop-model template for text: word2vec trained on your own unlabelled corpus.
+
+The source task is predicting words from their neighbours in plenty of unlabelled
+text (gensim's `Word2Vec`); the reused part is the learnt vectors, which initialise
+the target classifier's embedding exactly as GloVe does
+(`templates.embeddings.embedding_matrix`, `templates.text_classifiers`).
+
+As for every developed source model, its skill is checked, not assumed: the vectors
+are scored on a word-similarity list (Spearman correlation with human ratings, e.g.
+gensim's ``wordsim353.tsv``) or on analogies (``questions-words.txt``), and so are
+random vectors for the same vocabulary, the naive baseline. Vectors that are not
+clearly better are refused (`templates.develop.UnskilledSourceModelError`) unless
+the caller overrides it.
+
+The vectors and the check are saved as word2vec text and JSON (no pickles), and a
+later call with the same folder reuses them without retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from gensim.models import KeyedVectors, Word2Vec
+
+from templates.develop import SourceCheck, UnskilledSourceModelError, _enforce
+from templates.files import atomic_path, write_json
+from templates.tokenization import tokenize
+from templates.word_vectors import keyed_vectors, load_word_vectors
+
+VECTORS_FILE = "word2vec.txt"
+CHECK_FILE = "word2vec_check.json"
+EVALUATIONS = ("similarity", "analogy")
+
+
+def gensim_test_file(name: str) -> str:
+    """Path of an evaluation file shipped with gensim (``wordsim353.tsv``...)."""
+    from gensim.test.utils import datapath
+
+    return datapath(name)
+
+
+def read_corpus(path: str | os.PathLike, encoding: str = "utf-8") -> list[list[str]]:
+    """One tokenised sentence per non-empty line of a text file (`tokenize`'s rule)."""
+    with open(path, encoding=encoding) as handle:
+        return [tokens for tokens in (tokenize(line) for line in handle) if tokens]
+
+
+def score_vectors(
+    vectors: KeyedVectors, evaluation: str = "similarity", evaluation_file: str | None = None,
+    minimum_covered: int = 10,
+) -> tuple[float, int]:
+    """Score word vectors on word pairs (Spearman) or analogies (accuracy).
+
+    Returns:
+        ``(score, covered)``: the score and how many pairs or questions it used.
+
+    Raises:
+        ValueError: fewer than ``minimum_covered`` items use words the vectors know,
+            so the score would say nothing.
+    """
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation must be one of {EVALUATIONS}; got {evaluation!r}.")
+    if evaluation == "similarity":
+        path = evaluation_file or gensim_test_file("wordsim353.tsv")
+        covered = _covered_pairs(vectors, path)
+        if covered >= minimum_covered:
+            _, spearman, _ = vectors.evaluate_word_pairs(path, case_insensitive=True,
+                                                         restrict_vocab=len(vectors))
+            return float(spearman.statistic if hasattr(spearman, "statistic")
+                         else spearman[0]), covered
+    else:
+        path = evaluation_file or gensim_test_file("questions-words.txt")
+        score, sections = vectors.evaluate_word_analogies(
+            path, restrict_vocab=len(vectors), case_insensitive=True)
+        total = sections[-1] if sections else {"correct": [], "incorrect": []}
+        covered = len(total["correct"]) + len(total["incorrect"])
+        if covered >= minimum_covered:
+            return float(score), covered
+    raise ValueError(
+        f"Only {covered} items of {path} use words these vectors know (at least "
+        f"{minimum_covered} needed): the {evaluation} check cannot judge them. Use a "
+        "larger corpus, a lower min_count, or an evaluation file in the corpus's domain."
+    )
+
+
+def _covered_pairs(vectors: KeyedVectors, path: str) -> int:
+    count = 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("#"):
+                continue
+            parts = line.strip().split("\t")
+            if len(parts) >= 3 and all(word.lower() in vectors.key_to_index
+                                       for word in parts[:2]):
+                count += 1
+    return count
+
+
+def random_vectors_like(vectors: KeyedVectors, seed: int = 0) -> KeyedVectors:
+    """The naive baseline: random vectors, same words and per-dimension scale."""
+    matrix = np.asarray(vectors.vectors)
+    generator = np.random.default_rng(seed)
+    random = generator.standard_normal(matrix.shape) * matrix.std(axis=0) + matrix.mean(axis=0)
+    return keyed_vectors(vectors.index_to_key, random.astype(np.float32))
+
+
+def develop_word_vectors(
+    corpus: Iterable[Sequence[str]] | str | os.PathLike,
+    vector_size: int = 50,
+    window: int = 5,
+    min_count: int = 2,
+    epochs: int = 20,
+    seed: int = 0,
+    evaluation: str = "similarity",
+    evaluation_file: str | None = None,
+    margin: float = 0.1,
+    allow_unskilled: bool = False,
+    directory: str | os.PathLike | None = None,
+) -> tuple[KeyedVectors, SourceCheck]:
+    """Train word2vec on an unlabelled corpus and check it beats random vectors.
+
+    Args:
+        corpus: Tokenised sentences, or a text file (one sentence per line).
+        vector_size, window, min_count, epochs: gensim `Word2Vec` settings.
+        seed: Seed for word2vec (trained on one worker, so runs repeat) and for the
+            random baseline.
+        evaluation: ``"similarity"`` (Spearman on word pairs) or ``"analogy"``.
+        evaluation_file: The pairs or questions file; gensim's ``wordsim353.tsv`` or
+            ``questions-words.txt`` when omitted.
+        margin: How far above the random vectors' score the trained ones must be.
+        allow_unskilled: Return unskilled vectors instead of raising.
+        directory: Where ``word2vec.txt`` and ``word2vec_check.json`` are saved; when
+            both exist they are reused and nothing is trained.
+
+    Returns:
+        ``(vectors, check)``.
+
+    Raises:
+        UnskilledSourceModelError: the vectors are not clearly better than random.
+    """
+    vectors_path = check_path = None
+    if directory is not None:
+        vectors_path = os.path.join(directory, VECTORS_FILE)
+        check_path = os.path.join(directory, CHECK_FILE)
+        if os.path.isfile(vectors_path) and os.path.isfile(check_path):
+            with open(check_path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+            check = SourceCheck(saved["accuracy"], saved["baseline_accuracy"], margin,
+                                saved["accuracy"] >= saved["baseline_accuracy"] + margin,
+                                saved["baseline"], saved["metric"])
+            _enforce(check, allow_unskilled, check_path)
+            return load_word_vectors(vectors_path, cache_dir=False, progress=False), check
+
+    sentences = (read_corpus(corpus) if isinstance(corpus, (str, os.PathLike))
+                 else [list(sentence) for sentence in corpus])
+    if not sentences:
+        raise ValueError("The word2vec corpus is empty.")
+    model = Word2Vec(sentences, vector_size=vector_size, window=window, min_count=min_count,
+                     epochs=epochs, seed=seed, workers=1, sg=1)
+    vectors = model.wv
+    score, covered = score_vectors(vectors, evaluation, evaluation_file)
+    baseline, _ = score_vectors(random_vectors_like(vectors, seed), evaluation, evaluation_file)
+    metric = ("Spearman correlation with human similarity ratings" if evaluation == "similarity"
+              else "analogy accuracy") + f" ({covered} items)"
+    check = SourceCheck(score, baseline, margin, score >= baseline + margin,
+                        baseline="random vectors", metric=metric)
+    if directory is not None:
+        with atomic_path(vectors_path) as temporary:
+            vectors.save_word2vec_format(temporary, binary=False)
+        write_json(check_path, dataclasses.asdict(check))
+    _enforce(check, allow_unskilled, check_path)
+    return vectors, check
+
+
+__all__ = [
+    "UnskilledSourceModelError",
+    "develop_word_vectors",
+    "random_vectors_like",
+    "read_corpus",
+    "score_vectors",
+]
