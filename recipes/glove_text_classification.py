@@ -115,6 +115,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--extra-vocabulary", type=int, default=20000,
                         help="Add the N most frequent words of the vectors to the "
                         "vocabulary (0: training words only).")
+    parser.add_argument("--normalize-vectors", action=argparse.BooleanOptionalAction,
+                        default=True, help="Scale pretrained vectors to unit length.")
     parser.add_argument("--train-size", type=int, default=None,
                         help="Train on a seeded random subset of N training examples.")
     parser.add_argument("--sequence-length", type=int, default=None,
@@ -179,7 +181,8 @@ def main(argv=None) -> int:
         extra_vocabulary=vectors.index_to_key[: args.extra_vocabulary])
     vocabulary = vectorizer.get_vocabulary()
     sequence_length = int(vectorizer.get_config()["output_sequence_length"])
-    matrix = embedding_matrix(vocabulary, vectors, missing="random", seed=args.seed)
+    matrix = embedding_matrix(vocabulary, vectors, missing="random", seed=args.seed,
+                              normalize=args.normalize_vectors)
     print(f"Vocabulary {len(vocabulary)} words, {sequence_length} tokens per text; "
           f"{matrix.coverage:.1%} have a pretrained vector "
           f"({matrix.case_folded_hits} after lower-casing), e.g. missing: "
@@ -229,7 +232,6 @@ def main(argv=None) -> int:
         history, os.path.join(args.output_dir, "learning_curves.png"),
         title=f"{args.architecture} on {os.path.basename(str(args.vectors))} vectors")
     text_model = string_model(vectorizer, transfer.model, name="text_classifier")
-    compile_classifier(text_model, args.learning_rate)
     save_model(text_model, os.path.join(args.output_dir, "model.keras"))
     write_labels(class_names, os.path.join(args.output_dir, "labels.txt"))
     export_saved_model(text_model, os.path.join(args.output_dir, "saved_model"), class_names)

@@ -1,8 +1,10 @@
 """transfer-cookbook: Keras 3 templates for transfer learning.
 
 Backend-agnostic model building lives in `backbones`, `preprocessing`, `heads`,
-`pretrained`, `develop`, `phases`, `comparison` and `transfer_report`; TensorFlow-only parts (`image_data`, `export`) are imported
-from their own modules so that the rest runs on any Keras backend.
+`pretrained`, `develop`, `phases`, `comparison`, `transfer_report`, `embeddings` and
+`text_classifiers`; word vectors (`word_vectors`, `word2vec`) need gensim but not
+TensorFlow. TensorFlow-only parts (`image_data`, `text_data`, `hub`, `export`) are
+imported from their own modules so that the rest runs on any Keras backend.
 """
 
 from templates.backbones import (
@@ -20,6 +22,7 @@ from templates.develop import (
     develop_source_model,
     reuse_model,
 )
+from templates.embeddings import EmbeddingMatrix, PretrainedEmbedding, embedding_matrix
 from templates.heads import classification_head
 from templates.phases import (
     extract_features,
@@ -31,12 +34,24 @@ from templates.phases import (
 from templates.preprocessing import BackbonePreprocessing
 from templates.pretrained import TransferModel, pretrained_model
 from templates.saving import load_model, read_labels, save_model, write_labels
+from templates.text_classifiers import (
+    ARCHITECTURES,
+    pretrained_text_classifier,
+    scratch_text_classifier,
+    text_head,
+)
 from templates.transfer_report import TransferReport, summarize_curve
+from templates.word2vec import develop_word_vectors
+from templates.word_vectors import VectorFileError, load_word_vectors
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARCHITECTURES",
     "BACKBONES",
+    "EmbeddingMatrix",
+    "PretrainedEmbedding",
+    "VectorFileError",
     "BackboneSpec",
     "BackbonePreprocessing",
     "TrainingBudget",
@@ -50,17 +65,23 @@ __all__ = [
     "cut_backbone",
     "develop_model",
     "develop_source_model",
+    "develop_word_vectors",
+    "embedding_matrix",
     "extract_features",
     "fine_tune",
     "freeze_batch_normalization",
     "get_backbone_spec",
     "load_model",
+    "load_word_vectors",
     "pretrained_model",
+    "pretrained_text_classifier",
     "read_labels",
     "reuse_depth_sweep",
     "reuse_model",
     "save_model",
+    "scratch_text_classifier",
     "summarize_curve",
+    "text_head",
     "train_head",
     "unfreeze_from",
     "write_labels",

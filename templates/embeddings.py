@@ -80,6 +80,7 @@ def embedding_matrix(
     case_fold: bool = True,
     seed: int | None = 0,
     reserved_tokens: int = 2,
+    normalize: bool = False,
 ) -> EmbeddingMatrix:
     """Build an embedding matrix for ``vocabulary`` from gensim ``vectors``.
 
@@ -94,6 +95,11 @@ def embedding_matrix(
         case_fold: Look a word up lower-cased when its exact form is missing.
         seed: Seed for the random rows.
         reserved_tokens: Leading vocabulary entries that are not words.
+        normalize: Scale every pretrained vector to unit length (cosine geometry, the
+            one GloVe's similarities are measured in). Raw GloVe vectors have norms
+            of about 3-8 that grow with word frequency; unit rows keep the classifier's
+            first layer from keying on frequency and train more steadily. Random rows
+            then follow the normalised vectors' scale.
 
     Returns:
         An `EmbeddingMatrix`. Padding (row 0) is always zeros.
@@ -123,15 +129,24 @@ def embedding_matrix(
 
     dimension = table.shape[1]
     generator = np.random.default_rng(seed)
+
+    def rows_of(indices):
+        rows = np.asarray(table[indices], dtype=np.float32)
+        if normalize:
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            rows = rows / np.where(norms > 0, norms, 1.0)
+        return rows
+
     if missing == "random":
-        sample = table[generator.choice(len(table), size=min(len(table), 20000), replace=False)]
+        sample = rows_of(np.sort(generator.choice(len(table), size=min(len(table), 20000),
+                                                  replace=False)))
         mean, spread = sample.mean(axis=0), sample.std(axis=0)
         matrix = (generator.standard_normal((len(vocabulary), dimension)) * spread + mean)
     else:
         matrix = np.zeros((len(vocabulary), dimension))
     matrix = matrix.astype(np.float32)
     rows = np.flatnonzero(found) + reserved_tokens
-    matrix[rows] = table[source[found]]
+    matrix[rows] = rows_of(source[found])
     matrix[PADDING_INDEX] = 0.0
     pretrained_rows = np.zeros(len(vocabulary), dtype=bool)
     pretrained_rows[rows] = True

@@ -246,3 +246,15 @@ def test_bad_text_data_gives_clear_errors(tmp_path):
     # A very long document is cut to the sequence length, not an error.
     vectorizer = build_vectorizer(["word " * 5000, "short"], sequence_length=16)
     assert vectorize(vectorizer, ["word " * 5000]).shape == (1, 16)
+
+
+def test_normalized_rows_have_unit_length_and_random_rows_follow():
+    keyed = sentiment_vectors()
+    vocabulary = ["", "[UNK]", "good", "bad", "film", "zzzz"]
+    result = embedding_matrix(vocabulary, keyed, normalize=True, seed=0)
+    norms = np.linalg.norm(result.matrix, axis=1)
+    np.testing.assert_allclose(norms[result.pretrained_rows], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(result.matrix[2], keyed["good"] / np.linalg.norm(keyed["good"]),
+                               rtol=1e-5)
+    assert 0.3 < norms[5] < 3.0  # a random row, at the normalised scale
+    assert norms[0] == 0.0

@@ -1,0 +1,166 @@
+"""The GloVe text-classification recipe: contract on purpose-built data, acceptance on SST-2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from templates.saving import load_model
+
+RECIPE = "recipes.glove_text_classification"
+COLOURS = {"warm": ["red", "orange", "amber", "scarlet", "crimson", "gold"],
+           "cool": ["blue", "teal", "azure", "navy", "cyan", "indigo"],
+           "neutral": ["grey", "beige", "taupe", "ivory", "ash", "stone"]}
+
+
+def run_recipe(arguments, env, timeout=900):
+    return subprocess.run([sys.executable, "-m", RECIPE, *arguments], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    """Three classes with string labels; test sentences use words training never shows.
+
+    The vectors file places each class's colour words together, so only the pretrained
+    vectors can classify the held-out words.
+    """
+    folder = tmp_path_factory.mktemp("colours")
+    generator = np.random.default_rng(0)
+    seen = {label: words[:3] for label, words in COLOURS.items()}
+    unseen = {label: words[3:] for label, words in COLOURS.items()}
+
+    def write(name, words_by_label, count):
+        lines = []
+        for index in range(count):
+            label = list(COLOURS)[index % 3]
+            word = generator.choice(words_by_label[label])
+            lines.append(f"{label}\tthe wall is painted {word} today")
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return str(folder / name)
+
+    paths = {"train": write("train.tsv", seen, 90), "validation": write("dev.tsv", seen, 30),
+             "test": write("test.tsv", unseen, 30)}
+    rows = []
+    filler = ["the", "wall", "is", "painted", "today"]
+    for position, (label, words) in enumerate(COLOURS.items()):
+        for word in words:
+            vector = generator.normal(scale=0.2, size=12)
+            vector[position] += 2.0
+            rows.append(word + " " + " ".join(f"{value:.4f}" for value in vector))
+    for word in filler:
+        rows.append(word + " " + " ".join(f"{value:.4f}" for value in
+                                          generator.normal(scale=0.2, size=12)))
+    (folder / "vectors.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    paths["vectors"] = str(folder / "vectors.txt")
+    return paths
+
+
+def test_help_lists_the_contract(subprocess_env):
+    result = run_recipe(["--help"], subprocess_env)
+    assert result.returncode == 0
+    for flag in ("--train", "--validation", "--test", "--vectors", "--architecture",
+                 "--epochs", "--seed", "--output-dir", "--compare-scratch",
+                 "--assert-accuracy-at-least"):
+        assert flag in result.stdout
+
+
+def test_recipe_outputs_and_compare_scratch_on_multiclass_data(colour_data, subprocess_env,
+                                                               tmp_path):
+    out = tmp_path / "run"
+    result = run_recipe([
+        "--train", colour_data["train"], "--validation", colour_data["validation"],
+        "--test", colour_data["test"], "--vectors", colour_data["vectors"],
+        "--architecture", "pooled", "--epochs", "25", "--fine-tune-epochs", "1",
+        "--learning-rate", "0.01", "--batch-size", "16", "--seed", "3",
+        "--output-dir", str(out), "--compare-scratch", "--assert-accuracy-at-least", "0.9",
+    ], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["class_names"] == ["cool", "neutral", "warm"]
+    assert metrics["test_accuracy"] >= 0.9   # unseen colour words, through the vectors
+    assert metrics["vocabulary_size"] == 2 + 18 + 5  # padding, OOV, the vectors' words
+    assert metrics["oov_rate"] == 0.0
+    for name in ("history.json", "learning_curves.png", "model.keras", "labels.txt",
+                 "transfer_report.json", "transfer_report.png", "saved_model"):
+        assert (out / name).exists(), name
+    # The scratch model never saw the test words, so it cannot do better than chance
+    # on them; the report says so on the same keys as every other recipe.
+    report = json.loads((out / "transfer_report.json").read_text())
+    for side in ("transfer", "scratch"):
+        assert {"start", "slope", "asymptote", "test_accuracy"} <= set(report[side])
+    assert metrics["pretrained"]["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert metrics["scratch"]["test_accuracy"] < 0.6
+    assert metrics["transfer_report"]["test_accuracy"] > 0.3
+
+    # The saved model takes raw strings and needs nothing rebuilt.
+    model = load_model(out / "model.keras")
+    texts = tf.constant([["The wall is painted SCARLET today."], ["the wall is painted navy"]])
+    labels = (out / "labels.txt").read_text().split()
+    predicted = [labels[index] for index in model.predict(texts, verbose=0).argmax(axis=1)]
+    assert predicted == ["warm", "cool"]
+    exported = tf.saved_model.load(str(out / "saved_model"))
+    served = exported.serve(texts).numpy()
+    np.testing.assert_allclose(served, model.predict(texts, verbose=0), atol=1e-5)
+
+
+def test_bad_inputs_give_one_line_errors(colour_data, subprocess_env, tmp_path):
+    bad = tmp_path / "ragged.txt"
+    bad.write_text("the 0.1 0.2\ncat 0.3\n", encoding="utf-8")
+    result = run_recipe(["--train", colour_data["train"], "--vectors", str(bad),
+                         "--output-dir", str(tmp_path / "out")], subprocess_env)
+    assert result.returncode == 2
+    assert "ragged.txt line 2: 1 values after the word 'cat' where 2 were expected" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    only_test_label = tmp_path / "test.tsv"
+    only_test_label.write_text("purple\tthe wall is painted red\n", encoding="utf-8")
+    result = run_recipe(["--train", colour_data["train"], "--test", str(only_test_label),
+                         "--vectors", colour_data["vectors"],
+                         "--output-dir", str(tmp_path / "out")], subprocess_env)
+    assert result.returncode == 2
+    assert "labels ['purple'] never appear in the training data" in result.stderr
+
+
+def test_offline_without_data_names_the_flags(subprocess_env, tmp_path):
+    env = dict(subprocess_env, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+               https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
+               KERAS_HOME=str(tmp_path / "keras"))
+    result = run_recipe(["--output-dir", str(tmp_path / "out")], env)
+    assert result.returncode == 2
+    assert "stsa.binary.train" in result.stderr and "--train" in result.stderr
+    assert not os.path.exists(tmp_path / "keras" / "datasets" / "sst2" / "stsa.binary.train")
+
+
+def sst2_run(sst2_dir, out, env, *extra):
+    arguments = ["--train", str(sst2_dir / "stsa.binary.train"),
+                 "--validation", str(sst2_dir / "stsa.binary.dev"),
+                 "--test", str(sst2_dir / "stsa.binary.test"),
+                 "--output-dir", str(out), "--compare-scratch", *extra]
+    result = run_recipe(arguments, env, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_glove_beats_random_embeddings_on_1000_sst2_sentences(sst2_dir, subprocess_env,
+                                                              tmp_path):
+    # Acceptance (issue 3): on seeded 1,000-sentence subsets, GloVe-initialised beats
+    # random-initialised by at least 3 points of test accuracy, mean of 2 seeds.
+    gains = []
+    for seed in (1, 2):
+        metrics = sst2_run(sst2_dir, tmp_path / f"seed{seed}", subprocess_env,
+                           "--train-size", "1000", "--seed", str(seed))
+        assert metrics["examples"]["train"] == 1000
+        gains.append(metrics["pretrained"]["test_accuracy"] - metrics["scratch"]["test_accuracy"])
+    assert np.mean(gains) >= 0.03, gains
+
+
+def test_full_sst2_reaches_081_and_beats_random_embeddings(sst2_dir, subprocess_env, tmp_path):
+    metrics = sst2_run(sst2_dir, tmp_path / "full", subprocess_env, "--seed", "1")
+    assert metrics["examples"]["train"] == 6920
+    assert metrics["test_accuracy"] >= 0.81, metrics["test_accuracy"]
+    assert metrics["test_accuracy"] >= metrics["scratch"]["test_accuracy"]
