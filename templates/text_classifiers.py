@@ -73,6 +73,7 @@ def text_head(
     kernel_sizes: Sequence[int] = (3, 4, 5),
     units: int = 64,
     dropout: float = 0.5,
+    embedding_dropout: float = 0.0,
     name: str = "head",
 ) -> keras.Model:
     """The new part of a text classifier: word-vector sequences to class probabilities.
@@ -87,6 +88,8 @@ def text_head(
         units: Recurrent units per direction (``"bilstm"``/``"bigru"``), hidden units
             for ``"pooled"``.
         dropout: Dropout before the output layer.
+        embedding_dropout: Rate of whole word-vector channels dropped at the input
+            (`SpatialDropout1D`); a regulariser for small data.
         name: Model name.
 
     Returns:
@@ -94,7 +97,17 @@ def text_head(
         ``(num_classes,)`` probabilities (float32 output, like the image heads).
     """
     spec = get_architecture(architecture)
-    sequences = keras.Input(shape=(int(sequence_length), int(dimension)), name="word_vectors")
+    inputs = keras.Input(shape=(int(sequence_length), int(dimension)), name="word_vectors")
+    if spec.masks_padding:
+        # Padding rows of the embedding are zeros; Masking turns them into a mask so
+        # the recurrent layers skip them instead of reading dozens of empty steps.
+        # It comes first, so the mask is computed before any channel is dropped.
+        sequences = keras.layers.Masking(mask_value=0.0, name="padding_mask")(inputs)
+    else:
+        sequences = inputs
+    if embedding_dropout:
+        sequences = keras.layers.SpatialDropout1D(embedding_dropout,
+                                                  name="embedding_dropout")(sequences)
     if spec.name == "pooled":
         average = keras.layers.GlobalAveragePooling1D(name="average")(sequences)
         maximum = keras.layers.GlobalMaxPooling1D(name="maximum")(sequences)
@@ -116,16 +129,13 @@ def text_head(
                     else keras.layers.Concatenate(name="features")(branches))
         hidden = ()
     else:
-        # Padding rows of the embedding are zeros; Masking turns them into a mask so
-        # the recurrent layers skip them instead of reading dozens of empty steps.
-        masked = keras.layers.Masking(mask_value=0.0, name="padding_mask")(sequences)
         recurrent = keras.layers.LSTM if spec.name == "bilstm" else keras.layers.GRU
-        features = keras.layers.Bidirectional(recurrent(int(units)), name=spec.name)(masked)
+        features = keras.layers.Bidirectional(recurrent(int(units)), name=spec.name)(sequences)
         hidden = ()
     feature_width = int(features.shape[-1])
     classifier = classification_head((feature_width,), num_classes, dropout=dropout,
                                      hidden_units=hidden, name="classifier")
-    return keras.Model(sequences, classifier(features), name=name)
+    return keras.Model(inputs, classifier(features), name=name)
 
 
 def embedding_backbone(
@@ -148,6 +158,7 @@ def pretrained_text_classifier(
     filters: int = 100,
     kernel_sizes: Sequence[int] = (3, 4, 5),
     units: int = 64,
+    embedding_dropout: float = 0.0,
     class_names: Sequence[str] | None = None,
 ) -> TransferModel:
     """A text classifier whose embedding comes from pretrained word vectors.
@@ -160,7 +171,7 @@ def pretrained_text_classifier(
         trainable_mode: What fine-tuning may change in the embedding: ``"trainable"``
             (every row), ``"missing_only"`` (rows with no pretrained vector) or
             ``"frozen"`` (nothing). Head training always keeps it frozen.
-        dropout, filters, kernel_sizes, units: see `text_head`.
+        dropout, filters, kernel_sizes, units, embedding_dropout: see `text_head`.
         class_names: Optional class names, in label order.
 
     Returns:
@@ -176,7 +187,8 @@ def pretrained_text_classifier(
     backbone = embedding_backbone(sequence_length, layer)
     backbone.trainable = False
     head = text_head(sequence_length, dimension, num_classes, architecture, filters=filters,
-                     kernel_sizes=kernel_sizes, units=units, dropout=dropout)
+                     kernel_sizes=kernel_sizes, units=units, dropout=dropout,
+                     embedding_dropout=embedding_dropout)
     return TransferModel(backbone, head, fine_tune_from=None, class_names=class_names,
                          name="text_classifier", input_name="token_ids")
 
@@ -193,6 +205,7 @@ def scratch_text_classifier(
     filters: int = 100,
     kernel_sizes: Sequence[int] = (3, 4, 5),
     units: int = 64,
+    embedding_dropout: float = 0.0,
 ) -> keras.Model:
     """The same architecture with a randomly initialised, trainable embedding.
 
@@ -210,5 +223,6 @@ def scratch_text_classifier(
                                 matrix=matrix, name="embedding")
     backbone = embedding_backbone(sequence_length, layer)
     head = text_head(sequence_length, dimension, num_classes, architecture, filters=filters,
-                     kernel_sizes=kernel_sizes, units=units, dropout=dropout)
+                     kernel_sizes=kernel_sizes, units=units, dropout=dropout,
+                     embedding_dropout=embedding_dropout)
     return keras.Model(backbone.inputs, head(backbone.outputs[0]), name="text_classifier_scratch")

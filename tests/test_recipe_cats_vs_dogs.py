@@ -108,6 +108,9 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["transfer_report"]) == {"start", "slope", "asymptote", "test_accuracy"}
     assert metrics["weights_sha256"] and "Transfer vs scratch" in result.stdout
+    # Issue 4 acceptance on real photos: ImageNet transfer ahead on every measure.
+    ahead = {measure: gain > 0 for measure, gain in metrics["transfer_report"].items()}
+    assert all(ahead.values()), metrics["transfer_report"]
 
 
 def test_fine_tune_from_takes_a_name_or_an_index():
