@@ -42,9 +42,9 @@ came out level on 1,000 sentences.
 * The vectors are **scaled to unit length**: raw GloVe norms grow with word frequency,
   and the classifier trained more steadily on directions alone.
 * The embedding is **frozen while the head learns** (its output is cached, so a head
-  epoch only runs the CNN), then **unfrozen at half the head's learning rate for 4
+  epoch only runs the CNN), then **unfrozen at half the head's learning rate for 6
   epochs**: the same two-phase schedule as the image recipe, through the same
-  `train_head` / `fine_tune`. On the full training set fine-tuning adds 3-5 points.
+  `train_head` / `fine_tune`. On the full training set fine-tuning adds 4-5 points.
 * A **Kim (2014) CNN** with 200 filters of widths 3, 4 and 5, and 25% of the vector
   channels dropped at the input, reads word order through windows of 3-5 words.
   Averaging the vectors (`--architecture pooled`) throws most of that away.
@@ -114,7 +114,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Classifier on top of the embedding (default: Kim's CNN).")
     parser.add_argument("--epochs", type=int, default=10,
                         help="Epochs with the embedding frozen (head training).")
-    parser.add_argument("--fine-tune-epochs", type=int, default=4,
+    parser.add_argument("--fine-tune-epochs", type=int, default=6,
                         help="Epochs with the embedding unfrozen (0 skips fine-tuning).")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--fine-tune-learning-rate", type=float, default=5e-4)

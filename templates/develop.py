@@ -134,16 +134,7 @@ def develop_source_model(
         model_path = os.path.join(directory, SOURCE_MODEL_FILE)
         check_path = os.path.join(directory, SOURCE_CHECK_FILE)
         if os.path.isfile(model_path) and os.path.isfile(check_path):
-            with open(check_path, encoding="utf-8") as handle:
-                saved = json.load(handle)
-            # Judge the saved accuracy against today's margin, not the one it was saved with.
-            check = SourceCheck(
-                saved["accuracy"], saved["baseline_accuracy"], margin,
-                saved["accuracy"] >= saved["baseline_accuracy"] + margin,
-                saved.get("baseline", "majority class"),
-                saved.get("metric", "held-out accuracy"),
-            )
-            _enforce(check, allow_unskilled, check_path)
+            check = read_saved_check(check_path, margin, allow_unskilled)
             return load_model(model_path), check
 
     if seed is not None:
@@ -158,6 +149,24 @@ def develop_source_model(
         save_model(model, model_path)
     _enforce(check, allow_unskilled, check_path)
     return model, check
+
+
+def read_saved_check(path: str, margin: float, allow_unskilled: bool) -> SourceCheck:
+    """Read a saved `SourceCheck` and enforce it again.
+
+    The saved score is judged against today's ``margin``, not the one it was saved
+    with, so tightening the margin refuses a source model saved under a looser one.
+    """
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    check = SourceCheck(
+        saved["accuracy"], saved["baseline_accuracy"], margin,
+        saved["accuracy"] >= saved["baseline_accuracy"] + margin,
+        saved.get("baseline", "majority class"),
+        saved.get("metric", "held-out accuracy"),
+    )
+    _enforce(check, allow_unskilled, path)
+    return check
 
 
 def _enforce(check: SourceCheck, allow_unskilled: bool, where: str | None) -> None:

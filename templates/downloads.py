@@ -65,23 +65,10 @@ def download_dataset(name: str, cache_dir: str | os.PathLike | None = None) -> s
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
     source = DATASETS[name]
-    try:
-        extracted = keras.utils.get_file(
-            fname=source.archive,
-            origin=source.url,
-            extract=True,
-            file_hash=source.sha256,
-            hash_algorithm="sha256" if source.sha256 else "auto",
-            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-        )
-    except Exception as error:  # get_file raises plain Exception for network failures
-        cache = os.fspath(cache_dir) if cache_dir else os.environ.get("KERAS_HOME", "~/.keras")
-        raise DownloadError(
-            f"Could not download the {source.name} dataset from {source.url}: {error}\n"
-            f"Without internet, download the archive elsewhere and pass the extracted "
-            f"folder with {source.local_flag} DIR, or place {source.archive} in "
-            f"{cache}/datasets/ (the Keras cache, set by KERAS_HOME)."
-        ) from None
+    extracted = download_file(
+        source.url, cache_subdir="datasets", sha256=source.sha256, cache_dir=cache_dir,
+        extract=True, file_name=source.archive,
+        local_alternative=f"Or pass the extracted folder with {source.local_flag} DIR.")
     for candidate in (os.path.join(extracted, source.folder), extracted):
         if os.path.isdir(candidate):
             return candidate
@@ -97,19 +84,23 @@ def download_file(
     sha256: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_alternative: str = "",
+    extract: bool = False,
+    file_name: str | None = None,
 ) -> str:
     """Download ``url`` into the Keras cache once and return the local path.
 
     Keras removes a partly downloaded file when the transfer fails, so the cache never
     holds a truncated copy; ``sha256`` (when the source publishes one) is checked.
+    With ``extract``, the archive is unpacked (Keras refuses members that would land
+    outside the cache folder) and the extracted path is returned.
 
     Raises:
         DownloadError: naming the URL, the cache folder and ``local_alternative``.
     """
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    name = file_name or url.rstrip("/").rsplit("/", 1)[-1]
     try:
         return keras.utils.get_file(
-            fname=name, origin=url, cache_subdir=cache_subdir,
+            fname=name, origin=url, cache_subdir=cache_subdir, extract=extract,
             file_hash=sha256, hash_algorithm="sha256" if sha256 else "auto",
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         )

@@ -19,14 +19,18 @@ later call with the same folder reuses them without retraining.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 
-from templates.develop import SourceCheck, UnskilledSourceModelError, _enforce
+from templates.develop import (
+    SourceCheck,
+    UnskilledSourceModelError,
+    _enforce,
+    read_saved_check,
+)
 from templates.files import atomic_path, write_json
 from templates.tokenization import tokenize
 from templates.word_vectors import keyed_vectors, load_word_vectors
@@ -147,12 +151,7 @@ def develop_word_vectors(
         vectors_path = os.path.join(directory, VECTORS_FILE)
         check_path = os.path.join(directory, CHECK_FILE)
         if os.path.isfile(vectors_path) and os.path.isfile(check_path):
-            with open(check_path, encoding="utf-8") as handle:
-                saved = json.load(handle)
-            check = SourceCheck(saved["accuracy"], saved["baseline_accuracy"], margin,
-                                saved["accuracy"] >= saved["baseline_accuracy"] + margin,
-                                saved["baseline"], saved["metric"])
-            _enforce(check, allow_unskilled, check_path)
+            check = read_saved_check(check_path, margin, allow_unskilled)
             return load_word_vectors(vectors_path, cache_dir=False, progress=False), check
 
     sentences = (read_corpus(corpus) if isinstance(corpus, (str, os.PathLike))
