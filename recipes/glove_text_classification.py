@@ -66,6 +66,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from templates import reports  # noqa: E402
+from templates.checkpoints import TrainingState  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
@@ -147,6 +148,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Allow gensim native .kv/.model vector files (pickles: they "
                         "can run code when loaded).")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue an interrupted run from OUTPUT_DIR/checkpoints: "
+                        "finished phases are restored, the phase in progress continues "
+                        "from its last finished epoch.")
     parser.add_argument("--output-dir", default="runs/glove_text_classification")
     parser.add_argument("--compare-scratch", action="store_true",
                         help="Also train the identical model with randomly initialised "
@@ -221,11 +226,19 @@ def main(argv=None) -> int:
         trainable_mode=args.embedding_training, class_names=class_names, **architecture)
     compile_classifier(transfer.model, args.learning_rate)
     before_training = evaluate_accuracy(transfer.model, validation_data)
+    # Every epoch is checkpointed: after a crash or a kill, --resume restores finished
+    # phases and continues the phase in progress from its last finished epoch.
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     started = time.perf_counter()
-    head_history = train_head(
-        transfer, train_data, validation_data, epochs=args.epochs,
-        learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-        verbose=2)
+    if state.finished("head"):
+        head_history = state.restore("head", transfer.model)
+    else:
+        train_head(
+            transfer, train_data, validation_data, epochs=args.epochs,
+            learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
+            callbacks=state.callbacks("head"), verbose=2)
+        state.finish("head", transfer.model)
+        head_history = state.history("head")
     phases = [("head", head_history)]
     metrics = {"head": _evaluate(transfer.model, validation_data, test_data),
                "head_seconds": round(time.perf_counter() - started, 2)}
@@ -233,10 +246,16 @@ def main(argv=None) -> int:
 
     # ## Phase 2: unfreeze the embedding at a lower learning rate
     if args.fine_tune_epochs > 0:
-        fine_tune_history = fine_tune(
-            transfer, train_data, validation_data, epochs=args.fine_tune_epochs,
-            learning_rate=args.fine_tune_learning_rate, from_layer=None,
-            initial_epoch=len(head_history.epoch), verbose=2)
+        if state.finished("fine_tune"):
+            fine_tune_history = state.restore("fine_tune", transfer.model)
+        else:
+            fine_tune(
+                transfer, train_data, validation_data, epochs=args.fine_tune_epochs,
+                learning_rate=args.fine_tune_learning_rate, from_layer=None,
+                initial_epoch=len(head_history.epoch), callbacks=state.callbacks("fine_tune"),
+                verbose=2)
+            state.finish("fine_tune", transfer.model)
+            fine_tune_history = state.history("fine_tune")
         phases.append(("fine-tuning", fine_tune_history))
         metrics["fine_tuned"] = _evaluate(transfer.model, validation_data, test_data)
     final = metrics.get("fine_tuned", metrics["head"])

@@ -1,0 +1,123 @@
+"""Interrupted training loses at most the epoch in progress (issue 6, part 2)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from templates.checkpoints import TrainingState, read_epochs
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter(keras.callbacks.Callback):
+    """Stands in for a kill: raises once ``epochs`` epochs have ended."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise Crash()
+
+
+def small_model():
+    inputs = keras.Input(shape=(4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_a_crashed_phase_resumes_at_the_next_epoch(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    state = TrainingState(tmp_path / "state")
+    model = small_model()
+    with pytest.raises(Crash):
+        model.fit(x, y, epochs=5, verbose=0,
+                  callbacks=state.callbacks("head") + [CrashAfter(3)])
+    assert [item["epoch"] for item in read_epochs(tmp_path / "state" / "head.epochs.json")] == [
+        0, 1, 2]
+
+    resumed = TrainingState(tmp_path / "state", resume=True)
+    model = small_model()  # a fresh process would rebuild the model
+    history = model.fit(x, y, epochs=5, verbose=0, callbacks=resumed.callbacks("head"))
+    assert history.epoch == [3, 4]  # epochs 0-2 were not repeated
+    resumed.finish("head", model)
+    assert resumed.history("head").epoch == [0, 1, 2, 3, 4]
+    expected = model.get_weights()
+
+    again = TrainingState(tmp_path / "state", resume=True)
+    assert again.finished("head")
+    restored = small_model()
+    assert again.restore("head", restored).epoch == [0, 1, 2, 3, 4]
+    for actual, wanted in zip(restored.get_weights(), expected):
+        np.testing.assert_array_equal(actual, wanted)
+
+    fresh = TrainingState(tmp_path / "state", resume=False)  # no --resume: start over
+    assert not fresh.finished("head") and not os.listdir(tmp_path / "state")
+
+
+def test_recipe_killed_mid_training_resumes_without_repeating_epochs(subprocess_env, tmp_path):
+    # Enough sentences for a BiLSTM epoch to take about a second on 2 cores.
+    generator = np.random.default_rng(0)
+    words = {"warm": ["red", "orange", "gold"], "cool": ["blue", "teal", "navy"]}
+    lines = [f"{label}\tthe wall is painted {generator.choice(choices)} today"
+             for _ in range(1500) for label, choices in words.items()]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    vectors = [f"{word} " + " ".join(f"{value:.3f}" for value in generator.normal(size=8))
+               for choices in words.values() for word in choices]
+    (tmp_path / "vectors.txt").write_text("\n".join(vectors) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    arguments = [sys.executable, "-m", "recipes.glove_text_classification",
+                 "--train", str(tmp_path / "train.tsv"), "--vectors", str(tmp_path / "vectors.txt"),
+                 "--architecture", "bilstm", "--units", "32", "--epochs", "6",
+                 "--fine-tune-epochs", "2", "--seed", "5", "--output-dir", str(out)]
+
+    process = subprocess.Popen(arguments, env=subprocess_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    metadata = out / "checkpoints" / "head.backup" / "training_metadata.json"
+    deadline = time.monotonic() + 600
+    completed = 0
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if metadata.exists():
+                try:
+                    completed = json.loads(metadata.read_text())["epoch"]
+                except (ValueError, KeyError):
+                    completed = 0
+                if completed >= 2:
+                    break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert 2 <= completed < 6
+    completed = json.loads(metadata.read_text())["epoch"]  # what the backup holds now
+    assert not (out / "metrics.json").exists()
+
+    result = subprocess.run(arguments + ["--resume"], env=subprocess_env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trained_epochs = len(re.findall(r"^\d+/\d+ - ", result.stdout, flags=re.MULTILINE))
+    assert trained_epochs == (6 - completed) + 2  # finished epochs were not repeated
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["val_accuracy"]) == 8
+    assert not (out / "checkpoints" / "head.backup").exists()  # removed when the phase ended
