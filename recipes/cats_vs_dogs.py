@@ -43,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from templates import reports  # noqa: E402
+from templates.checkpoints import TrainingState, run_phase  # noqa: E402
 from templates.backbones import WeightsUnavailableError, get_backbone_spec  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
@@ -97,6 +98,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "backbone in the graph instead of on cached features.")
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue an interrupted run from OUTPUT_DIR/checkpoints.")
     parser.add_argument("--output-dir", default="runs/cats_vs_dogs")
     parser.add_argument("--compare-scratch", action="store_true",
                         help="Also train the same architecture from random weights (every "
@@ -156,12 +159,15 @@ def main(argv=None) -> int:
         before_training = _evaluate(transfer.model, validation, None)["val_accuracy"]
 
     # ## Phase 1: train the head on the frozen backbone
+    # Every epoch is checkpointed: after a crash or a kill, --resume restores finished
+    # phases and continues the phase in progress from its last finished epoch.
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     started = time.perf_counter()
-    head_history = train_head(
+    head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
         transfer, train, validation, epochs=args.epochs, learning_rate=args.learning_rate,
         cache_features=not args.augment, augmentation=augmentation,
-        batch_size=args.batch_size, seed=args.seed,
-    )
+        batch_size=args.batch_size, seed=args.seed, callbacks=callbacks,
+    ))
     head_seconds = time.perf_counter() - started
     phases = [("head", head_history)]
     metrics = {
@@ -175,11 +181,10 @@ def main(argv=None) -> int:
     fine_tune_seconds = 0.0
     if args.fine_tune_epochs > 0:
         started = time.perf_counter()
-        fine_tune_history = fine_tune(
-            transfer, train, validation, epochs=args.fine_tune_epochs,
-            learning_rate=args.fine_tune_learning_rate, augmentation=augmentation,
-            initial_epoch=len(head_history.epoch),
-        )
+        fine_tune_history = run_phase(state, "fine_tune", transfer.model, lambda callbacks: (
+            fine_tune(transfer, train, validation, epochs=args.fine_tune_epochs,
+                      learning_rate=args.fine_tune_learning_rate, augmentation=augmentation,
+                      initial_epoch=len(head_history.epoch), callbacks=callbacks)))
         fine_tune_seconds = time.perf_counter() - started
         phases.append(("fine-tuning", fine_tune_history))
         metrics["fine_tuned"] = _evaluate(transfer.model, validation, test)

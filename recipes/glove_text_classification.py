@@ -66,7 +66,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from templates import reports  # noqa: E402
-from templates.checkpoints import TrainingState  # noqa: E402
+from templates.checkpoints import TrainingState, run_phase  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
@@ -230,15 +230,10 @@ def main(argv=None) -> int:
     # phases and continues the phase in progress from its last finished epoch.
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     started = time.perf_counter()
-    if state.finished("head"):
-        head_history = state.restore("head", transfer.model)
-    else:
-        train_head(
-            transfer, train_data, validation_data, epochs=args.epochs,
-            learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-            callbacks=state.callbacks("head"), verbose=2)
-        state.finish("head", transfer.model)
-        head_history = state.history("head")
+    head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
+        transfer, train_data, validation_data, epochs=args.epochs,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
+        callbacks=callbacks, verbose=2))
     phases = [("head", head_history)]
     metrics = {"head": _evaluate(transfer.model, validation_data, test_data),
                "head_seconds": round(time.perf_counter() - started, 2)}
@@ -246,16 +241,11 @@ def main(argv=None) -> int:
 
     # ## Phase 2: unfreeze the embedding at a lower learning rate
     if args.fine_tune_epochs > 0:
-        if state.finished("fine_tune"):
-            fine_tune_history = state.restore("fine_tune", transfer.model)
-        else:
-            fine_tune(
+        fine_tune_history = run_phase(
+            state, "fine_tune", transfer.model, lambda callbacks: fine_tune(
                 transfer, train_data, validation_data, epochs=args.fine_tune_epochs,
                 learning_rate=args.fine_tune_learning_rate, from_layer=None,
-                initial_epoch=len(head_history.epoch), callbacks=state.callbacks("fine_tune"),
-                verbose=2)
-            state.finish("fine_tune", transfer.model)
-            fine_tune_history = state.history("fine_tune")
+                initial_epoch=len(head_history.epoch), callbacks=callbacks, verbose=2))
         phases.append(("fine-tuning", fine_tune_history))
         metrics["fine_tuned"] = _evaluate(transfer.model, validation_data, test_data)
     final = metrics.get("fine_tuned", metrics["head"])

@@ -14,11 +14,8 @@ in progress continues from its last finished epoch. Without it, old state is cle
 and training starts over.
 
     state = TrainingState("runs/x/checkpoints", resume=args.resume)
-    if state.finished("head"):
-        head_history = state.restore("head", transfer.model)
-    else:
-        head_history = train_head(transfer, ..., callbacks=state.callbacks("head"))
-        state.finish("head", transfer.model, head_history)
+    head_history = run_phase(state, "head", transfer.model,
+                             lambda callbacks: train_head(transfer, ..., callbacks=callbacks))
 
 Resumed runs train the same epochs, but the data order after the restart differs from
 an uninterrupted run, so final metrics are close, not bit-identical.
@@ -29,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -124,3 +122,27 @@ class TrainingState:
     def history(self, phase: str) -> keras.callbacks.History:
         """Every epoch of ``phase`` recorded so far, across restarts."""
         return as_history(read_epochs(self._path(phase, "epochs.json")))
+
+
+def run_phase(
+    state: TrainingState,
+    phase: str,
+    model: keras.Model,
+    train: Callable[[list[keras.callbacks.Callback]], Any],
+) -> keras.callbacks.History:
+    """Run one checkpointed phase, or restore it if it finished in an earlier run.
+
+    Args:
+        state: The run's `TrainingState`.
+        phase: The phase's name (``"head"``, ``"fine_tune"``...).
+        model: The model whose weights the phase produces (restored when skipped).
+        train: Trains the phase; called with the callbacks to pass to ``fit``.
+
+    Returns:
+        The phase's history over every epoch, including epochs run before a restart.
+    """
+    if state.finished(phase):
+        return state.restore(phase, model)
+    train(state.callbacks(phase))
+    state.finish(phase, model)
+    return state.history(phase)

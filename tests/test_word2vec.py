@@ -13,7 +13,12 @@ from templates.phases import train_head
 from templates.text_classifiers import pretrained_text_classifier
 from templates.text_data import build_vectorizer, token_dataset, vectorize
 from templates.tokenization import tokenize
-from templates.word2vec import develop_word_vectors, read_corpus, score_vectors
+from templates.word2vec import (
+    develop_word_vectors,
+    random_vectors_like,
+    read_corpus,
+    score_vectors,
+)
 
 TOPICS = {
     "praise": ["good", "great", "lovely", "superb", "wonderful", "brilliant"],
@@ -106,20 +111,24 @@ def test_developed_vectors_initialise_a_classifier_that_reads_unseen_words(pairs
     assert predictions.argmax(axis=1).tolist() == [1, 1, 0, 0]
 
 
-def test_real_corpus_similarity_passes_and_analogies_refuse(sst2_dir):
+def test_real_corpus_similarity_passes_and_analogies_refuse(sst2_dir, tmp_path):
     # word2vec on the 9,613 SST-2 sentences (labels unused): enough for word
-    # similarity to beat random vectors on gensim's wordsim353, far too little for
-    # analogies, which the check then refuses.
+    # similarity to beat random vectors on gensim's wordsim353 (0.134 vs 0.018), far
+    # too little for analogies, which the check refuses.
     corpus = [sentence for split in ("train", "dev", "test")
               for sentence in read_corpus(sst2_dir / f"stsa.binary.{split}")]
     assert len(corpus) == 9613 and corpus[0][0] == "1"
     corpus = [sentence[1:] for sentence in corpus]  # drop the label token
-    vectors, check = develop_word_vectors(corpus)  # 20 epochs, seed 0: 0.134 vs 0.018
-    assert check.skilful and check.accuracy > check.baseline_accuracy + 0.1
-    score, covered = score_vectors(vectors, "analogy")
-    assert covered > 1000 and score < 0.05
     with pytest.raises(UnskilledSourceModelError, match="analogy accuracy"):
-        develop_word_vectors(corpus, evaluation="analogy")
+        develop_word_vectors(corpus, evaluation="analogy", directory=tmp_path)
+    # The refused vectors were saved with their check; reuse them (no retraining) and
+    # judge them on word similarity instead.
+    vectors, check = develop_word_vectors(corpus, evaluation="analogy", allow_unskilled=True,
+                                          directory=tmp_path)
+    assert not check.skilful and check.accuracy < 0.05
+    similarity, covered = score_vectors(vectors, "similarity")
+    baseline, _ = score_vectors(random_vectors_like(vectors), "similarity")
+    assert covered > 100 and similarity > baseline + 0.1
 
 
 def test_tokenize_matches_the_glove_rule():
