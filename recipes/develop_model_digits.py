@@ -43,6 +43,8 @@ from templates.comparison import (  # noqa: E402
     write_sweep,
 )
 from templates.develop import develop_model, reuse_model  # noqa: E402
+from templates.checkpoints import TrainingState  # noqa: E402
+from templates.epoch_shuffle import shuffle_each_epoch  # noqa: E402
 from templates.files import write_json  # noqa: E402
 
 SOURCE_DIGITS = (0, 1, 2, 3, 4)
@@ -64,6 +66,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-sweep", action="store_true",
                         help="Skip the reuse-depth sweep.")
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue an interrupted run in --output-dir: finished runs "
+                             "are reused and the run in progress continues from its last "
+                             "finished epoch.")
     return parser.parse_args(argv)
 
 
@@ -105,7 +111,8 @@ def load_digits_by_task(labels_per_class: int, seed: int):
 def batches(pair, batch_size=16, shuffle_seed=None):
     dataset = tf.data.Dataset.from_tensor_slices(pair)
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(pair[1]), seed=shuffle_seed)
+        # Epoch e's order depends only on (seed, e), so a resumed run matches.
+        dataset = shuffle_each_epoch(dataset, len(pair[1]), shuffle_seed)
     return dataset.batch(batch_size)
 
 
@@ -161,10 +168,15 @@ def main(argv=None) -> int:
     def scratch():
         return reuse(build_digit_model()).model
 
+    # Every run is checkpointed per epoch and kept when it finishes: --resume after an
+    # interruption reuses finished runs and continues the one in progress.
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
+                          seed=args.seed)
     report = compare_with_scratch(
         lambda: reuse(developed.source_model),
         scratch, train, validation, test, budget=budget,
         seeds=[args.seed + offset for offset in range(args.seeds)], slope_epochs=5,
+        state=state,
     )
     report.write_json(os.path.join(args.output_dir, "transfer_report.json"))
     report.plot(os.path.join(args.output_dir, "transfer_report.png"),
@@ -177,7 +189,7 @@ def main(argv=None) -> int:
     cut_points = [] if args.skip_sweep else ["conv_1", "conv_2", "pool", "features"]
     sweep = reuse_depth_sweep(
         lambda cut: reuse(developed.source_model, cut),
-        cut_points, train, validation, test, budget=budget, seed=args.seed,
+        cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
     )
     if sweep:
         write_sweep(sweep, args.output_dir, title=f"Reuse depth, digits 0-4 -> 5-9 "

@@ -17,8 +17,10 @@ and training starts over.
     head_history = run_phase(state, "head", transfer.model,
                              lambda callbacks: train_head(transfer, ..., callbacks=callbacks))
 
-Resumed runs train the same epochs, but the data order after the restart differs from
-an uninterrupted run, so final metrics are close, not bit-identical.
+Given a ``seed``, each phase also runs the `templates.reproducibility.EpochSeeds`
+callback: epoch ``e``'s data order, dropout masks and augmentation depend only on
+``(seed, e)``, so a resumed run ends with the same weights as an uninterrupted one
+(on CPU; GPU kernels may add their own nondeterminism).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import keras
 
 from templates.files import atomic_path, write_json
+from templates.reproducibility import EpochSeeds
 
 
 class PhaseHistory(keras.callbacks.Callback):
@@ -50,6 +53,68 @@ class PhaseHistory(keras.callbacks.Callback):
         entry = {"epoch": int(epoch), **{key: float(value) for key, value in (logs or {}).items()}}
         self.epochs = [item for item in self.epochs if item["epoch"] < epoch] + [entry]
         write_json(self.path, self.epochs)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping that restores the best epoch's weights, and survives restarts.
+
+    After each epoch, if ``monitor`` improved, the weights are saved (atomically) with a
+    record of the value and epoch; once ``patience`` epochs pass without improvement,
+    training stops. When training ends, the best weights are loaded back. Because the
+    record lives on disk, a resumed run keeps the best epoch found before the restart
+    (Keras's `EarlyStopping` would forget it).
+
+    Args:
+        path: File prefix: ``PATH.weights.h5`` and ``PATH.json`` are written.
+        monitor: The logged value to watch (``"val_accuracy"``, ``"val_loss"``...).
+        patience: Epochs without improvement before stopping; ``None`` never stops
+            early (the best weights are still restored).
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str = "val_accuracy",
+                 patience: int | None = None):
+        super().__init__()
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be at least 1 (or None); got {patience}.")
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self.patience = patience
+        self.higher_is_better = "loss" not in monitor
+        self.record: dict[str, Any] | None = None
+        self.last_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, logs=None):
+        record = self.path + ".json"
+        self.record = None
+        if os.path.isfile(record):
+            with open(record, encoding="utf-8") as handle:
+                self.record = json.load(handle)
+
+    def _improved(self, value: float) -> bool:
+        if self.record is None:
+            return True
+        best = self.record["value"]
+        return value > best if self.higher_is_better else value < best
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return  # no validation data: nothing to keep
+        value = float(value)
+        if self._improved(value):
+            with atomic_path(self.path + ".weights.h5", suffix=".weights.h5") as temporary:
+                self.model.save_weights(temporary)
+            self.record = {"value": value, "epoch": int(epoch)}
+            write_json(self.path + ".json", self.record)
+        elif self.patience is not None and epoch - self.record["epoch"] >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.record is not None and self.record["epoch"] != self.last_epoch:
+            self.model.load_weights(self.path + ".weights.h5")
 
 
 def read_epochs(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -75,11 +140,22 @@ class TrainingState:
     Args:
         directory: Folder for the state (e.g. ``OUTPUT_DIR/checkpoints``).
         resume: Continue from the state in ``directory``; ``False`` clears it.
+        seed: The run's seed; makes every epoch's randomness depend only on
+            ``(seed, epoch)`` (`EpochSeeds`). ``None`` leaves randomness as it is.
+        keep_best: End every phase with its best epoch's weights (by
+            ``val_accuracy``), see `KeepBest`.
+        patience: With ``keep_best``, stop a phase after this many epochs without
+            improvement (``None``: never early).
     """
 
-    def __init__(self, directory: str | os.PathLike, resume: bool = False):
+    def __init__(self, directory: str | os.PathLike, resume: bool = False,
+                 seed: int | None = None, keep_best: bool = False,
+                 patience: int | None = None):
         self.directory = os.fspath(directory)
         self.resume = bool(resume)
+        self.seed = seed
+        self.keep_best = bool(keep_best)
+        self.patience = patience
         if not self.resume and os.path.isdir(self.directory):
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
@@ -87,13 +163,36 @@ class TrainingState:
     def _path(self, phase: str, name: str) -> str:
         return os.path.join(self.directory, f"{phase}.{name}")
 
-    def callbacks(self, phase: str) -> list[keras.callbacks.Callback]:
-        """Callbacks for the ``fit`` of ``phase``: the history first, then the backup."""
-        return [
+    def callbacks(self, phase: str, seed: int | None = None) -> list[keras.callbacks.Callback]:
+        """Callbacks for the ``fit`` of ``phase``: the history first, then the backup.
+
+        Args:
+            phase: The phase's name.
+            seed: Seeds the epochs of this phase instead of the state's ``seed``.
+        """
+        seed = self.seed if seed is None else seed
+        callbacks = [
             PhaseHistory(self._path(phase, "epochs.json")),
             keras.callbacks.BackupAndRestore(self._path(phase, "backup"),
                                              double_checkpoint=True),
         ]
+        if seed is not None:
+            callbacks.append(EpochSeeds(seed))
+        if self.keep_best:
+            callbacks.append(KeepBest(self._path(phase, "best"), patience=self.patience))
+        return callbacks
+
+    def result(self, name: str) -> dict[str, Any] | None:
+        """The JSON result saved under ``name`` by `save_result`, or ``None``."""
+        path = self._path(name, "result.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def save_result(self, name: str, result: dict[str, Any]) -> None:
+        """Keep a finished run's result (for example a learning-curve summary)."""
+        write_json(self._path(name, "result.json"), result)
 
     def finished(self, phase: str) -> bool:
         """Whether ``phase`` completed in an earlier (or this) run."""
@@ -129,6 +228,7 @@ def run_phase(
     phase: str,
     model: keras.Model,
     train: Callable[[list[keras.callbacks.Callback]], Any],
+    seed: int | None = None,
 ) -> keras.callbacks.History:
     """Run one checkpointed phase, or restore it if it finished in an earlier run.
 
@@ -137,12 +237,13 @@ def run_phase(
         phase: The phase's name (``"head"``, ``"fine_tune"``...).
         model: The model whose weights the phase produces (restored when skipped).
         train: Trains the phase; called with the callbacks to pass to ``fit``.
+        seed: Seeds the phase's epochs instead of the state's ``seed``.
 
     Returns:
         The phase's history over every epoch, including epochs run before a restart.
     """
     if state.finished(phase):
         return state.restore(phase, model)
-    train(state.callbacks(phase))
+    train(state.callbacks(phase, seed=seed))
     state.finish(phase, model)
     return state.history(phase)

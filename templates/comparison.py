@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import keras
 
+from templates.checkpoints import TrainingState, run_phase
 from templates.files import atomic_path, write_json
 from templates.phases import (
     compile_classifier,
@@ -23,7 +24,7 @@ from templates.phases import (
     train_head,
 )
 from templates.pretrained import TransferModel
-from templates.transfer_report import TransferReport, summarize_curve
+from templates.transfer_report import CurveSummary, TransferReport, summarize_curve
 
 
 @dataclasses.dataclass
@@ -48,22 +49,38 @@ class TrainingBudget:
         return self.head_epochs + self.fine_tune_epochs
 
 
+def _phase(state: TrainingState | None, phase: str, model: keras.Model, train,
+           seed: int | None = None):
+    """Run one phase through ``state`` (checkpointed, resumable), or directly."""
+    if state is None:
+        return train([])
+    return run_phase(state, phase, model, train, seed=seed)
+
+
 def train_transferred(
     transfer: TransferModel, train, validation, test, budget: TrainingBudget, seed: int,
-    verbose: int | str = 0,
+    verbose: int | str = 0, state: TrainingState | None = None, name: str = "transfer",
 ):
-    """Train a transferred model on the budget; return its curve summary inputs."""
+    """Train a transferred model on the budget; return its curve summary inputs.
+
+    Args:
+        state: Checkpoints the phases (named ``NAME.head``, ``NAME.fine_tune``), so an
+            interrupted comparison resumes at the epoch in progress.
+        name: Prefix of this run's phases in ``state``.
+    """
     compile_classifier(transfer.model, budget.learning_rate)
     before = evaluate_accuracy(transfer.model, validation)
-    history = train_head(transfer, train, validation, epochs=budget.head_epochs,
-                         learning_rate=budget.learning_rate,
-                         cache_features=budget.cache_features,
-                         batch_size=budget.batch_size, seed=seed, verbose=verbose)
+    history = _phase(state, f"{name}.head", transfer.model, lambda callbacks: train_head(
+        transfer, train, validation, epochs=budget.head_epochs,
+        learning_rate=budget.learning_rate, cache_features=budget.cache_features,
+        batch_size=budget.batch_size, callbacks=callbacks, seed=seed, verbose=verbose),
+        seed=seed)
     curve = list(history.history["val_accuracy"])
     if budget.fine_tune_epochs:
-        history = fine_tune(transfer, train, validation, epochs=budget.fine_tune_epochs,
-                            learning_rate=budget.fine_tune_learning_rate,
-                            initial_epoch=budget.head_epochs, verbose=verbose)
+        history = _phase(state, f"{name}.fine_tune", transfer.model, lambda callbacks: fine_tune(
+            transfer, train, validation, epochs=budget.fine_tune_epochs,
+            learning_rate=budget.fine_tune_learning_rate, initial_epoch=budget.head_epochs,
+            callbacks=callbacks, verbose=verbose), seed=seed)
         curve += list(history.history["val_accuracy"])
     test_accuracy = evaluate_accuracy(transfer.model, test) if test is not None else None
     return before, curve, test_accuracy
@@ -71,18 +88,37 @@ def train_transferred(
 
 def train_from_scratch(
     model: keras.Model, train, validation, test, budget: TrainingBudget,
-    verbose: int | str = 0,
+    verbose: int | str = 0, state: TrainingState | None = None, name: str = "scratch",
+    seed: int | None = None,
 ):
-    """Train every layer of ``model`` (BatchNorm included) on the same budget."""
+    """Train every layer of ``model`` (BatchNorm included) on the same budget.
+
+    Args:
+        state: Checkpoints the run as phase ``name``, so it resumes when interrupted.
+        seed: Seeds each epoch's randomness when ``state`` is given (`EpochSeeds`).
+    """
     model.trainable = True
     for layer in iterate_layers(model):
         layer.trainable = True
     compile_classifier(model, budget.learning_rate)
     before = evaluate_accuracy(model, validation)
-    history = model.fit(train, validation_data=validation, epochs=budget.epochs,
-                        verbose=verbose)
+    history = _phase(state, name, model, lambda callbacks: model.fit(
+        train, validation_data=validation, epochs=budget.epochs, callbacks=callbacks,
+        verbose=verbose), seed=seed)
     test_accuracy = evaluate_accuracy(model, test) if test is not None else None
     return before, list(history.history["val_accuracy"]), test_accuracy
+
+
+def _summary(state: TrainingState | None, name: str, train_run, slope_epochs: int):
+    """A run's `CurveSummary`: kept in ``state`` once finished, reused when resuming."""
+    saved = state.result(name) if state is not None else None
+    if saved is not None:
+        return CurveSummary(**saved)
+    before, curve, test_accuracy = train_run()
+    summary = summarize_curve(curve, before, test_accuracy, slope_epochs)
+    if state is not None:
+        state.save_result(name, dataclasses.asdict(summary))
+    return summary
 
 
 def compare_with_scratch(
@@ -95,6 +131,7 @@ def compare_with_scratch(
     seeds: Sequence[int] = (0,),
     slope_epochs: int = 3,
     verbose: int | str = 0,
+    state: TrainingState | None = None,
 ) -> TransferReport:
     """Train transfer and scratch models for each seed and report the three measures.
 
@@ -106,22 +143,25 @@ def compare_with_scratch(
         seeds: One transfer and one scratch run per seed; the report shows the spread.
         slope_epochs: ``k`` for the slope measure.
         verbose: Passed to ``fit``.
+        state: A `TrainingState`: every run is checkpointed per epoch and kept when it
+            finishes, so an interrupted comparison resumes where it stopped.
     """
     budget = budget or TrainingBudget()
     transferred, scratch = [], []
     for seed in seeds:
-        keras.utils.set_random_seed(seed)
-        transfer = build_transfer()
-        before, curve, test_accuracy = train_transferred(
-            transfer, train, validation, test, budget, seed, verbose)
-        transferred.append(summarize_curve(curve, before, test_accuracy, slope_epochs))
-        keras.backend.clear_session()
+        def transfer_run(seed=seed):
+            keras.utils.set_random_seed(seed)
+            return train_transferred(build_transfer(), train, validation, test, budget, seed,
+                                     verbose, state, name=f"seed{seed}.transfer")
 
-        keras.utils.set_random_seed(seed)
-        model = build_scratch()
-        before, curve, test_accuracy = train_from_scratch(
-            model, train, validation, test, budget, verbose)
-        scratch.append(summarize_curve(curve, before, test_accuracy, slope_epochs))
+        def scratch_run(seed=seed):
+            keras.utils.set_random_seed(seed)
+            return train_from_scratch(build_scratch(), train, validation, test, budget,
+                                      verbose, state, name=f"seed{seed}.scratch", seed=seed)
+
+        transferred.append(_summary(state, f"seed{seed}.transfer", transfer_run, slope_epochs))
+        keras.backend.clear_session()
+        scratch.append(_summary(state, f"seed{seed}.scratch", scratch_run, slope_epochs))
         keras.backend.clear_session()
     return TransferReport(transferred, scratch, list(seeds),
                           phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None)
@@ -140,6 +180,7 @@ def report_against_scratch(
     directory: str | os.PathLike,
     title: str,
     verbose: int | str = "auto",
+    state: TrainingState | None = None,
 ) -> TransferReport:
     """Report a recipe's finished transfer run against the same model from scratch.
 
@@ -158,9 +199,12 @@ def report_against_scratch(
         directory: Output folder.
         title: Plot title.
         verbose: Passed to ``fit``.
+        state: The recipe's `TrainingState`; the scratch run is checkpointed in it as
+            phase ``scratch`` and resumes when interrupted.
     """
     scratch_before, scratch_curve, scratch_test = train_from_scratch(
-        scratch_model, train, validation, test, budget, verbose=verbose)
+        scratch_model, train, validation, test, budget, verbose=verbose, state=state,
+        seed=seed)
     report = TransferReport(
         transfer=[summarize_curve(transfer_curve, transfer_before, transfer_test)],
         scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
@@ -180,6 +224,7 @@ def reuse_depth_sweep(
     budget: TrainingBudget | None = None,
     seed: int = 0,
     verbose: int | str = 0,
+    state: TrainingState | None = None,
 ) -> list[dict]:
     """Reuse the source model up to each cut point; measure target skill per depth.
 
@@ -188,7 +233,8 @@ def reuse_depth_sweep(
             cut point (e.g. ``lambda cut: reuse_model(source, 5, cut_at=cut)``).
         cut_points: Layer names or depths, shallow to deep
             (`templates.develop.articulation_layers` lists the valid ones).
-        train, validation, test, budget, seed, verbose: As in `compare_with_scratch`.
+        train, validation, test, budget, seed, verbose, state: As in
+            `compare_with_scratch`.
 
     Returns:
         One dict per cut point: ``cut_at``, ``reused_layers``, ``best_val_accuracy``,
@@ -197,18 +243,24 @@ def reuse_depth_sweep(
     budget = budget or TrainingBudget()
     results = []
     for cut in cut_points:
-        keras.utils.set_random_seed(seed)
-        transfer = build_transfer_at(cut)
-        _, curve, test_accuracy = train_transferred(
-            transfer, train, validation, test, budget, seed, verbose)
-        results.append({
-            "cut_at": cut,
-            "reused_layers": len(transfer.backbone.layers) - 1,
-            "best_val_accuracy": max(curve),
-            "final_val_accuracy": curve[-1],
-            "test_accuracy": test_accuracy,
-        })
-        keras.backend.clear_session()
+        name = f"reuse_{cut}"
+        saved = state.result(name) if state is not None else None
+        if saved is None:
+            keras.utils.set_random_seed(seed)
+            transfer = build_transfer_at(cut)
+            _, curve, test_accuracy = train_transferred(
+                transfer, train, validation, test, budget, seed, verbose, state, name=name)
+            saved = {
+                "cut_at": cut,
+                "reused_layers": len(transfer.backbone.layers) - 1,
+                "best_val_accuracy": max(curve),
+                "final_val_accuracy": curve[-1],
+                "test_accuracy": test_accuracy,
+            }
+            if state is not None:
+                state.save_result(name, saved)
+            keras.backend.clear_session()
+        results.append(saved)
     return results
 
 

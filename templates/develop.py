@@ -202,6 +202,10 @@ def reuse_model(
 ) -> TransferModel:
     """Step 3: keep the source model up to ``cut_at`` (frozen) and add a new head.
 
+    The reused part is a copy: tuning the returned model never changes
+    ``source_model``, so several seeds or cut points reused from one source model
+    each start from the same source weights.
+
     Args:
         source_model: The trained source classifier.
         num_classes: Number of target classes.
@@ -214,7 +218,9 @@ def reuse_model(
     """
     if cut_at == "default":
         cut_at = default_cut(source_model)
-    reused = cut_backbone(source_model, cut_at)
+    copy = keras.models.clone_model(source_model)
+    copy.set_weights(source_model.get_weights())
+    reused = cut_backbone(copy, cut_at)
     reused.trainable = False
     head = classification_head(reused.output_shape[1:], num_classes, pooling=pooling,
                                dropout=dropout, hidden_units=hidden_units)

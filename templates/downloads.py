@@ -9,6 +9,7 @@ variable that points at a local copy instead.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import keras
@@ -90,14 +91,19 @@ def download_file(
     """Download ``url`` into the Keras cache once and return the local path.
 
     Keras removes a partly downloaded file when the transfer fails, so the cache never
-    holds a truncated copy; ``sha256`` (when the source publishes one) is checked.
-    With ``extract``, the archive is unpacked (Keras refuses members that would land
-    outside the cache folder) and the extracted path is returned.
+    holds a truncated copy; ``sha256`` (when the source publishes one) is checked and a
+    file that fails it is deleted.
+    With ``extract``, the archive is unpacked and the extracted path is returned; Keras
+    skips members that would land outside the extraction folder (``../`` paths,
+    absolute paths, links pointing outside), with a warning.
 
     Raises:
         DownloadError: naming the URL, the cache folder and ``local_alternative``.
     """
     name = file_name or url.rstrip("/").rsplit("/", 1)[-1]
+    if cache_dir is not None:
+        # Keras silently falls back to /tmp/.keras when cache_dir does not exist yet.
+        os.makedirs(cache_dir, exist_ok=True)
     try:
         return keras.utils.get_file(
             fname=name, origin=url, cache_subdir=cache_subdir, extract=extract,
@@ -105,9 +111,33 @@ def download_file(
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         )
     except Exception as error:  # get_file raises plain Exception for network failures
+        _remove_if_corrupt(_cache_path(name, cache_subdir, cache_dir), sha256)
         cache = os.fspath(cache_dir) if cache_dir else os.environ.get("KERAS_HOME", "~/.keras")
         raise DownloadError(
             f"Could not download {name} from {url}: {error}\n"
             f"Without internet, fetch it elsewhere and place it in {cache}/{cache_subdir}/ "
             f"(the Keras cache, set by KERAS_HOME). {local_alternative}".rstrip()
         ) from None
+
+
+def _cache_path(name: str, cache_subdir: str, cache_dir: str | os.PathLike | None) -> str:
+    """Where `keras.utils.get_file` keeps ``name`` (its own choice of cache folder)."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(os.fspath(cache_dir), cache_subdir, name)
+
+
+def _remove_if_corrupt(path: str, sha256: str | None) -> None:
+    """Delete a downloaded file whose digest is not ``sha256``.
+
+    Keras raises on a digest mismatch but keeps the file; it would re-download it next
+    time, but a user browsing the cache would find a corrupt copy.
+    """
+    if sha256 is None or not os.path.isfile(path):
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256.lower():
+        os.remove(path)

@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from templates.epoch_shuffle import shuffle_each_epoch
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -122,11 +124,40 @@ def check_image(path: str) -> str | None:
 def _class_folders(directory: str) -> list[str]:
     if not os.path.isdir(directory):
         raise ValueError(f"Image directory {directory!r} does not exist or is not a directory.")
-    return sorted(
+    folders = sorted(
         entry.name
         for entry in os.scandir(directory)
         if entry.is_dir() and not entry.name.startswith(".")
     )
+    # "Cats" and "cats" side by side are one class on Windows and macOS and two on
+    # Linux: refuse to guess.
+    by_folded: dict[str, list[str]] = {}
+    for name in folders:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in by_folded.values() if len(names) > 1]
+    if clashes:
+        raise ValueError(
+            f"{directory!r} has class folders whose names differ only in case: "
+            f"{'; '.join(' / '.join(names) for names in clashes)}. Merge or rename them."
+        )
+    return folders
+
+
+def _match_known_classes(directory: str, folders: list[str],
+                         class_names: list[str]) -> dict[str, str]:
+    """Map each known class name to its folder in ``directory`` (case-insensitively).
+
+    A test folder ``Cats`` serves the training class ``cats``; a folder matching no
+    known class is an error.
+    """
+    known = {name.casefold(): name for name in class_names}
+    unknown = sorted(folder for folder in folders if folder.casefold() not in known)
+    if unknown:
+        raise ValueError(
+            f"{directory!r} has class folders {unknown} that are not among the known "
+            f"classes {class_names}."
+        )
+    return {known[folder.casefold()]: folder for folder in folders}
 
 
 def scan_image_folder(
@@ -143,34 +174,32 @@ def scan_image_folder(
     Args:
         directory: Folder holding one sub-folder per class.
         class_names: Expected class names in label order (e.g. the training set's when
-            scanning a test set). Folders not listed are an error; listed classes
-            without a folder simply have no images.
+            scanning a test set). Folders match them ignoring case (``Cats`` serves
+            ``cats``); folders not listed are an error; listed classes without a folder
+            simply have no images.
         check_images: Decode each file to find bad ones (recommended).
         minimum_classes: Fewest classes with images that make a usable dataset.
 
     Raises:
         ValueError: when the directory is missing, has fewer than ``minimum_classes``
-            classes with images, or has folders not in ``class_names``.
+            classes with images, has folders not in ``class_names``, or has class
+            folders whose names differ only in case.
     """
     directory = os.fspath(directory)
     folders = _class_folders(directory)
     if class_names is None:
         class_names = folders
+        folder_of = {name: name for name in folders}
     else:
         class_names = list(class_names)
-        unknown = sorted(set(folders) - set(class_names))
-        if unknown:
-            raise ValueError(
-                f"{directory!r} has class folders {unknown} that are not among the known "
-                f"classes {class_names}."
-            )
+        folder_of = _match_known_classes(directory, folders, class_names)
 
     candidates: list[tuple[str, int]] = []
     skipped: list[SkippedFile] = []
     for label, name in enumerate(class_names):
-        class_dir = os.path.join(directory, name)
-        if not os.path.isdir(class_dir):
+        if name not in folder_of:
             continue
+        class_dir = os.path.join(directory, folder_of[name])
         for root, dirs, files in os.walk(class_dir):  # does not follow symlinked folders
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for file_name in sorted(files):
@@ -299,7 +328,8 @@ def image_dataset(
     """A `tf.data.Dataset` of ``(float32 0..255 RGB images, int32 labels)`` batches.
 
     Decoding and resizing happen once: the decoded images are cached (in memory, or in
-    the file named by ``cache``), then shuffled each epoch, batched and prefetched.
+    the file named by ``cache``), then shuffled each epoch (in an order drawn from
+    ``(seed, epoch)``, see `templates.epoch_shuffle`), batched and prefetched.
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
@@ -320,5 +350,5 @@ def image_dataset(
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
     if shuffle:
-        dataset = dataset.shuffle(len(folder.files), seed=seed, reshuffle_each_iteration=True)
+        dataset = shuffle_each_epoch(dataset, len(folder.files), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from templates.downloads import download_file
+from templates.epoch_shuffle import shuffle_each_epoch
 from templates.tokenization import PUNCTUATION
 
 
@@ -256,10 +257,14 @@ def token_dataset(
     token_ids: np.ndarray, labels: np.ndarray, batch_size: int = 32,
     shuffle: bool = False, seed: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of ``(token ids, labels)``; shuffled each epoch when ``shuffle``."""
+    """Batches of ``(token ids, labels)``; shuffled each epoch when ``shuffle``.
+
+    With a ``seed``, epoch ``e``'s order depends only on ``(seed, e)``
+    (`templates.epoch_shuffle`), so a resumed run sees the same orders.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((token_ids, labels))
     if shuffle:
-        dataset = dataset.shuffle(len(token_ids), seed=seed, reshuffle_each_iteration=True)
+        dataset = shuffle_each_epoch(dataset, len(token_ids), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -92,8 +92,16 @@ def test_reuse_cuts_and_freezes_the_source():
     assert shallow.backbone.layers[-1].name == "hidden"
     by_depth = reuse_model(source, num_classes=3, cut_at=2)
     assert by_depth.backbone.layers[-1].name == "hidden"
-    # Shared weights: the reused layer is the source's own.
-    assert shallow.backbone.get_layer("hidden") is source.get_layer("hidden")
+    # A copy with the source's weights: tuning it leaves the source model as it was, so
+    # a second seed or cut point starts from the same source weights.
+    reused, original = shallow.backbone.get_layer("hidden"), source.get_layer("hidden")
+    assert reused is not original
+    for copied, kept in zip(reused.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(copied, kept)
+    before = [weight.copy() for weight in original.get_weights()]
+    reused.kernel.assign(reused.kernel + 1.0)
+    for kept, saved in zip(original.get_weights(), before):
+        np.testing.assert_array_equal(kept, saved)
 
 
 def test_articulation_layers_are_the_valid_cut_points():
@@ -151,28 +159,70 @@ def test_report_refuses_slopes_over_different_windows():
                        [summarize_curve([0.5, 0.6], 0.1, slope_epochs=3)], seeds=[0])
 
 
-def test_digits_recipe_writes_the_report_and_sweep(tmp_path, subprocess_env):
+DIGITS_ARGUMENTS = ["--seeds", "2", "--head-epochs", "4", "--fine-tune-epochs", "2"]
+
+
+def test_digits_recipe_writes_the_report_and_sweep_and_resumes_to_the_same_result(
+        tmp_path, subprocess_env):
+    """The full recipe, then the same seed killed mid-way and resumed: same results.
+
+    This is also the reproducibility check: two runs with the same seed (one of them
+    interrupted) must write identical reports.
+    """
+    import signal
     import subprocess
     import sys
+    import time
 
+    repository = subprocess_env["PYTHONPATH"].split(":")[0]
+    first = tmp_path / "first"
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.develop_model_digits", "--output-dir", str(tmp_path),
-         "--seeds", "2", "--head-epochs", "4", "--fine-tune-epochs", "2"],
-        env=subprocess_env, capture_output=True, text=True, timeout=600,
-        cwd=subprocess_env["PYTHONPATH"].split(":")[0],
+        [sys.executable, "-m", "recipes.develop_model_digits", "--output-dir", str(first),
+         *DIGITS_ARGUMENTS],
+        env=subprocess_env, capture_output=True, text=True, timeout=600, cwd=repository,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads((tmp_path / "transfer_report.json").read_text())
+    report = json.loads((first / "transfer_report.json").read_text())
     for side in ("transfer", "scratch"):
         assert set(report[side]) >= {"start", "slope", "asymptote", "test_accuracy"}
         assert len(report[side]["runs"]) == 2
         assert len(report[side]["runs"][0]["validation_curve"]) == 6
     assert report["seeds"] == [0, 1]
     assert "Transfer vs scratch" in result.stdout
-    sweep = json.loads((tmp_path / "reuse_sweep.json").read_text())
+    sweep = json.loads((first / "reuse_sweep.json").read_text())
     assert [row["cut_at"] for row in sweep["depths"]] == ["conv_1", "conv_2", "pool", "features"]
     for name in ("transfer_report.png", "reuse_sweep.png", "source/source_model.keras",
                  "source/source_check.json", "metrics.json"):
-        assert (tmp_path / name).is_file(), name
-    check = json.loads((tmp_path / "source" / "source_check.json").read_text())
+        assert (first / name).is_file(), name
+    check = json.loads((first / "source" / "source_check.json").read_text())
     assert check["skilful"] and check["accuracy"] > check["baseline_accuracy"] + 0.5
+
+    # The same run again (without the sweep, to save time), killed once the first
+    # seed's runs have finished.
+    second = tmp_path / "second"
+    arguments = [sys.executable, "-m", "recipes.develop_model_digits",
+                 "--output-dir", str(second), *DIGITS_ARGUMENTS, "--skip-sweep"]
+    process = subprocess.Popen(arguments, env=subprocess_env, cwd=repository,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = second / "checkpoints" / "seed0.scratch.result.json"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not marker.exists():
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    finished = {path.name: path.stat().st_mtime_ns
+                for path in (second / "checkpoints").glob("*.result.json")}
+    assert {"seed0.transfer.result.json", "seed0.scratch.result.json"} <= set(finished)
+    assert not (second / "transfer_report.json").exists()
+
+    result = subprocess.run(arguments + ["--resume"], env=subprocess_env, capture_output=True,
+                            text=True, timeout=600, cwd=repository)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for name, modified in finished.items():  # finished runs were reused, not retrained
+        assert (second / "checkpoints" / name).stat().st_mtime_ns == modified, name
+    assert json.loads((second / "transfer_report.json").read_text()) == report

@@ -144,3 +144,97 @@ def test_test_folder_with_unknown_class_is_refused(tmp_path):
     save(tmp_path / "test" / "birds" / "b.png")
     with pytest.raises(ValueError, match="birds"):
         load_image_splits(tmp_path, test_dir=tmp_path / "test")
+
+
+def png_header_claiming(width, height):
+    """A PNG whose header claims ``width x height`` pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def test_large_images_are_resized_and_bombs_refused(tmp_path):
+    big = save(tmp_path / "cats" / "big.jpg", size=(4000, 3000), color=(10, 200, 10))
+    save(tmp_path / "dogs" / "d.png")
+    (tmp_path / "dogs" / "bomb.png").write_bytes(png_header_claiming(20000, 20000))
+    folder = scan_image_folder(tmp_path)
+    assert str(big) in folder.files
+    image = load_image(str(big), (32, 24))
+    assert image.shape == (32, 24, 3) and image.dtype == np.uint8
+    assert abs(int(image[..., 1].mean()) - 200) <= 3
+    [bomb] = folder.skipped
+    assert bomb.path.endswith("bomb.png") and "too large" in bomb.reason
+
+
+def test_symlink_loops_are_skipped_not_followed(tmp_path):
+    import os
+
+    cats = tmp_path / "cats"
+    save(cats / "c.png")
+    save(tmp_path / "dogs" / "d.png")
+    os.symlink(cats, cats / "loop")  # a folder that contains itself
+    os.symlink(cats / "b.jpg", cats / "a.jpg")  # a.jpg -> b.jpg -> a.jpg
+    os.symlink(cats / "a.jpg", cats / "b.jpg")
+    folder = scan_image_folder(tmp_path)
+    assert [os.path.basename(path) for path in folder.files] == ["c.png", "d.png"]
+    reasons = {os.path.basename(s.path): s.reason for s in folder.skipped}
+    assert set(reasons) == {"a.jpg", "b.jpg"}
+    assert all("symbolic links" in reason for reason in reasons.values())
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path):
+    """Permission denied is reported like any other unreadable file.
+
+    Root reads everything, so as root the scan runs with the effective user ``nobody``
+    (in a world-readable temporary folder).
+    """
+    import os
+    import pathlib
+    import shutil
+    import tempfile
+
+    as_root = os.geteuid() == 0
+    root = pathlib.Path(tempfile.mkdtemp(dir="/tmp" if as_root else tmp_path))
+    try:
+        save(root / "cats" / "c.png")
+        locked = save(root / "cats" / "locked.png")
+        save(root / "dogs" / "d.png")
+        for folder in (root, root / "cats", root / "dogs"):
+            os.chmod(folder, 0o755)
+        os.chmod(locked, 0o000)
+        if as_root:
+            os.seteuid(65534)
+        try:
+            folder = scan_image_folder(root)
+        finally:
+            if as_root:
+                os.seteuid(0)
+        assert sorted(os.path.basename(path) for path in folder.files) == ["c.png", "d.png"]
+        assert [(s.path, s.reason) for s in folder.skipped] == [
+            (str(locked), f"cannot decode: [Errno 13] Permission denied: '{locked}'")]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_class_folders_differing_in_case(tmp_path):
+    save(tmp_path / "train" / "cats" / "c.png")
+    save(tmp_path / "train" / "dogs" / "d.png")
+    save(tmp_path / "test" / "Cats" / "c.png")
+    save(tmp_path / "test" / "DOGS" / "d.png")
+    splits = load_image_splits(tmp_path / "train", test_dir=tmp_path / "test")
+    assert splits.test.class_names == ["cats", "dogs"]  # the training names and labels
+    assert [path.rsplit("/", 2)[-2] for path in splits.test.files] == ["Cats", "DOGS"]
+    assert splits.test.labels == [0, 1]
+
+    save(tmp_path / "clash" / "cats" / "a.png")
+    save(tmp_path / "clash" / "Cats" / "b.png")
+    save(tmp_path / "clash" / "dogs" / "c.png")
+    with pytest.raises(ValueError, match="differ only in case: Cats / cats"):
+        scan_image_folder(tmp_path / "clash")
