@@ -15,7 +15,11 @@ How to run:
     python -m recipes.cats_vs_dogs --help
 
 Outputs in `--output-dir`: `metrics.json`, `history.json`, `learning_curves.png`,
-`model.keras` (takes 0..255 RGB images), `labels.txt` and `saved_model/` (for serving).
+`model.keras` (takes 0..255 RGB images), `labels.txt`, `saved_model/` (for serving),
+`evaluation/` (per-class scores, confusion matrix, most confidently wrong photos,
+Grad-CAM, `report.md`), and with the options `tflite/`, `lr_finder_*.png`,
+`transfer_report.*`. Classify new photos with `python -m recipes.predict OUTPUT_DIR
+photo.jpg`.
 
 ## Why this recipe looks the way it does
 
@@ -33,6 +37,7 @@ second phase every BatchNormalization layer must stay in inference mode. In Kera
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -41,6 +46,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from templates import reports  # noqa: E402
 from templates.checkpoints import TrainingState, run_phase  # noqa: E402
@@ -48,17 +54,28 @@ from templates.backbones import WeightsUnavailableError, get_backbone_spec  # no
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.export import export_saved_model  # noqa: E402
+from templates.evaluation import evaluation_report  # noqa: E402
+from templates.export import export_saved_model, export_tflite  # noqa: E402
 from templates.files import write_json  # noqa: E402
-from templates.image_data import image_dataset, load_image_splits  # noqa: E402
+from templates.grad_cam import grad_cam_overlays  # noqa: E402
+from templates.image_data import image_dataset, load_image, load_image_splits  # noqa: E402
+from templates.learning_rates import discriminative_multipliers  # noqa: E402
 from templates.phases import (  # noqa: E402
     compile_classifier,
     evaluate_accuracy,
+    find_fine_tune_learning_rate,
+    find_head_learning_rate,
     fine_tune,
     train_head,
 )
 from templates.pretrained import pretrained_model  # noqa: E402
 from templates.saving import save_model, write_labels  # noqa: E402
+from templates.training_options import (  # noqa: E402
+    add_training_arguments,
+    record_finding,
+    scheduled,
+    tensorboard_callbacks,
+)
 
 
 def _layer_name_or_index(value: str) -> str | int:
@@ -108,6 +125,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--assert-accuracy-at-least", type=float, default=None,
                         metavar="X", help="Exit non-zero if the final accuracy (test if "
                         "a test set is given, else validation) is below X.")
+    parser.add_argument("--export-tflite", action="store_true",
+                        help="Also write tflite/model.tflite (with labels.txt).")
+    add_training_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -160,13 +180,25 @@ def main(argv=None) -> int:
 
     # ## Phase 1: train the head on the frozen backbone
     # Every epoch is checkpointed: after a crash or a kill, --resume restores finished
-    # phases and continues the phase in progress from its last finished epoch.
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
+    # phases and continues the phase in progress from its last finished epoch. The seed
+    # fixes each epoch's data order and dropout from (seed, epoch) alone, so the resumed
+    # run ends exactly where an uninterrupted one would.
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
+                          seed=args.seed, keep_best=not args.no_restore_best,
+                          patience=args.patience or None)
+    # --find-lr measures the head's learning rate on these cached features first.
+    steps_per_epoch = math.ceil(len(splits.train.files) / args.batch_size)
+    if args.find_lr:
+        args.learning_rate = record_finding(
+            find_head_learning_rate(transfer, train, args.batch_size, args.seed),
+            args.output_dir, "head", title="Learning-rate finder: head on cached features")
     started = time.perf_counter()
     head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
-        transfer, train, validation, epochs=args.epochs, learning_rate=args.learning_rate,
+        transfer, train, validation, epochs=args.epochs,
+        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs, steps_per_epoch),
         cache_features=not args.augment, augmentation=augmentation,
-        batch_size=args.batch_size, seed=args.seed, callbacks=callbacks,
+        batch_size=args.batch_size, seed=args.seed,
+        callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "head"),
     ))
     head_seconds = time.perf_counter() - started
     phases = [("head", head_history)]
@@ -178,13 +210,26 @@ def main(argv=None) -> int:
     write_json(os.path.join(args.output_dir, "history.json"), reports.merge_histories(phases))
 
     # ## Phase 2: fine-tune the top of the backbone at a lower learning rate
+    # Optionally with discriminative rates: each earlier unfrozen block learns
+    # --discriminative-factor times slower than the block after it.
     fine_tune_seconds = 0.0
     if args.fine_tune_epochs > 0:
+        if args.find_lr and not state.finished("fine_tune"):
+            args.fine_tune_learning_rate = record_finding(
+                find_fine_tune_learning_rate(transfer, train), args.output_dir, "fine_tune",
+                title="Learning-rate finder: fine-tuning")
+        multipliers = (discriminative_multipliers(transfer.backbone, transfer.fine_tune_from,
+                                                  args.discriminative_factor)
+                       if args.discriminative_factor else None)
         started = time.perf_counter()
         fine_tune_history = run_phase(state, "fine_tune", transfer.model, lambda callbacks: (
             fine_tune(transfer, train, validation, epochs=args.fine_tune_epochs,
-                      learning_rate=args.fine_tune_learning_rate, augmentation=augmentation,
-                      initial_epoch=len(head_history.epoch), callbacks=callbacks)))
+                      learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
+                                              args.fine_tune_epochs, steps_per_epoch),
+                      augmentation=augmentation, initial_epoch=len(head_history.epoch),
+                      learning_rate_multipliers=multipliers,
+                      callbacks=callbacks + tensorboard_callbacks(args.tensorboard,
+                                                                  "fine_tune"))))
         fine_tune_seconds = time.perf_counter() - started
         phases.append(("fine-tuning", fine_tune_history))
         metrics["fine_tuned"] = _evaluate(transfer.model, validation, test)
@@ -201,6 +246,22 @@ def main(argv=None) -> int:
     write_labels(splits.class_names, os.path.join(args.output_dir, "labels.txt"))
     export_saved_model(transfer.model, os.path.join(args.output_dir, "saved_model"),
                        splits.class_names)
+    if args.export_tflite:
+        export_tflite(transfer.model, os.path.join(args.output_dir, "tflite"),
+                      splits.class_names)
+
+    # ## Evaluation: what the model gets wrong, and where it looks
+    # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
+    # photos, and Grad-CAM heat maps on the backbone's last convolutional block.
+    evaluated = splits.test or splits.validation
+    evaluation = _evaluation_report(transfer.model, evaluated, image_size, args, spec.name)
+    metrics.update(
+        evaluation={"set": "test" if splits.test else "validation",
+                    "accuracy": evaluation["accuracy"], "macro_f1": evaluation["macro"]["f1"]},
+        learning_rates={"head": args.learning_rate,
+                        "fine_tune": args.fine_tune_learning_rate},
+        schedule=args.schedule, discriminative_factor=args.discriminative_factor,
+    )
     metrics.update(
         val_accuracy=final["val_accuracy"],
         **({"test_accuracy": final["test_accuracy"]} if test is not None else {}),
@@ -218,7 +279,7 @@ def main(argv=None) -> int:
     if args.compare_scratch:
         # ## Did transfer help? The same architecture from scratch, same budget.
         report = _compare_with_scratch(args, spec, image_size, splits, history,
-                                       before_training, final, train, validation, test)
+                                       before_training, final, train, validation, test, state)
         metrics["transfer_report"] = report.to_dict()["difference"]
         print(report.summary_text())
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
@@ -235,7 +296,7 @@ def main(argv=None) -> int:
 
 
 def _compare_with_scratch(args, spec, image_size, splits, history, before_training, final,
-                          train, validation, test):
+                          train, validation, test, state):
     keras.utils.set_random_seed(args.seed)
     scratch = pretrained_model(spec, len(splits.class_names), weights=None,
                                image_size=image_size, alpha=args.alpha).model
@@ -244,7 +305,23 @@ def _compare_with_scratch(args, spec, image_size, splits, history, before_traini
     return report_against_scratch(
         history["val_accuracy"], before_training, final.get("test_accuracy"), scratch,
         train, validation, test, budget, args.seed, args.output_dir,
-        title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch")
+        title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch", state=state)
+
+
+def _evaluation_report(model, folder, image_size, args, backbone_name) -> dict:
+    size = (image_size, image_size)
+    data = image_dataset(folder, image_size, args.batch_size)
+    # Grad-CAM for a few photos of each class, picked by a seeded draw.
+    rng = np.random.default_rng(args.seed)
+    picks = [int(index) for label in range(len(folder.class_names))
+             for index in rng.permutation(np.flatnonzero(np.array(folder.labels) == label))[:3]]
+    images = np.stack([load_image(folder.files[index], size) for index in picks]).astype("float32")
+    overlays = grad_cam_overlays(model, images, folder.class_names,
+                                 [folder.labels[index] for index in picks])
+    return evaluation_report(
+        model, data, folder.class_names, os.path.join(args.output_dir, "evaluation"),
+        examples=folder.files, load_example=lambda path: load_image(path, size),
+        title=f"Cats vs dogs ({backbone_name})", grad_cam=overlays)
 
 
 def _evaluate(model: keras.Model, validation, test) -> dict:

@@ -25,8 +25,11 @@ any strings; several classes work.
 
 Outputs in `--output-dir`: `metrics.json` (`test_accuracy`, `vocabulary_size`,
 `oov_rate`...), `history.json`, `learning_curves.png`, `model.keras` (takes raw
-strings), `labels.txt`, `saved_model/`; with `--compare-scratch` also
-`transfer_report.json` / `.png` and `pretrained` / `scratch` entries in `metrics.json`.
+strings), `labels.txt`, `saved_model/`, `evaluation/` (per-class scores, confusion
+matrix, the most confidently wrong test sentences, `report.md`); with
+`--compare-scratch` also `transfer_report.json` / `.png` and `pretrained` / `scratch`
+entries in `metrics.json`; with `--find-lr` the finder's plots; with `--export-tflite`
+`tflite/`. Classify new texts with `python -m recipes.predict OUTPUT_DIR --text "..."`.
 
 ## Why this recipe looks the way it does
 
@@ -56,6 +59,7 @@ embedding initialiser, trained end to end for the same number of epochs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -71,10 +75,25 @@ from templates.comparison import TrainingBudget, report_against_scratch  # noqa:
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.export import export_saved_model  # noqa: E402
-from templates.files import write_json  # noqa: E402
-from templates.phases import compile_classifier, evaluate_accuracy, fine_tune, train_head  # noqa: E402
+from templates.evaluation import evaluation_report  # noqa: E402
+from templates.export import export_saved_model, export_tflite  # noqa: E402
+from templates.files import write_json, write_text  # noqa: E402
+from templates.learning_rates import discriminative_multipliers  # noqa: E402
+from templates.phases import (  # noqa: E402
+    compile_classifier,
+    evaluate_accuracy,
+    find_fine_tune_learning_rate,
+    find_head_learning_rate,
+    fine_tune,
+    train_head,
+)
 from templates.saving import save_model, write_labels  # noqa: E402
+from templates.training_options import (  # noqa: E402
+    add_training_arguments,
+    record_finding,
+    scheduled,
+    tensorboard_callbacks,
+)
 from templates.transfer_report import MEASURES  # noqa: E402
 from templates.text_classifiers import (  # noqa: E402
     ARCHITECTURES,
@@ -159,6 +178,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "both: did the pretrained vectors help here?")
     parser.add_argument("--assert-accuracy-at-least", type=float, default=None, metavar="X",
                         help="Exit non-zero if the test accuracy is below X.")
+    parser.add_argument("--export-tflite", action="store_true",
+                        help="Also write tflite/model.tflite, which takes token ids (TFLite "
+                             "cannot run the vectoriser), with labels.txt and "
+                             "vocabulary.txt.")
+    add_training_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -227,25 +251,47 @@ def main(argv=None) -> int:
     compile_classifier(transfer.model, args.learning_rate)
     before_training = evaluate_accuracy(transfer.model, validation_data)
     # Every epoch is checkpointed: after a crash or a kill, --resume restores finished
-    # phases and continues the phase in progress from its last finished epoch.
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
+    # phases and continues the phase in progress from its last finished epoch. The seed
+    # fixes each epoch's data order and dropout from (seed, epoch) alone, so the resumed
+    # run ends exactly where an uninterrupted one would.
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
+                          seed=args.seed, keep_best=not args.no_restore_best,
+                          patience=args.patience or None)
+    steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
+    if args.find_lr:
+        args.learning_rate = record_finding(
+            find_head_learning_rate(transfer, train_data, args.batch_size, args.seed),
+            args.output_dir, "head", title="Learning-rate finder: head on frozen vectors")
     started = time.perf_counter()
     head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
         transfer, train_data, validation_data, epochs=args.epochs,
-        learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-        callbacks=callbacks, verbose=2))
+        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs, steps_per_epoch),
+        batch_size=args.batch_size, seed=args.seed,
+        callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "head"), verbose=2))
     phases = [("head", head_history)]
     metrics = {"head": _evaluate(transfer.model, validation_data, test_data),
                "head_seconds": round(time.perf_counter() - started, 2)}
     write_json(os.path.join(args.output_dir, "history.json"), reports.merge_histories(phases))
 
     # ## Phase 2: unfreeze the embedding at a lower learning rate
+    # (--discriminative-factor F gives the embedding 1/F of the head's rate.)
     if args.fine_tune_epochs > 0:
+        if args.find_lr and not state.finished("fine_tune"):
+            args.fine_tune_learning_rate = record_finding(
+                find_fine_tune_learning_rate(transfer, train_data, from_layer=None),
+                args.output_dir, "fine_tune", title="Learning-rate finder: fine-tuning")
+        multipliers = (discriminative_multipliers(transfer.backbone, None,
+                                                  args.discriminative_factor)
+                       if args.discriminative_factor else None)
         fine_tune_history = run_phase(
             state, "fine_tune", transfer.model, lambda callbacks: fine_tune(
                 transfer, train_data, validation_data, epochs=args.fine_tune_epochs,
-                learning_rate=args.fine_tune_learning_rate, from_layer=None,
-                initial_epoch=len(head_history.epoch), callbacks=callbacks, verbose=2))
+                learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
+                                        args.fine_tune_epochs, steps_per_epoch),
+                from_layer=None, initial_epoch=len(head_history.epoch),
+                learning_rate_multipliers=multipliers,
+                callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "fine_tune"),
+                verbose=2))
         phases.append(("fine-tuning", fine_tune_history))
         metrics["fine_tuned"] = _evaluate(transfer.model, validation_data, test_data)
     final = metrics.get("fine_tuned", metrics["head"])
@@ -262,6 +308,17 @@ def main(argv=None) -> int:
     save_model(text_model, os.path.join(args.output_dir, "model.keras"))
     write_labels(class_names, os.path.join(args.output_dir, "labels.txt"))
     export_saved_model(text_model, os.path.join(args.output_dir, "saved_model"), class_names)
+    if args.export_tflite:
+        # TFLite's built-in ops cannot run the vectoriser's string ops: the TFLite model
+        # takes token ids, and the vocabulary travels beside it (line i = id i).
+        export_tflite(transfer.model, os.path.join(args.output_dir, "tflite"), class_names)
+        write_text(os.path.join(args.output_dir, "tflite", "vocabulary.txt"),
+                   "\n".join(vocabulary) + "\n")
+
+    # ## Evaluation: per-class scores, confusion matrix, the most confidently wrong texts
+    evaluation = evaluation_report(
+        transfer.model, test_data, class_names, os.path.join(args.output_dir, "evaluation"),
+        examples=test.texts, kind="text", title="Text classification")
     metrics.update(
         test_accuracy=final["test_accuracy"],
         val_accuracy=final["val_accuracy"],
@@ -273,6 +330,10 @@ def main(argv=None) -> int:
         class_names=class_names,
         examples={"train": len(train), "validation": len(validation), "test": len(test)},
         skipped_lines=skipped,
+        evaluation={"set": "test", "accuracy": evaluation["accuracy"],
+                    "macro_f1": evaluation["macro"]["f1"]},
+        learning_rates={"head": args.learning_rate, "fine_tune": args.fine_tune_learning_rate},
+        schedule=args.schedule, discriminative_factor=args.discriminative_factor,
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
                        data={key: value for key, value in paths.items() if value},
                        seed=args.seed),
@@ -293,7 +354,7 @@ def main(argv=None) -> int:
             history["val_accuracy"], before_training, final["test_accuracy"], scratch,
             train_data, validation_data, test_data, budget, args.seed, args.output_dir,
             title=f"{args.vectors} vectors vs random embeddings ({args.architecture})",
-            verbose=2)
+            verbose=2, state=state)
         summary = report.to_dict()
         for key, side in (("pretrained", "transfer"), ("scratch", "scratch")):
             metrics[key] = {

@@ -24,6 +24,9 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from templates.learning_rates import DiscriminativeAdam
+from templates.reproducibility import ShuffledArrays, broadcast_epoch
+
 LOSS = "sparse_categorical_crossentropy"
 METRICS = ("accuracy",)
 
@@ -99,10 +102,29 @@ def unfreeze_from(backbone: keras.Model, from_layer: str | int | None) -> int:
     return len(backbone.trainable_weights)
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: Any = "auto"):
-    """Compile ``model`` for integer class labels with Adam at ``learning_rate``."""
+def compile_classifier(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    jit_compile: Any = "auto",
+    learning_rate_multipliers: dict[str, float] | None = None,
+):
+    """Compile ``model`` for integer class labels with Adam at ``learning_rate``.
+
+    Args:
+        model: The model to compile.
+        learning_rate: A rate or a schedule (`templates.learning_rates.OneCycle`...).
+        jit_compile: Passed to ``compile``.
+        learning_rate_multipliers: Per-variable multipliers (discriminative rates,
+            `templates.learning_rates.discriminative_multipliers`): uses
+            `DiscriminativeAdam`.
+    """
+    if learning_rate_multipliers:
+        optimizer = DiscriminativeAdam(learning_rate=learning_rate,
+                                       learning_rate_multipliers=learning_rate_multipliers)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=optimizer,
         loss=LOSS,
         metrics=list(METRICS),
         jit_compile=jit_compile,
@@ -174,7 +196,8 @@ def train_head(
         augmentation: Keras layers applied to training images (in-graph mode only).
         batch_size: Batch size when training on cached features.
         callbacks: Keras callbacks for ``fit``.
-        seed: Seeds the shuffling of cached features.
+        seed: Seeds the shuffling of cached features (epoch ``e``'s order depends only on
+            ``(seed, e)``, see `templates.reproducibility`).
         verbose: Passed to ``fit``.
 
     Returns:
@@ -197,6 +220,9 @@ def train_head(
         _compile_for_evaluation(transfer, training_model, learning_rate)
         return history
 
+    # A shuffled training set is read in its epoch-0 order, so the cached features (and
+    # the orders ShuffledArrays draws from them) do not depend on how often it was read.
+    broadcast_epoch(0)
     train_features, train_labels = extract_features(transfer.feature_extractor, train_data)
     validation = None
     if validation_data is not None:
@@ -204,9 +230,11 @@ def train_head(
     if seed is not None:
         keras.utils.set_random_seed(seed)
     compile_classifier(transfer.head, learning_rate)
+    # Epoch e's order depends only on (seed, e): a resumed run sees the same orders.
+    batches = ShuffledArrays(train_features, train_labels, batch_size=batch_size, seed=seed)
     history = transfer.head.fit(
-        train_features, train_labels, batch_size=batch_size, epochs=epochs,
-        validation_data=validation, shuffle=True, callbacks=list(callbacks), verbose=verbose,
+        batches, shuffle=False, epochs=epochs, validation_data=validation,
+        callbacks=list(callbacks), verbose=verbose,
     )
     _compile_for_evaluation(transfer, transfer.head, learning_rate)
     return history
@@ -229,6 +257,7 @@ def fine_tune(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
     verbose: int | str = "auto",
+    learning_rate_multipliers: dict[str, float] | None = None,
 ) -> keras.callbacks.History:
     """Phase 2: unfreeze the top of the reused part and train end to end, gently.
 
@@ -245,6 +274,9 @@ def fine_tune(
         callbacks: Keras callbacks for ``fit``.
         initial_epoch: Epoch number to start counting from (for continuous curves).
         verbose: Passed to ``fit``.
+        learning_rate_multipliers: Discriminative rates: ``{variable.path: multiplier}``
+            from `templates.learning_rates.discriminative_multipliers` (earlier blocks
+            slower); ``None`` trains every unfrozen layer at ``learning_rate``.
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -253,10 +285,57 @@ def fine_tune(
         from_layer = transfer.fine_tune_from
     unfreeze_from(transfer.backbone, from_layer)
     training_model = with_augmentation(transfer.model, augmentation)
-    compile_classifier(training_model, learning_rate)
+    compile_classifier(training_model, learning_rate,
+                       learning_rate_multipliers=learning_rate_multipliers)
     history = training_model.fit(
         train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch, callbacks=list(callbacks), verbose=verbose,
     )
     _compile_for_evaluation(transfer, training_model, learning_rate)
     return history
+
+
+def find_head_learning_rate(
+    transfer: Transferable,
+    train_data: Iterable,
+    batch_size: int = 32,
+    seed: int | None = None,
+    steps: int = 100,
+):
+    """Run the learning-rate finder for head training, on cached features.
+
+    Returns:
+        The `templates.learning_rates.LearningRateFinding` (its ``suggestion`` is the
+        rate to pass to `train_head`). The head's weights are restored.
+    """
+    from templates.learning_rates import find_learning_rate
+
+    transfer.backbone.trainable = False
+    broadcast_epoch(0)  # the same features, in the same order, as train_head will use
+    features, labels = extract_features(transfer.feature_extractor, train_data)
+    batches = ShuffledArrays(features, labels, batch_size=batch_size, seed=seed)
+    return find_learning_rate(transfer.head, batches, steps=steps)
+
+
+def find_fine_tune_learning_rate(
+    transfer: Transferable,
+    train_data: Iterable,
+    from_layer: str | int | None = "default",
+    steps: int = 50,
+    end_learning_rate: float = 0.1,
+):
+    """Run the learning-rate finder for fine-tuning (the top of the backbone unfrozen).
+
+    BatchNormalization stays frozen, as in `fine_tune`; afterwards the weights are
+    restored and the backbone frozen again.
+    """
+    from templates.learning_rates import find_learning_rate
+
+    if from_layer == "default":
+        from_layer = transfer.fine_tune_from
+    unfreeze_from(transfer.backbone, from_layer)
+    try:
+        return find_learning_rate(transfer.model, train_data, steps=steps,
+                                  end_learning_rate=end_learning_rate)
+    finally:
+        transfer.backbone.trainable = False

@@ -33,6 +33,7 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     """
     # Importing the custom layers registers them for deserialisation.
     import templates.embeddings  # noqa: F401
+    import templates.learning_rates  # noqa: F401  (schedules, discriminative optimisers)
     import templates.preprocessing  # noqa: F401
 
     try:  # TensorFlow-only objects: text standardisation and TF-Hub layers.

@@ -108,6 +108,71 @@ def test_recipe_outputs_and_compare_scratch_on_multiclass_data(colour_data, subp
     np.testing.assert_allclose(served, model.predict(texts, verbose=0), atol=1e-5)
 
 
+def test_training_options_evaluation_predictor_and_tflite(colour_data, subprocess_env,
+                                                          tmp_path):
+    """Issue 7 end to end on the text recipe: finder, schedule, discriminative rates,
+    TensorBoard, evaluation report, TFLite parity and the predictor."""
+    out = tmp_path / "run"
+    result = run_recipe([
+        "--train", colour_data["train"], "--validation", colour_data["validation"],
+        "--test", colour_data["test"], "--vectors", colour_data["vectors"],
+        "--architecture", "pooled", "--epochs", "8", "--fine-tune-epochs", "2",
+        "--batch-size", "16", "--seed", "4", "--output-dir", str(out),
+        "--find-lr", "--schedule", "one_cycle", "--discriminative-factor", "2.6",
+        "--tensorboard", str(tmp_path / "logs"), "--export-tflite",
+    ], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for phase in ("head", "fine_tune"):
+        finding = json.loads((out / f"lr_finder_{phase}.json").read_text())
+        rates = finding["learning_rates"]
+        assert rates[0] <= finding["suggestion"] <= rates[-1]
+        assert metrics["learning_rates"][phase] == finding["suggestion"]
+        assert (out / f"lr_finder_{phase}.png").stat().st_size > 10_000
+    assert metrics["schedule"] == "one_cycle" and metrics["discriminative_factor"] == 2.6
+    assert {path.name for path in (tmp_path / "logs").iterdir()} == {"head", "fine_tune"}
+
+    # The evaluation report agrees with the recipe's own test accuracy.
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert evaluation["class_names"] == ["cool", "neutral", "warm"]
+    assert sum(map(sum, evaluation["confusion_matrix"])) == evaluation["examples"]
+    assert (out / "evaluation" / "confusion_matrix.png").is_file()
+    assert "| warm |" in (out / "evaluation" / "report.md").read_text()
+
+    # Predictor round trip: same answers as the saved model, with the labels file.
+    from templates.export import tflite_predict
+    from templates.predictor import Predictor
+
+    texts = ["The wall is painted SCARLET today.", "the wall is painted navy",
+             "the wall is painted grey"]
+    predictor = Predictor(out)
+    assert predictor.kind == "text" and predictor.class_names == ["cool", "neutral", "warm"]
+    probabilities = predictor.predict_probabilities(texts)
+    model = load_model(out / "model.keras")
+    np.testing.assert_allclose(probabilities, model.predict(tf.constant([[t] for t in texts]),
+                                                            verbose=0), atol=1e-6)
+    assert [p.label for p in predictor.predict(texts)] == ["warm", "cool", "neutral"]
+
+    # TFLite takes token ids (no string ops); fed the saved vectoriser's ids it matches.
+    assert (out / "tflite" / "labels.txt").read_text().split() == ["cool", "neutral", "warm"]
+    vectorizer = model.layers[1]
+    vocabulary = (out / "tflite" / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert vocabulary == vectorizer.get_vocabulary()
+    token_ids = vectorizer(tf.constant([[t] for t in texts])).numpy()
+    lite = tflite_predict(out / "tflite" / "model.tflite", token_ids)
+    np.testing.assert_allclose(lite, probabilities, atol=1e-5)
+
+    command = [sys.executable, "-m", "recipes.predict", str(out), "--text", texts[1],
+               "--output", str(tmp_path / "predictions.json")]
+    printed = subprocess.run(command, env=subprocess_env, capture_output=True, text=True,
+                             timeout=300, cwd=subprocess_env["PYTHONPATH"].split(":")[0])
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert "cool" in printed.stdout
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert saved[0]["label"] == "cool" and saved[0]["input"] == texts[1]
+
+
 def test_bad_inputs_give_one_line_errors(colour_data, subprocess_env, tmp_path):
     bad = tmp_path / "ragged.txt"
     bad.write_text("the 0.1 0.2\ncat 0.3\n", encoding="utf-8")

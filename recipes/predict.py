@@ -1,0 +1,99 @@
+"""
+Title: Classify new images or texts with a trained recipe's output
+Description: Load `model.keras` and `labels.txt` from a recipe's output folder (safe
+mode, preprocessing included) and print the predicted class of each input.
+
+How to run:
+
+    python -m recipes.predict runs/cats_vs_dogs photo1.jpg photo2.png
+    python -m recipes.predict runs/glove_text --text "a gripping, funny film" --text "dull"
+    python -m recipes.predict runs/glove_text reviews.txt     # one text per line
+    python -m recipes.predict --help
+
+Image models take image files (or folders, searched for images); text models take
+`--text` strings or text files with one example per line. `--output FILE.json` writes
+every class's probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from templates.predictor import Predictor  # noqa: E402
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("How to run")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="A recipe output folder (model.keras + labels.txt).")
+    parser.add_argument("inputs", nargs="*",
+                        help="Image files or folders (image models); text files with one "
+                             "example per line (text models).")
+    parser.add_argument("--text", action="append", default=[],
+                        help="A text to classify (text models; repeatable).")
+    parser.add_argument("--output", help="Write the predictions as JSON to this file.")
+    parser.add_argument("--unsafe", action="store_true",
+                        help="Load with Keras safe_mode=False: allows models that embed "
+                             "Python code (Lambda layers). Only for files you trust.")
+    return parser.parse_args(argv)
+
+
+def _image_paths(inputs: list[str]) -> list[str]:
+    from templates.image_data import IMAGE_EXTENSIONS
+
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _, files in sorted(os.walk(item)):
+                paths += [os.path.join(root, name) for name in sorted(files)
+                          if name.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise ValueError(f"{item!r} is not a file or folder.")
+    return paths
+
+
+def _texts(inputs: list[str], texts: list[str]) -> list[str]:
+    collected = list(texts)
+    for item in inputs:
+        if not os.path.isfile(item):
+            raise ValueError(f"{item!r} is not a file (use --text for a literal text).")
+        with open(item, encoding="utf-8") as handle:
+            collected += [line.rstrip("\n") for line in handle if line.strip()]
+    return collected
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    predictor = Predictor(args.model_dir, safe_mode=not args.unsafe)
+    if predictor.kind == "image":
+        if args.text:
+            raise ValueError("This is an image model: pass image files, not --text.")
+        items = _image_paths(args.inputs)
+    else:
+        items = _texts(args.inputs, args.text)
+    if not items:
+        raise ValueError("Nothing to classify: give image files, text files or --text.")
+    predictions = predictor.predict(items)
+    for prediction in predictions:
+        shown = prediction.input if len(prediction.input) <= 70 else prediction.input[:67] + "..."
+        print(f"{prediction.label:>12}  {prediction.confidence:6.1%}  {shown}")
+    if args.output:
+        from templates.files import write_json
+
+        write_json(args.output, [dataclasses.asdict(p) for p in predictions])
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,244 @@
+"""The evaluation report: what a trained classifier gets right and wrong.
+
+`evaluation_report` predicts once over a labelled set and writes, into one folder:
+
+* ``evaluation.json``: accuracy, per-class precision / recall / F1 / support, their
+  macro averages, the confusion matrix (rows: true class, columns: predicted), and the
+  most confidently wrong examples;
+* ``confusion_matrix.png``: the matrix with class names and counts;
+* ``most_confident_errors.png`` (images) or a table in the report (texts);
+* ``grad_cam.png`` when given Grad-CAM overlays (`templates.grad_cam`, TensorFlow);
+* ``report.md``: the figures and links to the rest.
+
+Plain Keras 3 and NumPy (the plots use matplotlib).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+
+import keras
+import numpy as np
+
+from templates.files import atomic_path, write_json
+
+
+@dataclasses.dataclass
+class ClassificationScores:
+    """Scores computed from true and predicted labels.
+
+    Attributes:
+        accuracy: Share of correct predictions.
+        per_class: ``{class name: {precision, recall, f1, support}}``.
+        macro: Unweighted means of precision, recall and F1 over classes.
+        confusion_matrix: ``[true][predicted]`` counts.
+        class_names: Names in label order.
+    """
+
+    accuracy: float
+    per_class: dict[str, dict[str, float]]
+    macro: dict[str, float]
+    confusion_matrix: list[list[int]]
+    class_names: list[str]
+
+
+def classification_scores(true_labels: np.ndarray, predicted_labels: np.ndarray,
+                          class_names: Sequence[str]) -> ClassificationScores:
+    """Accuracy, per-class precision / recall / F1 and the confusion matrix.
+
+    A class never predicted has precision 0; a class absent from the data has recall
+    0 and support 0 (reported, not hidden).
+    """
+    true_labels = np.asarray(true_labels, dtype="int64").reshape(-1)
+    predicted_labels = np.asarray(predicted_labels, dtype="int64").reshape(-1)
+    if true_labels.shape != predicted_labels.shape:
+        raise ValueError(f"{len(true_labels)} true labels but {len(predicted_labels)} predictions.")
+    if len(true_labels) == 0:
+        raise ValueError("Cannot score an empty set.")
+    count = len(class_names)
+    if max(true_labels.max(), predicted_labels.max()) >= count or min(
+            true_labels.min(), predicted_labels.min()) < 0:
+        raise ValueError(f"Labels must lie in 0..{count - 1} for {count} class names.")
+    matrix = np.zeros((count, count), dtype="int64")
+    np.add.at(matrix, (true_labels, predicted_labels), 1)
+    per_class = {}
+    for index, name in enumerate(class_names):
+        hits = matrix[index, index]
+        predicted = matrix[:, index].sum()
+        support = matrix[index, :].sum()
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall),
+                           "f1": float(f1), "support": int(support)}
+    macro = {measure: float(np.mean([scores[measure] for scores in per_class.values()]))
+             for measure in ("precision", "recall", "f1")}
+    return ClassificationScores(
+        accuracy=float(np.trace(matrix) / matrix.sum()), per_class=per_class, macro=macro,
+        confusion_matrix=matrix.tolist(), class_names=list(class_names))
+
+
+def predict_labelled(model: keras.Model, data: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, true labels)`` over batches of ``(inputs, labels)``."""
+    probabilities, labels = [], []
+    for inputs, batch_labels in data:
+        probabilities.append(np.asarray(model.predict_on_batch(inputs)))
+        labels.append(keras.ops.convert_to_numpy(batch_labels).reshape(-1))
+    if not probabilities:
+        raise ValueError("Cannot evaluate: the data yielded no batches.")
+    return np.concatenate(probabilities), np.concatenate(labels).astype("int64")
+
+
+def most_confident_errors(probabilities: np.ndarray, true_labels: np.ndarray,
+                          count: int = 9) -> list[int]:
+    """Indices of the wrong predictions made with the highest confidence."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != true_labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count].tolist()
+
+
+def plot_confusion_matrix(scores: ClassificationScores, path: str | os.PathLike,
+                          title: str = "Confusion matrix") -> None:
+    """The confusion matrix as a labelled heat map with counts (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(scores.confusion_matrix)
+    count = len(scores.class_names)
+    size = max(4.5, 0.6 * count + 2.5)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    axis.set_xticks(range(count), scores.class_names, rotation=45, ha="right")
+    axis.set_yticks(range(count), scores.class_names)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for row in range(count):
+        for column in range(count):
+            axis.text(column, row, str(matrix[row, column]), ha="center", va="center",
+                      color="white" if matrix[row, column] > threshold else "black")
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"{title} (accuracy {scores.accuracy:.3f})")
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+
+
+def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str],
+                    path: str | os.PathLike, title: str) -> None:
+    """A grid of 0..255 RGB images with a caption under each (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, max(len(images), 1))
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4),
+                                squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, image, caption in zip(axes.ravel(), images, captions):
+        axis.imshow(np.clip(np.asarray(image), 0, 255).astype("uint8"))
+        axis.set_title(caption, fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+
+
+def evaluation_report(
+    model: keras.Model,
+    data: Iterable,
+    class_names: Sequence[str],
+    directory: str | os.PathLike,
+    examples: Sequence[str] | None = None,
+    load_example=None,
+    kind: str = "image",
+    error_count: int = 9,
+    title: str = "Evaluation",
+    grad_cam: tuple[Sequence[np.ndarray], Sequence[str]] | None = None,
+) -> dict:
+    """Write the evaluation folder (see the module docstring) and return its numbers.
+
+    Args:
+        model: A trained classifier returning class probabilities.
+        data: Batches of ``(inputs, labels)``, not shuffled (order matches ``examples``).
+        class_names: Names in label order.
+        directory: Output folder (created).
+        examples: One identifier per example in ``data`` order: image paths or texts.
+        load_example: For images, loads an example (path) as a 0..255 RGB array for the
+            error grid.
+        kind: ``"image"`` or ``"text"`` (how errors are shown).
+        error_count: How many confidently wrong examples to show.
+        title: Title prefix of the plots.
+        grad_cam: ``(overlays, captions)`` from `templates.grad_cam.grad_cam_overlays`.
+    """
+    if kind not in ("image", "text"):
+        raise ValueError(f"kind must be 'image' or 'text'; got {kind!r}.")
+    os.makedirs(directory, exist_ok=True)
+    probabilities, true_labels = predict_labelled(model, data)
+    if examples is not None and len(examples) != len(true_labels):
+        raise ValueError(f"{len(examples)} examples given for {len(true_labels)} predictions.")
+    predicted = probabilities.argmax(axis=1)
+    scores = classification_scores(true_labels, predicted, class_names)
+    errors = []
+    for index in most_confident_errors(probabilities, true_labels, error_count):
+        errors.append({
+            "example": examples[index] if examples is not None else index,
+            "true_class": class_names[true_labels[index]],
+            "predicted_class": class_names[predicted[index]],
+            "confidence": float(probabilities[index, predicted[index]]),
+        })
+    result = {**dataclasses.asdict(scores), "examples": int(len(true_labels)),
+              "most_confident_errors": errors}
+    write_json(os.path.join(directory, "evaluation.json"), result)
+    plot_confusion_matrix(scores, os.path.join(directory, "confusion_matrix.png"),
+                          title=f"{title}: confusion matrix")
+    figures = ["confusion_matrix.png"]
+    if kind == "image" and errors and examples is not None and load_example is not None:
+        plot_image_grid(
+            [load_example(error["example"]) for error in errors],
+            [f"true {e['true_class']}, said {e['predicted_class']}\n"
+             f"({e['confidence']:.0%}) {os.path.basename(str(e['example']))}" for e in errors],
+            os.path.join(directory, "most_confident_errors.png"),
+            title=f"{title}: most confidently wrong")
+        figures.append("most_confident_errors.png")
+    if grad_cam is not None:
+        overlays, captions = grad_cam
+        plot_image_grid(overlays, captions, os.path.join(directory, "grad_cam.png"),
+                        title=f"{title}: Grad-CAM (where the model looked)")
+        figures.append("grad_cam.png")
+    _write_markdown(result, figures, kind, os.path.join(directory, "report.md"), title)
+    return result
+
+
+def _write_markdown(result: dict, figures: list[str], kind: str, path: str, title: str):
+    lines = [f"# {title}", "",
+             f"Accuracy **{result['accuracy']:.4f}** on {result['examples']} examples; "
+             f"macro F1 {result['macro']['f1']:.4f}. Numbers: [evaluation.json](evaluation.json).",
+             "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    for name, scores in result["per_class"].items():
+        lines.append(f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} | "
+                     f"{scores['f1']:.3f} | {scores['support']} |")
+    lines.append("")
+    for figure in figures:
+        lines += [f"![{figure[:-4].replace('_', ' ')}]({figure})", ""]
+    if kind == "text" and result["most_confident_errors"]:
+        lines += ["## Most confidently wrong", "", "| confidence | true | predicted | text |",
+                  "| --- | --- | --- | --- |"]
+        for error in result["most_confident_errors"]:
+            text = str(error["example"]).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {error['confidence']:.0%} | {error['true_class']} | "
+                         f"{error['predicted_class']} | {text[:200]} |")
+        lines.append("")
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines))

@@ -1,0 +1,403 @@
+"""Learning rates: a finder, and warm-up schedules that save with the model.
+
+* `find_learning_rate` raises the learning rate exponentially, one step per batch, on
+  the user's own data, records the loss, restores the weights, and suggests a rate.
+  The suggestion is the point of **steepest descent of the smoothed loss** (the most
+  negative slope of the exponentially smoothed loss against log10 of the rate), taken
+  before the loss reaches its minimum: the region where a step of that size still
+  makes quick progress, a little below where training becomes unstable (Smith 2017;
+  the rule fastai and ktrain use).
+* `WarmupCosine` and `OneCycle` are `keras.optimizers.schedules.LearningRateSchedule`
+  subclasses, registered for serialisation, so a model compiled with them saves and
+  reloads with its schedule.
+* Discriminative learning rates: Keras 3 has no per-layer rate, so `DiscriminativeAdam`
+  (and `DiscriminativeSGD`) multiply the rate per variable inside the update rule;
+  `discriminative_multipliers` spreads the multipliers geometrically over a backbone's
+  blocks (`block_boundaries`), earlier blocks learning slower.
+
+Plain Keras 3: runs on any backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+
+import keras
+import numpy as np
+
+from templates.files import atomic_path, write_json
+
+
+@dataclasses.dataclass
+class LearningRateFinding:
+    """What `find_learning_rate` measured.
+
+    Attributes:
+        learning_rates: The rate of each step.
+        losses: The training loss of each step.
+        smoothed_losses: ``losses`` smoothed exponentially (bias-corrected).
+        suggestion: The suggested rate (steepest descent of the smoothed loss).
+        stopped_early: Whether the sweep stopped because the loss diverged.
+    """
+
+    learning_rates: list[float]
+    losses: list[float]
+    smoothed_losses: list[float]
+    suggestion: float
+    stopped_early: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+    def plot(self, path: str | os.PathLike, title: str = "Learning-rate finder") -> None:
+        """Loss against learning rate (log scale), the suggestion marked; a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        axis.plot(self.learning_rates, self.losses, color="0.75", label="loss per step")
+        axis.plot(self.learning_rates, self.smoothed_losses, color="tab:blue",
+                  label="smoothed loss")
+        axis.axvline(self.suggestion, color="tab:red", linestyle="--",
+                     label=f"suggestion {self.suggestion:.2e}")
+        axis.set_xscale("log")
+        axis.set_xlabel("learning rate (log scale)")
+        axis.set_ylabel("training loss")
+        low, high = min(self.smoothed_losses), self.smoothed_losses[0]
+        axis.set_ylim(low - 0.1 * abs(high - low + 1e-9), high + 0.5 * abs(high - low + 1e-9))
+        axis.set_title(title)
+        axis.grid(alpha=0.3, which="both")
+        axis.legend()
+        figure.tight_layout()
+        with atomic_path(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=100)
+        plt.close(figure)
+
+
+def suggest_learning_rate(learning_rates: list[float], smoothed_losses: list[float],
+                          skip_start: int = 3) -> float:
+    """The rate where the smoothed loss falls fastest per decade, before its minimum.
+
+    Args:
+        learning_rates: Increasing rates, one per step.
+        smoothed_losses: The smoothed loss at each rate.
+        skip_start: Steps ignored at the start (the smoothing is still warming up).
+    """
+    if len(learning_rates) != len(smoothed_losses) or len(learning_rates) < 3:
+        raise ValueError("Need at least three (rate, loss) pairs of equal length to suggest "
+                         "a learning rate; run the finder for more steps.")
+    rates = np.log10(np.asarray(learning_rates, dtype="float64"))
+    losses = np.asarray(smoothed_losses, dtype="float64")
+    end = int(np.argmin(losses)) + 1
+    start = min(skip_start, max(end - 2, 0))
+    if end - start < 2:
+        return float(learning_rates[0])
+    slopes = np.gradient(losses[start:end], rates[start:end])
+    return float(learning_rates[start + int(np.argmin(slopes))])
+
+
+class _SweepLearningRate(keras.callbacks.Callback):
+    """Sets the rate before each batch; records the loss after it; stops on divergence."""
+
+    def __init__(self, rates: np.ndarray, smoothing: float, divergence: float):
+        super().__init__()
+        self.rates = rates
+        self.smoothing = smoothing
+        self.divergence = divergence
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.average = 0.0
+        self.best = math.inf
+        self.stopped_early = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(float(self.rates[len(self.losses)]))
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(logs["loss"]) if logs and "loss" in logs else math.nan
+        step = len(self.losses) + 1
+        self.losses.append(loss)
+        self.average = self.smoothing * self.average + (1 - self.smoothing) * loss
+        smoothed = self.average / (1 - self.smoothing ** step)
+        self.smoothed.append(smoothed)
+        self.best = min(self.best, smoothed)
+        if not math.isfinite(loss) or smoothed > self.divergence * self.best:
+            self.stopped_early = True
+            self.model.stop_training = True
+        elif step >= len(self.rates):
+            self.model.stop_training = True
+
+
+def find_learning_rate(
+    model: keras.Model,
+    train_data: Iterable,
+    start_learning_rate: float = 1e-7,
+    end_learning_rate: float = 10.0,
+    steps: int = 100,
+    optimizer: Callable[[float], keras.optimizers.Optimizer] | None = None,
+    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy",
+    smoothing: float = 0.9,
+    divergence: float = 4.0,
+) -> LearningRateFinding:
+    """Sweep the learning rate exponentially on ``train_data``; suggest one.
+
+    The model trains for at most ``steps`` batches (cycling through ``train_data`` as
+    needed), the rate growing from ``start_learning_rate`` to ``end_learning_rate``; the
+    sweep stops early once the smoothed loss exceeds ``divergence`` times its best.
+    Afterwards the model's weights are restored; it is left compiled with the sweep's
+    optimizer, so compile it again before training (the template phases do).
+
+    Args:
+        model: The model to probe (e.g. ``transfer.head`` on cached features, or
+            ``transfer.model`` after `templates.phases.unfreeze_from` for fine-tuning).
+        train_data: What ``fit`` accepts: a `tf.data.Dataset`, a `keras.utils.PyDataset`
+            (e.g. `templates.reproducibility.ShuffledArrays`), ...
+        start_learning_rate, end_learning_rate: The sweep's bounds.
+        steps: Most batches to train.
+        optimizer: Builds the optimiser from a rate (default Adam).
+        loss: The training loss.
+        smoothing: Exponential smoothing factor of the loss curve.
+        divergence: Stop once the smoothed loss exceeds this multiple of its best.
+    """
+    if not 0 < start_learning_rate < end_learning_rate:
+        raise ValueError(
+            f"Need 0 < start_learning_rate < end_learning_rate; got {start_learning_rate} "
+            f"and {end_learning_rate}.")
+    if steps < 5:
+        raise ValueError(f"steps must be at least 5; got {steps}.")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1); got {smoothing}.")
+    rates = np.geomspace(start_learning_rate, end_learning_rate, steps)
+    saved = [np.array(weight) for weight in model.get_weights()]
+    build = optimizer or (lambda rate: keras.optimizers.Adam(learning_rate=rate))
+    model.compile(optimizer=build(float(rates[0])), loss=loss)
+    sweep = _SweepLearningRate(rates, smoothing, divergence)
+    try:
+        batches_per_epoch = len(train_data)  # type: ignore[arg-type]
+    except TypeError:
+        batches_per_epoch = None
+    epochs = math.ceil(steps / batches_per_epoch) if batches_per_epoch else steps
+    try:
+        model.fit(train_data, epochs=epochs, callbacks=[sweep], verbose=0, shuffle=False)
+    finally:
+        model.set_weights(saved)
+    recorded = len(sweep.losses)
+    if recorded < 3:
+        raise ValueError(f"The finder recorded only {recorded} steps: train_data is too small "
+                         "or the loss diverged at once; lower start_learning_rate.")
+    learning_rates = [float(rate) for rate in rates[:recorded]]
+    return LearningRateFinding(
+        learning_rates=learning_rates,
+        losses=sweep.losses,
+        smoothed_losses=sweep.smoothed,
+        suggestion=suggest_learning_rate(learning_rates, sweep.smoothed),
+        stopped_early=sweep.stopped_early,
+    )
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``initial_learning_rate`` to ``peak_learning_rate``, then
+    cosine decay to ``final_learning_rate`` at ``total_steps`` (constant after).
+
+    Args:
+        peak_learning_rate: The rate at the end of the warm-up.
+        total_steps: Steps of the whole schedule.
+        warmup_steps: Steps of the linear warm-up.
+        initial_learning_rate: The rate at step 0.
+        final_learning_rate: The rate at ``total_steps`` and after.
+    """
+
+    def __init__(self, peak_learning_rate: float, total_steps: int, warmup_steps: int = 0,
+                 initial_learning_rate: float = 0.0, final_learning_rate: float = 0.0):
+        if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"Need total_steps >= 1 and 0 <= warmup_steps <= total_steps; "
+                             f"got total_steps={total_steps}, warmup_steps={warmup_steps}.")
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.final_learning_rate = float(final_learning_rate)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = max(self.warmup_steps, 1)
+        rising = self.initial_learning_rate + (
+            self.peak_learning_rate - self.initial_learning_rate) * step / warmup
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = keras.ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + keras.ops.cos(math.pi * progress))
+        falling = self.final_learning_rate + (
+            self.peak_learning_rate - self.final_learning_rate) * cosine
+        return keras.ops.where(step < self.warmup_steps, rising, falling)
+
+    def get_config(self) -> dict:
+        return {"peak_learning_rate": self.peak_learning_rate,
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "initial_learning_rate": self.initial_learning_rate,
+                "final_learning_rate": self.final_learning_rate}
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class OneCycle(WarmupCosine):
+    """The one-cycle policy (Smith 2018, as in fastai): warm up from
+    ``max_learning_rate / div_factor`` to ``max_learning_rate`` over the first
+    ``warmup_fraction`` of the steps, then cosine-anneal to
+    ``max_learning_rate / final_div_factor``.
+
+    Args:
+        max_learning_rate: The peak rate (e.g. the finder's suggestion).
+        total_steps: Steps of the whole cycle (epochs x batches per epoch).
+        warmup_fraction: Share of the steps spent warming up.
+        div_factor: Start rate = ``max_learning_rate / div_factor``.
+        final_div_factor: End rate = ``max_learning_rate / final_div_factor``.
+    """
+
+    def __init__(self, max_learning_rate: float, total_steps: int,
+                 warmup_fraction: float = 0.25, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4):
+        if not 0 <= warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}.")
+        self.max_learning_rate = float(max_learning_rate)
+        self.warmup_fraction = float(warmup_fraction)
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        super().__init__(
+            peak_learning_rate=max_learning_rate, total_steps=total_steps,
+            warmup_steps=int(round(warmup_fraction * total_steps)),
+            initial_learning_rate=max_learning_rate / div_factor,
+            final_learning_rate=max_learning_rate / final_div_factor)
+
+    def get_config(self) -> dict:
+        return {"max_learning_rate": self.max_learning_rate, "total_steps": self.total_steps,
+                "warmup_fraction": self.warmup_fraction, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor}
+
+
+class _PerVariableLearningRates:
+    """Mixin: scales the learning rate of each variable by its group's multiplier.
+
+    The multiplier applies to the rate inside the optimiser's own update rule, so for
+    Adam a variable with multiplier 0.1 moves 10x less per step (scaling gradients
+    would not do this: Adam's update is invariant to the gradient's scale).
+    Multipliers are keyed by variable path (``variable.path``) so they serialise.
+    """
+
+    def __init__(self, *args, learning_rate_multipliers: dict[str, float] | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rate_multipliers = dict(learning_rate_multipliers or {})
+        for path, multiplier in self.learning_rate_multipliers.items():
+            if not multiplier >= 0:
+                raise ValueError(f"Learning-rate multiplier for {path!r} must be >= 0; "
+                                 f"got {multiplier}.")
+        self._multiplier_by_key: dict = {}
+
+    def build(self, variables):
+        for variable in variables:
+            multiplier = self.learning_rate_multipliers.get(variable.path, 1.0)
+            self._multiplier_by_key[self._var_key(variable)] = float(multiplier)
+        super().build(variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._multiplier_by_key.get(self._var_key(variable), 1.0)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(),
+                "learning_rate_multipliers": self.learning_rate_multipliers}
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class DiscriminativeAdam(_PerVariableLearningRates, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with a learning-rate multiplier per variable.
+
+    Args:
+        learning_rate_multipliers: ``{variable.path: multiplier}``; variables not
+            listed use 1.0. Build it with `discriminative_multipliers`.
+        **kwargs: `keras.optimizers.Adam` arguments.
+    """
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class DiscriminativeSGD(_PerVariableLearningRates, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with a learning-rate multiplier per variable."""
+
+
+_BLOCK_PATTERNS = (
+    re.compile(r"(stage_\d+_block_\d+)"),       # ConvNeXt
+    re.compile(r"^(conv\d+_block\d+)"),         # ResNet, DenseNet
+    re.compile(r"^(block_?\d+[a-z]?)"),         # VGG, Xception, MobileNetV2, EfficientNet
+    re.compile(r"^conv_(?:dw|pw)_(\d+)"),       # MobileNet
+    re.compile(r"^(mixed\d+)"),                 # InceptionV3, InceptionResNetV2
+)
+
+
+def block_name(layer_name: str) -> str | None:
+    """The block a `keras.applications` layer belongs to (``None`` if not in one)."""
+    for pattern in _BLOCK_PATTERNS:
+        match = pattern.search(layer_name)
+        if match:
+            return match.group(1) if not match.group(1).isdigit() else f"block_{match.group(1)}"
+    return None
+
+
+def block_boundaries(backbone: keras.Model) -> list[tuple[str, int]]:
+    """``(block, index of its first layer)`` for each block of ``backbone``, in order.
+
+    Layers before the first block form ``"stem"``; a layer outside any block (a pooling
+    or activation between blocks) belongs to the block before it.
+    """
+    boundaries: list[tuple[str, int]] = []
+    current = "stem"
+    for index, layer in enumerate(backbone.layers):
+        block = block_name(layer.name)
+        if index == 0:
+            boundaries.append((current, 0))
+        if block is not None and block != current and all(block != name for name, _ in boundaries):
+            boundaries.append((block, index))
+            current = block
+    return boundaries
+
+
+def discriminative_multipliers(
+    backbone: keras.Model, from_layer: str | int | None = None, factor: float = 2.6,
+) -> dict[str, float]:
+    """Learning-rate multipliers falling geometrically from the head to earlier blocks.
+
+    As in fastai's layer groups, the head keeps the full rate (1.0, it is not in
+    ``backbone``), the backbone's last block gets ``1 / factor``, the block before it
+    ``1 / factor**2``, and so on (fastai's default spread is 2.6 per group). Only layers
+    from ``from_layer`` on are listed: earlier ones are frozen anyway. A backbone with
+    no recognised blocks (an embedding) is one group at ``1 / factor``.
+
+    Returns:
+        ``{variable.path: multiplier}`` for `DiscriminativeAdam`.
+    """
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1 (earlier blocks learn slower); got {factor}.")
+    layers = backbone.layers
+    if from_layer is None:
+        start = 0
+    elif isinstance(from_layer, str):
+        start = [layer.name for layer in layers].index(from_layer)
+    else:
+        start = from_layer % len(layers)
+    boundaries = [index for _, index in block_boundaries(backbone)]
+    multipliers: dict[str, float] = {}
+    for index in range(start, len(layers)):
+        later_blocks = sum(1 for boundary in boundaries if boundary > index)
+        for variable in layers[index].weights:
+            multipliers[variable.path] = float(factor ** -(1 + later_blocks))
+    return multipliers

@@ -1,0 +1,115 @@
+"""Classify new images or texts with a recipe's saved output, nothing to rebuild.
+
+A recipe's output folder holds ``model.keras`` (preprocessing inside: image
+normalisation for the backbone, or the text vectoriser with its vocabulary) and
+``labels.txt``. `Predictor` loads both, in Keras's safe mode, and takes image paths or
+raw strings:
+
+    predictor = Predictor("runs/cats_vs_dogs")
+    predictor.predict(["photo.jpg"])   # [Prediction(label="dogs", confidence=0.97, ...)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from templates.saving import load_model, read_labels
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One input's result: the top class, its probability, and every class's."""
+
+    input: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class Predictor:
+    """A saved recipe model and its labels, ready to classify.
+
+    Args:
+        model_dir: A recipe output folder (``model.keras`` + ``labels.txt``), or the
+            path of a ``.keras`` file with ``labels.txt`` beside it.
+        safe_mode: Keras safe mode when loading (refuses embedded Python code).
+        batch_size: Inputs per forward pass.
+
+    Attributes:
+        kind: ``"image"`` (4-D float input) or ``"text"`` (string input).
+        class_names: Names in label order, from ``labels.txt``.
+        image_size: ``(height, width)`` the model takes, for image models.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, safe_mode: bool = True,
+                 batch_size: int = 32):
+        self.model_dir = os.fspath(model_dir)
+        self.safe_mode = safe_mode
+        self.batch_size = batch_size
+        if os.path.isdir(self.model_dir):
+            model_path = os.path.join(self.model_dir, "model.keras")
+            folder = self.model_dir
+        else:
+            model_path, folder = self.model_dir, os.path.dirname(self.model_dir)
+        labels_path = os.path.join(folder, "labels.txt")
+        if not os.path.isfile(model_path):
+            raise ValueError(f"No model at {model_path!r}: pass a recipe output folder "
+                             "(holding model.keras and labels.txt) or a .keras file.")
+        if not os.path.isfile(labels_path):
+            raise ValueError(f"No labels file at {labels_path!r}: the class names must "
+                             "travel with the model (recipes write labels.txt).")
+        self.model = load_model(model_path, safe_mode=safe_mode)
+        self.class_names = read_labels(labels_path)
+        outputs = self.model.output_shape[-1]
+        if outputs != len(self.class_names):
+            raise ValueError(f"{labels_path!r} names {len(self.class_names)} classes but the "
+                             f"model predicts {outputs}.")
+        input_spec = self.model.inputs[0]
+        if "string" in str(input_spec.dtype):
+            self.kind, self.image_size = "text", None
+        elif len(input_spec.shape) == 4:
+            self.kind = "image"
+            self.image_size = tuple(int(side) for side in input_spec.shape[1:3])
+        else:
+            raise ValueError(f"{model_path!r} takes {input_spec.shape} {input_spec.dtype} "
+                             "inputs; Predictor handles image and text models.")
+
+    def _batch(self, items: Sequence[str]) -> np.ndarray:
+        if self.kind == "text":
+            return np.array([[str(item)] for item in items], dtype=object)
+        from templates.image_data import check_image, load_image
+
+        images = []
+        for path in items:
+            problem = check_image(os.fspath(path))
+            if problem is not None:
+                raise ValueError(f"Cannot classify {os.fspath(path)!r}: {problem}.")
+            images.append(load_image(os.fspath(path), self.image_size).astype("float32"))
+        return np.stack(images)
+
+    def predict_probabilities(self, items: Sequence[str]) -> np.ndarray:
+        """Class probabilities, one row per image path or text."""
+        items = list(items)
+        if not items:
+            return np.zeros((0, len(self.class_names)), dtype="float32")
+        rows = []
+        for start in range(0, len(items), self.batch_size):
+            batch = self._batch(items[start:start + self.batch_size])
+            rows.append(np.asarray(self.model.predict_on_batch(batch)))
+        return np.concatenate(rows)
+
+    def predict(self, items: Sequence[str]) -> list[Prediction]:
+        """The top class and all probabilities for each image path or text."""
+        items = list(items)
+        probabilities = self.predict_probabilities(items)
+        results = []
+        for item, row in zip(items, probabilities):
+            best = int(np.argmax(row))
+            results.append(Prediction(
+                input=str(item), label=self.class_names[best], confidence=float(row[best]),
+                probabilities={name: float(value) for name, value in zip(self.class_names, row)}))
+        return results

@@ -1,0 +1,79 @@
+"""Training options every recipe offers, defined once.
+
+`add_training_arguments` adds the flags; the helpers turn them into what the phases
+take: a learning rate or schedule, discriminative multipliers, TensorBoard callbacks,
+and learning-rate finder runs whose plots land in the output folder.
+
+    --find-lr                    run the finder before each phase and use its suggestion
+    --schedule                   constant | warmup_cosine | one_cycle (per phase)
+    --discriminative-factor F    fine-tune earlier backbone blocks F times slower per block
+    --patience N                 early stopping; the best epoch is restored (0: never stop)
+    --no-restore-best            keep each phase's last epoch instead of its best
+    --tensorboard DIR            TensorBoard logs, one folder per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import keras
+
+from templates.learning_rates import LearningRateFinding, OneCycle, WarmupCosine
+
+SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3) -> None:
+    """Add the shared training flags (see the module docstring) to ``parser``."""
+    group = parser.add_argument_group("training options")
+    group.add_argument("--find-lr", action="store_true",
+                       help="Run the learning-rate finder before each phase, use its "
+                            "suggestion (steepest descent of the smoothed loss) instead of "
+                            "--learning-rate / --fine-tune-learning-rate, and write "
+                            "lr_finder_PHASE.png/.json.")
+    group.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                       help="Learning-rate schedule within each phase: constant, warm-up "
+                            "(10%% of steps) then cosine decay, or one-cycle (the rate "
+                            "given is the peak).")
+    group.add_argument("--discriminative-factor", type=float, default=None, metavar="F",
+                       help="Fine-tune each earlier backbone block F times slower than the "
+                            "next (e.g. 2.6); default: one rate for every unfrozen layer.")
+    group.add_argument("--patience", type=int, default=patience,
+                       help="Stop a phase after this many epochs without a better "
+                            "validation accuracy (0: never stop early). Default "
+                            f"{patience}.")
+    group.add_argument("--no-restore-best", action="store_true",
+                       help="End each phase with its last epoch's weights; by default the "
+                            "best epoch's (by validation accuracy) are restored.")
+    group.add_argument("--tensorboard", metavar="DIR",
+                       help="Write TensorBoard logs under DIR (one folder per phase).")
+
+
+def scheduled(learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int):
+    """``learning_rate`` as the phase's schedule (a float for ``"constant"``)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    if schedule == "warmup_cosine":
+        return WarmupCosine(learning_rate, total, warmup_steps=max(1, total // 10),
+                            final_learning_rate=learning_rate / 100)
+    if schedule == "one_cycle":
+        return OneCycle(learning_rate, total)
+    return learning_rate
+
+
+def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callbacks.Callback]:
+    """A TensorBoard callback logging to ``DIRECTORY/PHASE`` (none without a folder)."""
+    if not directory:
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=os.path.join(directory, phase))]
+
+
+def record_finding(finding: LearningRateFinding, output_dir: str, phase: str,
+                   title: str) -> float:
+    """Write ``lr_finder_PHASE.json/.png``, print and return the suggestion."""
+    finding.write_json(os.path.join(output_dir, f"lr_finder_{phase}.json"))
+    finding.plot(os.path.join(output_dir, f"lr_finder_{phase}.png"), title=title)
+    print(f"Learning-rate finder ({phase}): suggests {finding.suggestion:.2e}")
+    return finding.suggestion

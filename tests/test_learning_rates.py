@@ -1,0 +1,187 @@
+"""Learning-rate finder and schedules (issue 7, parts 1 and 2)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from templates.learning_rates import (
+    OneCycle,
+    WarmupCosine,
+    find_learning_rate,
+    suggest_learning_rate,
+)
+from templates.reproducibility import ShuffledArrays
+
+
+def classification_problem(seed=0, size=512):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(size, 10)).astype("float32")
+    y = (x[:, :3].sum(axis=1) > 0).astype("int32")
+    return x, y
+
+
+def small_classifier():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,))
+    hidden = keras.layers.Dense(32, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+
+
+def test_the_finder_restores_weights_and_suggests_a_rate_inside_the_sweep(tmp_path):
+    x, y = classification_problem()
+    model = small_classifier()
+    before = [weight.copy() for weight in model.get_weights()]
+    finding = find_learning_rate(model, ShuffledArrays(x, y, batch_size=16, seed=0),
+                                 start_learning_rate=1e-6, end_learning_rate=10.0, steps=80)
+    for restored, original in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(restored, original)
+    rates = finding.learning_rates
+    assert rates[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(rates, rates[1:]))
+    assert rates[0] <= finding.suggestion <= rates[-1]
+    # Adam on this problem learns well between 1e-3 and 1e-1; the steepest descent of
+    # the loss lies there, well below where the loss blows up.
+    assert 3e-4 <= finding.suggestion <= 0.3
+    assert finding.stopped_early and len(rates) < 80  # 10 diverges: the sweep stops
+    finding.plot(tmp_path / "finder.png")
+    finding.write_json(tmp_path / "finder.json")
+    assert (tmp_path / "finder.png").stat().st_size > 10_000
+
+    # The suggestion trains: one epoch at it beats one epoch at the sweep's start.
+    def one_epoch(rate):
+        trained = small_classifier()
+        trained.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy")
+        return trained.fit(ShuffledArrays(x, y, 16, seed=0), shuffle=False, epochs=1,
+                           verbose=0).history["loss"][-1]
+
+    assert one_epoch(finding.suggestion) < one_epoch(1e-6) - 0.1
+
+
+def test_suggestion_is_the_steepest_descent_before_the_minimum():
+    rates = list(np.geomspace(1e-5, 1.0, 11))
+    losses = [1.0, 1.0, 0.99, 0.98, 0.9, 0.6, 0.5, 0.45, 0.4, 2.0, 9.0]
+    assert suggest_learning_rate(rates, losses) == pytest.approx(rates[5])
+    with pytest.raises(ValueError, match="at least three"):
+        suggest_learning_rate(rates[:2], losses[:2])
+
+
+def test_warmup_cosine_values_at_chosen_steps():
+    schedule = WarmupCosine(peak_learning_rate=1.0, total_steps=110, warmup_steps=10,
+                            initial_learning_rate=0.1, final_learning_rate=0.0)
+    values = {step: float(schedule(step)) for step in (0, 5, 10, 60, 110, 500)}
+    assert values[0] == pytest.approx(0.1)
+    assert values[5] == pytest.approx(0.55)
+    assert values[10] == pytest.approx(1.0)
+    assert values[60] == pytest.approx(0.5, abs=1e-6)  # halfway through the cosine
+    assert values[110] == pytest.approx(0.0, abs=1e-7)
+    assert values[500] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_one_cycle_values_and_save_with_the_model(tmp_path):
+    schedule = OneCycle(max_learning_rate=0.01, total_steps=100, warmup_fraction=0.3)
+    assert float(schedule(0)) == pytest.approx(0.01 / 25)
+    assert float(schedule(30)) == pytest.approx(0.01)
+    assert float(schedule(65)) == pytest.approx(0.01 / 1e4 + (0.01 - 0.01 / 1e4) / 2, rel=1e-5)
+    assert float(schedule(100)) == pytest.approx(0.01 / 1e4)
+    middle = [float(schedule(step)) for step in range(0, 31)]
+    assert all(b > a for a, b in zip(middle, middle[1:]))
+
+    model = small_classifier()
+    model.compile(keras.optimizers.Adam(learning_rate=schedule), "sparse_categorical_crossentropy")
+    x, y = classification_problem(size=64)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    restored = reloaded.optimizer.learning_rate  # the schedule's current value
+    assert isinstance(reloaded.optimizer._learning_rate, OneCycle)
+    assert reloaded.optimizer._learning_rate.get_config() == schedule.get_config()
+    assert float(restored) == pytest.approx(float(schedule(2)), rel=1e-5)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        OneCycle(0.1, 10, warmup_fraction=1.5)
+    assert math.isclose(float(WarmupCosine(1.0, 10)(0)), 1.0)
+
+
+def blocky_model():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block2_conv")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block3_conv")(x)
+    backbone = keras.Model(inputs, x, name="blocks")
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(
+        keras.layers.GlobalAveragePooling2D()(backbone.output))
+    return backbone, keras.Model(inputs, outputs)
+
+
+def test_block_boundaries_of_keras_applications_names():
+    from templates.learning_rates import block_boundaries, block_name
+
+    assert block_name("conv_pw_13_relu") == "block_13"
+    assert block_name("conv5_block3_out") == "conv5_block3"
+    assert block_name("block6a_expand_conv") == "block6a"
+    assert block_name("convnext_tiny_stage_3_block_2_depthwise_conv") == "stage_3_block_2"
+    assert block_name("mixed10") == "mixed10" and block_name("input_layer") is None
+    backbone, _ = blocky_model()
+    assert block_boundaries(backbone) == [("stem", 0), ("block1", 1), ("block2", 2),
+                                          ("block3", 3)]
+
+
+@pytest.mark.parametrize("optimizer_name", ["adam", "sgd"])
+def test_discriminative_update_sizes_follow_the_requested_rates(tmp_path, optimizer_name):
+    from templates.learning_rates import (
+        DiscriminativeAdam,
+        DiscriminativeSGD,
+        discriminative_multipliers,
+    )
+
+    backbone, model = blocky_model()
+    multipliers = discriminative_multipliers(backbone, from_layer="block2_conv", factor=4.0)
+    paths = {layer: [weight.path for weight in backbone.get_layer(layer).weights]
+             for layer in ("block1_conv", "block2_conv", "block3_conv")}
+    assert {multipliers[path] for path in paths["block3_conv"]} == {0.25}
+    assert {multipliers[path] for path in paths["block2_conv"]} == {0.0625}
+    assert not set(paths["block1_conv"]) & set(multipliers)  # frozen part: not listed
+
+    rate = 1e-3
+    if optimizer_name == "adam":
+        optimizer = DiscriminativeAdam(learning_rate=rate, learning_rate_multipliers=multipliers)
+    else:
+        optimizer = DiscriminativeSGD(learning_rate=rate, learning_rate_multipliers=multipliers)
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 2, size=32).astype("int32")
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    plain.compile(keras.optimizers.Adam(rate) if optimizer_name == "adam"
+                  else keras.optimizers.SGD(rate), "sparse_categorical_crossentropy")
+    before = {layer: [w.copy() for w in backbone.get_layer(layer).get_weights()]
+              for layer in paths}
+    before["head"] = [w.copy() for w in model.get_layer("head").get_weights()]
+    model.train_on_batch(x, y)
+    plain.train_on_batch(x, y)
+
+    def step(trained, layer):
+        kernel_before = before[layer][0]
+        return np.abs(trained.get_layer(layer).get_weights()[0] - kernel_before)
+
+    def step_in(full_model, layer):
+        inner = [candidate for candidate in full_model.layers if layer in
+                 [item.name for item in getattr(candidate, "layers", [])]]
+        return step(inner[0] if inner else full_model, layer)
+
+    # block1 is not listed (it would be frozen in fine-tuning): it keeps the full rate,
+    # as the head does.
+    for layer, expected in (("block3_conv", 0.25), ("block2_conv", 0.0625), ("block1_conv", 1.0),
+                            ("head", 1.0)):
+        ratio = step_in(model, layer).sum() / step_in(plain, layer).sum()
+        # Steps are read back as float32 weight differences: allow their rounding.
+        assert ratio == pytest.approx(expected, rel=5e-3), layer
+
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert type(reloaded.optimizer).__name__ == type(optimizer).__name__
+    assert reloaded.optimizer.learning_rate_multipliers == multipliers
