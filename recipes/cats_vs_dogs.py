@@ -50,8 +50,18 @@ import numpy as np  # noqa: E402
 
 from templates import reports  # noqa: E402
 from templates.checkpoints import TrainingState, run_phase  # noqa: E402
-from templates.backbones import WeightsUnavailableError, get_backbone_spec  # noqa: E402
-from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
+from templates.backbones import (  # noqa: E402
+    WeightsUnavailableError,
+    block_cut_points,
+    get_backbone_spec,
+)
+from templates.comparison import (  # noqa: E402
+    TrainingBudget,
+    report_against_scratch,
+    reuse_depth_sweep,
+    write_sweep,
+)
+from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
@@ -125,14 +135,31 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--assert-accuracy-at-least", type=float, default=None,
                         metavar="X", help="Exit non-zero if the final accuracy (test if "
                         "a test set is given, else validation) is below X.")
+    parser.add_argument("--reuse-sweep", type=int, default=0, metavar="N",
+                        help="Also measure how much of the backbone to reuse: cut it at N "
+                             "block ends (first to last), train a head on each for --epochs "
+                             "and write reuse_sweep.json/.png.")
     parser.add_argument("--export-tflite", action="store_true",
                         help="Also write tflite/model.tflite (with labels.txt).")
     add_training_arguments(parser)
+    add_hardware_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    # ## Hardware
+    # --strategy picks a TPU, GPUs or the CPU; models and optimisers are built inside
+    # its scope, and --batch-size counts per replica, so the global batch grows with
+    # the replicas. --mixed-precision auto uses float16 on recent NVIDIA GPUs.
+    choice = setup_hardware(args, args.data_dir, args.test_dir)
+    args.batch_size = choice.global_batch_size(args.batch_size)
+    with choice.strategy.scope():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The recipe, inside the strategy's scope."""
     keras.utils.set_random_seed(args.seed)
     spec = get_backbone_spec(args.backbone)
     image_size = args.image_size or spec.default_image_size
@@ -282,6 +309,13 @@ def main(argv=None) -> int:
                                        before_training, final, train, validation, test, state)
         metrics["transfer_report"] = report.to_dict()["difference"]
         print(report.summary_text())
+    if args.reuse_sweep:
+        # ## How much of the backbone to reuse
+        # Early blocks compute generic edges and textures, later ones ImageNet-specific
+        # parts; the sweep measures which depth serves these photos best.
+        sweep = _reuse_sweep(args, spec, weights, image_size, splits, train, validation, test,
+                             state, transfer.backbone)
+        metrics["reuse_sweep"] = sweep
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
 
     score_name = "test_accuracy" if test is not None else "val_accuracy"
@@ -306,6 +340,23 @@ def _compare_with_scratch(args, spec, image_size, splits, history, before_traini
         history["val_accuracy"], before_training, final.get("test_accuracy"), scratch,
         train, validation, test, budget, args.seed, args.output_dir,
         title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch", state=state)
+
+
+def _reuse_sweep(args, spec, weights, image_size, splits, train, validation, test, state,
+                 backbone) -> list[dict]:
+    cut_points = block_cut_points(backbone, args.reuse_sweep)
+    budget = TrainingBudget(args.epochs, 0, args.learning_rate, batch_size=args.batch_size)
+    sweep = reuse_depth_sweep(
+        lambda cut: pretrained_model(spec, len(splits.class_names), weights=weights,
+                                     image_size=image_size, alpha=args.alpha, cut_at=cut),
+        cut_points, train, validation, test, budget=budget, seed=args.seed, state=state)
+    write_sweep(sweep, args.output_dir,
+                title=f"Reuse depth: {spec.name} blocks, cats vs dogs (head only)")
+    for row in sweep:
+        score = row["test_accuracy"] if row["test_accuracy"] is not None else row[
+            "best_val_accuracy"]
+        print(f"  reuse up to {row['cut_at']:>20} ({row['reused_layers']:>3} layers): {score:.3f}")
+    return sweep
 
 
 def _evaluation_report(model, folder, image_size, args, backbone_name) -> dict:

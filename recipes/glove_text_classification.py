@@ -72,6 +72,7 @@ import keras  # noqa: E402
 from templates import reports  # noqa: E402
 from templates.checkpoints import TrainingState, run_phase  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
+from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
@@ -183,11 +184,24 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                              "cannot run the vectoriser), with labels.txt and "
                              "vocabulary.txt.")
     add_training_arguments(parser)
+    add_hardware_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    # ## Hardware
+    # --strategy picks a TPU, GPUs or the CPU; models and optimisers are built inside
+    # its scope, and --batch-size counts per replica, so the global batch grows with
+    # the replicas. --mixed-precision auto uses float16 on recent NVIDIA GPUs.
+    choice = setup_hardware(args, args.train, args.validation, args.test)
+    args.batch_size = choice.global_batch_size(args.batch_size)
+    with choice.strategy.scope():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The recipe, inside the strategy's scope."""
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from typing import Any
 
 import keras
@@ -270,3 +271,54 @@ def cut_backbone(backbone: keras.Model, cut_at: str | int | None) -> keras.Model
             "channels) or a feature vector (batch, units)."
         )
     return keras.Model(backbone.input, output, name=f"{backbone.name}_to_{output_layer.name}")
+
+
+_BLOCK_PATTERNS = (
+    re.compile(r"(stage_\d+_block_\d+)"),       # ConvNeXt
+    re.compile(r"^(conv\d+_block\d+)"),         # ResNet, DenseNet
+    re.compile(r"^(block_?\d+[a-z]?)"),         # VGG, Xception, MobileNetV2, EfficientNet
+    re.compile(r"^conv_(?:dw|pw|pad)_(\d+)"),   # MobileNet
+    re.compile(r"^(mixed\d+)"),                 # InceptionV3, InceptionResNetV2
+)
+
+
+def block_name(layer_name: str) -> str | None:
+    """The block a `keras.applications` layer belongs to (``None`` if not in one)."""
+    for pattern in _BLOCK_PATTERNS:
+        match = pattern.search(layer_name)
+        if match:
+            return match.group(1) if not match.group(1).isdigit() else f"block_{match.group(1)}"
+    return None
+
+
+def block_boundaries(backbone: keras.Model) -> list[tuple[str, int]]:
+    """``(block, index of its first layer)`` for each block of ``backbone``, in order.
+
+    Layers before the first block form ``"stem"``; a layer outside any block (a pooling
+    or activation between blocks) belongs to the block before it.
+    """
+    boundaries: list[tuple[str, int]] = []
+    current = "stem"
+    for index, layer in enumerate(backbone.layers):
+        block = block_name(layer.name)
+        if index == 0:
+            boundaries.append((current, 0))
+        if block is not None and block != current and all(block != name for name, _ in boundaries):
+            boundaries.append((block, index))
+            current = block
+    return boundaries
+
+
+def block_cut_points(backbone: keras.Model, count: int = 4) -> list[str]:
+    """Names of layers that end a block, for reuse-depth sweeps: ``count`` block ends
+    spread evenly from the first block to the last (the last layer of ``backbone``).
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1; got {count}.")
+    starts = [index for _, index in block_boundaries(backbone)][1:]  # skip the stem
+    ends = [start - 1 for start in starts[1:]] + [len(backbone.layers) - 1]
+    if not starts:
+        return [backbone.layers[-1].name]
+    picks = sorted({ends[round(position * (len(ends) - 1) / max(count - 1, 1))]
+                    for position in range(count)})
+    return [backbone.layers[index].name for index in picks]

@@ -123,7 +123,8 @@ def plot_confusion_matrix(scores: ClassificationScores, path: str | os.PathLike,
                       color="white" if matrix[row, column] > threshold else "black")
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    axis.set_title(f"{title} (accuracy {scores.accuracy:.3f})")
+    axis.set_title(f"{title}\naccuracy {scores.accuracy:.3f} on {matrix.sum()} examples",
+                   fontsize=10)
     figure.tight_layout()
     with atomic_path(path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=100)

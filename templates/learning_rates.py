@@ -10,10 +10,13 @@
 * `WarmupCosine` and `OneCycle` are `keras.optimizers.schedules.LearningRateSchedule`
   subclasses, registered for serialisation, so a model compiled with them saves and
   reloads with its schedule.
+* One-cycle momentum: `DiscriminativeAdam(momentum_schedule=one_cycle.momentum_schedule())`
+  moves Adam's ``beta_1`` against the rate (0.95 -> 0.85 -> 0.95);
+  `templates.phases.compile_classifier` does it whenever the rate is a `OneCycle`.
 * Discriminative learning rates: Keras 3 has no per-layer rate, so `DiscriminativeAdam`
   (and `DiscriminativeSGD`) multiply the rate per variable inside the update rule;
   `discriminative_multipliers` spreads the multipliers geometrically over a backbone's
-  blocks (`block_boundaries`), earlier blocks learning slower.
+  blocks (`templates.backbones.block_boundaries`), earlier blocks learning slower.
 
 Plain Keras 3: runs on any backend.
 """
@@ -23,12 +26,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable, Iterable
 
 import keras
 import numpy as np
 
+from templates.backbones import block_boundaries
 from templates.files import atomic_path, write_json
 
 
@@ -277,6 +280,10 @@ class OneCycle(WarmupCosine):
             initial_learning_rate=max_learning_rate / div_factor,
             final_learning_rate=max_learning_rate / final_div_factor)
 
+    def momentum_schedule(self, high: float = 0.95, low: float = 0.85) -> "CyclicalMomentum":
+        """The momentum counter-cycle that goes with this rate cycle."""
+        return CyclicalMomentum(self.total_steps, self.warmup_steps, high=high, low=low)
+
     def get_config(self) -> dict:
         return {"max_learning_rate": self.max_learning_rate, "total_steps": self.total_steps,
                 "warmup_fraction": self.warmup_fraction, "div_factor": self.div_factor,
@@ -320,12 +327,78 @@ class _PerVariableLearningRates:
 
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")
-class DiscriminativeAdam(_PerVariableLearningRates, keras.optimizers.Adam):
-    """`keras.optimizers.Adam` with a learning-rate multiplier per variable.
+class CyclicalMomentum(keras.optimizers.schedules.LearningRateSchedule):
+    """The one-cycle momentum, a schedule of the step like a learning-rate schedule.
+
+    It falls from ``high`` to ``low`` while the rate warms up (over ``warmup_steps``)
+    and rises back along a cosine to ``high`` at ``total_steps``: high momentum where
+    the rate is low, and the reverse (Smith 2018).
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int, high: float = 0.95,
+                 low: float = 0.85):
+        if not 0 <= low <= high < 1:
+            raise ValueError(f"Need 0 <= low <= high < 1; got low={low}, high={high}.")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.high = float(high)
+        self.low = float(low)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        falling = self.high - (self.high - self.low) * step / max(self.warmup_steps, 1)
+        progress = keras.ops.clip((step - self.warmup_steps)
+                                  / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
+        rising = self.low + (self.high - self.low) * (1 - keras.ops.cos(math.pi * progress)) / 2
+        return keras.ops.where(step < self.warmup_steps, falling, rising)
+
+    def get_config(self) -> dict:
+        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "high": self.high, "low": self.low}
+
+
+class _ScheduledMomentum:
+    """Mixin for Adam-style optimisers: ``beta_1`` follows ``momentum_schedule``.
+
+    Keras optimisers read ``beta_1`` as a constant when the training step is traced, so
+    assigning it from a callback changes nothing; here the update step computes it from
+    the optimiser's step counter inside the traced function. (Adam's bias correction
+    then uses the current ``beta_1``, as fastai's one-cycle Adam does.)
+    """
+
+    def __init__(self, *args, momentum_schedule=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(momentum_schedule, dict):
+            momentum_schedule = keras.saving.deserialize_keras_object(momentum_schedule)
+        self.momentum_schedule = momentum_schedule
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum_schedule is None:
+            return super().update_step(gradient, variable, learning_rate)
+        constant = self.beta_1
+        object.__setattr__(self, "beta_1", self.momentum_schedule(self.iterations))
+        try:
+            return super().update_step(gradient, variable, learning_rate)
+        finally:
+            object.__setattr__(self, "beta_1", constant)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if self.momentum_schedule is not None:
+            config["momentum_schedule"] = keras.saving.serialize_keras_object(
+                self.momentum_schedule)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class DiscriminativeAdam(_ScheduledMomentum, _PerVariableLearningRates, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with a learning-rate multiplier per variable, and
+    optionally a momentum (``beta_1``) schedule such as `OneCycle.momentum_schedule`.
 
     Args:
         learning_rate_multipliers: ``{variable.path: multiplier}``; variables not
             listed use 1.0. Build it with `discriminative_multipliers`.
+        momentum_schedule: ``beta_1`` as a function of the step (`CyclicalMomentum`).
         **kwargs: `keras.optimizers.Adam` arguments.
     """
 
@@ -333,42 +406,6 @@ class DiscriminativeAdam(_PerVariableLearningRates, keras.optimizers.Adam):
 @keras.saving.register_keras_serializable(package="transfer_cookbook")
 class DiscriminativeSGD(_PerVariableLearningRates, keras.optimizers.SGD):
     """`keras.optimizers.SGD` with a learning-rate multiplier per variable."""
-
-
-_BLOCK_PATTERNS = (
-    re.compile(r"(stage_\d+_block_\d+)"),       # ConvNeXt
-    re.compile(r"^(conv\d+_block\d+)"),         # ResNet, DenseNet
-    re.compile(r"^(block_?\d+[a-z]?)"),         # VGG, Xception, MobileNetV2, EfficientNet
-    re.compile(r"^conv_(?:dw|pw)_(\d+)"),       # MobileNet
-    re.compile(r"^(mixed\d+)"),                 # InceptionV3, InceptionResNetV2
-)
-
-
-def block_name(layer_name: str) -> str | None:
-    """The block a `keras.applications` layer belongs to (``None`` if not in one)."""
-    for pattern in _BLOCK_PATTERNS:
-        match = pattern.search(layer_name)
-        if match:
-            return match.group(1) if not match.group(1).isdigit() else f"block_{match.group(1)}"
-    return None
-
-
-def block_boundaries(backbone: keras.Model) -> list[tuple[str, int]]:
-    """``(block, index of its first layer)`` for each block of ``backbone``, in order.
-
-    Layers before the first block form ``"stem"``; a layer outside any block (a pooling
-    or activation between blocks) belongs to the block before it.
-    """
-    boundaries: list[tuple[str, int]] = []
-    current = "stem"
-    for index, layer in enumerate(backbone.layers):
-        block = block_name(layer.name)
-        if index == 0:
-            boundaries.append((current, 0))
-        if block is not None and block != current and all(block != name for name, _ in boundaries):
-            boundaries.append((block, index))
-            current = block
-    return boundaries
 
 
 def discriminative_multipliers(

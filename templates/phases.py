@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
-from templates.learning_rates import DiscriminativeAdam
+from templates.learning_rates import DiscriminativeAdam, OneCycle
 from templates.reproducibility import ShuffledArrays, broadcast_epoch
 
 LOSS = "sparse_categorical_crossentropy"
@@ -118,9 +118,13 @@ def compile_classifier(
             `templates.learning_rates.discriminative_multipliers`): uses
             `DiscriminativeAdam`.
     """
-    if learning_rate_multipliers:
+    # A one-cycle rate brings its momentum counter-cycle (Adam's beta_1).
+    momentum = (learning_rate.momentum_schedule() if isinstance(learning_rate, OneCycle)
+                else None)
+    if learning_rate_multipliers or momentum is not None:
         optimizer = DiscriminativeAdam(learning_rate=learning_rate,
-                                       learning_rate_multipliers=learning_rate_multipliers)
+                                       learning_rate_multipliers=learning_rate_multipliers,
+                                       momentum_schedule=momentum)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     model.compile(

@@ -117,7 +117,7 @@ def blocky_model():
 
 
 def test_block_boundaries_of_keras_applications_names():
-    from templates.learning_rates import block_boundaries, block_name
+    from templates.backbones import block_boundaries, block_cut_points, block_name
 
     assert block_name("conv_pw_13_relu") == "block_13"
     assert block_name("conv5_block3_out") == "conv5_block3"
@@ -127,6 +127,13 @@ def test_block_boundaries_of_keras_applications_names():
     backbone, _ = blocky_model()
     assert block_boundaries(backbone) == [("stem", 0), ("block1", 1), ("block2", 2),
                                           ("block3", 3)]
+    assert block_cut_points(backbone, 2) == ["block1_conv", "block3_conv"]
+    assert block_cut_points(backbone, 5) == ["block1_conv", "block2_conv", "block3_conv"]
+    mobilenet = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None,
+                                             input_shape=(96, 96, 3))
+    cuts = block_cut_points(mobilenet, 4)
+    assert cuts[-1] == mobilenet.layers[-1].name == "conv_pw_13_relu"
+    assert cuts == ["conv_pw_1_relu", "conv_pw_5_relu", "conv_pw_9_relu", "conv_pw_13_relu"]
 
 
 @pytest.mark.parametrize("optimizer_name", ["adam", "sgd"])
@@ -185,3 +192,55 @@ def test_discriminative_update_sizes_follow_the_requested_rates(tmp_path, optimi
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     assert type(reloaded.optimizer).__name__ == type(optimizer).__name__
     assert reloaded.optimizer.learning_rate_multipliers == multipliers
+
+
+def test_one_cycle_momentum_moves_adams_beta_1_inside_fit():
+    from templates.learning_rates import DiscriminativeAdam
+
+    schedule = OneCycle(max_learning_rate=0.1, total_steps=10, warmup_fraction=0.3)
+    momentum = schedule.momentum_schedule()
+    assert float(momentum(0)) == pytest.approx(0.95)
+    assert float(momentum(3)) == pytest.approx(0.85)
+    assert float(momentum(6.5)) == pytest.approx(0.90)
+    assert float(momentum(10)) == pytest.approx(0.95)
+
+    # w * 1 with loss = prediction: the gradient is exactly 1 at every step, so the
+    # weight after 4 compiled training steps follows from the Adam formula alone.
+    def run(optimizer):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((1,))
+        model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False,
+                                                       kernel_initializer="zeros")(inputs))
+        model.compile(optimizer, loss=lambda y_true, y_pred: keras.ops.mean(y_pred))
+        model.fit(np.ones((4, 1), "float32"), np.zeros((4, 1), "float32"), batch_size=1,
+                  epochs=1, shuffle=False, verbose=0)
+        return float(model.get_weights()[0][0, 0])
+
+    weight, first, second = 0.0, 0.0, 0.0
+    for step in range(4):
+        beta_1, beta_2 = float(momentum(step)), 0.999
+        first += (1.0 - first) * (1 - beta_1)
+        second += (1.0 - second) * (1 - beta_2)
+        alpha = float(schedule(step)) * math.sqrt(1 - beta_2 ** (step + 1)) / (
+            1 - beta_1 ** (step + 1))
+        weight -= alpha * first / (math.sqrt(second) + 1e-7)
+    cycled = run(DiscriminativeAdam(learning_rate=schedule, momentum_schedule=momentum))
+    assert cycled == pytest.approx(weight, rel=1e-5)
+    constant = run(keras.optimizers.Adam(learning_rate=schedule))  # beta_1 fixed at 0.9
+    assert abs(constant - weight) > 1e-4
+
+
+def test_compile_classifier_pairs_one_cycle_with_its_momentum(tmp_path):
+    from templates.learning_rates import CyclicalMomentum, DiscriminativeAdam
+    from templates.phases import compile_classifier
+
+    model = small_classifier()
+    compile_classifier(model, OneCycle(0.01, 100))
+    assert isinstance(model.optimizer, DiscriminativeAdam)
+    assert isinstance(model.optimizer.momentum_schedule, CyclicalMomentum)
+    x, y = classification_problem(size=64)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert reloaded.optimizer.momentum_schedule.get_config() == (
+        model.optimizer.momentum_schedule.get_config())

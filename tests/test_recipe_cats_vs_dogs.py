@@ -102,7 +102,7 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
     result = run(["--data-dir", str(cats_vs_dogs_dir), "--output-dir", str(tmp_path),
                   "--backbone", "MobileNet", "--alpha", "0.25", "--weights", str(weights),
                   "--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "1",
-                  "--compare-scratch", "--export-tflite"], subprocess_env)
+                  "--compare-scratch", "--export-tflite", "--reuse-sweep", "3"], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "transfer_report.json").read_text())
     for side in ("transfer", "scratch"):
@@ -115,6 +115,15 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
     # Issue 4 acceptance on real photos: ImageNet transfer ahead on every measure.
     ahead = {measure: gain > 0 for measure, gain in metrics["transfer_report"].items()}
     assert all(ahead.values()), metrics["transfer_report"]
+
+    # The reuse-depth sweep over MobileNet's block ends: on photos of pets the deeper
+    # (ImageNet-specific) blocks serve better than the generic early ones.
+    sweep = json.loads((tmp_path / "reuse_sweep.json").read_text())["depths"]
+    assert [row["cut_at"] for row in sweep] == ["conv_pw_1_relu", "conv_pw_7_relu",
+                                               "conv_pw_13_relu"]
+    accuracies = [row["test_accuracy"] for row in sweep]
+    assert accuracies == sorted(accuracies) and accuracies[-1] >= accuracies[0] + 0.1, sweep
+    assert (tmp_path / "reuse_sweep.png").stat().st_size > 10_000
 
     # Issue 7 on the same output: the evaluation report agrees with the test accuracy,
     # the predictor and the TFLite export agree with the saved Keras model.

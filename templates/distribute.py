@@ -1,0 +1,290 @@
+"""Hardware and distribution: pick a `tf.distribute` strategy, mixed precision, and a
+multi-worker training loop that works with Keras 3 (TensorFlow-only module).
+
+* `choose_strategy`: TPU (`TPUClusterResolver` + `TPUStrategy`), several GPUs
+  (`MirroredStrategy`), one GPU, CPU, or several machines (`MultiWorkerMirroredStrategy`
+  from ``TF_CONFIG``). Build models, optimisers and metrics inside
+  ``choice.strategy.scope()``; the global batch is the per-replica batch times
+  ``choice.replicas``.
+* `set_mixed_precision`: ``auto`` is float16 on NVIDIA GPUs of compute capability 7.0+,
+  bfloat16 on TPU, off on CPU. The template heads keep a float32 output, and Keras 3's
+  ``compile`` wraps the optimiser in a `LossScaleOptimizer` under float16.
+* `train_multi_worker`: Keras 3's ``model.fit`` fails under
+  `MultiWorkerMirroredStrategy` (keras-team/keras#20585, tensorflow/tensorflow#72388),
+  while a loop over ``strategy.run`` with a Keras 3 model works; this is that loop, with
+  checkpoints written by the chief only and resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from templates.files import atomic_path, write_json
+
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
+MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
+
+
+@dataclasses.dataclass
+class StrategyChoice:
+    """The strategy in use and what it runs on.
+
+    Attributes:
+        strategy: The `tf.distribute.Strategy`.
+        name: One of `STRATEGIES` (``auto`` resolved).
+        replicas: Replicas in sync (the global batch is per-replica batch x replicas).
+        device: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+    """
+
+    strategy: tf.distribute.Strategy
+    name: str
+    replicas: int
+    device: str
+
+    def global_batch_size(self, per_replica_batch_size: int) -> int:
+        return int(per_replica_batch_size) * self.replicas
+
+    def describe(self) -> str:
+        return (f"Strategy: {self.name} ({type(self.strategy).__name__}) on {self.device}, "
+                f"{self.replicas} replica(s) in sync")
+
+
+def _connect_tpu():
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def choose_strategy(name: str = "auto") -> StrategyChoice:
+    """Build the strategy named ``name`` (see `STRATEGIES`).
+
+    ``auto`` tries, in order: a TPU, several GPUs, one GPU, the CPU. ``multi_worker``
+    needs ``TF_CONFIG`` (the cluster and this worker's task) on every machine.
+
+    Raises:
+        ValueError: for an unknown name, or hardware / configuration that is missing.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}.")
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "--strategy multi_worker needs TF_CONFIG on every machine, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}} (see recipes/README_multi_worker.md).')
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return StrategyChoice(strategy, name, strategy.num_replicas_in_sync,
+                              "gpu" if gpus else "cpu")
+    if name in ("tpu", "auto"):
+        try:
+            strategy = _connect_tpu()
+            return StrategyChoice(strategy, "tpu", strategy.num_replicas_in_sync, "tpu")
+        except (ValueError, RuntimeError, tf.errors.NotFoundError) as error:
+            if name == "tpu":
+                raise ValueError(f"--strategy tpu: no TPU found ({error}). On Colab pick a "
+                                 "TPU runtime; on a Cloud TPU VM set TPU_NAME.") from None
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        if not gpus and name == "mirrored":
+            raise ValueError("--strategy mirrored needs at least one GPU; none is visible.")
+        strategy = tf.distribute.MirroredStrategy()
+        return StrategyChoice(strategy, "mirrored", strategy.num_replicas_in_sync, "gpu")
+    if name == "gpu" or (name == "auto" and gpus):
+        if not gpus:
+            raise ValueError("--strategy gpu: no GPU is visible to TensorFlow.")
+        return StrategyChoice(tf.distribute.OneDeviceStrategy("/gpu:0"), "gpu", 1, "gpu")
+    return StrategyChoice(tf.distribute.get_strategy(), "cpu", 1, "cpu")
+
+
+def _gpu_compute_capability() -> tuple[int, int] | None:
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        if "compute_capability" in details:
+            return tuple(details["compute_capability"])
+    return None
+
+
+def set_mixed_precision(mode: str = "auto", device: str = "cpu") -> str:
+    """Set Keras's global dtype policy; return its name.
+
+    Args:
+        mode: ``auto``, ``off``, ``float16`` or ``bfloat16``.
+        device: Where training runs (`StrategyChoice.device`), for ``auto``.
+    """
+    if mode not in MIXED_PRECISION:
+        raise ValueError(f"Unknown mixed precision {mode!r}; choose from "
+                         f"{', '.join(MIXED_PRECISION)}.")
+    if mode == "auto":
+        capability = _gpu_compute_capability() if device == "gpu" else None
+        mode = ("bfloat16" if device == "tpu" else
+                "float16" if capability is not None and capability >= (7, 0) else "off")
+    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
+    keras.mixed_precision.set_dtype_policy(policy)
+    return policy
+
+
+def check_tpu_paths(choice: StrategyChoice, *paths: str | os.PathLike | None) -> None:
+    """TPU workers cannot read this machine's files: refuse local paths on a TPU.
+
+    Raises:
+        ValueError: naming the local paths, when ``choice`` is a TPU strategy.
+    """
+    if choice.device != "tpu":
+        return
+    local = [os.fspath(path) for path in paths
+             if path is not None and not os.fspath(path).startswith("gs://")]
+    if local:
+        raise ValueError(
+            f"TPU workers cannot read local files: {local}. Copy the data to a Cloud "
+            "Storage bucket and pass gs:// paths (or use a small dataset held in memory).")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints and outputs (worker 0, or single-host)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+@dataclasses.dataclass
+class DistributedHistory:
+    """What `train_multi_worker` did: loss per epoch and the epochs run here."""
+
+    loss: list[float]
+    epochs_run: list[int]
+    replicas: int
+
+
+def train_multi_worker(
+    choice: StrategyChoice,
+    build_model: Callable[[], keras.Model],
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    global_batch_size: int,
+    steps_per_epoch: int,
+    epochs: int,
+    learning_rate: float = 1e-3,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> tuple[keras.Model, DistributedHistory]:
+    """Data-parallel training with ``strategy.run``: works under
+    `MultiWorkerMirroredStrategy`, where Keras 3's ``fit`` does not.
+
+    Args:
+        choice: From `choose_strategy` (any strategy works, one machine included).
+        build_model: Returns the Keras model (called inside the strategy's scope).
+        dataset_fn: Returns this input pipeline's shard, batched per replica
+            (``input_context.get_per_replica_batch_size(global_batch_size)``), repeated.
+        global_batch_size: Examples per step over all replicas.
+        steps_per_epoch: Steps per epoch.
+        epochs: Epochs in total (a resumed run trains the remaining ones).
+        learning_rate: Adam learning rate.
+        checkpoint_dir: Where the chief writes ``weights.weights.h5`` and
+            ``state.json`` after every epoch (a shared folder when machines differ).
+        resume: Continue from ``checkpoint_dir``.
+
+    Returns:
+        The trained model and a `DistributedHistory`.
+    """
+    strategy = choice.strategy
+    with strategy.scope():
+        model = build_model()
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        # Compiled only so the optimizer's state is saved with the weights.
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+        optimizer.build(model.trainable_variables)
+    loss_object = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+
+    start, losses = 0, []
+    state_path = weights_path = None
+    if checkpoint_dir is not None:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        state_path = os.path.join(checkpoint_dir, "state.json")
+        weights_path = os.path.join(checkpoint_dir, "weights.weights.h5")
+        if resume and os.path.isfile(state_path):
+            with open(state_path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+            model.load_weights(weights_path)
+            start, losses = saved["epochs_done"], saved["loss"]
+
+    distributed = strategy.distribute_datasets_from_function(dataset_fn)
+    iterator = iter(distributed)
+
+    def replica_step(inputs, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(inputs, training=True)
+            per_example = loss_object(labels, probabilities)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        per_replica = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    epochs_run = []
+    chief = is_chief(strategy)
+    for epoch in range(start, epochs):
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            total += float(train_step(iterator))
+        losses.append(total / steps_per_epoch)
+        epochs_run.append(epoch)
+        if checkpoint_dir is not None and chief:
+            with atomic_path(weights_path, suffix=".weights.h5") as temporary:
+                model.save_weights(temporary)
+            write_json(state_path, {"epochs_done": epoch + 1, "loss": losses})
+    return model, DistributedHistory(losses, epochs_run, choice.replicas)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A short SHA-256 of every weight, to compare replicas across machines."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def add_hardware_arguments(parser) -> None:
+    """Add ``--strategy`` and ``--mixed-precision`` to a recipe's argument parser."""
+    group = parser.add_argument_group("hardware")
+    group.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                       help="tf.distribute strategy: auto picks a TPU, several GPUs "
+                            "(mirrored), one GPU, or the CPU. --batch-size is per replica.")
+    group.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="auto",
+                       help="auto: float16 on NVIDIA GPUs of compute capability 7.0+, "
+                            "bfloat16 on TPU, off on CPU.")
+
+
+def setup_hardware(args, *paths) -> StrategyChoice:
+    """Apply a recipe's ``--strategy`` / ``--mixed-precision``; print what was chosen.
+
+    Recipes train with ``model.fit``, which Keras 3 cannot run under
+    `MultiWorkerMirroredStrategy` (keras-team/keras#20585): for several machines this
+    raises with a pointer to `train_multi_worker` and ``recipes.multi_worker_digits``.
+    """
+    if args.strategy == "multi_worker":
+        raise ValueError(
+            "--strategy multi_worker: this recipe trains with model.fit, which fails under "
+            "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "
+            "machines with templates.distribute.train_multi_worker, as "
+            "`python -m recipes.multi_worker_digits` does.")
+    choice = choose_strategy(args.strategy)
+    check_tpu_paths(choice, *paths)
+    policy = set_mixed_precision(args.mixed_precision, choice.device)
+    print(f"{choice.describe()}; dtype policy {policy}", flush=True)
+    return choice

@@ -1,0 +1,121 @@
+"""Strategies, mixed precision and real multi-worker training (issue 5), on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from templates.distribute import (
+    StrategyChoice,
+    check_tpu_paths,
+    choose_strategy,
+    set_mixed_precision,
+)
+
+
+def test_strategy_choices_on_a_cpu_machine(monkeypatch):
+    choice = choose_strategy("cpu")
+    assert (choice.name, choice.replicas, choice.device) == ("cpu", 1, "cpu")
+    assert choice.global_batch_size(32) == 32
+    assert choose_strategy("auto").name == "cpu"  # no TPU, no GPU here
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        choose_strategy("multi_worker")
+    with pytest.raises(ValueError, match="no GPU"):
+        choose_strategy("gpu")
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        choose_strategy("quantum")
+
+
+def test_tpu_refuses_local_paths():
+    tpu = StrategyChoice(strategy=None, name="tpu", replicas=8, device="tpu")
+    with pytest.raises(ValueError, match="/data/cats"):
+        check_tpu_paths(tpu, "/data/cats", "gs://bucket/dogs")
+    check_tpu_paths(tpu, "gs://bucket/cats", None)
+    check_tpu_paths(StrategyChoice(None, "cpu", 1, "cpu"), "/data/cats")
+
+
+@pytest.mark.parametrize("mode, compute", [("float16", "float16"), ("bfloat16", "bfloat16")])
+def test_mixed_precision_policies_train_with_a_float32_output(mode, compute):
+    from templates.phases import compile_classifier
+    from templates.pretrained import pretrained_model
+
+    try:
+        policy = set_mixed_precision(mode)
+        assert policy == f"mixed_{mode}"
+        keras.utils.set_random_seed(0)
+        transfer = pretrained_model("MobileNet", num_classes=2, weights=None, image_size=32,
+                                    alpha=0.25)
+        convolutions = [layer for layer in transfer.backbone.layers
+                        if isinstance(layer, keras.layers.Conv2D)]
+        assert convolutions and all(layer.compute_dtype == compute for layer in convolutions)
+        assert all(layer.variable_dtype == "float32" for layer in convolutions)
+        assert transfer.model.output.dtype == "float32"  # the head's softmax stays float32
+        compile_classifier(transfer.model, 1e-3)
+        scaled = isinstance(transfer.model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert scaled == (mode == "float16")  # loss scaling only for float16
+        images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+        loss = transfer.model.train_on_batch(images, np.array([0, 1, 0, 1]))
+        assert np.all(np.isfinite(loss))  # [loss, accuracy]
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert set_mixed_precision("auto", device="cpu") == "float32"
+    with pytest.raises(ValueError, match="Unknown mixed precision"):
+        set_mixed_precision("float8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_workers(env, output_dir, *arguments, timeout=300):
+    ports = [free_port(), free_port()]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                  "task": {"type": "worker", "index": index}}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "recipes.multi_worker_digits", "--output-dir",
+             str(output_dir), *arguments],
+            env={**env, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, cwd=env["PYTHONPATH"].split(":")[0]))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=timeout)[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    return [json.loads((output_dir / f"worker_{index}.json").read_text()) for index in range(2)]
+
+
+def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
+    out = tmp_path / "run"
+    first = run_workers(subprocess_env, out, "--epochs", "3")
+    assert [worker["replicas"] for worker in first] == [2, 2]
+    assert first[0]["weights_digest"] == first[1]["weights_digest"]
+    assert first[0]["loss"] == first[1]["loss"]  # the all-reduced loss
+    assert first[0]["loss"][-1] < 0.5 * first[0]["loss"][0]
+    assert [worker["chief"] for worker in first] == [True, False]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 3
+    assert json.loads((out / "metrics.json").read_text())["train_accuracy"] > 0.8
+
+    # Both workers restart from the chief's checkpoint and train only epochs 3 and 4.
+    resumed = run_workers(subprocess_env, out, "--epochs", "5", "--resume")
+    assert [worker["epochs_run"] for worker in resumed] == [[3, 4], [3, 4]]
+    assert resumed[0]["loss"][:3] == first[0]["loss"]
+    assert resumed[0]["weights_digest"] == resumed[1]["weights_digest"]
+    assert resumed[0]["loss"][-1] < first[0]["loss"][-1]
