@@ -73,3 +73,26 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
     return env
+
+
+def kill_when(arguments, env, ready, timeout=600, **options):
+    """Start ``arguments``, SIGKILL it as soon as ``ready()`` is true, and wait.
+
+    Fails if the process ends on its own first (it could not be interrupted).
+    """
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(arguments, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, **options)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not ready():
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -3,15 +3,14 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
+from conftest import kill_when
 from templates.checkpoints import TrainingState, read_epochs
 
 
@@ -85,27 +84,16 @@ def test_recipe_killed_mid_training_resumes_without_repeating_epochs(subprocess_
                  "--architecture", "bilstm", "--units", "32", "--epochs", "6",
                  "--fine-tune-epochs", "2", "--seed", "5", "--output-dir", str(out)]
 
-    process = subprocess.Popen(arguments, env=subprocess_env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
     metadata = out / "checkpoints" / "head.backup" / "training_metadata.json"
-    deadline = time.monotonic() + 600
-    completed = 0
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if metadata.exists():
-                try:
-                    completed = json.loads(metadata.read_text())["epoch"]
-                except (ValueError, KeyError):
-                    completed = 0
-                if completed >= 2:
-                    break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+
+    def epochs_backed_up():
+        try:
+            return json.loads(metadata.read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    kill_when(arguments, subprocess_env, lambda: epochs_backed_up() >= 2)
+    completed = epochs_backed_up()
     assert 2 <= completed < 6
     completed = json.loads(metadata.read_text())["epoch"]  # what the backup holds now
     assert not (out / "metrics.json").exists()

@@ -171,10 +171,10 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     This is also the reproducibility check: two runs with the same seed (one of them
     interrupted) must write identical reports.
     """
-    import signal
     import subprocess
     import sys
-    import time
+
+    from conftest import kill_when
 
     repository = subprocess_env["PYTHONPATH"].split(":")[0]
     first = tmp_path / "first"
@@ -206,19 +206,8 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     second = tmp_path / "second"
     arguments = [sys.executable, "-m", "recipes.develop_model_digits",
                  "--output-dir", str(second), *DIGITS_ARGUMENTS, "--skip-sweep"]
-    process = subprocess.Popen(arguments, env=subprocess_env, cwd=repository,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = second / "checkpoints" / "seed0.scratch.result.json"
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and process.poll() is None and not marker.exists():
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    kill_when(arguments, subprocess_env, marker.exists, cwd=repository)
     finished = {path.name: path.stat().st_mtime_ns
                 for path in (second / "checkpoints").glob("*.result.json")}
     assert {"seed0.transfer.result.json", "seed0.scratch.result.json"} <= set(finished)
