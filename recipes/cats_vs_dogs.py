@@ -280,8 +280,11 @@ def run(args: argparse.Namespace) -> int:
     # ## Evaluation: what the model gets wrong, and where it looks
     # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
     # photos, and Grad-CAM heat maps on the backbone's last convolutional block.
-    evaluated = splits.test or splits.validation
-    evaluation = _evaluation_report(transfer.model, evaluated, image_size, args, spec.name)
+    # (The test or validation batches built above are reused: their images are cached.)
+    evaluated, evaluated_data = (splits.test, test) if splits.test else (splits.validation,
+                                                                         validation)
+    evaluation = _evaluation_report(transfer.model, evaluated, evaluated_data, image_size,
+                                    args, spec.name)
     metrics.update(
         evaluation={"set": "test" if splits.test else "validation",
                     "accuracy": evaluation["accuracy"], "macro_f1": evaluation["macro"]["f1"]},
@@ -359,9 +362,8 @@ def _reuse_sweep(args, spec, weights, image_size, splits, train, validation, tes
     return sweep
 
 
-def _evaluation_report(model, folder, image_size, args, backbone_name) -> dict:
+def _evaluation_report(model, folder, data, image_size, args, backbone_name) -> dict:
     size = (image_size, image_size)
-    data = image_dataset(folder, image_size, args.batch_size)
     # Grad-CAM for a few photos of each class, picked by a seeded draw.
     rng = np.random.default_rng(args.seed)
     picks = [int(index) for label in range(len(folder.class_names))
