@@ -11,7 +11,10 @@ How to run (no download: scikit-learn ships the 1,797 real 8x8 scans):
 
 Outputs in `--output-dir`: `source/` (the source model and its baseline check, reused
 by later runs), `transfer_report.json` and `transfer_report.png` (transfer vs scratch
-over the seeds), `reuse_sweep.json` and `reuse_sweep.png` (target skill per reuse depth).
+over the seeds), `reuse_sweep.json` and `reuse_sweep.png` (target skill per reuse depth),
+`evaluation/` (the first seed's transferred model: per-digit scores, confusion matrix,
+most confidently wrong scans, Grad-CAM), `metrics.json`; with `--find-lr`,
+`lr_finder_head.png/.json`.
 
 ## The idea
 
@@ -44,6 +47,10 @@ from templates.comparison import (  # noqa: E402
 )
 from templates.develop import develop_model, reuse_model  # noqa: E402
 from templates.checkpoints import TrainingState  # noqa: E402
+from templates.evaluation import evaluation_report  # noqa: E402
+from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
+from templates.phases import find_head_learning_rate  # noqa: E402
+from templates.training_options import record_finding  # noqa: E402
 from templates.epoch_shuffle import shuffle_each_epoch  # noqa: E402
 from templates.files import write_json  # noqa: E402
 
@@ -66,6 +73,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-sweep", action="store_true",
                         help="Skip the reuse-depth sweep.")
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
+    parser.add_argument("--find-lr", action="store_true",
+                        help="Run the learning-rate finder on the transferred model's head "
+                             "and use its suggestion as the head (and scratch) learning "
+                             "rate for every run; writes lr_finder_head.png/.json.")
     parser.add_argument("--resume", action="store_true",
                         help="Continue an interrupted run in --output-dir: finished runs "
                              "are reused and the run in progress continues from its last "
@@ -132,6 +143,25 @@ def build_digit_model(num_classes: int = 5) -> keras.Model:
     return keras.Model(inputs, outputs, name="digits_cnn")
 
 
+def _evaluation_report(transfer, state, data, test, args) -> dict:
+    phase = "fine_tune" if args.fine_tune_epochs else "head"
+    state.restore(f"seed{args.seed}.transfer.{phase}", transfer.model)
+    images = data["test"][0]
+
+    def as_rgb(name):  # "test_12" -> the 8x8 scan as a 0..255 RGB image
+        return np.repeat(images[int(name.split("_")[1])] * 16.0, 3, axis=-1)
+
+    names = [str(digit) for digit in TARGET_DIGITS]
+    heatmaps, probabilities = grad_cam_heatmaps(transfer.model, images[:6])
+    overlays = [overlay(as_rgb(f"test_{index}"), heatmap) for index, heatmap in enumerate(heatmaps)]
+    captions = [f"true {names[label]}, said {names[row.argmax()]} ({row.max():.0%})"
+                for label, row in zip(data["test"][1][:6], probabilities)]
+    return evaluation_report(
+        transfer.model, test, names, os.path.join(args.output_dir, "evaluation"),
+        examples=[f"test_{index}" for index in range(len(images))], load_example=as_rgb,
+        title="Digits 5-9 (transferred, first seed)", grad_cam=(overlays, captions))
+
+
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     started = time.perf_counter()
@@ -168,6 +198,16 @@ def main(argv=None) -> int:
     def scratch():
         return reuse(build_digit_model()).model
 
+    # --find-lr measures the head's rate on the target data; transfer and scratch then
+    # both use it, so the comparison stays fair.
+    if args.find_lr:
+        keras.utils.set_random_seed(args.seed)
+        budget.learning_rate = record_finding(
+            find_head_learning_rate(reuse(developed.source_model), train, batch_size=8,
+                                    seed=args.seed),
+            args.output_dir, "head", title="Learning-rate finder: digits head")
+        keras.backend.clear_session()
+
     # Every run is checkpointed per epoch and kept when it finishes: --resume after an
     # interruption reuses finished runs and continues the one in progress.
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
@@ -182,6 +222,11 @@ def main(argv=None) -> int:
     report.plot(os.path.join(args.output_dir, "transfer_report.png"),
                 title=f"Digits 0-4 -> 5-9, {args.labels_per_class} labels per class")
     print(report.summary_text())
+
+    # ## What the transferred model gets wrong
+    # The first seed's transferred model, restored from its checkpoint: per-digit
+    # scores, the confusion matrix, the most confidently wrong scans and Grad-CAM.
+    evaluation = _evaluation_report(reuse(developed.source_model), state, data, test, args)
 
     # ## How much to reuse
     # Reuse the source network up to each depth (after the first convolution, the
@@ -204,6 +249,9 @@ def main(argv=None) -> int:
                                                                       "test")},
         "transfer_test_accuracy": report.mean("transfer", "test_accuracy"),
         "scratch_test_accuracy": report.mean("scratch", "test_accuracy"),
+        "learning_rate": budget.learning_rate,
+        "evaluation": {"set": "test", "seed": args.seed, "accuracy": evaluation["accuracy"],
+                       "macro_f1": evaluation["macro"]["f1"]},
         "seconds": round(time.perf_counter() - started, 1),
     })
     print(f"Outputs in {args.output_dir} ({time.perf_counter() - started:.0f} s)")

@@ -198,6 +198,13 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     for name in ("transfer_report.png", "reuse_sweep.png", "source/source_model.keras",
                  "source/source_check.json", "metrics.json"):
         assert (first / name).is_file(), name
+    # The evaluation folder describes the first seed's transferred model.
+    evaluation = json.loads((first / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["accuracy"] == pytest.approx(
+        report["transfer"]["runs"][0]["test_accuracy"], abs=1e-6)
+    assert evaluation["class_names"] == ["5", "6", "7", "8", "9"]
+    for name in ("confusion_matrix.png", "grad_cam.png", "report.md"):
+        assert (first / "evaluation" / name).is_file(), name
     check = json.loads((first / "source" / "source_check.json").read_text())
     assert check["skilful"] and check["accuracy"] > check["baseline_accuracy"] + 0.5
 
