@@ -164,3 +164,35 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
               callbacks=TrainingState(tmp_path / "c", resume=True).callbacks("head"))
     assert not all(np.array_equal(actual, wanted) for actual, wanted
                    in zip(model.get_weights(), uninterrupted.get_weights()))
+
+
+def test_keep_best_restores_the_best_epoch_and_remembers_it_across_a_restart(tmp_path):
+    from templates.checkpoints import KeepBest
+
+    model = small_model()
+
+    def epoch(keeper, index, accuracy):
+        model.set_weights([np.full_like(w, index) for w in model.get_weights()])
+        keeper.on_epoch_end(index, {"val_accuracy": accuracy})
+
+    keeper = KeepBest(tmp_path / "head.best", patience=2)
+    keeper.set_model(model)
+    keeper.on_train_begin()
+    for index, accuracy in enumerate([0.5, 0.8, 0.6]):
+        epoch(keeper, index, accuracy)
+    assert not model.stop_training
+    epoch(keeper, 3, 0.7)  # two epochs without beating epoch 1
+    assert model.stop_training and keeper.stopped_epoch == 3
+    keeper.on_train_end()
+    assert all(np.all(w == 1) for w in model.get_weights())  # epoch 1's weights
+
+    # A restarted run (a new callback, same files) still knows epoch 1 was the best.
+    model.stop_training = False
+    restarted = KeepBest(tmp_path / "head.best", patience=2)
+    restarted.set_model(model)
+    restarted.on_train_begin()
+    assert restarted.record == {"value": 0.8, "epoch": 1}
+    epoch(restarted, 4, 0.79)
+    assert model.stop_training
+    restarted.on_train_end()
+    assert all(np.all(w == 1) for w in model.get_weights())
