@@ -68,8 +68,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
     parser.add_argument("--seeds", type=int, default=3,
                         help="Number of seeds for the transfer report.")
-    parser.add_argument("--head-epochs", type=int, default=20)
-    parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--source-epochs", type=int, default=30,
+                        help="Epochs of source-model training (digits 0-4).")
+    parser.add_argument("--head-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-epochs", type=int, default=5)
     parser.add_argument("--skip-sweep", action="store_true",
                         help="Skip the reuse-depth sweep.")
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
     # It is saved under source/, so a second run skips this training.
     developed = develop_model(
         build_digit_model, data["source_train"], data["source_held_out"],
-        num_classes=len(TARGET_DIGITS), source_epochs=30, batch_size=32,
+        num_classes=len(TARGET_DIGITS), source_epochs=args.source_epochs, batch_size=32,
         directory=os.path.join(args.output_dir, "source"), seed=args.seed, verbose=0,
     )
     check = developed.source_check
@@ -187,7 +189,10 @@ def main(argv=None) -> int:
     # head; then everything fine-tuned at a lower learning rate. Scratch: the identical
     # architecture, randomly initialised, trained for the same epochs on the same data.
     train = batches(data["train"], batch_size=8, shuffle_seed=args.seed)
-    validation, test = batches(data["validation"]), batches(data["test"])
+    # Validation and test sets are small: one batch each keeps the per-epoch validation
+    # to a single step.
+    validation = batches(data["validation"], batch_size=256)
+    test = batches(data["test"], batch_size=256)
     budget = TrainingBudget(head_epochs=args.head_epochs,
                             fine_tune_epochs=args.fine_tune_epochs,
                             learning_rate=1e-2, fine_tune_learning_rate=1e-3, batch_size=8)
@@ -208,10 +213,13 @@ def main(argv=None) -> int:
             args.output_dir, "head", title="Learning-rate finder: digits head")
         keras.backend.clear_session()
 
-    # Every run is checkpointed per epoch and kept when it finishes: --resume after an
-    # interruption reuses finished runs and continues the one in progress.
+    # Every run is checkpointed and kept when it finishes: --resume after an
+    # interruption reuses finished runs and continues the one in progress. An epoch
+    # here takes about as long as writing a backup, so backups are paced to at most a
+    # tenth of the training time (a kill repeats at most about a second of epochs,
+    # identically: each epoch's randomness depends only on the seed and its number).
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed)
+                          seed=args.seed, backup_overhead=0.1)
     report = compare_with_scratch(
         lambda: reuse(developed.source_model),
         scratch, train, validation, test, budget=budget,
@@ -232,9 +240,12 @@ def main(argv=None) -> int:
     # Reuse the source network up to each depth (after the first convolution, the
     # second, the pooling, the feature layer) and measure target skill each time.
     cut_points = [] if args.skip_sweep else ["conv_1", "conv_2", "pool", "features"]
+    # Reusing up to "pool" with the first seed is exactly the report's first transferred
+    # run, so the sweep restores that run instead of training it again.
     sweep = reuse_depth_sweep(
         lambda cut: reuse(developed.source_model, cut),
         cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
+        trained_runs={"pool": f"seed{args.seed}.transfer"},
     )
     if sweep:
         write_sweep(sweep, args.output_dir, title=f"Reuse depth, digits 0-4 -> 5-9 "

@@ -4,9 +4,12 @@ A recipe's training is a sequence of phases (head training, fine-tuning). `Train
 keeps, under one folder:
 
 * for the phase in progress, Keras's `BackupAndRestore` backup (weights, optimiser
-  state, epoch; written every epoch with a second copy, so a kill while writing falls
-  back to the previous epoch) and a per-epoch history (`PhaseHistory`, written
-  atomically);
+  state, epoch; with a second copy, so a kill while writing falls back to the previous
+  backup) and a per-epoch history (`PhaseHistory`, written atomically). The backup is
+  written at the end of every epoch; with ``backup_overhead`` (for tiny models whose
+  epochs are shorter than a backup, see `PacedBackup`) only every few epochs, so a kill
+  repeats at most those few epochs (with identical results when a seed is given, see
+  below);
 * for every finished phase, the model's weights and the phase's history, and a marker.
 
 With ``resume=True`` finished phases are restored instead of retrained, and the phase
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +121,44 @@ class KeepBest(keras.callbacks.Callback):
             self.model.load_weights(self.path + ".weights.h5")
 
 
+class PacedBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that keeps its own cost bounded.
+
+    Keras writes the backup after every epoch. For a tiny model an epoch can take less
+    time than the backup itself (about 0.1 s for a 2 MB model with its optimiser
+    state), so backups would double the training time. Here an epoch's backup is
+    skipped when the previous one was written less than ``1 / max_overhead`` times its
+    own writing time ago: backups take at most about ``max_overhead`` of the training
+    time, and a kill loses at most that interval (about 1 s for ``max_overhead=0.1``
+    and a 0.1 s backup). Epochs longer than that are all backed up, as in Keras.
+    The last finished epoch of a phase never needs a backup: `TrainingState.finish`
+    records the phase's weights.
+
+    Args:
+        backup_dir: As for `keras.callbacks.BackupAndRestore`.
+        max_overhead: Fraction of training time the backups may take (0 < x <= 1).
+    """
+
+    def __init__(self, backup_dir: str | os.PathLike, max_overhead: float = 0.1):
+        if not 0 < max_overhead <= 1:
+            raise ValueError(f"max_overhead must be in (0, 1]; got {max_overhead}.")
+        super().__init__(os.fspath(backup_dir), double_checkpoint=True)
+        self.max_overhead = max_overhead
+        self._written_at: float | None = None
+        self._writing_seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        now = time.perf_counter()
+        if (self._written_at is not None
+                and now - self._written_at < self._writing_seconds / self.max_overhead):
+            return
+        self._save_model()
+        self._written_at = time.perf_counter()
+        self._writing_seconds = self._written_at - now
+
+
 def read_epochs(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Epoch entries written by `PhaseHistory` (empty when there are none)."""
     if not os.path.isfile(path):
@@ -146,16 +188,24 @@ class TrainingState:
             ``val_accuracy``), see `KeepBest`.
         patience: With ``keep_best``, stop a phase after this many epochs without
             improvement (``None``: never early).
+        backup_overhead: ``None`` backs up every epoch. A fraction such as ``0.1``
+            skips backups while the last one is recent, so they take at most about that
+            fraction of the training time (`PacedBackup`): for tiny models whose epochs
+            are shorter than a backup.
     """
 
     def __init__(self, directory: str | os.PathLike, resume: bool = False,
                  seed: int | None = None, keep_best: bool = False,
-                 patience: int | None = None):
+                 patience: int | None = None, backup_overhead: float | None = None):
+        if backup_overhead is not None and not 0 < backup_overhead <= 1:
+            raise ValueError(
+                f"backup_overhead must be None or in (0, 1]; got {backup_overhead}.")
         self.directory = os.fspath(directory)
         self.resume = bool(resume)
         self.seed = seed
         self.keep_best = bool(keep_best)
         self.patience = patience
+        self.backup_overhead = backup_overhead
         if not self.resume and os.path.isdir(self.directory):
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
@@ -173,6 +223,8 @@ class TrainingState:
         seed = self.seed if seed is None else seed
         callbacks = [
             PhaseHistory(self._path(phase, "epochs.json")),
+            PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead)
+            if self.backup_overhead is not None else
             keras.callbacks.BackupAndRestore(self._path(phase, "backup"),
                                              double_checkpoint=True),
         ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 
@@ -225,6 +225,7 @@ def reuse_depth_sweep(
     seed: int = 0,
     verbose: int | str = 0,
     state: TrainingState | None = None,
+    trained_runs: Mapping[str | int, str] | None = None,
 ) -> list[dict]:
     """Reuse the source model up to each cut point; measure target skill per depth.
 
@@ -235,12 +236,20 @@ def reuse_depth_sweep(
             (`templates.develop.articulation_layers` lists the valid ones).
         train, validation, test, budget, seed, verbose, state: As in
             `compare_with_scratch`.
+        trained_runs: ``{cut point: run name}`` for cut points already trained in
+            ``state`` on the same budget and seed, for example
+            ``{"pool": "seed0.transfer"}`` when `compare_with_scratch`'s first
+            transferred run reused the source model up to ``"pool"``: that run's
+            finished phases are restored instead of trained again.
 
     Returns:
         One dict per cut point: ``cut_at``, ``reused_layers``, ``best_val_accuracy``,
         ``final_val_accuracy`` and ``test_accuracy``.
     """
     budget = budget or TrainingBudget()
+    trained_runs = dict(trained_runs or {})
+    if trained_runs and state is None:
+        raise ValueError("trained_runs needs the TrainingState the runs were trained in.")
     results = []
     for cut in cut_points:
         name = f"reuse_{cut}"
@@ -249,7 +258,8 @@ def reuse_depth_sweep(
             keras.utils.set_random_seed(seed)
             transfer = build_transfer_at(cut)
             _, curve, test_accuracy = train_transferred(
-                transfer, train, validation, test, budget, seed, verbose, state, name=name)
+                transfer, train, validation, test, budget, seed, verbose, state,
+                name=trained_runs.get(cut, name))
             saved = {
                 "cut_at": cut,
                 "reused_layers": len(transfer.backbone.layers) - 1,

@@ -196,3 +196,71 @@ def test_keep_best_restores_the_best_epoch_and_remembers_it_across_a_restart(tmp
     assert model.stop_training
     restarted.on_train_end()
     assert all(np.all(w == 1) for w in model.get_weights())
+
+
+class SlowEpochs(keras.callbacks.Callback):
+    """Makes every epoch last at least ``seconds`` (placed before the backup)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        time.sleep(self.seconds)
+
+
+def counting_backup(path, max_overhead):
+    from templates.checkpoints import PacedBackup
+
+    backup = PacedBackup(path, max_overhead=max_overhead)
+    backup.backed_up = []
+    save = backup._save_model
+
+    def recording_save():
+        backup.backed_up.append(backup._current_epoch)
+        save()
+
+    backup._save_model = recording_save
+    return backup
+
+
+def test_paced_backups_skip_short_epochs_and_keep_long_ones(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    # Epochs of a few milliseconds: the first epoch is backed up, then only once the
+    # last backup is 1 / max_overhead times its own writing time old.
+    fast = counting_backup(tmp_path / "fast", max_overhead=0.1)
+    small_model().fit(x, y, epochs=30, batch_size=32, verbose=0, callbacks=[fast])
+    assert fast.backed_up[0] == 1
+    assert len(fast.backed_up) < 30
+
+    # Epochs of 0.3 s, far longer than writing the backup: every epoch is backed up.
+    slow = counting_backup(tmp_path / "slow", max_overhead=0.5)
+    small_model().fit(x, y, epochs=4, batch_size=32, verbose=0,
+                      callbacks=[SlowEpochs(0.3), slow])
+    assert slow.backed_up == [1, 2, 3, 4]
+
+
+def test_a_paced_backup_resumes_from_its_last_backed_up_epoch(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    state = TrainingState(tmp_path / "state", backup_overhead=0.1)
+    with pytest.raises(Crash):
+        small_model().fit(x, y, epochs=30, verbose=0,
+                          callbacks=state.callbacks("head") + [CrashAfter(20)])
+    metadata = tmp_path / "state" / "head.backup" / "training_metadata.json"
+    backed_up = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= backed_up < 20  # paced: not every epoch was backed up
+
+    resumed = TrainingState(tmp_path / "state", resume=True, backup_overhead=0.1)
+    history = small_model().fit(x, y, epochs=30, verbose=0,
+                                callbacks=resumed.callbacks("head"))
+    assert history.epoch == list(range(backed_up, 30))
+    # Epochs run twice (after the backup, before the crash) are recorded once.
+    assert [item["epoch"] for item in read_epochs(tmp_path / "state" / "head.epochs.json")
+            ] == list(range(30))
+    with pytest.raises(ValueError, match="backup_overhead"):
+        TrainingState(tmp_path / "other", backup_overhead=0)
