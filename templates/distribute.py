@@ -9,6 +9,8 @@ multi-worker training loop that works with Keras 3 (TensorFlow-only module).
 * `set_mixed_precision`: ``auto`` is float16 on NVIDIA GPUs of compute capability 7.0+,
   bfloat16 on TPU, off on CPU. The template heads keep a float32 output, and Keras 3's
   ``compile`` wraps the optimiser in a `LossScaleOptimizer` under float16.
+* ``--xla``: `add_hardware_arguments` / `setup_hardware` switch XLA compilation of the
+  phases' training and evaluation steps (`templates.phases.set_jit_compile`).
 * `train_multi_worker`: Keras 3's ``model.fit`` fails under
   `MultiWorkerMirroredStrategy` (keras-team/keras#20585, tensorflow/tensorflow#72388),
   while a loop over ``strategy.run`` with a Keras 3 model works; this is that loop, with
@@ -27,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from templates.files import atomic_path, write_json
+from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
 
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
@@ -260,7 +263,7 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def add_hardware_arguments(parser) -> None:
-    """Add ``--strategy`` and ``--mixed-precision`` to a recipe's argument parser."""
+    """Add ``--strategy``, ``--mixed-precision`` and ``--xla`` to a recipe's parser."""
     group = parser.add_argument_group("hardware")
     group.add_argument("--strategy", choices=STRATEGIES, default="auto",
                        help="tf.distribute strategy: auto picks a TPU, several GPUs "
@@ -268,6 +271,11 @@ def add_hardware_arguments(parser) -> None:
     group.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="auto",
                        help="auto: float16 on NVIDIA GPUs of compute capability 7.0+, "
                             "bfloat16 on TPU, off on CPU.")
+    group.add_argument("--xla", choices=sorted(JIT_COMPILE_SETTINGS), default="auto",
+                       help="XLA compilation of the training and evaluation steps: auto "
+                            "is Keras's rule (on for one GPU or TPU, off on CPU and under "
+                            "multi-device strategies); off when an op is not XLA-compatible "
+                            "or compile time dominates a short run.")
 
 
 def setup_hardware(args, *paths) -> StrategyChoice:
@@ -286,5 +294,6 @@ def setup_hardware(args, *paths) -> StrategyChoice:
     choice = choose_strategy(args.strategy)
     check_tpu_paths(choice, *paths)
     policy = set_mixed_precision(args.mixed_precision, choice.device)
-    print(f"{choice.describe()}; dtype policy {policy}", flush=True)
+    set_jit_compile(args.xla)
+    print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
     return choice

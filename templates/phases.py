@@ -30,6 +30,34 @@ from templates.reproducibility import ShuffledArrays, broadcast_epoch
 LOSS = "sparse_categorical_crossentropy"
 METRICS = ("accuracy",)
 
+# XLA compilation of the train/test steps for every `compile_classifier` call that does
+# not choose for itself: "auto" is Keras's rule (on for GPU/TPU, off on CPU and under
+# tf.distribute strategies). Recipes set it from --xla through `set_jit_compile`.
+JIT_COMPILE_SETTINGS = {"auto": "auto", "on": True, "off": False}
+_jit_compile_default: Any = "auto"
+
+
+def set_jit_compile(setting: str | bool) -> None:
+    """Set XLA compilation for the phases: ``"auto"``, ``"on"``/``True``, ``"off"``/``False``.
+
+    Switching XLA off helps when a model's ops are not XLA-compatible or when first-step
+    compilation time dominates a short run; on is the usual choice on GPU/TPU.
+    """
+    global _jit_compile_default
+    if isinstance(setting, bool):
+        _jit_compile_default = setting
+        return
+    if setting not in JIT_COMPILE_SETTINGS:
+        raise ValueError(
+            f"XLA setting must be one of {', '.join(JIT_COMPILE_SETTINGS)} (or a bool); "
+            f"got {setting!r}.")
+    _jit_compile_default = JIT_COMPILE_SETTINGS[setting]
+
+
+def jit_compile_setting() -> Any:
+    """The XLA setting `compile_classifier` uses by default (see `set_jit_compile`)."""
+    return _jit_compile_default
+
 
 class Transferable(Protocol):
     """What the phases need from a template's model (see `templates.pretrained`)."""
@@ -105,7 +133,7 @@ def unfreeze_from(backbone: keras.Model, from_layer: str | int | None) -> int:
 def compile_classifier(
     model: keras.Model,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-    jit_compile: Any = "auto",
+    jit_compile: Any = None,
     learning_rate_multipliers: dict[str, float] | None = None,
 ):
     """Compile ``model`` for integer class labels with Adam at ``learning_rate``.
@@ -113,7 +141,8 @@ def compile_classifier(
     Args:
         model: The model to compile.
         learning_rate: A rate or a schedule (`templates.learning_rates.OneCycle`...).
-        jit_compile: Passed to ``compile``.
+        jit_compile: Passed to ``compile``; ``None`` uses the setting chosen with
+            `set_jit_compile` (``"auto"`` unless changed).
         learning_rate_multipliers: Per-variable multipliers (discriminative rates,
             `templates.learning_rates.discriminative_multipliers`): uses
             `DiscriminativeAdam`.
@@ -131,7 +160,7 @@ def compile_classifier(
         optimizer=optimizer,
         loss=LOSS,
         metrics=list(METRICS),
-        jit_compile=jit_compile,
+        jit_compile=_jit_compile_default if jit_compile is None else jit_compile,
     )
 
 

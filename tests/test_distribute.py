@@ -70,6 +70,36 @@ def test_mixed_precision_policies_train_with_a_float32_output(mode, compute):
         set_mixed_precision("float8")
 
 
+@pytest.mark.parametrize("flag, compiled", [("on", True), ("off", False), ("auto", False)])
+def test_xla_flag_sets_how_the_phases_compile(flag, compiled):
+    import argparse
+
+    from templates.distribute import add_hardware_arguments, setup_hardware
+    from templates.phases import compile_classifier, jit_compile_setting, set_jit_compile
+
+    parser = argparse.ArgumentParser()
+    add_hardware_arguments(parser)
+    try:
+        setup_hardware(parser.parse_args(["--strategy", "cpu", "--xla", flag]))
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+        compile_classifier(model, 1e-2)
+        # "auto" is Keras's rule, which is off on a CPU-only machine.
+        assert model.jit_compile is compiled
+        x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+        history = model.fit(x, (x[:, 0] > 0).astype("int32"), epochs=3, verbose=0)
+        assert history.history["loss"][-1] < history.history["loss"][0]  # it trains
+        compile_classifier(model, 1e-2, jit_compile=not compiled)  # an explicit choice wins
+        assert model.jit_compile is (not compiled)
+    finally:
+        set_jit_compile("auto")
+    assert jit_compile_setting() == "auto"
+    with pytest.raises(ValueError, match="XLA setting"):
+        set_jit_compile("sometimes")
+    with pytest.raises(SystemExit):  # argparse refuses an unknown choice
+        parser.parse_args(["--xla", "maybe"])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
