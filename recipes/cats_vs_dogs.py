@@ -49,7 +49,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from templates import reports  # noqa: E402
-from templates.checkpoints import TrainingState, run_phase  # noqa: E402
+from templates.checkpoints import run_phase  # noqa: E402
 from templates.backbones import (  # noqa: E402
     WeightsUnavailableError,
     block_cut_points,
@@ -84,6 +84,7 @@ from templates.training_options import (  # noqa: E402
     add_training_arguments,
     record_finding,
     scheduled,
+    training_state,
     tensorboard_callbacks,
 )
 
@@ -210,9 +211,7 @@ def run(args: argparse.Namespace) -> int:
     # phases and continues the phase in progress from its last finished epoch. The seed
     # fixes each epoch's data order and dropout from (seed, epoch) alone, so the resumed
     # run ends exactly where an uninterrupted one would.
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed, keep_best=not args.no_restore_best,
-                          patience=args.patience or None)
+    state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
     # --find-lr measures the head's learning rate on these cached features first.
     steps_per_epoch = math.ceil(len(splits.train.files) / args.batch_size)
     if args.find_lr:
@@ -337,22 +336,29 @@ def _compare_with_scratch(args, spec, image_size, splits, history, before_traini
     keras.utils.set_random_seed(args.seed)
     scratch = pretrained_model(spec, len(splits.class_names), weights=None,
                                image_size=image_size, alpha=args.alpha).model
+    # The scratch run gets the same schedule shape over its whole run.
     budget = TrainingBudget(args.epochs, args.fine_tune_epochs, args.learning_rate,
-                            args.fine_tune_learning_rate, args.batch_size)
+                            args.fine_tune_learning_rate, args.batch_size,
+                            schedule=args.schedule,
+                            steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     return report_against_scratch(
         history["val_accuracy"], before_training, final.get("test_accuracy"), scratch,
         train, validation, test, budget, args.seed, args.output_dir,
-        title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch", state=state)
+        title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch", state=state,
+        phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
 
 
 def _reuse_sweep(args, spec, weights, image_size, splits, train, validation, test, state,
                  backbone) -> list[dict]:
     cut_points = block_cut_points(backbone, args.reuse_sweep)
-    budget = TrainingBudget(args.epochs, 0, args.learning_rate, batch_size=args.batch_size)
+    budget = TrainingBudget(args.epochs, 0, args.learning_rate, batch_size=args.batch_size,
+                            schedule=args.schedule,
+                            steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     sweep = reuse_depth_sweep(
         lambda cut: pretrained_model(spec, len(splits.class_names), weights=weights,
                                      image_size=image_size, alpha=args.alpha, cut_at=cut),
-        cut_points, train, validation, test, budget=budget, seed=args.seed, state=state)
+        cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
+        phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     write_sweep(sweep, args.output_dir,
                 title=f"Reuse depth: {spec.name} blocks, cats vs dogs (head only)")
     for row in sweep:

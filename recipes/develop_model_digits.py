@@ -9,6 +9,11 @@ How to run (no download: scikit-learn ships the 1,797 real 8x8 scans):
     python -m recipes.develop_model_digits --labels-per-class 5 --output-dir runs/digits
     python -m recipes.develop_model_digits --help
 
+The shared training options work here too (`--find-lr`, `--schedule`,
+`--discriminative-factor`, `--patience`, `--restore-best`, `--tensorboard`); they apply
+to the transferred and the scratch runs alike, so the comparison stays fair. By default
+there is no early stopping: the report compares a fixed budget.
+
 Outputs in `--output-dir`: `source/` (the source model and its baseline check, reused
 by later runs), `transfer_report.json` and `transfer_report.png` (transfer vs scratch
 over the seeds), `reuse_sweep.json` and `reuse_sweep.png` (target skill per reuse depth),
@@ -46,11 +51,15 @@ from templates.comparison import (  # noqa: E402
     write_sweep,
 )
 from templates.develop import develop_model, reuse_model  # noqa: E402
-from templates.checkpoints import TrainingState  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
 from templates.phases import find_head_learning_rate  # noqa: E402
-from templates.training_options import record_finding  # noqa: E402
+from templates.training_options import (  # noqa: E402
+    add_training_arguments,
+    record_finding,
+    tensorboard_callbacks,
+    training_state,
+)
 from templates.epoch_shuffle import shuffle_each_epoch  # noqa: E402
 from templates.files import write_json  # noqa: E402
 
@@ -74,11 +83,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--fine-tune-epochs", type=int, default=5)
     parser.add_argument("--skip-sweep", action="store_true",
                         help="Skip the reuse-depth sweep.")
+    parser.add_argument("--learning-rate", type=float, default=1e-2,
+                        help="Head learning rate of the transferred model, and the scratch "
+                             "model's learning rate.")
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-3)
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
-    parser.add_argument("--find-lr", action="store_true",
-                        help="Run the learning-rate finder on the transferred model's head "
-                             "and use its suggestion as the head (and scratch) learning "
-                             "rate for every run; writes lr_finder_head.png/.json.")
+    # The shared training options. Here --find-lr measures the head's rate on the target
+    # data and uses it for transfer and scratch alike; there is no early stopping by
+    # default, because the comparison is about a fixed budget.
+    add_training_arguments(parser, patience=0, restore_best=False)
     parser.add_argument("--resume", action="store_true",
                         help="Continue an interrupted run in --output-dir: finished runs "
                              "are reused and the run in progress continues from its last "
@@ -195,7 +208,10 @@ def main(argv=None) -> int:
     test = batches(data["test"], batch_size=256)
     budget = TrainingBudget(head_epochs=args.head_epochs,
                             fine_tune_epochs=args.fine_tune_epochs,
-                            learning_rate=1e-2, fine_tune_learning_rate=1e-3, batch_size=8)
+                            learning_rate=args.learning_rate,
+                            fine_tune_learning_rate=args.fine_tune_learning_rate, batch_size=8,
+                            schedule=args.schedule,
+                            discriminative_factor=args.discriminative_factor)
 
     def reuse(source_model, cut_at="pool"):
         return reuse_model(source_model, len(TARGET_DIGITS), cut_at=cut_at, pooling="flatten")
@@ -218,13 +234,14 @@ def main(argv=None) -> int:
     # here takes about as long as writing a backup, so backups are paced to at most a
     # tenth of the training time (a kill repeats at most about a second of epochs,
     # identically: each epoch's randomness depends only on the seed and its number).
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed, backup_overhead=0.1)
+    state = training_state(args, os.path.join(args.output_dir, "checkpoints"),
+                           backup_overhead=0.1)
+    logs = lambda phase: tensorboard_callbacks(args.tensorboard, phase)  # noqa: E731
     report = compare_with_scratch(
         lambda: reuse(developed.source_model),
         scratch, train, validation, test, budget=budget,
         seeds=[args.seed + offset for offset in range(args.seeds)], slope_epochs=5,
-        state=state,
+        state=state, phase_callbacks=logs,
     )
     report.write_json(os.path.join(args.output_dir, "transfer_report.json"))
     report.plot(os.path.join(args.output_dir, "transfer_report.png"),
@@ -245,7 +262,7 @@ def main(argv=None) -> int:
     sweep = reuse_depth_sweep(
         lambda cut: reuse(developed.source_model, cut),
         cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
-        trained_runs={"pool": f"seed{args.seed}.transfer"},
+        trained_runs={"pool": f"seed{args.seed}.transfer"}, phase_callbacks=logs,
     )
     if sweep:
         write_sweep(sweep, args.output_dir, title=f"Reuse depth, digits 0-4 -> 5-9 "
@@ -260,7 +277,10 @@ def main(argv=None) -> int:
                                                                       "test")},
         "transfer_test_accuracy": report.mean("transfer", "test_accuracy"),
         "scratch_test_accuracy": report.mean("scratch", "test_accuracy"),
-        "learning_rate": budget.learning_rate,
+        "learning_rates": {"head": budget.learning_rate,
+                           "fine_tune": budget.fine_tune_learning_rate},
+        "schedule": args.schedule, "discriminative_factor": args.discriminative_factor,
+        "patience": args.patience, "restore_best": args.restore_best,
         "evaluation": {"set": "test", "seed": args.seed, "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"]},
         "seconds": round(time.perf_counter() - started, 1),

@@ -70,7 +70,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from templates import reports  # noqa: E402
-from templates.checkpoints import TrainingState, run_phase  # noqa: E402
+from templates.checkpoints import run_phase  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
@@ -93,6 +93,7 @@ from templates.training_options import (  # noqa: E402
     add_training_arguments,
     record_finding,
     scheduled,
+    training_state,
     tensorboard_callbacks,
 )
 from templates.transfer_report import MEASURES  # noqa: E402
@@ -268,9 +269,7 @@ def run(args: argparse.Namespace) -> int:
     # phases and continues the phase in progress from its last finished epoch. The seed
     # fixes each epoch's data order and dropout from (seed, epoch) alone, so the resumed
     # run ends exactly where an uninterrupted one would.
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed, keep_best=not args.no_restore_best,
-                          patience=args.patience or None)
+    state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
     steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
     if args.find_lr:
         args.learning_rate = record_finding(
@@ -363,12 +362,14 @@ def run(args: argparse.Namespace) -> int:
             len(vocabulary), matrix.matrix.shape[1], len(class_names), sequence_length,
             args.architecture, **architecture)
         budget = TrainingBudget(args.epochs, args.fine_tune_epochs, args.learning_rate,
-                                args.fine_tune_learning_rate, args.batch_size)
+                                args.fine_tune_learning_rate, args.batch_size,
+                                schedule=args.schedule, steps_per_epoch=steps_per_epoch)
         report = report_against_scratch(
             history["val_accuracy"], before_training, final["test_accuracy"], scratch,
             train_data, validation_data, test_data, budget, args.seed, args.output_dir,
             title=f"{args.vectors} vectors vs random embeddings ({args.architecture})",
-            verbose=2, state=state)
+            verbose=2, state=state,
+            phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         summary = report.to_dict()
         for key, side in (("pretrained", "transfer"), ("scratch", "scratch")):
             metrics[key] = {

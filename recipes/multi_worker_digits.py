@@ -41,6 +41,7 @@ from templates.distribute import (  # noqa: E402
     weights_digest,
 )
 from templates.files import write_json  # noqa: E402
+from templates.training_options import SCHEDULES, scheduled  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -49,6 +50,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--per-replica-batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    # Of the shared training options, the schedule applies to this loop; the others
+    # (finder, early stopping, TensorBoard) are built on model.fit, which is what this
+    # loop replaces.
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="Learning-rate schedule over the whole run (the rate given is "
+                             "the peak for one_cycle).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the chief's checkpoint in OUTPUT_DIR/checkpoints.")
@@ -89,7 +96,8 @@ def main(argv=None) -> int:
 
     model, history = train_multi_worker(
         choice, build_model, dataset_fn, global_batch, steps_per_epoch, args.epochs,
-        learning_rate=args.learning_rate,
+        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
+                                steps_per_epoch),
         checkpoint_dir=os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
 
     # Every worker holds the same weights now. A plain call of the model reads them

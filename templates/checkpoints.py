@@ -73,16 +73,19 @@ class KeepBest(keras.callbacks.Callback):
         monitor: The logged value to watch (``"val_accuracy"``, ``"val_loss"``...).
         patience: Epochs without improvement before stopping; ``None`` never stops
             early (the best weights are still restored).
+        restore: Load the best epoch's weights when training ends; ``False`` keeps the
+            last epoch's (early stopping only).
     """
 
     def __init__(self, path: str | os.PathLike, monitor: str = "val_accuracy",
-                 patience: int | None = None):
+                 patience: int | None = None, restore: bool = True):
         super().__init__()
         if patience is not None and patience < 1:
             raise ValueError(f"patience must be at least 1 (or None); got {patience}.")
         self.path = os.fspath(path)
         self.monitor = monitor
         self.patience = patience
+        self.restore = bool(restore)
         self.higher_is_better = "loss" not in monitor
         self.record: dict[str, Any] | None = None
         self.last_epoch: int | None = None
@@ -117,7 +120,8 @@ class KeepBest(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.record is not None and self.record["epoch"] != self.last_epoch:
+        if (self.restore and self.record is not None
+                and self.record["epoch"] != self.last_epoch):
             self.model.load_weights(self.path + ".weights.h5")
 
 
@@ -184,10 +188,12 @@ class TrainingState:
         resume: Continue from the state in ``directory``; ``False`` clears it.
         seed: The run's seed; makes every epoch's randomness depend only on
             ``(seed, epoch)`` (`EpochSeeds`). ``None`` leaves randomness as it is.
-        keep_best: End every phase with its best epoch's weights (by
-            ``val_accuracy``), see `KeepBest`.
+        keep_best: Track every phase's best epoch (by ``val_accuracy``) with
+            `KeepBest`: needed for ``restore_best`` and ``patience``.
         patience: With ``keep_best``, stop a phase after this many epochs without
             improvement (``None``: never early).
+        restore_best: With ``keep_best``, end every phase with its best epoch's
+            weights (``False``: its last epoch's).
         backup_overhead: ``None`` backs up every epoch. A fraction such as ``0.1``
             skips backups while the last one is recent, so they take at most about that
             fraction of the training time (`PacedBackup`): for tiny models whose epochs
@@ -196,7 +202,8 @@ class TrainingState:
 
     def __init__(self, directory: str | os.PathLike, resume: bool = False,
                  seed: int | None = None, keep_best: bool = False,
-                 patience: int | None = None, backup_overhead: float | None = None):
+                 patience: int | None = None, backup_overhead: float | None = None,
+                 restore_best: bool = True):
         if backup_overhead is not None and not 0 < backup_overhead <= 1:
             raise ValueError(
                 f"backup_overhead must be None or in (0, 1]; got {backup_overhead}.")
@@ -206,6 +213,7 @@ class TrainingState:
         self.keep_best = bool(keep_best)
         self.patience = patience
         self.backup_overhead = backup_overhead
+        self.restore_best = bool(restore_best)
         if not self.resume and os.path.isdir(self.directory):
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
@@ -231,7 +239,8 @@ class TrainingState:
         if seed is not None:
             callbacks.append(EpochSeeds(seed))
         if self.keep_best:
-            callbacks.append(KeepBest(self._path(phase, "best"), patience=self.patience))
+            callbacks.append(KeepBest(self._path(phase, "best"), patience=self.patience,
+                                      restore=self.restore_best))
         return callbacks
 
     def result(self, name: str) -> dict[str, Any] | None:

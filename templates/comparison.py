@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import keras
 
 from templates.checkpoints import TrainingState, run_phase
 from templates.files import atomic_path, write_json
+from templates.learning_rates import discriminative_multipliers
 from templates.phases import (
     compile_classifier,
     evaluate_accuracy,
@@ -35,6 +37,15 @@ class TrainingBudget:
     then fine-tunes for ``fine_tune_epochs`` at ``fine_tune_learning_rate``. The
     scratch model trains every layer for ``head_epochs + fine_tune_epochs`` at
     ``learning_rate``, with the same Adam optimiser, data and seed.
+
+    ``schedule`` (``"constant"``, ``"warmup_cosine"``, ``"one_cycle"``, see
+    `templates.training_options.scheduled`) shapes the rate within each phase: the
+    transferred model's head and fine-tuning phases, and the scratch model's single
+    run. ``discriminative_factor`` spreads the fine-tuning rate over the reused blocks
+    (`templates.learning_rates.discriminative_multipliers`); the scratch model has no
+    reused blocks and trains at one rate. ``steps_per_epoch`` is needed by a schedule;
+    ``None`` reads it from the training batches (``len`` or a known `tf.data`
+    cardinality).
     """
 
     head_epochs: int = 10
@@ -43,10 +54,46 @@ class TrainingBudget:
     fine_tune_learning_rate: float = 1e-4
     batch_size: int = 32
     cache_features: bool = True
+    schedule: str = "constant"
+    discriminative_factor: float | None = None
+    steps_per_epoch: int | None = None
 
     @property
     def epochs(self) -> int:
         return self.head_epochs + self.fine_tune_epochs
+
+    def rate(self, learning_rate: float, epochs: int, train) -> Any:
+        """``learning_rate`` shaped by ``schedule`` over ``epochs`` of ``train``."""
+        from templates.training_options import scheduled
+
+        if self.schedule == "constant":
+            return learning_rate
+        steps = self.steps_per_epoch or steps_per_epoch(train)
+        return scheduled(learning_rate, self.schedule, epochs, steps)
+
+
+def steps_per_epoch(batches) -> int:
+    """Batches per pass over ``batches``: its ``len`` or its known `tf.data` cardinality.
+
+    Raises:
+        ValueError: when neither is known (pass ``TrainingBudget(steps_per_epoch=...)``).
+    """
+    try:
+        return len(batches)
+    except TypeError:
+        pass
+    cardinality = getattr(batches, "cardinality", None)
+    if cardinality is not None:
+        count = int(cardinality())
+        if count > 0:
+            return count
+    raise ValueError(
+        "A learning-rate schedule needs the number of batches per epoch, and these "
+        "batches do not tell it (no len(), unknown tf.data cardinality): pass "
+        "TrainingBudget(steps_per_epoch=...).")
+
+
+PhaseCallbacks = Callable[[str], Sequence[keras.callbacks.Callback]]
 
 
 def _phase(state: TrainingState | None, phase: str, model: keras.Model, train,
@@ -57,9 +104,14 @@ def _phase(state: TrainingState | None, phase: str, model: keras.Model, train,
     return run_phase(state, phase, model, train, seed=seed)
 
 
+def _extra(phase_callbacks: PhaseCallbacks | None, phase: str) -> list:
+    return list(phase_callbacks(phase)) if phase_callbacks is not None else []
+
+
 def train_transferred(
     transfer: TransferModel, train, validation, test, budget: TrainingBudget, seed: int,
     verbose: int | str = 0, state: TrainingState | None = None, name: str = "transfer",
+    phase_callbacks: PhaseCallbacks | None = None,
 ):
     """Train a transferred model on the budget; return its curve summary inputs.
 
@@ -67,20 +119,32 @@ def train_transferred(
         state: Checkpoints the phases (named ``NAME.head``, ``NAME.fine_tune``), so an
             interrupted comparison resumes at the epoch in progress.
         name: Prefix of this run's phases in ``state``.
+        phase_callbacks: Returns extra callbacks for a phase, given its name
+            (e.g. TensorBoard logs per phase).
     """
     compile_classifier(transfer.model, budget.learning_rate)
     before = evaluate_accuracy(transfer.model, validation)
-    history = _phase(state, f"{name}.head", transfer.model, lambda callbacks: train_head(
+    head = f"{name}.head"
+    history = _phase(state, head, transfer.model, lambda callbacks: train_head(
         transfer, train, validation, epochs=budget.head_epochs,
-        learning_rate=budget.learning_rate, cache_features=budget.cache_features,
-        batch_size=budget.batch_size, callbacks=callbacks, seed=seed, verbose=verbose),
+        learning_rate=budget.rate(budget.learning_rate, budget.head_epochs, train),
+        cache_features=budget.cache_features, batch_size=budget.batch_size,
+        callbacks=callbacks + _extra(phase_callbacks, head), seed=seed, verbose=verbose),
         seed=seed)
     curve = list(history.history["val_accuracy"])
     if budget.fine_tune_epochs:
-        history = _phase(state, f"{name}.fine_tune", transfer.model, lambda callbacks: fine_tune(
+        tuned = f"{name}.fine_tune"
+        multipliers = None
+        if budget.discriminative_factor:
+            multipliers = discriminative_multipliers(
+                transfer.backbone, transfer.fine_tune_from, budget.discriminative_factor)
+        history = _phase(state, tuned, transfer.model, lambda callbacks: fine_tune(
             transfer, train, validation, epochs=budget.fine_tune_epochs,
-            learning_rate=budget.fine_tune_learning_rate, initial_epoch=budget.head_epochs,
-            callbacks=callbacks, verbose=verbose), seed=seed)
+            learning_rate=budget.rate(budget.fine_tune_learning_rate,
+                                      budget.fine_tune_epochs, train),
+            initial_epoch=len(curve), learning_rate_multipliers=multipliers,
+            callbacks=callbacks + _extra(phase_callbacks, tuned), verbose=verbose),
+            seed=seed)
         curve += list(history.history["val_accuracy"])
     test_accuracy = evaluate_accuracy(transfer.model, test) if test is not None else None
     return before, curve, test_accuracy
@@ -89,21 +153,23 @@ def train_transferred(
 def train_from_scratch(
     model: keras.Model, train, validation, test, budget: TrainingBudget,
     verbose: int | str = 0, state: TrainingState | None = None, name: str = "scratch",
-    seed: int | None = None,
+    seed: int | None = None, phase_callbacks: PhaseCallbacks | None = None,
 ):
     """Train every layer of ``model`` (BatchNorm included) on the same budget.
 
     Args:
         state: Checkpoints the run as phase ``name``, so it resumes when interrupted.
         seed: Seeds each epoch's randomness when ``state`` is given (`EpochSeeds`).
+        phase_callbacks: As in `train_transferred` (called with ``name``).
     """
     model.trainable = True
     for layer in iterate_layers(model):
         layer.trainable = True
-    compile_classifier(model, budget.learning_rate)
+    compile_classifier(model, budget.rate(budget.learning_rate, budget.epochs, train))
     before = evaluate_accuracy(model, validation)
     history = _phase(state, name, model, lambda callbacks: model.fit(
-        train, validation_data=validation, epochs=budget.epochs, callbacks=callbacks,
+        train, validation_data=validation, epochs=budget.epochs,
+        callbacks=callbacks + _extra(phase_callbacks, name), shuffle=False,
         verbose=verbose), seed=seed)
     test_accuracy = evaluate_accuracy(model, test) if test is not None else None
     return before, list(history.history["val_accuracy"]), test_accuracy
@@ -132,6 +198,7 @@ def compare_with_scratch(
     slope_epochs: int = 3,
     verbose: int | str = 0,
     state: TrainingState | None = None,
+    phase_callbacks: PhaseCallbacks | None = None,
 ) -> TransferReport:
     """Train transfer and scratch models for each seed and report the three measures.
 
@@ -144,7 +211,9 @@ def compare_with_scratch(
         slope_epochs: ``k`` for the slope measure.
         verbose: Passed to ``fit``.
         state: A `TrainingState`: every run is checkpointed per epoch and kept when it
-            finishes, so an interrupted comparison resumes where it stopped.
+            finished, so an interrupted comparison resumes where it stopped.
+        phase_callbacks: Extra callbacks per phase, given the phase's name
+            (``seed0.transfer.head``, ``seed0.scratch``...), e.g. TensorBoard logs.
     """
     budget = budget or TrainingBudget()
     transferred, scratch = [], []
@@ -152,12 +221,14 @@ def compare_with_scratch(
         def transfer_run(seed=seed):
             keras.utils.set_random_seed(seed)
             return train_transferred(build_transfer(), train, validation, test, budget, seed,
-                                     verbose, state, name=f"seed{seed}.transfer")
+                                     verbose, state, name=f"seed{seed}.transfer",
+                                     phase_callbacks=phase_callbacks)
 
         def scratch_run(seed=seed):
             keras.utils.set_random_seed(seed)
             return train_from_scratch(build_scratch(), train, validation, test, budget,
-                                      verbose, state, name=f"seed{seed}.scratch", seed=seed)
+                                      verbose, state, name=f"seed{seed}.scratch", seed=seed,
+                                      phase_callbacks=phase_callbacks)
 
         transferred.append(_summary(state, f"seed{seed}.transfer", transfer_run, slope_epochs))
         keras.backend.clear_session()
@@ -181,6 +252,7 @@ def report_against_scratch(
     title: str,
     verbose: int | str = "auto",
     state: TrainingState | None = None,
+    phase_callbacks: PhaseCallbacks | None = None,
 ) -> TransferReport:
     """Report a recipe's finished transfer run against the same model from scratch.
 
@@ -201,10 +273,12 @@ def report_against_scratch(
         verbose: Passed to ``fit``.
         state: The recipe's `TrainingState`; the scratch run is checkpointed in it as
             phase ``scratch`` and resumes when interrupted.
+        phase_callbacks: Extra callbacks for the scratch run (called with
+            ``"scratch"``).
     """
     scratch_before, scratch_curve, scratch_test = train_from_scratch(
         scratch_model, train, validation, test, budget, verbose=verbose, state=state,
-        seed=seed)
+        seed=seed, phase_callbacks=phase_callbacks)
     report = TransferReport(
         transfer=[summarize_curve(transfer_curve, transfer_before, transfer_test)],
         scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
@@ -226,6 +300,7 @@ def reuse_depth_sweep(
     verbose: int | str = 0,
     state: TrainingState | None = None,
     trained_runs: Mapping[str | int, str] | None = None,
+    phase_callbacks: PhaseCallbacks | None = None,
 ) -> list[dict]:
     """Reuse the source model up to each cut point; measure target skill per depth.
 
@@ -234,7 +309,7 @@ def reuse_depth_sweep(
             cut point (e.g. ``lambda cut: reuse_model(source, 5, cut_at=cut)``).
         cut_points: Layer names or depths, shallow to deep
             (`templates.develop.articulation_layers` lists the valid ones).
-        train, validation, test, budget, seed, verbose, state: As in
+        train, validation, test, budget, seed, verbose, state, phase_callbacks: As in
             `compare_with_scratch`.
         trained_runs: ``{cut point: run name}`` for cut points already trained in
             ``state`` on the same budget and seed, for example
@@ -259,7 +334,7 @@ def reuse_depth_sweep(
             transfer = build_transfer_at(cut)
             _, curve, test_accuracy = train_transferred(
                 transfer, train, validation, test, budget, seed, verbose, state,
-                name=trained_runs.get(cut, name))
+                name=trained_runs.get(cut, name), phase_callbacks=phase_callbacks)
             saved = {
                 "cut_at": cut,
                 "reused_layers": len(transfer.backbone.layers) - 1,

@@ -176,7 +176,7 @@ def train_multi_worker(
     global_batch_size: int,
     steps_per_epoch: int,
     epochs: int,
-    learning_rate: float = 1e-3,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
 ) -> tuple[keras.Model, DistributedHistory]:
@@ -191,7 +191,8 @@ def train_multi_worker(
         global_batch_size: Examples per step over all replicas.
         steps_per_epoch: Steps per epoch.
         epochs: Epochs in total (a resumed run trains the remaining ones).
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate, or a schedule (its step count, the
+            optimiser's, is saved in the checkpoint, so a resumed run continues it).
         checkpoint_dir: Where the chief writes ``weights.weights.h5`` and
             ``state.json`` after every epoch (a shared folder when machines differ).
         resume: Continue from ``checkpoint_dir``.

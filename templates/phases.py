@@ -248,7 +248,7 @@ def train_head(
         compile_classifier(training_model, learning_rate)
         history = training_model.fit(
             train_data, validation_data=validation_data, epochs=epochs,
-            callbacks=list(callbacks), verbose=verbose,
+            callbacks=list(callbacks), shuffle=False, verbose=verbose,
         )
         _compile_for_evaluation(transfer, training_model, learning_rate)
         return history
@@ -322,7 +322,8 @@ def fine_tune(
                        learning_rate_multipliers=learning_rate_multipliers)
     history = training_model.fit(
         train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
-        initial_epoch=initial_epoch, callbacks=list(callbacks), verbose=verbose,
+        initial_epoch=initial_epoch, callbacks=list(callbacks), shuffle=False,
+        verbose=verbose,
     )
     _compile_for_evaluation(transfer, training_model, learning_rate)
     return history

@@ -7,9 +7,14 @@ and learning-rate finder runs whose plots land in the output folder.
     --find-lr                    run the finder before each phase and use its suggestion
     --schedule                   constant | warmup_cosine | one_cycle (per phase)
     --discriminative-factor F    fine-tune earlier backbone blocks F times slower per block
-    --patience N                 early stopping; the best epoch is restored (0: never stop)
-    --no-restore-best            keep each phase's last epoch instead of its best
+    --patience N                 early stopping (0: never stop early)
+    --restore-best / --no-restore-best
+                                 end each phase with its best epoch's weights, or its last
     --tensorboard DIR            TensorBoard logs, one folder per phase
+
+A recipe chooses the defaults of ``--patience`` and ``--restore-best``: early stopping
+with best-epoch restore (patience 3) for the image and text recipes; none for the
+digits comparison, whose point is a fixed budget for transfer and scratch alike.
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ from templates.learning_rates import LearningRateFinding, OneCycle, WarmupCosine
 SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3) -> None:
-    """Add the shared training flags (see the module docstring) to ``parser``."""
+def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
+                           restore_best: bool = True) -> None:
+    """Add the shared training flags (see the module docstring) to ``parser``.
+
+    Args:
+        parser: The recipe's parser.
+        patience: Default of ``--patience`` (0: never stop early).
+        restore_best: Default of ``--restore-best / --no-restore-best``.
+    """
     group = parser.add_argument_group("training options")
     group.add_argument("--find-lr", action="store_true",
                        help="Run the learning-rate finder before each phase, use its "
@@ -43,11 +55,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3) -
                        help="Stop a phase after this many epochs without a better "
                             "validation accuracy (0: never stop early). Default "
                             f"{patience}.")
-    group.add_argument("--no-restore-best", action="store_true",
-                       help="End each phase with its last epoch's weights; by default the "
-                            "best epoch's (by validation accuracy) are restored.")
+    group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
+                       default=restore_best,
+                       help="End each phase with its best epoch's weights (by validation "
+                            "accuracy) instead of its last epoch's. Default: "
+                            f"{'on' if restore_best else 'off'}.")
     group.add_argument("--tensorboard", metavar="DIR",
                        help="Write TensorBoard logs under DIR (one folder per phase).")
+
+
+def training_state(args: argparse.Namespace, directory: str, **options):
+    """The `TrainingState` these flags ask for: ``--resume``, ``--seed``, best-epoch
+    restore and early stopping; ``options`` are passed on (e.g. ``backup_overhead``)."""
+    from templates.checkpoints import TrainingState
+
+    if args.patience < 0:
+        raise ValueError(f"--patience must be 0 or more; got {args.patience}.")
+    return TrainingState(directory, resume=args.resume, seed=args.seed,
+                         keep_best=args.restore_best or bool(args.patience),
+                         patience=args.patience or None, restore_best=args.restore_best,
+                         **options)
 
 
 def scheduled(learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int):

@@ -104,6 +104,59 @@ def test_reuse_cuts_and_freezes_the_source():
         np.testing.assert_array_equal(kept, saved)
 
 
+class RecordRates(keras.callbacks.Callback):
+    """Records the optimiser's learning rate after every training step."""
+
+    def __init__(self, phase, log):
+        super().__init__()
+        self.phase, self.log = phase, log
+
+    def on_train_batch_end(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        multipliers = bool(getattr(optimizer, "learning_rate_multipliers", None))
+        self.log.setdefault(self.phase, []).append(
+            (multipliers, float(keras.ops.convert_to_numpy(optimizer.learning_rate))))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "one_cycle"])
+def test_comparison_applies_the_training_options_to_both_sides(schedule):
+    import tensorflow as tf
+
+    from templates.comparison import TrainingBudget, compare_with_scratch, steps_per_epoch
+
+    inputs, labels = separable_data(96)
+    train = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(16)
+    validation = tf.data.Dataset.from_tensor_slices(separable_data(64, seed=1)).batch(64)
+    assert steps_per_epoch(train) == 6
+    source = mlp()
+    budget = TrainingBudget(head_epochs=3, fine_tune_epochs=2, learning_rate=1e-2,
+                            fine_tune_learning_rate=1e-3, batch_size=16, schedule=schedule,
+                            discriminative_factor=3.0)
+    log = {}
+    report = compare_with_scratch(
+        lambda: reuse_model(source, 2, cut_at="features"),
+        lambda: reuse_model(mlp(), 2, cut_at="features").model,
+        train, validation, budget=budget, seeds=[0],
+        phase_callbacks=lambda phase: [RecordRates(phase, log)])
+    assert set(log) == {"seed0.transfer.head", "seed0.transfer.fine_tune", "seed0.scratch"}
+    assert [len(log[phase]) for phase in sorted(log)] == [5 * 6, 2 * 6, 3 * 6]
+    head, tuned, scratch = (log["seed0.transfer.head"], log["seed0.transfer.fine_tune"],
+                            log["seed0.scratch"])
+    # Discriminative rates apply to fine-tuning only (the scratch run has no reused blocks).
+    assert {multipliers for multipliers, _ in tuned} == {True}
+    assert {multipliers for multipliers, _ in head + scratch} == {False}
+    for phase, peak in ((head, 1e-2), (tuned, 1e-3), (scratch, 1e-2)):
+        rates = [rate for _, rate in phase]
+        if schedule == "constant":
+            assert rates == pytest.approx([peak] * len(rates))
+        else:  # one-cycle within each phase: up to the peak, then down far below it
+            top = int(np.argmax(rates))
+            assert 0 < top < len(rates) - 1
+            assert max(rates) == pytest.approx(peak, rel=0.05)
+            assert rates[0] < peak / 2 and rates[-1] < peak / 100
+    assert len(report.transfer[0].validation_curve) == 5
+
+
 def test_articulation_layers_are_the_valid_cut_points():
     chain = mlp()
     assert articulation_layers(chain) == ["hidden", "features", "predictions"]

@@ -148,3 +148,35 @@ def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
     assert resumed[0]["loss"][:3] == first[0]["loss"]
     assert resumed[0]["weights_digest"] == resumed[1]["weights_digest"]
     assert resumed[0]["loss"][-1] < first[0]["loss"][-1]
+
+
+def test_the_training_loop_follows_a_schedule_across_a_resume(tmp_path):
+    import tensorflow as tf
+
+    from templates.distribute import train_multi_worker
+    from templates.learning_rates import WarmupCosine
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def build():
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+
+    def dataset_fn(context):
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16)
+
+    schedule = WarmupCosine(1e-2, total_steps=4 * 6, warmup_steps=4)
+    choice = choose_strategy("cpu")
+    model, history = train_multi_worker(choice, build, dataset_fn, 16, 4, 3,
+                                        learning_rate=schedule, checkpoint_dir=tmp_path)
+    assert int(model.optimizer.iterations) == 12
+    # Resumed: the optimiser's step count comes back with the weights, so the schedule
+    # continues where it stopped instead of warming up again.
+    model, history = train_multi_worker(choice, build, dataset_fn, 16, 4, 6,
+                                        learning_rate=schedule, checkpoint_dir=tmp_path,
+                                        resume=True)
+    assert history.epochs_run == [3, 4, 5]
+    assert int(model.optimizer.iterations) == 24
+    assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(24)), abs=1e-7)
+    assert history.loss[-1] < history.loss[0]
