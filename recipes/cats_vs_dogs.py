@@ -61,7 +61,16 @@ from templates.comparison import (  # noqa: E402
     reuse_depth_sweep,
     write_sweep,
 )
-from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
+from templates.distribute import (  # noqa: E402
+    add_hardware_arguments,
+    is_chief,
+    local_accuracy,
+    save_on_every_worker,
+    setup_hardware,
+    task_index,
+    train_transfer_multi_worker,
+    weights_digest,
+)
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
@@ -153,8 +162,10 @@ def main(argv=None) -> int:
     # --strategy picks a TPU, GPUs or the CPU; models and optimisers are built inside
     # its scope, and --batch-size counts per replica, so the global batch grows with
     # the replicas. --mixed-precision auto uses float16 on recent NVIDIA GPUs.
-    choice = setup_hardware(args, args.data_dir, args.test_dir)
+    choice = setup_hardware(args, args.data_dir, args.test_dir, multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
+    if choice.name == "multi_worker":
+        return run_multi_worker(args, choice)
     with choice.strategy.scope():
         return run(args)
 
@@ -328,6 +339,91 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAILED: {score_name} {score:.4f} is below the required "
               f"{args.assert_accuracy_at_least}", file=sys.stderr)
         return 1
+    return 0
+
+
+# ## Several machines: --strategy multi_worker
+# Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+# so on several machines the same two phases run on a strategy.run loop
+# (templates.distribute.train_transfer_multi_worker): each worker reads its own shard
+# of the photos, gradients are all-reduced every step, and the chief (worker 0) writes
+# the checkpoints and outputs. Start the same command on every machine, each with its
+# TF_CONFIG (README, "Several machines").
+MULTI_WORKER_UNSUPPORTED = {
+    "--compare-scratch": "compare_scratch", "--reuse-sweep": "reuse_sweep",
+    "--find-lr": "find_lr", "--augment": "augment",
+    "--discriminative-factor": "discriminative_factor", "--tensorboard": "tensorboard",
+    "--export-tflite": "export_tflite", "--assert-accuracy-at-least": "assert_accuracy_at_least",
+}
+
+
+def run_multi_worker(args: argparse.Namespace, choice) -> int:
+    """The recipe's two phases across machines (the model built in the strategy's scope)."""
+    used = [flag for flag, name in MULTI_WORKER_UNSUPPORTED.items() if getattr(args, name)]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
+            "training loop replaces model.fit (run them on one machine).")
+    keras.utils.set_random_seed(args.seed)
+    spec = get_backbone_spec(args.backbone)
+    image_size = args.image_size or spec.default_image_size
+    weights = None if args.weights.lower() == "none" else args.weights
+    data_dir = args.data_dir or download_dataset("cats_and_dogs_filtered")
+    splits = load_image_splits(data_dir, args.test_dir, args.validation_fraction, args.seed)
+    chief = is_chief(choice.strategy)
+    print("Early stopping and best-epoch restore need model.fit: under multi_worker each "
+          "phase runs all its epochs.", flush=True)
+
+    # Every worker decodes only its shard of the training photos (every n-th file).
+    def dataset_fn(context):
+        return image_dataset(
+            splits.train, image_size, context.get_per_replica_batch_size(args.batch_size),
+            shuffle=True, shard=(context.num_input_pipelines, context.input_pipeline_id),
+        ).repeat()
+
+    steps_per_epoch = math.ceil(len(splits.train.files) / args.batch_size)
+    with choice.strategy.scope():  # the model's variables are mirrored on every worker
+        transfer = pretrained_model(
+            spec, num_classes=len(splits.class_names), weights=weights,
+            image_size=image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
+            class_names=splits.class_names,
+        )
+    histories = train_transfer_multi_worker(
+        choice, transfer, dataset_fn, args.batch_size, steps_per_epoch,
+        args.epochs, args.fine_tune_epochs,
+        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
+                                steps_per_epoch),
+        fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
+                                          args.fine_tune_epochs, steps_per_epoch),
+        checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
+        resume=args.resume)
+
+    # Every worker holds the same weights; each scores them on its own copy (outside
+    # the strategy's scope: plain calls on the local values).
+    metrics = {
+        "strategy": "multi_worker", "replicas": choice.replicas,
+        "loss": {phase: history.loss for phase, history in histories.items()},
+        "epochs_run": {phase: history.epochs_run for phase, history in histories.items()},
+        "val_accuracy": local_accuracy(transfer.model,
+                                       image_dataset(splits.validation, image_size, 64)),
+        "weights_digest": weights_digest(transfer.model), "chief": chief,
+        **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
+                       image_size=image_size, data_dir=data_dir, seed=args.seed),
+    }
+    if splits.test:
+        metrics["test_accuracy"] = local_accuracy(transfer.model,
+                                                  image_dataset(splits.test, image_size, 64))
+    write_json(os.path.join(args.output_dir, "workers", f"worker_{task_index()}.json"), metrics)
+    # Every worker takes part in saving (it can run collective ops); the chief's copy is
+    # kept, the others' go to a temporary folder.
+    save_on_every_worker(chief, os.path.join(args.output_dir, "model.keras"),
+                         lambda path: save_model(transfer.model, path))
+    if chief:
+        write_labels(splits.class_names, os.path.join(args.output_dir, "labels.txt"))
+        write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+    score_name = "test_accuracy" if splits.test else "val_accuracy"
+    print(f"replicas {choice.replicas}; final {score_name} {metrics[score_name]:.4f}; "
+          f"weights {metrics['weights_digest']}; outputs in {args.output_dir}", flush=True)
     return 0
 
 

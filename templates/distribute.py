@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -83,7 +84,7 @@ def choose_strategy(name: str = "auto") -> StrategyChoice:
             raise ValueError(
                 "--strategy multi_worker needs TF_CONFIG on every machine, e.g. "
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}} (see recipes/README_multi_worker.md).')
+                '"task": {"type": "worker", "index": 0}} (README.md, "Several machines").')
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return StrategyChoice(strategy, name, strategy.num_replicas_in_sync,
                               "gpu" if gpus else "cpu")
@@ -246,11 +247,113 @@ def train_multi_worker(
             total += float(train_step(iterator))
         losses.append(total / steps_per_epoch)
         epochs_run.append(epoch)
-        if checkpoint_dir is not None and chief:
-            with atomic_path(weights_path, suffix=".weights.h5") as temporary:
-                model.save_weights(temporary)
-            write_json(state_path, {"epochs_done": epoch + 1, "loss": losses})
+        if checkpoint_dir is not None:
+            save_on_every_worker(chief, weights_path, model.save_weights)
+            if chief:
+                write_json(state_path, {"epochs_done": epoch + 1, "loss": losses})
     return model, DistributedHistory(losses, epochs_run, choice.replicas)
+
+
+def save_on_every_worker(chief: bool, path: str | os.PathLike,
+                         save: Callable[[str], Any]) -> None:
+    """Call ``save`` on every worker; only the chief's file is kept, at ``path``.
+
+    Saving a model reads its variables, which under `MultiWorkerMirroredStrategy` can
+    run collective ops that every worker must join (a chief saving alone waits for, or
+    crosses, the others' next collective). As TensorFlow's multi-worker guide does, the
+    other workers save too, to a temporary folder that is then deleted.
+    """
+    import shutil
+    import tempfile
+
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if chief:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        suffix = next((ending for ending in (".weights.h5", ".keras") if name.endswith(ending)),
+                      os.path.splitext(name)[1])
+        with atomic_path(path, suffix=suffix) as temporary:
+            save(temporary)
+        return
+    folder = tempfile.mkdtemp(prefix="worker-save-")
+    try:
+        save(os.path.join(folder, name))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def train_transfer_multi_worker(
+    choice: StrategyChoice,
+    transfer,
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    global_batch_size: int,
+    steps_per_epoch: int,
+    head_epochs: int,
+    fine_tune_epochs: int,
+    learning_rate=1e-3,
+    fine_tune_learning_rate=1e-4,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    from_layer: str | int | None = "default",
+) -> dict[str, DistributedHistory]:
+    """The transfer phases of `templates.phases` on the `train_multi_worker` loop.
+
+    Phase 1 trains the head with the reused part frozen; phase 2 unfreezes from
+    ``from_layer`` (BatchNormalization stays frozen, see `templates.phases.unfreeze_from`)
+    and trains at ``fine_tune_learning_rate``. The head is trained through the frozen
+    backbone (no cached features: every worker reads only its shard of the images).
+    Each phase checkpoints under ``checkpoint_dir/PHASE`` (chief only) and resumes.
+
+    Args:
+        transfer: A `templates.pretrained.TransferModel` built in the strategy's scope.
+        dataset_fn: This worker's shard, batched per replica and repeated.
+        learning_rate, fine_tune_learning_rate: Rates or schedules for the two phases.
+        Others: as in `train_multi_worker`.
+
+    Returns:
+        ``{"head": DistributedHistory, "fine_tune": DistributedHistory}`` (no
+        ``fine_tune`` when ``fine_tune_epochs`` is 0).
+    """
+    from templates.phases import unfreeze_from
+
+    def directory(phase):
+        return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
+
+    histories = {}
+    transfer.backbone.trainable = False
+    _, histories["head"] = train_multi_worker(
+        choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
+        head_epochs, learning_rate, directory("head"), resume)
+    if fine_tune_epochs:
+        unfreeze_from(transfer.backbone,
+                      transfer.fine_tune_from if from_layer == "default" else from_layer)
+        _, histories["fine_tune"] = train_multi_worker(
+            choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
+            fine_tune_epochs, fine_tune_learning_rate, directory("fine_tune"), resume)
+    return histories
+
+
+def local_accuracy(model: keras.Model, batches) -> float:
+    """Accuracy of ``model`` on ``(inputs, labels)`` batches, computed on this worker.
+
+    Plain model calls read the (identical) local copy of the weights: under
+    `MultiWorkerMirroredStrategy`, ``model.evaluate`` would run collectives that need
+    every worker.
+    """
+    correct = total = 0
+    for inputs, labels in batches:
+        probabilities = keras.ops.convert_to_numpy(model(inputs, training=False))
+        labels = np.asarray(keras.ops.convert_to_numpy(labels)).reshape(-1)
+        correct += int(np.sum(probabilities.argmax(axis=-1) == labels))
+        total += len(labels)
+    if total == 0:
+        raise ValueError("Cannot compute an accuracy: the data yielded no examples.")
+    return correct / total
+
+
+def task_index() -> int:
+    """This worker's index in ``TF_CONFIG`` (0 without one)."""
+    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -279,14 +382,18 @@ def add_hardware_arguments(parser) -> None:
                             "or compile time dominates a short run.")
 
 
-def setup_hardware(args, *paths) -> StrategyChoice:
-    """Apply a recipe's ``--strategy`` / ``--mixed-precision``; print what was chosen.
+def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
+    """Apply a recipe's ``--strategy`` / ``--mixed-precision`` / ``--xla``; print them.
 
-    Recipes train with ``model.fit``, which Keras 3 cannot run under
-    `MultiWorkerMirroredStrategy` (keras-team/keras#20585): for several machines this
-    raises with a pointer to `train_multi_worker` and ``recipes.multi_worker_digits``.
+    Args:
+        args: The parsed arguments (`add_hardware_arguments`).
+        paths: The recipe's data paths (refused on a TPU when local).
+        multi_worker: Whether the recipe has a ``strategy.run`` path for several
+            machines. Without one, ``--strategy multi_worker`` raises: ``model.fit``
+            fails under `MultiWorkerMirroredStrategy` in Keras 3
+            (keras-team/keras#20585).
     """
-    if args.strategy == "multi_worker":
+    if args.strategy == "multi_worker" and not multi_worker:
         raise ValueError(
             "--strategy multi_worker: this recipe trains with model.fit, which fails under "
             "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "

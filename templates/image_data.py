@@ -324,12 +324,18 @@ def image_dataset(
     shuffle: bool = False,
     seed: int | None = None,
     cache: bool | str = True,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of ``(float32 0..255 RGB images, int32 labels)`` batches.
 
     Decoding and resizing happen once: the decoded images are cached (in memory, or in
     the file named by ``cache``), then shuffled each epoch (in an order drawn from
     ``(seed, epoch)``, see `templates.epoch_shuffle`), batched and prefetched.
+
+    Args:
+        shard: ``(number of input pipelines, this pipeline's index)``: read only every
+            n-th file, starting at the index (multi-worker training, where each worker
+            reads its own share; `tf.distribute.InputContext` gives both numbers).
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
@@ -343,12 +349,21 @@ def image_dataset(
         image.set_shape((height, width, 3))
         return tf.cast(image, tf.float32), label
 
+    files, labels = list(folder.files), list(folder.labels)
+    if shard is not None:
+        count, index = (int(value) for value in shard)
+        if not 0 <= index < count:
+            raise ValueError(f"shard={shard}: the index must be in [0, {count}).")
+        files, labels = files[index::count], labels[index::count]
+        if not files:
+            raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
+                             f"{len(folder.files)} images for {count} input pipelines.")
     dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(folder.files, tf.string), tf.constant(folder.labels, tf.int32))
+        (tf.constant(files, tf.string), tf.constant(labels, tf.int32))
     )
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
     if shuffle:
-        dataset = shuffle_each_epoch(dataset, len(folder.files), seed)
+        dataset = shuffle_each_epoch(dataset, len(files), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -106,15 +106,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_workers(env, output_dir, *arguments, timeout=300):
+def run_workers(env, output_dir, *arguments, timeout=300, recipe="recipes.multi_worker_digits",
+                reports="worker_{index}.json"):
     ports = [free_port(), free_port()]
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                   "task": {"type": "worker", "index": index}}
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "recipes.multi_worker_digits", "--output-dir",
-             str(output_dir), *arguments],
+            [sys.executable, "-m", recipe, "--output-dir", str(output_dir), *arguments],
             env={**env, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, cwd=env["PYTHONPATH"].split(":")[0]))
     outputs = []
@@ -127,7 +127,8 @@ def run_workers(env, output_dir, *arguments, timeout=300):
                 process.kill()
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
-    return [json.loads((output_dir / f"worker_{index}.json").read_text()) for index in range(2)]
+    return [json.loads((output_dir / reports.format(index=index)).read_text())
+            for index in range(2)]
 
 
 def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
@@ -180,3 +181,53 @@ def test_the_training_loop_follows_a_schedule_across_a_resume(tmp_path):
     assert int(model.optimizer.iterations) == 24
     assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(24)), abs=1e-7)
     assert history.loss[-1] < history.loss[0]
+
+
+def colour_photos(root, per_class=24, size=40):
+    """Reddish and bluish noisy photos in train/ and test/ class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", per_class // 2)):
+        for name, channel in (("blue", 2), ("red", 0)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 120, (size, size, 3))
+                pixels[..., channel] += 120
+                Image.fromarray(pixels.astype("uint8")).save(folder / f"{index}.png")
+
+
+def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
+    # Keras's ImageNet MobileNet (alpha 0.25) file from ../shared: a random MobileNet's
+    # features at these sizes are constant, so only real weights can show learning.
+    from conftest import SHARED_KERAS_MODELS, require_shared
+
+    weights = SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
+    require_shared(weights)
+    colour_photos(tmp_path / "photos", per_class=48)
+    out = tmp_path / "run"
+    arguments = ["--data-dir", str(tmp_path / "photos"), "--backbone", "MobileNet",
+                 "--alpha", "0.25", "--weights", str(weights), "--image-size", "64",
+                 "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
+                 "--learning-rate", "1e-2", "--strategy", "multi_worker", "--seed", "3"]
+    workers = run_workers(subprocess_env, out, *arguments, recipe="recipes.cats_vs_dogs",
+                          reports="workers/worker_{index}.json")
+    assert [worker["replicas"] for worker in workers] == [2, 2]
+    assert workers[0]["weights_digest"] == workers[1]["weights_digest"]
+    assert [worker["chief"] for worker in workers] == [True, False]
+    assert workers[0]["epochs_run"] == {"head": [0, 1, 2, 3, 4], "fine_tune": [0]}
+    head_loss = workers[0]["loss"]["head"]  # the all-reduced loss: the same on both
+    assert head_loss == workers[1]["loss"]["head"] and min(head_loss[1:]) < head_loss[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == workers[1]["test_accuracy"] >= 0.9
+    assert (out / "model.keras").is_file() and (out / "labels.txt").is_file()
+    # Options built on model.fit are refused with a one-line error, before training.
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.cats_vs_dogs", "--output-dir", str(tmp_path / "x"),
+         *arguments, "--compare-scratch"],
+        env={**subprocess_env, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
+             "task": {"type": "worker", "index": 0}})},
+        capture_output=True, text=True, timeout=300, cwd=subprocess_env["PYTHONPATH"].split(":")[0])
+    assert result.returncode == 2 and "--compare-scratch" in result.stderr, result.stderr[-2000:]
