@@ -72,7 +72,16 @@ import keras  # noqa: E402
 from templates import reports  # noqa: E402
 from templates.checkpoints import run_phase  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
-from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
+from templates.distribute import (  # noqa: E402
+    add_hardware_arguments,
+    is_chief,
+    local_accuracy,
+    save_on_every_worker,
+    setup_hardware,
+    task_index,
+    train_transfer_multi_worker,
+    weights_digest,
+)
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
@@ -195,17 +204,16 @@ def main(argv=None) -> int:
     # --strategy picks a TPU, GPUs or the CPU; models and optimisers are built inside
     # its scope, and --batch-size counts per replica, so the global batch grows with
     # the replicas. --mixed-precision auto uses float16 on recent NVIDIA GPUs.
-    choice = setup_hardware(args, args.train, args.validation, args.test)
+    choice = setup_hardware(args, args.train, args.validation, args.test, multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
+    if choice.name == "multi_worker":
+        return run_multi_worker(args, choice)
     with choice.strategy.scope():
         return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The recipe, inside the strategy's scope."""
-    keras.utils.set_random_seed(args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
-
+def prepare(args: argparse.Namespace) -> argparse.Namespace:
+    """Texts, labels, word vectors, vocabulary and token ids: everything but the model."""
     # ## Data
     # Without --train we fetch SST-2 (Kim 2014's copy, pinned and checked by SHA-256).
     # Missing validation or test sets are split off the training data, before any
@@ -252,14 +260,33 @@ def run(args: argparse.Namespace) -> int:
     # vectoriser is put back in front of the trained model before saving.
     train_ids, validation_ids, test_ids = (
         vectorize(vectorizer, examples.texts) for examples in (train, validation, test))
-    train_data = token_dataset(train_ids, train_labels, args.batch_size, shuffle=True,
+    return argparse.Namespace(
+        paths=paths, train=train, validation=validation, test=test, class_names=class_names,
+        train_labels=train_labels, validation_labels=validation_labels,
+        test_labels=test_labels, skipped=skipped, vectorizer=vectorizer,
+        vocabulary=vocabulary, sequence_length=sequence_length, matrix=matrix,
+        train_ids=train_ids, validation_ids=validation_ids, test_ids=test_ids,
+        architecture={"filters": args.filters, "units": args.units,
+                      "embedding_dropout": args.embedding_dropout})
+
+
+def run(args: argparse.Namespace) -> int:
+    """The recipe, inside the strategy's scope."""
+    keras.utils.set_random_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    data = prepare(args)
+    (paths, train, validation, test, class_names, skipped, vectorizer, vocabulary,
+     sequence_length, matrix, train_ids, test_ids, architecture) = (
+        data.paths, data.train, data.validation, data.test, data.class_names, data.skipped,
+        data.vectorizer, data.vocabulary, data.sequence_length, data.matrix, data.train_ids,
+        data.test_ids, data.architecture)
+    train_data = token_dataset(train_ids, data.train_labels, args.batch_size, shuffle=True,
                                seed=args.seed)
-    validation_data = token_dataset(validation_ids, validation_labels, args.batch_size)
-    test_data = token_dataset(test_ids, test_labels, args.batch_size)
+    validation_data = token_dataset(data.validation_ids, data.validation_labels,
+                                    args.batch_size)
+    test_data = token_dataset(test_ids, data.test_labels, args.batch_size)
 
     # ## Phase 1: the head learns on frozen vectors
-    architecture = {"filters": args.filters, "units": args.units,
-                    "embedding_dropout": args.embedding_dropout}
     transfer = pretrained_text_classifier(
         matrix, len(class_names), sequence_length, args.architecture,
         trainable_mode=args.embedding_training, class_names=class_names, **architecture)
@@ -388,6 +415,81 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAILED: test_accuracy {score:.4f} is below the required "
               f"{args.assert_accuracy_at_least}", file=sys.stderr)
         return 1
+    return 0
+
+
+# ## Several machines: --strategy multi_worker
+# Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+# the two phases run on a strategy.run loop instead (as in the cats recipe), each worker
+# training on its own shard of the sentences; start the same command on every machine,
+# each with its TF_CONFIG (README, "Several machines").
+MULTI_WORKER_UNSUPPORTED = {
+    "--compare-scratch": "compare_scratch", "--find-lr": "find_lr",
+    "--discriminative-factor": "discriminative_factor", "--tensorboard": "tensorboard",
+    "--export-tflite": "export_tflite", "--assert-accuracy-at-least": "assert_accuracy_at_least",
+}
+
+
+def run_multi_worker(args: argparse.Namespace, choice) -> int:
+    """The recipe's two phases across machines (the model built in the strategy's scope)."""
+    used = [flag for flag, name in MULTI_WORKER_UNSUPPORTED.items() if getattr(args, name)]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
+            "training loop replaces model.fit (run them on one machine).")
+    keras.utils.set_random_seed(args.seed)
+    data = prepare(args)
+    chief = is_chief(choice.strategy)
+    print("Early stopping and best-epoch restore need model.fit: under multi_worker each "
+          "phase runs all its epochs.", flush=True)
+
+    # Every worker trains on its own shard of the sentences (every n-th one).
+    def dataset_fn(context):
+        count, index = context.num_input_pipelines, context.input_pipeline_id
+        return token_dataset(data.train_ids[index::count], data.train_labels[index::count],
+                             context.get_per_replica_batch_size(args.batch_size),
+                             shuffle=True).repeat()
+
+    steps_per_epoch = math.ceil(len(data.train_ids) / args.batch_size)
+    with choice.strategy.scope():  # the model's variables are mirrored on every worker
+        transfer = pretrained_text_classifier(
+            data.matrix, len(data.class_names), data.sequence_length, args.architecture,
+            trainable_mode=args.embedding_training, class_names=data.class_names,
+            **data.architecture)
+    histories = train_transfer_multi_worker(
+        choice, transfer, dataset_fn, args.batch_size, steps_per_epoch,
+        args.epochs, args.fine_tune_epochs,
+        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
+                                steps_per_epoch),
+        fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
+                                          args.fine_tune_epochs, steps_per_epoch),
+        checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
+        resume=args.resume, from_layer=None)
+
+    # Every worker holds the same weights and scores them on its own copy.
+    metrics = {
+        "strategy": "multi_worker", "replicas": choice.replicas,
+        "loss": {phase: history.loss for phase, history in histories.items()},
+        "epochs_run": {phase: history.epochs_run for phase, history in histories.items()},
+        "val_accuracy": local_accuracy(transfer.model, token_dataset(
+            data.validation_ids, data.validation_labels, 256)),
+        "test_accuracy": local_accuracy(transfer.model, token_dataset(
+            data.test_ids, data.test_labels, 256)),
+        "weights_digest": weights_digest(transfer.model), "chief": chief,
+        **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
+                       seed=args.seed),
+    }
+    write_json(os.path.join(args.output_dir, "workers", f"worker_{task_index()}.json"), metrics)
+    # Every worker takes part in saving (it can run collective ops); the chief's copy
+    # is kept. The saved model takes raw strings, as on one machine.
+    text_model = string_model(data.vectorizer, transfer.model, name="text_classifier")
+    save_on_every_worker(chief, os.path.join(args.output_dir, "model.keras"),
+                         lambda path: save_model(text_model, path))
+    if chief:
+        write_labels(data.class_names, os.path.join(args.output_dir, "labels.txt"))
+        write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+    print(f"replicas {choice.replicas}; final test_accuracy {metrics['test_accuracy']:.4f}; "
+          f"weights {metrics['weights_digest']}; outputs in {args.output_dir}", flush=True)
     return 0
 
 

@@ -231,3 +231,40 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
              "task": {"type": "worker", "index": 0}})},
         capture_output=True, text=True, timeout=300, cwd=subprocess_env["PYTHONPATH"].split(":")[0])
     assert result.returncode == 2 and "--compare-scratch" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
+    # Sentences whose colour word gives the label; the vectors place the two colour
+    # families apart, so the frozen-vector head can learn it.
+    generator = np.random.default_rng(0)
+    words = {"warm": ["red", "orange", "gold"], "cool": ["blue", "teal", "navy"]}
+    for name, count in (("train", 150), ("test", 40)):
+        lines = [f"{label}\tthe wall is painted {generator.choice(choices)} today"
+                 for _ in range(count) for label, choices in words.items()]
+        (tmp_path / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    vectors = [f"{word} " + " ".join(f"{value:.3f}" for value in
+                                     generator.normal(3.0 if label == "warm" else -3.0, 1.0, 8))
+               for label, choices in words.items() for word in choices]
+    (tmp_path / "vectors.txt").write_text("\n".join(vectors) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    arguments = ["--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv"),
+                 "--vectors", str(tmp_path / "vectors.txt"), "--filters", "16",
+                 "--epochs", "3", "--fine-tune-epochs", "1", "--batch-size", "16",
+                 "--learning-rate", "1e-2", "--strategy", "multi_worker", "--seed", "3"]
+    workers = run_workers(subprocess_env, out, *arguments,
+                          recipe="recipes.glove_text_classification",
+                          reports="workers/worker_{index}.json")
+    assert [worker["replicas"] for worker in workers] == [2, 2]
+    assert workers[0]["weights_digest"] == workers[1]["weights_digest"]
+    assert workers[0]["epochs_run"] == {"head": [0, 1, 2], "fine_tune": [0]}
+    head_loss = workers[0]["loss"]["head"]
+    assert head_loss == workers[1]["loss"]["head"] and head_loss[-1] < head_loss[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == workers[1]["test_accuracy"] >= 0.9
+    # The chief's saved model takes raw strings, as on one machine.
+    from templates.saving import load_model
+
+    model = load_model(out / "model.keras")
+    probabilities = keras.ops.convert_to_numpy(
+        model(np.array(["the wall is painted teal today"])))
+    assert probabilities.shape == (1, 2)
