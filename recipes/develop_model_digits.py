@@ -54,6 +54,7 @@ from templates.develop import develop_model, reuse_model  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
 from templates.phases import find_head_learning_rate  # noqa: E402
+from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
 from templates.training_options import (  # noqa: E402
     add_training_arguments,
     record_finding,
@@ -92,6 +93,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     # data and uses it for transfer and scratch alike; there is no early stopping by
     # default, because the comparison is about a fixed budget.
     add_training_arguments(parser, patience=0, restore_best=False)
+    add_hardware_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="Continue an interrupted run in --output-dir: finished runs "
                              "are reused and the run in progress continues from its last "
@@ -179,6 +181,16 @@ def _evaluation_report(transfer, state, data, test, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    # ## Hardware
+    # --strategy / --mixed-precision / --xla as in the other recipes (a CPU is plenty
+    # for 8x8 scans); batch sizes below count per replica.
+    choice = setup_hardware(args)
+    with choice.strategy.scope():
+        return run(args, choice.replicas)
+
+
+def run(args: argparse.Namespace, replicas: int = 1) -> int:
+    """The recipe, inside the strategy's scope."""
     started = time.perf_counter()
     data = load_digits_by_task(args.labels_per_class, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -189,7 +201,8 @@ def main(argv=None) -> int:
     # It is saved under source/, so a second run skips this training.
     developed = develop_model(
         build_digit_model, data["source_train"], data["source_held_out"],
-        num_classes=len(TARGET_DIGITS), source_epochs=args.source_epochs, batch_size=32,
+        num_classes=len(TARGET_DIGITS), source_epochs=args.source_epochs,
+        batch_size=32 * replicas,
         directory=os.path.join(args.output_dir, "source"), seed=args.seed, verbose=0,
     )
     check = developed.source_check
@@ -201,7 +214,7 @@ def main(argv=None) -> int:
     # feature layer is specific to digits 0-4, see the sweep below), frozen, under a new
     # head; then everything fine-tuned at a lower learning rate. Scratch: the identical
     # architecture, randomly initialised, trained for the same epochs on the same data.
-    train = batches(data["train"], batch_size=8, shuffle_seed=args.seed)
+    train = batches(data["train"], batch_size=8 * replicas, shuffle_seed=args.seed)
     # Validation and test sets are small: one batch each keeps the per-epoch validation
     # to a single step.
     validation = batches(data["validation"], batch_size=256)
@@ -209,7 +222,8 @@ def main(argv=None) -> int:
     budget = TrainingBudget(head_epochs=args.head_epochs,
                             fine_tune_epochs=args.fine_tune_epochs,
                             learning_rate=args.learning_rate,
-                            fine_tune_learning_rate=args.fine_tune_learning_rate, batch_size=8,
+                            fine_tune_learning_rate=args.fine_tune_learning_rate,
+                            batch_size=8 * replicas,
                             schedule=args.schedule,
                             discriminative_factor=args.discriminative_factor)
 
@@ -224,7 +238,8 @@ def main(argv=None) -> int:
     if args.find_lr:
         keras.utils.set_random_seed(args.seed)
         budget.learning_rate = record_finding(
-            find_head_learning_rate(reuse(developed.source_model), train, batch_size=8,
+            find_head_learning_rate(reuse(developed.source_model), train,
+                                    batch_size=8 * replicas,
                                     seed=args.seed),
             args.output_dir, "head", title="Learning-rate finder: digits head")
         keras.backend.clear_session()
@@ -290,4 +305,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        # Expected failures (bad arguments, an unskilled source model) get one message.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
