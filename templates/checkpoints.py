@@ -125,6 +125,9 @@ class KeepBest(keras.callbacks.Callback):
             self.model.load_weights(self.path + ".weights.h5")
 
 
+_clock = time.perf_counter  # read at each call, so tests can drive the pacing
+
+
 class PacedBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` that keeps its own cost bounded.
 
@@ -154,12 +157,12 @@ class PacedBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch = epoch + 1
         self._last_batch_seen = 0
-        now = time.perf_counter()
+        now = _clock()
         if (self._written_at is not None
                 and now - self._written_at < self._writing_seconds / self.max_overhead):
             return
         self._save_model()
-        self._written_at = time.perf_counter()
+        self._written_at = _clock()
         self._writing_seconds = self._written_at - now
 
 

@@ -236,67 +236,77 @@ def test_training_flags_build_the_state_they_describe(tmp_path):
         state_for("--patience", "-1")
 
 
-class SlowEpochs(keras.callbacks.Callback):
-    """Makes every epoch last at least ``seconds`` (placed before the backup)."""
+class FakeClock(keras.callbacks.Callback):
+    """A clock the test drives: each epoch lasts ``epoch_seconds``, each backup write
+    ``write_seconds`` (placed before the backup callback)."""
 
-    def __init__(self, seconds):
+    def __init__(self, epoch_seconds, write_seconds):
         super().__init__()
-        self.seconds = seconds
+        self.now, self.epoch_seconds, self.write_seconds = 0.0, epoch_seconds, write_seconds
 
     def on_epoch_end(self, epoch, logs=None):
-        import time
-
-        time.sleep(self.seconds)
+        self.now += self.epoch_seconds
 
 
-def counting_backup(path, max_overhead):
-    from templates.checkpoints import PacedBackup
+def paced(path, clock, max_overhead, monkeypatch):
+    """A PacedBackup on ``clock`` that records the epochs it backed up."""
+    from templates import checkpoints
 
-    backup = PacedBackup(path, max_overhead=max_overhead)
+    monkeypatch.setattr(checkpoints, "_clock", lambda: clock.now)
+    backup = checkpoints.PacedBackup(path, max_overhead=max_overhead)
     backup.backed_up = []
     save = backup._save_model
 
     def recording_save():
         backup.backed_up.append(backup._current_epoch)
+        clock.now += clock.write_seconds
         save()
 
     backup._save_model = recording_save
     return backup
 
 
-def test_paced_backups_skip_short_epochs_and_keep_long_ones(tmp_path):
+def test_paced_backups_skip_short_epochs_and_keep_long_ones(tmp_path, monkeypatch):
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
 
-    # Epochs of a few milliseconds: the first epoch is backed up, then only once the
-    # last backup is 1 / max_overhead times its own writing time old.
-    fast = counting_backup(tmp_path / "fast", max_overhead=0.1)
-    small_model().fit(x, y, epochs=30, batch_size=32, verbose=0, callbacks=[fast])
-    assert fast.backed_up[0] == 1
-    assert len(fast.backed_up) < 30
+    # Epochs of 1/16 s, writes of 1/8 s, at most 1/8 overhead: after the first epoch,
+    # the next backup waits until 1 s has passed since the last one (16 epochs).
+    clock = FakeClock(epoch_seconds=0.0625, write_seconds=0.125)
+    fast = paced(tmp_path / "fast", clock, 0.125, monkeypatch)
+    small_model().fit(x, y, epochs=40, batch_size=32, verbose=0, callbacks=[clock, fast])
+    assert fast.backed_up == [1, 17, 33]
 
-    # Epochs of 0.3 s, far longer than writing the backup: every epoch is backed up.
-    slow = counting_backup(tmp_path / "slow", max_overhead=0.5)
-    small_model().fit(x, y, epochs=4, batch_size=32, verbose=0,
-                      callbacks=[SlowEpochs(0.3), slow])
+    # Epochs of 2 s, far longer than a write: every epoch is backed up, as in Keras.
+    clock = FakeClock(epoch_seconds=2.0, write_seconds=0.1)
+    slow = paced(tmp_path / "slow", clock, 0.1, monkeypatch)
+    small_model().fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[clock, slow])
     assert slow.backed_up == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="max_overhead"):
+        paced(tmp_path / "bad", clock, 0, monkeypatch)
 
 
-def test_a_paced_backup_resumes_from_its_last_backed_up_epoch(tmp_path):
+def test_a_paced_backup_resumes_from_its_last_backed_up_epoch(tmp_path, monkeypatch):
+    from templates import checkpoints
+
+    # A clock that advances 1/8 s per reading: a write "takes" 1/8 s, so with at most
+    # 1/8 overhead the backups land on epochs 1, 9, 17 (1 s apart).
+    readings = iter(range(10_000))
+    monkeypatch.setattr(checkpoints, "_clock", lambda: next(readings) * 0.125)
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
-    state = TrainingState(tmp_path / "state", backup_overhead=0.1)
+    state = TrainingState(tmp_path / "state", backup_overhead=0.125)
     with pytest.raises(Crash):
         small_model().fit(x, y, epochs=30, verbose=0,
                           callbacks=state.callbacks("head") + [CrashAfter(20)])
     metadata = tmp_path / "state" / "head.backup" / "training_metadata.json"
     backed_up = json.loads(metadata.read_text())["epoch"]
-    assert 1 <= backed_up < 20  # paced: not every epoch was backed up
+    assert backed_up == 17  # the crash after epoch 20 loses epochs 18-20 only
 
-    resumed = TrainingState(tmp_path / "state", resume=True, backup_overhead=0.1)
+    resumed = TrainingState(tmp_path / "state", resume=True, backup_overhead=0.125)
     history = small_model().fit(x, y, epochs=30, verbose=0,
                                 callbacks=resumed.callbacks("head"))
-    assert history.epoch == list(range(backed_up, 30))
+    assert history.epoch == list(range(17, 30))
     # Epochs run twice (after the backup, before the crash) are recorded once.
     assert [item["epoch"] for item in read_epochs(tmp_path / "state" / "head.epochs.json")
             ] == list(range(30))
