@@ -63,13 +63,10 @@ from templates.comparison import (  # noqa: E402
 )
 from templates.distribute import (  # noqa: E402
     add_hardware_arguments,
-    is_chief,
-    local_accuracy,
-    save_on_every_worker,
+    finish_multi_worker,
     setup_hardware,
-    task_index,
+    start_multi_worker,
     train_transfer_multi_worker,
-    weights_digest,
 )
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
@@ -350,30 +347,15 @@ def run(args: argparse.Namespace) -> int:
 # of the photos, gradients are all-reduced every step, and the chief (worker 0) writes
 # the checkpoints and outputs. Start the same command on every machine, each with its
 # TF_CONFIG (README, "Several machines").
-MULTI_WORKER_UNSUPPORTED = {
-    "--compare-scratch": "compare_scratch", "--reuse-sweep": "reuse_sweep",
-    "--find-lr": "find_lr", "--augment": "augment",
-    "--discriminative-factor": "discriminative_factor", "--tensorboard": "tensorboard",
-    "--export-tflite": "export_tflite", "--assert-accuracy-at-least": "assert_accuracy_at_least",
-}
-
-
 def run_multi_worker(args: argparse.Namespace, choice) -> int:
     """The recipe's two phases across machines (the model built in the strategy's scope)."""
-    used = [flag for flag, name in MULTI_WORKER_UNSUPPORTED.items() if getattr(args, name)]
-    if used:
-        raise ValueError(
-            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
-            "training loop replaces model.fit (run them on one machine).")
+    start_multi_worker(args)  # options built on model.fit are refused here
     keras.utils.set_random_seed(args.seed)
     spec = get_backbone_spec(args.backbone)
     image_size = args.image_size or spec.default_image_size
     weights = None if args.weights.lower() == "none" else args.weights
     data_dir = args.data_dir or download_dataset("cats_and_dogs_filtered")
     splits = load_image_splits(data_dir, args.test_dir, args.validation_fraction, args.seed)
-    chief = is_chief(choice.strategy)
-    print("Early stopping and best-epoch restore need model.fit: under multi_worker each "
-          "phase runs all its epochs.", flush=True)
 
     # Every worker decodes only its shard of the training photos (every n-th file).
     def dataset_fn(context):
@@ -399,32 +381,16 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
         resume=args.resume)
 
-    # Every worker holds the same weights; each scores them on its own copy (outside
-    # the strategy's scope: plain calls on the local values).
-    metrics = {
-        "strategy": "multi_worker", "replicas": choice.replicas,
-        "loss": {phase: history.loss for phase, history in histories.items()},
-        "epochs_run": {phase: history.epochs_run for phase, history in histories.items()},
-        "val_accuracy": local_accuracy(transfer.model,
-                                       image_dataset(splits.validation, image_size, 64)),
-        "weights_digest": weights_digest(transfer.model), "chief": chief,
-        **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
-                       image_size=image_size, data_dir=data_dir, seed=args.seed),
-    }
+    # Every worker holds the same weights and scores its own copy; every worker joins
+    # the save (it can run collective ops); the chief keeps the outputs.
+    evaluation = {"val_accuracy": image_dataset(splits.validation, image_size, 64)}
     if splits.test:
-        metrics["test_accuracy"] = local_accuracy(transfer.model,
-                                                  image_dataset(splits.test, image_size, 64))
-    write_json(os.path.join(args.output_dir, "workers", f"worker_{task_index()}.json"), metrics)
-    # Every worker takes part in saving (it can run collective ops); the chief's copy is
-    # kept, the others' go to a temporary folder.
-    save_on_every_worker(chief, os.path.join(args.output_dir, "model.keras"),
-                         lambda path: save_model(transfer.model, path))
-    if chief:
-        write_labels(splits.class_names, os.path.join(args.output_dir, "labels.txt"))
-        write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
-    score_name = "test_accuracy" if splits.test else "val_accuracy"
-    print(f"replicas {choice.replicas}; final {score_name} {metrics[score_name]:.4f}; "
-          f"weights {metrics['weights_digest']}; outputs in {args.output_dir}", flush=True)
+        evaluation["test_accuracy"] = image_dataset(splits.test, image_size, 64)
+    finish_multi_worker(
+        choice, histories, transfer.model, transfer.model, args.output_dir,
+        splits.class_names, evaluation,
+        **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
+                       image_size=image_size, data_dir=data_dir, seed=args.seed))
     return 0
 
 

@@ -74,13 +74,10 @@ from templates.checkpoints import run_phase  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.distribute import (  # noqa: E402
     add_hardware_arguments,
-    is_chief,
-    local_accuracy,
-    save_on_every_worker,
+    finish_multi_worker,
     setup_hardware,
-    task_index,
+    start_multi_worker,
     train_transfer_multi_worker,
-    weights_digest,
 )
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
@@ -423,25 +420,11 @@ def run(args: argparse.Namespace) -> int:
 # the two phases run on a strategy.run loop instead (as in the cats recipe), each worker
 # training on its own shard of the sentences; start the same command on every machine,
 # each with its TF_CONFIG (README, "Several machines").
-MULTI_WORKER_UNSUPPORTED = {
-    "--compare-scratch": "compare_scratch", "--find-lr": "find_lr",
-    "--discriminative-factor": "discriminative_factor", "--tensorboard": "tensorboard",
-    "--export-tflite": "export_tflite", "--assert-accuracy-at-least": "assert_accuracy_at_least",
-}
-
-
 def run_multi_worker(args: argparse.Namespace, choice) -> int:
     """The recipe's two phases across machines (the model built in the strategy's scope)."""
-    used = [flag for flag, name in MULTI_WORKER_UNSUPPORTED.items() if getattr(args, name)]
-    if used:
-        raise ValueError(
-            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
-            "training loop replaces model.fit (run them on one machine).")
+    start_multi_worker(args)  # options built on model.fit are refused here
     keras.utils.set_random_seed(args.seed)
     data = prepare(args)
-    chief = is_chief(choice.strategy)
-    print("Early stopping and best-epoch restore need model.fit: under multi_worker each "
-          "phase runs all its epochs.", flush=True)
 
     # Every worker trains on its own shard of the sentences (every n-th one).
     def dataset_fn(context):
@@ -466,30 +449,16 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
         resume=args.resume, from_layer=None)
 
-    # Every worker holds the same weights and scores them on its own copy.
-    metrics = {
-        "strategy": "multi_worker", "replicas": choice.replicas,
-        "loss": {phase: history.loss for phase, history in histories.items()},
-        "epochs_run": {phase: history.epochs_run for phase, history in histories.items()},
-        "val_accuracy": local_accuracy(transfer.model, token_dataset(
-            data.validation_ids, data.validation_labels, 256)),
-        "test_accuracy": local_accuracy(transfer.model, token_dataset(
-            data.test_ids, data.test_labels, 256)),
-        "weights_digest": weights_digest(transfer.model), "chief": chief,
+    # Every worker holds the same weights and scores its own copy; every worker joins
+    # the save; the chief keeps the model, which takes raw strings as on one machine.
+    finish_multi_worker(
+        choice, histories, transfer.model,
+        string_model(data.vectorizer, transfer.model, name="text_classifier"),
+        args.output_dir, data.class_names,
+        {"val_accuracy": token_dataset(data.validation_ids, data.validation_labels, 256),
+         "test_accuracy": token_dataset(data.test_ids, data.test_labels, 256)},
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
-                       seed=args.seed),
-    }
-    write_json(os.path.join(args.output_dir, "workers", f"worker_{task_index()}.json"), metrics)
-    # Every worker takes part in saving (it can run collective ops); the chief's copy
-    # is kept. The saved model takes raw strings, as on one machine.
-    text_model = string_model(data.vectorizer, transfer.model, name="text_classifier")
-    save_on_every_worker(chief, os.path.join(args.output_dir, "model.keras"),
-                         lambda path: save_model(text_model, path))
-    if chief:
-        write_labels(data.class_names, os.path.join(args.output_dir, "labels.txt"))
-        write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
-    print(f"replicas {choice.replicas}; final test_accuracy {metrics['test_accuracy']:.4f}; "
-          f"weights {metrics['weights_digest']}; outputs in {args.output_dir}", flush=True)
+                       seed=args.seed))
     return 0
 
 

@@ -333,6 +333,74 @@ def train_transfer_multi_worker(
     return histories
 
 
+# Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
+FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--find-lr", "--augment",
+                    "--discriminative-factor", "--tensorboard", "--export-tflite",
+                    "--assert-accuracy-at-least")
+
+
+def start_multi_worker(args) -> None:
+    """Refuse the recipe options a multi-worker run cannot honour; say what changes.
+
+    Raises:
+        ValueError: naming every option of ``args`` (from `FIT_ONLY_OPTIONS`) that was
+            used.
+    """
+    used = [flag for flag in FIT_ONLY_OPTIONS
+            if getattr(args, flag[2:].replace("-", "_"), None)]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
+            "training loop replaces model.fit (run them on one machine).")
+    print("Early stopping and best-epoch restore need model.fit: under multi_worker each "
+          "phase runs all its epochs.", flush=True)
+
+
+def finish_multi_worker(
+    choice: StrategyChoice,
+    histories: dict[str, DistributedHistory],
+    model: keras.Model,
+    saved_model: keras.Model,
+    output_dir: str | os.PathLike,
+    class_names: list[str],
+    evaluation: dict[str, Any],
+    **metadata: Any,
+) -> dict[str, Any]:
+    """Score, record and save a multi-worker run; return its metrics.
+
+    Every worker scores its (identical) copy of ``model`` on each ``evaluation`` set
+    with `local_accuracy` and writes ``OUTPUT_DIR/workers/worker_I.json``; every worker
+    joins the save of ``saved_model`` (`save_on_every_worker`); the chief keeps
+    ``model.keras`` and writes ``labels.txt`` and ``metrics.json``.
+
+    Args:
+        evaluation: ``{"val_accuracy": batches, "test_accuracy": batches}`` (either may
+            be left out).
+        metadata: Recorded in the metrics (e.g. `templates.environment.run_metadata`).
+    """
+    from templates.saving import save_model, write_labels
+
+    output_dir = os.fspath(output_dir)
+    chief = is_chief(choice.strategy)
+    metrics = {
+        "strategy": "multi_worker", "replicas": choice.replicas,
+        "loss": {phase: history.loss for phase, history in histories.items()},
+        "epochs_run": {phase: history.epochs_run for phase, history in histories.items()},
+        **{name: local_accuracy(model, batches) for name, batches in evaluation.items()},
+        "weights_digest": weights_digest(model), "chief": chief, **metadata,
+    }
+    write_json(os.path.join(output_dir, "workers", f"worker_{task_index()}.json"), metrics)
+    save_on_every_worker(chief, os.path.join(output_dir, "model.keras"),
+                         lambda path: save_model(saved_model, path))
+    if chief:
+        write_labels(class_names, os.path.join(output_dir, "labels.txt"))
+        write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    score = "test_accuracy" if "test_accuracy" in metrics else "val_accuracy"
+    print(f"replicas {choice.replicas}; final {score} {metrics[score]:.4f}; "
+          f"weights {metrics['weights_digest']}; outputs in {output_dir}", flush=True)
+    return metrics
+
+
 def local_accuracy(model: keras.Model, batches) -> float:
     """Accuracy of ``model`` on ``(inputs, labels)`` batches, computed on this worker.
 
