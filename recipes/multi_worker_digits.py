@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from templates.distribute import (  # noqa: E402
-    choose_strategy,
+    add_hardware_arguments,
+    setup_hardware,
     is_chief,
     train_multi_worker,
     weights_digest,
@@ -60,6 +61,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the chief's checkpoint in OUTPUT_DIR/checkpoints.")
     parser.add_argument("--output-dir", default="runs/multi_worker_digits")
+    add_hardware_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -68,16 +70,21 @@ def build_model() -> keras.Model:
     x = keras.layers.Rescaling(1 / 16.0)(inputs)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
     x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    # The output stays float32 under a mixed precision policy (a float16 softmax would
+    # feed the loss rounded probabilities).
+    outputs = keras.layers.Dense(10, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="digits_cnn")
 
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     keras.utils.set_random_seed(args.seed)
-    # With TF_CONFIG set, every process joins the cluster here (it waits for the others).
-    choice = choose_strategy("multi_worker" if os.environ.get("TF_CONFIG") else "auto")
-    print(choice.describe(), flush=True)
+    # With TF_CONFIG set, --strategy auto means multi_worker: every process joins the
+    # cluster here (it waits for the others). Mixed precision float16 gets loss scaling
+    # in the loop; --xla does not apply (the loop's step is a plain tf.function).
+    if args.strategy == "auto" and os.environ.get("TF_CONFIG"):
+        args.strategy = "multi_worker"
+    choice = setup_hardware(args, multi_worker=True)
 
     from sklearn.datasets import load_digits
 

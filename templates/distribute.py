@@ -204,9 +204,11 @@ def train_multi_worker(
     strategy = choice.strategy
     with strategy.scope():
         model = build_model()
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-        # Compiled only so the optimizer's state is saved with the weights.
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+        # Compiled so the optimizer's state is saved with the weights, and so that under
+        # a float16 policy Keras wraps it in a LossScaleOptimizer (used below).
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                      loss="sparse_categorical_crossentropy")
+        optimizer = model.optimizer
         optimizer.build(model.trainable_variables)
     loss_object = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
@@ -230,7 +232,10 @@ def train_multi_worker(
             probabilities = model(inputs, training=True)
             per_example = loss_object(labels, probabilities)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-        gradients = tape.gradient(loss, model.trainable_variables)
+            # Loss scaling for float16 (a LossScaleOptimizer unscales the gradients and
+            # skips steps whose gradients overflow); unchanged otherwise.
+            scaled = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 

@@ -268,3 +268,19 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     probabilities = keras.ops.convert_to_numpy(
         model(np.array(["the wall is painted teal today"])))
     assert probabilities.shape == (1, 2)
+
+
+def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subprocess_env,
+                                                                           tmp_path):
+    # One process, no TF_CONFIG: the loop on this machine with a float16 policy, where
+    # Keras wraps the optimiser in a LossScaleOptimizer and the loop scales the loss.
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.multi_worker_digits", "--output-dir", str(tmp_path),
+         "--epochs", "3", "--strategy", "cpu", "--mixed-precision", "float16"],
+        env=subprocess_env, capture_output=True, text=True, timeout=300,
+        cwd=subprocess_env["PYTHONPATH"].split(":")[0])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "dtype policy mixed_float16" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["replicas"] == 1 and all(np.isfinite(metrics["loss"]))
+    assert metrics["loss"][-1] < 0.5 * metrics["loss"][0] and metrics["train_accuracy"] > 0.8
