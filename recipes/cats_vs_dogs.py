@@ -379,16 +379,21 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
                                           args.fine_tune_epochs, steps_per_epoch),
         checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
-        resume=args.resume)
+        log_dir=args.tensorboard, resume=args.resume)
 
     # Every worker holds the same weights and scores its own copy; every worker joins
     # the save (it can run collective ops); the chief keeps the outputs.
     evaluation = {"val_accuracy": image_dataset(splits.validation, image_size, 64)}
     if splits.test:
         evaluation["test_accuracy"] = image_dataset(splits.test, image_size, 64)
+    evaluated = splits.test or splits.validation
     finish_multi_worker(
         choice, histories, transfer.model, transfer.model, args.output_dir,
         splits.class_names, evaluation,
+        report=lambda predict: _evaluation_report(
+            transfer.model, evaluated, evaluation["test_accuracy" if splits.test
+                                                  else "val_accuracy"],
+            image_size, args, spec.name, predict=predict),
         **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
                        image_size=image_size, data_dir=data_dir, seed=args.seed))
     return 0
@@ -431,7 +436,8 @@ def _reuse_sweep(args, spec, weights, image_size, splits, train, validation, tes
     return sweep
 
 
-def _evaluation_report(model, folder, data, image_size, args, backbone_name) -> dict:
+def _evaluation_report(model, folder, data, image_size, args, backbone_name,
+                       predict=None) -> dict:
     size = (image_size, image_size)
     # Grad-CAM for a few photos of each class, picked by a seeded draw.
     rng = np.random.default_rng(args.seed)
@@ -443,7 +449,7 @@ def _evaluation_report(model, folder, data, image_size, args, backbone_name) -> 
     return evaluation_report(
         model, data, folder.class_names, os.path.join(args.output_dir, "evaluation"),
         examples=folder.files, load_example=lambda path: load_image(path, size),
-        title=f"Cats vs dogs ({backbone_name})", grad_cam=overlays)
+        title=f"Cats vs dogs ({backbone_name})", grad_cam=overlays, predict=predict)
 
 
 def _evaluate(model: keras.Model, validation, test) -> dict:

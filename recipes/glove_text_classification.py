@@ -447,7 +447,7 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
                                           args.fine_tune_epochs, steps_per_epoch),
         checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
-        resume=args.resume, from_layer=None)
+        log_dir=args.tensorboard, resume=args.resume, from_layer=None)
 
     # Every worker holds the same weights and scores its own copy; every worker joins
     # the save; the chief keeps the model, which takes raw strings as on one machine.
@@ -457,6 +457,11 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         args.output_dir, data.class_names,
         {"val_accuracy": token_dataset(data.validation_ids, data.validation_labels, 256),
          "test_accuracy": token_dataset(data.test_ids, data.test_labels, 256)},
+        report=lambda predict: evaluation_report(
+            transfer.model, token_dataset(data.test_ids, data.test_labels, 256),
+            data.class_names, os.path.join(args.output_dir, "evaluation"),
+            examples=data.test.texts, kind="text", title="Text classification",
+            predict=predict),
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
                        seed=args.seed))
     return 0

@@ -180,6 +180,7 @@ def train_multi_worker(
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    log_dir: str | os.PathLike | None = None,
 ) -> tuple[keras.Model, DistributedHistory]:
     """Data-parallel training with ``strategy.run``: works under
     `MultiWorkerMirroredStrategy`, where Keras 3's ``fit`` does not.
@@ -197,6 +198,8 @@ def train_multi_worker(
         checkpoint_dir: Where the chief writes ``weights.weights.h5`` and
             ``state.json`` after every epoch (a shared folder when machines differ).
         resume: Continue from ``checkpoint_dir``.
+        log_dir: TensorBoard logs: the chief writes each epoch's loss (``epoch_loss``,
+            as Keras's callback names it) and learning rate there.
 
     Returns:
         The trained model and a `DistributedHistory`.
@@ -246,12 +249,20 @@ def train_multi_worker(
 
     epochs_run = []
     chief = is_chief(strategy)
+    writer = tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir and chief else None
     for epoch in range(start, epochs):
         total = 0.0
         for _ in range(steps_per_epoch):
             total += float(train_step(iterator))
         losses.append(total / steps_per_epoch)
         epochs_run.append(epoch)
+        if writer is not None:
+            with writer.as_default():
+                tf.summary.scalar("epoch_loss", losses[-1], step=epoch)
+                tf.summary.scalar("epoch_learning_rate",
+                                  float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                                  step=epoch)
+            writer.flush()
         if checkpoint_dir is not None:
             save_on_every_worker(chief, weights_path, model.save_weights)
             if chief:
@@ -300,6 +311,7 @@ def train_transfer_multi_worker(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     from_layer: str | int | None = "default",
+    log_dir: str | os.PathLike | None = None,
 ) -> dict[str, DistributedHistory]:
     """The transfer phases of `templates.phases` on the `train_multi_worker` loop.
 
@@ -313,6 +325,7 @@ def train_transfer_multi_worker(
         transfer: A `templates.pretrained.TransferModel` built in the strategy's scope.
         dataset_fn: This worker's shard, batched per replica and repeated.
         learning_rate, fine_tune_learning_rate: Rates or schedules for the two phases.
+        log_dir: TensorBoard logs, one folder per phase (``head``, ``fine_tune``).
         Others: as in `train_multi_worker`.
 
     Returns:
@@ -321,26 +334,28 @@ def train_transfer_multi_worker(
     """
     from templates.phases import unfreeze_from
 
-    def directory(phase):
-        return None if checkpoint_dir is None else os.path.join(checkpoint_dir, phase)
+    def directory(root, phase):
+        return None if root is None else os.path.join(root, phase)
 
     histories = {}
     transfer.backbone.trainable = False
     _, histories["head"] = train_multi_worker(
         choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
-        head_epochs, learning_rate, directory("head"), resume)
+        head_epochs, learning_rate, directory(checkpoint_dir, "head"), resume,
+        directory(log_dir, "head"))
     if fine_tune_epochs:
         unfreeze_from(transfer.backbone,
                       transfer.fine_tune_from if from_layer == "default" else from_layer)
         _, histories["fine_tune"] = train_multi_worker(
             choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
-            fine_tune_epochs, fine_tune_learning_rate, directory("fine_tune"), resume)
+            fine_tune_epochs, fine_tune_learning_rate, directory(checkpoint_dir, "fine_tune"),
+            resume, directory(log_dir, "fine_tune"))
     return histories
 
 
 # Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
 FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--find-lr", "--augment",
-                    "--discriminative-factor", "--tensorboard", "--export-tflite",
+                    "--discriminative-factor", "--export-tflite",
                     "--assert-accuracy-at-least")
 
 
@@ -369,6 +384,7 @@ def finish_multi_worker(
     output_dir: str | os.PathLike,
     class_names: list[str],
     evaluation: dict[str, Any],
+    report: Callable[[Callable[[Any], Any]], dict] | None = None,
     **metadata: Any,
 ) -> dict[str, Any]:
     """Score, record and save a multi-worker run; return its metrics.
@@ -376,11 +392,15 @@ def finish_multi_worker(
     Every worker scores its (identical) copy of ``model`` on each ``evaluation`` set
     with `local_accuracy` and writes ``OUTPUT_DIR/workers/worker_I.json``; every worker
     joins the save of ``saved_model`` (`save_on_every_worker`); the chief keeps
-    ``model.keras`` and writes ``labels.txt`` and ``metrics.json``.
+    ``model.keras`` and writes ``labels.txt``, ``metrics.json`` and, with ``report``,
+    the evaluation folder.
 
     Args:
         evaluation: ``{"val_accuracy": batches, "test_accuracy": batches}`` (either may
             be left out).
+        report: Writes the recipe's evaluation folder given a batch predictor (called
+            on the chief with `local_predict`, which runs no collective op) and returns
+            `templates.evaluation.evaluation_report`'s numbers.
         metadata: Recorded in the metrics (e.g. `templates.environment.run_metadata`).
     """
     from templates.saving import save_model, write_labels
@@ -399,11 +419,21 @@ def finish_multi_worker(
                          lambda path: save_model(saved_model, path))
     if chief:
         write_labels(class_names, os.path.join(output_dir, "labels.txt"))
+        if report is not None:
+            numbers = report(local_predict(model))
+            metrics["evaluation"] = {"accuracy": numbers["accuracy"],
+                                     "macro_f1": numbers["macro"]["f1"]}
         write_json(os.path.join(output_dir, "metrics.json"), metrics)
     score = "test_accuracy" if "test_accuracy" in metrics else "val_accuracy"
     print(f"replicas {choice.replicas}; final {score} {metrics[score]:.4f}; "
           f"weights {metrics['weights_digest']}; outputs in {output_dir}", flush=True)
     return metrics
+
+
+def local_predict(model: keras.Model) -> Callable[[Any], Any]:
+    """A batch predictor for this worker alone: a plain call in inference mode (see
+    `local_accuracy`); for `templates.evaluation.evaluation_report(predict=...)`."""
+    return lambda inputs: model(inputs, training=False)
 
 
 def local_accuracy(model: keras.Model, batches) -> float:

@@ -80,11 +80,20 @@ def classification_scores(true_labels: np.ndarray, predicted_labels: np.ndarray,
         confusion_matrix=matrix.tolist(), class_names=list(class_names))
 
 
-def predict_labelled(model: keras.Model, data: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities, true labels)`` over batches of ``(inputs, labels)``."""
+def predict_labelled(model: keras.Model, data: Iterable, predict=None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, true labels)`` over batches of ``(inputs, labels)``.
+
+    Args:
+        predict: Returns probabilities for a batch of inputs; ``None`` uses
+            ``model.predict_on_batch``. Multi-worker runs pass a plain model call
+            (`templates.distribute.local_predict`): ``predict_on_batch`` would run
+            collective ops that every worker must join.
+    """
+    predict = predict or model.predict_on_batch
     probabilities, labels = [], []
     for inputs, batch_labels in data:
-        probabilities.append(np.asarray(model.predict_on_batch(inputs)))
+        probabilities.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
         labels.append(keras.ops.convert_to_numpy(batch_labels).reshape(-1))
     if not probabilities:
         raise ValueError("Cannot evaluate: the data yielded no batches.")
@@ -166,6 +175,7 @@ def evaluation_report(
     error_count: int = 9,
     title: str = "Evaluation",
     grad_cam: tuple[Sequence[np.ndarray], Sequence[str]] | None = None,
+    predict=None,
 ) -> dict:
     """Write the evaluation folder (see the module docstring) and return its numbers.
 
@@ -181,11 +191,12 @@ def evaluation_report(
         error_count: How many confidently wrong examples to show.
         title: Title prefix of the plots.
         grad_cam: ``(overlays, captions)`` from `templates.grad_cam.grad_cam_overlays`.
+        predict: How to get a batch's probabilities (see `predict_labelled`).
     """
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text'; got {kind!r}.")
     os.makedirs(directory, exist_ok=True)
-    probabilities, true_labels = predict_labelled(model, data)
+    probabilities, true_labels = predict_labelled(model, data, predict)
     if examples is not None and len(examples) != len(true_labels):
         raise ValueError(f"{len(examples)} examples given for {len(true_labels)} predictions.")
     predicted = probabilities.argmax(axis=1)

@@ -133,7 +133,8 @@ def run_workers(env, output_dir, *arguments, timeout=300, recipe="recipes.multi_
 
 def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
     out = tmp_path / "run"
-    first = run_workers(subprocess_env, out, "--epochs", "3")
+    first = run_workers(subprocess_env, out, "--epochs", "3", "--tensorboard",
+                        str(tmp_path / "logs"))
     assert [worker["replicas"] for worker in first] == [2, 2]
     assert first[0]["weights_digest"] == first[1]["weights_digest"]
     assert first[0]["loss"] == first[1]["loss"]  # the all-reduced loss
@@ -141,7 +142,14 @@ def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
     assert [worker["chief"] for worker in first] == [True, False]
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epochs_done"] == 3
-    assert json.loads((out / "metrics.json").read_text())["train_accuracy"] > 0.8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_accuracy"] > 0.8
+    # The chief's evaluation folder, on the held-out fifth, and its TensorBoard logs.
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["examples"] == 1797 // 5 and evaluation["accuracy"] > 0.8
+    assert metrics["evaluation"]["accuracy"] == evaluation["accuracy"]
+    assert (out / "evaluation" / "confusion_matrix.png").is_file()
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
 
     # Both workers restart from the chief's checkpoint and train only epochs 3 and 4.
     resumed = run_workers(subprocess_env, out, "--epochs", "5", "--resume")
@@ -211,7 +219,8 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
                  "--alpha", "0.25", "--weights", str(weights), "--image-size", "64",
                  "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
                  "--learning-rate", "1e-2", "--strategy", "multi_worker", "--seed", "3"]
-    workers = run_workers(subprocess_env, out, *arguments, recipe="recipes.cats_vs_dogs",
+    workers = run_workers(subprocess_env, out, *arguments, "--tensorboard",
+                          str(tmp_path / "logs"), recipe="recipes.cats_vs_dogs",
                           reports="workers/worker_{index}.json")
     assert [worker["replicas"] for worker in workers] == [2, 2]
     assert workers[0]["weights_digest"] == workers[1]["weights_digest"]
@@ -222,6 +231,13 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] == workers[1]["test_accuracy"] >= 0.9
     assert (out / "model.keras").is_file() and (out / "labels.txt").is_file()
+    # The chief's evaluation folder agrees with its test accuracy; TensorBoard logs
+    # were written per phase.
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert (out / "evaluation" / "grad_cam.png").is_file()
+    for phase in ("head", "fine_tune"):
+        assert list((tmp_path / "logs" / phase).glob("events.out.tfevents.*")), phase
     # Options built on model.fit are refused with a one-line error, before training.
     result = subprocess.run(
         [sys.executable, "-m", "recipes.cats_vs_dogs", "--output-dir", str(tmp_path / "x"),
@@ -261,6 +277,8 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     assert head_loss == workers[1]["loss"]["head"] and head_loss[-1] < head_loss[0]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] == workers[1]["test_accuracy"] >= 0.9
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     # The chief's saved model takes raw strings, as on one machine.
     from templates.saving import load_model
 
