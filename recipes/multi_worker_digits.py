@@ -39,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from templates.distribute import (  # noqa: E402
     add_hardware_arguments,
+    find_learning_rate_multi_worker,
     local_predict,
     setup_hardware,
     is_chief,
@@ -47,7 +48,7 @@ from templates.distribute import (  # noqa: E402
 )
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.files import write_json  # noqa: E402
-from templates.training_options import SCHEDULES, scheduled  # noqa: E402
+from templates.training_options import SCHEDULES, record_finding, scheduled  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -56,9 +57,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--per-replica-batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    # Of the shared training options, the schedule applies to this loop; the others
-    # (finder, early stopping, TensorBoard) are built on model.fit, which is what this
-    # loop replaces.
+    # Of the shared training options, the schedule, the finder and TensorBoard logs
+    # apply to this loop; early stopping and discriminative rates are left to the
+    # model.fit recipes (there is no validation pass and one optimiser here).
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="Learning-rate schedule over the whole run (the rate given is "
                              "the peak for one_cycle).")
@@ -66,6 +67,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the chief's checkpoint in OUTPUT_DIR/checkpoints.")
     parser.add_argument("--output-dir", default="runs/multi_worker_digits")
+    parser.add_argument("--find-lr", action="store_true",
+                        help="Run the learning-rate finder on the same loop first and train "
+                             "at its suggestion; writes lr_finder_train.png/.json.")
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="TensorBoard logs (loss and learning rate per epoch, written "
                              "by the chief).")
@@ -112,10 +116,20 @@ def main(argv=None) -> int:
         dataset = dataset.shuffle(len(labels), seed=args.seed).repeat()
         return dataset.batch(context.get_per_replica_batch_size(global_batch))
 
+    with choice.strategy.scope():  # one model, mirrored on every worker
+        model = build_model()
+    learning_rate = args.learning_rate
+    if args.find_lr:
+        # The finder on the same loop (every worker in step); the chief keeps the plot.
+        finding = find_learning_rate_multi_worker(choice, lambda: model, dataset_fn,
+                                                  global_batch)
+        learning_rate = finding.suggestion
+        if is_chief(choice.strategy):
+            learning_rate = record_finding(finding, args.output_dir, "train",
+                                           title="Learning-rate finder (multi-worker)")
     model, history = train_multi_worker(
-        choice, build_model, dataset_fn, global_batch, steps_per_epoch, args.epochs,
-        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
-                                steps_per_epoch),
+        choice, lambda: model, dataset_fn, global_batch, steps_per_epoch, args.epochs,
+        learning_rate=scheduled(learning_rate, args.schedule, args.epochs, steps_per_epoch),
         checkpoint_dir=os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
         log_dir=args.tensorboard)
 

@@ -205,16 +205,7 @@ def train_multi_worker(
         The trained model and a `DistributedHistory`.
     """
     strategy = choice.strategy
-    with strategy.scope():
-        model = build_model()
-        # Compiled so the optimizer's state is saved with the weights, and so that under
-        # a float16 policy Keras wraps it in a LossScaleOptimizer (used below).
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                      loss="sparse_categorical_crossentropy")
-        optimizer = model.optimizer
-        optimizer.build(model.trainable_variables)
-    loss_object = keras.losses.SparseCategoricalCrossentropy(reduction=None)
-
+    model, optimizer = _compiled(strategy, build_model, learning_rate)
     start, losses = 0, []
     state_path = weights_path = None
     if checkpoint_dir is not None:
@@ -227,26 +218,8 @@ def train_multi_worker(
             model.load_weights(weights_path)
             start, losses = saved["epochs_done"], saved["loss"]
 
-    distributed = strategy.distribute_datasets_from_function(dataset_fn)
-    iterator = iter(distributed)
-
-    def replica_step(inputs, labels):
-        with tf.GradientTape() as tape:
-            probabilities = model(inputs, training=True)
-            per_example = loss_object(labels, probabilities)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-            # Loss scaling for float16 (a LossScaleOptimizer unscales the gradients and
-            # skips steps whose gradients overflow); unchanged otherwise.
-            scaled = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def train_step(iterator):
-        per_replica = strategy.run(replica_step, args=next(iterator))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    train_step = _train_step(strategy, model, optimizer, global_batch_size)
     epochs_run = []
     chief = is_chief(strategy)
     writer = tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir and chief else None
@@ -268,6 +241,108 @@ def train_multi_worker(
             if chief:
                 write_json(state_path, {"epochs_done": epoch + 1, "loss": losses})
     return model, DistributedHistory(losses, epochs_run, choice.replicas)
+
+
+def _compiled(strategy: tf.distribute.Strategy, build_model: Callable[[], keras.Model],
+              learning_rate) -> tuple[keras.Model, keras.optimizers.Optimizer]:
+    """The model built in the strategy's scope, compiled with Adam; its optimiser built."""
+    with strategy.scope():
+        model = build_model()
+        # Compiled so the optimizer's state is saved with the weights, and so that under
+        # a float16 policy Keras wraps it in a LossScaleOptimizer.
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                      loss="sparse_categorical_crossentropy")
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _train_step(strategy: tf.distribute.Strategy, model: keras.Model,
+                optimizer: keras.optimizers.Optimizer, global_batch_size: int):
+    """One data-parallel step: a batch per replica, gradients all-reduced, the summed
+    (global-batch mean) loss returned."""
+    loss_object = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+
+    def replica_step(inputs, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(inputs, training=True)
+            per_example = loss_object(labels, probabilities)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            # Loss scaling for float16 (a LossScaleOptimizer unscales the gradients and
+            # skips steps whose gradients overflow); unchanged otherwise.
+            scaled = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        per_replica = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return train_step
+
+
+def find_learning_rate_multi_worker(
+    choice: StrategyChoice,
+    build_model: Callable[[], keras.Model],
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    global_batch_size: int,
+    steps: int = 100,
+    start_learning_rate: float = 1e-7,
+    end_learning_rate: float = 10.0,
+):
+    """The learning-rate finder on the `train_multi_worker` loop.
+
+    The same sweep, smoothing, stopping rule and suggestion as
+    `templates.learning_rates.find_learning_rate` (which needs ``model.fit``); every
+    worker runs it in step (the all-reduced loss is the same everywhere, so all stop
+    together) and the weights are restored afterwards.
+
+    Returns:
+        A `templates.learning_rates.LearningRateFinding`.
+    """
+    from templates.learning_rates import LossSweep, sweep_rates
+
+    rates = sweep_rates(start_learning_rate, end_learning_rate, steps)
+    model, optimizer = _compiled(choice.strategy, build_model, float(rates[0]))
+    saved = [np.array(weight) for weight in model.get_weights()]
+    iterator = iter(choice.strategy.distribute_datasets_from_function(dataset_fn))
+    train_step = _train_step(choice.strategy, model, optimizer, global_batch_size)
+    sweep = LossSweep(rates)
+    try:
+        while True:
+            optimizer.learning_rate.assign(sweep.rate())
+            if sweep.record(float(train_step(iterator))):
+                break
+    finally:
+        model.set_weights(saved)
+    return sweep.finding()
+
+
+def finder_before_phase(choice: StrategyChoice, transfer, dataset_fn, global_batch_size: int,
+                        output_dir: str | os.PathLike, schedule: str,
+                        epochs: dict[str, int], steps_per_epoch: int
+                        ) -> Callable[[str], Any]:
+    """A ``before_phase`` hook for `train_transfer_multi_worker` that runs the finder.
+
+    Before each phase, `find_learning_rate_multi_worker` sweeps the rate on every
+    worker; the chief writes ``lr_finder_PHASE.png/.json``; the phase then trains at the
+    suggestion, shaped by ``schedule`` over ``epochs[phase]`` epochs (a recipe's
+    ``--find-lr`` under ``--strategy multi_worker``).
+    """
+    from templates.training_options import record_finding, scheduled
+
+    def before_phase(phase: str):
+        finding = find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
+                                                  global_batch_size)
+        rate = finding.suggestion
+        if is_chief(choice.strategy):
+            rate = record_finding(finding, os.fspath(output_dir), phase,
+                                  title=f"Learning-rate finder ({phase}, multi-worker)")
+        return scheduled(rate, schedule, epochs[phase], steps_per_epoch)
+
+    return before_phase
 
 
 def save_on_every_worker(chief: bool, path: str | os.PathLike,
@@ -312,6 +387,7 @@ def train_transfer_multi_worker(
     resume: bool = False,
     from_layer: str | int | None = "default",
     log_dir: str | os.PathLike | None = None,
+    before_phase: Callable[[str], Any] | None = None,
 ) -> dict[str, DistributedHistory]:
     """The transfer phases of `templates.phases` on the `train_multi_worker` loop.
 
@@ -326,6 +402,10 @@ def train_transfer_multi_worker(
         dataset_fn: This worker's shard, batched per replica and repeated.
         learning_rate, fine_tune_learning_rate: Rates or schedules for the two phases.
         log_dir: TensorBoard logs, one folder per phase (``head``, ``fine_tune``).
+        before_phase: Called with the phase's name (``head``, ``fine_tune``) once its
+            layers are frozen or unfrozen, before it trains, unless the phase finished
+            in an earlier run; returns the phase's rate or schedule (e.g. from
+            `find_learning_rate_multi_worker`), or ``None`` to keep the given one.
         Others: as in `train_multi_worker`.
 
     Returns:
@@ -337,24 +417,40 @@ def train_transfer_multi_worker(
     def directory(root, phase):
         return None if root is None else os.path.join(root, phase)
 
+    def rate(phase, given, epochs):
+        state = directory(checkpoint_dir, phase)
+        if before_phase is None or (resume and state is not None and _epochs_done(state)
+                                    >= epochs):
+            return given
+        chosen = before_phase(phase)
+        return given if chosen is None else chosen
+
     histories = {}
     transfer.backbone.trainable = False
     _, histories["head"] = train_multi_worker(
         choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
-        head_epochs, learning_rate, directory(checkpoint_dir, "head"), resume,
-        directory(log_dir, "head"))
+        head_epochs, rate("head", learning_rate, head_epochs),
+        directory(checkpoint_dir, "head"), resume, directory(log_dir, "head"))
     if fine_tune_epochs:
         unfreeze_from(transfer.backbone,
                       transfer.fine_tune_from if from_layer == "default" else from_layer)
         _, histories["fine_tune"] = train_multi_worker(
             choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
-            fine_tune_epochs, fine_tune_learning_rate, directory(checkpoint_dir, "fine_tune"),
-            resume, directory(log_dir, "fine_tune"))
+            fine_tune_epochs, rate("fine_tune", fine_tune_learning_rate, fine_tune_epochs),
+            directory(checkpoint_dir, "fine_tune"), resume, directory(log_dir, "fine_tune"))
     return histories
 
 
+def _epochs_done(checkpoint_dir: str) -> int:
+    path = os.path.join(checkpoint_dir, "state.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return int(json.load(handle)["epochs_done"])
+
+
 # Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
-FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--find-lr", "--augment",
+FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--augment",
                     "--discriminative-factor", "--export-tflite",
                     "--assert-accuracy-at-least")
 

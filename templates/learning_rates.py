@@ -108,11 +108,16 @@ def suggest_learning_rate(learning_rates: list[float], smoothed_losses: list[flo
     return float(learning_rates[start + int(np.argmin(slopes))])
 
 
-class _SweepLearningRate(keras.callbacks.Callback):
-    """Sets the rate before each batch; records the loss after it; stops on divergence."""
+class LossSweep:
+    """The finder's bookkeeping, shared by the ``fit`` callback and training loops.
 
-    def __init__(self, rates: np.ndarray, smoothing: float, divergence: float):
-        super().__init__()
+    ``rate()`` is the learning rate for the next step; ``record(loss)`` keeps the loss
+    and its bias-corrected exponential smoothing and says whether to stop (the sweep is
+    over, the loss is not finite, or the smoothed loss exceeds ``divergence`` times its
+    best); ``finding()`` turns the record into a `LearningRateFinding`.
+    """
+
+    def __init__(self, rates: np.ndarray, smoothing: float = 0.9, divergence: float = 4.0):
         self.rates = rates
         self.smoothing = smoothing
         self.divergence = divergence
@@ -122,11 +127,10 @@ class _SweepLearningRate(keras.callbacks.Callback):
         self.best = math.inf
         self.stopped_early = False
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.model.optimizer.learning_rate.assign(float(self.rates[len(self.losses)]))
+    def rate(self) -> float:
+        return float(self.rates[len(self.losses)])
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = float(logs["loss"]) if logs and "loss" in logs else math.nan
+    def record(self, loss: float) -> bool:
         step = len(self.losses) + 1
         self.losses.append(loss)
         self.average = self.smoothing * self.average + (1 - self.smoothing) * loss
@@ -135,8 +139,49 @@ class _SweepLearningRate(keras.callbacks.Callback):
         self.best = min(self.best, smoothed)
         if not math.isfinite(loss) or smoothed > self.divergence * self.best:
             self.stopped_early = True
-            self.model.stop_training = True
-        elif step >= len(self.rates):
+            return True
+        return step >= len(self.rates)
+
+    def finding(self) -> LearningRateFinding:
+        recorded = len(self.losses)
+        if recorded < 3:
+            raise ValueError(f"The finder recorded only {recorded} steps: the data is too "
+                             "small or the loss diverged at once; lower start_learning_rate.")
+        learning_rates = [float(rate) for rate in self.rates[:recorded]]
+        return LearningRateFinding(
+            learning_rates=learning_rates, losses=self.losses,
+            smoothed_losses=self.smoothed,
+            suggestion=suggest_learning_rate(learning_rates, self.smoothed),
+            stopped_early=self.stopped_early)
+
+
+def sweep_rates(start_learning_rate: float, end_learning_rate: float, steps: int,
+                smoothing: float = 0.9) -> np.ndarray:
+    """The finder's exponentially spaced rates, after checking its arguments."""
+    if not 0 < start_learning_rate < end_learning_rate:
+        raise ValueError(
+            f"Need 0 < start_learning_rate < end_learning_rate; got {start_learning_rate} "
+            f"and {end_learning_rate}.")
+    if steps < 5:
+        raise ValueError(f"steps must be at least 5; got {steps}.")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1); got {smoothing}.")
+    return np.geomspace(start_learning_rate, end_learning_rate, steps)
+
+
+class _SweepLearningRate(keras.callbacks.Callback):
+    """Sets the rate before each batch; records the loss after it; stops on divergence."""
+
+    def __init__(self, sweep: LossSweep):
+        super().__init__()
+        self.sweep = sweep
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(self.sweep.rate())
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(logs["loss"]) if logs and "loss" in logs else math.nan
+        if self.sweep.record(loss):
             self.model.stop_training = True
 
 
@@ -171,40 +216,22 @@ def find_learning_rate(
         smoothing: Exponential smoothing factor of the loss curve.
         divergence: Stop once the smoothed loss exceeds this multiple of its best.
     """
-    if not 0 < start_learning_rate < end_learning_rate:
-        raise ValueError(
-            f"Need 0 < start_learning_rate < end_learning_rate; got {start_learning_rate} "
-            f"and {end_learning_rate}.")
-    if steps < 5:
-        raise ValueError(f"steps must be at least 5; got {steps}.")
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1); got {smoothing}.")
-    rates = np.geomspace(start_learning_rate, end_learning_rate, steps)
+    rates = sweep_rates(start_learning_rate, end_learning_rate, steps, smoothing)
     saved = [np.array(weight) for weight in model.get_weights()]
     build = optimizer or (lambda rate: keras.optimizers.Adam(learning_rate=rate))
     model.compile(optimizer=build(float(rates[0])), loss=loss)
-    sweep = _SweepLearningRate(rates, smoothing, divergence)
+    sweep = LossSweep(rates, smoothing, divergence)
     try:
         batches_per_epoch = len(train_data)  # type: ignore[arg-type]
     except TypeError:
         batches_per_epoch = None
     epochs = math.ceil(steps / batches_per_epoch) if batches_per_epoch else steps
     try:
-        model.fit(train_data, epochs=epochs, callbacks=[sweep], verbose=0, shuffle=False)
+        model.fit(train_data, epochs=epochs, callbacks=[_SweepLearningRate(sweep)], verbose=0,
+                  shuffle=False)
     finally:
         model.set_weights(saved)
-    recorded = len(sweep.losses)
-    if recorded < 3:
-        raise ValueError(f"The finder recorded only {recorded} steps: train_data is too small "
-                         "or the loss diverged at once; lower start_learning_rate.")
-    learning_rates = [float(rate) for rate in rates[:recorded]]
-    return LearningRateFinding(
-        learning_rates=learning_rates,
-        losses=sweep.losses,
-        smoothed_losses=sweep.smoothed,
-        suggestion=suggest_learning_rate(learning_rates, sweep.smoothed),
-        stopped_early=sweep.stopped_early,
-    )
+    return sweep.finding()
 
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")

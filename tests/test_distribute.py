@@ -287,6 +287,24 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
         model(np.array(["the wall is painted teal today"])))
     assert probabilities.shape == (1, 2)
 
+    # --find-lr under multi_worker (a one-worker cluster, to keep it short): the finder
+    # runs on the loop before each phase and the chief keeps its plots.
+    found = tmp_path / "found"
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.glove_text_classification", "--output-dir",
+         str(found), *arguments, "--find-lr"],
+        env={**subprocess_env, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
+             "task": {"type": "worker", "index": 0}})},
+        capture_output=True, text=True, timeout=300,
+        cwd=subprocess_env["PYTHONPATH"].split(":")[0])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for phase in ("head", "fine_tune"):
+        finding = json.loads((found / f"lr_finder_{phase}.json").read_text())
+        rates = finding["learning_rates"]
+        assert rates[0] <= finding["suggestion"] <= rates[-1], phase
+        assert (found / f"lr_finder_{phase}.png").is_file()
+
 
 def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subprocess_env,
                                                                            tmp_path):
@@ -294,7 +312,7 @@ def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subp
     # Keras wraps the optimiser in a LossScaleOptimizer and the loop scales the loss.
     result = subprocess.run(
         [sys.executable, "-m", "recipes.multi_worker_digits", "--output-dir", str(tmp_path),
-         "--epochs", "3", "--strategy", "cpu", "--mixed-precision", "float16"],
+         "--epochs", "3", "--strategy", "cpu", "--mixed-precision", "float16", "--find-lr"],
         env=subprocess_env, capture_output=True, text=True, timeout=300,
         cwd=subprocess_env["PYTHONPATH"].split(":")[0])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -302,3 +320,32 @@ def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subp
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["replicas"] == 1 and all(np.isfinite(metrics["loss"]))
     assert metrics["loss"][-1] < 0.5 * metrics["loss"][0] and metrics["train_accuracy"] > 0.8
+    # --find-lr ran the finder on the same loop and trained at its suggestion.
+    finding = json.loads((tmp_path / "lr_finder_train.json").read_text())
+    rates = finding["learning_rates"]
+    assert rates[0] <= finding["suggestion"] <= rates[-1]
+    assert (tmp_path / "lr_finder_train.png").is_file()
+
+
+def test_the_loop_finder_restores_the_weights_and_suggests_a_swept_rate():
+    import tensorflow as tf
+
+    from templates.distribute import find_learning_rate_multi_worker
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    before = [weight.copy() for weight in model.get_weights()]
+    finding = find_learning_rate_multi_worker(
+        choose_strategy("cpu"), lambda: model,
+        lambda context: tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16), 16,
+        steps=60)
+    for restored, saved in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(restored, saved)
+    rates = finding.learning_rates
+    assert 3 <= len(rates) <= 60 and rates == sorted(rates)
+    assert rates[0] <= finding.suggestion <= rates[-1]
+    # The loss first falls, then the sweep stops once it diverges at high rates.
+    assert min(finding.smoothed_losses) < finding.smoothed_losses[0]
