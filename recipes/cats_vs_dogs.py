@@ -63,11 +63,10 @@ from templates.comparison import (  # noqa: E402
 )
 from templates.distribute import (  # noqa: E402
     add_hardware_arguments,
-    finder_before_phase,
     finish_multi_worker,
     setup_hardware,
     start_multi_worker,
-    train_transfer_multi_worker,
+    train_transfer_from_arguments,
 )
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
@@ -372,20 +371,8 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
             image_size=image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
             class_names=splits.class_names,
         )
-    histories = train_transfer_multi_worker(
-        choice, transfer, dataset_fn, args.batch_size, steps_per_epoch,
-        args.epochs, args.fine_tune_epochs,
-        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
-                                steps_per_epoch),
-        fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
-                                          args.fine_tune_epochs, steps_per_epoch),
-        checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
-        log_dir=args.tensorboard, resume=args.resume,
-        # --find-lr: the finder on the same loop before each phase.
-        before_phase=finder_before_phase(
-            choice, transfer, dataset_fn, args.batch_size, args.output_dir, args.schedule,
-            {"head": args.epochs, "fine_tune": args.fine_tune_epochs}, steps_per_epoch,
-        ) if args.find_lr else None)
+    histories = train_transfer_from_arguments(args, choice, transfer, dataset_fn,
+                                              steps_per_epoch)
 
     # Every worker holds the same weights and scores its own copy; every worker joins
     # the save (it can run collective ops); the chief keeps the outputs.

@@ -74,11 +74,10 @@ from templates.checkpoints import run_phase  # noqa: E402
 from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
 from templates.distribute import (  # noqa: E402
     add_hardware_arguments,
-    finder_before_phase,
     finish_multi_worker,
     setup_hardware,
     start_multi_worker,
-    train_transfer_multi_worker,
+    train_transfer_from_arguments,
 )
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
@@ -440,20 +439,8 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
             data.matrix, len(data.class_names), data.sequence_length, args.architecture,
             trainable_mode=args.embedding_training, class_names=data.class_names,
             **data.architecture)
-    histories = train_transfer_multi_worker(
-        choice, transfer, dataset_fn, args.batch_size, steps_per_epoch,
-        args.epochs, args.fine_tune_epochs,
-        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
-                                steps_per_epoch),
-        fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
-                                          args.fine_tune_epochs, steps_per_epoch),
-        checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
-        log_dir=args.tensorboard, resume=args.resume,
-        # --find-lr: the finder on the same loop before each phase.
-        before_phase=finder_before_phase(
-            choice, transfer, dataset_fn, args.batch_size, args.output_dir, args.schedule,
-            {"head": args.epochs, "fine_tune": args.fine_tune_epochs}, steps_per_epoch,
-        ) if args.find_lr else None, from_layer=None)
+    histories = train_transfer_from_arguments(args, choice, transfer, dataset_fn,
+                                              steps_per_epoch, from_layer=None)
 
     # Every worker holds the same weights and scores its own copy; every worker joins
     # the save; the chief keeps the model, which takes raw strings as on one machine.

@@ -39,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from templates.distribute import (  # noqa: E402
     add_hardware_arguments,
+    task_index,
     find_learning_rate_multi_worker,
     local_predict,
     setup_hardware,
@@ -137,11 +138,11 @@ def main(argv=None) -> int:
     # locally (model.predict would run collectives, and the other workers may be gone).
     probabilities = keras.ops.convert_to_numpy(model(images, training=False))
     accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})  # as recorded
     report = {"replicas": history.replicas, "loss": history.loss,
               "epochs_run": history.epochs_run, "weights_digest": weights_digest(model),
               "train_accuracy": accuracy, "chief": is_chief(choice.strategy), "task": task}
-    write_json(os.path.join(args.output_dir, f"worker_{task.get('index', 0)}.json"), report)
+    write_json(os.path.join(args.output_dir, f"worker_{task_index()}.json"), report)
     print(f"replicas {history.replicas}; loss per epoch "
           f"{', '.join(f'{value:.4f}' for value in history.loss)}; "
           f"weights {report['weights_digest']}", flush=True)

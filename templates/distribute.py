@@ -345,6 +345,33 @@ def finder_before_phase(choice: StrategyChoice, transfer, dataset_fn, global_bat
     return before_phase
 
 
+def train_transfer_from_arguments(args, choice: StrategyChoice, transfer, dataset_fn,
+                                  steps_per_epoch: int, from_layer: str | int | None = "default"
+                                  ) -> dict[str, DistributedHistory]:
+    """`train_transfer_multi_worker` as a recipe's flags ask for it.
+
+    Reads ``--epochs``, ``--fine-tune-epochs``, the two learning rates, ``--schedule``,
+    ``--find-lr``, ``--tensorboard``, ``--resume``, ``--batch-size`` (global) and
+    ``--output-dir`` (checkpoints under ``checkpoints/multi_worker``).
+    """
+    from templates.training_options import scheduled
+
+    return train_transfer_multi_worker(
+        choice, transfer, dataset_fn, args.batch_size, steps_per_epoch,
+        args.epochs, args.fine_tune_epochs,
+        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
+                                steps_per_epoch),
+        fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
+                                          args.fine_tune_epochs, steps_per_epoch),
+        checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
+        resume=args.resume, from_layer=from_layer, log_dir=args.tensorboard,
+        # --find-lr: the finder on the same loop before each phase.
+        before_phase=finder_before_phase(
+            choice, transfer, dataset_fn, args.batch_size, args.output_dir, args.schedule,
+            {"head": args.epochs, "fine_tune": args.fine_tune_epochs}, steps_per_epoch,
+        ) if args.find_lr else None)
+
+
 def save_on_every_worker(chief: bool, path: str | os.PathLike,
                          save: Callable[[str], Any]) -> None:
     """Call ``save`` on every worker; only the chief's file is kept, at ``path``.
