@@ -115,12 +115,12 @@ def _manual_loop_step(model, images, labels):
                  [v.value for v in model.non_trainable_variables],
                  [v.value for v in optimizer.variables]]
 
-        def step():
+        def jax_step():
             nonlocal state
             loss, state = train_step(state, images, labels)
             return float(loss)
 
-        return step
+        return jax_step
     raise ValueError(f"No hand-written loop for the {backend} backend.")
 
 

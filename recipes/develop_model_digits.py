@@ -34,6 +34,7 @@ and reports the difference.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -63,6 +64,12 @@ from templates.training_options import (  # noqa: E402
 )
 from templates.epoch_shuffle import shuffle_each_epoch  # noqa: E402
 from templates.files import write_json  # noqa: E402
+
+# Every run below builds new small models, and each model traces its own training and
+# evaluation functions: that is expected here, so TensorFlow's warning about functions
+# "retraced" in a loop would only alarm the reader.
+logging.getLogger("tensorflow").addFilter(
+    lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 SOURCE_DIGITS = (0, 1, 2, 3, 4)
 TARGET_DIGITS = (5, 6, 7, 8, 9)
@@ -269,9 +276,10 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     evaluation = _evaluation_report(reuse(developed.source_model), state, data, test, args)
 
     # ## How much to reuse
-    # Reuse the source network up to each depth (after the first convolution, the
-    # second, the pooling, the feature layer) and measure target skill each time.
-    cut_points = [] if args.skip_sweep else ["conv_1", "conv_2", "pool", "features"]
+    # Reuse the source network up to each depth that adds weights (the first
+    # convolution; the second with its pooling, which has no weights of its own; the
+    # dense feature layer) and measure target skill each time.
+    cut_points = [] if args.skip_sweep else ["conv_1", "pool", "features"]
     # Reusing up to "pool" with the first seed is exactly the report's first transferred
     # run, so the sweep restores that run instead of training it again.
     sweep = reuse_depth_sweep(

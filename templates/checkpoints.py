@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -279,7 +280,11 @@ class TrainingState:
         """Load a finished phase's weights into ``model``; return its history."""
         if not self.finished(phase):
             raise ValueError(f"Phase {phase!r} has not finished in {self.directory}.")
-        model.load_weights(self._path(phase, "weights.h5"))
+        with warnings.catch_warnings():
+            # The file also holds the phase's optimiser state, which the next phase (a
+            # new optimiser) does not need: Keras's warning that it skipped it is noise.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(self._path(phase, "weights.h5"))
         return as_history(read_epochs(self._path(phase, "epochs.json")))
 
     def history(self, phase: str) -> keras.callbacks.History:

@@ -54,3 +54,50 @@ def shuffle_each_epoch(
     shuffled = shuffled.apply(tf.data.experimental.assert_cardinality(size))
     shuffled._epoch_counter = counter  # keeps the (weakly registered) counter alive
     return shuffled
+
+
+def array_batches_dataset(
+    inputs, labels, batch_size: int = 32, seed: int | None = None, shuffle: bool = True
+) -> tf.data.Dataset:
+    """In-memory arrays as a `tf.data` pipeline, in `ShuffledArrays`' orders.
+
+    Epoch ``e`` reads the examples in the permutation `ShuffledArrays` draws for it
+    (NumPy's generator seeded with ``epoch_seed(seed, e)``, computed once per epoch), so
+    a model trains on exactly the same batches either way; the epoch comes from
+    `EpochSeeds` or the pipeline's own counter, as in `shuffle_each_epoch`. The arrays
+    are held as tensors the pipeline gathers from (no copy into a graph).
+
+    Args:
+        inputs: Array of examples (first axis: examples).
+        labels: Array of labels, same length.
+        batch_size: Examples per batch (the last batch may be smaller).
+        seed: Seed of the orders; ``None`` draws a fresh order every epoch.
+        shuffle: ``False`` keeps the arrays' order (validation or test batches).
+    """
+    import numpy as np
+
+    from templates.reproducibility import check_arrays, permutation
+
+    size = check_arrays(inputs, labels, batch_size, "array_batches")
+    inputs, labels = tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels)
+    if not shuffle:
+        return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size)
+    counter = _EpochCounter()
+    register_epoch_listener(counter)
+
+    def order(epoch):
+        return permutation(size, seed, int(epoch)).astype(np.int64)
+
+    def one_epoch(_):
+        epoch = counter.variable.assign_add(1) - 1
+        indices = tf.numpy_function(order, [epoch], tf.int64, stateful=True)
+        indices.set_shape([size])
+        return tf.data.Dataset.from_tensor_slices(indices).batch(batch_size)
+
+    def gather(indices):
+        return tf.gather(inputs, indices), tf.gather(labels, indices)
+
+    batches = tf.data.Dataset.from_tensors(0).flat_map(one_epoch).map(gather)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
+    batches._epoch_counter = counter  # keeps the (weakly registered) counter alive
+    return batches

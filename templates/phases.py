@@ -25,10 +25,9 @@ import keras
 import numpy as np
 
 from templates.learning_rates import DiscriminativeAdam, OneCycle
-from templates.reproducibility import ShuffledArrays, broadcast_epoch
+from templates.reproducibility import ShuffledArrays, array_batches, broadcast_epoch
 
 LOSS = "sparse_categorical_crossentropy"
-METRICS = ("accuracy",)
 
 # XLA compilation of the train/test steps for every `compile_classifier` call that does
 # not choose for itself: "auto" is Keras's rule (on for GPU/TPU, off on CPU and under
@@ -159,9 +158,18 @@ def compile_classifier(
     model.compile(
         optimizer=optimizer,
         loss=LOSS,
-        metrics=list(METRICS),
+        # An instance, not the string "accuracy": its variables exist before the first
+        # step is traced (see below).
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=_jit_compile_default if jit_compile is None else jit_compile,
     )
+    # Without a distribution strategy, Keras creates the optimiser's and the metrics'
+    # variables while tracing the first training or test step, and TensorFlow traces a
+    # function that created variables a second time. Creating them now saves a trace
+    # per phase, most of the time of a small model's phase. (Recompile after changing
+    # what is trainable, as Keras asks anyway.)
+    if model.built:
+        model.optimizer.build(model.trainable_variables)
 
 
 def evaluate_accuracy(model: keras.Model, data) -> float:
@@ -259,12 +267,14 @@ def train_head(
     train_features, train_labels = extract_features(transfer.feature_extractor, train_data)
     validation = None
     if validation_data is not None:
-        validation = extract_features(transfer.feature_extractor, validation_data)
+        validation = array_batches(
+            *extract_features(transfer.feature_extractor, validation_data),
+            batch_size=max(batch_size, 256), shuffle=False)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     compile_classifier(transfer.head, learning_rate)
     # Epoch e's order depends only on (seed, e): a resumed run sees the same orders.
-    batches = ShuffledArrays(train_features, train_labels, batch_size=batch_size, seed=seed)
+    batches = array_batches(train_features, train_labels, batch_size=batch_size, seed=seed)
     history = transfer.head.fit(
         batches, shuffle=False, epochs=epochs, validation_data=validation,
         callbacks=list(callbacks), verbose=verbose,

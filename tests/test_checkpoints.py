@@ -120,10 +120,10 @@ def dropout_model():
     return model
 
 
-@pytest.mark.parametrize("pipeline", ["arrays", "tf.data"])
+@pytest.mark.parametrize("pipeline", ["arrays", "array_batches", "tf.data"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, pipeline):
     from templates.epoch_shuffle import shuffle_each_epoch
-    from templates.reproducibility import ShuffledArrays
+    from templates.reproducibility import ShuffledArrays, array_batches
 
     x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -131,6 +131,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
     def data():
         if pipeline == "arrays":
             return ShuffledArrays(x, y, batch_size=8, seed=3)
+        if pipeline == "array_batches":  # tf.data on this backend, ShuffledArrays' orders
+            return array_batches(x, y, batch_size=8, seed=3)
         import tensorflow as tf
 
         return shuffle_each_epoch(tf.data.Dataset.from_tensor_slices((x, y)), 96, seed=3).batch(8)
@@ -164,6 +166,45 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
               callbacks=TrainingState(tmp_path / "c", resume=True).callbacks("head"))
     assert not all(np.array_equal(actual, wanted) for actual, wanted
                    in zip(model.get_weights(), uninterrupted.get_weights()))
+
+
+def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
+    import tensorflow as tf
+
+    from templates.reproducibility import ShuffledArrays, array_batches, broadcast_epoch
+
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    y = np.arange(20, dtype="int32")
+    batches = array_batches(x, y, batch_size=6, seed=5)
+    # On the TensorFlow backend, a tf.data pipeline (Keras rebuilds its own pipeline for
+    # arrays and PyDatasets on every pass, which dominates a small head's training).
+    assert isinstance(batches, tf.data.Dataset)
+    assert int(batches.cardinality()) == 4
+
+    def labels_per_epoch(data, epochs):
+        passes = []
+        for _ in range(epochs):
+            if isinstance(data, ShuffledArrays):
+                passes.append([data[index][1].tolist() for index in range(len(data))])
+                data.on_epoch_end()
+            else:
+                passes.append([labels.numpy().tolist() for _, labels in data])
+        return passes
+
+    reference = ShuffledArrays(x, y, batch_size=6, seed=5)
+    wanted = labels_per_epoch(reference, 3)
+    assert labels_per_epoch(batches, 3) == wanted
+    assert wanted[0] != wanted[1] and sorted(sum(wanted[0], [])) == list(range(20))
+    for inputs, labels in batches.take(1):  # inputs travel with their labels
+        np.testing.assert_array_equal(inputs.numpy(), x[labels.numpy()])
+    # A resumed run announces its epoch: both start from that epoch's order.
+    broadcast_epoch(7)
+    assert labels_per_epoch(batches, 1) == labels_per_epoch(reference, 1)
+    # Unshuffled (validation) batches keep the arrays' order.
+    ordered = array_batches(x, y, batch_size=6, shuffle=False)
+    assert [labels.numpy().tolist() for _, labels in ordered][0] == list(range(6))
+    with pytest.raises(ValueError, match="differ in length: 20 vs 19"):
+        array_batches(x, y[:19])
 
 
 def test_keep_best_restores_the_best_epoch_and_remembers_it_across_a_restart(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from templates.phases import (
+    compile_classifier,
     extract_features,
     fine_tune,
     freeze_batch_normalization,
@@ -197,3 +198,48 @@ def test_extract_features_keeps_order_and_labels():
     np.testing.assert_allclose(features[8:16], direct, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no batches"):
         extract_features(transfer.feature_extractor, data.take(0))
+
+
+def test_a_compiled_classifier_traces_its_steps_once():
+    # Keras would create the optimiser's and the accuracy's variables inside the first
+    # traced step, and TensorFlow traces a function that created variables twice.
+    # compile_classifier creates them up front: nothing is created while tracing, and
+    # each step function is traced once.
+    x = np.random.default_rng(0).normal(size=(24, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    traced = {"train": 0, "test": 0}
+
+    class Counting(keras.Model):
+        def train_step(self, batch):
+            traced["train"] += 1
+            return super().train_step(batch)
+
+        def test_step(self, batch):
+            traced["test"] += 1
+            return super().test_step(batch)
+
+    inputs = keras.Input((6,))
+    model = Counting(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    created_while_tracing = []
+
+    def creator(next_creator, **options):
+        if tf.inside_function():
+            created_while_tracing.append(options.get("name"))
+        return next_creator(**options)
+
+    compile_classifier(model, 1e-2)
+    with tf.variable_creator_scope(creator):
+        model.evaluate(data, verbose=0)
+        history = model.fit(data, validation_data=data, epochs=3, verbose=0)
+    assert created_while_tracing == []
+    assert traced == {"train": 1, "test": 1}
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+    # The check can fail: compiled the usual way, the same model traces its training
+    # step twice (the optimiser's variables are created in the first trace).
+    traced.update(train=0, test=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(data, epochs=1, verbose=0)
+    assert traced["train"] == 2
