@@ -264,7 +264,12 @@ def prepare(args: argparse.Namespace) -> argparse.Namespace:
         vocabulary=vocabulary, sequence_length=sequence_length, matrix=matrix,
         train_ids=train_ids, validation_ids=validation_ids, test_ids=test_ids,
         architecture={"filters": args.filters, "units": args.units,
-                      "embedding_dropout": args.embedding_dropout})
+                      "embedding_dropout": args.embedding_dropout,
+                      # Fine-tuning can only reach the rows of words in the training
+                      # texts; the extra GloVe words' rows (most of the vocabulary) stay
+                      # in a fixed table, which makes each step several times faster
+                      # and changes no result (those rows would get no gradient).
+                      "trainable_rows": int(train_ids.max()) + 1})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -160,6 +160,7 @@ def pretrained_text_classifier(
     units: int = 64,
     embedding_dropout: float = 0.0,
     class_names: Sequence[str] | None = None,
+    trainable_rows: int | None = None,
 ) -> TransferModel:
     """A text classifier whose embedding comes from pretrained word vectors.
 
@@ -173,6 +174,9 @@ def pretrained_text_classifier(
             ``"frozen"`` (nothing). Head training always keeps it frozen.
         dropout, filters, kernel_sizes, units, embedding_dropout: see `text_head`.
         class_names: Optional class names, in label order.
+        trainable_rows: Rows fine-tuning can reach (the largest training token id
+            plus one); the rest stay in a fixed table (`PretrainedEmbedding`).
+            ``None``: every row.
 
     Returns:
         A `TransferModel` (``backbone`` = the embedding, frozen; ``head`` = the
@@ -183,7 +187,8 @@ def pretrained_text_classifier(
     vocabulary_size, dimension = embedding.matrix.shape
     layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode=trainable_mode,
                                 matrix=embedding.matrix,
-                                pretrained_rows=embedding.pretrained_rows, name="embedding")
+                                pretrained_rows=embedding.pretrained_rows,
+                                trainable_rows=trainable_rows, name="embedding")
     backbone = embedding_backbone(sequence_length, layer)
     backbone.trainable = False
     head = text_head(sequence_length, dimension, num_classes, architecture, filters=filters,
@@ -206,6 +211,7 @@ def scratch_text_classifier(
     kernel_sizes: Sequence[int] = (3, 4, 5),
     units: int = 64,
     embedding_dropout: float = 0.0,
+    trainable_rows: int | None = None,
 ) -> keras.Model:
     """The same architecture with a randomly initialised, trainable embedding.
 
@@ -220,7 +226,8 @@ def scratch_text_classifier(
     """
     matrix = None if like is None else random_embedding_matrix(vocabulary_size, like, seed)
     layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode="trainable",
-                                matrix=matrix, name="embedding")
+                                matrix=matrix, trainable_rows=trainable_rows,
+                                name="embedding")
     backbone = embedding_backbone(sequence_length, layer)
     head = text_head(sequence_length, dimension, num_classes, architecture, filters=filters,
                      kernel_sizes=kernel_sizes, units=units, dropout=dropout,

@@ -97,6 +97,54 @@ def test_trainable_modes_change_exactly_the_rows_they_promise(mode):
     assert not changed[0]  # padding never appears in the data
 
 
+@pytest.mark.parametrize("mode", ["trainable", "missing_only"])
+def test_rows_beyond_trainable_rows_stay_fixed_and_change_no_result(mode):
+    # Training ids reach rows 0..4 only; rows 5..7 (say, words added from the vectors)
+    # get no gradient, so keeping them in a fixed table must train exactly the same
+    # rows to exactly the same values, and still look them up at prediction time.
+    matrix = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    pretrained = np.array([False, False, True, True, False, True, True, False])
+    ids = np.array([[1, 2, 4], [3, 4, 1], [2, 3, 4], [4, 4, 2]] * 4)
+    labels = np.array([0, 1, 0, 1] * 4)
+
+    def trained(trainable_rows):
+        keras.utils.set_random_seed(0)
+        layer = PretrainedEmbedding(8, 4, trainable_mode=mode, matrix=matrix,
+                                    pretrained_rows=pretrained,
+                                    trainable_rows=trainable_rows)
+        model = tiny_model(layer)
+        model.fit(ids, labels, epochs=5, verbose=0, shuffle=False)
+        return layer, model
+
+    split, split_model = trained(5)
+    whole, whole_model = trained(None)
+    assert tuple(split.embeddings.shape) == (5, 4)
+    assert [tuple(weight.shape) for weight in split.trainable_weights] == [(5, 4)]
+    np.testing.assert_allclose(split.table(), whole.embeddings.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(split.fixed_embeddings.numpy(), matrix[5:])
+    assert not np.allclose(split.table()[1], matrix[1])  # the check can fail: rows moved
+    beyond = np.array([[6, 7, 2]])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(split(beyond))[0],
+                               split.table()[[6, 7, 2]], atol=1e-7)
+    np.testing.assert_allclose(split_model.predict(beyond, verbose=0),
+                               whole_model.predict(beyond, verbose=0), atol=1e-6)
+
+    clone = PretrainedEmbedding.from_config(split.get_config())
+    assert clone.trainable_rows == 5 and tuple(clone.fixed_embeddings.shape) == (3, 4)
+    with pytest.raises(ValueError, match=r"trainable_rows must lie in 1..input_dim \(8\)"):
+        PretrainedEmbedding(8, 4, trainable_rows=9)
+
+
+def test_a_split_scratch_table_starts_from_the_same_random_rows():
+    def table(trainable_rows):
+        keras.utils.set_random_seed(3)
+        model = scratch_text_classifier(30, 4, 2, 5, "cnn", filters=2, kernel_sizes=(2,),
+                                        trainable_rows=trainable_rows)
+        return model.get_layer("embedding").table()
+
+    np.testing.assert_array_equal(table(12), table(None))
+
+
 def test_pretrained_embedding_config_round_trip_and_mask():
     layer = PretrainedEmbedding(5, 3, trainable_mode="missing_only", mask_zero=True, name="e")
     clone = PretrainedEmbedding.from_config(layer.get_config())
@@ -139,10 +187,15 @@ def test_each_architecture_transfers_unseen_words_through_the_vectors(architectu
     vectorizer = build_vectorizer(train_texts, sequence_length=6,
                                   extra_vocabulary=keyed.index_to_key)
     matrix = embedding_matrix(vectorizer.get_vocabulary(), keyed, seed=0)
+    train_ids = vectorize(vectorizer, train_texts)
+    # The held-out words come after every training word: their rows live in the fixed
+    # part of the table (as the recipe does it), and still carry their meaning.
+    trainable_rows = int(train_ids.max()) + 1
+    assert trainable_rows < len(vectorizer.get_vocabulary())
     transfer = pretrained_text_classifier(matrix, 2, 6, architecture, filters=8,
-                                          kernel_sizes=(1, 2), units=8, dropout=0.1)
-    train = token_dataset(vectorize(vectorizer, train_texts), train_labels, 8, shuffle=True,
-                          seed=0)
+                                          kernel_sizes=(1, 2), units=8, dropout=0.1,
+                                          trainable_rows=trainable_rows)
+    train = token_dataset(train_ids, train_labels, 8, shuffle=True, seed=0)
     history = train_head(transfer, train, epochs=30, learning_rate=1e-2, seed=0, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     predictions = transfer.model.predict(vectorize(vectorizer, test_texts), verbose=0)
@@ -171,12 +224,14 @@ def test_string_model_round_trips_through_keras_file(tmp_path):
     keras.utils.set_random_seed(0)
     keyed = sentiment_vectors()
     texts, labels = sentiment_texts(40, 1)
-    vectorizer = build_vectorizer(texts)
+    vectorizer = build_vectorizer(texts, extra_vocabulary=keyed.index_to_key)
     matrix = embedding_matrix(vectorizer.get_vocabulary(), keyed)
     sequence_length = vectorizer.get_config()["output_sequence_length"]
+    ids = vectorize(vectorizer, texts)
     transfer = pretrained_text_classifier(matrix, 2, sequence_length, "bilstm", units=4,
-                                          trainable_mode="missing_only")
-    train = token_dataset(vectorize(vectorizer, texts), labels, 8)
+                                          trainable_mode="missing_only",
+                                          trainable_rows=int(ids.max()) + 1)
+    train = token_dataset(ids, labels, 8)
     train_head(transfer, train, epochs=2, verbose=0)
     model = string_model(vectorizer, transfer.model)
     raw = tf.constant([["The film was GOOD!"], ["a plot, awful."]])
@@ -188,6 +243,8 @@ def test_string_model_round_trips_through_keras_file(tmp_path):
         transfer.backbone.name).get_layer("embedding")
     assert layer.trainable_mode == "missing_only"
     np.testing.assert_array_equal(layer.fixed_rows.numpy()[:, 0], matrix.pretrained_rows)
+    assert layer.trainable_rows == int(ids.max()) + 1 < len(matrix.vocabulary)
+    np.testing.assert_array_equal(layer.table(), matrix.matrix)  # head training only
 
 
 def test_vectorizer_standardises_like_glove_and_extends_the_vocabulary():
