@@ -5,7 +5,8 @@ the resumed run to end with the same weights as an uninterrupted one, everything
 in epoch ``e`` must be a function of ``(seed, e)`` alone, not of how many epochs this
 process has already run:
 
-* the order of the training examples: `ShuffledArrays` (NumPy arrays, any backend) and
+* the order of the training examples: `ShuffledArrays` (NumPy arrays, any backend),
+  `array_batches` (the same orders, through `tf.data` on the TensorFlow backend) and
   `templates.epoch_shuffle.shuffle_each_epoch` (`tf.data`) draw epoch ``e``'s order from
   ``epoch_seed(seed, e)``;
 * dropout masks and random augmentation: the `EpochSeeds` callback re-seeds every
@@ -15,7 +16,8 @@ The data objects learn the epoch from `EpochSeeds`, which broadcasts it to every
 one. Without the callback they count epochs themselves, so a plain ``fit`` still sees a
 new order every epoch.
 
-Everything here is plain Keras 3 and runs on any backend.
+Everything here is plain Keras 3 and runs on any backend (`array_batches` hands the
+TensorFlow backend to `templates.epoch_shuffle`, imported only there).
 """
 
 from __future__ import annotations
