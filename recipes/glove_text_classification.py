@@ -59,15 +59,18 @@ embedding initialiser, trained end to end for the same number of epochs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
 import time
+from typing import Any
 
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from templates import reports  # noqa: E402
 from templates.checkpoints import run_phase  # noqa: E402
@@ -80,7 +83,11 @@ from templates.distribute import (  # noqa: E402
     train_transfer_from_arguments,
 )
 from templates.downloads import DownloadError  # noqa: E402
-from templates.embeddings import TRAINABLE_MODES, embedding_matrix  # noqa: E402
+from templates.embeddings import (  # noqa: E402
+    TRAINABLE_MODES,
+    EmbeddingMatrix,
+    embedding_matrix,
+)
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.export import export_saved_model, export_tflite  # noqa: E402
@@ -109,6 +116,7 @@ from templates.text_classifiers import (  # noqa: E402
     scratch_text_classifier,
 )
 from templates.text_data import (  # noqa: E402
+    TextExamples,
     build_vectorizer,
     download_sst2,
     encode_labels,
@@ -209,7 +217,30 @@ def main(argv=None) -> int:
         return run(args)
 
 
-def prepare(args: argparse.Namespace) -> argparse.Namespace:
+@dataclasses.dataclass
+class PreparedText:
+    """Everything the training needs but the model (see `prepare`)."""
+
+    paths: dict[str, str | None]          # the train / validation / test files
+    train: TextExamples
+    validation: TextExamples
+    test: TextExamples
+    class_names: list[str]
+    train_labels: np.ndarray              # integer labels, in class_names order
+    validation_labels: np.ndarray
+    test_labels: np.ndarray
+    skipped: list[dict[str, Any]]         # bad lines: file, line, reason
+    vectorizer: keras.layers.TextVectorization
+    vocabulary: list[str]
+    sequence_length: int
+    matrix: EmbeddingMatrix               # aligned to the vocabulary
+    train_ids: np.ndarray                 # token ids, (examples, sequence_length)
+    validation_ids: np.ndarray
+    test_ids: np.ndarray
+    architecture: dict[str, Any]          # keyword arguments of the classifier builders
+
+
+def prepare(args: argparse.Namespace) -> PreparedText:
     """Texts, labels, word vectors, vocabulary and token ids: everything but the model."""
     # ## Data
     # Without --train we fetch SST-2 (Kim 2014's copy, pinned and checked by SHA-256).
@@ -257,7 +288,7 @@ def prepare(args: argparse.Namespace) -> argparse.Namespace:
     # vectoriser is put back in front of the trained model before saving.
     train_ids, validation_ids, test_ids = (
         vectorize(vectorizer, examples.texts) for examples in (train, validation, test))
-    return argparse.Namespace(
+    return PreparedText(
         paths=paths, train=train, validation=validation, test=test, class_names=class_names,
         train_labels=train_labels, validation_labels=validation_labels,
         test_labels=test_labels, skipped=skipped, vectorizer=vectorizer,
