@@ -81,6 +81,7 @@ from templates.phases import (  # noqa: E402
     evaluate_accuracy,
     find_fine_tune_learning_rate,
     find_head_learning_rate,
+    head_training_features,
     fine_tune,
     train_head,
 )
@@ -223,16 +224,21 @@ def run(args: argparse.Namespace) -> int:
     state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
     # --find-lr measures the head's learning rate on these cached features first.
     steps_per_epoch = math.ceil(len(splits.train.files) / args.batch_size)
+    train_features = None
     if args.find_lr:
+        # The finder and the head train on the same cached features: extracted once.
+        if not args.augment:
+            train_features = head_training_features(transfer, train)
         args.learning_rate = record_finding(
-            find_head_learning_rate(transfer, train, args.batch_size, args.seed),
+            find_head_learning_rate(transfer, train, args.batch_size, args.seed,
+                                    train_features=train_features),
             args.output_dir, "head", title="Learning-rate finder: head on cached features")
     started = time.perf_counter()
     head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
         transfer, train, validation, epochs=args.epochs,
         learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs, steps_per_epoch),
         cache_features=not args.augment, augmentation=augmentation,
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, train_features=train_features,
         callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "head"),
     ))
     head_seconds = time.perf_counter() - started

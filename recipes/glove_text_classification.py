@@ -98,6 +98,7 @@ from templates.phases import (  # noqa: E402
     evaluate_accuracy,
     find_fine_tune_learning_rate,
     find_head_learning_rate,
+    head_training_features,
     fine_tune,
     train_head,
 )
@@ -331,15 +332,19 @@ def run(args: argparse.Namespace) -> int:
     # run ends exactly where an uninterrupted one would.
     state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
     steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
+    train_features = None
     if args.find_lr:
+        # The finder and the head train on the same embedded sentences: embedded once.
+        train_features = head_training_features(transfer, train_data)
         args.learning_rate = record_finding(
-            find_head_learning_rate(transfer, train_data, args.batch_size, args.seed),
+            find_head_learning_rate(transfer, train_data, args.batch_size, args.seed,
+                                    train_features=train_features),
             args.output_dir, "head", title="Learning-rate finder: head on frozen vectors")
     started = time.perf_counter()
     head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
         transfer, train_data, validation_data, epochs=args.epochs,
         learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs, steps_per_epoch),
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, train_features=train_features,
         callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "head"), verbose=2))
     phases = [("head", head_history)]
     metrics = {"head": _evaluate(transfer.model, validation_data, test_data),

@@ -198,6 +198,21 @@ def extract_features(
     return np.concatenate(features), np.concatenate(labels)
 
 
+def head_training_features(transfer: Transferable, train_data: Iterable
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen part's features of ``train_data``, as `train_head` caches them.
+
+    Extract them once and pass them (``train_features=``) to both
+    `find_head_learning_rate` and `train_head`: the finder and the head then train on
+    the same features, and the backbone runs over the training data once, not twice.
+    """
+    transfer.backbone.trainable = False
+    # A shuffled training set is read in its epoch-0 order, so the cached features (and
+    # the orders drawn from them) do not depend on how often it was read.
+    broadcast_epoch(0)
+    return extract_features(transfer.feature_extractor, train_data)
+
+
 def with_augmentation(model: keras.Model, augmentation: keras.layers.Layer | None) -> keras.Model:
     """A training-only model applying ``augmentation`` before ``model``.
 
@@ -222,6 +237,7 @@ def train_head(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     seed: int | None = None,
     verbose: int | str = "auto",
+    train_features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.callbacks.History:
     """Phase 1: train the new head on top of the frozen reused part.
 
@@ -240,10 +256,17 @@ def train_head(
         seed: Seeds the shuffling of cached features (epoch ``e``'s order depends only on
             ``(seed, e)``, see `templates.reproducibility`).
         verbose: Passed to ``fit``.
+        train_features: ``train_data``'s features from `head_training_features`,
+            already extracted (e.g. for the learning-rate finder); ``None`` extracts
+            them here.
 
     Returns:
         The `keras.callbacks.History` of the phase.
     """
+    if train_features is not None and not cache_features:
+        raise ValueError(
+            "train_features are cached features, but cache_features=False trains through "
+            "the backbone on train_data: pass one or the other.")
     if cache_features and augmentation is not None:
         raise ValueError(
             "Random augmentation cannot be used with cache_features=True: cached features "
@@ -261,10 +284,8 @@ def train_head(
         _compile_for_evaluation(transfer, training_model, learning_rate)
         return history
 
-    # A shuffled training set is read in its epoch-0 order, so the cached features (and
-    # the orders ShuffledArrays draws from them) do not depend on how often it was read.
-    broadcast_epoch(0)
-    train_features, train_labels = extract_features(transfer.feature_extractor, train_data)
+    train_features, train_labels = (train_features if train_features is not None
+                                    else head_training_features(transfer, train_data))
     validation = None
     if validation_data is not None:
         validation = array_batches(
@@ -345,8 +366,13 @@ def find_head_learning_rate(
     batch_size: int = 32,
     seed: int | None = None,
     steps: int = 100,
+    train_features: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """Run the learning-rate finder for head training, on cached features.
+
+    Args:
+        train_features: ``train_data``'s features from `head_training_features`; pass
+            the same to `train_head` to extract them once. ``None`` extracts them here.
 
     Returns:
         The `templates.learning_rates.LearningRateFinding` (its ``suggestion`` is the
@@ -354,9 +380,8 @@ def find_head_learning_rate(
     """
     from templates.learning_rates import find_learning_rate
 
-    transfer.backbone.trainable = False
-    broadcast_epoch(0)  # the same features, in the same order, as train_head will use
-    features, labels = extract_features(transfer.feature_extractor, train_data)
+    features, labels = (train_features if train_features is not None
+                        else head_training_features(transfer, train_data))
     batches = ShuffledArrays(features, labels, batch_size=batch_size, seed=seed)
     return find_learning_rate(transfer.head, batches, steps=steps)
 

@@ -10,8 +10,10 @@ import tensorflow as tf
 from templates.phases import (
     compile_classifier,
     extract_features,
+    find_head_learning_rate,
     fine_tune,
     freeze_batch_normalization,
+    head_training_features,
     iterate_layers,
     train_head,
     unfreeze_from,
@@ -165,6 +167,40 @@ def test_head_on_cached_features_learns_and_runs_the_backbone_once():
     # The full model is compiled afterwards and agrees with the head.
     accuracy = transfer.model.evaluate(data, verbose=0, return_dict=True)
     assert accuracy["accuracy"] >= 0.9
+
+
+def test_the_finder_and_the_head_share_one_feature_extraction():
+    def counted_transfer():
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((16, 16, 3))
+        backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+        head_inputs = keras.Input((14, 14, 4))
+        head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(
+            keras.layers.GlobalAveragePooling2D()(head_inputs)))
+        transfer = TransferModel(backbone, head)
+        calls = []
+        original = transfer.feature_extractor.predict_on_batch
+        transfer.feature_extractor.predict_on_batch = lambda batch: (
+            calls.append(len(batch)) or original(batch))
+        return transfer, calls
+
+    data = bright_dark_batches(count=32, size=16)
+    transfer, calls = counted_transfer()
+    features = head_training_features(transfer, data)
+    find_head_learning_rate(transfer, data, batch_size=8, seed=2, steps=8,
+                            train_features=features)
+    shared = train_head(transfer, data, epochs=3, learning_rate=0.05, batch_size=8, seed=2,
+                        verbose=0, train_features=features)
+    assert sum(calls) == 32  # one pass over the training data for both
+
+    # The same head training as extracting inside train_head.
+    alone, calls = counted_transfer()
+    history = train_head(alone, data, epochs=3, learning_rate=0.05, batch_size=8, seed=2,
+                         verbose=0)
+    assert sum(calls) == 32
+    np.testing.assert_allclose(shared.history["loss"], history.history["loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match="train_features are cached features"):
+        train_head(alone, data, cache_features=False, train_features=features)
 
 
 def test_in_graph_head_training_with_augmentation():
