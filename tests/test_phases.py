@@ -140,16 +140,16 @@ def test_freeze_batch_normalization_reaches_nested_models():
                         for layer in transfer.backbone.layers)
 
 
-def test_head_on_cached_features_learns_and_runs_the_backbone_once():
-    keras.utils.set_random_seed(1)
-    # A fixed random "backbone": a frozen conv layer is enough to check the mechanics.
+def counted_conv_transfer(seed, filters=8):
+    """A fixed random conv "backbone" (enough to check the mechanics) under a small head,
+    and the list of batch sizes its feature extractor has been called on."""
+    keras.utils.set_random_seed(seed)
     inputs = keras.Input((16, 16, 3))
-    backbone = keras.Model(inputs, keras.layers.Conv2D(8, 3, activation="relu")(inputs))
-    head_inputs = keras.Input((14, 14, 8))
+    backbone = keras.Model(inputs, keras.layers.Conv2D(filters, 3, activation="relu")(inputs))
+    head_inputs = keras.Input((14, 14, filters))
     head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(
         keras.layers.GlobalAveragePooling2D()(head_inputs)))
     transfer = TransferModel(backbone, head)
-
     calls = []
     original = transfer.feature_extractor.predict_on_batch
 
@@ -158,6 +158,11 @@ def test_head_on_cached_features_learns_and_runs_the_backbone_once():
         return original(batch)
 
     transfer.feature_extractor.predict_on_batch = counting
+    return transfer, calls
+
+
+def test_head_on_cached_features_learns_and_runs_the_backbone_once():
+    transfer, calls = counted_conv_transfer(seed=1)
     data = bright_dark_batches(count=64, size=16)
     history = train_head(transfer, data, validation_data=data, epochs=30,
                          learning_rate=0.05, seed=1, verbose=0)
@@ -170,22 +175,8 @@ def test_head_on_cached_features_learns_and_runs_the_backbone_once():
 
 
 def test_the_finder_and_the_head_share_one_feature_extraction():
-    def counted_transfer():
-        keras.utils.set_random_seed(2)
-        inputs = keras.Input((16, 16, 3))
-        backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3, activation="relu")(inputs))
-        head_inputs = keras.Input((14, 14, 4))
-        head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(
-            keras.layers.GlobalAveragePooling2D()(head_inputs)))
-        transfer = TransferModel(backbone, head)
-        calls = []
-        original = transfer.feature_extractor.predict_on_batch
-        transfer.feature_extractor.predict_on_batch = lambda batch: (
-            calls.append(len(batch)) or original(batch))
-        return transfer, calls
-
     data = bright_dark_batches(count=32, size=16)
-    transfer, calls = counted_transfer()
+    transfer, calls = counted_conv_transfer(seed=2, filters=4)
     features = head_training_features(transfer, data)
     find_head_learning_rate(transfer, data, batch_size=8, seed=2, steps=8,
                             train_features=features)
@@ -194,7 +185,7 @@ def test_the_finder_and_the_head_share_one_feature_extraction():
     assert sum(calls) == 32  # one pass over the training data for both
 
     # The same head training as extracting inside train_head.
-    alone, calls = counted_transfer()
+    alone, calls = counted_conv_transfer(seed=2, filters=4)
     history = train_head(alone, data, epochs=3, learning_rate=0.05, batch_size=8, seed=2,
                          verbose=0)
     assert sum(calls) == 32
