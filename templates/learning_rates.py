@@ -220,6 +220,7 @@ def find_learning_rate(
     saved = [np.array(weight) for weight in model.get_weights()]
     build = optimizer or (lambda rate: keras.optimizers.Adam(learning_rate=rate))
     model.compile(optimizer=build(float(rates[0])), loss=loss)
+    model.optimizer.build(model.trainable_variables)  # before tracing: one trace, not two
     sweep = LossSweep(rates, smoothing, divergence)
     try:
         batches_per_epoch = len(train_data)  # type: ignore[arg-type]
