@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from templates.files import atomic_path, write_json
+from templates.phases import batch_predictor
 
 
 @dataclasses.dataclass
@@ -86,11 +87,12 @@ def predict_labelled(model: keras.Model, data: Iterable, predict=None
 
     Args:
         predict: Returns probabilities for a batch of inputs; ``None`` uses
-            ``model.predict_on_batch``. Multi-worker runs pass a plain model call
-            (`templates.distribute.local_predict`): ``predict_on_batch`` would run
-            collective ops that every worker must join.
+            ``model.predict_on_batch`` (a plain call under a several-replica strategy,
+            see `templates.phases.batch_predictor`). Multi-worker runs pass a plain
+            model call (`templates.distribute.local_predict`): ``predict_on_batch``
+            would run collective ops that every worker must join.
     """
-    predict = predict or model.predict_on_batch
+    predict = predict or batch_predictor(model)
     probabilities, labels = [], []
     for inputs, batch_labels in data:
         probabilities.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))

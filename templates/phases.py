@@ -181,6 +181,21 @@ def evaluate_accuracy(model: keras.Model, data) -> float:
     return float(result["accuracy"])
 
 
+def batch_predictor(model: keras.Model):
+    """A function returning ``model``'s outputs for one batch of inputs.
+
+    ``model.predict_on_batch``, except under a distribution strategy with several
+    replicas in sync: there Keras 3.15's ``predict_on_batch`` runs the whole batch on
+    every replica and returns all their outputs (two replicas: twice the rows, so the
+    features no longer line up with the labels), and a plain inference-mode call on
+    the mirrored weights is used instead.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return lambda inputs: model(inputs, training=False)
+    return model.predict_on_batch
+
+
 def extract_features(
     feature_extractor: keras.Model, data: Iterable
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -189,9 +204,10 @@ def extract_features(
     Returns:
         ``(features, labels)`` as NumPy arrays, in the order of ``data``.
     """
+    predict = batch_predictor(feature_extractor)
     features, labels = [], []
     for inputs, batch_labels in data:
-        features.append(np.asarray(feature_extractor.predict_on_batch(inputs)))
+        features.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
         labels.append(keras.ops.convert_to_numpy(batch_labels))
     if not features:
         raise ValueError("Cannot extract features: the data yielded no batches.")

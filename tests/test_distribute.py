@@ -349,3 +349,49 @@ def test_the_loop_finder_restores_the_weights_and_suggests_a_swept_rate():
     assert rates[0] <= finding.suggestion <= rates[-1]
     # The loss first falls, then the sweep stops once it diverges at high rates.
     assert min(finding.smoothed_losses) < finding.smoothed_losses[0]
+
+
+MIRRORED_HEAD_SCRIPT = """
+import json, sys
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+from templates.phases import train_head
+from templates.pretrained import TransferModel
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 6)).astype("float32")
+y = (x[:, 0] > 0).astype("int32")
+data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    backbone = keras.Model(inputs, keras.layers.Dense(8, activation="tanh")(inputs))
+    head_inputs = keras.Input((8,))
+    head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(head_inputs))
+    transfer = TransferModel(backbone, head)
+    history = train_head(transfer, data, data, epochs=20, learning_rate=0.05,
+                         batch_size=16, seed=0, verbose=0)
+from templates.evaluation import predict_labelled
+with strategy.scope():
+    probabilities, labels = predict_labelled(transfer.model, data)
+json.dump({"replicas": strategy.num_replicas_in_sync,
+           "val_accuracy": history.history["val_accuracy"],
+           "predicted_rows": len(probabilities), "labels": len(labels)}, sys.stdout)
+"""
+
+
+def test_cached_head_features_train_under_a_mirrored_strategy(subprocess_env):
+    # Two logical CPUs stand in for GPUs. Keras 3.15's predict_on_batch under a
+    # several-replica strategy returns every replica's outputs for the whole batch
+    # (twice the rows here), which broke the feature cache (features no longer matched
+    # the labels) and would have skewed the evaluation report; batch_predictor calls
+    # the model instead. The cached features then train the head through array_batches
+    # (tf.data reading NumPy-drawn orders) with its optimiser built at compile time.
+    result = subprocess.run([sys.executable, "-c", MIRRORED_HEAD_SCRIPT], env=subprocess_env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["replicas"] == 2
+    assert outcome["predicted_rows"] == outcome["labels"] == 96
+    assert outcome["val_accuracy"][-1] >= 0.9
