@@ -133,16 +133,15 @@ def array_batches(inputs, labels, batch_size: int = 32, seed: int | None = None,
     the batches come from a `tf.data` pipeline with the same orders
     (`templates.epoch_shuffle.array_batches_dataset`): there Keras reads NumPy arrays
     and a `keras.utils.PyDataset` through a `tf.data` pipeline it rebuilds on every
-    pass, 100-170 ms per epoch or ``evaluate`` call on 2 CPU cores, which is most of
+    pass, about 100 ms per epoch or ``evaluate`` call on 2 CPU cores (against 14 ms,
+    `benchmarks.small_run_overheads`), which is most of
     the time of a small head's training. Other backends get a `ShuffledArrays`.
     """
     if keras.backend.backend() == "tensorflow":
         from templates.epoch_shuffle import array_batches_dataset
 
         return array_batches_dataset(inputs, labels, batch_size, seed, shuffle)
-    if not shuffle:
-        return _OrderedArrays(inputs, labels, batch_size)
-    return ShuffledArrays(inputs, labels, batch_size, seed)
+    return ShuffledArrays(inputs, labels, batch_size, seed, shuffle=shuffle)
 
 
 class ShuffledArrays(keras.utils.PyDataset):
@@ -157,20 +156,25 @@ class ShuffledArrays(keras.utils.PyDataset):
         labels: Array of labels, same length.
         batch_size: Examples per batch (the last batch may be smaller).
         seed: Seed of the orders; ``None`` draws a fresh random order every epoch.
+        shuffle: ``False`` keeps the arrays' order every epoch (validation batches).
     """
 
-    def __init__(self, inputs, labels, batch_size: int = 32, seed: int | None = None):
+    def __init__(self, inputs, labels, batch_size: int = 32, seed: int | None = None,
+                 shuffle: bool = True):
         super().__init__()
         check_arrays(inputs, labels, batch_size, "ShuffledArrays")
         self.inputs = inputs
         self.labels = labels
         self.batch_size = int(batch_size)
         self.seed = seed
+        self.shuffle = bool(shuffle)
         self.epoch = 0
         self.order = self._order(0)
         register_epoch_listener(self)
 
     def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.labels))
         return permutation(len(self.labels), self.seed, epoch)
 
     def set_epoch(self, epoch: int) -> None:
@@ -187,21 +191,3 @@ class ShuffledArrays(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
-
-
-class _OrderedArrays(keras.utils.PyDataset):
-    """Batches of ``(inputs, labels)`` arrays in their own order."""
-
-    def __init__(self, inputs, labels, batch_size: int = 32):
-        super().__init__()
-        check_arrays(inputs, labels, batch_size, "array_batches")
-        self.inputs = inputs
-        self.labels = labels
-        self.batch_size = int(batch_size)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __getitem__(self, index: int):
-        window = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.inputs[window], self.labels[window]

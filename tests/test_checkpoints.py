@@ -203,6 +203,8 @@ def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
     # Unshuffled (validation) batches keep the arrays' order.
     ordered = array_batches(x, y, batch_size=6, shuffle=False)
     assert [labels.numpy().tolist() for _, labels in ordered][0] == list(range(6))
+    ordered = ShuffledArrays(x, y, batch_size=6, shuffle=False)  # other backends' kind
+    assert labels_per_epoch(ordered, 2)[1][0] == list(range(6))
     with pytest.raises(ValueError, match="differ in length: 20 vs 19"):
         array_batches(x, y[:19])
 
