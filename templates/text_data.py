@@ -177,15 +177,20 @@ def encode_labels(
 def split_examples(
     examples: TextExamples, fraction: float, seed: int
 ) -> tuple[TextExamples, TextExamples]:
-    """Split off a seeded random ``fraction`` of ``examples`` (e.g. for validation)."""
+    """Split off a seeded random ``fraction`` of ``examples`` (e.g. for validation).
+
+    The lines skipped while reading ``examples`` stay with the first (training) part,
+    so they are counted once, whichever way the splits are made.
+    """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be between 0 and 1; got {fraction}.")
     order = np.random.default_rng(seed).permutation(len(examples))
     cut = max(1, int(round(len(examples) * fraction)))
-    pick = lambda rows, tag: TextExamples(  # noqa: E731
+    pick = lambda rows, tag, skipped: TextExamples(  # noqa: E731
         [examples.texts[row] for row in rows], [examples.labels[row] for row in rows],
-        f"{examples.source} ({tag})")
-    return pick(order[cut:], "train part"), pick(order[:cut], "held-out part")
+        f"{examples.source} ({tag})", list(skipped))
+    return (pick(order[cut:], "train part", examples.skipped),
+            pick(order[:cut], "held-out part", []))
 
 
 def subset_examples(examples: TextExamples, count: int, seed: int) -> TextExamples:
@@ -195,7 +200,8 @@ def subset_examples(examples: TextExamples, count: int, seed: int) -> TextExampl
     rows = np.sort(np.random.default_rng(seed).permutation(len(examples))[:count])
     return TextExamples([examples.texts[row] for row in rows],
                         [examples.labels[row] for row in rows],
-                        f"{examples.source} ({count} of {len(examples)}, seed {seed})")
+                        f"{examples.source} ({count} of {len(examples)}, seed {seed})",
+                        list(examples.skipped))
 
 
 def build_vectorizer(

@@ -20,7 +20,9 @@ from templates.text_data import (
     build_vectorizer,
     encode_labels,
     read_text_examples,
+    split_examples,
     string_model,
+    subset_examples,
     token_dataset,
     vectorize,
 )
@@ -281,6 +283,22 @@ def test_reading_labelled_text_files_and_folders(tmp_path):
     examples = read_text_examples(folder)
     assert sorted(zip(examples.labels, examples.texts)) == [("neg", "boring"), ("pos", "lovely")]
     assert [reason for _, reason in examples.skipped] == ["empty"]
+
+
+def test_skipped_lines_are_counted_whichever_way_the_splits_are_made(tmp_path):
+    # A file with a line without a tab: the line is skipped, and the count survives the
+    # validation/test splits and the --train-size subset (each skipped line once).
+    lines = [f"{'pos' if index % 2 else 'neg'}\tsentence number {index}" for index in range(40)]
+    lines.insert(7, "a line with no tab at all")
+    path = write(tmp_path / "train.tsv", ("\n".join(lines) + "\n").encode())
+    examples = read_text_examples(path)
+    assert examples.skipped == [("line 8", "no text")] and len(examples) == 40
+    train, test = split_examples(examples, 0.1, seed=0)
+    train, validation = split_examples(train, 0.1, seed=1)
+    assert (len(train), len(validation), len(test)) == (32, 4, 4)
+    train = subset_examples(train, 20, seed=2)
+    parts = (train, validation, test)
+    assert [where for part in parts for where, _ in part.skipped] == ["line 8"]
 
 
 def test_bad_text_data_gives_clear_errors(tmp_path):
