@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from templates.phases import compile_classifier  # noqa: E402
-from templates.reproducibility import ShuffledArrays, array_batches  # noqa: E402
+from templates.batches import ShuffledArrays, array_batches  # noqa: E402
 
 
 def best_ms(function, repeats: int) -> float:

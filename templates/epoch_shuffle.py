@@ -10,9 +10,16 @@ callback sets it. Anything before the shuffle (a ``cache()`` included) is comput
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
-from templates.reproducibility import SEED_MODULUS, SEED_MULTIPLIER, register_epoch_listener
+from templates.reproducibility import (
+    SEED_MODULUS,
+    SEED_MULTIPLIER,
+    check_arrays,
+    permutation,
+    register_epoch_listener,
+)
 
 
 class _EpochCounter:
@@ -74,10 +81,6 @@ def array_batches_dataset(
         seed: Seed of the orders; ``None`` draws a fresh order every epoch.
         shuffle: ``False`` keeps the arrays' order (validation or test batches).
     """
-    import numpy as np
-
-    from templates.reproducibility import check_arrays, permutation
-
     size = check_arrays(inputs, labels, batch_size, "array_batches")
     inputs, labels = tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels)
     if not shuffle:

@@ -208,7 +208,7 @@ def find_learning_rate(
         model: The model to probe (e.g. ``transfer.head`` on cached features, or
             ``transfer.model`` after `templates.phases.unfreeze_from` for fine-tuning).
         train_data: What ``fit`` accepts: a `tf.data.Dataset`, a `keras.utils.PyDataset`
-            (e.g. `templates.reproducibility.ShuffledArrays`), ...
+            (e.g. `templates.batches.ShuffledArrays`), ...
         start_learning_rate, end_learning_rate: The sweep's bounds.
         steps: Most batches to train.
         optimizer: Builds the optimiser from a rate (default Adam).

@@ -25,7 +25,9 @@ import keras
 import numpy as np
 
 from templates.learning_rates import DiscriminativeAdam, OneCycle
-from templates.reproducibility import ShuffledArrays, array_batches, broadcast_epoch
+from templates.batches import ShuffledArrays, array_batches
+from templates.layers import iterate_layers  # noqa: F401 (part of this module's API)
+from templates.reproducibility import broadcast_epoch
 
 LOSS = "sparse_categorical_crossentropy"
 
@@ -66,14 +68,6 @@ class Transferable(Protocol):
     feature_extractor: keras.Model
     model: keras.Model
     fine_tune_from: str | int | None
-
-
-def iterate_layers(model: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
-    """Yield every layer inside ``model``, descending into nested models."""
-    for layer in getattr(model, "layers", ()):
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from iterate_layers(layer)
 
 
 def freeze_batch_normalization(model: keras.layers.Layer) -> int:

@@ -123,7 +123,7 @@ def dropout_model():
 @pytest.mark.parametrize("pipeline", ["arrays", "array_batches", "tf.data"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, pipeline):
     from templates.epoch_shuffle import shuffle_each_epoch
-    from templates.reproducibility import ShuffledArrays, array_batches
+    from templates.batches import ShuffledArrays, array_batches
 
     x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -171,7 +171,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
 def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
     import tensorflow as tf
 
-    from templates.reproducibility import ShuffledArrays, array_batches, broadcast_epoch
+    from templates.batches import ShuffledArrays, array_batches
+    from templates.reproducibility import broadcast_epoch
 
     x = np.arange(40, dtype="float32").reshape(20, 2)
     y = np.arange(20, dtype="int32")

@@ -14,7 +14,7 @@ from templates.learning_rates import (
     find_learning_rate,
     suggest_learning_rate,
 )
-from templates.reproducibility import ShuffledArrays
+from templates.batches import ShuffledArrays
 
 
 def classification_problem(seed=0, size=512):

@@ -1,0 +1,78 @@
+"""The library's shape: no import circle among its modules; what gets installed."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+
+
+def library_imports() -> dict[str, set[str]]:
+    """``templates`` module -> the ``templates`` modules it imports (function-local too)."""
+    graph = {}
+    for path in sorted((REPOSITORY / "templates").glob("*.py")):
+        name = f"templates.{path.stem}"
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "templates":   # from templates import x
+                    imported.update(f"templates.{alias.name}" for alias in node.names)
+                elif node.module.startswith("templates."):
+                    imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names
+                                if alias.name.startswith("templates."))
+        graph[name] = imported - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a list of modules, or ``None``."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state:
+                found = visit(target)
+                if found:
+                    return found
+        path.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and node != "templates.__init__":
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_find_cycle_sees_a_circle_through_a_function_local_import():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_library_modules_import_no_circle():
+    graph = library_imports()
+    assert "templates.reproducibility" in graph and graph["templates.phases"]
+    # The package's __init__ re-exports everything; modules never import it back.
+    graph.pop("templates.__init__", None)
+    for module, imported in graph.items():
+        assert "templates.__init__" not in imported, module
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_benchmarks_are_not_installed_as_a_top_level_package():
+    import tomllib
+
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))
+    included = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "templates*" in included and not any(name.startswith("benchmarks")
+                                                  for name in included)
