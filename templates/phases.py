@@ -167,7 +167,13 @@ def compile_classifier(
 
 
 def evaluate_accuracy(model: keras.Model, data) -> float:
-    """Accuracy of a compiled ``model`` on ``(inputs, labels)`` arrays or on batches."""
+    """Accuracy of ``model`` on ``(inputs, labels)`` arrays or on batches.
+
+    A model that is not compiled (for example one whose weights a resumed run restored
+    from a finished phase, without training it) is compiled for evaluation first.
+    """
+    if not getattr(model, "compiled", False):
+        compile_classifier(model, 1e-3)  # the rate is never used: nothing trains here
     if isinstance(data, tuple) and len(data) == 2:
         result = model.evaluate(data[0], data[1], verbose=0, return_dict=True)
     else:
