@@ -215,6 +215,7 @@ def test_report_refuses_slopes_over_different_windows():
 DIGITS_ARGUMENTS = ["--labels-per-class", "5"]  # the defaults: 3 seeds, 10 + 5 epochs
 
 
+@pytest.mark.acceptance
 def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
         tmp_path, subprocess_env):
     """The recipe with its defaults (issue 4's acceptance: transfer ahead of scratch on

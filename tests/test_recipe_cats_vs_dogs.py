@@ -23,6 +23,7 @@ def run(arguments, env, timeout=900):
 
 
 
+@pytest.mark.acceptance
 def test_imagenet_transfer_beats_random_weights_on_real_photos(
     cats_vs_dogs_dir, subprocess_env, tmp_path
 ):
@@ -95,6 +96,7 @@ def test_help_lists_the_contract(subprocess_env):
         assert flag in result.stdout
 
 
+@pytest.mark.acceptance
 def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess_env, tmp_path):
     # A local weights file (Keras's 224 no-top file fits any input size) at 96 pixels
     # keeps the from-scratch run short; the figures in the README come from 224.

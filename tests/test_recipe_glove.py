@@ -214,6 +214,7 @@ def sst2_run(sst2_dir, out, env, *extra):
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.acceptance
 def test_glove_beats_random_embeddings_on_1000_sst2_sentences(sst2_dir, subprocess_env,
                                                               tmp_path):
     # Acceptance (issue 3): on seeded 1,000-sentence subsets, GloVe-initialised beats
@@ -227,6 +228,7 @@ def test_glove_beats_random_embeddings_on_1000_sst2_sentences(sst2_dir, subproce
     assert np.mean(gains) >= 0.03, gains
 
 
+@pytest.mark.acceptance
 def test_full_sst2_reaches_081_and_beats_random_embeddings(sst2_dir, subprocess_env, tmp_path):
     metrics = sst2_run(sst2_dir, tmp_path / "full", subprocess_env, "--seed", "1")
     assert metrics["examples"]["train"] == 6920
