@@ -232,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         args.learning_rate = record_finding(
             find_head_learning_rate(transfer, train, args.batch_size, args.seed,
                                     train_features=train_features),
-            args.output_dir, "head", title="Learning-rate finder: head on cached features")
+            args.output_dir, "head", title="Learning-rate finder: head on cached features",
+            default=args.learning_rate)
     started = time.perf_counter()
     head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
         transfer, train, validation, epochs=args.epochs,
@@ -258,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         if args.find_lr and not state.finished("fine_tune"):
             args.fine_tune_learning_rate = record_finding(
                 find_fine_tune_learning_rate(transfer, train), args.output_dir, "fine_tune",
-                title="Learning-rate finder: fine-tuning")
+                title="Learning-rate finder: fine-tuning", default=args.fine_tune_learning_rate)
         multipliers = (discriminative_multipliers(transfer.backbone, transfer.fine_tune_from,
                                                   args.discriminative_factor)
                        if args.discriminative_factor else None)

@@ -248,7 +248,8 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
             find_head_learning_rate(reuse(developed.source_model), train,
                                     batch_size=8 * replicas,
                                     seed=args.seed),
-            args.output_dir, "head", title="Learning-rate finder: digits head")
+            args.output_dir, "head", title="Learning-rate finder: digits head",
+            default=budget.learning_rate)
         keras.backend.clear_session()
 
     # Every run is checkpointed and kept when it finishes: --resume after an

@@ -339,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
         args.learning_rate = record_finding(
             find_head_learning_rate(transfer, train_data, args.batch_size, args.seed,
                                     train_features=train_features),
-            args.output_dir, "head", title="Learning-rate finder: head on frozen vectors")
+            args.output_dir, "head", title="Learning-rate finder: head on frozen vectors",
+            default=args.learning_rate)
     started = time.perf_counter()
     head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
         transfer, train_data, validation_data, epochs=args.epochs,
@@ -357,7 +358,8 @@ def run(args: argparse.Namespace) -> int:
         if args.find_lr and not state.finished("fine_tune"):
             args.fine_tune_learning_rate = record_finding(
                 find_fine_tune_learning_rate(transfer, train_data, from_layer=None),
-                args.output_dir, "fine_tune", title="Learning-rate finder: fine-tuning")
+                args.output_dir, "fine_tune", title="Learning-rate finder: fine-tuning",
+                default=args.fine_tune_learning_rate)
         multipliers = (discriminative_multipliers(transfer.backbone, None,
                                                   args.discriminative_factor)
                        if args.discriminative_factor else None)

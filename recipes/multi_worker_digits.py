@@ -49,7 +49,13 @@ from templates.distribute import (  # noqa: E402
 )
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.files import write_json  # noqa: E402
-from templates.training_options import SCHEDULES, record_finding, scheduled  # noqa: E402
+from templates.learning_rates import choose_learning_rate  # noqa: E402
+from templates.training_options import (  # noqa: E402
+    SCHEDULES,
+    finder_bounds,
+    record_finding,
+    scheduled,
+)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -124,10 +130,13 @@ def main(argv=None) -> int:
         # The finder on the same loop (every worker in step); the chief keeps the plot.
         finding = find_learning_rate_multi_worker(choice, lambda: model, dataset_fn,
                                                   global_batch)
-        learning_rate = finding.suggestion
+        # Every worker sees the same all-reduced losses, so all choose the same rate.
+        learning_rate, _ = choose_learning_rate(finding, args.learning_rate,
+                                                finder_bounds("train"))
         if is_chief(choice.strategy):
             learning_rate = record_finding(finding, args.output_dir, "train",
-                                           title="Learning-rate finder (multi-worker)")
+                                           title="Learning-rate finder (multi-worker)",
+                                           default=args.learning_rate)
     model, history = train_multi_worker(
         choice, lambda: model, dataset_fn, global_batch, steps_per_epoch, args.epochs,
         learning_rate=scheduled(learning_rate, args.schedule, args.epochs, steps_per_epoch),

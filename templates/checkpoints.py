@@ -192,7 +192,7 @@ class TrainingState:
         resume: Continue from the state in ``directory``; ``False`` clears it.
         seed: The run's seed; makes every epoch's randomness depend only on
             ``(seed, epoch)`` (`EpochSeeds`). ``None`` leaves randomness as it is.
-        keep_best: Track every phase's best epoch (by ``val_accuracy``) with
+        keep_best: Track every phase's best epoch (by ``monitor``) with
             `KeepBest`: needed for ``restore_best`` and ``patience``.
         patience: With ``keep_best``, stop a phase after this many epochs without
             improvement (``None``: never early).
@@ -202,12 +202,14 @@ class TrainingState:
             skips backups while the last one is recent, so they take at most about that
             fraction of the training time (`PacedBackup`): for tiny models whose epochs
             are shorter than a backup.
+        monitor: What ``keep_best`` watches: ``"val_accuracy"`` (higher is better) or
+            ``"val_loss"`` (lower is better), or any other logged value.
     """
 
     def __init__(self, directory: str | os.PathLike, resume: bool = False,
                  seed: int | None = None, keep_best: bool = False,
                  patience: int | None = None, backup_overhead: float | None = None,
-                 restore_best: bool = True):
+                 restore_best: bool = True, monitor: str = "val_accuracy"):
         if backup_overhead is not None and not 0 < backup_overhead <= 1:
             raise ValueError(
                 f"backup_overhead must be None or in (0, 1]; got {backup_overhead}.")
@@ -218,6 +220,7 @@ class TrainingState:
         self.patience = patience
         self.backup_overhead = backup_overhead
         self.restore_best = bool(restore_best)
+        self.monitor = monitor
         if not self.resume and os.path.isdir(self.directory):
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
@@ -243,7 +246,8 @@ class TrainingState:
         if seed is not None:
             callbacks.append(EpochSeeds(seed))
         if self.keep_best:
-            callbacks.append(KeepBest(self._path(phase, "best"), patience=self.patience,
+            callbacks.append(KeepBest(self._path(phase, "best"), monitor=self.monitor,
+                                      patience=self.patience,
                                       restore=self.restore_best))
         return callbacks
 

@@ -322,24 +322,28 @@ def find_learning_rate_multi_worker(
 
 def finder_before_phase(choice: StrategyChoice, transfer, dataset_fn, global_batch_size: int,
                         output_dir: str | os.PathLike, schedule: str,
-                        epochs: dict[str, int], steps_per_epoch: int
-                        ) -> Callable[[str], Any]:
+                        epochs: dict[str, int], steps_per_epoch: int,
+                        defaults: dict[str, float]) -> Callable[[str], Any]:
     """A ``before_phase`` hook for `train_transfer_multi_worker` that runs the finder.
 
     Before each phase, `find_learning_rate_multi_worker` sweeps the rate on every
     worker; the chief writes ``lr_finder_PHASE.png/.json``; the phase then trains at the
     suggestion, shaped by ``schedule`` over ``epochs[phase]`` epochs (a recipe's
-    ``--find-lr`` under ``--strategy multi_worker``).
+    ``--find-lr`` under ``--strategy multi_worker``), or at ``defaults[phase]`` when the
+    sweep cannot be trusted (`templates.learning_rates.choose_learning_rate`).
     """
-    from templates.training_options import record_finding, scheduled
+    from templates.learning_rates import choose_learning_rate
+    from templates.training_options import finder_bounds, record_finding, scheduled
 
     def before_phase(phase: str):
         finding = find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
                                                   global_batch_size)
-        rate = finding.suggestion
+        # Every worker sees the same all-reduced losses, so all choose the same rate.
+        rate, _ = choose_learning_rate(finding, defaults[phase], finder_bounds(phase))
         if is_chief(choice.strategy):
             rate = record_finding(finding, os.fspath(output_dir), phase,
-                                  title=f"Learning-rate finder ({phase}, multi-worker)")
+                                  title=f"Learning-rate finder ({phase}, multi-worker)",
+                                  default=defaults[phase])
         return scheduled(rate, schedule, epochs[phase], steps_per_epoch)
 
     return before_phase
@@ -369,6 +373,7 @@ def train_transfer_from_arguments(args, choice: StrategyChoice, transfer, datase
         before_phase=finder_before_phase(
             choice, transfer, dataset_fn, args.batch_size, args.output_dir, args.schedule,
             {"head": args.epochs, "fine_tune": args.fine_tune_epochs}, steps_per_epoch,
+            {"head": args.learning_rate, "fine_tune": args.fine_tune_learning_rate},
         ) if args.find_lr else None)
 
 

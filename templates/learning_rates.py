@@ -1,12 +1,16 @@
 """Learning rates: a finder, and warm-up schedules that save with the model.
 
 * `find_learning_rate` raises the learning rate exponentially, one step per batch, on
-  the user's own data, records the loss, restores the weights, and suggests a rate.
-  The suggestion is the point of **steepest descent of the smoothed loss** (the most
-  negative slope of the exponentially smoothed loss against log10 of the rate), taken
-  before the loss reaches its minimum: the region where a step of that size still
-  makes quick progress, a little below where training becomes unstable (Smith 2017;
-  the rule fastai and ktrain use).
+  the user's own data, records the loss, restores the weights, and suggests a rate by
+  one of the `SUGGESTION_RULES`: ``"steepest"`` (the default), the point of **steepest
+  descent of the smoothed loss** before its minimum (Smith 2017; ktrain, fastai's
+  ``steep``); ``"valley"``, fastai's default since v2.5 (two thirds of the way down
+  the longest stretch over which the smoothed loss keeps falling); or
+  ``"minimum_over_10"`` (the rate at the loss minimum divided by 10, fastai's
+  ``minimum``). `choose_learning_rate` turns a finding into the rate to train with:
+  a sweep that recorded too little, or a suggestion outside the phase's bounds
+  (`HEAD_BOUNDS`, `FINE_TUNE_BOUNDS`), falls back to the default rate with the
+  reason, so the finder never stops a run.
 * `WarmupCosine` and `OneCycle` are `keras.optimizers.schedules.LearningRateSchedule`
   subclasses, registered for serialisation, so a model compiled with them saves and
   reloads with its schedule.
@@ -35,6 +39,15 @@ from templates.backbones import block_boundaries
 from templates.files import atomic_path, write_json
 
 
+SUGGESTION_RULES = ("steepest", "valley", "minimum_over_10")
+# Rates outside these bounds come from a sweep that went wrong (a head suggestion of
+# 0.42, a fine-tuning suggestion of 1e-7 were seen on real photos): Adam on a new head
+# trains between 1e-4 and 3e-2, and fine-tuning pretrained weights between 1e-6 and
+# 3e-3, in every recipe here and in the keras-io and fastai examples.
+HEAD_BOUNDS = (1e-4, 3e-2)
+FINE_TUNE_BOUNDS = (1e-6, 3e-3)
+
+
 @dataclasses.dataclass
 class LearningRateFinding:
     """What `find_learning_rate` measured.
@@ -43,15 +56,20 @@ class LearningRateFinding:
         learning_rates: The rate of each step.
         losses: The training loss of each step.
         smoothed_losses: ``losses`` smoothed exponentially (bias-corrected).
-        suggestion: The suggested rate (steepest descent of the smoothed loss).
+        suggestion: The suggested rate (by ``rule``), or ``None`` when the sweep
+            recorded too few steps to suggest one (``problem`` says why).
         stopped_early: Whether the sweep stopped because the loss diverged.
+        rule: The suggestion rule (one of `SUGGESTION_RULES`).
+        problem: Why no rate could be suggested, or ``None``.
     """
 
     learning_rates: list[float]
     losses: list[float]
     smoothed_losses: list[float]
-    suggestion: float
+    suggestion: float | None
     stopped_early: bool
+    rule: str = "steepest"
+    problem: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,12 +88,14 @@ class LearningRateFinding:
         axis.plot(self.learning_rates, self.losses, color="0.75", label="loss per step")
         axis.plot(self.learning_rates, self.smoothed_losses, color="tab:blue",
                   label="smoothed loss")
-        axis.axvline(self.suggestion, color="tab:red", linestyle="--",
-                     label=f"suggestion {self.suggestion:.2e}")
+        if self.suggestion is not None:
+            axis.axvline(self.suggestion, color="tab:red", linestyle="--",
+                         label=f"suggestion {self.suggestion:.2e} ({self.rule})")
         axis.set_xscale("log")
         axis.set_xlabel("learning rate (log scale)")
         axis.set_ylabel("training loss")
-        low, high = min(self.smoothed_losses), self.smoothed_losses[0]
+        finite = [value for value in self.smoothed_losses if math.isfinite(value)] or [0.0]
+        low, high = min(finite), finite[0]
         axis.set_ylim(low - 0.1 * abs(high - low + 1e-9), high + 0.5 * abs(high - low + 1e-9))
         axis.set_title(title)
         axis.grid(alpha=0.3, which="both")
@@ -87,25 +107,79 @@ class LearningRateFinding:
 
 
 def suggest_learning_rate(learning_rates: list[float], smoothed_losses: list[float],
-                          skip_start: int = 3) -> float:
-    """The rate where the smoothed loss falls fastest per decade, before its minimum.
+                          skip_start: int = 3, rule: str = "steepest") -> float:
+    """Suggest a rate from a sweep's smoothed loss curve.
 
     Args:
         learning_rates: Increasing rates, one per step.
         smoothed_losses: The smoothed loss at each rate.
         skip_start: Steps ignored at the start (the smoothing is still warming up).
+        rule: ``"steepest"``: where the loss falls fastest per decade, before its
+            minimum. ``"valley"``: fastai's rule, two thirds of the way down the
+            longest stretch of falling loss. ``"minimum_over_10"``: the rate at the
+            loss minimum, divided by 10.
     """
+    if rule not in SUGGESTION_RULES:
+        raise ValueError(f"Unknown suggestion rule {rule!r}; choose from "
+                         f"{', '.join(SUGGESTION_RULES)}.")
     if len(learning_rates) != len(smoothed_losses) or len(learning_rates) < 3:
         raise ValueError("Need at least three (rate, loss) pairs of equal length to suggest "
                          "a learning rate; run the finder for more steps.")
     rates = np.log10(np.asarray(learning_rates, dtype="float64"))
     losses = np.asarray(smoothed_losses, dtype="float64")
+    losses = np.where(np.isfinite(losses), losses, np.inf)
+    if rule == "minimum_over_10":
+        return float(learning_rates[int(np.argmin(losses))]) / 10.0
+    if rule == "valley":
+        return float(learning_rates[_valley_index(losses)])
     end = int(np.argmin(losses)) + 1
     start = min(skip_start, max(end - 2, 0))
     if end - start < 2:
         return float(learning_rates[0])
     slopes = np.gradient(losses[start:end], rates[start:end])
     return float(learning_rates[start + int(np.argmin(slopes))])
+
+
+def _valley_index(losses: np.ndarray) -> int:
+    """fastai's ``valley``: the longest decreasing run (not necessarily contiguous)
+    of the loss curve, and the step two thirds of the way along it."""
+    count = len(losses)
+    longest = [1] * count
+    best_start, best_end = 0, 0
+    for later in range(1, count):
+        for earlier in range(later):
+            if losses[later] < losses[earlier] and longest[later] < longest[earlier] + 1:
+                longest[later] = longest[earlier] + 1
+        if longest[best_end] < longest[later]:
+            best_end = later
+            best_start = best_end - longest[best_end]
+    sections = (best_end - best_start) / 3
+    return max(0, min(count - 1, best_start + int(sections) + int(sections / 2)))
+
+
+def choose_learning_rate(finding: LearningRateFinding, default: float,
+                         bounds: tuple[float, float]) -> tuple[float, str | None]:
+    """The rate to train with: the finding's suggestion, or ``default`` with the reason.
+
+    Args:
+        finding: From `find_learning_rate`.
+        default: The rate used when the suggestion cannot be trusted.
+        bounds: ``(lowest, highest)`` rate to accept (`HEAD_BOUNDS`,
+            `FINE_TUNE_BOUNDS`).
+
+    Returns:
+        ``(rate, reason)``: ``reason`` is ``None`` when the suggestion is used, else
+        one sentence saying why ``default`` is used instead.
+    """
+    lowest, highest = bounds
+    if finding.suggestion is None:
+        return default, f"{finding.problem} Training at the default rate {default:g}."
+    if not lowest <= finding.suggestion <= highest:
+        return default, (
+            f"the suggestion {finding.suggestion:.2e} lies outside the bounds "
+            f"[{lowest:g}, {highest:g}] for this phase, so the sweep is not trusted; "
+            f"training at the default rate {default:g}.")
+    return finding.suggestion, None
 
 
 class LossSweep:
@@ -142,17 +216,22 @@ class LossSweep:
             return True
         return step >= len(self.rates)
 
-    def finding(self) -> LearningRateFinding:
+    def finding(self, rule: str = "steepest") -> LearningRateFinding:
+        """The sweep's record and suggestion; with fewer than 5 steps recorded the
+        suggestion is ``None`` and ``problem`` says why (it never raises)."""
         recorded = len(self.losses)
-        if recorded < 3:
-            raise ValueError(f"The finder recorded only {recorded} steps: the data is too "
-                             "small or the loss diverged at once; lower start_learning_rate.")
         learning_rates = [float(rate) for rate in self.rates[:recorded]]
+        suggestion, problem = None, None
+        if recorded < 5:
+            problem = (f"The learning-rate finder recorded only {recorded} steps (the "
+                       "data is too small or the loss diverged at once), too few to "
+                       "suggest a rate.")
+        else:
+            suggestion = suggest_learning_rate(learning_rates, self.smoothed, rule=rule)
         return LearningRateFinding(
             learning_rates=learning_rates, losses=self.losses,
-            smoothed_losses=self.smoothed,
-            suggestion=suggest_learning_rate(learning_rates, self.smoothed),
-            stopped_early=self.stopped_early)
+            smoothed_losses=self.smoothed, suggestion=suggestion,
+            stopped_early=self.stopped_early, rule=rule, problem=problem)
 
 
 def sweep_rates(start_learning_rate: float, end_learning_rate: float, steps: int,
@@ -195,6 +274,7 @@ def find_learning_rate(
     loss: str | keras.losses.Loss = "sparse_categorical_crossentropy",
     smoothing: float = 0.9,
     divergence: float = 4.0,
+    rule: str = "steepest",
 ) -> LearningRateFinding:
     """Sweep the learning rate exponentially on ``train_data``; suggest one.
 
@@ -215,7 +295,16 @@ def find_learning_rate(
         loss: The training loss.
         smoothing: Exponential smoothing factor of the loss curve.
         divergence: Stop once the smoothed loss exceeds this multiple of its best.
+        rule: How to suggest a rate (one of `SUGGESTION_RULES`).
+
+    Returns:
+        The `LearningRateFinding`; its ``suggestion`` is ``None`` (with the reason in
+        ``problem``) when the sweep recorded too few steps. Pass it to
+        `choose_learning_rate` for a rate that is always usable.
     """
+    if rule not in SUGGESTION_RULES:
+        raise ValueError(f"Unknown suggestion rule {rule!r}; choose from "
+                         f"{', '.join(SUGGESTION_RULES)}.")
     rates = sweep_rates(start_learning_rate, end_learning_rate, steps, smoothing)
     saved = [np.array(weight) for weight in model.get_weights()]
     build = optimizer or (lambda rate: keras.optimizers.Adam(learning_rate=rate))
@@ -232,7 +321,7 @@ def find_learning_rate(
                   shuffle=False)
     finally:
         model.set_weights(saved)
-    return sweep.finding()
+    return sweep.finding(rule)
 
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")

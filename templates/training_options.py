@@ -10,6 +10,7 @@ and learning-rate finder runs whose plots land in the output folder.
     --patience N                 early stopping (0: never stop early)
     --restore-best / --no-restore-best
                                  end each phase with its best epoch's weights, or its last
+    --monitor val_accuracy|val_loss  what early stopping and best-epoch restore watch
     --tensorboard DIR            TensorBoard logs, one folder per phase
 
 A recipe chooses the defaults of ``--patience``, ``--restore-best`` and ``--schedule``:
@@ -26,13 +27,23 @@ import os
 
 import keras
 
-from templates.learning_rates import LearningRateFinding, OneCycle, WarmupCosine
+from templates.files import write_json
+from templates.learning_rates import (
+    FINE_TUNE_BOUNDS,
+    HEAD_BOUNDS,
+    LearningRateFinding,
+    OneCycle,
+    WarmupCosine,
+    choose_learning_rate,
+)
 
 SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
+MONITORS = ("val_accuracy", "val_loss")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
-                           restore_best: bool = True, schedule: str = "constant") -> None:
+                           restore_best: bool = True, schedule: str = "constant",
+                           monitor: str = "val_accuracy") -> None:
     """Add the shared training flags (see the module docstring) to ``parser``.
 
     Args:
@@ -40,13 +51,15 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
         patience: Default of ``--patience`` (0: never stop early).
         restore_best: Default of ``--restore-best / --no-restore-best``.
         schedule: Default of ``--schedule`` (one of `SCHEDULES`).
+        monitor: Default of ``--monitor`` (one of `MONITORS`).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
     group = parser.add_argument_group("training options")
     group.add_argument("--find-lr", action="store_true",
                        help="Run the learning-rate finder before each phase, use its "
-                            "suggestion (steepest descent of the smoothed loss) instead of "
+                            "suggestion (steepest descent of the smoothed loss; the default "
+                            "rate when the sweep is unusable or out of bounds) instead of "
                             "--learning-rate / --fine-tune-learning-rate, and write "
                             "lr_finder_PHASE.png/.json.")
     group.add_argument("--schedule", choices=SCHEDULES, default=schedule,
@@ -60,6 +73,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                        help="Stop a phase after this many epochs without a better "
                             "validation accuracy (0: never stop early). Default "
                             f"{patience}.")
+    group.add_argument("--monitor", choices=MONITORS, default=monitor,
+                       help="What early stopping and best-epoch restore watch: validation "
+                            f"accuracy or validation loss. Default {monitor}.")
     group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
                        default=restore_best,
                        help="End each phase with its best epoch's weights (by validation "
@@ -79,7 +95,7 @@ def training_state(args: argparse.Namespace, directory: str, **options):
     return TrainingState(directory, resume=args.resume, seed=args.seed,
                          keep_best=args.restore_best or bool(args.patience),
                          patience=args.patience or None, restore_best=args.restore_best,
-                         **options)
+                         monitor=getattr(args, "monitor", "val_accuracy"), **options)
 
 
 def scheduled(learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int):
@@ -102,10 +118,26 @@ def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callb
     return [keras.callbacks.TensorBoard(log_dir=os.path.join(directory, phase))]
 
 
+def finder_bounds(phase: str) -> tuple[float, float]:
+    """The rates a finder suggestion must lie within for ``phase`` (fine-tuning phases:
+    `FINE_TUNE_BOUNDS`; head or whole-model training: `HEAD_BOUNDS`)."""
+    return FINE_TUNE_BOUNDS if "fine_tune" in phase else HEAD_BOUNDS
+
+
 def record_finding(finding: LearningRateFinding, output_dir: str, phase: str,
-                   title: str) -> float:
-    """Write ``lr_finder_PHASE.json/.png``, print and return the suggestion."""
-    finding.write_json(os.path.join(output_dir, f"lr_finder_{phase}.json"))
+                   title: str, default: float) -> float:
+    """Write ``lr_finder_PHASE.json/.png``, print and return the rate to train with.
+
+    The rate is the finder's suggestion, or ``default`` when the sweep is unusable or
+    its suggestion lies outside `finder_bounds` (the message and the JSON's
+    ``fallback`` say why): the finder never stops a run.
+    """
+    rate, reason = choose_learning_rate(finding, default, finder_bounds(phase))
+    write_json(os.path.join(output_dir, f"lr_finder_{phase}.json"),
+               {**finding.to_dict(), "used": rate, "fallback": reason})
     finding.plot(os.path.join(output_dir, f"lr_finder_{phase}.png"), title=title)
-    print(f"Learning-rate finder ({phase}): suggests {finding.suggestion:.2e}")
-    return finding.suggestion
+    if reason is None:
+        print(f"Learning-rate finder ({phase}): suggests {rate:.2e}")
+    else:
+        print(f"Learning-rate finder ({phase}): {reason}")
+    return rate

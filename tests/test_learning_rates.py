@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import keras
 import numpy as np
 import pytest
 
+from templates.batches import ShuffledArrays
 from templates.learning_rates import (
+    FINE_TUNE_BOUNDS,
+    HEAD_BOUNDS,
+    LossSweep,
     OneCycle,
     WarmupCosine,
+    choose_learning_rate,
     find_learning_rate,
     suggest_learning_rate,
 )
-from templates.batches import ShuffledArrays
+from templates.training_options import record_finding
 
 
 def classification_problem(seed=0, size=512):
@@ -66,6 +73,42 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
     assert suggest_learning_rate(rates, losses) == pytest.approx(rates[5])
     with pytest.raises(ValueError, match="at least three"):
         suggest_learning_rate(rates[:2], losses[:2])
+
+
+def test_the_other_rules_valley_and_minimum_over_10():
+    rates = list(np.geomspace(1e-5, 1.0, 11))
+    losses = [1.0, 1.0, 0.99, 0.98, 0.9, 0.6, 0.5, 0.45, 0.4, 2.0, 9.0]
+    assert suggest_learning_rate(rates, losses, rule="minimum_over_10") == pytest.approx(
+        rates[8] / 10)
+    # fastai's valley: the longest falling run is steps 0..8 (8 steps down); two thirds
+    # of the way along it, rounded as fastai rounds, is step 3.
+    assert suggest_learning_rate(rates, losses, rule="valley") == pytest.approx(rates[3])
+    with pytest.raises(ValueError, match="Unknown suggestion rule"):
+        suggest_learning_rate(rates, losses, rule="median")
+
+
+def test_an_unusable_sweep_falls_back_to_the_default_rate_and_says_why(tmp_path):
+    sweep = LossSweep(np.geomspace(1e-7, 10.0, 100))
+    for loss in (0.7, 0.69, float("nan")):  # the loss is not finite at the third step
+        if sweep.record(loss):
+            break
+    finding = sweep.finding()  # never raises
+    assert finding.suggestion is None and "only 3 steps" in finding.problem
+    rate, reason = choose_learning_rate(finding, 1e-3, HEAD_BOUNDS)
+    assert rate == 1e-3 and "default rate 0.001" in reason
+
+    # A suggestion outside the phase's bounds is not trusted either.
+    wild = dataclasses.replace(finding, suggestion=1e-7, problem=None)
+    rate, reason = choose_learning_rate(wild, 5e-4, FINE_TUNE_BOUNDS)
+    assert rate == 5e-4 and "outside the bounds" in reason
+    inside = dataclasses.replace(finding, suggestion=2e-4, problem=None)
+    assert choose_learning_rate(inside, 5e-4, FINE_TUNE_BOUNDS) == (2e-4, None)
+
+    # The recipes' record_finding writes the plot and the decision, and trains on.
+    used = record_finding(finding, str(tmp_path), "fine_tune", "finder", default=5e-4)
+    saved = json.loads((tmp_path / "lr_finder_fine_tune.json").read_text())
+    assert used == 5e-4 and saved["used"] == 5e-4 and "only 3 steps" in saved["fallback"]
+    assert (tmp_path / "lr_finder_fine_tune.png").is_file()
 
 
 def test_warmup_cosine_values_at_chosen_steps():

@@ -127,7 +127,7 @@ def test_training_options_evaluation_predictor_and_tflite(colour_data, subproces
         finding = json.loads((out / f"lr_finder_{phase}.json").read_text())
         rates = finding["learning_rates"]
         assert rates[0] <= finding["suggestion"] <= rates[-1]
-        assert metrics["learning_rates"][phase] == finding["suggestion"]
+        assert metrics["learning_rates"][phase] == finding["used"]
         assert (out / f"lr_finder_{phase}.png").stat().st_size > 10_000
     assert metrics["schedule"] == "one_cycle" and metrics["discriminative_factor"] == 2.6
     assert {path.name for path in (tmp_path / "logs").iterdir()} == {"head", "fine_tune"}
