@@ -37,10 +37,10 @@ second phase every BatchNormalization layer must stay in inference mode. In Kera
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
-import time
 
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,26 +48,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from templates import reports  # noqa: E402
-from templates.checkpoints import run_phase  # noqa: E402
 from templates.backbones import (  # noqa: E402
     WeightsUnavailableError,
     block_cut_points,
     get_backbone_spec,
 )
-from templates.comparison import (  # noqa: E402
-    TrainingBudget,
-    report_against_scratch,
-    reuse_depth_sweep,
-    write_sweep,
-)
-from templates.distribute import (  # noqa: E402
+from templates.cli import (  # noqa: E402
     add_hardware_arguments,
-    finish_multi_worker,
+    add_training_arguments,
     setup_hardware,
     start_multi_worker,
-    train_transfer_from_arguments,
+    tensorboard_callbacks,
+    training_state,
+    transfer_plan,
 )
+from templates.comparison import report_against_scratch, reuse_depth_sweep, write_sweep  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
@@ -75,25 +70,11 @@ from templates.export import export_saved_model, export_tflite  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.grad_cam import grad_cam_overlays  # noqa: E402
 from templates.image_data import image_dataset, load_image, load_image_splits  # noqa: E402
-from templates.learning_rates import discriminative_multipliers  # noqa: E402
-from templates.phases import (  # noqa: E402
-    compile_classifier,
-    evaluate_accuracy,
-    find_fine_tune_learning_rate,
-    find_head_learning_rate,
-    head_training_features,
-    fine_tune,
-    train_head,
-)
+from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
+from templates.reports import plot_learning_curves  # noqa: E402
 from templates.saving import save_model, write_labels  # noqa: E402
-from templates.training_options import (  # noqa: E402
-    add_training_arguments,
-    record_finding,
-    scheduled,
-    training_state,
-    tensorboard_callbacks,
-)
+from templates.transfer import run_transfer  # noqa: E402
 
 
 def _layer_name_or_index(value: str) -> str | int:
@@ -210,77 +191,31 @@ def run(args: argparse.Namespace) -> int:
             name="augmentation",
         )
 
-    # With --compare-scratch the report needs the skill before any target training.
-    before_training = None
-    if args.compare_scratch:
-        compile_classifier(transfer.model, args.learning_rate)
-        before_training = _evaluate(transfer.model, validation, None)["val_accuracy"]
-
-    # ## Phase 1: train the head on the frozen backbone
-    # Every epoch is checkpointed: after a crash or a kill, --resume restores finished
-    # phases and continues the phase in progress from its last finished epoch. The seed
-    # fixes each epoch's data order and dropout from (seed, epoch) alone, so the resumed
-    # run ends exactly where an uninterrupted one would.
+    # ## Training: the two phases, as one plan
+    # Phase 1 trains the head on the frozen backbone (on its features, computed once,
+    # unless --augment needs the backbone in the training graph); phase 2 unfreezes the
+    # top of the backbone, every BatchNormalization layer kept frozen, at a lower rate
+    # (--discriminative-factor: each earlier block slower still). --find-lr lets the
+    # learning-rate finder choose each phase's rate. Every epoch is checkpointed: after
+    # a crash or a kill, --resume restores finished phases and continues the phase in
+    # progress from its last finished epoch. The seed fixes each epoch's data order and
+    # dropout from (seed, epoch) alone, so the resumed run ends exactly where an
+    # uninterrupted one would.
+    plan = transfer_plan(args, augmentation=augmentation,
+                         steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
-    # --find-lr measures the head's learning rate on these cached features first.
-    steps_per_epoch = math.ceil(len(splits.train.files) / args.batch_size)
-    train_features = None
-    if args.find_lr:
-        # The finder and the head train on the same cached features: extracted once.
-        if not args.augment:
-            train_features = head_training_features(transfer, train)
-        args.learning_rate = record_finding(
-            find_head_learning_rate(transfer, train, args.batch_size, args.seed,
-                                    train_features=train_features),
-            args.output_dir, "head", title="Learning-rate finder: head on cached features",
-            default=args.learning_rate)
-    started = time.perf_counter()
-    head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
-        transfer, train, validation, epochs=args.epochs,
-        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs, steps_per_epoch),
-        cache_features=not args.augment, augmentation=augmentation,
-        batch_size=args.batch_size, seed=args.seed, train_features=train_features,
-        callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "head"),
-    ))
-    head_seconds = time.perf_counter() - started
-    phases = [("head", head_history)]
-    metrics = {
-        "head": _evaluate(transfer.model, validation, test),
-        "head_seconds": round(head_seconds, 2),
-    }
-    # Finished work is written at once: if fine-tuning dies, the head results remain.
-    write_json(os.path.join(args.output_dir, "history.json"), reports.merge_histories(phases))
-
-    # ## Phase 2: fine-tune the top of the backbone at a lower learning rate
-    # Optionally with discriminative rates: each earlier unfrozen block learns
-    # --discriminative-factor times slower than the block after it.
-    fine_tune_seconds = 0.0
-    if args.fine_tune_epochs > 0:
-        if args.find_lr and not state.finished("fine_tune"):
-            args.fine_tune_learning_rate = record_finding(
-                find_fine_tune_learning_rate(transfer, train), args.output_dir, "fine_tune",
-                title="Learning-rate finder: fine-tuning", default=args.fine_tune_learning_rate)
-        multipliers = (discriminative_multipliers(transfer.backbone, transfer.fine_tune_from,
-                                                  args.discriminative_factor)
-                       if args.discriminative_factor else None)
-        started = time.perf_counter()
-        fine_tune_history = run_phase(state, "fine_tune", transfer.model, lambda callbacks: (
-            fine_tune(transfer, train, validation, epochs=args.fine_tune_epochs,
-                      learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
-                                              args.fine_tune_epochs, steps_per_epoch),
-                      augmentation=augmentation, initial_epoch=len(head_history.epoch),
-                      learning_rate_multipliers=multipliers,
-                      callbacks=callbacks + tensorboard_callbacks(args.tensorboard,
-                                                                  "fine_tune"))))
-        fine_tune_seconds = time.perf_counter() - started
-        phases.append(("fine-tuning", fine_tune_history))
-        metrics["fine_tuned"] = _evaluate(transfer.model, validation, test)
-    final = metrics.get("fine_tuned", metrics["head"])
+    run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
+                       output_dir=args.output_dir, measure_start=args.compare_scratch)
+    metrics = {"head": run.phases["head"].scores,
+               "head_seconds": run.phases["head"].seconds}
+    if "fine_tune" in run.phases:
+        metrics["fine_tuned"] = run.phases["fine_tune"].scores
+    final = run.scores
 
     # ## Outputs
-    history = reports.merge_histories(phases)
+    history = run.history
     write_json(os.path.join(args.output_dir, "history.json"), history)
-    reports.plot_learning_curves(
+    plot_learning_curves(
         history, os.path.join(args.output_dir, "learning_curves.png"),
         title=f"Cats vs dogs, {spec.name} ({args.weights} weights)",
     )
@@ -303,8 +238,7 @@ def run(args: argparse.Namespace) -> int:
     metrics.update(
         evaluation={"set": "test" if splits.test else "validation",
                     "accuracy": evaluation["accuracy"], "macro_f1": evaluation["macro"]["f1"]},
-        learning_rates={"head": args.learning_rate,
-                        "fine_tune": args.fine_tune_learning_rate},
+        learning_rates=run.learning_rates, plan=plan.to_dict(),
         schedule=args.schedule, discriminative_factor=args.discriminative_factor,
     )
     metrics.update(
@@ -314,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
                 "test": len(splits.test.files) if splits.test else 0,
                 "skipped": len(splits.skipped)},
         skipped_files=[{"path": s.path, "reason": s.reason} for s in splits.skipped],
-        fine_tune_seconds=round(fine_tune_seconds, 2),
+        fine_tune_seconds=run.phases["fine_tune"].seconds if "fine_tune" in run.phases else 0.0,
         fine_tune_from=transfer.fine_tune_from,
         **run_metadata(
             backbone=spec.name, weights=args.weights, alpha=args.alpha,
@@ -323,16 +257,16 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.compare_scratch:
         # ## Did transfer help? The same architecture from scratch, same budget.
-        report = _compare_with_scratch(args, spec, image_size, splits, history,
-                                       before_training, final, train, validation, test, state)
+        report = _compare_with_scratch(args, plan, spec, image_size, splits, run, train,
+                                       validation, test, state)
         metrics["transfer_report"] = report.to_dict()["difference"]
         print(report.summary_text())
     if args.reuse_sweep:
         # ## How much of the backbone to reuse
         # Early blocks compute generic edges and textures, later ones ImageNet-specific
         # parts; the sweep measures which depth serves these photos best.
-        sweep = _reuse_sweep(args, spec, weights, image_size, splits, train, validation, test,
-                             state, transfer.backbone)
+        sweep = _reuse_sweep(args, plan, spec, weights, image_size, splits, train, validation,
+                             test, state, transfer.backbone)
         metrics["reuse_sweep"] = sweep
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
 
@@ -349,8 +283,8 @@ def run(args: argparse.Namespace) -> int:
 
 # ## Several machines: --strategy multi_worker
 # Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
-# so on several machines the same two phases run on a strategy.run loop
-# (templates.distribute.train_transfer_multi_worker): each worker reads its own shard
+# so on several machines run_transfer runs the same plan on a strategy.run loop
+# (templates.multi_worker.train_transfer_multi_worker): each worker reads its own shard
 # of the photos, gradients are all-reduced every step, and the chief (worker 0) writes
 # the checkpoints and outputs. Start the same command on every machine, each with its
 # TF_CONFIG (README, "Several machines").
@@ -371,15 +305,19 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
             shuffle=True, shard=(context.num_input_pipelines, context.input_pipeline_id),
         ).repeat()
 
-    steps_per_epoch = math.ceil(len(splits.train.files) / args.batch_size)
     with choice.strategy.scope():  # the model's variables are mirrored on every worker
         transfer = pretrained_model(
             spec, num_classes=len(splits.class_names), weights=weights,
             image_size=image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
             class_names=splits.class_names,
         )
-    histories = train_transfer_from_arguments(args, choice, transfer, dataset_fn,
-                                              steps_per_epoch)
+    # The same call and plan as on one machine: under a multi-worker strategy
+    # run_transfer trains on the strategy.run loop.
+    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(splits.train.files)
+                                                         / args.batch_size))
+    run = run_transfer(transfer, dataset_fn, None, plan,
+                       checkpoints=os.path.join(args.output_dir, "checkpoints"),
+                       resume=args.resume, output_dir=args.output_dir)
 
     # Every worker holds the same weights and scores its own copy; every worker joins
     # the save (it can run collective ops); the chief keeps the outputs.
@@ -388,7 +326,7 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         evaluation["test_accuracy"] = image_dataset(splits.test, image_size, 64)
     evaluated = splits.test or splits.validation
     finish_multi_worker(
-        choice, histories, transfer.model, transfer.model, args.output_dir,
+        choice, run, transfer.model, transfer.model, args.output_dir,
         splits.class_names, evaluation,
         report=lambda predict: _evaluation_report(
             transfer.model, evaluated, evaluation["test_accuracy" if splits.test
@@ -399,33 +337,31 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
     return 0
 
 
-def _compare_with_scratch(args, spec, image_size, splits, history, before_training, final,
-                          train, validation, test, state):
+def _compare_with_scratch(args, plan, spec, image_size, splits, run, train, validation, test,
+                          state):
+    # The scratch model: the same architecture with random weights, trained for all the
+    # epochs at the head's rate, with the plan's schedule shape and early stopping.
     keras.utils.set_random_seed(args.seed)
     scratch = pretrained_model(spec, len(splits.class_names), weights=None,
                                image_size=image_size, alpha=args.alpha).model
-    # The scratch run gets the same schedule shape over its whole run.
-    budget = TrainingBudget(args.epochs, args.fine_tune_epochs, args.learning_rate,
-                            args.fine_tune_learning_rate, args.batch_size,
-                            schedule=args.schedule,
-                            steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     return report_against_scratch(
-        history["val_accuracy"], before_training, final.get("test_accuracy"), scratch,
-        train, validation, test, budget, args.seed, args.output_dir,
+        run.validation_curve, run.start_accuracy, run.test_accuracy, scratch,
+        train, validation, test, plan.with_rates(run.learning_rates), args.seed,
+        args.output_dir,
         title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch", state=state,
         phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
 
 
-def _reuse_sweep(args, spec, weights, image_size, splits, train, validation, test, state,
+def _reuse_sweep(args, plan, spec, weights, image_size, splits, train, validation, test, state,
                  backbone) -> list[dict]:
-    cut_points = block_cut_points(backbone, args.reuse_sweep)
-    budget = TrainingBudget(args.epochs, 0, args.learning_rate, batch_size=args.batch_size,
-                            schedule=args.schedule,
-                            steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
+    # Head-only runs at each depth, on the same plan otherwise.
     sweep = reuse_depth_sweep(
         lambda cut: pretrained_model(spec, len(splits.class_names), weights=weights,
                                      image_size=image_size, alpha=args.alpha, cut_at=cut),
-        cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
+        block_cut_points(backbone, args.reuse_sweep), train, validation, test,
+        budget=dataclasses.replace(plan, fine_tune_epochs=0, find_learning_rates=False,
+                                   callbacks={}),
+        seed=args.seed, state=state,
         phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     write_sweep(sweep, args.output_dir,
                 title=f"Reuse depth: {spec.name} blocks, cats vs dogs (head only)")
@@ -450,13 +386,6 @@ def _evaluation_report(model, folder, data, image_size, args, backbone_name,
         model, data, folder.class_names, os.path.join(args.output_dir, "evaluation"),
         examples=folder.files, load_example=lambda path: load_image(path, size),
         title=f"Cats vs dogs ({backbone_name})", grad_cam=overlays, predict=predict)
-
-
-def _evaluate(model: keras.Model, validation, test) -> dict:
-    scores = {"val_accuracy": evaluate_accuracy(model, validation)}
-    if test is not None:
-        scores["test_accuracy"] = evaluate_accuracy(model, test)
-    return scores
 
 
 if __name__ == "__main__":

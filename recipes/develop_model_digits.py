@@ -45,25 +45,22 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from templates.comparison import (  # noqa: E402
-    TrainingBudget,
-    compare_with_scratch,
-    reuse_depth_sweep,
-    write_sweep,
-)
-from templates.develop import develop_model, reuse_model  # noqa: E402
-from templates.evaluation import evaluation_report  # noqa: E402
-from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
-from templates.phases import find_head_learning_rate  # noqa: E402
-from templates.distribute import add_hardware_arguments, setup_hardware  # noqa: E402
-from templates.training_options import (  # noqa: E402
+from templates.cli import (  # noqa: E402
+    add_hardware_arguments,
     add_training_arguments,
     record_finding,
+    setup_hardware,
     tensorboard_callbacks,
     training_state,
 )
+from templates.comparison import compare_with_scratch, reuse_depth_sweep, write_sweep  # noqa: E402
+from templates.develop import develop_model, reuse_model  # noqa: E402
 from templates.epoch_shuffle import shuffle_each_epoch  # noqa: E402
+from templates.evaluation import evaluation_report  # noqa: E402
 from templates.files import write_json  # noqa: E402
+from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
+from templates.phases import find_head_learning_rate  # noqa: E402
+from templates.transfer import TransferPlan  # noqa: E402
 
 # Every run below builds new small models, and each model traces its own training and
 # evaluation functions: that is expected here, so TensorFlow's warning about functions
@@ -226,13 +223,16 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     # to a single step.
     validation = batches(data["validation"], batch_size=256)
     test = batches(data["test"], batch_size=256)
-    budget = TrainingBudget(head_epochs=args.head_epochs,
-                            fine_tune_epochs=args.fine_tune_epochs,
-                            learning_rate=args.learning_rate,
-                            fine_tune_learning_rate=args.fine_tune_learning_rate,
-                            batch_size=8 * replicas,
-                            schedule=args.schedule,
-                            discriminative_factor=args.discriminative_factor)
+    # One plan for both sides; no early stopping by default (--patience 0), because
+    # the report compares a fixed budget.
+    budget = TransferPlan(head_epochs=args.head_epochs,
+                          fine_tune_epochs=args.fine_tune_epochs,
+                          learning_rate=args.learning_rate,
+                          fine_tune_learning_rate=args.fine_tune_learning_rate,
+                          batch_size=8 * replicas, schedule=args.schedule,
+                          discriminative_factor=args.discriminative_factor,
+                          patience=args.patience, restore_best=args.restore_best,
+                          monitor=args.monitor, seed=args.seed)
 
     def reuse(source_model, cut_at="pool"):
         return reuse_model(source_model, len(TARGET_DIGITS), cut_at=cut_at, pooling="flatten")

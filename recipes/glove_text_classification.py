@@ -63,7 +63,6 @@ import dataclasses
 import math
 import os
 import sys
-import time
 from typing import Any
 
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output.
@@ -72,16 +71,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from templates import reports  # noqa: E402
-from templates.checkpoints import run_phase  # noqa: E402
-from templates.comparison import TrainingBudget, report_against_scratch  # noqa: E402
-from templates.distribute import (  # noqa: E402
+from templates.cli import (  # noqa: E402
     add_hardware_arguments,
-    finish_multi_worker,
+    add_training_arguments,
     setup_hardware,
     start_multi_worker,
-    train_transfer_from_arguments,
+    tensorboard_callbacks,
+    training_state,
+    transfer_plan,
 )
+from templates.comparison import report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import (  # noqa: E402
     TRAINABLE_MODES,
@@ -92,25 +91,9 @@ from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.export import export_saved_model, export_tflite  # noqa: E402
 from templates.files import write_json, write_text  # noqa: E402
-from templates.learning_rates import discriminative_multipliers  # noqa: E402
-from templates.phases import (  # noqa: E402
-    compile_classifier,
-    evaluate_accuracy,
-    find_fine_tune_learning_rate,
-    find_head_learning_rate,
-    head_training_features,
-    fine_tune,
-    train_head,
-)
+from templates.multi_worker import finish_multi_worker  # noqa: E402
+from templates.reports import plot_learning_curves  # noqa: E402
 from templates.saving import save_model, write_labels  # noqa: E402
-from templates.training_options import (  # noqa: E402
-    add_training_arguments,
-    record_finding,
-    scheduled,
-    training_state,
-    tensorboard_callbacks,
-)
-from templates.transfer_report import MEASURES  # noqa: E402
 from templates.text_classifiers import (  # noqa: E402
     ARCHITECTURES,
     pretrained_text_classifier,
@@ -129,6 +112,8 @@ from templates.text_data import (  # noqa: E402
     unknown_token_rate,
     vectorize,
 )
+from templates.transfer import run_transfer  # noqa: E402
+from templates.transfer_report import MEASURES  # noqa: E402
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
 
@@ -157,6 +142,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--fine-tune-learning-rate", type=float, default=5e-4)
     parser.add_argument("--filters", type=int, default=200,
                         help="Convolution filters per kernel width (cnn).")
+    parser.add_argument("--multichannel", action=argparse.BooleanOptionalAction,
+                        default=False,
+                        help="Kim's multichannel model: a static copy of the vectors beside "
+                        "the fine-tuned one.")
     parser.add_argument("--units", type=int, default=64,
                         help="Recurrent units per direction (bilstm, bigru) and hidden "
                         "units (pooled).")
@@ -296,6 +285,7 @@ def prepare(args: argparse.Namespace) -> PreparedText:
         vocabulary=vocabulary, sequence_length=sequence_length, matrix=matrix,
         train_ids=train_ids, validation_ids=validation_ids, test_ids=test_ids,
         architecture={"filters": args.filters, "units": args.units,
+                      "static_channel": args.multichannel,
                       "embedding_dropout": args.embedding_dropout,
                       # Fine-tuning can only reach the rows of words in the training
                       # texts; the extra GloVe words' rows (most of the vocabulary) stay
@@ -320,68 +310,33 @@ def run(args: argparse.Namespace) -> int:
                                     args.batch_size)
     test_data = token_dataset(test_ids, data.test_labels, args.batch_size)
 
-    # ## Phase 1: the head learns on frozen vectors
+    # ## Training: the two phases, as one plan
+    # Phase 1: the head learns on frozen vectors (their output is cached, so a head
+    # epoch only runs the CNN). Phase 2: the embedding is unfrozen at a lower rate
+    # (--discriminative-factor F gives it 1/F of the head's rate). --find-lr lets the
+    # finder choose each rate. Every epoch is checkpointed: after a crash or a kill,
+    # --resume restores finished phases and continues the phase in progress from its
+    # last finished epoch, ending exactly where an uninterrupted run would.
     transfer = pretrained_text_classifier(
         matrix, len(class_names), sequence_length, args.architecture,
         trainable_mode=args.embedding_training, class_names=class_names, **architecture)
-    compile_classifier(transfer.model, args.learning_rate)
-    before_training = evaluate_accuracy(transfer.model, validation_data)
-    # Every epoch is checkpointed: after a crash or a kill, --resume restores finished
-    # phases and continues the phase in progress from its last finished epoch. The seed
-    # fixes each epoch's data order and dropout from (seed, epoch) alone, so the resumed
-    # run ends exactly where an uninterrupted one would.
+    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(train_ids) / args.batch_size))
     state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
-    steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
-    train_features = None
-    if args.find_lr:
-        # The finder and the head train on the same embedded sentences: embedded once.
-        train_features = head_training_features(transfer, train_data)
-        args.learning_rate = record_finding(
-            find_head_learning_rate(transfer, train_data, args.batch_size, args.seed,
-                                    train_features=train_features),
-            args.output_dir, "head", title="Learning-rate finder: head on frozen vectors",
-            default=args.learning_rate)
-    started = time.perf_counter()
-    head_history = run_phase(state, "head", transfer.model, lambda callbacks: train_head(
-        transfer, train_data, validation_data, epochs=args.epochs,
-        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs, steps_per_epoch),
-        batch_size=args.batch_size, seed=args.seed, train_features=train_features,
-        callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "head"), verbose=2))
-    phases = [("head", head_history)]
-    metrics = {"head": _evaluate(transfer.model, validation_data, test_data),
-               "head_seconds": round(time.perf_counter() - started, 2)}
-    write_json(os.path.join(args.output_dir, "history.json"), reports.merge_histories(phases))
-
-    # ## Phase 2: unfreeze the embedding at a lower learning rate
-    # (--discriminative-factor F gives the embedding 1/F of the head's rate.)
-    if args.fine_tune_epochs > 0:
-        if args.find_lr and not state.finished("fine_tune"):
-            args.fine_tune_learning_rate = record_finding(
-                find_fine_tune_learning_rate(transfer, train_data, from_layer=None),
-                args.output_dir, "fine_tune", title="Learning-rate finder: fine-tuning",
-                default=args.fine_tune_learning_rate)
-        multipliers = (discriminative_multipliers(transfer.backbone, None,
-                                                  args.discriminative_factor)
-                       if args.discriminative_factor else None)
-        fine_tune_history = run_phase(
-            state, "fine_tune", transfer.model, lambda callbacks: fine_tune(
-                transfer, train_data, validation_data, epochs=args.fine_tune_epochs,
-                learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
-                                        args.fine_tune_epochs, steps_per_epoch),
-                from_layer=None, initial_epoch=len(head_history.epoch),
-                learning_rate_multipliers=multipliers,
-                callbacks=callbacks + tensorboard_callbacks(args.tensorboard, "fine_tune"),
-                verbose=2))
-        phases.append(("fine-tuning", fine_tune_history))
-        metrics["fine_tuned"] = _evaluate(transfer.model, validation_data, test_data)
-    final = metrics.get("fine_tuned", metrics["head"])
+    run = run_transfer(transfer, train_data, validation_data, plan, checkpoints=state,
+                       test=test_data, output_dir=args.output_dir, measure_start=True,
+                       verbose=2)
+    metrics = {"head": run.phases["head"].scores,
+               "head_seconds": run.phases["head"].seconds}
+    if "fine_tune" in run.phases:
+        metrics["fine_tuned"] = run.phases["fine_tune"].scores
+    final = run.scores
 
     # ## Outputs
     # The saved model takes raw strings: the vectoriser (vocabulary included) is its
     # first layer, so users never rebuild the preprocessing.
-    history = reports.merge_histories(phases)
+    history = run.history
     write_json(os.path.join(args.output_dir, "history.json"), history)
-    reports.plot_learning_curves(
+    plot_learning_curves(
         history, os.path.join(args.output_dir, "learning_curves.png"),
         title=f"{args.architecture} on {os.path.basename(str(args.vectors))} vectors")
     text_model = string_model(vectorizer, transfer.model, name="text_classifier")
@@ -412,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
         skipped_lines=skipped,
         evaluation={"set": "test", "accuracy": evaluation["accuracy"],
                     "macro_f1": evaluation["macro"]["f1"]},
-        learning_rates={"head": args.learning_rate, "fine_tune": args.fine_tune_learning_rate},
+        learning_rates=run.learning_rates, plan=plan.to_dict(),
         schedule=args.schedule, discriminative_factor=args.discriminative_factor,
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
                        data={key: value for key, value in paths.items() if value},
@@ -428,12 +383,10 @@ def run(args: argparse.Namespace) -> int:
         scratch = scratch_text_classifier(
             len(vocabulary), matrix.matrix.shape[1], len(class_names), sequence_length,
             args.architecture, **architecture)
-        budget = TrainingBudget(args.epochs, args.fine_tune_epochs, args.learning_rate,
-                                args.fine_tune_learning_rate, args.batch_size,
-                                schedule=args.schedule, steps_per_epoch=steps_per_epoch)
         report = report_against_scratch(
-            history["val_accuracy"], before_training, final["test_accuracy"], scratch,
-            train_data, validation_data, test_data, budget, args.seed, args.output_dir,
+            run.validation_curve, run.start_accuracy, run.test_accuracy, scratch,
+            train_data, validation_data, test_data, plan.with_rates(run.learning_rates),
+            args.seed, args.output_dir,
             title=f"{args.vectors} vectors vs random embeddings ({args.architecture})",
             verbose=2, state=state,
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
@@ -449,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
 
     score = metrics["test_accuracy"]
-    print(f"Final test_accuracy: {score:.4f} (before any training {before_training:.4f}). "
+    print(f"Final test_accuracy: {score:.4f} (before any training {run.start_accuracy:.4f}). "
           f"Outputs in {args.output_dir}")
     if args.assert_accuracy_at_least is not None and score < args.assert_accuracy_at_least:
         print(f"FAILED: test_accuracy {score:.4f} is below the required "
@@ -476,19 +429,22 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
                              context.get_per_replica_batch_size(args.batch_size),
                              shuffle=True).repeat()
 
-    steps_per_epoch = math.ceil(len(data.train_ids) / args.batch_size)
     with choice.strategy.scope():  # the model's variables are mirrored on every worker
         transfer = pretrained_text_classifier(
             data.matrix, len(data.class_names), data.sequence_length, args.architecture,
             trainable_mode=args.embedding_training, class_names=data.class_names,
             **data.architecture)
-    histories = train_transfer_from_arguments(args, choice, transfer, dataset_fn,
-                                              steps_per_epoch, from_layer=None)
+    # The same call and plan as on one machine: under a multi-worker strategy
+    # run_transfer trains on the strategy.run loop.
+    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.train_ids) / args.batch_size))
+    run = run_transfer(transfer, dataset_fn, None, plan,
+                       checkpoints=os.path.join(args.output_dir, "checkpoints"),
+                       resume=args.resume, output_dir=args.output_dir)
 
     # Every worker holds the same weights and scores its own copy; every worker joins
     # the save; the chief keeps the model, which takes raw strings as on one machine.
     finish_multi_worker(
-        choice, histories, transfer.model,
+        choice, run, transfer.model,
         string_model(data.vectorizer, transfer.model, name="text_classifier"),
         args.output_dir, data.class_names,
         {"val_accuracy": token_dataset(data.validation_ids, data.validation_labels, 256),
@@ -501,11 +457,6 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
                        seed=args.seed))
     return 0
-
-
-def _evaluate(model: keras.Model, validation, test) -> dict:
-    return {"val_accuracy": evaluate_accuracy(model, validation),
-            "test_accuracy": evaluate_accuracy(model, test)}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ Title: Data-parallel training on several machines with MultiWorkerMirroredStrate
 Description: Train a small CNN on scikit-learn's handwritten digits with one process
 per machine, gradients all-reduced every step, checkpoints written by the chief and
 resumable. Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
-(keras-team/keras#20585); `templates.distribute.train_multi_worker` drives the same
+(keras-team/keras#20585); `templates.multi_worker.train_multi_worker` drives the same
 Keras model with a `strategy.run` loop instead.
 
 How to run, on each of two machines (same command, its own task index):
@@ -37,24 +37,24 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from templates.distribute import (  # noqa: E402
+from templates.cli import (  # noqa: E402
+    SCHEDULES,
     add_hardware_arguments,
-    task_index,
-    find_learning_rate_multi_worker,
-    local_predict,
+    finder_bounds,
+    record_finding,
+    scheduled,
     setup_hardware,
-    is_chief,
-    train_multi_worker,
-    weights_digest,
 )
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.learning_rates import choose_learning_rate  # noqa: E402
-from templates.training_options import (  # noqa: E402
-    SCHEDULES,
-    finder_bounds,
-    record_finding,
-    scheduled,
+from templates.multi_worker import (  # noqa: E402
+    find_learning_rate_multi_worker,
+    is_chief,
+    local_predict,
+    task_index,
+    train_multi_worker,
+    weights_digest,
 )
 
 

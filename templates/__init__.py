@@ -40,6 +40,7 @@ from templates.text_classifiers import (
     scratch_text_classifier,
     text_head,
 )
+from templates.transfer import TransferPlan, TransferRun, run_transfer
 from templates.transfer_report import TransferReport, summarize_curve
 from templates.word2vec import develop_word_vectors
 from templates.word_vectors import VectorFileError, load_word_vectors
@@ -56,6 +57,8 @@ __all__ = [
     "BackbonePreprocessing",
     "TrainingBudget",
     "TransferModel",
+    "TransferPlan",
+    "TransferRun",
     "TransferReport",
     "UnskilledSourceModelError",
     "WeightsUnavailableError",
@@ -78,6 +81,7 @@ __all__ = [
     "read_labels",
     "reuse_depth_sweep",
     "reuse_model",
+    "run_transfer",
     "save_model",
     "scratch_text_classifier",
     "summarize_curve",

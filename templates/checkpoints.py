@@ -228,14 +228,22 @@ class TrainingState:
     def _path(self, phase: str, name: str) -> str:
         return os.path.join(self.directory, f"{phase}.{name}")
 
-    def callbacks(self, phase: str, seed: int | None = None) -> list[keras.callbacks.Callback]:
+    def callbacks(self, phase: str, seed: int | None = None,
+                  early_stopping: dict[str, Any] | None = None
+                  ) -> list[keras.callbacks.Callback]:
         """Callbacks for the ``fit`` of ``phase``: the history first, then the backup.
 
         Args:
             phase: The phase's name.
             seed: Seeds the epochs of this phase instead of the state's ``seed``.
+            early_stopping: ``keep_best``, ``patience``, ``restore_best`` and
+                ``monitor`` for this phase instead of the state's (a
+                `templates.transfer.TransferPlan` passes its own).
         """
         seed = self.seed if seed is None else seed
+        settings = {"keep_best": self.keep_best, "patience": self.patience,
+                    "restore_best": self.restore_best, "monitor": self.monitor,
+                    **(early_stopping or {})}
         callbacks = [
             PhaseHistory(self._path(phase, "epochs.json")),
             PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead)
@@ -245,10 +253,10 @@ class TrainingState:
         ]
         if seed is not None:
             callbacks.append(EpochSeeds(seed))
-        if self.keep_best:
-            callbacks.append(KeepBest(self._path(phase, "best"), monitor=self.monitor,
-                                      patience=self.patience,
-                                      restore=self.restore_best))
+        if settings["keep_best"]:
+            callbacks.append(KeepBest(self._path(phase, "best"), monitor=settings["monitor"],
+                                      patience=settings["patience"],
+                                      restore=settings["restore_best"]))
         return callbacks
 
     def result(self, name: str) -> dict[str, Any] | None:
@@ -302,6 +310,7 @@ def run_phase(
     model: keras.Model,
     train: Callable[[list[keras.callbacks.Callback]], Any],
     seed: int | None = None,
+    early_stopping: dict[str, Any] | None = None,
 ) -> keras.callbacks.History:
     """Run one checkpointed phase, or restore it if it finished in an earlier run.
 
@@ -311,12 +320,14 @@ def run_phase(
         model: The model whose weights the phase produces (restored when skipped).
         train: Trains the phase; called with the callbacks to pass to ``fit``.
         seed: Seeds the phase's epochs instead of the state's ``seed``.
+        early_stopping: Overrides the state's early-stopping settings for this phase
+            (see `TrainingState.callbacks`).
 
     Returns:
         The phase's history over every epoch, including epochs run before a restart.
     """
     if state.finished(phase):
         return state.restore(phase, model)
-    train(state.callbacks(phase, seed=seed))
+    train(state.callbacks(phase, seed=seed, early_stopping=early_stopping))
     state.finish(phase, model)
     return state.history(phase)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,103 +18,39 @@ import keras
 
 from templates.checkpoints import TrainingState, run_phase
 from templates.files import atomic_path, write_json
-from templates.learning_rates import discriminative_multipliers
-from templates.phases import (
-    compile_classifier,
-    evaluate_accuracy,
-    fine_tune,
-    iterate_layers,
-    train_head,
-)
+from templates.layers import iterate_layers
+from templates.learning_rates import scheduled
+from templates.phases import compile_classifier, evaluate_accuracy
 from templates.pretrained import TransferModel
+from templates.transfer import TransferPlan, run_transfer, steps_per_epoch
 from templates.transfer_report import CurveSummary, TransferReport, summarize_curve
 
 
-@dataclasses.dataclass
-class TrainingBudget:
-    """Identical budget for the transferred and the scratch model.
-
-    The transferred model trains its head for ``head_epochs`` at ``learning_rate``,
-    then fine-tunes for ``fine_tune_epochs`` at ``fine_tune_learning_rate``. The
-    scratch model trains every layer for ``head_epochs + fine_tune_epochs`` at
-    ``learning_rate``, with the same Adam optimiser, data and seed.
-
-    ``schedule`` (``"constant"``, ``"warmup_cosine"``, ``"one_cycle"``, see
-    `templates.training_options.scheduled`) shapes the rate within each phase: the
-    transferred model's head and fine-tuning phases, and the scratch model's single
-    run. ``discriminative_factor`` spreads the fine-tuning rate over the reused blocks
-    (`templates.learning_rates.discriminative_multipliers`); the scratch model has no
-    reused blocks and trains at one rate. ``steps_per_epoch`` is needed by a schedule;
-    ``None`` reads it from the training batches (``len`` or a known `tf.data`
-    cardinality).
-    """
-
-    head_epochs: int = 10
-    fine_tune_epochs: int = 3
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    batch_size: int = 32
-    cache_features: bool = True
-    schedule: str = "constant"
-    discriminative_factor: float | None = None
-    steps_per_epoch: int | None = None
-
-    @property
-    def epochs(self) -> int:
-        return self.head_epochs + self.fine_tune_epochs
-
-    def rate(self, learning_rate: float, epochs: int, train) -> Any:
-        """``learning_rate`` shaped by ``schedule`` over ``epochs`` of ``train``."""
-        from templates.training_options import scheduled
-
-        if self.schedule == "constant":
-            return learning_rate
-        steps = self.steps_per_epoch or steps_per_epoch(train)
-        return scheduled(learning_rate, self.schedule, epochs, steps)
-
-
-def steps_per_epoch(batches) -> int:
-    """Batches per pass over ``batches``: its ``len`` or its known `tf.data` cardinality.
-
-    Raises:
-        ValueError: when neither is known (pass ``TrainingBudget(steps_per_epoch=...)``).
-    """
-    try:
-        return len(batches)
-    except TypeError:
-        pass
-    cardinality = getattr(batches, "cardinality", None)
-    if cardinality is not None:
-        count = int(cardinality())
-        if count > 0:
-            return count
-    raise ValueError(
-        "A learning-rate schedule needs the number of batches per epoch, and these "
-        "batches do not tell it (no len(), unknown tf.data cardinality): pass "
-        "TrainingBudget(steps_per_epoch=...).")
-
+# The comparison's budget is the transfer plan itself: the transferred model runs the
+# plan (`templates.transfer.run_transfer`); the scratch model trains every layer for
+# ``head_epochs + fine_tune_epochs`` at ``learning_rate``, with the same optimiser, data,
+# seed, schedule shape and early-stopping rule. (``TrainingBudget`` is its old name.)
+TrainingBudget = TransferPlan
 
 PhaseCallbacks = Callable[[str], Sequence[keras.callbacks.Callback]]
 
 
-def _phase(state: TrainingState | None, phase: str, model: keras.Model, train,
-           seed: int | None = None):
-    """Run one phase through ``state`` (checkpointed, resumable), or directly."""
-    if state is None:
-        return train([])
-    return run_phase(state, phase, model, train, seed=seed)
-
-
-def _extra(phase_callbacks: PhaseCallbacks | None, phase: str) -> list:
-    return list(phase_callbacks(phase)) if phase_callbacks is not None else []
+def _with_phase_callbacks(plan: TransferPlan, name: str,
+                          phase_callbacks: PhaseCallbacks | None) -> TransferPlan:
+    if phase_callbacks is None:
+        return plan
+    return dataclasses.replace(plan, callbacks={
+        phase: list(plan.callbacks.get(phase, [])) + list(phase_callbacks(f"{name}.{phase}"))
+        for phase in ("head", "fine_tune")})
 
 
 def train_transferred(
-    transfer: TransferModel, train, validation, test, budget: TrainingBudget, seed: int,
+    transfer: TransferModel, train, validation, test, budget: TransferPlan, seed: int,
     verbose: int | str = 0, state: TrainingState | None = None, name: str = "transfer",
     phase_callbacks: PhaseCallbacks | None = None,
 ):
-    """Train a transferred model on the budget; return its curve summary inputs.
+    """Run ``budget`` (a `TransferPlan`) on ``transfer`` with ``seed``; return
+    ``(start accuracy, validation curve, test accuracy)`` for a curve summary.
 
     Args:
         state: Checkpoints the phases (named ``NAME.head``, ``NAME.fine_tune``), so an
@@ -122,40 +59,22 @@ def train_transferred(
         phase_callbacks: Returns extra callbacks for a phase, given its name
             (e.g. TensorBoard logs per phase).
     """
-    compile_classifier(transfer.model, budget.learning_rate)
-    before = evaluate_accuracy(transfer.model, validation)
-    head = f"{name}.head"
-    history = _phase(state, head, transfer.model, lambda callbacks: train_head(
-        transfer, train, validation, epochs=budget.head_epochs,
-        learning_rate=budget.rate(budget.learning_rate, budget.head_epochs, train),
-        cache_features=budget.cache_features, batch_size=budget.batch_size,
-        callbacks=callbacks + _extra(phase_callbacks, head), seed=seed, verbose=verbose),
-        seed=seed)
-    curve = list(history.history["val_accuracy"])
-    if budget.fine_tune_epochs:
-        tuned = f"{name}.fine_tune"
-        multipliers = None
-        if budget.discriminative_factor:
-            multipliers = discriminative_multipliers(
-                transfer.backbone, transfer.fine_tune_from, budget.discriminative_factor)
-        history = _phase(state, tuned, transfer.model, lambda callbacks: fine_tune(
-            transfer, train, validation, epochs=budget.fine_tune_epochs,
-            learning_rate=budget.rate(budget.fine_tune_learning_rate,
-                                      budget.fine_tune_epochs, train),
-            initial_epoch=len(curve), learning_rate_multipliers=multipliers,
-            callbacks=callbacks + _extra(phase_callbacks, tuned), verbose=verbose),
-            seed=seed)
-        curve += list(history.history["val_accuracy"])
-    test_accuracy = evaluate_accuracy(transfer.model, test) if test is not None else None
-    return before, curve, test_accuracy
+    plan = _with_phase_callbacks(dataclasses.replace(budget, seed=seed), name,
+                                 phase_callbacks)
+    run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
+                       name=name, measure_start=True, score_phases=False, verbose=verbose)
+    return run.start_accuracy, run.validation_curve, run.test_accuracy
 
 
 def train_from_scratch(
-    model: keras.Model, train, validation, test, budget: TrainingBudget,
+    model: keras.Model, train, validation, test, budget: TransferPlan,
     verbose: int | str = 0, state: TrainingState | None = None, name: str = "scratch",
     seed: int | None = None, phase_callbacks: PhaseCallbacks | None = None,
 ):
     """Train every layer of ``model`` (BatchNorm included) on the same budget.
+
+    All ``head_epochs + fine_tune_epochs`` at ``learning_rate``, the plan's schedule
+    shaping the whole run, and its early-stopping rule.
 
     Args:
         state: Checkpoints the run as phase ``name``, so it resumes when interrupted.
@@ -165,14 +84,32 @@ def train_from_scratch(
     model.trainable = True
     for layer in iterate_layers(model):
         layer.trainable = True
-    compile_classifier(model, budget.rate(budget.learning_rate, budget.epochs, train))
+    epochs = budget.head_epochs + budget.fine_tune_epochs
+    rate = budget.learning_rate
+    if budget.schedule != "constant":
+        rate = scheduled(rate, budget.schedule, epochs,
+                         budget.steps_per_epoch or steps_per_epoch(train))
+    compile_classifier(model, rate)
     before = evaluate_accuracy(model, validation)
-    history = _phase(state, name, model, lambda callbacks: model.fit(
-        train, validation_data=validation, epochs=budget.epochs,
-        callbacks=callbacks + _extra(phase_callbacks, name), shuffle=False,
-        verbose=verbose), seed=seed)
+    extra = list(phase_callbacks(name)) if phase_callbacks is not None else []
+    history = _scratch_phase(state, name, model, budget, seed, lambda callbacks: model.fit(
+        train, validation_data=validation, epochs=epochs, callbacks=callbacks + extra,
+        shuffle=False, verbose=verbose))
     test_accuracy = evaluate_accuracy(model, test) if test is not None else None
     return before, list(history.history["val_accuracy"]), test_accuracy
+
+
+def _scratch_phase(state, name, model, plan: TransferPlan, seed, train):
+    """The scratch run through ``state``, under the plan's early-stopping rule (in a
+    temporary folder when there is no state but the rule needs one)."""
+    if state is not None:
+        return run_phase(state, name, model, train, seed=seed,
+                         early_stopping=plan.early_stopping())
+    if not plan.early_stopping()["keep_best"]:
+        return train([])
+    with tempfile.TemporaryDirectory(prefix="scratch-checkpoints-") as folder:
+        return run_phase(TrainingState(folder, seed=seed), name, model, train, seed=seed,
+                         early_stopping=plan.early_stopping())
 
 
 def _summary(state: TrainingState | None, name: str, train_run, slope_epochs: int):

@@ -89,7 +89,7 @@ def predict_labelled(model: keras.Model, data: Iterable, predict=None
         predict: Returns probabilities for a batch of inputs; ``None`` uses
             ``model.predict_on_batch`` (a plain call under a several-replica strategy,
             see `templates.phases.batch_predictor`). Multi-worker runs pass a plain
-            model call (`templates.distribute.local_predict`): ``predict_on_batch``
+            model call (`templates.multi_worker.local_predict`): ``predict_on_batch``
             would run collective ops that every worker must join.
     """
     predict = predict or batch_predictor(model)

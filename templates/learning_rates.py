@@ -40,11 +40,13 @@ from templates.files import atomic_path, write_json
 
 
 SUGGESTION_RULES = ("steepest", "valley", "minimum_over_10")
+SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
 # Rates outside these bounds come from a sweep that went wrong (a head suggestion of
-# 0.42, a fine-tuning suggestion of 1e-7 were seen on real photos): Adam on a new head
-# trains between 1e-4 and 3e-2, and fine-tuning pretrained weights between 1e-6 and
-# 3e-3, in every recipe here and in the keras-io and fastai examples.
-HEAD_BOUNDS = (1e-4, 3e-2)
+# 0.42 and fine-tuning suggestions of 1e-7 were seen on real photos): Adam trains a new
+# head between 1e-4 and 0.3 (small heads on cached features take the high end), and
+# fine-tunes pretrained weights between 1e-6 and 3e-3, in every recipe here and in the
+# keras-io and fastai examples.
+HEAD_BOUNDS = (1e-4, 0.3)
 FINE_TUNE_BOUNDS = (1e-6, 3e-3)
 
 
@@ -180,6 +182,31 @@ def choose_learning_rate(finding: LearningRateFinding, default: float,
             f"[{lowest:g}, {highest:g}] for this phase, so the sweep is not trusted; "
             f"training at the default rate {default:g}.")
     return finding.suggestion, None
+
+
+def finder_bounds(phase: str) -> tuple[float, float]:
+    """The rates a finder suggestion must lie within for ``phase`` (fine-tuning phases:
+    `FINE_TUNE_BOUNDS`; head or whole-model training: `HEAD_BOUNDS`)."""
+    return FINE_TUNE_BOUNDS if "fine_tune" in phase else HEAD_BOUNDS
+
+
+def record_finding(finding: LearningRateFinding, output_dir: str | os.PathLike, phase: str,
+                   title: str, default: float) -> float:
+    """Write ``lr_finder_PHASE.json/.png``, print and return the rate to train with.
+
+    The rate is the finder's suggestion, or ``default`` when the sweep is unusable or
+    its suggestion lies outside `finder_bounds` (the message and the JSON's
+    ``fallback`` say why): the finder never stops a run.
+    """
+    rate, reason = choose_learning_rate(finding, default, finder_bounds(phase))
+    write_json(os.path.join(os.fspath(output_dir), f"lr_finder_{phase}.json"),
+               {**finding.to_dict(), "used": rate, "fallback": reason})
+    finding.plot(os.path.join(os.fspath(output_dir), f"lr_finder_{phase}.png"), title=title)
+    if reason is None:
+        print(f"Learning-rate finder ({phase}): suggests {rate:.2e}")
+    else:
+        print(f"Learning-rate finder ({phase}): {reason}")
+    return rate
 
 
 class LossSweep:
@@ -555,3 +582,21 @@ def discriminative_multipliers(
         for variable in layers[index].weights:
             multipliers[variable.path] = float(factor ** -(1 + later_blocks))
     return multipliers
+
+
+def scheduled(learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int):
+    """``learning_rate`` shaped over a phase of ``epochs`` x ``steps_per_epoch`` steps.
+
+    ``"constant"`` returns the rate itself; ``"warmup_cosine"`` warms up over the first
+    10% of the steps, then decays to 1% of the rate (`WarmupCosine`); ``"one_cycle"``
+    makes the rate the peak of a `OneCycle`.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    if schedule == "warmup_cosine":
+        return WarmupCosine(learning_rate, total, warmup_steps=max(1, total // 10),
+                            final_learning_rate=learning_rate / 100)
+    if schedule == "one_cycle":
+        return OneCycle(learning_rate, total)
+    return learning_rate

@@ -383,12 +383,14 @@ def find_head_learning_rate(
     seed: int | None = None,
     steps: int = 100,
     train_features: tuple[np.ndarray, np.ndarray] | None = None,
+    rule: str = "steepest",
 ):
     """Run the learning-rate finder for head training, on cached features.
 
     Args:
         train_features: ``train_data``'s features from `head_training_features`; pass
             the same to `train_head` to extract them once. ``None`` extracts them here.
+        rule: How to suggest a rate (`templates.learning_rates.SUGGESTION_RULES`).
 
     Returns:
         The `templates.learning_rates.LearningRateFinding` (its ``suggestion`` is the
@@ -399,7 +401,7 @@ def find_head_learning_rate(
     features, labels = (train_features if train_features is not None
                         else head_training_features(transfer, train_data))
     batches = ShuffledArrays(features, labels, batch_size=batch_size, seed=seed)
-    return find_learning_rate(transfer.head, batches, steps=steps)
+    return find_learning_rate(transfer.head, batches, steps=steps, rule=rule)
 
 
 def find_fine_tune_learning_rate(
@@ -408,11 +410,13 @@ def find_fine_tune_learning_rate(
     from_layer: str | int | None = "default",
     steps: int = 50,
     end_learning_rate: float = 0.1,
+    rule: str = "steepest",
 ):
     """Run the learning-rate finder for fine-tuning (the top of the backbone unfrozen).
 
-    BatchNormalization stays frozen, as in `fine_tune`; afterwards the weights are
-    restored and the backbone frozen again.
+    The sweep starts from the trained head's state with BatchNormalization frozen, as
+    in `fine_tune`; afterwards the weights are restored and the backbone frozen again.
+    ``rule``: as in `find_head_learning_rate`.
     """
     from templates.learning_rates import find_learning_rate
 
@@ -421,6 +425,6 @@ def find_fine_tune_learning_rate(
     unfreeze_from(transfer.backbone, from_layer)
     try:
         return find_learning_rate(transfer.model, train_data, steps=steps,
-                                  end_learning_rate=end_learning_rate)
+                                  end_learning_rate=end_learning_rate, rule=rule)
     finally:
         transfer.backbone.trainable = False

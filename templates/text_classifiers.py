@@ -142,10 +142,19 @@ def embedding_backbone(
     sequence_length: int,
     layer: PretrainedEmbedding,
     name: str = "embedding_backbone",
+    static_layer: PretrainedEmbedding | None = None,
 ) -> keras.Model:
-    """The reused part: token ids ``(sequence_length,)`` to word vectors."""
+    """The reused part: token ids ``(sequence_length,)`` to word vectors.
+
+    With ``static_layer`` (Kim's multichannel model), each token's vector is the
+    static layer's vector followed by ``layer``'s: ``2 * dimension`` values, of which
+    only the second half can change when fine-tuning.
+    """
     token_ids = keras.Input(shape=(int(sequence_length),), dtype="int32", name="token_ids")
-    return keras.Model(token_ids, layer(token_ids), name=name)
+    vectors = layer(token_ids)
+    if static_layer is not None:
+        vectors = keras.layers.Concatenate(name="channels")([static_layer(token_ids), vectors])
+    return keras.Model(token_ids, vectors, name=name)
 
 
 def pretrained_text_classifier(
@@ -161,6 +170,7 @@ def pretrained_text_classifier(
     embedding_dropout: float = 0.0,
     class_names: Sequence[str] | None = None,
     trainable_rows: int | None = None,
+    static_channel: bool = False,
 ) -> TransferModel:
     """A text classifier whose embedding comes from pretrained word vectors.
 
@@ -177,6 +187,11 @@ def pretrained_text_classifier(
         trainable_rows: Rows fine-tuning can reach (the largest training token id
             plus one); the rest stay in a fixed table (`PretrainedEmbedding`).
             ``None``: every row.
+        static_channel: Kim (2014)'s multichannel model: a second copy of the
+            vectors that never trains sits beside the fine-tuned one, so words the
+            training texts never showed (whose rows do not move) still meet the
+            vectors their neighbours started from. The head reads ``2 * dimension``
+            values per word.
 
     Returns:
         A `TransferModel` (``backbone`` = the embedding, frozen; ``head`` = the
@@ -189,9 +204,14 @@ def pretrained_text_classifier(
                                 matrix=embedding.matrix,
                                 pretrained_rows=embedding.pretrained_rows,
                                 trainable_rows=trainable_rows, name="embedding")
-    backbone = embedding_backbone(sequence_length, layer)
+    static_layer = None
+    if static_channel:
+        static_layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode="frozen",
+                                           matrix=embedding.matrix, name="static_embedding")
+    backbone = embedding_backbone(sequence_length, layer, static_layer=static_layer)
     backbone.trainable = False
-    head = text_head(sequence_length, dimension, num_classes, architecture, filters=filters,
+    width = dimension * (2 if static_channel else 1)
+    head = text_head(sequence_length, width, num_classes, architecture, filters=filters,
                      kernel_sizes=kernel_sizes, units=units, dropout=dropout,
                      embedding_dropout=embedding_dropout)
     return TransferModel(backbone, head, fine_tune_from=None, class_names=class_names,
@@ -212,6 +232,7 @@ def scratch_text_classifier(
     units: int = 64,
     embedding_dropout: float = 0.0,
     trainable_rows: int | None = None,
+    static_channel: bool = False,
 ) -> keras.Model:
     """The same architecture with a randomly initialised, trainable embedding.
 
@@ -219,11 +240,19 @@ def scratch_text_classifier(
         like: A pretrained matrix whose per-dimension scale the random rows copy; when
             omitted, Keras's default embedding initialiser (uniform in +-0.05) is used.
         seed: Seed for the random rows.
+        static_channel: The counterpart of a multichannel pretrained model: one
+            trainable random embedding as wide as its two channels together
+            (``2 * dimension``), so the head is the same and every embedding value
+            trains (a fixed random channel would only handicap the baseline).
         Other arguments: as in `pretrained_text_classifier`.
 
     Returns:
         A `keras.Model` on ``(sequence_length,)`` int token ids.
     """
+    if static_channel:
+        dimension = 2 * int(dimension)
+        if like is not None:
+            like = np.concatenate([like, like], axis=1)
     matrix = None if like is None else random_embedding_matrix(vocabulary_size, like, seed)
     layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode="trainable",
                                 matrix=matrix, trainable_rows=trainable_rows,

@@ -256,7 +256,7 @@ def test_keep_best_restores_the_best_epoch_and_remembers_it_across_a_restart(tmp
 def test_training_flags_build_the_state_they_describe(tmp_path):
     import argparse
 
-    from templates.training_options import add_training_arguments, training_state
+    from templates.cli import add_training_arguments, training_state
 
     def state_for(*flags, **defaults):
         parser = argparse.ArgumentParser()

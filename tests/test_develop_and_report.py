@@ -131,7 +131,7 @@ def test_comparison_applies_the_training_options_to_both_sides(schedule):
     source = mlp()
     budget = TrainingBudget(head_epochs=3, fine_tune_epochs=2, learning_rate=1e-2,
                             fine_tune_learning_rate=1e-3, batch_size=16, schedule=schedule,
-                            discriminative_factor=3.0)
+                            discriminative_factor=3.0, patience=0, restore_best=False)
     log = {}
     report = compare_with_scratch(
         lambda: reuse_model(source, 2, cut_at="features"),

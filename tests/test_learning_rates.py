@@ -21,7 +21,7 @@ from templates.learning_rates import (
     find_learning_rate,
     suggest_learning_rate,
 )
-from templates.training_options import record_finding
+from templates.cli import record_finding
 
 
 def classification_problem(seed=0, size=512):

@@ -1,20 +1,14 @@
-"""Hardware and distribution: pick a `tf.distribute` strategy, mixed precision, and a
-multi-worker training loop that works with Keras 3 (TensorFlow-only module).
+"""Training across machines: a ``strategy.run`` loop that works with Keras 3
+(TensorFlow-only module).
 
-* `choose_strategy`: TPU (`TPUClusterResolver` + `TPUStrategy`), several GPUs
-  (`MirroredStrategy`), one GPU, CPU, or several machines (`MultiWorkerMirroredStrategy`
-  from ``TF_CONFIG``). Build models, optimisers and metrics inside
-  ``choice.strategy.scope()``; the global batch is the per-replica batch times
-  ``choice.replicas``.
-* `set_mixed_precision`: ``auto`` is float16 on NVIDIA GPUs of compute capability 7.0+,
-  bfloat16 on TPU, off on CPU. The template heads keep a float32 output, and Keras 3's
-  ``compile`` wraps the optimiser in a `LossScaleOptimizer` under float16.
-* ``--xla``: `add_hardware_arguments` / `setup_hardware` switch XLA compilation of the
-  phases' training and evaluation steps (`templates.phases.set_jit_compile`).
-* `train_multi_worker`: Keras 3's ``model.fit`` fails under
-  `MultiWorkerMirroredStrategy` (keras-team/keras#20585, tensorflow/tensorflow#72388),
-  while a loop over ``strategy.run`` with a Keras 3 model works; this is that loop, with
-  checkpoints written by the chief only and resumable.
+Keras 3's ``model.fit`` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585,
+tensorflow/tensorflow#72388), while a loop over ``strategy.run`` with a Keras 3 model
+works. `train_multi_worker` is that loop, with checkpoints written by the chief only and
+resumable; `train_transfer_multi_worker` runs the two transfer phases on it (what
+`templates.transfer.run_transfer` calls under a multi-worker strategy);
+`find_learning_rate_multi_worker` is the finder on the same loop; `local_accuracy` and
+`local_predict` score a worker's copy of the model without collective ops, and
+`finish_multi_worker` writes a run's outputs from every worker.
 """
 
 from __future__ import annotations
@@ -22,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -30,126 +26,17 @@ import numpy as np
 import tensorflow as tf
 
 from templates.files import atomic_path, write_json
-from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
-
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
-MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
-
-
-@dataclasses.dataclass
-class StrategyChoice:
-    """The strategy in use and what it runs on.
-
-    Attributes:
-        strategy: The `tf.distribute.Strategy`.
-        name: One of `STRATEGIES` (``auto`` resolved).
-        replicas: Replicas in sync (the global batch is per-replica batch x replicas).
-        device: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
-    """
-
-    strategy: tf.distribute.Strategy
-    name: str
-    replicas: int
-    device: str
-
-    def global_batch_size(self, per_replica_batch_size: int) -> int:
-        return int(per_replica_batch_size) * self.replicas
-
-    def describe(self) -> str:
-        return (f"Strategy: {self.name} ({type(self.strategy).__name__}) on {self.device}, "
-                f"{self.replicas} replica(s) in sync")
-
-
-def _connect_tpu():
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def choose_strategy(name: str = "auto") -> StrategyChoice:
-    """Build the strategy named ``name`` (see `STRATEGIES`).
-
-    ``auto`` tries, in order: a TPU, several GPUs, one GPU, the CPU. ``multi_worker``
-    needs ``TF_CONFIG`` (the cluster and this worker's task) on every machine.
-
-    Raises:
-        ValueError: for an unknown name, or hardware / configuration that is missing.
-    """
-    if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}.")
-    gpus = tf.config.list_physical_devices("GPU")
-    if name == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise ValueError(
-                "--strategy multi_worker needs TF_CONFIG on every machine, e.g. "
-                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}} (README.md, "Several machines").')
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return StrategyChoice(strategy, name, strategy.num_replicas_in_sync,
-                              "gpu" if gpus else "cpu")
-    if name in ("tpu", "auto"):
-        try:
-            strategy = _connect_tpu()
-            return StrategyChoice(strategy, "tpu", strategy.num_replicas_in_sync, "tpu")
-        except (ValueError, RuntimeError, tf.errors.NotFoundError) as error:
-            if name == "tpu":
-                raise ValueError(f"--strategy tpu: no TPU found ({error}). On Colab pick a "
-                                 "TPU runtime; on a Cloud TPU VM set TPU_NAME.") from None
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        if not gpus and name == "mirrored":
-            raise ValueError("--strategy mirrored needs at least one GPU; none is visible.")
-        strategy = tf.distribute.MirroredStrategy()
-        return StrategyChoice(strategy, "mirrored", strategy.num_replicas_in_sync, "gpu")
-    if name == "gpu" or (name == "auto" and gpus):
-        if not gpus:
-            raise ValueError("--strategy gpu: no GPU is visible to TensorFlow.")
-        return StrategyChoice(tf.distribute.OneDeviceStrategy("/gpu:0"), "gpu", 1, "gpu")
-    return StrategyChoice(tf.distribute.get_strategy(), "cpu", 1, "cpu")
-
-
-def _gpu_compute_capability() -> tuple[int, int] | None:
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        if "compute_capability" in details:
-            return tuple(details["compute_capability"])
-    return None
-
-
-def set_mixed_precision(mode: str = "auto", device: str = "cpu") -> str:
-    """Set Keras's global dtype policy; return its name.
-
-    Args:
-        mode: ``auto``, ``off``, ``float16`` or ``bfloat16``.
-        device: Where training runs (`StrategyChoice.device`), for ``auto``.
-    """
-    if mode not in MIXED_PRECISION:
-        raise ValueError(f"Unknown mixed precision {mode!r}; choose from "
-                         f"{', '.join(MIXED_PRECISION)}.")
-    if mode == "auto":
-        capability = _gpu_compute_capability() if device == "gpu" else None
-        mode = ("bfloat16" if device == "tpu" else
-                "float16" if capability is not None and capability >= (7, 0) else "off")
-    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
-    keras.mixed_precision.set_dtype_policy(policy)
-    return policy
-
-
-def check_tpu_paths(choice: StrategyChoice, *paths: str | os.PathLike | None) -> None:
-    """TPU workers cannot read this machine's files: refuse local paths on a TPU.
-
-    Raises:
-        ValueError: naming the local paths, when ``choice`` is a TPU strategy.
-    """
-    if choice.device != "tpu":
-        return
-    local = [os.fspath(path) for path in paths
-             if path is not None and not os.fspath(path).startswith("gs://")]
-    if local:
-        raise ValueError(
-            f"TPU workers cannot read local files: {local}. Copy the data to a Cloud "
-            "Storage bucket and pass gs:// paths (or use a small dataset held in memory).")
-
+from templates.hardware import StrategyChoice
+from templates.learning_rates import (
+    LossSweep,
+    choose_learning_rate,
+    finder_bounds,
+    record_finding,
+    scheduled,
+    sweep_rates,
+)
+from templates.phases import unfreeze_from
+from templates.saving import save_model, write_labels
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes checkpoints and outputs (worker 0, or single-host)."""
@@ -302,8 +189,6 @@ def find_learning_rate_multi_worker(
     Returns:
         A `templates.learning_rates.LearningRateFinding`.
     """
-    from templates.learning_rates import LossSweep, sweep_rates
-
     rates = sweep_rates(start_learning_rate, end_learning_rate, steps)
     model, optimizer = _compiled(choice.strategy, build_model, float(rates[0]))
     saved = [np.array(weight) for weight in model.get_weights()]
@@ -320,63 +205,6 @@ def find_learning_rate_multi_worker(
     return sweep.finding()
 
 
-def finder_before_phase(choice: StrategyChoice, transfer, dataset_fn, global_batch_size: int,
-                        output_dir: str | os.PathLike, schedule: str,
-                        epochs: dict[str, int], steps_per_epoch: int,
-                        defaults: dict[str, float]) -> Callable[[str], Any]:
-    """A ``before_phase`` hook for `train_transfer_multi_worker` that runs the finder.
-
-    Before each phase, `find_learning_rate_multi_worker` sweeps the rate on every
-    worker; the chief writes ``lr_finder_PHASE.png/.json``; the phase then trains at the
-    suggestion, shaped by ``schedule`` over ``epochs[phase]`` epochs (a recipe's
-    ``--find-lr`` under ``--strategy multi_worker``), or at ``defaults[phase]`` when the
-    sweep cannot be trusted (`templates.learning_rates.choose_learning_rate`).
-    """
-    from templates.learning_rates import choose_learning_rate
-    from templates.training_options import finder_bounds, record_finding, scheduled
-
-    def before_phase(phase: str):
-        finding = find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
-                                                  global_batch_size)
-        # Every worker sees the same all-reduced losses, so all choose the same rate.
-        rate, _ = choose_learning_rate(finding, defaults[phase], finder_bounds(phase))
-        if is_chief(choice.strategy):
-            rate = record_finding(finding, os.fspath(output_dir), phase,
-                                  title=f"Learning-rate finder ({phase}, multi-worker)",
-                                  default=defaults[phase])
-        return scheduled(rate, schedule, epochs[phase], steps_per_epoch)
-
-    return before_phase
-
-
-def train_transfer_from_arguments(args, choice: StrategyChoice, transfer, dataset_fn,
-                                  steps_per_epoch: int, from_layer: str | int | None = "default"
-                                  ) -> dict[str, DistributedHistory]:
-    """`train_transfer_multi_worker` as a recipe's flags ask for it.
-
-    Reads ``--epochs``, ``--fine-tune-epochs``, the two learning rates, ``--schedule``,
-    ``--find-lr``, ``--tensorboard``, ``--resume``, ``--batch-size`` (global) and
-    ``--output-dir`` (checkpoints under ``checkpoints/multi_worker``).
-    """
-    from templates.training_options import scheduled
-
-    return train_transfer_multi_worker(
-        choice, transfer, dataset_fn, args.batch_size, steps_per_epoch,
-        args.epochs, args.fine_tune_epochs,
-        learning_rate=scheduled(args.learning_rate, args.schedule, args.epochs,
-                                steps_per_epoch),
-        fine_tune_learning_rate=scheduled(args.fine_tune_learning_rate, args.schedule,
-                                          args.fine_tune_epochs, steps_per_epoch),
-        checkpoint_dir=os.path.join(args.output_dir, "checkpoints", "multi_worker"),
-        resume=args.resume, from_layer=from_layer, log_dir=args.tensorboard,
-        # --find-lr: the finder on the same loop before each phase.
-        before_phase=finder_before_phase(
-            choice, transfer, dataset_fn, args.batch_size, args.output_dir, args.schedule,
-            {"head": args.epochs, "fine_tune": args.fine_tune_epochs}, steps_per_epoch,
-            {"head": args.learning_rate, "fine_tune": args.fine_tune_learning_rate},
-        ) if args.find_lr else None)
-
-
 def save_on_every_worker(chief: bool, path: str | os.PathLike,
                          save: Callable[[str], Any]) -> None:
     """Call ``save`` on every worker; only the chief's file is kept, at ``path``.
@@ -386,9 +214,6 @@ def save_on_every_worker(chief: bool, path: str | os.PathLike,
     crosses, the others' next collective). As TensorFlow's multi-worker guide does, the
     other workers save too, to a temporary folder that is then deleted.
     """
-    import shutil
-    import tempfile
-
     path = os.fspath(path)
     name = os.path.basename(path)
     if chief:
@@ -444,8 +269,6 @@ def train_transfer_multi_worker(
         ``{"head": DistributedHistory, "fine_tune": DistributedHistory}`` (no
         ``fine_tune`` when ``fine_tune_epochs`` is 0).
     """
-    from templates.phases import unfreeze_from
-
     def directory(root, phase):
         return None if root is None else os.path.join(root, phase)
 
@@ -481,32 +304,9 @@ def _epochs_done(checkpoint_dir: str) -> int:
         return int(json.load(handle)["epochs_done"])
 
 
-# Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
-FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--augment",
-                    "--discriminative-factor", "--export-tflite",
-                    "--assert-accuracy-at-least")
-
-
-def start_multi_worker(args) -> None:
-    """Refuse the recipe options a multi-worker run cannot honour; say what changes.
-
-    Raises:
-        ValueError: naming every option of ``args`` (from `FIT_ONLY_OPTIONS`) that was
-            used.
-    """
-    used = [flag for flag in FIT_ONLY_OPTIONS
-            if getattr(args, flag[2:].replace("-", "_"), None)]
-    if used:
-        raise ValueError(
-            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
-            "training loop replaces model.fit (run them on one machine).")
-    print("Early stopping and best-epoch restore need model.fit: under multi_worker each "
-          "phase runs all its epochs.", flush=True)
-
-
 def finish_multi_worker(
     choice: StrategyChoice,
-    histories: dict[str, DistributedHistory],
+    run: Any,
     model: keras.Model,
     saved_model: keras.Model,
     output_dir: str | os.PathLike,
@@ -524,6 +324,7 @@ def finish_multi_worker(
     the evaluation folder.
 
     Args:
+        run: The `templates.transfer.TransferRun` of the multi-worker training.
         evaluation: ``{"val_accuracy": batches, "test_accuracy": batches}`` (either may
             be left out).
         report: Writes the recipe's evaluation folder given a batch predictor (called
@@ -531,14 +332,13 @@ def finish_multi_worker(
             `templates.evaluation.evaluation_report`'s numbers.
         metadata: Recorded in the metrics (e.g. `templates.environment.run_metadata`).
     """
-    from templates.saving import save_model, write_labels
-
     output_dir = os.fspath(output_dir)
     chief = is_chief(choice.strategy)
     metrics = {
         "strategy": "multi_worker", "replicas": choice.replicas,
-        "loss": {phase: history.loss for phase, history in histories.items()},
-        "epochs_run": {phase: history.epochs_run for phase, history in histories.items()},
+        "loss": run.per_phase("loss"),
+        "epochs_run": {phase: result.epochs_run for phase, result in run.phases.items()},
+        "learning_rates": run.learning_rates,
         **{name: local_accuracy(model, batches) for name, batches in evaluation.items()},
         "weights_digest": weights_digest(model), "chief": chief, **metadata,
     }
@@ -595,44 +395,3 @@ def weights_digest(model: keras.Model) -> str:
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()[:16]
-
-
-def add_hardware_arguments(parser) -> None:
-    """Add ``--strategy``, ``--mixed-precision`` and ``--xla`` to a recipe's parser."""
-    group = parser.add_argument_group("hardware")
-    group.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                       help="tf.distribute strategy: auto picks a TPU, several GPUs "
-                            "(mirrored), one GPU, or the CPU. --batch-size is per replica.")
-    group.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="auto",
-                       help="auto: float16 on NVIDIA GPUs of compute capability 7.0+, "
-                            "bfloat16 on TPU, off on CPU.")
-    group.add_argument("--xla", choices=sorted(JIT_COMPILE_SETTINGS), default="auto",
-                       help="XLA compilation of the training and evaluation steps: auto "
-                            "is Keras's rule (on for one GPU or TPU, off on CPU and under "
-                            "multi-device strategies); off when an op is not XLA-compatible "
-                            "or compile time dominates a short run.")
-
-
-def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
-    """Apply a recipe's ``--strategy`` / ``--mixed-precision`` / ``--xla``; print them.
-
-    Args:
-        args: The parsed arguments (`add_hardware_arguments`).
-        paths: The recipe's data paths (refused on a TPU when local).
-        multi_worker: Whether the recipe has a ``strategy.run`` path for several
-            machines. Without one, ``--strategy multi_worker`` raises: ``model.fit``
-            fails under `MultiWorkerMirroredStrategy` in Keras 3
-            (keras-team/keras#20585).
-    """
-    if args.strategy == "multi_worker" and not multi_worker:
-        raise ValueError(
-            "--strategy multi_worker: this recipe trains with model.fit, which fails under "
-            "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "
-            "machines with templates.distribute.train_multi_worker, as "
-            "`python -m recipes.multi_worker_digits` does.")
-    choice = choose_strategy(args.strategy)
-    check_tpu_paths(choice, *paths)
-    policy = set_mixed_precision(args.mixed_precision, choice.device)
-    set_jit_compile(args.xla)
-    print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
-    return choice

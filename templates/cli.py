@@ -1,0 +1,203 @@
+"""The recipes' shared command line: flags in, library objects out.
+
+The only library module that knows about flags. Recipes add the shared flags with
+`add_training_arguments` and `add_hardware_arguments`, then turn the parsed arguments
+into what the library takes: `transfer_plan` (a `templates.transfer.TransferPlan`),
+`setup_hardware` (a strategy, precision and XLA), `training_state` (checkpoints).
+
+Training flags:
+
+    --find-lr                    run the finder before each phase and use its suggestion
+    --schedule                   constant | warmup_cosine | one_cycle (per phase)
+    --discriminative-factor F    fine-tune earlier backbone blocks F times slower per block
+    --patience N                 early stopping (0: never stop early)
+    --restore-best / --no-restore-best
+                                 end each phase with its best epoch's weights, or its last
+    --monitor val_accuracy|val_loss  what early stopping and best-epoch restore watch
+    --tensorboard DIR            TensorBoard logs, one folder per phase
+
+Hardware flags: ``--strategy``, ``--mixed-precision``, ``--xla``.
+
+A recipe chooses the defaults of ``--patience``, ``--restore-best`` and ``--schedule``:
+early stopping with best-epoch restore (patience 3) for the image and text recipes,
+none for the digits comparison (its point is a fixed budget for transfer and scratch
+alike); warm-up + cosine for the image recipe, constant rates for the text and digits
+recipes, as measured (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import keras
+
+from templates.checkpoints import TrainingState
+from templates.hardware import (
+    MIXED_PRECISION,
+    STRATEGIES,
+    StrategyChoice,
+    check_tpu_paths,
+    choose_strategy,
+    set_mixed_precision,
+)
+# The schedules and the finder's bookkeeping live in templates.learning_rates; the
+# recipes import them from here with the flags.
+from templates.learning_rates import (  # noqa: F401
+    SCHEDULES,
+    finder_bounds,
+    record_finding,
+    scheduled,
+)
+from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
+from templates.transfer import MONITORS, TransferPlan
+
+def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
+                           restore_best: bool = True, schedule: str = "constant",
+                           monitor: str = "val_accuracy") -> None:
+    """Add the shared training flags (see the module docstring) to ``parser``.
+
+    Args:
+        parser: The recipe's parser.
+        patience: Default of ``--patience`` (0: never stop early).
+        restore_best: Default of ``--restore-best / --no-restore-best``.
+        schedule: Default of ``--schedule`` (one of `SCHEDULES`).
+        monitor: Default of ``--monitor`` (one of `MONITORS`).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
+    group = parser.add_argument_group("training options")
+    group.add_argument("--find-lr", action="store_true",
+                       help="Run the learning-rate finder before each phase, use its "
+                            "suggestion (steepest descent of the smoothed loss; the default "
+                            "rate when the sweep is unusable or out of bounds) instead of "
+                            "--learning-rate / --fine-tune-learning-rate, and write "
+                            "lr_finder_PHASE.png/.json.")
+    group.add_argument("--schedule", choices=SCHEDULES, default=schedule,
+                       help="Learning-rate schedule within each phase: constant, warm-up "
+                            "(10%% of steps) then cosine decay, or one-cycle (the rate "
+                            f"given is the peak). Default {schedule}.")
+    group.add_argument("--discriminative-factor", type=float, default=None, metavar="F",
+                       help="Fine-tune each earlier backbone block F times slower than the "
+                            "next (e.g. 2.6); default: one rate for every unfrozen layer.")
+    group.add_argument("--patience", type=int, default=patience,
+                       help="Stop a phase after this many epochs without a better "
+                            "validation accuracy (0: never stop early). Default "
+                            f"{patience}.")
+    group.add_argument("--monitor", choices=MONITORS, default=monitor,
+                       help="What early stopping and best-epoch restore watch: validation "
+                            f"accuracy or validation loss. Default {monitor}.")
+    group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
+                       default=restore_best,
+                       help="End each phase with its best epoch's weights (by validation "
+                            "accuracy) instead of its last epoch's. Default: "
+                            f"{'on' if restore_best else 'off'}.")
+    group.add_argument("--tensorboard", metavar="DIR",
+                       help="Write TensorBoard logs under DIR (one folder per phase).")
+
+
+def training_state(args: argparse.Namespace, directory: str, **options):
+    """The `TrainingState` these flags ask for: ``--resume``, ``--seed``, best-epoch
+    restore and early stopping; ``options`` are passed on (e.g. ``backup_overhead``)."""
+    if args.patience < 0:
+        raise ValueError(f"--patience must be 0 or more; got {args.patience}.")
+    return TrainingState(directory, resume=args.resume, seed=args.seed,
+                         keep_best=args.restore_best or bool(args.patience),
+                         patience=args.patience or None, restore_best=args.restore_best,
+                         monitor=getattr(args, "monitor", "val_accuracy"), **options)
+
+
+def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callbacks.Callback]:
+    """A TensorBoard callback logging to ``DIRECTORY/PHASE`` (none without a folder)."""
+    if not directory:
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=os.path.join(directory, phase))]
+
+
+# Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
+FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--augment",
+                    "--discriminative-factor", "--export-tflite",
+                    "--assert-accuracy-at-least")
+
+
+def start_multi_worker(args) -> None:
+    """Refuse the recipe options a multi-worker run cannot honour; say what changes.
+
+    Raises:
+        ValueError: naming every option of ``args`` (from `FIT_ONLY_OPTIONS`) that was
+            used.
+    """
+    used = [flag for flag in FIT_ONLY_OPTIONS
+            if getattr(args, flag[2:].replace("-", "_"), None)]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)}: not available with --strategy multi_worker, whose "
+            "training loop replaces model.fit (run them on one machine).")
+
+
+def add_hardware_arguments(parser) -> None:
+    """Add ``--strategy``, ``--mixed-precision`` and ``--xla`` to a recipe's parser."""
+    group = parser.add_argument_group("hardware")
+    group.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                       help="tf.distribute strategy: auto picks a TPU, several GPUs "
+                            "(mirrored), one GPU, or the CPU. --batch-size is per replica.")
+    group.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="auto",
+                       help="auto: float16 on NVIDIA GPUs of compute capability 7.0+, "
+                            "bfloat16 on TPU, off on CPU.")
+    group.add_argument("--xla", choices=sorted(JIT_COMPILE_SETTINGS), default="auto",
+                       help="XLA compilation of the training and evaluation steps: auto "
+                            "is Keras's rule (on for one GPU or TPU, off on CPU and under "
+                            "multi-device strategies); off when an op is not XLA-compatible "
+                            "or compile time dominates a short run.")
+
+
+def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
+    """Apply a recipe's ``--strategy`` / ``--mixed-precision`` / ``--xla``; print them.
+
+    Args:
+        args: The parsed arguments (`add_hardware_arguments`).
+        paths: The recipe's data paths (refused on a TPU when local).
+        multi_worker: Whether the recipe has a ``strategy.run`` path for several
+            machines. Without one, ``--strategy multi_worker`` raises: ``model.fit``
+            fails under `MultiWorkerMirroredStrategy` in Keras 3
+            (keras-team/keras#20585).
+    """
+    if args.strategy == "multi_worker" and not multi_worker:
+        raise ValueError(
+            "--strategy multi_worker: this recipe trains with model.fit, which fails under "
+            "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "
+            "machines with templates.multi_worker.train_multi_worker, as "
+            "`python -m recipes.multi_worker_digits` does.")
+    choice = choose_strategy(args.strategy)
+    check_tpu_paths(choice, *paths)
+    policy = set_mixed_precision(args.mixed_precision, choice.device)
+    set_jit_compile(args.xla)
+    print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
+    return choice
+
+
+def transfer_plan(args: argparse.Namespace, **overrides: Any) -> TransferPlan:
+    """The `TransferPlan` a recipe's flags describe.
+
+    Reads ``--epochs`` (the head's), ``--fine-tune-epochs``, ``--learning-rate``,
+    ``--fine-tune-learning-rate``, ``--batch-size``, ``--seed``, the training flags
+    above and, where the recipe has them, ``--fine-tune-from`` and ``--augment``;
+    ``overrides`` set any other field (e.g. ``augmentation=``, ``steps_per_epoch=``).
+    """
+    fields = dict(
+        head_epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+        learning_rate=args.learning_rate, fine_tune_learning_rate=args.fine_tune_learning_rate,
+        batch_size=args.batch_size, schedule=args.schedule,
+        discriminative_factor=args.discriminative_factor, find_learning_rates=args.find_lr,
+        patience=args.patience, restore_best=args.restore_best, monitor=args.monitor,
+        seed=args.seed,
+        callbacks={phase: tensorboard_callbacks(args.tensorboard, phase)
+                   for phase in ("head", "fine_tune")} if args.tensorboard else {},
+    )
+    if getattr(args, "fine_tune_from", None) is not None:
+        fields["fine_tune_from"] = args.fine_tune_from
+    if getattr(args, "augment", False):
+        fields["cache_features"] = False
+    fields.update(overrides)
+    return TransferPlan(**fields)

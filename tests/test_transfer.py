@@ -1,0 +1,171 @@
+"""`TransferPlan` and `run_transfer`: one plan, one loop, one machine or several."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from templates.pretrained import TransferModel
+from templates.transfer import TransferPlan, run_transfer
+
+
+def separable(count=128, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(count, 6)).astype("float32")
+    return x, (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32")
+
+
+def small_transfer(seed=0) -> TransferModel:
+    """A frozen 'backbone' (one dense layer with a BatchNormalization) and a new head."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="tanh", name="reused")(inputs)
+    backbone = keras.Model(inputs, keras.layers.BatchNormalization(name="norm")(hidden),
+                           name="backbone")
+    head_inputs = keras.Input((8,))
+    head = keras.Model(head_inputs, keras.layers.Dense(2, activation="softmax")(head_inputs))
+    return TransferModel(backbone, head, fine_tune_from=None, input_name="features")
+
+
+def batches(count=128, seed=0, batch=16):
+    return tf.data.Dataset.from_tensor_slices(separable(count, seed)).batch(batch)
+
+
+def test_the_plan_checks_its_fields_and_round_trips_through_json():
+    plan = TransferPlan()
+    assert (plan.head_epochs, plan.fine_tune_epochs, plan.patience, plan.restore_best) == (
+        10, 3, 3, True)
+    data = json.loads(json.dumps(TransferPlan(schedule="one_cycle", seed=4).to_dict()))
+    assert TransferPlan.from_dict(data) == TransferPlan(schedule="one_cycle", seed=4)
+    for wrong, message in (({"schedule": "linear"}, "unknown schedule"),
+                           ({"monitor": "accuracy"}, "unknown monitor"),
+                           ({"patience": -1}, "patience"),
+                           ({"augmentation": keras.layers.RandomFlip()}, "cache_features=False"),
+                           ({"callbacks": {"warmup": []}}, "per phase")):
+        with pytest.raises(ValueError, match=message):
+            TransferPlan(**wrong)
+    with pytest.raises(ValueError, match="unknown fields"):
+        TransferPlan.from_dict({"epochs": 3})
+
+
+def test_run_transfer_trains_both_phases_keeps_batch_norm_frozen_and_resumes(tmp_path):
+    plan = TransferPlan(head_epochs=4, fine_tune_epochs=2, learning_rate=0.05,
+                        fine_tune_learning_rate=0.01, patience=0, restore_best=True, seed=3)
+    transfer = small_transfer()
+    norm = transfer.backbone.get_layer("norm")
+    moving_mean = keras.ops.convert_to_numpy(norm.moving_mean).copy()
+    run = run_transfer(transfer, batches(), batches(64, seed=1), plan,
+                       checkpoints=tmp_path / "state", test=batches(64, seed=2),
+                       measure_start=True)
+    assert [run.phases[p].epochs for p in ("head", "fine_tune")] == [4, 2]
+    assert run.history["phase"] == ["head"] * 4 + ["fine-tuning"] * 2
+    assert run.learning_rates == {"head": 0.05, "fine_tune": 0.01}
+    assert run.scores["val_accuracy"] >= 0.85 > run.start_accuracy - 0.5
+    assert run.test_accuracy == run.scores["test_accuracy"]
+    # Fine-tuning trained the reused dense layer but never moved BatchNorm's statistics.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(norm.moving_mean), moving_mean)
+    weights = transfer.model.get_weights()
+
+    # Resumed from the same folder: both phases restored, nothing trained again.
+    again = small_transfer(seed=9)
+    resumed = run_transfer(again, batches(), batches(64, seed=1), plan,
+                           checkpoints=tmp_path / "state", resume=True)
+    assert all(result.restored for result in resumed.phases.values())
+    assert resumed.history == run.history
+    for restored, trained in zip(again.model.get_weights(), weights):
+        np.testing.assert_array_equal(restored, trained)
+
+
+def test_the_finder_chooses_each_phase_rate_once_and_a_resume_reuses_it(tmp_path):
+    plan = TransferPlan(head_epochs=2, fine_tune_epochs=1, find_learning_rates=True,
+                        patience=0, restore_best=False, seed=0)
+    run = run_transfer(small_transfer(), batches(256), batches(64, seed=1), plan,
+                       checkpoints=tmp_path / "state", output_dir=tmp_path)
+    for phase in ("head", "fine_tune"):
+        saved = json.loads((tmp_path / f"lr_finder_{phase}.json").read_text())
+        assert run.learning_rates[phase] == saved["used"]
+    kept = json.loads((tmp_path / "state" / "head.learning_rate.result.json").read_text())
+    assert kept["learning_rate"] == run.learning_rates["head"]
+    (tmp_path / "lr_finder_head.json").unlink()
+    again = run_transfer(small_transfer(), batches(256), batches(64, seed=1), plan,
+                         checkpoints=tmp_path / "state", resume=True, output_dir=tmp_path)
+    assert again.learning_rates == run.learning_rates
+    assert not (tmp_path / "lr_finder_head.json").exists()  # the finder did not run again
+
+
+TWO_WORKERS = """
+import json, os, sys
+import numpy as np, tensorflow as tf, keras
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+sys.path.insert(0, {tests!r})
+from test_transfer import batches, small_transfer
+from templates.multi_worker import weights_digest
+from templates.transfer import TransferPlan, run_transfer
+plan = TransferPlan(**json.loads({plan!r}))
+with strategy.scope():
+    transfer = small_transfer()
+run = run_transfer(transfer, batches(), batches(64, seed=1), plan,
+                   checkpoints=os.path.join({out!r}, "worker" + os.environ["INDEX"]))
+json.dump({{"digest": weights_digest(transfer.model), "epochs": [p.epochs for p in
+           run.phases.values()], "loss": run.history["loss"], "scores": run.scores,
+           "replicas": strategy.num_replicas_in_sync}}, sys.stdout)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_same_call_and_plan_run_on_one_machine_and_on_two_workers(subprocess_env,
+                                                                      tmp_path):
+    plan = TransferPlan(head_epochs=3, fine_tune_epochs=1, learning_rate=0.05,
+                        fine_tune_learning_rate=0.01, patience=0, restore_best=False,
+                        batch_size=16, seed=0)
+    here = run_transfer(small_transfer(), batches(), batches(64, seed=1), plan)
+    assert [result.epochs for result in here.phases.values()] == [3, 1]
+
+    ports = [free_port(), free_port()]
+    script = TWO_WORKERS.format(tests=str(subprocess_env["PYTHONPATH"].split(":")[0]) +
+                                "/tests", plan=json.dumps(plan.to_dict()), out=str(tmp_path))
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                  "task": {"type": "worker", "index": index}}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**subprocess_env, "TF_CONFIG": json.dumps(config),
+                            "INDEX": str(index)}))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=300))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (_, error) in zip(processes, outputs):
+        assert process.returncode == 0, error[-3000:]
+    workers = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [worker["replicas"] for worker in workers] == [2, 2]
+    assert workers[0]["digest"] == workers[1]["digest"]  # one model, mirrored
+    assert workers[0]["epochs"] == [3, 1]
+    assert workers[0]["loss"] == workers[1]["loss"] and len(workers[0]["loss"]) == 4
+    # Both learn the task (chance is 0.5); the loop reads the data in another order.
+    assert min(workers[0]["scores"]["val_accuracy"], here.scores["val_accuracy"]) >= 0.7
+
+    # What the loop cannot honour is refused by name, before any training.
+    refused = TransferPlan(discriminative_factor=2.6, patience=0, restore_best=False)
+    from templates.transfer import _run_multi_worker
+
+    with pytest.raises(ValueError, match="discriminative_factor: not available under a "
+                                         "multi-worker strategy"):
+        _run_multi_worker(None, None, batches(), None, refused, None, False, None, None)
