@@ -103,11 +103,8 @@ from templates.text_data import (  # noqa: E402
     TextExamples,
     build_vectorizer,
     download_sst2,
-    encode_labels,
-    read_text_examples,
-    split_examples,
+    load_text_splits,
     string_model,
-    subset_examples,
     token_dataset,
     unknown_token_rate,
     vectorize,
@@ -235,27 +232,16 @@ def prepare(args: argparse.Namespace) -> PreparedText:
     # ## Data
     # Without --train we fetch SST-2 (Kim 2014's copy, pinned and checked by SHA-256).
     # Missing validation or test sets are split off the training data, before any
-    # subsetting, so the test set never changes with --train-size.
-    paths = {"train": args.train, "validation": args.validation, "test": args.test}
-    if args.train is None:
-        paths = download_sst2()
-    train = read_text_examples(paths["train"], args.encoding)
-    test = (read_text_examples(paths["test"], args.encoding) if paths["test"]
-            else None)
-    if test is None:
-        train, test = split_examples(train, args.validation_fraction, args.seed)
-    validation = (read_text_examples(paths["validation"], args.encoding)
-                  if paths["validation"] else None)
-    if validation is None:
-        train, validation = split_examples(train, args.validation_fraction, args.seed + 1)
-    if args.train_size:
-        train = subset_examples(train, args.train_size, args.seed)
-    class_names, (train_labels, validation_labels, test_labels) = encode_labels(
-        train, validation, test)
-    skipped = [{"source": examples.source, "where": where, "reason": reason}
-               for examples in (train, validation, test) for where, reason in examples.skipped]
+    # subsetting, so the test set never changes with --train-size. Bad lines are
+    # skipped, counted and named.
+    paths = ({"train": args.train, "validation": args.validation, "test": args.test}
+             if args.train else download_sst2())
+    splits = load_text_splits(paths["train"], paths["validation"], paths["test"],
+                              args.validation_fraction, args.seed, args.train_size,
+                              args.encoding)
+    train, validation, test = splits.train, splits.validation, splits.test
     print(f"Data: train {len(train)}, validation {len(validation)}, test {len(test)}; "
-          f"classes {class_names}; skipped {len(skipped)} bad lines.")
+          f"classes {splits.class_names}; skipped {len(splits.skipped)} bad lines.")
 
     # ## Word vectors and vocabulary
     # The first load of a text vector file is cached as a memory-mapped array, so the
@@ -279,9 +265,10 @@ def prepare(args: argparse.Namespace) -> PreparedText:
     train_ids, validation_ids, test_ids = (
         vectorize(vectorizer, examples.texts) for examples in (train, validation, test))
     return PreparedText(
-        paths=paths, train=train, validation=validation, test=test, class_names=class_names,
-        train_labels=train_labels, validation_labels=validation_labels,
-        test_labels=test_labels, skipped=skipped, vectorizer=vectorizer,
+        paths=paths, train=train, validation=validation, test=test,
+        class_names=splits.class_names, train_labels=splits.labels["train"],
+        validation_labels=splits.labels["validation"], test_labels=splits.labels["test"],
+        skipped=splits.skipped, vectorizer=vectorizer,
         vocabulary=vocabulary, sequence_length=sequence_length, matrix=matrix,
         train_ids=train_ids, validation_ids=validation_ids, test_ids=test_ids,
         architecture={"filters": args.filters, "units": args.units,

@@ -204,6 +204,70 @@ def subset_examples(examples: TextExamples, count: int, seed: int) -> TextExampl
                         list(examples.skipped))
 
 
+@dataclasses.dataclass
+class TextSplits:
+    """Labelled texts split three ways, with integer labels and what was skipped.
+
+    Attributes:
+        train, validation, test: The examples of each split.
+        class_names: The training labels, sorted; label ``i`` is ``class_names[i]``.
+        labels: ``{"train": ids, "validation": ids, "test": ids}`` (int32 arrays).
+        skipped: Every line or file left out, once: ``{"source", "where", "reason"}``.
+        paths: The files or folders read (``None`` for a split taken off training).
+    """
+
+    train: TextExamples
+    validation: TextExamples
+    test: TextExamples
+    class_names: list[str]
+    labels: dict[str, np.ndarray]
+    skipped: list[dict[str, str]]
+    paths: dict[str, str | None]
+
+
+def load_text_splits(
+    train: str | os.PathLike,
+    validation: str | os.PathLike | None = None,
+    test: str | os.PathLike | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    train_size: int | None = None,
+    encoding: str = "utf-8",
+) -> TextSplits:
+    """Read labelled texts into train / validation / test splits (the text counterpart
+    of `templates.image_data.load_image_splits`).
+
+    A missing test or validation set is split off the training data (a seeded
+    ``validation_fraction`` each), before any subsetting, so the test set never changes
+    with ``train_size`` (a seeded subset of the training examples).
+
+    Raises:
+        TextDataError: unreadable files, no usable example, fewer than two classes, or
+            a validation/test label never seen in training (naming the file).
+    """
+    paths = {"train": os.fspath(train), "validation": validation and os.fspath(validation),
+             "test": test and os.fspath(test)}
+    training = read_text_examples(paths["train"], encoding)
+    if paths["test"]:
+        testing = read_text_examples(paths["test"], encoding)
+    else:
+        training, testing = split_examples(training, validation_fraction, seed)
+    if paths["validation"]:
+        validating = read_text_examples(paths["validation"], encoding)
+    else:
+        training, validating = split_examples(training, validation_fraction, seed + 1)
+    if train_size:
+        training = subset_examples(training, train_size, seed)
+    class_names, (train_ids, validation_ids, test_ids) = encode_labels(
+        training, validating, testing)
+    skipped = [{"source": examples.source, "where": where, "reason": reason}
+               for examples in (training, validating, testing)
+               for where, reason in examples.skipped]
+    return TextSplits(training, validating, testing, class_names,
+                      {"train": train_ids, "validation": validation_ids, "test": test_ids},
+                      skipped, paths)
+
+
 def build_vectorizer(
     texts: Sequence[str],
     sequence_length: int | None = None,

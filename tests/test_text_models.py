@@ -19,6 +19,7 @@ from templates.text_data import (
     TextDataError,
     build_vectorizer,
     encode_labels,
+    load_text_splits,
     read_text_examples,
     split_examples,
     string_model,
@@ -299,6 +300,21 @@ def test_skipped_lines_are_counted_whichever_way_the_splits_are_made(tmp_path):
     train = subset_examples(train, 20, seed=2)
     parts = (train, validation, test)
     assert [where for part in parts for where, _ in part.skipped] == ["line 8"]
+
+
+def test_load_text_splits_takes_missing_splits_off_training_and_counts_skips(tmp_path):
+    lines = [f"{'pos' if index % 2 else 'neg'}\tsentence number {index}" for index in range(40)]
+    lines.insert(3, "pos\t")
+    path = write(tmp_path / "train.tsv", ("\n".join(lines) + "\n").encode())
+    splits = load_text_splits(path, seed=0, train_size=20)
+    assert [len(part) for part in (splits.train, splits.validation, splits.test)] == [20, 4, 4]
+    assert splits.skipped == [{"source": splits.train.source, "where": "line 4",
+                               "reason": "no text"}]
+    assert splits.class_names == ["neg", "pos"] and splits.paths["test"] is None
+    for name, examples in (("train", splits.train), ("test", splits.test)):
+        assert [splits.class_names[i] for i in splits.labels[name]] == examples.labels
+    # The test set does not depend on --train-size.
+    assert load_text_splits(path, seed=0).test.texts == splits.test.texts
 
 
 def test_bad_text_data_gives_clear_errors(tmp_path):
