@@ -54,6 +54,7 @@ from templates.backbones import (  # noqa: E402
     get_backbone_spec,
 )
 from templates.cli import (  # noqa: E402
+    accuracy_gate,
     add_hardware_arguments,
     add_training_arguments,
     setup_hardware,
@@ -66,14 +67,12 @@ from templates.comparison import report_against_scratch, reuse_depth_sweep, writ
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
-from templates.export import export_saved_model, export_tflite  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.grad_cam import grad_cam_overlays  # noqa: E402
 from templates.image_data import image_dataset, load_image, load_image_splits  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
+from templates.outputs import write_model_outputs  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
-from templates.reports import plot_learning_curves  # noqa: E402
-from templates.saving import save_model, write_labels  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 
 
@@ -206,26 +205,12 @@ def run(args: argparse.Namespace) -> int:
     state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        output_dir=args.output_dir, measure_start=args.compare_scratch)
-    metrics = {"head": run.phases["head"].scores,
-               "head_seconds": run.phases["head"].seconds}
-    if "fine_tune" in run.phases:
-        metrics["fine_tuned"] = run.phases["fine_tune"].scores
-    final = run.scores
 
     # ## Outputs
-    history = run.history
-    write_json(os.path.join(args.output_dir, "history.json"), history)
-    plot_learning_curves(
-        history, os.path.join(args.output_dir, "learning_curves.png"),
-        title=f"Cats vs dogs, {spec.name} ({args.weights} weights)",
-    )
-    save_model(transfer.model, os.path.join(args.output_dir, "model.keras"))
-    write_labels(splits.class_names, os.path.join(args.output_dir, "labels.txt"))
-    export_saved_model(transfer.model, os.path.join(args.output_dir, "saved_model"),
-                       splits.class_names)
-    if args.export_tflite:
-        export_tflite(transfer.model, os.path.join(args.output_dir, "tflite"),
-                      splits.class_names)
+    # model.keras takes plain 0..255 RGB images; saved_model/ serves them.
+    write_model_outputs(args.output_dir, transfer.model, splits.class_names, run.history,
+                        title=f"Cats vs dogs, {spec.name} ({args.weights} weights)",
+                        tflite_model=transfer.model if args.export_tflite else None)
 
     # ## Evaluation: what the model gets wrong, and where it looks
     # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
@@ -235,26 +220,19 @@ def run(args: argparse.Namespace) -> int:
                                                                          validation)
     evaluation = _evaluation_report(transfer.model, evaluated, evaluated_data, image_size,
                                     args, spec.name)
-    metrics.update(
-        evaluation={"set": "test" if splits.test else "validation",
-                    "accuracy": evaluation["accuracy"], "macro_f1": evaluation["macro"]["f1"]},
-        learning_rates=run.learning_rates, plan=plan.to_dict(),
-        schedule=args.schedule, discriminative_factor=args.discriminative_factor,
-    )
-    metrics.update(
-        val_accuracy=final["val_accuracy"],
-        **({"test_accuracy": final["test_accuracy"]} if test is not None else {}),
-        images={"train": len(splits.train.files), "validation": len(splits.validation.files),
-                "test": len(splits.test.files) if splits.test else 0,
-                "skipped": len(splits.skipped)},
-        skipped_files=[{"path": s.path, "reason": s.reason} for s in splits.skipped],
-        fine_tune_seconds=run.phases["fine_tune"].seconds if "fine_tune" in run.phases else 0.0,
-        fine_tune_from=transfer.fine_tune_from,
-        **run_metadata(
-            backbone=spec.name, weights=args.weights, alpha=args.alpha,
-            image_size=image_size, data_dir=data_dir, seed=args.seed,
-        ),
-    )
+    metrics = {
+        **run.metrics(),
+        "evaluation": {"set": "test" if splits.test else "validation",
+                       "accuracy": evaluation["accuracy"],
+                       "macro_f1": evaluation["macro"]["f1"]},
+        "images": {"train": len(splits.train.files), "validation": len(splits.validation.files),
+                   "test": len(splits.test.files) if splits.test else 0,
+                   "skipped": len(splits.skipped)},
+        "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
+        "fine_tune_from": transfer.fine_tune_from,
+        **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
+                       image_size=image_size, data_dir=data_dir, seed=args.seed),
+    }
     if args.compare_scratch:
         # ## Did transfer help? The same architecture from scratch, same budget.
         report = _compare_with_scratch(args, plan, spec, image_size, splits, run, train,
@@ -269,16 +247,7 @@ def run(args: argparse.Namespace) -> int:
                              test, state, transfer.backbone)
         metrics["reuse_sweep"] = sweep
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
-
-    score_name = "test_accuracy" if test is not None else "val_accuracy"
-    score = metrics[score_name]
-    print(f"Final {score_name}: {score:.4f} (head only: {metrics['head'][score_name]:.4f}). "
-          f"Outputs in {args.output_dir}")
-    if args.assert_accuracy_at_least is not None and score < args.assert_accuracy_at_least:
-        print(f"FAILED: {score_name} {score:.4f} is below the required "
-              f"{args.assert_accuracy_at_least}", file=sys.stderr)
-        return 1
-    return 0
+    return accuracy_gate(args, metrics)
 
 
 # ## Several machines: --strategy multi_worker

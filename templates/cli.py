@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 import keras
@@ -201,3 +202,19 @@ def transfer_plan(args: argparse.Namespace, **overrides: Any) -> TransferPlan:
         fields["cache_features"] = False
     fields.update(overrides)
     return TransferPlan(**fields)
+
+
+def accuracy_gate(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
+    """Print the final score; with ``--assert-accuracy-at-least X``, return 1 (and say
+    so on stderr) when it is below X. The score is the test accuracy, or the validation
+    accuracy when there is no test set."""
+    name = "test_accuracy" if "test_accuracy" in metrics else "val_accuracy"
+    score = metrics[name]
+    head = metrics.get("head", {}).get(name)
+    print(f"Final {name}: {score:.4f}" + (f" (head only: {head:.4f})" if head is not None
+                                          else "") + f". Outputs in {args.output_dir}")
+    bar = getattr(args, "assert_accuracy_at_least", None)
+    if bar is not None and score < bar:
+        print(f"FAILED: {name} {score:.4f} is below the required {bar}", file=sys.stderr)
+        return 1
+    return 0

@@ -257,6 +257,17 @@ class TransferRun:
         """The scores after the last phase."""
         return list(self.phases.values())[-1].scores if self.phases else {}
 
+    def metrics(self) -> dict[str, Any]:
+        """What a recipe's ``metrics.json`` records of the run: the final scores, the
+        scores and wall time after each phase, the rates used and the plan."""
+        metrics: dict[str, Any] = {**self.scores}
+        for phase, key in (("head", "head"), ("fine_tune", "fine_tuned")):
+            if phase in self.phases:
+                metrics[key] = self.phases[phase].scores
+                metrics[f"{phase}_seconds"] = self.phases[phase].seconds
+        metrics.update(learning_rates=self.learning_rates, plan=self.plan.to_dict())
+        return metrics
+
     def to_dict(self) -> dict[str, Any]:
         return {"history": self.history,
                 "phases": {name: dataclasses.asdict(result)
