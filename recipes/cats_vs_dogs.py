@@ -63,7 +63,7 @@ from templates.cli import (  # noqa: E402
     training_state,
     transfer_plan,
 )
-from templates.comparison import report_against_scratch, reuse_depth_sweep, write_sweep  # noqa: E402
+from templates.comparison import report_against_scratch, reuse_depth_sweep  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
@@ -234,18 +234,31 @@ def run(args: argparse.Namespace) -> int:
                        image_size=image_size, data_dir=data_dir, seed=args.seed),
     }
     if args.compare_scratch:
-        # ## Did transfer help? The same architecture from scratch, same budget.
-        report = _compare_with_scratch(args, plan, spec, image_size, splits, run, train,
-                                       validation, test, state)
+        # ## Did transfer help? The same architecture from random weights, trained for
+        # all the epochs at the head's rate, same data, seed, schedule and early stopping.
+        keras.utils.set_random_seed(args.seed)
+        report = report_against_scratch(
+            run, pretrained_model(spec, len(splits.class_names), weights=None,
+                                  image_size=image_size, alpha=args.alpha).model,
+            train, validation, test, args.output_dir, state=state,
+            title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch",
+            phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         metrics["transfer_report"] = report.to_dict()["difference"]
         print(report.summary_text())
     if args.reuse_sweep:
         # ## How much of the backbone to reuse
         # Early blocks compute generic edges and textures, later ones ImageNet-specific
-        # parts; the sweep measures which depth serves these photos best.
-        sweep = _reuse_sweep(args, plan, spec, weights, image_size, splits, train, validation,
-                             test, state, transfer.backbone)
-        metrics["reuse_sweep"] = sweep
+        # parts; heads trained on the backbone cut at N block ends show which depth
+        # serves these photos best.
+        metrics["reuse_sweep"] = reuse_depth_sweep(
+            lambda cut: pretrained_model(spec, len(splits.class_names), weights=weights,
+                                         image_size=image_size, alpha=args.alpha, cut_at=cut),
+            block_cut_points(transfer.backbone, args.reuse_sweep), train, validation, test,
+            budget=dataclasses.replace(plan.with_rates(run.learning_rates),
+                                       fine_tune_epochs=0, callbacks={}),
+            seed=args.seed, state=state, directory=args.output_dir,
+            title=f"Reuse depth: {spec.name} blocks, cats vs dogs (head only)",
+            phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     return accuracy_gate(args, metrics)
 
@@ -304,41 +317,6 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
         **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
                        image_size=image_size, data_dir=data_dir, seed=args.seed))
     return 0
-
-
-def _compare_with_scratch(args, plan, spec, image_size, splits, run, train, validation, test,
-                          state):
-    # The scratch model: the same architecture with random weights, trained for all the
-    # epochs at the head's rate, with the plan's schedule shape and early stopping.
-    keras.utils.set_random_seed(args.seed)
-    scratch = pretrained_model(spec, len(splits.class_names), weights=None,
-                               image_size=image_size, alpha=args.alpha).model
-    return report_against_scratch(
-        run.validation_curve, run.start_accuracy, run.test_accuracy, scratch,
-        train, validation, test, plan.with_rates(run.learning_rates), args.seed,
-        args.output_dir,
-        title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch", state=state,
-        phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-
-
-def _reuse_sweep(args, plan, spec, weights, image_size, splits, train, validation, test, state,
-                 backbone) -> list[dict]:
-    # Head-only runs at each depth, on the same plan otherwise.
-    sweep = reuse_depth_sweep(
-        lambda cut: pretrained_model(spec, len(splits.class_names), weights=weights,
-                                     image_size=image_size, alpha=args.alpha, cut_at=cut),
-        block_cut_points(backbone, args.reuse_sweep), train, validation, test,
-        budget=dataclasses.replace(plan, fine_tune_epochs=0, find_learning_rates=False,
-                                   callbacks={}),
-        seed=args.seed, state=state,
-        phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-    write_sweep(sweep, args.output_dir,
-                title=f"Reuse depth: {spec.name} blocks, cats vs dogs (head only)")
-    for row in sweep:
-        score = row["test_accuracy"] if row["test_accuracy"] is not None else row[
-            "best_val_accuracy"]
-        print(f"  reuse up to {row['cut_at']:>20} ({row['reused_layers']:>3} layers): {score:.3f}")
-    return sweep
 
 
 def _evaluation_report(model, folder, data, image_size, args, backbone_name,

@@ -53,7 +53,7 @@ from templates.cli import (  # noqa: E402
     tensorboard_callbacks,
     training_state,
 )
-from templates.comparison import compare_with_scratch, reuse_depth_sweep, write_sweep  # noqa: E402
+from templates.comparison import compare_with_scratch, reuse_depth_sweep  # noqa: E402
 from templates.develop import develop_model, reuse_model  # noqa: E402
 from templates.epoch_shuffle import shuffle_each_epoch  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
@@ -287,12 +287,9 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
         lambda cut: reuse(developed.source_model, cut),
         cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
         trained_runs={"pool": f"seed{args.seed}.transfer"}, phase_callbacks=logs,
+        directory=args.output_dir,
+        title=f"Reuse depth, digits 0-4 -> 5-9 ({args.labels_per_class} labels/class)",
     )
-    if sweep:
-        write_sweep(sweep, args.output_dir, title=f"Reuse depth, digits 0-4 -> 5-9 "
-                    f"({args.labels_per_class} labels/class)")
-    for row in sweep:
-        print(f"  reuse up to {row['cut_at']:>8}: test accuracy {row['test_accuracy']:.3f}")
 
     write_json(os.path.join(args.output_dir, "metrics.json"), {
         "source_check": check.__dict__,

@@ -355,11 +355,9 @@ def run(args: argparse.Namespace) -> int:
             len(vocabulary), matrix.matrix.shape[1], len(class_names), sequence_length,
             args.architecture, **architecture)
         report = report_against_scratch(
-            run.validation_curve, run.start_accuracy, run.test_accuracy, scratch,
-            train_data, validation_data, test_data, plan.with_rates(run.learning_rates),
-            args.seed, args.output_dir,
+            run, scratch, train_data, validation_data, test_data, args.output_dir,
             title=f"{args.vectors} vectors vs random embeddings ({args.architecture})",
-            verbose=2, state=state,
+            state=state, verbose=2,
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         summary = report.to_dict()
         for key, side in (("pretrained", "transfer"), ("scratch", "scratch")):

@@ -1,92 +1,68 @@
 """transfer-cookbook: Keras 3 templates for transfer learning.
 
-Backend-agnostic model building lives in `backbones`, `preprocessing`, `heads`,
-`pretrained`, `develop`, `phases`, `comparison`, `transfer_report`, `embeddings` and
-`text_classifiers`; word vectors (`word_vectors`, `word2vec`) need gensim but not
-TensorFlow. TensorFlow-only parts (`image_data`, `text_data`, `hub`, `export`) are
-imported from their own modules so that the rest runs on any Keras backend.
+The common case is one call:
+
+    from templates import TransferPlan, pretrained_model, run_transfer
+    run = run_transfer(pretrained_model("MobileNet", 2, alpha=0.25), train, validation,
+                       TransferPlan(seed=1), checkpoints="runs/x/checkpoints")
+
+The names below are the user-facing surface; each is imported from its module the first
+time it is used (PEP 562), so ``import templates`` loads neither TensorFlow-only parts
+nor gensim and pyarrow until something needs them. Model building (`backbones`,
+`pretrained`, `text_classifiers`, `phases`, `transfer`...) is plain Keras 3 and runs on
+any backend; `image_data`, `text_data`, `hub`, `export`, `hardware` and `multi_worker`
+need TensorFlow.
 """
 
-from templates.backbones import (
-    BACKBONES,
-    BackboneSpec,
-    WeightsUnavailableError,
-    build_backbone,
-    cut_backbone,
-    get_backbone_spec,
-)
-from templates.comparison import TrainingBudget, compare_with_scratch, reuse_depth_sweep
-from templates.develop import (
-    UnskilledSourceModelError,
-    develop_model,
-    develop_source_model,
-    reuse_model,
-)
-from templates.embeddings import EmbeddingMatrix, PretrainedEmbedding, embedding_matrix
-from templates.heads import classification_head
-from templates.phases import (
-    extract_features,
-    fine_tune,
-    freeze_batch_normalization,
-    train_head,
-    unfreeze_from,
-)
-from templates.preprocessing import BackbonePreprocessing
-from templates.pretrained import TransferModel, pretrained_model
-from templates.saving import load_model, read_labels, save_model, write_labels
-from templates.text_classifiers import (
-    ARCHITECTURES,
-    pretrained_text_classifier,
-    scratch_text_classifier,
-    text_head,
-)
-from templates.transfer import TransferPlan, TransferRun, run_transfer
-from templates.transfer_report import TransferReport, summarize_curve
-from templates.word2vec import develop_word_vectors
-from templates.word_vectors import VectorFileError, load_word_vectors
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES",
-    "BACKBONES",
-    "EmbeddingMatrix",
-    "PretrainedEmbedding",
-    "VectorFileError",
-    "BackboneSpec",
-    "BackbonePreprocessing",
-    "TrainingBudget",
-    "TransferModel",
-    "TransferPlan",
-    "TransferRun",
-    "TransferReport",
-    "UnskilledSourceModelError",
-    "WeightsUnavailableError",
-    "build_backbone",
-    "classification_head",
-    "compare_with_scratch",
-    "cut_backbone",
-    "develop_model",
-    "develop_source_model",
-    "develop_word_vectors",
-    "embedding_matrix",
-    "extract_features",
-    "fine_tune",
-    "freeze_batch_normalization",
-    "get_backbone_spec",
-    "load_model",
-    "load_word_vectors",
-    "pretrained_model",
-    "pretrained_text_classifier",
-    "read_labels",
-    "reuse_depth_sweep",
-    "reuse_model",
-    "run_transfer",
-    "save_model",
-    "scratch_text_classifier",
-    "summarize_curve",
-    "text_head",
-    "train_head",
-    "unfreeze_from",
-    "write_labels",
-]
+# name -> the module that defines it
+_EXPORTS = {
+    "BACKBONES": "backbones", "BackboneSpec": "backbones",
+    "WeightsUnavailableError": "backbones", "build_backbone": "backbones",
+    "cut_backbone": "backbones", "get_backbone_spec": "backbones",
+    "TrainingBudget": "comparison", "compare_with_scratch": "comparison",
+    "report_against_scratch": "comparison", "reuse_depth_sweep": "comparison",
+    "UnskilledSourceModelError": "develop", "develop_model": "develop",
+    "develop_source_model": "develop", "reuse_model": "develop",
+    "EmbeddingMatrix": "embeddings", "PretrainedEmbedding": "embeddings",
+    "embedding_matrix": "embeddings",
+    "evaluation_report": "evaluation",
+    "classification_head": "heads",
+    "load_image_splits": "image_data", "image_dataset": "image_data",
+    "extract_features": "phases", "fine_tune": "phases",
+    "freeze_batch_normalization": "phases", "train_head": "phases",
+    "unfreeze_from": "phases",
+    "BackbonePreprocessing": "preprocessing",
+    "TransferModel": "pretrained", "pretrained_model": "pretrained",
+    "Predictor": "predictor",
+    "load_model": "saving", "read_labels": "saving", "save_model": "saving",
+    "write_labels": "saving",
+    "load_text_splits": "text_data",
+    "ARCHITECTURES": "text_classifiers", "pretrained_text_classifier": "text_classifiers",
+    "scratch_text_classifier": "text_classifiers", "text_head": "text_classifiers",
+    "TransferPlan": "transfer", "TransferRun": "transfer", "run_transfer": "transfer",
+    "TransferReport": "transfer_report", "summarize_curve": "transfer_report",
+    "develop_word_vectors": "word2vec",
+    "VectorFileError": "word_vectors", "load_word_vectors": "word_vectors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'templates' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"templates.{module}"), name)
+    globals()[name] = value  # the next access is a plain attribute read
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -22,7 +22,7 @@ from templates.layers import iterate_layers
 from templates.learning_rates import scheduled
 from templates.phases import compile_classifier, evaluate_accuracy
 from templates.pretrained import TransferModel
-from templates.transfer import TransferPlan, run_transfer, steps_per_epoch
+from templates.transfer import TransferPlan, TransferRun, run_transfer, steps_per_epoch
 from templates.transfer_report import CurveSummary, TransferReport, summarize_curve
 
 
@@ -176,50 +176,47 @@ def compare_with_scratch(
 
 
 def report_against_scratch(
-    transfer_curve: Sequence[float],
-    transfer_before: float,
-    transfer_test: float | None,
+    run: TransferRun,
     scratch_model: keras.Model,
     train: Iterable,
     validation: Iterable,
     test: Iterable | None,
-    budget: TrainingBudget,
-    seed: int,
     directory: str | os.PathLike,
     title: str,
-    verbose: int | str = "auto",
     state: TrainingState | None = None,
     phase_callbacks: PhaseCallbacks | None = None,
+    verbose: int | str = "auto",
 ) -> TransferReport:
-    """Report a recipe's finished transfer run against the same model from scratch.
+    """Report a finished `run_transfer` run against the same model from scratch.
 
-    A recipe has already trained its transferred model; this trains ``scratch_model``
-    on the identical budget (see `train_from_scratch`), builds the `TransferReport`
-    and writes ``transfer_report.json`` and ``transfer_report.png`` to ``directory``.
+    ``scratch_model`` trains on the run's plan with the rates the run used (see
+    `train_from_scratch`: every layer, ``head_epochs + fine_tune_epochs`` at the head's
+    rate, the same schedule shape, early-stopping rule and seed); then the
+    `TransferReport` is built and ``transfer_report.json`` / ``.png`` written to
+    ``directory``. Seed Keras with ``run.plan.seed`` before building ``scratch_model``.
 
     Args:
-        transfer_curve: The transferred model's validation accuracy per epoch.
-        transfer_before: Its validation accuracy before any target training.
-        transfer_test: Its final test accuracy, or ``None``.
+        run: The transferred model's run (``measure_start=True`` gives the start
+            measure; ``test`` data gives the test accuracy).
         scratch_model: The same architecture, randomly initialised.
-        train, validation, test, budget: As the transferred run used them.
-        seed: The run's seed, recorded in the report (seed Keras before building
-            ``scratch_model``, as the transferred run was seeded).
+        train, validation, test: As the run used them.
         directory: Output folder.
         title: Plot title.
-        verbose: Passed to ``fit``.
         state: The recipe's `TrainingState`; the scratch run is checkpointed in it as
             phase ``scratch`` and resumes when interrupted.
         phase_callbacks: Extra callbacks for the scratch run (called with
             ``"scratch"``).
+        verbose: Passed to ``fit``.
     """
+    plan = run.plan.with_rates(run.learning_rates)
     scratch_before, scratch_curve, scratch_test = train_from_scratch(
-        scratch_model, train, validation, test, budget, verbose=verbose, state=state,
-        seed=seed, phase_callbacks=phase_callbacks)
+        scratch_model, train, validation, test, plan, verbose=verbose, state=state,
+        seed=plan.seed, phase_callbacks=phase_callbacks)
     report = TransferReport(
-        transfer=[summarize_curve(transfer_curve, transfer_before, transfer_test)],
+        transfer=[summarize_curve(run.validation_curve, run.start_accuracy,
+                                  run.test_accuracy)],
         scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
-        seeds=[seed], phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None,
+        seeds=[plan.seed], phase_boundary=plan.head_epochs if plan.fine_tune_epochs else None,
     )
     report.write_json(os.path.join(directory, "transfer_report.json"))
     report.plot(os.path.join(directory, "transfer_report.png"), title=title)
@@ -238,6 +235,8 @@ def reuse_depth_sweep(
     state: TrainingState | None = None,
     trained_runs: Mapping[str | int, str] | None = None,
     phase_callbacks: PhaseCallbacks | None = None,
+    directory: str | os.PathLike | None = None,
+    title: str = "Reuse depth",
 ) -> list[dict]:
     """Reuse the source model up to each cut point; measure target skill per depth.
 
@@ -253,6 +252,8 @@ def reuse_depth_sweep(
             ``{"pool": "seed0.transfer"}`` when `compare_with_scratch`'s first
             transferred run reused the source model up to ``"pool"``: that run's
             finished phases are restored instead of trained again.
+        directory: Where to write ``reuse_sweep.json`` and ``.png`` (`write_sweep`,
+            with ``title``) and print a line per depth; ``None`` writes nothing.
 
     Returns:
         One dict per cut point: ``cut_at``, ``reused_layers``, ``best_val_accuracy``,
@@ -283,6 +284,13 @@ def reuse_depth_sweep(
                 state.save_result(name, saved)
             keras.backend.clear_session()
         results.append(saved)
+    if directory is not None and results:
+        write_sweep(results, directory, title)
+        for row in results:
+            score = (row["test_accuracy"] if row["test_accuracy"] is not None
+                     else row["best_val_accuracy"])
+            print(f"  reuse up to {row['cut_at']:>20} ({row['reused_layers']:>3} layers): "
+                  f"{score:.3f}")
     return results
 
 

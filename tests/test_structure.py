@@ -76,3 +76,21 @@ def test_benchmarks_are_not_installed_as_a_top_level_package():
     included = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert "templates*" in included and not any(name.startswith("benchmarks")
                                                   for name in included)
+
+
+def test_the_package_surface_loads_lazily_and_every_name_resolves():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, templates\n"
+        "heavy = [m for m in ('gensim', 'pyarrow', 'tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from templates import TransferPlan, run_transfer, pretrained_model\n"
+        "assert 'gensim' not in sys.modules and 'pyarrow' not in sys.modules\n"
+        "missing = [name for name in templates.__all__ if getattr(templates, name) is None]\n"
+        "assert not missing, missing\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPOSITORY, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
