@@ -99,7 +99,7 @@ from templates.text_classifiers import (  # noqa: E402
     scratch_text_classifier,
 )
 from templates.text_data import (  # noqa: E402
-    TextExamples,
+    TextSplits,
     build_vectorizer,
     download_sst2,
     load_text_splits,
@@ -207,23 +207,15 @@ def main(argv=None) -> int:
 class PreparedText:
     """Everything the training needs but the model (see `prepare`)."""
 
-    paths: dict[str, str | None]          # the train / validation / test files
-    train: TextExamples
-    validation: TextExamples
-    test: TextExamples
-    class_names: list[str]
-    train_labels: np.ndarray              # integer labels, in class_names order
-    validation_labels: np.ndarray
-    test_labels: np.ndarray
-    skipped: list[dict[str, Any]]         # bad lines: file, line, reason
+    splits: TextSplits                    # texts, integer labels, skipped lines, paths
     vectorizer: keras.layers.TextVectorization
-    vocabulary: list[str]
-    sequence_length: int
-    matrix: EmbeddingMatrix               # aligned to the vocabulary
-    train_ids: np.ndarray                 # token ids, (examples, sequence_length)
-    validation_ids: np.ndarray
-    test_ids: np.ndarray
+    matrix: EmbeddingMatrix               # the vectors, aligned to the vocabulary
+    ids: dict[str, np.ndarray]            # token ids per split, (examples, length)
     architecture: dict[str, Any]          # keyword arguments of the classifier builders
+
+    def batches(self, split: str, batch_size: int, **options):
+        return token_dataset(self.ids[split], self.splits.labels[split], batch_size,
+                             **options)
 
 
 def prepare(args: argparse.Namespace) -> PreparedText:
@@ -261,15 +253,10 @@ def prepare(args: argparse.Namespace) -> PreparedText:
 
     # Texts are turned into token ids once; the models below train on ids, and the
     # vectoriser is put back in front of the trained model before saving.
-    train_ids, validation_ids, test_ids = (
-        vectorize(vectorizer, examples.texts) for examples in (train, validation, test))
+    ids = {name: vectorize(vectorizer, examples.texts) for name, examples in
+           (("train", train), ("validation", validation), ("test", test))}
     return PreparedText(
-        paths=paths, train=train, validation=validation, test=test,
-        class_names=splits.class_names, train_labels=splits.labels["train"],
-        validation_labels=splits.labels["validation"], test_labels=splits.labels["test"],
-        skipped=splits.skipped, vectorizer=vectorizer,
-        vocabulary=vocabulary, sequence_length=sequence_length, matrix=matrix,
-        train_ids=train_ids, validation_ids=validation_ids, test_ids=test_ids,
+        splits=splits, vectorizer=vectorizer, matrix=matrix, ids=ids,
         architecture={"filters": args.filters, "units": args.units,
                       "static_channel": args.multichannel,
                       "embedding_dropout": args.embedding_dropout,
@@ -277,7 +264,7 @@ def prepare(args: argparse.Namespace) -> PreparedText:
                       # texts; the extra GloVe words' rows (most of the vocabulary) stay
                       # in a fixed table, which makes each step several times faster
                       # and changes no result (those rows would get no gradient).
-                      "trainable_rows": int(train_ids.max()) + 1})
+                      "trainable_rows": int(ids["train"].max()) + 1})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -285,16 +272,13 @@ def run(args: argparse.Namespace) -> int:
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     data = prepare(args)
-    (paths, train, validation, test, class_names, skipped, vectorizer, vocabulary,
-     sequence_length, matrix, train_ids, test_ids, architecture) = (
-        data.paths, data.train, data.validation, data.test, data.class_names, data.skipped,
-        data.vectorizer, data.vocabulary, data.sequence_length, data.matrix, data.train_ids,
-        data.test_ids, data.architecture)
-    train_data = token_dataset(train_ids, data.train_labels, args.batch_size, shuffle=True,
-                               seed=args.seed)
-    validation_data = token_dataset(data.validation_ids, data.validation_labels,
-                                    args.batch_size)
-    test_data = token_dataset(test_ids, data.test_labels, args.batch_size)
+    splits, vectorizer, matrix, architecture = (data.splits, data.vectorizer, data.matrix,
+                                                data.architecture)
+    class_names, vocabulary = splits.class_names, vectorizer.get_vocabulary()
+    sequence_length = data.ids["train"].shape[1]
+    train_data = data.batches("train", args.batch_size, shuffle=True, seed=args.seed)
+    validation_data = data.batches("validation", args.batch_size)
+    test_data = data.batches("test", args.batch_size)
 
     # ## Training: the two phases, as one plan
     # Phase 1: the head learns on frozen vectors (their output is cached, so a head
@@ -306,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
     transfer = pretrained_text_classifier(
         matrix, len(class_names), sequence_length, args.architecture,
         trainable_mode=args.embedding_training, class_names=class_names, **architecture)
-    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(train_ids) / args.batch_size))
+    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.ids["train"])
+                                                         / args.batch_size))
     state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
     run = run_transfer(transfer, train_data, validation_data, plan, checkpoints=state,
                        test=test_data, output_dir=args.output_dir, measure_start=True,
@@ -329,19 +314,20 @@ def run(args: argparse.Namespace) -> int:
     # ## Evaluation: per-class scores, confusion matrix, the most confidently wrong texts
     evaluation = evaluation_report(
         transfer.model, test_data, class_names, os.path.join(args.output_dir, "evaluation"),
-        examples=test.texts, kind="text", title="Text classification")
+        examples=splits.test.texts, kind="text", title="Text classification")
     metrics = {
         **run.metrics(),
         "vocabulary_size": len(vocabulary), "oov_rate": round(matrix.oov_rate, 4),
-        "test_unknown_token_rate": round(unknown_token_rate(test_ids), 4),
+        "test_unknown_token_rate": round(unknown_token_rate(data.ids["test"]), 4),
         "embedding": matrix.report(), "sequence_length": sequence_length,
         "class_names": class_names,
-        "examples": {"train": len(train), "validation": len(validation), "test": len(test)},
-        "skipped_lines": skipped,
+        "examples": {name: len(getattr(splits, name)) for name in ("train", "validation",
+                                                                    "test")},
+        "skipped_lines": splits.skipped,
         "evaluation": {"set": "test", "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"]},
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
-                       data={key: value for key, value in paths.items() if value},
+                       data={key: value for key, value in splits.paths.items() if value},
                        seed=args.seed),
     }
 
@@ -387,18 +373,20 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
     # Every worker trains on its own shard of the sentences (every n-th one).
     def dataset_fn(context):
         count, index = context.num_input_pipelines, context.input_pipeline_id
-        return token_dataset(data.train_ids[index::count], data.train_labels[index::count],
+        return token_dataset(data.ids["train"][index::count],
+                             data.splits.labels["train"][index::count],
                              context.get_per_replica_batch_size(args.batch_size),
                              shuffle=True).repeat()
 
     with choice.strategy.scope():  # the model's variables are mirrored on every worker
         transfer = pretrained_text_classifier(
-            data.matrix, len(data.class_names), data.sequence_length, args.architecture,
-            trainable_mode=args.embedding_training, class_names=data.class_names,
-            **data.architecture)
+            data.matrix, len(data.splits.class_names), data.ids["train"].shape[1],
+            args.architecture, trainable_mode=args.embedding_training,
+            class_names=data.splits.class_names, **data.architecture)
     # The same call and plan as on one machine: under a multi-worker strategy
     # run_transfer trains on the strategy.run loop.
-    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.train_ids) / args.batch_size))
+    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.ids["train"])
+                                                         / args.batch_size))
     run = run_transfer(transfer, dataset_fn, None, plan,
                        checkpoints=os.path.join(args.output_dir, "checkpoints"),
                        resume=args.resume, output_dir=args.output_dir)
@@ -408,14 +396,13 @@ def run_multi_worker(args: argparse.Namespace, choice) -> int:
     finish_multi_worker(
         choice, run, transfer.model,
         string_model(data.vectorizer, transfer.model, name="text_classifier"),
-        args.output_dir, data.class_names,
-        {"val_accuracy": token_dataset(data.validation_ids, data.validation_labels, 256),
-         "test_accuracy": token_dataset(data.test_ids, data.test_labels, 256)},
+        args.output_dir, data.splits.class_names,
+        {"val_accuracy": data.batches("validation", 256), "test_accuracy": data.batches(
+            "test", 256)},
         report=lambda predict: evaluation_report(
-            transfer.model, token_dataset(data.test_ids, data.test_labels, 256),
-            data.class_names, os.path.join(args.output_dir, "evaluation"),
-            examples=data.test.texts, kind="text", title="Text classification",
-            predict=predict),
+            transfer.model, data.batches("test", 256), data.splits.class_names,
+            os.path.join(args.output_dir, "evaluation"), examples=data.splits.test.texts,
+            kind="text", title="Text classification", predict=predict),
         **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
                        seed=args.seed))
     return 0
