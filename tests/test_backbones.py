@@ -30,6 +30,7 @@ REQUIRED_FAMILIES = (
 
 def test_registry_covers_every_required_family():
     assert sorted(BACKBONES) == sorted(REQUIRED_FAMILIES)
+    assert FAST_FAMILIES <= set(BACKBONES)
     for spec in BACKBONES.values():
         assert callable(spec.constructor), spec.name
 
@@ -47,7 +48,16 @@ def test_preprocessing_matches_the_family_module(name):
         np.testing.assert_array_equal(np.asarray(expected), images)
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+# One family per keras.applications module is built in the fast tier; the larger
+# members of each module (same code, more blocks) are built in the full run.
+FAST_FAMILIES = {"VGG16", "ResNet50", "ResNet50V2", "InceptionV3", "InceptionResNetV2",
+                 "Xception", "MobileNet", "MobileNetV2", "MobileNetV3Small", "DenseNet121",
+                 "NASNetMobile", "EfficientNetB0", "EfficientNetV2B0", "ConvNeXtTiny"}
+
+
+@pytest.mark.parametrize("name", [
+    name if name in FAST_FAMILIES else pytest.param(name, marks=pytest.mark.acceptance)
+    for name in sorted(BACKBONES)])
 def test_built_backbone_matches_its_row(name):
     spec = BACKBONES[name]
     size = max(spec.minimum_image_size, 32)

@@ -206,6 +206,7 @@ def colour_photos(root, per_class=24, size=40):
                 Image.fromarray(pixels.astype("uint8")).save(folder / f"{index}.png")
 
 
+@pytest.mark.acceptance  # whole recipes on two workers: the full run
 def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     # Keras's ImageNet MobileNet (alpha 0.25) file from ../shared: a random MobileNet's
     # features at these sizes are constant, so only real weights can show learning.
@@ -249,6 +250,7 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     assert result.returncode == 2 and "--compare-scratch" in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.acceptance  # whole recipes on two workers: the full run
 def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     # Sentences whose colour word gives the label; the vectors place the two colour
     # families apart, so the frozen-vector head can learn it.

@@ -48,6 +48,7 @@ def run(arguments, env, point=None):
                           cwd=REPOSITORY)
 
 
+@pytest.mark.acceptance  # eight recipe processes: the full run, not the fast tier
 def test_a_run_killed_at_every_boundary_resumes_to_the_uninterrupted_result(
         few_photos, subprocess_env, tmp_path):
     reference = tmp_path / "reference"
