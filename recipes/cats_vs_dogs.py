@@ -56,6 +56,7 @@ from templates.backbones import (  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
+    add_run_arguments,
     add_training_arguments,
     setup_hardware,
     start_multi_worker,
@@ -97,14 +98,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="'imagenet', 'none' (random initialisation) or a weights file.")
     parser.add_argument("--image-size", type=int, default=None,
                         help="Square image side; the backbone's default when omitted.")
-    parser.add_argument("--epochs", type=int, default=10, help="Head-training epochs.")
-    parser.add_argument("--fine-tune-epochs", type=int, default=3,
-                        help="Fine-tuning epochs (0 skips fine-tuning).")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="Head-training learning rate.")
-    parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
-                        help="Fine-tuning learning rate (keep it well below the head's).")
     parser.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
                         help="First backbone layer to unfreeze (a name, or an index such "
                         "as -20); the registry's choice by default.")
@@ -112,24 +105,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Random flips and rotations; trains the head with the "
                         "backbone in the graph instead of on cached features.")
     parser.add_argument("--validation-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--resume", action="store_true",
-                        help="Continue an interrupted run from OUTPUT_DIR/checkpoints.")
-    parser.add_argument("--output-dir", default="runs/cats_vs_dogs")
-    parser.add_argument("--compare-scratch", action="store_true",
-                        help="Also train the same architecture from random weights (every "
-                        "layer trainable, same data, epochs, seed and optimiser) and write "
-                        "transfer_report.json/.png: did transfer help here?")
-    parser.add_argument("--assert-accuracy-at-least", type=float, default=None,
-                        metavar="X", help="Exit non-zero if the final accuracy (test if "
-                        "a test set is given, else validation) is below X.")
     parser.add_argument("--reuse-sweep", type=int, default=0, metavar="N",
                         help="Also measure how much of the backbone to reuse: cut it at N "
                              "block ends (first to last), train a head on each for --epochs "
                              "and write reuse_sweep.json/.png.")
-    parser.add_argument("--export-tflite", action="store_true",
-                        help="Also write tflite/model.tflite (with labels.txt).")
     # Warm-up + cosine by default: on the real photos it beat constant rates (README).
+    add_run_arguments(parser, "runs/cats_vs_dogs")
     add_training_arguments(parser, schedule="warmup_cosine")
     add_hardware_arguments(parser)
     return parser.parse_args(argv)

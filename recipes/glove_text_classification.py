@@ -74,6 +74,7 @@ import numpy as np  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
+    add_run_arguments,
     add_training_arguments,
     setup_hardware,
     start_multi_worker,
@@ -130,12 +131,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "or a gensim-data name such as glove-wiki-gigaword-100.")
     parser.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                         help="Classifier on top of the embedding (default: Kim's CNN).")
-    parser.add_argument("--epochs", type=int, default=10,
-                        help="Epochs with the embedding frozen (head training).")
-    parser.add_argument("--fine-tune-epochs", type=int, default=6,
-                        help="Epochs with the embedding unfrozen (0 skips fine-tuning).")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--fine-tune-learning-rate", type=float, default=5e-4)
     parser.add_argument("--filters", type=int, default=200,
                         help="Convolution filters per kernel width (cnn).")
     parser.add_argument("--multichannel", action=argparse.BooleanOptionalAction,
@@ -160,7 +155,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--sequence-length", type=int, default=None,
                         help="Tokens per text; the 95th percentile of training lengths "
                         "when omitted.")
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--encoding", default="utf-8", help="Encoding of the text files.")
     parser.add_argument("--words-with-spaces", action="store_true",
@@ -168,22 +162,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="Allow gensim native .kv/.model vector files (pickles: they "
                         "can run code when loaded).")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--resume", action="store_true",
-                        help="Continue an interrupted run from OUTPUT_DIR/checkpoints: "
-                        "finished phases are restored, the phase in progress continues "
-                        "from its last finished epoch.")
-    parser.add_argument("--output-dir", default="runs/glove_text_classification")
-    parser.add_argument("--compare-scratch", action="store_true",
-                        help="Also train the identical model with randomly initialised "
-                        "embeddings (same data, epochs, seed and optimiser) and report "
-                        "both: did the pretrained vectors help here?")
-    parser.add_argument("--assert-accuracy-at-least", type=float, default=None, metavar="X",
-                        help="Exit non-zero if the test accuracy is below X.")
-    parser.add_argument("--export-tflite", action="store_true",
-                        help="Also write tflite/model.tflite, which takes token ids (TFLite "
-                             "cannot run the vectoriser), with labels.txt and "
-                             "vocabulary.txt.")
+    add_run_arguments(parser, "runs/glove_text_classification", fine_tune_epochs=6,
+                      fine_tune_learning_rate=5e-4)
     add_training_arguments(parser)
     add_hardware_arguments(parser)
     return parser.parse_args(argv)

@@ -54,6 +54,46 @@ from templates.learning_rates import (  # noqa: F401
 from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
 from templates.transfer import MONITORS, TransferPlan
 
+def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
+                      fine_tune_epochs: int = 3, fine_tune_learning_rate: float = 1e-4,
+                      seed: int = 1337) -> None:
+    """Add the flags every transfer recipe shares: the two phases' epochs and rates,
+    ``--batch-size``, ``--seed``, ``--resume``, ``--output-dir``, ``--compare-scratch``,
+    ``--export-tflite`` and ``--assert-accuracy-at-least``, with the recipe's defaults."""
+    group = parser.add_argument_group("the run")
+    group.add_argument("--epochs", type=int, default=10,
+                       help="Epochs of phase 1: the new head on the frozen reused part.")
+    group.add_argument("--fine-tune-epochs", type=int, default=fine_tune_epochs,
+                       help="Epochs of phase 2, the reused part unfrozen (0 skips it). "
+                            f"Default {fine_tune_epochs}.")
+    group.add_argument("--learning-rate", type=float, default=1e-3,
+                       help="Phase 1's learning rate. Default 1e-3.")
+    group.add_argument("--fine-tune-learning-rate", type=float,
+                       default=fine_tune_learning_rate,
+                       help="Phase 2's learning rate (well below phase 1's). Default "
+                            f"{fine_tune_learning_rate:g}.")
+    group.add_argument("--batch-size", type=int, default=32,
+                       help="Examples per batch and replica. Default 32.")
+    group.add_argument("--seed", type=int, default=seed,
+                       help="Seeds the splits, every epoch's order, dropout and "
+                            f"augmentation. Default {seed}.")
+    group.add_argument("--output-dir", default=output_dir,
+                       help=f"Where the outputs go. Default {output_dir}.")
+    group.add_argument("--resume", action="store_true",
+                       help="Continue an interrupted run from OUTPUT_DIR/checkpoints: "
+                            "finished phases are restored, the phase in progress continues "
+                            "from its last finished epoch.")
+    group.add_argument("--compare-scratch", action="store_true",
+                       help="Also train the same model from random weights (same data, "
+                            "epochs, seed, schedule and early stopping) and write "
+                            "transfer_report.json/.png: did transfer help here?")
+    group.add_argument("--export-tflite", action="store_true",
+                       help="Also write tflite/model.tflite with labels.txt.")
+    group.add_argument("--assert-accuracy-at-least", type=float, default=None, metavar="X",
+                       help="Exit non-zero if the final accuracy (test if there is a test "
+                            "set, else validation) is below X.")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                            restore_best: bool = True, schedule: str = "constant",
                            monitor: str = "val_accuracy") -> None:
