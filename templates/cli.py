@@ -47,6 +47,7 @@ from templates.hardware import (
 # recipes import them from here with the flags.
 from templates.learning_rates import (  # noqa: F401
     SCHEDULES,
+    SUGGESTION_RULES,
     finder_bounds,
     record_finding,
     scheduled,
@@ -111,10 +112,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
     group = parser.add_argument_group("training options")
     group.add_argument("--find-lr", action="store_true",
                        help="Run the learning-rate finder before each phase, use its "
-                            "suggestion (steepest descent of the smoothed loss; the default "
+                            "suggestion (--finder-rule; the default "
                             "rate when the sweep is unusable or out of bounds) instead of "
                             "--learning-rate / --fine-tune-learning-rate, and write "
                             "lr_finder_PHASE.png/.json.")
+    group.add_argument("--finder-rule", choices=SUGGESTION_RULES, default="valley",
+                       help="How --find-lr suggests a rate from its sweep: fastai's valley "
+                            "(default, chosen on validation: docs/results.md), the steepest "
+                            "descent of the loss, or the loss minimum / 10.")
     group.add_argument("--schedule", choices=SCHEDULES, default=schedule,
                        help="Learning-rate schedule within each phase: constant, warm-up "
                             "(10%% of steps) then cosine decay, or one-cycle (the rate "
@@ -231,6 +236,7 @@ def transfer_plan(args: argparse.Namespace, **overrides: Any) -> TransferPlan:
         learning_rate=args.learning_rate, fine_tune_learning_rate=args.fine_tune_learning_rate,
         batch_size=args.batch_size, schedule=args.schedule,
         discriminative_factor=args.discriminative_factor, find_learning_rates=args.find_lr,
+        finder_rule=getattr(args, "finder_rule", "valley"),
         patience=args.patience, restore_best=args.restore_best, monitor=args.monitor,
         seed=args.seed,
         callbacks={phase: tensorboard_callbacks(args.tensorboard, phase)

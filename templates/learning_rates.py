@@ -2,10 +2,12 @@
 
 * `find_learning_rate` raises the learning rate exponentially, one step per batch, on
   the user's own data, records the loss, restores the weights, and suggests a rate by
-  one of the `SUGGESTION_RULES`: ``"steepest"`` (the default), the point of **steepest
-  descent of the smoothed loss** before its minimum (Smith 2017; ktrain, fastai's
-  ``steep``); ``"valley"``, fastai's default since v2.5 (two thirds of the way down
-  the longest stretch over which the smoothed loss keeps falling); or
+  one of the `SUGGESTION_RULES`: ``"steepest"`` (this function's default), the point of
+  **steepest descent of the smoothed loss** before its minimum (Smith 2017; ktrain,
+  fastai's ``steep``); ``"valley"``, fastai's default since v2.5 and
+  `templates.transfer.TransferPlan`'s (two thirds of the way down the longest stretch
+  over which the smoothed loss keeps falling; on real data it stayed inside the bounds
+  where steepest descent did not, docs/results.md); or
   ``"minimum_over_10"`` (the rate at the loss minimum divided by 10, fastai's
   ``minimum``). `choose_learning_rate` turns a finding into the rate to train with:
   a sweep that recorded too little, or a suggestion outside the phase's bounds
