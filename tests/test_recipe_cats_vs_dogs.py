@@ -24,6 +24,27 @@ def run(arguments, env, timeout=900):
 
 
 @pytest.mark.acceptance
+def test_defaults_and_the_finder_over_three_seeds(cats_vs_dogs_dir, subprocess_env, tmp_path):
+    """Issue 15: means over the acceptance seeds 1-3 (the finder's rule was chosen on
+    seeds 11-13). --find-lr finishes every time and does not fall more than half a
+    point below the defaults (measured: defaults 0.918, --find-lr 0.931)."""
+    def test_accuracy(seed, *extra):
+        out = tmp_path / f"seed{seed}{'_find_lr' if extra else ''}"
+        result = run(["--data-dir", str(cats_vs_dogs_dir / "train"), "--test-dir",
+                      str(cats_vs_dogs_dir / "test"), "--backbone", "MobileNet", "--alpha",
+                      "0.25", "--seed", str(seed), "--output-dir", str(out), *extra],
+                     subprocess_env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return json.loads((out / "metrics.json").read_text())["test_accuracy"]
+
+    defaults = np.array([test_accuracy(seed) for seed in (1, 2, 3)])
+    found = np.array([test_accuracy(seed, "--find-lr") for seed in (1, 2, 3)])
+    # docs/results.md: defaults 0.923 / 0.915 / 0.917 (sd 0.004); the bar leaves 4 sd.
+    assert defaults.mean() >= 0.90, defaults
+    assert found.mean() >= defaults.mean() - 0.005, (defaults, found)
+
+
+@pytest.mark.acceptance
 def test_imagenet_transfer_beats_random_weights_on_real_photos(
     cats_vs_dogs_dir, subprocess_env, tmp_path
 ):
