@@ -200,7 +200,9 @@ class PhaseResult:
 
     Attributes:
         epochs: Epochs recorded (across restarts; fewer than planned after an early stop).
-        seconds: Wall time of this call's work on the phase (0 when restored).
+        seconds: Wall time of this call's work on the phase (0 when restored; on the
+            multi-worker loop, which runs both phases in one call, the last phase
+            carries the whole run's time).
         learning_rate: The peak rate the phase trained at (the finder's, or the plan's).
         scores: Accuracy after the phase (``val_accuracy``, ``test_accuracy``).
         restored: Whether the phase had finished in an earlier run.
