@@ -20,7 +20,7 @@ final weights: identical on all workers); the chief also writes `metrics.json` a
 `evaluation/` (per-digit scores, confusion matrix, most confidently wrong scans) on a
 seeded fifth of the scans held out from training, and with `--tensorboard DIR` the loss
 and learning rate per epoch. On one machine, two processes on 127.0.0.1
-(ports 12345 and 12346) do the same; `tests/test_distribute.py` does exactly that.
+(ports 12345 and 12346) do the same; `tests/test_multi_worker.py` does exactly that.
 Without TF_CONFIG the recipe trains on this machine alone.
 """
 
