@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 import keras
 
-from templates.checkpoints import TrainingState, run_phase
+from templates.checkpoints import TrainingState
 from templates.files import atomic_path, write_json
 from templates.layers import iterate_layers
 from templates.learning_rates import scheduled
 from templates.phases import compile_classifier, evaluate_accuracy
 from templates.pretrained import TransferModel
-from templates.transfer import TransferPlan, TransferRun, run_transfer, steps_per_epoch
+from templates.transfer import (
+    TransferPlan,
+    TransferRun,
+    checkpoint_state,
+    run_planned_phase,
+    run_transfer,
+    steps_per_epoch,
+)
 from templates.transfer_report import CurveSummary, TransferReport, summarize_curve
 
 
@@ -100,16 +105,12 @@ def train_from_scratch(
 
 
 def _scratch_phase(state, name, model, plan: TransferPlan, seed, train):
-    """The scratch run through ``state``, under the plan's early-stopping rule (in a
-    temporary folder when there is no state but the rule needs one)."""
-    if state is not None:
-        return run_phase(state, name, model, train, seed=seed,
-                         early_stopping=plan.early_stopping())
-    if not plan.early_stopping()["keep_best"]:
-        return train([])
-    with tempfile.TemporaryDirectory(prefix="scratch-checkpoints-") as folder:
-        return run_phase(TrainingState(folder, seed=seed), name, model, train, seed=seed,
-                         early_stopping=plan.early_stopping())
+    """The scratch run through ``state`` under the plan's early-stopping rule, as
+    `run_transfer` runs its phases (a temporary folder when the rule needs one)."""
+    if seed is not None:
+        plan = dataclasses.replace(plan, seed=seed)
+    with checkpoint_state(state, False, plan) as checkpoints:
+        return run_planned_phase(checkpoints, name, model, plan, train)
 
 
 def _summary(state: TrainingState | None, name: str, train_run, slope_epochs: int):

@@ -349,7 +349,7 @@ def run_transfer(
     if _is_multi_worker(strategy):
         return _run_multi_worker(transfer, strategy, train, validation, plan, checkpoints,
                                  resume, test, output_dir)
-    with _checkpoint_state(checkpoints, resume, plan) as state:
+    with checkpoint_state(checkpoints, resume, plan) as state:
         return _run(transfer, train, validation, plan, state, test, output_dir, name,
                     measure_start, score_phases, verbose)
 
@@ -380,12 +380,13 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                                         train_features=features, rule=plan.finder_rule),
         title="Learning-rate finder: head on the frozen reused part")
     restored = _finished(state, head)
-    history = _phase(state, head, transfer.model, plan, lambda callbacks: train_head(
-        transfer, train, validation, epochs=plan.head_epochs,
-        learning_rate=_shaped(rate, plan, plan.head_epochs, steps),
-        cache_features=plan.cache_features, augmentation=plan.augmentation,
-        batch_size=plan.batch_size, seed=plan.seed, train_features=features,
-        callbacks=callbacks + list(plan.callbacks.get("head", [])), verbose=verbose))
+    history = run_planned_phase(state, head, transfer.model, plan, lambda callbacks: (
+        train_head(transfer, train, validation, epochs=plan.head_epochs,
+                   learning_rate=_shaped(rate, plan, plan.head_epochs, steps),
+                   cache_features=plan.cache_features, augmentation=plan.augmentation,
+                   batch_size=plan.batch_size, seed=plan.seed, train_features=features,
+                   callbacks=callbacks + list(plan.callbacks.get("head", [])),
+                   verbose=verbose)))
     histories.append(history)
     phases["head"] = PhaseResult(
         epochs=len(history.epoch), seconds=round(time.perf_counter() - started, 2),
@@ -410,13 +411,13 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                                                      plan.discriminative_factor)
         restored = _finished(state, tuned)
         head_epochs = len(history.epoch)
-        history = _phase(state, tuned, transfer.model, plan, lambda callbacks: fine_tune(
-            transfer, train, validation, epochs=plan.fine_tune_epochs,
-            learning_rate=_shaped(rate, plan, plan.fine_tune_epochs, steps),
-            from_layer=from_layer, augmentation=plan.augmentation,
-            initial_epoch=head_epochs, learning_rate_multipliers=multipliers,
-            callbacks=callbacks + list(plan.callbacks.get("fine_tune", [])),
-            verbose=verbose))
+        history = run_planned_phase(state, tuned, transfer.model, plan, lambda callbacks: (
+            fine_tune(transfer, train, validation, epochs=plan.fine_tune_epochs,
+                      learning_rate=_shaped(rate, plan, plan.fine_tune_epochs, steps),
+                      from_layer=from_layer, augmentation=plan.augmentation,
+                      initial_epoch=head_epochs, learning_rate_multipliers=multipliers,
+                      callbacks=callbacks + list(plan.callbacks.get("fine_tune", [])),
+                      verbose=verbose)))
         histories.append(history)
         phases["fine_tune"] = PhaseResult(
             epochs=len(history.epoch), seconds=round(time.perf_counter() - started, 2),
@@ -450,8 +451,10 @@ def _finished(state: TrainingState | None, phase: str) -> bool:
     return state is not None and state.finished(phase)
 
 
-def _phase(state, phase, model, plan, train):
-    """One phase through ``state`` (checkpointed, resumable), or directly."""
+def run_planned_phase(state: TrainingState | None, phase: str, model: keras.Model,
+                      plan: TransferPlan, train) -> keras.callbacks.History:
+    """One phase through ``state`` (checkpointed, resumable, with the plan's seed and
+    early-stopping rule), or directly when there is no state."""
     if state is None:
         return train([])
     return run_phase(state, phase, model, train, seed=plan.seed,
@@ -481,9 +484,11 @@ def _phase_rate(state, phase, default, find, output_dir, finder, title) -> float
 
 
 @contextlib.contextmanager
-def _checkpoint_state(checkpoints, resume: bool, plan: TransferPlan):
-    """The `TrainingState` for a run: the given one, one on the given folder, a
-    temporary one when early stopping needs a folder, or ``None``."""
+def checkpoint_state(checkpoints: str | os.PathLike | TrainingState | None, resume: bool,
+                     plan: TransferPlan):
+    """The `TrainingState` for a run under ``plan``: the given one, one on the given
+    folder, a temporary one when the plan's early stopping needs a folder, or ``None``
+    (use with `run_planned_phase`)."""
     if isinstance(checkpoints, TrainingState):
         yield checkpoints
     elif checkpoints is not None:
