@@ -13,7 +13,7 @@ import math
 import keras
 import numpy as np
 
-from templates.reproducibility import check_arrays, permutation, register_epoch_listener
+from templates.reproducibility import check_arrays, permutation
 
 
 def array_batches(inputs, labels, batch_size: int = 32, seed: int | None = None,
@@ -62,7 +62,6 @@ class ShuffledArrays(keras.utils.PyDataset):
         self.shuffle = bool(shuffle)
         self.epoch = 0
         self.order = self._order(0)
-        register_epoch_listener(self)
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:

@@ -233,6 +233,9 @@ class TrainingState:
                   ) -> list[keras.callbacks.Callback]:
         """Callbacks for the ``fit`` of ``phase``: the history first, then the backup.
 
+        With a seed, pass them through `templates.reproducibility.following_epochs`
+        with the ``fit``'s training data, so its order follows the epoch on a resume.
+
         Args:
             phase: The phase's name.
             seed: Seeds the epochs of this phase instead of the state's ``seed``.

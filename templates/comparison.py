@@ -20,6 +20,7 @@ from templates.layers import iterate_layers
 from templates.learning_rates import scheduled
 from templates.phases import compile_classifier, evaluate_accuracy
 from templates.pretrained import TransferModel
+from templates.reproducibility import following_epochs
 from templates.transfer import (
     TransferPlan,
     TransferRun,
@@ -98,7 +99,8 @@ def train_from_scratch(
     before = evaluate_accuracy(model, validation)
     extra = list(phase_callbacks(name)) if phase_callbacks is not None else []
     history = _scratch_phase(state, name, model, budget, seed, lambda callbacks: model.fit(
-        train, validation_data=validation, epochs=epochs, callbacks=callbacks + extra,
+        train, validation_data=validation, epochs=epochs,
+        callbacks=following_epochs(callbacks + extra, train),
         shuffle=False, verbose=verbose))
     test_accuracy = evaluate_accuracy(model, test) if test is not None else None
     return before, list(history.history["val_accuracy"]), test_accuracy

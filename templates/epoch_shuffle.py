@@ -18,7 +18,6 @@ from templates.reproducibility import (
     SEED_MULTIPLIER,
     check_arrays,
     permutation,
-    register_epoch_listener,
 )
 
 
@@ -45,7 +44,6 @@ def shuffle_each_epoch(
     if seed is None:
         return dataset.shuffle(size, reshuffle_each_iteration=True)
     counter = _EpochCounter()
-    register_epoch_listener(counter)
 
     def one_epoch(_):
         # The graph-level seed of this function only (it is being traced, not run
@@ -59,7 +57,7 @@ def shuffle_each_epoch(
 
     shuffled = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
     shuffled = shuffled.apply(tf.data.experimental.assert_cardinality(size))
-    shuffled._epoch_counter = counter  # keeps the (weakly registered) counter alive
+    shuffled._epoch_counter = counter  # found by epoch_followers
     return shuffled
 
 
@@ -86,7 +84,6 @@ def array_batches_dataset(
     if not shuffle:
         return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size)
     counter = _EpochCounter()
-    register_epoch_listener(counter)
 
     def order(epoch):
         return permutation(size, seed, int(epoch)).astype(np.int64)
@@ -102,5 +99,5 @@ def array_batches_dataset(
 
     batches = tf.data.Dataset.from_tensors(0).flat_map(one_epoch).map(gather)
     batches = batches.apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
-    batches._epoch_counter = counter  # keeps the (weakly registered) counter alive
+    batches._epoch_counter = counter  # found by epoch_followers
     return batches

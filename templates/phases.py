@@ -27,7 +27,7 @@ import numpy as np
 from templates.learning_rates import DiscriminativeAdam, OneCycle
 from templates.batches import ShuffledArrays, array_batches
 from templates.layers import iterate_layers  # noqa: F401 (part of this module's API)
-from templates.reproducibility import broadcast_epoch
+from templates.reproducibility import following_epochs, set_epoch
 
 LOSS = "sparse_categorical_crossentropy"
 
@@ -225,7 +225,7 @@ def head_training_features(transfer: Transferable, train_data: Iterable
     transfer.backbone.trainable = False
     # A shuffled training set is read in its epoch-0 order, so the cached features (and
     # the orders drawn from them) do not depend on how often it was read.
-    broadcast_epoch(0)
+    set_epoch(train_data, 0)
     return extract_features(transfer.feature_extractor, train_data)
 
 
@@ -295,7 +295,8 @@ def train_head(
         compile_classifier(training_model, learning_rate)
         history = training_model.fit(
             train_data, validation_data=validation_data, epochs=epochs,
-            callbacks=list(callbacks), shuffle=False, verbose=verbose,
+            callbacks=following_epochs(callbacks, train_data), shuffle=False,
+            verbose=verbose,
         )
         _compile_for_evaluation(transfer, training_model, learning_rate)
         return history
@@ -314,7 +315,7 @@ def train_head(
     batches = array_batches(train_features, train_labels, batch_size=batch_size, seed=seed)
     history = transfer.head.fit(
         batches, shuffle=False, epochs=epochs, validation_data=validation,
-        callbacks=list(callbacks), verbose=verbose,
+        callbacks=following_epochs(callbacks, batches), verbose=verbose,
     )
     _compile_for_evaluation(transfer, transfer.head, learning_rate)
     return history
@@ -369,7 +370,8 @@ def fine_tune(
                        learning_rate_multipliers=learning_rate_multipliers)
     history = training_model.fit(
         train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
-        initial_epoch=initial_epoch, callbacks=list(callbacks), shuffle=False,
+        initial_epoch=initial_epoch, callbacks=following_epochs(callbacks, train_data),
+        shuffle=False,
         verbose=verbose,
     )
     _compile_for_evaluation(transfer, training_model, learning_rate)

@@ -12,9 +12,11 @@ process has already run:
 * dropout masks and random augmentation: the `EpochSeeds` callback re-seeds every
   `keras.random.SeedGenerator` in the model at the start of each epoch.
 
-The data objects learn the epoch from `EpochSeeds`, which broadcasts it to every live
-one. Without the callback they count epochs themselves, so a plain ``fit`` still sees a
-new order every epoch.
+The data objects learn the epoch from the `EpochSeeds` callback of the ``fit`` that reads
+them: a ``fit`` call names its data in the callback (``following_epochs(callbacks,
+data)``), so its reader sees which datasets it re-seeds; nothing is registered
+process-wide. Without the callback they count epochs themselves, so a plain ``fit``
+still sees a new order every epoch.
 
 Everything here is plain Keras 3 and runs on any backend. The data objects live in
 `templates.batches` (any backend) and `templates.epoch_shuffle` (TensorFlow); both
@@ -23,8 +25,8 @@ import this module, and it imports neither.
 
 from __future__ import annotations
 
-import weakref
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -46,18 +48,41 @@ class EpochListener(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
 
-_listeners: weakref.WeakSet = weakref.WeakSet()
+def epoch_followers(data: Any) -> list[EpochListener]:
+    """What in ``data`` draws its order from the epoch number.
+
+    ``data`` itself when it has ``set_epoch`` (a `templates.batches.ShuffledArrays`); for
+    a `tf.data` pipeline, the epoch counter of every `shuffle_each_epoch` /
+    `array_batches` step in it or upstream of it (``map``, ``batch``, ``prefetch``...
+    keep it reachable through their input datasets). Anything else: none.
+    """
+    if hasattr(data, "set_epoch"):
+        return [data]
+    found, pending, seen = [], [data], set()
+    while pending:
+        dataset = pending.pop()
+        if dataset is None or id(dataset) in seen:
+            continue
+        seen.add(id(dataset))
+        counter = getattr(dataset, "_epoch_counter", None)
+        if counter is not None:
+            found.append(counter)
+        inputs = getattr(dataset, "_inputs", None)
+        if callable(inputs):
+            try:
+                pending.extend(inputs())
+            except (TypeError, NotImplementedError):
+                pass
+    return found
 
 
-def register_epoch_listener(listener: EpochListener) -> None:
-    """Have `EpochSeeds` tell ``listener`` the epoch about to start (held weakly)."""
-    _listeners.add(listener)
-
-
-def broadcast_epoch(epoch: int) -> None:
-    """Tell every live epoch-seeded dataset that epoch ``epoch`` starts."""
-    for listener in list(_listeners):
-        listener.set_epoch(epoch)
+def set_epoch(data: Any, epoch: int) -> int:
+    """Have ``data``'s next pass read epoch ``epoch``'s order; return how many of its
+    parts follow the epoch (`epoch_followers`)."""
+    followers = epoch_followers(data)
+    for follower in followers:
+        follower.set_epoch(epoch)
+    return len(followers)
 
 
 def seed_generators(model: keras.layers.Layer) -> list[keras.random.SeedGenerator]:
@@ -88,21 +113,47 @@ class EpochSeeds(keras.callbacks.Callback):
     """Makes each epoch's randomness a function of ``(seed, epoch)``.
 
     At the start of every epoch it re-seeds the model's dropout and augmentation layers
-    and tells every `ShuffledArrays` / `shuffle_each_epoch` dataset which epoch starts.
+    and tells the training data it follows (``data``, or `follow`) which epoch starts.
 
     Args:
         seed: The run's seed.
+        data: The ``fit`` call's training data (`epoch_followers` finds what in it
+            follows the epoch). `following_epochs` fills it in at the ``fit`` call.
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, data: Any = None):
         super().__init__()
         if int(seed) < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed}.")
         self.seed = int(seed)
+        self.followers: list[EpochListener] = []
+        if data is not None:
+            self.follow(data)
+
+    def follow(self, data: Any) -> int:
+        """Also tell ``data`` the epoch; return how many of its parts follow it."""
+        followers = epoch_followers(data)
+        self.followers.extend(followers)
+        return len(followers)
 
     def on_epoch_begin(self, epoch, logs=None):
-        broadcast_epoch(epoch)
+        for follower in self.followers:
+            follower.set_epoch(epoch)
         reseed_generators(self.model, epoch_seed(self.seed, epoch))
+
+
+def following_epochs(callbacks: Iterable[keras.callbacks.Callback], data: Any
+                     ) -> list[keras.callbacks.Callback]:
+    """``callbacks`` as a list, every `EpochSeeds` among them now following ``data``.
+
+    Write ``fit(data, callbacks=following_epochs(callbacks, data))``: the call then
+    shows which data its epochs re-seed.
+    """
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if isinstance(callback, EpochSeeds):
+            callback.follow(data)
+    return callbacks
 
 
 def permutation(size: int, seed: int | None, epoch: int) -> np.ndarray:

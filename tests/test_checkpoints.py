@@ -124,6 +124,7 @@ def dropout_model():
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, pipeline):
     from templates.epoch_shuffle import shuffle_each_epoch
     from templates.batches import ShuffledArrays, array_batches
+    from templates.reproducibility import following_epochs
 
     x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -142,8 +143,10 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
         model = dropout_model()
         state = TrainingState(directory, resume=resume, seed=3)
         extra = [CrashAfter(crash_after)] if crash_after else []
-        model.fit(data(), shuffle=False, epochs=5, verbose=0,
-                  callbacks=state.callbacks("head") + extra)
+        batches = data()
+        # The fit call names the data whose order its epoch seeds set.
+        model.fit(batches, shuffle=False, epochs=5, verbose=0,
+                  callbacks=following_epochs(state.callbacks("head") + extra, batches))
         return model
 
     uninterrupted = run(tmp_path / "a")
@@ -172,7 +175,7 @@ def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
     import tensorflow as tf
 
     from templates.batches import ShuffledArrays, array_batches
-    from templates.reproducibility import broadcast_epoch
+    from templates.reproducibility import EpochSeeds, epoch_followers, set_epoch
 
     x = np.arange(40, dtype="float32").reshape(20, 2)
     y = np.arange(20, dtype="int32")
@@ -198,9 +201,20 @@ def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
     assert wanted[0] != wanted[1] and sorted(sum(wanted[0], [])) == list(range(20))
     for inputs, labels in batches.take(1):  # inputs travel with their labels
         np.testing.assert_array_equal(inputs.numpy(), x[labels.numpy()])
-    # A resumed run announces its epoch: both start from that epoch's order.
-    broadcast_epoch(7)
+    # A resumed run announces its epoch to the data its fit reads: both start from that
+    # epoch's order. The counter is found through the steps after it (here a map).
+    mapped = batches.map(lambda inputs, labels: (inputs, labels)).prefetch(1)
+    assert epoch_followers(mapped) == epoch_followers(batches) and len(epoch_followers(mapped)) == 1
+    assert set_epoch(mapped, 7) == 1 and set_epoch(reference, 7) == 1
     assert labels_per_epoch(batches, 1) == labels_per_epoch(reference, 1)
+    # Only the data a callback follows is told: another pipeline keeps its own count.
+    other = array_batches(x, y, batch_size=6, seed=5)
+    callback = EpochSeeds(5, data=mapped)
+    callback.set_model(keras.Sequential([keras.layers.Dense(1)]))
+    callback.on_epoch_begin(2)
+    assert labels_per_epoch(batches, 1) == labels_per_epoch(ShuffledArrays(x, y, 6, 5), 3)[2:]
+    assert labels_per_epoch(other, 1) == wanted[:1]
+    assert epoch_followers(np.zeros(3)) == []
     # Unshuffled (validation) batches keep the arrays' order.
     ordered = array_batches(x, y, batch_size=6, shuffle=False)
     assert [labels.numpy().tolist() for _, labels in ordered][0] == list(range(6))
