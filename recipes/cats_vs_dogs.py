@@ -46,13 +46,13 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from templates.backbones import (  # noqa: E402
     WeightsUnavailableError,
     block_cut_points,
     get_backbone_spec,
 )
+from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
@@ -61,16 +61,14 @@ from templates.cli import (  # noqa: E402
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
-    training_state,
     transfer_plan,
 )
 from templates.comparison import report_against_scratch, reuse_depth_sweep  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import evaluation_report  # noqa: E402
+from templates.evaluation import image_evaluation_report  # noqa: E402
 from templates.files import write_json  # noqa: E402
-from templates.grad_cam import grad_cam_overlays  # noqa: E402
-from templates.image_data import image_dataset, load_image, load_image_splits  # noqa: E402
+from templates.image_data import image_dataset, load_image_splits  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
@@ -119,18 +117,19 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     # ## Hardware
-    # --strategy picks a TPU, GPUs or the CPU; models and optimisers are built inside
-    # its scope, and --batch-size counts per replica, so the global batch grows with
-    # the replicas. --mixed-precision auto uses float16 on recent NVIDIA GPUs.
+    # --strategy picks a TPU, GPUs, the CPU or several machines; models and optimisers
+    # are built inside its scope, and --batch-size counts per replica, so the global
+    # batch grows with the replicas. --mixed-precision auto uses float16 on recent
+    # NVIDIA GPUs.
     choice = setup_hardware(args, args.data_dir, args.test_dir, multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
-        return run_multi_worker(args, choice)
+        start_multi_worker(args)  # options built on model.fit are refused here, by name
     with choice.strategy.scope():
-        return run(args)
+        return run(args, choice)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     keras.utils.set_random_seed(args.seed)
     spec = get_backbone_spec(args.backbone)
@@ -183,24 +182,42 @@ def run(args: argparse.Namespace) -> int:
     # uninterrupted one would.
     plan = transfer_plan(args, augmentation=augmentation,
                          steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
-    state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
+                          seed=args.seed)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        output_dir=args.output_dir, measure_start=args.compare_scratch)
-
-    # ## Outputs
-    # model.keras takes plain 0..255 RGB images; saved_model/ serves them.
-    write_model_outputs(args.output_dir, transfer.model, splits.class_names, run.history,
-                        title=f"Cats vs dogs, {spec.name} ({args.weights} weights)",
-                        tflite_model=transfer.model if args.export_tflite else None)
 
     # ## Evaluation: what the model gets wrong, and where it looks
     # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
     # photos, and Grad-CAM heat maps on the backbone's last convolutional block.
     # (The test or validation batches built above are reused: their images are cached.)
-    evaluated, evaluated_data = (splits.test, test) if splits.test else (splits.validation,
-                                                                         validation)
-    evaluation = _evaluation_report(transfer.model, evaluated, evaluated_data, image_size,
-                                    args, spec.name)
+    evaluated, evaluated_data = ((splits.test, test) if splits.test
+                                 else (splits.validation, validation))
+    title = f"Cats vs dogs, {spec.name} ({args.weights} weights)"
+    report = lambda predict=None: image_evaluation_report(  # noqa: E731
+        transfer.model, evaluated, evaluated_data, os.path.join(args.output_dir, "evaluation"),
+        title, seed=args.seed, predict=predict)
+    metadata = run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
+                            image_size=image_size, data_dir=data_dir, seed=args.seed)
+
+    # ## Several machines: --strategy multi_worker
+    # Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+    # so there run_transfer ran the same plan on a strategy.run loop, each worker on its
+    # shard of the photos, gradients all-reduced every step. Every worker scores its
+    # (identical) copy and joins the save; the chief writes the outputs. Start the same
+    # command on every machine, each with its TF_CONFIG (README, "Several machines").
+    if choice.name == "multi_worker":
+        finish_multi_worker(choice, run, transfer.model, transfer.model, args.output_dir,
+                            splits.class_names, {"val_accuracy": validation,
+                                                 **({"test_accuracy": test} if test else {})},
+                            report=report, **metadata)
+        return 0
+
+    # ## Outputs
+    # model.keras takes plain 0..255 RGB images; saved_model/ serves them.
+    write_model_outputs(args.output_dir, transfer.model, splits.class_names, run.history,
+                        title=title, tflite_model=transfer.model if args.export_tflite else None)
+    evaluation = report()
     metrics = {
         **run.metrics(),
         "evaluation": {"set": "test" if splits.test else "validation",
@@ -210,22 +227,20 @@ def run(args: argparse.Namespace) -> int:
                    "test": len(splits.test.files) if splits.test else 0,
                    "skipped": len(splits.skipped)},
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
-        "fine_tune_from": transfer.fine_tune_from,
-        **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
-                       image_size=image_size, data_dir=data_dir, seed=args.seed),
+        "fine_tune_from": transfer.fine_tune_from, **metadata,
     }
     if args.compare_scratch:
         # ## Did transfer help? The same architecture from random weights, trained for
         # all the epochs at the head's rate, same data, seed, schedule and early stopping.
         keras.utils.set_random_seed(args.seed)
-        report = report_against_scratch(
+        comparison = report_against_scratch(
             run, pretrained_model(spec, len(splits.class_names), weights=None,
                                   image_size=image_size, alpha=args.alpha).model,
             train, validation, test, args.output_dir, state=state,
             title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-        metrics["transfer_report"] = report.to_dict()["difference"]
-        print(report.summary_text())
+        metrics["transfer_report"] = comparison.to_dict()["difference"]
+        print(comparison.summary_text())
     if args.reuse_sweep:
         # ## How much of the backbone to reuse
         # Early blocks compute generic edges and textures, later ones ImageNet-specific
@@ -242,78 +257,6 @@ def run(args: argparse.Namespace) -> int:
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     return accuracy_gate(args, metrics)
-
-
-# ## Several machines: --strategy multi_worker
-# Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
-# so on several machines run_transfer runs the same plan on a strategy.run loop
-# (templates.multi_worker.train_transfer_multi_worker): each worker reads its own shard
-# of the photos, gradients are all-reduced every step, and the chief (worker 0) writes
-# the checkpoints and outputs. Start the same command on every machine, each with its
-# TF_CONFIG (README, "Several machines").
-def run_multi_worker(args: argparse.Namespace, choice) -> int:
-    """The recipe's two phases across machines (the model built in the strategy's scope)."""
-    start_multi_worker(args)  # options built on model.fit are refused here
-    keras.utils.set_random_seed(args.seed)
-    spec = get_backbone_spec(args.backbone)
-    image_size = args.image_size or spec.default_image_size
-    weights = None if args.weights.lower() == "none" else args.weights
-    data_dir = args.data_dir or download_dataset("cats_and_dogs_filtered")
-    splits = load_image_splits(data_dir, args.test_dir, args.validation_fraction, args.seed)
-
-    # Every worker decodes only its shard of the training photos (every n-th file).
-    def dataset_fn(context):
-        return image_dataset(
-            splits.train, image_size, context.get_per_replica_batch_size(args.batch_size),
-            shuffle=True, shard=(context.num_input_pipelines, context.input_pipeline_id),
-        ).repeat()
-
-    with choice.strategy.scope():  # the model's variables are mirrored on every worker
-        transfer = pretrained_model(
-            spec, num_classes=len(splits.class_names), weights=weights,
-            image_size=image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
-            class_names=splits.class_names,
-        )
-    # The same call and plan as on one machine: under a multi-worker strategy
-    # run_transfer trains on the strategy.run loop.
-    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(splits.train.files)
-                                                         / args.batch_size))
-    run = run_transfer(transfer, dataset_fn, None, plan,
-                       checkpoints=os.path.join(args.output_dir, "checkpoints"),
-                       resume=args.resume, output_dir=args.output_dir)
-
-    # Every worker holds the same weights and scores its own copy; every worker joins
-    # the save (it can run collective ops); the chief keeps the outputs.
-    evaluation = {"val_accuracy": image_dataset(splits.validation, image_size, 64)}
-    if splits.test:
-        evaluation["test_accuracy"] = image_dataset(splits.test, image_size, 64)
-    evaluated = splits.test or splits.validation
-    finish_multi_worker(
-        choice, run, transfer.model, transfer.model, args.output_dir,
-        splits.class_names, evaluation,
-        report=lambda predict: _evaluation_report(
-            transfer.model, evaluated, evaluation["test_accuracy" if splits.test
-                                                  else "val_accuracy"],
-            image_size, args, spec.name, predict=predict),
-        **run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
-                       image_size=image_size, data_dir=data_dir, seed=args.seed))
-    return 0
-
-
-def _evaluation_report(model, folder, data, image_size, args, backbone_name,
-                       predict=None) -> dict:
-    size = (image_size, image_size)
-    # Grad-CAM for a few photos of each class, picked by a seeded draw.
-    rng = np.random.default_rng(args.seed)
-    picks = [int(index) for label in range(len(folder.class_names))
-             for index in rng.permutation(np.flatnonzero(np.array(folder.labels) == label))[:3]]
-    images = np.stack([load_image(folder.files[index], size) for index in picks]).astype("float32")
-    overlays = grad_cam_overlays(model, images, folder.class_names,
-                                 [folder.labels[index] for index in picks])
-    return evaluation_report(
-        model, data, folder.class_names, os.path.join(args.output_dir, "evaluation"),
-        examples=folder.files, load_example=lambda path: load_image(path, size),
-        title=f"Cats vs dogs ({backbone_name})", grad_cam=overlays, predict=predict)
 
 
 if __name__ == "__main__":

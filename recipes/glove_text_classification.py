@@ -33,44 +33,34 @@ entries in `metrics.json`; with `--find-lr` the finder's plots; with `--export-t
 
 ## Why this recipe looks the way it does
 
-Pretrained vectors only pay when the model can use what they know. Each choice below
-was measured on SST-2 (figures in the README); with a plain setup (training words
-only, raw vectors, 100 filters) GloVe-initialised and random-initialised embeddings
-came out level on 1,000 sentences.
+Pretrained vectors only pay when the model can use what they know (each choice was
+measured on SST-2 validation data: docs/results.md):
 
-* The vocabulary is the training words **plus the 100,000 most frequent GloVe words**.
-  With 1,000 training sentences most test words were never seen in training; a frozen
-  GloVe row still places them next to their synonyms, while a random row is noise.
-  Going from 20,000 to 100,000 extra words was worth about 2.5 points.
-* The vectors are **scaled to unit length**: raw GloVe norms grow with word frequency,
-  and the classifier trained more steadily on directions alone.
-* The embedding is **frozen while the head learns** (its output is cached, so a head
-  epoch only runs the CNN), then **unfrozen at half the head's learning rate for 6
-  epochs**: the same two-phase schedule as the image recipe, through the same
-  `train_head` / `fine_tune`. On the full training set fine-tuning adds 4-5 points.
-* A **Kim (2014) CNN** with 200 filters of widths 3, 4 and 5, and 25% of the vector
-  channels dropped at the input, reads word order through windows of 3-5 words.
-  Averaging the vectors (`--architecture pooled`) throws most of that away.
+* The vocabulary is the training words **plus the 100,000 most frequent GloVe words**:
+  a frozen GloVe row places a test word never seen in training next to its synonyms,
+  where a random row is noise. The vectors are **scaled to unit length**.
+* The embedding is **frozen while the head learns** (its output is cached), then
+  **unfrozen at half the head's rate for 6 epochs**: the image recipe's two phases.
+* A **Kim (2014) CNN** (200 filters of widths 3, 4, 5; 25% of the vector channels
+  dropped) reads word order through windows of 3-5 words.
 
-The scratch baseline of `--compare-scratch` is the same network with Keras's default
-embedding initialiser, trained end to end for the same number of epochs.
+`--compare-scratch` trains the same network from Keras's default embedding
+initialiser, end to end, for the same number of epochs.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
-from typing import Any
 
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
+from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
@@ -79,16 +69,11 @@ from templates.cli import (  # noqa: E402
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
-    training_state,
     transfer_plan,
 )
 from templates.comparison import report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
-from templates.embeddings import (  # noqa: E402
-    TRAINABLE_MODES,
-    EmbeddingMatrix,
-    embedding_matrix,
-)
+from templates.embeddings import TRAINABLE_MODES  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.files import write_json, write_text  # noqa: E402
@@ -99,16 +84,8 @@ from templates.text_classifiers import (  # noqa: E402
     pretrained_text_classifier,
     scratch_text_classifier,
 )
-from templates.text_data import (  # noqa: E402
-    TextSplits,
-    build_vectorizer,
-    download_sst2,
-    load_text_splits,
-    string_model,
-    token_dataset,
-    unknown_token_rate,
-    vectorize,
-)
+from templates.text_data import download_sst2, load_text_splits, string_model  # noqa: E402
+from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 from templates.transfer_report import MEASURES  # noqa: E402
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
@@ -172,34 +149,23 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     # ## Hardware
-    # --strategy picks a TPU, GPUs or the CPU; models and optimisers are built inside
-    # its scope, and --batch-size counts per replica, so the global batch grows with
-    # the replicas. --mixed-precision auto uses float16 on recent NVIDIA GPUs.
+    # --strategy picks a TPU, GPUs, the CPU or several machines; models and optimisers
+    # are built inside its scope, and --batch-size counts per replica, so the global
+    # batch grows with the replicas. --mixed-precision auto uses float16 on recent
+    # NVIDIA GPUs.
     choice = setup_hardware(args, args.train, args.validation, args.test, multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
-        return run_multi_worker(args, choice)
+        start_multi_worker(args)  # options built on model.fit are refused here, by name
     with choice.strategy.scope():
-        return run(args)
+        return run(args, choice)
 
 
-@dataclasses.dataclass
-class PreparedText:
-    """Everything the training needs but the model (see `prepare`)."""
+def run(args: argparse.Namespace, choice) -> int:
+    """The recipe, inside the strategy's scope."""
+    keras.utils.set_random_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
 
-    splits: TextSplits                    # texts, integer labels, skipped lines, paths
-    vectorizer: keras.layers.TextVectorization
-    matrix: EmbeddingMatrix               # the vectors, aligned to the vocabulary
-    ids: dict[str, np.ndarray]            # token ids per split, (examples, length)
-    architecture: dict[str, Any]          # keyword arguments of the classifier builders
-
-    def batches(self, split: str, batch_size: int, **options):
-        return token_dataset(self.ids[split], self.splits.labels[split], batch_size,
-                             **options)
-
-
-def prepare(args: argparse.Namespace) -> PreparedText:
-    """Texts, labels, word vectors, vocabulary and token ids: everything but the model."""
     # ## Data
     # Without --train we fetch SST-2 (Kim 2014's copy, pinned and checked by SHA-256).
     # Missing validation or test sets are split off the training data, before any
@@ -210,55 +176,33 @@ def prepare(args: argparse.Namespace) -> PreparedText:
     splits = load_text_splits(paths["train"], paths["validation"], paths["test"],
                               args.validation_fraction, args.seed, args.train_size,
                               args.encoding)
-    train, validation, test = splits.train, splits.validation, splits.test
-    print(f"Data: train {len(train)}, validation {len(validation)}, test {len(test)}; "
-          f"classes {splits.class_names}; skipped {len(splits.skipped)} bad lines.")
 
-    # ## Word vectors and vocabulary
+    # ## Word vectors, vocabulary and token ids
     # The first load of a text vector file is cached as a memory-mapped array, so the
-    # next run starts in a fraction of a second.
+    # next run starts in a fraction of a second. Texts become token ids once; the models
+    # train on ids, and the vectoriser is put back in front of the trained model before
+    # saving.
     vectors = load_word_vectors(args.vectors, words_with_spaces=args.words_with_spaces,
                                 trust_pickle=args.trust_pickle)
-    vectorizer = build_vectorizer(
-        train.texts, sequence_length=args.sequence_length,
-        extra_vocabulary=vectors.index_to_key[: args.extra_vocabulary])
-    vocabulary = vectorizer.get_vocabulary()
-    sequence_length = int(vectorizer.get_config()["output_sequence_length"])
-    matrix = embedding_matrix(vocabulary, vectors, missing="random", seed=args.seed,
-                              normalize=args.normalize_vectors)
-    print(f"Vocabulary {len(vocabulary)} words, {sequence_length} tokens per text; "
-          f"{matrix.coverage:.1%} have a pretrained vector "
-          f"({matrix.case_folded_hits} after lower-casing), e.g. missing: "
-          f"{matrix.missing_examples[:5]}")
+    data = tokenize_for_vectors(splits, vectors, args.sequence_length,
+                                args.extra_vocabulary, args.normalize_vectors, args.seed)
+    print(data.summary())
+    train = data.batches("train", args.batch_size, shuffle=True, seed=args.seed)
+    validation = data.batches("validation", args.batch_size)
+    test = data.batches("test", args.batch_size)
 
-    # Texts are turned into token ids once; the models below train on ids, and the
-    # vectoriser is put back in front of the trained model before saving.
-    ids = {name: vectorize(vectorizer, examples.texts) for name, examples in
-           (("train", train), ("validation", validation), ("test", test))}
-    return PreparedText(
-        splits=splits, vectorizer=vectorizer, matrix=matrix, ids=ids,
-        architecture={"filters": args.filters, "units": args.units,
-                      "static_channel": args.multichannel,
-                      "embedding_dropout": args.embedding_dropout,
-                      # Fine-tuning can only reach the rows of words in the training
-                      # texts; the extra GloVe words' rows (most of the vocabulary) stay
-                      # in a fixed table, which makes each step several times faster
-                      # and changes no result (those rows would get no gradient).
-                      "trainable_rows": int(ids["train"].max()) + 1})
-
-
-def run(args: argparse.Namespace) -> int:
-    """The recipe, inside the strategy's scope."""
-    keras.utils.set_random_seed(args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
-    data = prepare(args)
-    splits, vectorizer, matrix, architecture = (data.splits, data.vectorizer, data.matrix,
-                                                data.architecture)
-    class_names, vocabulary = splits.class_names, vectorizer.get_vocabulary()
-    sequence_length = data.ids["train"].shape[1]
-    train_data = data.batches("train", args.batch_size, shuffle=True, seed=args.seed)
-    validation_data = data.batches("validation", args.batch_size)
-    test_data = data.batches("test", args.batch_size)
+    # ## Model
+    # Fine-tuning can only reach the rows of words in the training texts; the extra
+    # GloVe words' rows (most of the vocabulary) stay in a fixed table, which makes each
+    # step several times faster and changes no result (those rows get no gradient).
+    architecture = {"filters": args.filters, "units": args.units,
+                    "static_channel": args.multichannel,
+                    "embedding_dropout": args.embedding_dropout,
+                    "trainable_rows": data.trainable_rows}
+    class_names = splits.class_names
+    transfer = pretrained_text_classifier(
+        data.matrix, len(class_names), data.sequence_length, args.architecture,
+        trainable_mode=args.embedding_training, class_names=class_names, **architecture)
 
     # ## Training: the two phases, as one plan
     # Phase 1: the head learns on frozen vectors (their output is cached, so a head
@@ -267,48 +211,53 @@ def run(args: argparse.Namespace) -> int:
     # finder choose each rate. Every epoch is checkpointed: after a crash or a kill,
     # --resume restores finished phases and continues the phase in progress from its
     # last finished epoch, ending exactly where an uninterrupted run would.
-    transfer = pretrained_text_classifier(
-        matrix, len(class_names), sequence_length, args.architecture,
-        trainable_mode=args.embedding_training, class_names=class_names, **architecture)
     plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.ids["train"])
                                                          / args.batch_size))
-    state = training_state(args, os.path.join(args.output_dir, "checkpoints"))
-    run = run_transfer(transfer, train_data, validation_data, plan, checkpoints=state,
-                       test=test_data, output_dir=args.output_dir, measure_start=True,
-                       verbose=2)
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
+                          seed=args.seed)
+    run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
+                       output_dir=args.output_dir, measure_start=True, verbose=2)
+
+    # ## Evaluation: per-class scores, confusion matrix, the most confidently wrong texts
+    report = lambda predict=None: evaluation_report(  # noqa: E731
+        transfer.model, test, class_names, os.path.join(args.output_dir, "evaluation"),
+        examples=splits.test.texts, kind="text", title="Text classification",
+        predict=predict)
+    metadata = run_metadata(vectors=str(args.vectors), architecture=args.architecture,
+                            data={key: value for key, value in splits.paths.items() if value},
+                            seed=args.seed)
+    # The saved model takes raw strings: the vectoriser (vocabulary included) is its
+    # first layer, so users never rebuild the preprocessing.
+    string_classifier = string_model(data.vectorizer, transfer.model, name="text_classifier")
+
+    # ## Several machines: --strategy multi_worker
+    # Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+    # so there run_transfer ran the same plan on a strategy.run loop, each worker on its
+    # shard of the sentences. Every worker scores its copy and joins the save; the chief
+    # writes the outputs. Start the same command on every machine, each with its
+    # TF_CONFIG (README, "Several machines").
+    if choice.name == "multi_worker":
+        finish_multi_worker(choice, run, transfer.model, string_classifier, args.output_dir,
+                            class_names, {"val_accuracy": validation, "test_accuracy": test},
+                            report=report, **metadata)
+        return 0
 
     # ## Outputs
-    # The saved model takes raw strings: the vectoriser (vocabulary included) is its
-    # first layer, so users never rebuild the preprocessing. TFLite's built-in ops
-    # cannot run the vectoriser's string ops: the TFLite model takes token ids, and the
-    # vocabulary travels beside it (line i = id i).
+    # TFLite's built-in ops cannot run the vectoriser's string ops: the TFLite model
+    # takes token ids, and the vocabulary travels beside it (line i = id i).
     write_model_outputs(
-        args.output_dir, string_model(vectorizer, transfer.model, name="text_classifier"),
-        class_names, run.history,
+        args.output_dir, string_classifier, class_names, run.history,
         title=f"{args.architecture} on {os.path.basename(str(args.vectors))} vectors",
         tflite_model=transfer.model if args.export_tflite else None)
     if args.export_tflite:
         write_text(os.path.join(args.output_dir, "tflite", "vocabulary.txt"),
-                   "\n".join(vocabulary) + "\n")
-
-    # ## Evaluation: per-class scores, confusion matrix, the most confidently wrong texts
-    evaluation = evaluation_report(
-        transfer.model, test_data, class_names, os.path.join(args.output_dir, "evaluation"),
-        examples=splits.test.texts, kind="text", title="Text classification")
+                   "\n".join(data.vocabulary) + "\n")
+    evaluation = report()
     metrics = {
-        **run.metrics(),
-        "vocabulary_size": len(vocabulary), "oov_rate": round(matrix.oov_rate, 4),
-        "test_unknown_token_rate": round(unknown_token_rate(data.ids["test"]), 4),
-        "embedding": matrix.report(), "sequence_length": sequence_length,
-        "class_names": class_names,
-        "examples": {name: len(getattr(splits, name)) for name in ("train", "validation",
-                                                                    "test")},
-        "skipped_lines": splits.skipped,
+        **run.metrics(), **data.report(),
         "evaluation": {"set": "test", "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"]},
-        **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
-                       data={key: value for key, value in splits.paths.items() if value},
-                       seed=args.seed),
+        **metadata,
     }
 
     if args.compare_scratch:
@@ -318,74 +267,22 @@ def run(args: argparse.Namespace) -> int:
         # Keras's default embedding initialiser.
         keras.utils.set_random_seed(args.seed)
         scratch = scratch_text_classifier(
-            len(vocabulary), matrix.matrix.shape[1], len(class_names), sequence_length,
-            args.architecture, **architecture)
-        report = report_against_scratch(
-            run, scratch, train_data, validation_data, test_data, args.output_dir,
+            len(data.vocabulary), data.matrix.matrix.shape[1], len(class_names),
+            data.sequence_length, args.architecture, **architecture)
+        comparison = report_against_scratch(
+            run, scratch, train, validation, test, args.output_dir,
             title=f"{args.vectors} vectors vs random embeddings ({args.architecture})",
             state=state, verbose=2,
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-        summary = report.to_dict()
+        summary = comparison.to_dict()
         for key, side in (("pretrained", "transfer"), ("scratch", "scratch")):
-            metrics[key] = {
-                **{measure: summary[side][measure]
-                   for measure in MEASURES},
-                "validation_curve": getattr(report, side)[0].validation_curve,
-            }
+            metrics[key] = {**{measure: summary[side][measure] for measure in MEASURES},
+                            "validation_curve": getattr(comparison, side)[0].validation_curve}
         metrics["transfer_report"] = summary["difference"]
-        print(report.summary_text())
+        print(comparison.summary_text())
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
     return accuracy_gate(args, metrics)
-
-
-# ## Several machines: --strategy multi_worker
-# Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
-# the two phases run on a strategy.run loop instead (as in the cats recipe), each worker
-# training on its own shard of the sentences; start the same command on every machine,
-# each with its TF_CONFIG (README, "Several machines").
-def run_multi_worker(args: argparse.Namespace, choice) -> int:
-    """The recipe's two phases across machines (the model built in the strategy's scope)."""
-    start_multi_worker(args)  # options built on model.fit are refused here
-    keras.utils.set_random_seed(args.seed)
-    data = prepare(args)
-
-    # Every worker trains on its own shard of the sentences (every n-th one).
-    def dataset_fn(context):
-        count, index = context.num_input_pipelines, context.input_pipeline_id
-        return token_dataset(data.ids["train"][index::count],
-                             data.splits.labels["train"][index::count],
-                             context.get_per_replica_batch_size(args.batch_size),
-                             shuffle=True).repeat()
-
-    with choice.strategy.scope():  # the model's variables are mirrored on every worker
-        transfer = pretrained_text_classifier(
-            data.matrix, len(data.splits.class_names), data.ids["train"].shape[1],
-            args.architecture, trainable_mode=args.embedding_training,
-            class_names=data.splits.class_names, **data.architecture)
-    # The same call and plan as on one machine: under a multi-worker strategy
-    # run_transfer trains on the strategy.run loop.
-    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.ids["train"])
-                                                         / args.batch_size))
-    run = run_transfer(transfer, dataset_fn, None, plan,
-                       checkpoints=os.path.join(args.output_dir, "checkpoints"),
-                       resume=args.resume, output_dir=args.output_dir)
-
-    # Every worker holds the same weights and scores its own copy; every worker joins
-    # the save; the chief keeps the model, which takes raw strings as on one machine.
-    finish_multi_worker(
-        choice, run, transfer.model,
-        string_model(data.vectorizer, transfer.model, name="text_classifier"),
-        args.output_dir, data.splits.class_names,
-        {"val_accuracy": data.batches("validation", 256), "test_accuracy": data.batches(
-            "test", 256)},
-        report=lambda predict: evaluation_report(
-            transfer.model, data.batches("test", 256), data.splits.class_names,
-            os.path.join(args.output_dir, "evaluation"), examples=data.splits.test.texts,
-            kind="text", title="Text classification", predict=predict),
-        **run_metadata(vectors=str(args.vectors), architecture=args.architecture,
-                       seed=args.seed))
-    return 0
 
 
 if __name__ == "__main__":

@@ -184,6 +184,17 @@ def as_history(epochs: list[dict[str, Any]]) -> keras.callbacks.History:
     return history
 
 
+def _chief_process() -> bool:
+    """Whether this process is the chief of its ``TF_CONFIG`` cluster (or has none)."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 class TrainingState:
     """Checkpoints of a multi-phase training run (see the module docstring).
 
@@ -221,7 +232,8 @@ class TrainingState:
         self.backup_overhead = backup_overhead
         self.restore_best = bool(restore_best)
         self.monitor = monitor
-        if not self.resume and os.path.isdir(self.directory):
+        # On several machines sharing the folder, only the chief starts it afresh.
+        if not self.resume and os.path.isdir(self.directory) and _chief_process():
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
 

@@ -3,7 +3,7 @@
 The only library module that knows about flags. Recipes add the shared flags with
 `add_training_arguments` and `add_hardware_arguments`, then turn the parsed arguments
 into what the library takes: `transfer_plan` (a `templates.transfer.TransferPlan`),
-`setup_hardware` (a strategy, precision and XLA), `training_state` (checkpoints).
+`setup_hardware` (a strategy, precision and XLA), `accuracy_gate` (the exit status).
 
 Training flags:
 
@@ -34,7 +34,6 @@ from typing import Any
 
 import keras
 
-from templates.checkpoints import TrainingState
 from templates.hardware import (
     MIXED_PRECISION,
     STRATEGIES,
@@ -141,17 +140,6 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                             f"{'on' if restore_best else 'off'}.")
     group.add_argument("--tensorboard", metavar="DIR",
                        help="Write TensorBoard logs under DIR (one folder per phase).")
-
-
-def training_state(args: argparse.Namespace, directory: str, **options):
-    """The `TrainingState` these flags ask for: ``--resume``, ``--seed``, best-epoch
-    restore and early stopping; ``options`` are passed on (e.g. ``backup_overhead``)."""
-    if args.patience < 0:
-        raise ValueError(f"--patience must be 0 or more; got {args.patience}.")
-    return TrainingState(directory, resume=args.resume, seed=args.seed,
-                         keep_best=args.restore_best or bool(args.patience),
-                         patience=args.patience or None, restore_best=args.restore_best,
-                         monitor=getattr(args, "monitor", "val_accuracy"), **options)
 
 
 def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callbacks.Callback]:

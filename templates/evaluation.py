@@ -256,3 +256,43 @@ def _write_markdown(result: dict, figures: list[str], kind: str, path: str, titl
     with atomic_path(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines))
+
+
+def image_evaluation_report(
+    model: keras.Model,
+    images,
+    data: Iterable,
+    directory: str | os.PathLike,
+    title: str = "Evaluation",
+    seed: int = 0,
+    predict=None,
+) -> dict:
+    """`evaluation_report` for an image classifier, with Grad-CAM (TensorFlow backend).
+
+    Grad-CAM heat maps on the model's last convolutional block come with three photos
+    of each class, picked by a ``seed``-ed draw.
+
+    Args:
+        model: The trained classifier (takes 0..255 RGB images).
+        images: The evaluated `templates.image_data.ImageFiles` (paths, labels, names).
+        data: Its batches, not shuffled (e.g. `templates.image_data.image_dataset`).
+        directory: Output folder.
+        title: Title prefix of the plots.
+        seed: Seeds the choice of Grad-CAM photos.
+        predict: How to get a batch's probabilities (see `predict_labelled`).
+    """
+    from templates.grad_cam import grad_cam_overlays
+    from templates.image_data import load_image
+
+    size = tuple(int(side) for side in model.input_shape[1:3])
+    draw = np.random.default_rng(seed)
+    labels = np.asarray(images.labels)
+    picks = [int(index) for label in range(len(images.class_names))
+             for index in draw.permutation(np.flatnonzero(labels == label))[:3]]
+    photos = np.stack([load_image(images.files[index], size) for index in picks])
+    overlays = grad_cam_overlays(model, photos.astype("float32"), images.class_names,
+                                 [images.labels[index] for index in picks])
+    return evaluation_report(
+        model, data, images.class_names, directory, examples=images.files,
+        load_example=lambda path: load_image(path, size), title=title, grad_cam=overlays,
+        predict=predict)

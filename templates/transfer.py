@@ -557,6 +557,7 @@ def _run_multi_worker(transfer, strategy, train, validation, plan: TransferPlan,
     device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
     choice = StrategyChoice(strategy, "multi_worker", strategy.num_replicas_in_sync, device)
     folder = checkpoints.directory if isinstance(checkpoints, TrainingState) else checkpoints
+    resume = checkpoints.resume if isinstance(checkpoints, TrainingState) else resume
     rates = {"head": plan.learning_rate, "fine_tune": plan.fine_tune_learning_rate}
     epochs = {"head": plan.head_epochs, "fine_tune": plan.fine_tune_epochs}
 

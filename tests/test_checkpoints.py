@@ -267,33 +267,6 @@ def test_keep_best_restores_the_best_epoch_and_remembers_it_across_a_restart(tmp
     assert all(np.all(w == 1) for w in model.get_weights())  # epoch 1's, not epoch 0's
 
 
-def test_training_flags_build_the_state_they_describe(tmp_path):
-    import argparse
-
-    from templates.cli import add_training_arguments, training_state
-
-    def state_for(*flags, **defaults):
-        parser = argparse.ArgumentParser()
-        add_training_arguments(parser, **defaults)
-        parser.add_argument("--resume", action="store_true")
-        parser.add_argument("--seed", type=int, default=3)
-        return training_state(parser.parse_args(flags), tmp_path / "state")
-
-    image = state_for()  # the image and text recipes' defaults
-    assert (image.keep_best, image.patience, image.restore_best) == (True, 3, True)
-    fixed = state_for(patience=0, restore_best=False)  # the digits comparison's defaults
-    assert not fixed.keep_best and fixed.patience is None
-    assert not any(type(callback).__name__ == "KeepBest"
-                   for callback in fixed.callbacks("head"))
-    stop_only = state_for("--no-restore-best", "--patience", "2")
-    assert (stop_only.keep_best, stop_only.patience, stop_only.restore_best) == (True, 2, False)
-    best_only = state_for("--restore-best", "--patience", "0", patience=0, restore_best=False)
-    assert (best_only.keep_best, best_only.patience, best_only.restore_best) == (True, None, True)
-    assert best_only.seed == 3
-    with pytest.raises(ValueError, match="--patience"):
-        state_for("--patience", "-1")
-
-
 class FakeClock(keras.callbacks.Callback):
     """A clock the test drives: each epoch lasts ``epoch_seconds``, each backup write
     ``write_seconds`` (placed before the backup callback)."""

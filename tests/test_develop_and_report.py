@@ -17,6 +17,7 @@ from templates.develop import (
     majority_baseline_accuracy,
     reuse_model,
 )
+from templates.transfer import TransferPlan
 from templates.transfer_report import TransferReport, summarize_curve
 
 
@@ -206,21 +207,66 @@ def test_report_names_negative_transfer_and_averages_seeds(tmp_path):
         assert image.format == "PNG"
 
 
+def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
+    """A source network that learned random labels on noise, reused up to its dense
+    layer: its features know nothing of strokes, and the report must say so plainly."""
+    from recipes.develop_model_digits import build_digit_model, load_digits_by_task
+    from templates.batches import array_batches
+    from templates.comparison import compare_with_scratch
+    from templates.develop import reuse_model
+
+    data = load_digits_by_task(5, seed=0)
+    generator = np.random.default_rng(0)
+    noise = generator.uniform(0, 16, size=(600, 8, 8, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    source = build_digit_model()
+    source.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    source.fit(noise, generator.integers(0, 5, 600).astype("int32"), epochs=60,
+               batch_size=32, verbose=0)
+    plan = TransferPlan(head_epochs=10, fine_tune_epochs=5, learning_rate=1e-2,
+                        fine_tune_learning_rate=1e-3, batch_size=8, patience=0,
+                        restore_best=False)
+    report = compare_with_scratch(
+        lambda: reuse_model(source, 5, cut_at="features", pooling="flatten"),
+        lambda: reuse_model(build_digit_model(), 5, cut_at="pool", pooling="flatten").model,
+        array_batches(*data["train"], batch_size=8, seed=0),
+        array_batches(*data["validation"], batch_size=256, shuffle=False),
+        array_batches(*data["test"], batch_size=256, shuffle=False),
+        budget=plan, seeds=[0, 1], slope_epochs=5)
+    # Measured: start -11.7, slope -23.8, asymptote -4.0 points.
+    assert {"start", "slope", "asymptote"} <= set(report.negative_transfer)
+    assert "NEGATIVE TRANSFER on start, slope, asymptote" in report.summary_text()
+
+
 def test_report_refuses_slopes_over_different_windows():
     with pytest.raises(ValueError, match="different windows"):
         TransferReport([summarize_curve([0.5, 0.6, 0.7], 0.1, slope_epochs=3)],
                        [summarize_curve([0.5, 0.6], 0.1, slope_epochs=3)], seeds=[0])
 
 
-DIGITS_ARGUMENTS = ["--labels-per-class", "5"]  # the defaults: 3 seeds, 10 + 5 epochs
+DIGITS_ARGUMENTS = ["--labels-per-class", "5"]  # the defaults: 5 seeds, 10 + 5 epochs
+
+
+def per_seed_gains(report, measure):
+    transfer = np.array([run[measure] for run in report["transfer"]["runs"]])
+    scratch = np.array([run[measure] for run in report["scratch"]["runs"]])
+    spread = max(transfer.std(ddof=1), scratch.std(ddof=1))
+    return transfer - scratch, spread
 
 
 @pytest.mark.acceptance
 def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
         tmp_path, subprocess_env):
-    """The recipe with its defaults (issue 4's acceptance: transfer ahead of scratch on
-    every measure, mean of 3 seeds), then the same seeds killed mid-way and resumed:
-    the same report.
+    """The recipe with its defaults over 5 seeds (issue 15, section 5), then one seed
+    killed mid-way and resumed: the same report.
+
+    Transfer must be ahead of scratch on start and slope on each of the 5 seeds, by more
+    than the seed-to-seed spread on average, and not behind on the asymptote by more
+    than that spread. The design (a source model trained on shifted scans) was chosen on
+    the split of seed 10; on six splits (seeds 0, 10, 20, 30, 40, 50, five seeds each)
+    start and slope were ahead on every seed, while the asymptote was ahead on every
+    seed on one split only (this one, seed 0: +3.9 points) and level within the spread
+    on the others (docs/results.md), so the test does not claim more.
 
     This is also the reproducibility check: two runs with the same seed (one of them
     interrupted) must write identical reports.
@@ -241,11 +287,14 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     report = json.loads((first / "transfer_report.json").read_text())
     for side in ("transfer", "scratch"):
         assert set(report[side]) >= {"start", "slope", "asymptote", "test_accuracy"}
-        assert len(report[side]["runs"]) == 3
+        assert len(report[side]["runs"]) == 5
         assert len(report[side]["runs"][0]["validation_curve"]) == 15
-    assert report["seeds"] == [0, 1, 2]
-    # Transfer ahead on start, slope, asymptote and test accuracy (README figures).
-    assert all(gain > 0 for gain in report["difference"].values()), report["difference"]
+    assert report["seeds"] == [0, 1, 2, 3, 4]
+    for measure in ("start", "slope"):
+        gains, spread = per_seed_gains(report, measure)
+        assert gains.min() > 0 and gains.mean() > spread, (measure, gains, spread)
+    gains, spread = per_seed_gains(report, "asymptote")
+    assert gains.mean() > -spread, (gains, spread)
     assert "Transfer vs scratch" in result.stdout
     sweep = json.loads((first / "reuse_sweep.json").read_text())
     assert [row["cut_at"] for row in sweep["depths"]] == ["conv_1", "pool", "features"]

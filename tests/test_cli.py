@@ -1,0 +1,74 @@
+"""`templates.cli`: the recipes' shared flags and the library objects they become."""
+
+import argparse
+
+import pytest
+
+from templates.cli import (
+    FIT_ONLY_OPTIONS,
+    accuracy_gate,
+    add_run_arguments,
+    add_training_arguments,
+    start_multi_worker,
+    transfer_plan,
+)
+
+
+def parse(*flags, run_defaults=None, **training_defaults):
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, "runs/x", **(run_defaults or {}))
+    add_training_arguments(parser, **training_defaults)
+    return parser.parse_args(flags)
+
+
+def test_the_flags_build_the_plan_they_describe():
+    plan = transfer_plan(parse())  # the image and text recipes' early-stopping defaults
+    assert plan.early_stopping() == {"keep_best": True, "patience": 3, "restore_best": True,
+                                     "monitor": "val_accuracy"}
+    assert plan.seed == 1337 and plan.schedule == "constant" and not plan.find_learning_rates
+    fixed = transfer_plan(parse(patience=0, restore_best=False))  # the digits comparison's
+    assert fixed.early_stopping()["keep_best"] is False and fixed.patience == 0
+    stop_only = transfer_plan(parse("--no-restore-best", "--patience", "2"))
+    assert stop_only.early_stopping() == {"keep_best": True, "patience": 2,
+                                          "restore_best": False, "monitor": "val_accuracy"}
+    chosen = transfer_plan(parse(
+        "--epochs", "7", "--fine-tune-epochs", "2", "--learning-rate", "0.01",
+        "--fine-tune-learning-rate", "1e-5", "--batch-size", "16", "--seed", "4",
+        "--schedule", "one_cycle", "--find-lr", "--monitor", "val_loss",
+        "--discriminative-factor", "2.5", "--tensorboard", "logs"), steps_per_epoch=9)
+    assert (chosen.head_epochs, chosen.fine_tune_epochs, chosen.learning_rate,
+            chosen.fine_tune_learning_rate, chosen.batch_size, chosen.seed) == (
+        7, 2, 0.01, 1e-5, 16, 4)
+    assert (chosen.schedule, chosen.find_learning_rates, chosen.monitor,
+            chosen.discriminative_factor, chosen.steps_per_epoch) == (
+        "one_cycle", True, "val_loss", 2.5, 9)
+    # --tensorboard DIR: one TensorBoard callback per phase, in DIR/PHASE.
+    assert {phase: [callback.log_dir for callback in callbacks]
+            for phase, callbacks in chosen.callbacks.items()} == {
+        "head": ["logs/head"], "fine_tune": ["logs/fine_tune"]}
+    # A recipe's own defaults for the run flags.
+    text = transfer_plan(parse(run_defaults={"fine_tune_epochs": 6,
+                                             "fine_tune_learning_rate": 5e-4}))
+    assert (text.fine_tune_epochs, text.fine_tune_learning_rate) == (6, 5e-4)
+    # Bad values are refused by the plan, naming the field.
+    with pytest.raises(ValueError, match="patience"):
+        transfer_plan(parse("--patience", "-1"))
+
+
+def test_the_multi_worker_check_names_every_refused_flag():
+    start_multi_worker(parse())  # nothing refused: nothing raised
+    arguments = parse("--compare-scratch", "--export-tflite")
+    with pytest.raises(ValueError) as raised:
+        start_multi_worker(arguments)
+    assert "--compare-scratch" in str(raised.value) and "--export-tflite" in str(raised.value)
+    assert set(FIT_ONLY_OPTIONS) >= {"--compare-scratch", "--export-tflite"}
+
+
+def test_the_accuracy_gate_fails_below_the_bar(capsys):
+    arguments = parse("--assert-accuracy-at-least", "0.9")
+    assert accuracy_gate(arguments, {"test_accuracy": 0.95, "val_accuracy": 0.5}) == 0
+    assert accuracy_gate(arguments, {"test_accuracy": 0.85}) == 1
+    assert "FAILED: test_accuracy 0.8500 is below the required 0.9" in capsys.readouterr().err
+    # Without a test set the gate reads the validation accuracy.
+    assert accuracy_gate(arguments, {"val_accuracy": 0.89}) == 1
+    assert accuracy_gate(parse(), {"val_accuracy": 0.1}) == 0  # no bar: never fails
