@@ -35,6 +35,8 @@ def figures(metrics: dict) -> dict[str, float]:
     for key in ("test_accuracy", "val_accuracy"):
         if key in metrics:
             found[key] = float(metrics[key])
+        if metrics.get("without_flips", {}).get(key) is not None:  # --test-time-flips
+            found[f"{key}_without_flips"] = float(metrics["without_flips"][key])
     if "scratch" in metrics and "pretrained" in metrics:
         found["pretrained_test_accuracy"] = float(metrics["pretrained"]["test_accuracy"])
         found["scratch_test_accuracy"] = float(metrics["scratch"]["test_accuracy"])

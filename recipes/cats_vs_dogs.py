@@ -71,7 +71,9 @@ from templates.files import write_json  # noqa: E402
 from templates.image_data import image_dataset, load_image_splits  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
+from templates.phases import batch_predictor  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
+from templates.test_time_augmentation import flip_averaged, flip_scores  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 
 
@@ -100,8 +102,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="First backbone layer to unfreeze (a name, or an index such "
                         "as -20); the registry's choice by default.")
     parser.add_argument("--augment", action="store_true",
-                        help="Random flips and rotations; trains the head with the "
-                        "backbone in the graph instead of on cached features.")
+                        help="Random flips and rotations while fine-tuning, and for the "
+                        "head: on --augmented-views cached views, or through the backbone "
+                        "in the graph when there are none (slow).")
+    parser.add_argument("--augmented-views", type=int, default=0, metavar="K",
+                        help="With --augment: cache the backbone's features of K augmented "
+                        "views of every training photo, once, and train the head on them.")
+    parser.add_argument("--test-time-flips", action="store_true",
+                        help="Average each photo's prediction with its mirror image's (twice "
+                        "the inference time); the saved model does it too.")
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--reuse-sweep", type=int, default=0, metavar="N",
                         help="Also measure how much of the backbone to reuse: cut it at N "
@@ -180,7 +189,8 @@ def run(args: argparse.Namespace, choice) -> int:
     # progress from its last finished epoch. The seed fixes each epoch's data order and
     # dropout from (seed, epoch) alone, so the resumed run ends exactly where an
     # uninterrupted one would.
-    plan = transfer_plan(args, augmentation=augmentation,
+    plan = transfer_plan(args, augmentation=augmentation, augmented_views=args.augmented_views,
+                         cache_features=not args.augment or args.augmented_views > 0,
                          steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
                           seed=args.seed)
@@ -191,12 +201,14 @@ def run(args: argparse.Namespace, choice) -> int:
     # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
     # photos, and Grad-CAM heat maps on the backbone's last convolutional block.
     # (The test or validation batches built above are reused: their images are cached.)
+    # --test-time-flips: the model users get averages each photo with its mirror image.
+    model = flip_averaged(transfer.model) if args.test_time_flips else transfer.model
     evaluated, evaluated_data = ((splits.test, test) if splits.test
                                  else (splits.validation, validation))
     title = f"Cats vs dogs, {spec.name} ({args.weights} weights)"
     report = lambda predict=None: image_evaluation_report(  # noqa: E731
         transfer.model, evaluated, evaluated_data, os.path.join(args.output_dir, "evaluation"),
-        title, seed=args.seed, predict=predict)
+        title, seed=args.seed, predict=predict or batch_predictor(model))
     metadata = run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
                             image_size=image_size, data_dir=data_dir, seed=args.seed)
 
@@ -215,11 +227,12 @@ def run(args: argparse.Namespace, choice) -> int:
 
     # ## Outputs
     # model.keras takes plain 0..255 RGB images; saved_model/ serves them.
-    write_model_outputs(args.output_dir, transfer.model, splits.class_names, run.history,
-                        title=title, tflite_model=transfer.model if args.export_tflite else None)
+    write_model_outputs(args.output_dir, model, splits.class_names, run.history,
+                        title=title, tflite_model=model if args.export_tflite else None)
     evaluation = report()
     metrics = {
-        **run.metrics(),
+        **run.metrics(), **(flip_scores(run, model, validation, test)
+                            if args.test_time_flips else {}),
         "evaluation": {"set": "test" if splits.test else "validation",
                        "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"]},

@@ -27,7 +27,12 @@ import numpy as np
 from templates.learning_rates import DiscriminativeAdam, OneCycle
 from templates.batches import ShuffledArrays, array_batches
 from templates.layers import iterate_layers  # noqa: F401 (part of this module's API)
-from templates.reproducibility import following_epochs, set_epoch
+from templates.reproducibility import (
+    epoch_seed,
+    following_epochs,
+    reseed_generators,
+    set_epoch,
+)
 
 LOSS = "sparse_categorical_crossentropy"
 
@@ -214,19 +219,42 @@ def extract_features(
     return np.concatenate(features), np.concatenate(labels)
 
 
-def head_training_features(transfer: Transferable, train_data: Iterable
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def head_training_features(transfer: Transferable, train_data: Iterable,
+                           augmentation: keras.layers.Layer | None = None, views: int = 0,
+                           seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The frozen part's features of ``train_data``, as `train_head` caches them.
 
     Extract them once and pass them (``train_features=``) to both
     `find_head_learning_rate` and `train_head`: the finder and the head then train on
     the same features, and the backbone runs over the training data once, not twice.
+
+    With ``augmentation`` and ``views=K``, the features of K randomly augmented views of
+    every example are added to those of the originals (K + 1 rows per example): the head
+    then sees augmented inputs while training on cached features, at the cost of K more
+    passes of the frozen part over the training data, once. View ``v`` is drawn from
+    ``(seed, v)``, so a rerun caches the same views.
     """
+    if views < 0:
+        raise ValueError(f"views must be 0 or more; got {views}.")
+    if views and augmentation is None:
+        raise ValueError("views need an augmentation to draw them with.")
     transfer.backbone.trainable = False
     # A shuffled training set is read in its epoch-0 order, so the cached features (and
     # the orders drawn from them) do not depend on how often it was read.
     set_epoch(train_data, 0)
-    return extract_features(transfer.feature_extractor, train_data)
+    features, labels = extract_features(transfer.feature_extractor, train_data)
+    if not views:
+        return features, labels
+    predict = batch_predictor(transfer.feature_extractor)
+    all_features, all_labels = [features], [labels]
+    for view in range(views):
+        reseed_generators(augmentation, epoch_seed(0 if seed is None else seed, view))
+        set_epoch(train_data, 0)
+        for inputs, batch_labels in train_data:
+            augmented = augmentation(inputs, training=True)
+            all_features.append(np.asarray(keras.ops.convert_to_numpy(predict(augmented))))
+            all_labels.append(keras.ops.convert_to_numpy(batch_labels))
+    return np.concatenate(all_features), np.concatenate(all_labels)
 
 
 def with_augmentation(model: keras.Model, augmentation: keras.layers.Layer | None) -> keras.Model:

@@ -100,8 +100,12 @@ class TransferPlan:
         monitor: What early stopping and best-epoch restore watch (`MONITORS`).
         seed: Every epoch's data order, dropout and augmentation are drawn from
             ``(seed, epoch)`` (`templates.reproducibility`).
-        augmentation: Keras layers applied to training inputs (needs
-            ``cache_features=False``); not serialised.
+        augmented_views: With ``augmentation`` and ``cache_features``: the head trains
+            on cached features of the originals and of K augmented views of every
+            training example, extracted once (`templates.phases.head_training_features`);
+            fine-tuning applies ``augmentation`` in the graph. 0: no views.
+        augmentation: Keras layers applied to training inputs (with
+            ``cache_features=False``, or through ``augmented_views``); not serialised.
         callbacks: Extra Keras callbacks per phase, ``{"head": [...], "fine_tune":
             [...]}`` (e.g. TensorBoard); not serialised.
     """
@@ -122,6 +126,7 @@ class TransferPlan:
     restore_best: bool = True
     monitor: str = "val_accuracy"
     seed: int = 0
+    augmented_views: int = 0
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
     callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
@@ -148,9 +153,14 @@ class TransferPlan:
             (self.monitor in MONITORS,
              f"unknown monitor {self.monitor!r}; choose from {', '.join(MONITORS)}"),
             (self.seed >= 0, f"seed must be a non-negative integer; got {self.seed}"),
-            (self.augmentation is None or not self.cache_features,
+            (self.augmented_views >= 0,
+             f"augmented_views must be 0 or more; got {self.augmented_views}"),
+            (self.augmentation is None or not self.cache_features or self.augmented_views,
              "augmentation changes the inputs every epoch, so the head cannot train on "
-             "cached features: set cache_features=False"),
+             "features cached once: set cache_features=False, or augmented_views=K to "
+             "cache the features of K augmented views of every training example"),
+            (not self.augmented_views or self.augmentation is not None,
+             "augmented_views needs an augmentation to draw the views with"),
             (set(self.callbacks) <= set(PHASES),
              f"callbacks are given per phase, {{'head': [...], 'fine_tune': [...]}}; got "
              f"the keys {sorted(self.callbacks)}"),
@@ -169,14 +179,18 @@ class TransferPlan:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TransferPlan:
-        """The plan `to_dict` wrote (without its augmentation and callbacks)."""
+    def from_dict(cls, data: dict[str, Any], augmentation: keras.layers.Layer | None = None,
+                  callbacks: dict[str, list[keras.callbacks.Callback]] | None = None
+                  ) -> TransferPlan:
+        """The plan `to_dict` wrote; its augmentation and callbacks (written by name
+        only) are given again here."""
         names = {field.name for field in dataclasses.fields(cls)} - {"augmentation",
                                                                       "callbacks"}
         unknown = sorted(set(data) - names - {"augmentation", "callbacks"})
         if unknown:
             raise ValueError(f"TransferPlan.from_dict: unknown fields {unknown}.")
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return cls(**{key: value for key, value in data.items() if key in names},
+                   augmentation=augmentation, callbacks=callbacks or {})
 
     def with_rates(self, learning_rates: dict[str, float]) -> TransferPlan:
         """This plan with the rates a run used (`TransferRun.learning_rates`) and no
@@ -371,9 +385,12 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
     head = prefix + "head"
     started = time.perf_counter()
     features = None
-    if plan.find_learning_rates and not _finished(state, head) and plan.cache_features:
-        # The finder and the head train on the same features: extracted once.
-        features = head_training_features(transfer, train)
+    views = plan.augmented_views if plan.cache_features else 0
+    if (plan.find_learning_rates or views) and not _finished(state, head) and plan.cache_features:
+        # The finder and the head train on the same features: extracted once (with
+        # augmented_views, of the original and K augmented views of every example).
+        features = head_training_features(transfer, train, plan.augmentation if views else None,
+                                          views, plan.seed)
     rate = _phase_rate(
         state, head, plan.learning_rate, plan.find_learning_rates, output_dir,
         lambda: find_head_learning_rate(transfer, train, plan.batch_size, plan.seed,
@@ -383,7 +400,8 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
     history = run_planned_phase(state, head, transfer.model, plan, lambda callbacks: (
         train_head(transfer, train, validation, epochs=plan.head_epochs,
                    learning_rate=_shaped(rate, plan, plan.head_epochs, steps),
-                   cache_features=plan.cache_features, augmentation=plan.augmentation,
+                   cache_features=plan.cache_features,
+                   augmentation=None if views else plan.augmentation,
                    batch_size=plan.batch_size, seed=plan.seed, train_features=features,
                    callbacks=callbacks + list(plan.callbacks.get("head", [])),
                    verbose=verbose)))

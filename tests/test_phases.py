@@ -214,6 +214,27 @@ def test_augmentation_with_cached_features_is_refused():
                    augmentation=keras.layers.RandomFlip())
 
 
+def test_augmented_views_are_cached_once_and_drawn_from_the_seed():
+    data = bright_dark_batches(count=24, size=16, batch_size=8)
+    transfer, calls = counted_conv_transfer(seed=3, filters=4)
+    flip = keras.layers.RandomFlip("horizontal", seed=0)
+    features, labels = head_training_features(transfer, data, flip, views=2, seed=5)
+    # The originals, then two views: three rows per example, one backbone pass each.
+    assert features.shape[0] == 3 * 24 and sum(calls) == 3 * 24
+    np.testing.assert_array_equal(labels, np.tile(np.arange(24) % 2, 3))
+    plain, _ = head_training_features(transfer, data)
+    np.testing.assert_allclose(features[:24], plain, rtol=1e-6)
+    # The views are augmented (some images mirrored) and the same on a rerun.
+    assert not np.allclose(features[24:48], plain)
+    again, _ = head_training_features(transfer, data, flip, views=2, seed=5)
+    np.testing.assert_array_equal(again, features)
+    other, _ = head_training_features(transfer, data, flip, views=2, seed=6)
+    assert not np.array_equal(other, features)
+    # A head trains on them through the plan (augmentation cached, not in the graph).
+    with pytest.raises(ValueError, match="views need an augmentation"):
+        head_training_features(transfer, data, None, views=1)
+
+
 def test_extract_features_keeps_order_and_labels():
     transfer = small_transfer()
     data = bright_dark_batches(count=20, batch_size=8)

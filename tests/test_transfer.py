@@ -48,6 +48,8 @@ def test_the_plan_checks_its_fields_and_round_trips_through_json():
                            ({"monitor": "accuracy"}, "unknown monitor"),
                            ({"patience": -1}, "patience"),
                            ({"augmentation": keras.layers.RandomFlip()}, "cache_features=False"),
+                           ({"augmented_views": 2}, "needs an augmentation"),
+                           ({"augmented_views": -1}, "augmented_views must be"),
                            ({"callbacks": {"warmup": []}}, "per phase")):
         with pytest.raises(ValueError, match=message):
             TransferPlan(**wrong)
@@ -81,6 +83,32 @@ def test_run_transfer_trains_both_phases_keeps_batch_norm_frozen_and_resumes(tmp
     assert resumed.history == run.history
     for restored, trained in zip(again.model.get_weights(), weights):
         np.testing.assert_array_equal(restored, trained)
+
+
+class CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def test_the_head_trains_on_cached_augmented_views_and_fine_tuning_augments_in_the_graph():
+    # Noise on the inputs is this toy model's augmentation: the head trains on the
+    # cached features of the originals and of 3 noisy views (4 x 128 rows per epoch).
+    head, tuned = CountBatches(), CountBatches()
+    plan = TransferPlan(head_epochs=3, fine_tune_epochs=1, learning_rate=0.05,
+                        fine_tune_learning_rate=0.01, patience=0, restore_best=False,
+                        batch_size=32, augmentation=keras.layers.GaussianNoise(0.3, seed=1),
+                        augmented_views=3, seed=3,
+                        callbacks={"head": [head], "fine_tune": [tuned]})
+    run = run_transfer(small_transfer(), batches(), batches(64, seed=1), plan)
+    assert head.batches == 3 * (4 * 128 // 32)
+    assert tuned.batches == 128 // 16  # fine-tuning: the training batches, augmented in graph
+    assert run.scores["val_accuracy"] >= 0.75  # it learned (chance: 0.5)
+    noise = keras.layers.GaussianNoise(0.3)
+    assert TransferPlan.from_dict(plan.to_dict(), augmentation=noise).augmented_views == 3
 
 
 def test_the_finder_chooses_each_phase_rate_once_and_a_resume_reuses_it(tmp_path):
