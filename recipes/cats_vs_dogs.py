@@ -189,7 +189,8 @@ def run(args: argparse.Namespace, choice) -> int:
     # progress from its last finished epoch. The seed fixes each epoch's data order and
     # dropout from (seed, epoch) alone, so the resumed run ends exactly where an
     # uninterrupted one would.
-    plan = transfer_plan(args, augmentation=augmentation, augmented_views=args.augmented_views,
+    plan = transfer_plan(args, splits.train.labels, augmentation=augmentation,
+                         augmented_views=args.augmented_views,
                          cache_features=not args.augment or args.augmented_views > 0,
                          steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,

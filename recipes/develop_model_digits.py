@@ -217,7 +217,7 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     test = array_batches(*data["test"], batch_size=256, shuffle=False)
     # One plan for both sides; no early stopping by default (--patience 0), because
     # the report compares a fixed budget. (--find-lr is applied below, once for both.)
-    budget = transfer_plan(args, batch_size=args.batch_size * replicas,
+    budget = transfer_plan(args, data["train"][1], batch_size=args.batch_size * replicas,
                            find_learning_rates=False, callbacks={})
 
     def reuse(source_model, cut_at="pool"):
@@ -232,8 +232,7 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
         keras.utils.set_random_seed(args.seed)
         budget.learning_rate = record_finding(
             find_head_learning_rate(reuse(developed.source_model), train,
-                                    batch_size=args.batch_size * replicas,
-                                    seed=args.seed),
+                                    batch_size=args.batch_size * replicas, seed=args.seed),
             args.output_dir, "head", title="Learning-rate finder: digits head",
             default=budget.learning_rate)
         keras.backend.clear_session()

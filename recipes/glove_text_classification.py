@@ -211,8 +211,8 @@ def run(args: argparse.Namespace, choice) -> int:
     # finder choose each rate. Every epoch is checkpointed: after a crash or a kill,
     # --resume restores finished phases and continues the phase in progress from its
     # last finished epoch, ending exactly where an uninterrupted run would.
-    plan = transfer_plan(args, steps_per_epoch=math.ceil(len(data.ids["train"])
-                                                         / args.batch_size))
+    plan = transfer_plan(args, splits.labels["train"],
+                         steps_per_epoch=math.ceil(len(splits.train) / args.batch_size))
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
                           seed=args.seed)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,

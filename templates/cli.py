@@ -14,6 +14,7 @@ Training flags:
     --restore-best / --no-restore-best
                                  end each phase with its best epoch's weights, or its last
     --monitor val_accuracy|val_loss  what early stopping and best-epoch restore watch
+    --class-weight none|balanced weigh examples by inverse class frequency
     --tensorboard DIR            TensorBoard logs, one folder per phase
 
 Hardware flags: ``--strategy``, ``--mixed-precision``, ``--xla``.
@@ -52,7 +53,7 @@ from templates.learning_rates import (  # noqa: F401
     scheduled,
 )
 from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
-from templates.transfer import MONITORS, TransferPlan
+from templates.transfer import MONITORS, TransferPlan, balanced_class_weight
 
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                       fine_tune_epochs: int = 3, fine_tune_learning_rate: float = 1e-4,
@@ -133,6 +134,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
     group.add_argument("--monitor", choices=MONITORS, default=monitor,
                        help="What early stopping and best-epoch restore watch: validation "
                             f"accuracy or validation loss. Default {monitor}.")
+    group.add_argument("--class-weight", choices=("none", "balanced"), default="none",
+                       help="balanced: weigh each training example's loss by the inverse "
+                            "of its class's frequency (for imbalanced classes), in both "
+                            "phases and the scratch run. Default none.")
     group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
                        default=restore_best,
                        help="End each phase with its best epoch's weights (by validation "
@@ -211,13 +216,16 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
     return choice
 
 
-def transfer_plan(args: argparse.Namespace, **overrides: Any) -> TransferPlan:
+def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
+                  ) -> TransferPlan:
     """The `TransferPlan` a recipe's flags describe.
 
     Reads ``--epochs`` (the head's), ``--fine-tune-epochs``, ``--learning-rate``,
     ``--fine-tune-learning-rate``, ``--batch-size``, ``--seed``, the training flags
     above and, where the recipe has them, ``--fine-tune-from`` and ``--augment``;
     ``overrides`` set any other field (e.g. ``augmentation=``, ``steps_per_epoch=``).
+    ``train_labels`` (the training set's labels) are needed by ``--class-weight
+    balanced``.
     """
     fields = dict(
         head_epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
@@ -234,6 +242,11 @@ def transfer_plan(args: argparse.Namespace, **overrides: Any) -> TransferPlan:
         fields["fine_tune_from"] = args.fine_tune_from
     if getattr(args, "augment", False):
         fields["cache_features"] = False
+    if getattr(args, "class_weight", "none") == "balanced":
+        if train_labels is None:
+            raise ValueError("--class-weight balanced needs the training labels "
+                             "(transfer_plan(args, train_labels=...)).")
+        fields["class_weight"] = balanced_class_weight(train_labels)
     fields.update(overrides)
     return TransferPlan(**fields)
 

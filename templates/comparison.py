@@ -101,7 +101,7 @@ def train_from_scratch(
     history = _scratch_phase(state, name, model, budget, seed, lambda callbacks: model.fit(
         train, validation_data=validation, epochs=epochs,
         callbacks=following_epochs(callbacks + extra, train),
-        shuffle=False, verbose=verbose))
+        shuffle=False, verbose=verbose, class_weight=budget.class_weight))
     test_accuracy = evaluate_accuracy(model, test) if test is not None else None
     return before, list(history.history["val_accuracy"]), test_accuracy
 

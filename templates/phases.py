@@ -282,6 +282,7 @@ def train_head(
     seed: int | None = None,
     verbose: int | str = "auto",
     train_features: tuple[np.ndarray, np.ndarray] | None = None,
+    class_weight: dict[int, float] | None = None,
 ) -> keras.callbacks.History:
     """Phase 1: train the new head on top of the frozen reused part.
 
@@ -303,6 +304,8 @@ def train_head(
         train_features: ``train_data``'s features from `head_training_features`,
             already extracted (e.g. for the learning-rate finder); ``None`` extracts
             them here.
+        class_weight: ``{label: weight}`` scaling each example's loss (e.g.
+            `templates.transfer.balanced_class_weight`); ``None``: all 1.
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -324,7 +327,7 @@ def train_head(
         history = training_model.fit(
             train_data, validation_data=validation_data, epochs=epochs,
             callbacks=following_epochs(callbacks, train_data), shuffle=False,
-            verbose=verbose,
+            verbose=verbose, class_weight=class_weight,
         )
         _compile_for_evaluation(transfer, training_model, learning_rate)
         return history
@@ -344,6 +347,7 @@ def train_head(
     history = transfer.head.fit(
         batches, shuffle=False, epochs=epochs, validation_data=validation,
         callbacks=following_epochs(callbacks, batches), verbose=verbose,
+        class_weight=class_weight,
     )
     _compile_for_evaluation(transfer, transfer.head, learning_rate)
     return history
@@ -367,6 +371,7 @@ def fine_tune(
     initial_epoch: int = 0,
     verbose: int | str = "auto",
     learning_rate_multipliers: dict[str, float] | None = None,
+    class_weight: dict[int, float] | None = None,
 ) -> keras.callbacks.History:
     """Phase 2: unfreeze the top of the reused part and train end to end, gently.
 
@@ -386,6 +391,7 @@ def fine_tune(
         learning_rate_multipliers: Discriminative rates: ``{variable.path: multiplier}``
             from `templates.learning_rates.discriminative_multipliers` (earlier blocks
             slower); ``None`` trains every unfrozen layer at ``learning_rate``.
+        class_weight: ``{label: weight}`` scaling each example's loss; ``None``: all 1.
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -399,8 +405,7 @@ def fine_tune(
     history = training_model.fit(
         train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch, callbacks=following_epochs(callbacks, train_data),
-        shuffle=False,
-        verbose=verbose,
+        shuffle=False, verbose=verbose, class_weight=class_weight,
     )
     _compile_for_evaluation(transfer, training_model, learning_rate)
     return history

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import keras
+import numpy as np
 
 from templates.checkpoints import TrainingState, run_phase
 from templates.learning_rates import (
@@ -100,6 +101,9 @@ class TransferPlan:
         monitor: What early stopping and best-epoch restore watch (`MONITORS`).
         seed: Every epoch's data order, dropout and augmentation are drawn from
             ``(seed, epoch)`` (`templates.reproducibility`).
+        class_weight: ``{label: weight}`` scaling each training example's loss in both
+            phases (and the scratch run of a comparison), e.g. `balanced_class_weight`
+            for imbalanced classes; ``None``: every example counts 1.
         augmented_views: With ``augmentation`` and ``cache_features``: the head trains
             on cached features of the originals and of K augmented views of every
             training example, extracted once (`templates.phases.head_training_features`);
@@ -127,6 +131,7 @@ class TransferPlan:
     monitor: str = "val_accuracy"
     seed: int = 0
     augmented_views: int = 0
+    class_weight: dict[int, float] | None = None
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
     callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
@@ -161,6 +166,11 @@ class TransferPlan:
              "cache the features of K augmented views of every training example"),
             (not self.augmented_views or self.augmentation is not None,
              "augmented_views needs an augmentation to draw the views with"),
+            (self.class_weight is None or (
+                isinstance(self.class_weight, dict) and self.class_weight
+                and all(float(weight) > 0 for weight in self.class_weight.values())),
+             f"class_weight must be None or a non-empty {{label: positive weight}} dict; "
+             f"got {self.class_weight!r}"),
             (set(self.callbacks) <= set(PHASES),
              f"callbacks are given per phase, {{'head': [...], 'fine_tune': [...]}}; got "
              f"the keys {sorted(self.callbacks)}"),
@@ -189,8 +199,11 @@ class TransferPlan:
         unknown = sorted(set(data) - names - {"augmentation", "callbacks"})
         if unknown:
             raise ValueError(f"TransferPlan.from_dict: unknown fields {unknown}.")
-        return cls(**{key: value for key, value in data.items() if key in names},
-                   augmentation=augmentation, callbacks=callbacks or {})
+        fields = {key: value for key, value in data.items() if key in names}
+        if fields.get("class_weight"):  # JSON object keys are strings
+            fields["class_weight"] = {int(label): float(weight)
+                                      for label, weight in fields["class_weight"].items()}
+        return cls(**fields, augmentation=augmentation, callbacks=callbacks or {})
 
     def with_rates(self, learning_rates: dict[str, float]) -> TransferPlan:
         """This plan with the rates a run used (`TransferRun.learning_rates`) and no
@@ -206,6 +219,20 @@ class TransferPlan:
         return {"keep_best": self.restore_best or bool(self.patience),
                 "patience": self.patience or None, "restore_best": self.restore_best,
                 "monitor": self.monitor}
+
+
+def balanced_class_weight(labels) -> dict[int, float]:
+    """``{label: weight}`` that makes every class weigh as much in the loss as the
+    others: ``examples / (classes * examples of the label)``, scikit-learn's
+    ``compute_class_weight("balanced")`` over the labels present."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0:
+        raise ValueError("balanced_class_weight needs at least one label.")
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(label): round(float(weight), 6) for label, weight in zip(classes, weights)}
 
 
 @dataclasses.dataclass
@@ -403,6 +430,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                    cache_features=plan.cache_features,
                    augmentation=None if views else plan.augmentation,
                    batch_size=plan.batch_size, seed=plan.seed, train_features=features,
+                   class_weight=plan.class_weight,
                    callbacks=callbacks + list(plan.callbacks.get("head", [])),
                    verbose=verbose)))
     histories.append(history)
@@ -434,6 +462,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                       learning_rate=_shaped(rate, plan, plan.fine_tune_epochs, steps),
                       from_layer=from_layer, augmentation=plan.augmentation,
                       initial_epoch=head_epochs, learning_rate_multipliers=multipliers,
+                      class_weight=plan.class_weight,
                       callbacks=callbacks + list(plan.callbacks.get("fine_tune", [])),
                       verbose=verbose)))
         histories.append(history)
@@ -546,6 +575,7 @@ def _run_multi_worker(transfer, strategy, train, validation, plan: TransferPlan,
     refused = [name for name, used in (
         ("augmentation", plan.augmentation is not None),
         ("discriminative_factor", plan.discriminative_factor is not None),
+        ("class_weight", plan.class_weight is not None),
         ("callbacks (other than TensorBoard)",
          sum(map(len, plan.callbacks.values())) > len(tensorboard)),
     ) if used]

@@ -50,6 +50,12 @@ def test_the_flags_build_the_plan_they_describe():
     text = transfer_plan(parse(run_defaults={"fine_tune_epochs": 6,
                                              "fine_tune_learning_rate": 5e-4}))
     assert (text.fine_tune_epochs, text.fine_tune_learning_rate) == (6, 5e-4)
+    # --class-weight balanced: weights from the training labels (3 of class 0, 1 of 1).
+    balanced = transfer_plan(parse("--class-weight", "balanced"), [0, 0, 0, 1])
+    assert balanced.class_weight == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert transfer_plan(parse(), [0, 0, 0, 1]).class_weight is None
+    with pytest.raises(ValueError, match="needs the training labels"):
+        transfer_plan(parse("--class-weight", "balanced"))
     # Bad values are refused by the plan, naming the field.
     with pytest.raises(ValueError, match="patience"):
         transfer_plan(parse("--patience", "-1"))

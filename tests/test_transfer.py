@@ -111,6 +111,34 @@ def test_the_head_trains_on_cached_augmented_views_and_fine_tuning_augments_in_t
     assert TransferPlan.from_dict(plan.to_dict(), augmentation=noise).augmented_views == 3
 
 
+def test_balanced_class_weights_raise_the_minority_class_recall():
+    from templates.transfer import balanced_class_weight
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)).astype("float32")
+    y = (x[:, 0] + rng.normal(scale=0.8, size=400) > 1.3).astype("int32")  # ~12% ones
+    assert 0.05 < y.mean() < 0.2
+    weights = balanced_class_weight(y)
+    assert weights[1] / weights[0] == pytest.approx((y == 0).sum() / (y == 1).sum(), rel=1e-4)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+
+    def minority_recall(class_weight):
+        plan = TransferPlan(head_epochs=8, fine_tune_epochs=1, learning_rate=0.05,
+                            fine_tune_learning_rate=0.01, patience=0, restore_best=False,
+                            class_weight=class_weight, seed=1)
+        transfer = small_transfer(seed=1)
+        run_transfer(transfer, data, data, plan)
+        predicted = transfer.model.predict(x[y == 1], verbose=0).argmax(axis=1)
+        return predicted.mean()
+
+    assert minority_recall(weights) > minority_recall(None) + 0.2
+    with pytest.raises(ValueError, match="class_weight must be"):
+        TransferPlan(class_weight={0: 1.0, 1: 0.0})
+    # Written to JSON (string keys) and read back as labels.
+    written = json.loads(json.dumps(TransferPlan(class_weight=weights).to_dict()))
+    assert TransferPlan.from_dict(written).class_weight == weights
+
+
 def test_the_finder_chooses_each_phase_rate_once_and_a_resume_reuses_it(tmp_path):
     plan = TransferPlan(head_epochs=2, fine_tune_epochs=1, find_learning_rates=True,
                         patience=0, restore_best=False, seed=0)
