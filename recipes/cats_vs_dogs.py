@@ -50,7 +50,6 @@ import keras  # noqa: E402
 from templates.backbones import (  # noqa: E402
     WeightsUnavailableError,
     block_cut_points,
-    get_backbone_spec,
 )
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
@@ -91,11 +90,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "cats_and_dogs_filtered when omitted.")
     parser.add_argument("--test-dir", help="Folder of class folders used as the test set.")
     parser.add_argument("--backbone", default="MobileNetV2",
-                        help="keras.applications constructor name, case-insensitive.")
+                        help="keras.applications constructor name (case-insensitive), or "
+                        "keras_hub:PRESET (a keras-hub preset name or a local preset folder).")
     parser.add_argument("--alpha", type=float, default=None,
                         help="Width multiplier for MobileNet families.")
     parser.add_argument("--weights", default="imagenet",
-                        help="'imagenet', 'none' (random initialisation) or a weights file.")
+                        help="'imagenet' (a keras-hub preset's own), 'none' (random "
+                        "initialisation) or a weights file.")
     parser.add_argument("--image-size", type=int, default=None,
                         help="Square image side; the backbone's default when omitted.")
     parser.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
@@ -141,8 +142,7 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     keras.utils.set_random_seed(args.seed)
-    spec = get_backbone_spec(args.backbone)
-    image_size = args.image_size or spec.default_image_size
+    backbone = args.backbone
     weights = None if args.weights.lower() == "none" else args.weights
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -159,18 +159,21 @@ def run(args: argparse.Namespace, choice) -> int:
     for item in splits.skipped:
         print(f"  skipped {item.path}: {item.reason}")
 
+    # ## Model
+    # The backbone's own preprocessing (MobileNet's scaling to [-1, 1], a keras-hub
+    # preset's image converter) is a layer inside the model, so the saved model takes
+    # plain 0..255 RGB images.
+    transfer = pretrained_model(
+        backbone, num_classes=len(splits.class_names), weights=weights,
+        image_size=args.image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
+        class_names=splits.class_names,
+    )
+    image_size = transfer.model.input_shape[1]  # --image-size, or the backbone's own
+
     # Images are decoded and resized once, cached, then shuffled every epoch.
     train = image_dataset(splits.train, image_size, args.batch_size, shuffle=True, seed=args.seed)
     validation = image_dataset(splits.validation, image_size, args.batch_size)
     test = image_dataset(splits.test, image_size, args.batch_size) if splits.test else None
-
-    # ## Model
-    # The backbone's own preprocessing (here MobileNet's scaling to [-1, 1]) is a layer
-    # inside the model, so the saved model takes plain 0..255 RGB images.
-    transfer = pretrained_model(
-        spec, num_classes=len(splits.class_names), weights=weights, image_size=image_size,
-        alpha=args.alpha, fine_tune_from=args.fine_tune_from, class_names=splits.class_names,
-    )
     augmentation = None
     if args.augment:
         augmentation = keras.Sequential(
@@ -206,11 +209,11 @@ def run(args: argparse.Namespace, choice) -> int:
     model = flip_averaged(transfer.model) if args.test_time_flips else transfer.model
     evaluated, evaluated_data = ((splits.test, test) if splits.test
                                  else (splits.validation, validation))
-    title = f"Cats vs dogs, {spec.name} ({args.weights} weights)"
+    title = f"Cats vs dogs, {backbone} ({args.weights} weights)"
     report = lambda predict=None: image_evaluation_report(  # noqa: E731
         transfer.model, evaluated, evaluated_data, os.path.join(args.output_dir, "evaluation"),
         title, seed=args.seed, predict=predict or batch_predictor(model))
-    metadata = run_metadata(backbone=spec.name, weights=args.weights, alpha=args.alpha,
+    metadata = run_metadata(backbone=backbone, weights=args.weights, alpha=args.alpha,
                             image_size=image_size, data_dir=data_dir, seed=args.seed)
 
     # ## Several machines: --strategy multi_worker
@@ -248,10 +251,10 @@ def run(args: argparse.Namespace, choice) -> int:
         # all the epochs at the head's rate, same data, seed, schedule and early stopping.
         keras.utils.set_random_seed(args.seed)
         comparison = report_against_scratch(
-            run, pretrained_model(spec, len(splits.class_names), weights=None,
+            run, pretrained_model(backbone, len(splits.class_names), weights=None,
                                   image_size=image_size, alpha=args.alpha).model,
             train, validation, test, args.output_dir, state=state,
-            title=f"Cats vs dogs: {spec.name} ImageNet transfer vs scratch",
+            title=f"Cats vs dogs: {backbone} pretrained transfer vs scratch",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         metrics["transfer_report"] = comparison.to_dict()["difference"]
         print(comparison.summary_text())
@@ -261,13 +264,13 @@ def run(args: argparse.Namespace, choice) -> int:
         # parts; heads trained on the backbone cut at N block ends show which depth
         # serves these photos best.
         metrics["reuse_sweep"] = reuse_depth_sweep(
-            lambda cut: pretrained_model(spec, len(splits.class_names), weights=weights,
+            lambda cut: pretrained_model(backbone, len(splits.class_names), weights=weights,
                                          image_size=image_size, alpha=args.alpha, cut_at=cut),
             block_cut_points(transfer.backbone, args.reuse_sweep), train, validation, test,
             budget=dataclasses.replace(plan.with_rates(run.learning_rates),
                                        fine_tune_epochs=0, callbacks={}),
             seed=args.seed, state=state, directory=args.output_dir,
-            title=f"Reuse depth: {spec.name} blocks, cats vs dogs (head only)",
+            title=f"Reuse depth: {backbone} blocks, cats vs dogs (head only)",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     return accuracy_gate(args, metrics)

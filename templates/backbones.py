@@ -276,6 +276,7 @@ def cut_backbone(backbone: keras.Model, cut_at: str | int | None) -> keras.Model
 _BLOCK_PATTERNS = (
     re.compile(r"(stage_\d+_block_\d+)"),       # ConvNeXt
     re.compile(r"^(conv\d+_block\d+)"),         # ResNet, DenseNet
+    re.compile(r"^(stack\d+_block\d+)"),        # keras-hub ResNet
     re.compile(r"^(block_?\d+[a-z]?)"),         # VGG, Xception, MobileNetV2, EfficientNet
     re.compile(r"^conv_(?:dw|pw|pad)_(\d+)"),   # MobileNet
     re.compile(r"^(mixed\d+)"),                 # InceptionV3, InceptionResNetV2

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import keras
 
 from templates.backbones import BackboneSpec, build_backbone, cut_backbone, get_backbone_spec
 from templates.heads import classification_head
+from templates.keras_hub_models import is_keras_hub
 from templates.preprocessing import BackbonePreprocessing
 
 
@@ -31,6 +33,8 @@ class TransferModel:
         name: Name of the full model.
         input_name: Name of the full model's input (``"images"``, ``"token_ids"``...);
             its shape and dtype are the backbone's.
+        input_shape: The full model's input shape (without the batch), when the
+            backbone's leaves sizes open (keras-hub backbones take any image size).
 
     Attributes:
         feature_extractor: Model from raw inputs to the backbone's features (shares
@@ -48,6 +52,7 @@ class TransferModel:
         class_names: Sequence[str] | None = None,
         name: str = "transfer_model",
         input_name: str = "images",
+        input_shape: Sequence[int | None] | None = None,
     ):
         self.backbone = backbone
         self.head = head
@@ -57,8 +62,8 @@ class TransferModel:
         self.name = name
         self.input_name = input_name
 
-        inputs = keras.Input(shape=backbone.input_shape[1:], dtype=backbone.inputs[0].dtype,
-                             name=input_name)
+        inputs = keras.Input(shape=tuple(input_shape or backbone.input_shape[1:]),
+                             dtype=backbone.inputs[0].dtype, name=input_name)
         x = preprocessing(inputs) if preprocessing is not None else inputs
         features = backbone(x)
         self.feature_extractor = keras.Model(inputs, features, name=f"{name}_features")
@@ -81,9 +86,12 @@ def pretrained_model(
     """Build a classifier from a registry backbone, frozen, with a new head.
 
     Args:
-        backbone: Registry name, case-insensitive (``"MobileNet"``, ``"resnet50"``...).
+        backbone: Registry name, case-insensitive (``"MobileNet"``, ``"resnet50"``...),
+            or a keras-hub image preset: ``"keras_hub:NAME"`` (downloaded) or
+            ``"keras_hub:/path/to/preset_dir"`` (`templates.keras_hub_models`).
         num_classes: Number of target classes.
-        weights: ``"imagenet"``, a local weights file, or ``None`` (random).
+        weights: ``"imagenet"`` (for a keras-hub preset: the preset's weights), a local
+            weights file (registry backbones), or ``None`` (random).
         image_size: Square input side; the family's default when omitted.
         alpha: Width multiplier for MobileNet families.
         cut_at: Reuse only part of the backbone: a layer name or a depth (see
@@ -99,11 +107,16 @@ def pretrained_model(
         A `TransferModel` whose ``model`` takes float 0..255 RGB images of shape
         ``(image_size, image_size, 3)``; the backbone is frozen.
     """
-    spec = get_backbone_spec(backbone)
     if class_names is not None and len(class_names) != int(num_classes):
         raise ValueError(
             f"class_names has {len(class_names)} names but num_classes={num_classes}."
         )
+    if is_keras_hub(backbone):
+        return _keras_hub_model(backbone, num_classes, weights, image_size, alpha, cut_at,
+                                fine_tune_from, class_names,
+                                dict(pooling=pooling, dropout=dropout,
+                                     hidden_units=hidden_units))
+    spec = get_backbone_spec(backbone)
     full = build_backbone(spec, weights=weights, image_size=image_size, alpha=alpha)
     reused = cut_backbone(full, cut_at)
     reused.trainable = False
@@ -122,3 +135,31 @@ def pretrained_model(
         class_names=class_names,
         name=f"{spec.name.lower()}_classifier",
     )
+
+
+def _keras_hub_model(backbone, num_classes, weights, image_size, alpha, cut_at,
+                     fine_tune_from, class_names, head_options) -> TransferModel:
+    """`pretrained_model` for a ``keras_hub:`` preset: the preset's image converter as
+    the preprocessing, its backbone (optionally cut), a new head."""
+    from templates.keras_hub_models import last_stage_start, load_image_preset, preset_of
+
+    preset = preset_of(backbone)
+    if alpha is not None:
+        raise ValueError(f"alpha={alpha} is a keras.applications width multiplier; the "
+                         f"keras-hub preset {preset!r} fixes its own width.")
+    if weights not in ("imagenet", None):
+        raise ValueError(f"A keras-hub preset carries its own weights: use weights="
+                         f"'imagenet' (the preset's) or None (random), not {weights!r}.")
+    full, converter, size = load_image_preset(preset, load_weights=weights is not None,
+                                              image_size=image_size)
+    reused = cut_backbone(full, cut_at)
+    reused.trainable = False
+    if fine_tune_from == "default":
+        fine_tune_from = last_stage_start(reused)
+    shape = (size, size, 3)
+    head = classification_head(reused.compute_output_shape((None, *shape))[1:], num_classes,
+                               **head_options)
+    name = re.sub(r"\W+", "_", os.path.basename(os.path.normpath(preset))).strip("_").lower()
+    return TransferModel(backbone=reused, head=head, preprocessing=converter,
+                         fine_tune_from=fine_tune_from, class_names=class_names,
+                         name=f"{name or 'keras_hub'}_classifier", input_shape=shape)

@@ -46,7 +46,16 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Model file {path!r} does not exist.")
-    return keras.saving.load_model(path, safe_mode=safe_mode)
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode)
+    except Exception as error:
+        # A model built on a keras-hub preset: importing keras-hub registers its layers
+        # (imported only then: it takes seconds).
+        if "keras_hub" not in str(error):
+            raise
+        import keras_hub  # noqa: F401
+
+        return keras.saving.load_model(path, safe_mode=safe_mode)
 
 
 def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 
 
-@keras.saving.register_keras_serializable(package="templates")
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
 class HorizontalFlip(keras.layers.Layer):
     """Mirror images (``(batch, height, width, channels)``) left to right, always."""
 
