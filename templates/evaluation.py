@@ -270,7 +270,8 @@ def image_evaluation_report(
     """`evaluation_report` for an image classifier, with Grad-CAM (TensorFlow backend).
 
     Grad-CAM heat maps on the model's last convolutional block come with three photos
-    of each class, picked by a ``seed``-ed draw.
+    of each class, picked by a ``seed``-ed draw (none when the model has no nested
+    convolutional backbone to explain, e.g. an opaque TF-Hub module).
 
     Args:
         model: The trained classifier (takes 0..255 RGB images).
@@ -290,8 +291,12 @@ def image_evaluation_report(
     picks = [int(index) for label in range(len(images.class_names))
              for index in draw.permutation(np.flatnonzero(labels == label))[:3]]
     photos = np.stack([load_image(images.files[index], size) for index in picks])
-    overlays = grad_cam_overlays(model, photos.astype("float32"), images.class_names,
-                                 [images.labels[index] for index in picks])
+    try:
+        overlays = grad_cam_overlays(model, photos.astype("float32"), images.class_names,
+                                     [images.labels[index] for index in picks])
+    except ValueError as error:  # no convolutional backbone to explain
+        print(f"Grad-CAM skipped: {error}")
+        overlays = None
     return evaluation_report(
         model, data, images.class_names, directory, examples=images.files,
         load_example=lambda path: load_image(path, size), title=title, grad_cam=overlays,

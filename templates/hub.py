@@ -69,6 +69,10 @@ class HubLayer(keras.layers.Layer):
             hub modules); outputs are then a dict.
         output_key: Which output to return when the module returns a dict.
         arguments: Extra keyword arguments for every call of the module.
+        inference_mode: Always call the module with ``training=False``, even while its
+            weights train: its BatchNormalization statistics stay those it was
+            released with (the care `templates.phases.unfreeze_from` gives Keras
+            backbones) and its dropout stays off.
         **kwargs: `keras.layers.Layer` arguments (``name``, ``dtype``).
     """
 
@@ -79,6 +83,7 @@ class HubLayer(keras.layers.Layer):
         signature: str | None = None,
         output_key: str | None = None,
         arguments: dict[str, Any] | None = None,
+        inference_mode: bool = False,
         **kwargs,
     ):
         if keras.backend.backend() != "tensorflow":
@@ -90,6 +95,7 @@ class HubLayer(keras.layers.Layer):
         self.signature = signature
         self.output_key = output_key
         self.arguments = dict(arguments or {})
+        self.inference_mode = bool(inference_mode)
         self._module = load_hub_module(self.handle)
         if signature is not None:
             signatures = getattr(self._module, "signatures", {})
@@ -112,7 +118,7 @@ class HubLayer(keras.layers.Layer):
     def call(self, inputs, training=None):
         kwargs = dict(self.arguments)
         if self._accepts_training and self.signature is None:
-            kwargs["training"] = bool(training) and self.trainable
+            kwargs["training"] = bool(training) and self.trainable and not self.inference_mode
         outputs = self._function(inputs, **kwargs)
         if isinstance(outputs, dict):
             if self.output_key is None:
@@ -127,7 +133,8 @@ class HubLayer(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(handle=self.handle, signature=self.signature,
-                      output_key=self.output_key, arguments=self.arguments)
+                      output_key=self.output_key, arguments=self.arguments,
+                      inference_mode=self.inference_mode)
         return config
 
     @classmethod
@@ -140,6 +147,26 @@ class HubLayer(keras.layers.Layer):
                 "it is not loaded in safe mode. If you trust the module, load the model "
                 "with safe_mode=False (templates.saving.load_model(path, safe_mode=False)).")
         return cls(**config)
+
+
+TFHUB_PREFIX = "tfhub:"
+
+
+def hub_image_backbone(handle: str | os.PathLike, image_size: int = 224) -> keras.Model:
+    """A TF-Hub image feature-vector module as a backbone: ``(size, size, 3)`` images
+    in 0..1 (the TF-Hub convention) to a feature vector.
+
+    The module is one opaque layer: it cannot be cut at a block, fine-tuning unfreezes
+    all of it, and it runs in inference mode (``inference_mode=True``) so its
+    BatchNormalization statistics never drift.
+    """
+    inputs = keras.Input((int(image_size), int(image_size), 3), name="pixels")
+    features = HubLayer(handle, trainable=True, inference_mode=True, name="hub_module")(inputs)
+    if len(features.shape) != 2:
+        raise ValueError(f"TF-Hub module {os.fspath(handle)!r} returns shape "
+                         f"{tuple(features.shape)}; an image feature-vector module returns "
+                         "(batch, features).")
+    return keras.Model(inputs, features, name="tfhub_backbone")
 
 
 def module_variables(module, function) -> list[tf.Variable]:

@@ -87,8 +87,10 @@ def pretrained_model(
 
     Args:
         backbone: Registry name, case-insensitive (``"MobileNet"``, ``"resnet50"``...),
-            or a keras-hub image preset: ``"keras_hub:NAME"`` (downloaded) or
-            ``"keras_hub:/path/to/preset_dir"`` (`templates.keras_hub_models`).
+            a keras-hub image preset: ``"keras_hub:NAME"`` (downloaded) or
+            ``"keras_hub:/path/to/preset_dir"`` (`templates.keras_hub_models`), or a
+            TF-Hub image feature-vector module: ``"tfhub:HANDLE_OR_SAVEDMODEL_DIR"``
+            (`templates.hub.hub_image_backbone`; TensorFlow backend).
         num_classes: Number of target classes.
         weights: ``"imagenet"`` (for a keras-hub preset: the preset's weights), a local
             weights file (registry backbones), or ``None`` (random).
@@ -111,6 +113,10 @@ def pretrained_model(
         raise ValueError(
             f"class_names has {len(class_names)} names but num_classes={num_classes}."
         )
+    if isinstance(backbone, str) and backbone.startswith("tfhub:"):
+        return _tfhub_model(backbone[len("tfhub:"):], num_classes, weights, image_size,
+                            alpha, cut_at, fine_tune_from, class_names,
+                            dict(dropout=dropout, hidden_units=hidden_units))
     if is_keras_hub(backbone):
         return _keras_hub_model(backbone, num_classes, weights, image_size, alpha, cut_at,
                                 fine_tune_from, class_names,
@@ -163,3 +169,27 @@ def _keras_hub_model(backbone, num_classes, weights, image_size, alpha, cut_at,
     return TransferModel(backbone=reused, head=head, preprocessing=converter,
                          fine_tune_from=fine_tune_from, class_names=class_names,
                          name=f"{name or 'keras_hub'}_classifier", input_shape=shape)
+
+
+def _tfhub_model(handle, num_classes, weights, image_size, alpha, cut_at, fine_tune_from,
+                 class_names, head_options) -> TransferModel:
+    """`pretrained_model` for a ``tfhub:`` image feature-vector module (scaled to 0..1
+    inside the model, the TF-Hub convention)."""
+    from templates.hub import hub_image_backbone
+
+    refused = [message for used, message in (
+        (alpha is not None, f"alpha={alpha} (a keras.applications width multiplier)"),
+        (cut_at is not None, f"cut_at={cut_at!r} (the module is one opaque layer)"),
+        (weights != "imagenet", f"weights={weights!r} (the module carries its own)"),
+        (fine_tune_from not in ("default", None),
+         f"fine_tune_from={fine_tune_from!r} (the module is fine-tuned whole)"),
+    ) if used]
+    if refused:
+        raise ValueError(f"TF-Hub module {handle!r}: {'; '.join(refused)} cannot apply.")
+    backbone = hub_image_backbone(handle, image_size or 224)
+    backbone.trainable = False
+    head = classification_head(backbone.output_shape[1:], num_classes, **head_options)
+    return TransferModel(backbone=backbone, head=head,
+                         preprocessing=keras.layers.Rescaling(1 / 255.0, name="to_unit_range"),
+                         fine_tune_from=None, class_names=class_names,
+                         name="tfhub_classifier")

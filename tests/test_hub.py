@@ -177,3 +177,93 @@ def test_missing_module_and_bad_signature_are_clear_errors(text_module, tmp_path
     os.makedirs(empty)
     with pytest.raises(ValueError, match="not a loadable SavedModel"):
         HubLayer(str(empty))
+
+
+class AnySizeImageFeatures(tf.Module):
+    """A feature-vector module for images of any size in 0..1 (the TF-Hub convention):
+    colour means through a trainable mixing matrix; counts calls made in training."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixing = tf.Variable(np.eye(3, 6, dtype="float32") * 4.0, name="mixing")
+        self.calls_in_training = tf.Variable(0, trainable=False, name="calls_in_training")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                  tf.TensorSpec([], tf.bool)])
+    def __call__(self, images, training=False):
+        if training:
+            self.calls_in_training.assign_add(1)
+        return tf.matmul(tf.reduce_mean(images, axis=[1, 2]) - 0.5, self.mixing)
+
+
+@pytest.fixture(scope="module")
+def any_size_image_module(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hub") / "any_size_image_features")
+    tf.saved_model.save(AnySizeImageFeatures(), path)
+    return path
+
+
+def test_a_tfhub_backbone_is_fine_tuned_in_inference_mode(any_size_image_module, tmp_path):
+    from templates.pretrained import pretrained_model
+    from templates.transfer import TransferPlan, run_transfer
+
+    transfer = pretrained_model(f"tfhub:{any_size_image_module}", num_classes=2,
+                                image_size=16, class_names=["blue", "red"])
+    assert transfer.model.input_shape == (None, 16, 16, 3)
+    generator = np.random.default_rng(0)
+    labels = (np.arange(64) % 2).astype("int32")
+    images = generator.uniform(0, 120, (64, 16, 16, 3))
+    images[..., 0] += labels[:, None, None] * 120  # red photos
+    images[..., 2] += (1 - labels[:, None, None]) * 120  # blue photos
+    data = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels)).batch(16)
+    layer = transfer.backbone.get_layer("hub_module")
+    weight = {name: next(w for w in layer.weights if name in w.name)
+              for name in ("mixing", "calls_in_training")}
+    mixing = weight["mixing"].numpy().copy()
+    run = run_transfer(transfer, data, data, TransferPlan(
+        head_epochs=5, fine_tune_epochs=2, learning_rate=0.05, fine_tune_learning_rate=0.01,
+        patience=0, restore_best=False))
+    assert run.scores["val_accuracy"] == 1.0
+    # Fine-tuning trained the module's weights, but never called it in training mode.
+    assert not np.allclose(weight["mixing"].numpy(), mixing)
+    assert int(weight["calls_in_training"].numpy()) == 0
+    save_model(transfer.model, tmp_path / "model.keras")
+    with pytest.raises(ValueError, match="safe_mode=False"):
+        load_model(tmp_path / "model.keras")
+    reloaded = load_model(tmp_path / "model.keras", safe_mode=False)
+    np.testing.assert_allclose(reloaded.predict(images[:4], verbose=0),
+                               transfer.model.predict(images[:4], verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="cut_at"):
+        pretrained_model(f"tfhub:{any_size_image_module}", 2, cut_at=3)
+
+
+@pytest.mark.acceptance  # the image recipe end to end on a TF-Hub module
+def test_the_image_recipe_runs_on_a_tfhub_module(any_size_image_module, subprocess_env,
+                                                 tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from test_multi_worker import colour_photos
+
+    colour_photos(tmp_path / "photos", per_class=16)
+    out = tmp_path / "run"
+    cwd = subprocess_env["PYTHONPATH"].split(":")[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
+         str(tmp_path / "photos" / "train"), "--test-dir", str(tmp_path / "photos" / "test"),
+         "--backbone", f"tfhub:{any_size_image_module}", "--image-size", "32",
+         "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
+         "--learning-rate", "0.05", "--output-dir", str(out)],
+        env=subprocess_env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.9
+    assert "Grad-CAM skipped" in result.stdout  # an opaque module: nothing to explain
+    assert (out / "evaluation" / "evaluation.json").is_file()
+    photo = next((tmp_path / "photos" / "test" / "red").glob("*.png"))
+    predicted = subprocess.run([sys.executable, "-m", "recipes.predict", "--unsafe", str(out),
+                                str(photo)], env=subprocess_env, capture_output=True,
+                               text=True, timeout=300, cwd=cwd)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert predicted.stdout.split()[0] == "red", predicted.stdout
