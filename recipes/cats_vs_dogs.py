@@ -57,6 +57,7 @@ from templates.cli import (  # noqa: E402
     add_hardware_arguments,
     add_run_arguments,
     add_training_arguments,
+    finder_unless_rates_given,
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
@@ -102,13 +103,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
                         help="First backbone layer to unfreeze (a name, or an index such "
                         "as -20); the registry's choice by default.")
-    parser.add_argument("--augment", action="store_true",
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="Random flips and rotations while fine-tuning, and for the "
-                        "head: on --augmented-views cached views, or through the backbone "
-                        "in the graph when there are none (slow).")
-    parser.add_argument("--augmented-views", type=int, default=0, metavar="K",
+                        "head on --augmented-views cached views (through the backbone in "
+                        "the graph when there are none: slow). Default: on, except under "
+                        "--strategy multi_worker, whose loop cannot augment.")
+    parser.add_argument("--augmented-views", type=int, default=4, metavar="K",
                         help="With --augment: cache the backbone's features of K augmented "
-                        "views of every training photo, once, and train the head on them.")
+                        "views of every training photo, once, and train the head on them "
+                        "(default 4; 0: the head trains through the backbone).")
     parser.add_argument("--test-time-flips", action="store_true",
                         help="Average each photo's prediction with its mirror image's (twice "
                         "the inference time); the saved model does it too.")
@@ -117,11 +120,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Also measure how much of the backbone to reuse: cut it at N "
                              "block ends (first to last), train a head on each for --epochs "
                              "and write reuse_sweep.json/.png.")
-    # Warm-up + cosine by default: on the real photos it beat constant rates (README).
+    # Chosen on validation data (docs/results.md): warm-up + cosine, the finder's rates
+    # (unless rates are given) and augmented views.
     add_run_arguments(parser, "runs/cats_vs_dogs")
-    add_training_arguments(parser, schedule="warmup_cosine")
+    add_training_arguments(parser, schedule="warmup_cosine", find_lr=None)
     add_hardware_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    finder_unless_rates_given(args, argv)  # --find-lr: on unless the rates are given
+    return args
 
 
 def main(argv=None) -> int:
@@ -133,6 +139,8 @@ def main(argv=None) -> int:
     # NVIDIA GPUs.
     choice = setup_hardware(args, args.data_dir, args.test_dir, multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
+    if args.augment is None:
+        args.augment = choice.name != "multi_worker"
     if choice.name == "multi_worker":
         start_multi_worker(args)  # options built on model.fit are refused here, by name
     with choice.strategy.scope():
@@ -193,7 +201,7 @@ def run(args: argparse.Namespace, choice) -> int:
     # dropout from (seed, epoch) alone, so the resumed run ends exactly where an
     # uninterrupted one would.
     plan = transfer_plan(args, splits.train.labels, augmentation=augmentation,
-                         augmented_views=args.augmented_views,
+                         augmented_views=args.augmented_views if args.augment else 0,
                          cache_features=not args.augment or args.augmented_views > 0,
                          steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,

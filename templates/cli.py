@@ -97,7 +97,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
 
 def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                            restore_best: bool = True, schedule: str = "constant",
-                           monitor: str = "val_accuracy") -> None:
+                           monitor: str = "val_accuracy", find_lr: bool | None = False
+                           ) -> None:
     """Add the shared training flags (see the module docstring) to ``parser``.
 
     Args:
@@ -106,16 +107,21 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
         restore_best: Default of ``--restore-best / --no-restore-best``.
         schedule: Default of ``--schedule`` (one of `SCHEDULES`).
         monitor: Default of ``--monitor`` (one of `MONITORS`).
+        find_lr: Default of ``--find-lr / --no-find-lr``; ``None``: on unless a rate
+            is given (``--learning-rate`` or ``--fine-tune-learning-rate``), resolved by
+            `finder_unless_rates_given`.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
     group = parser.add_argument_group("training options")
-    group.add_argument("--find-lr", action="store_true",
+    group.add_argument("--find-lr", action=argparse.BooleanOptionalAction, default=find_lr,
                        help="Run the learning-rate finder before each phase, use its "
                             "suggestion (--finder-rule; the default "
                             "rate when the sweep is unusable or out of bounds) instead of "
                             "--learning-rate / --fine-tune-learning-rate, and write "
-                            "lr_finder_PHASE.png/.json.")
+                            "lr_finder_PHASE.png/.json. Default: " + (
+                                "on, unless a learning rate is given" if find_lr is None
+                                else "on" if find_lr else "off") + ".")
     group.add_argument("--finder-rule", choices=SUGGESTION_RULES, default="valley",
                        help="How --find-lr suggests a rate from its sweep: fastai's valley "
                             "(default, chosen on validation: docs/results.md), the steepest "
@@ -214,6 +220,16 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
     set_jit_compile(args.xla)
     print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
     return choice
+
+
+def finder_unless_rates_given(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Resolve ``--find-lr``'s ``None`` default: on, unless the command line gave
+    ``--learning-rate`` or ``--fine-tune-learning-rate`` (then those rates are used)."""
+    if args.find_lr is None:
+        given = sys.argv[1:] if argv is None else list(argv)
+        args.find_lr = not any(word.split("=")[0] in ("--learning-rate",
+                                                      "--fine-tune-learning-rate")
+                               for word in given)
 
 
 def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any

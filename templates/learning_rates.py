@@ -39,6 +39,7 @@ import numpy as np
 
 from templates.backbones import block_boundaries
 from templates.files import atomic_path, write_json
+from templates.reproducibility import epoch_seed, reseed_generators, set_epoch
 
 
 SUGGESTION_RULES = ("steepest", "valley", "minimum_over_10")
@@ -304,6 +305,7 @@ def find_learning_rate(
     smoothing: float = 0.9,
     divergence: float = 4.0,
     rule: str = "steepest",
+    seed: int = 0,
 ) -> LearningRateFinding:
     """Sweep the learning rate exponentially on ``train_data``; suggest one.
 
@@ -325,6 +327,10 @@ def find_learning_rate(
         smoothing: Exponential smoothing factor of the loss curve.
         divergence: Stop once the smoothed loss exceeds this multiple of its best.
         rule: How to suggest a rate (one of `SUGGESTION_RULES`).
+        seed: The sweep reads ``train_data`` from its epoch-0 order on and seeds the
+            model's dropout from ``seed`` (`templates.reproducibility`), whatever the
+            data served before: the same model and data give the same suggestion in a
+            resumed run.
 
     Returns:
         The `LearningRateFinding`; its ``suggestion`` is ``None`` (with the reason in
@@ -346,6 +352,10 @@ def find_learning_rate(
         batches_per_epoch = None
     epochs = math.ceil(steps / batches_per_epoch) if batches_per_epoch else steps
     try:
+        # Epoch 0's order onwards and freshly seeded dropout, whatever the data served
+        # before: the same model and data give the same sweep in a resumed run.
+        set_epoch(train_data, 0)
+        reseed_generators(model, epoch_seed(seed, 0))
         model.fit(train_data, epochs=epochs, callbacks=[_SweepLearningRate(sweep)], verbose=0,
                   shuffle=False)
     finally:

@@ -436,7 +436,8 @@ def find_head_learning_rate(
     features, labels = (train_features if train_features is not None
                         else head_training_features(transfer, train_data))
     batches = ShuffledArrays(features, labels, batch_size=batch_size, seed=seed)
-    return find_learning_rate(transfer.head, batches, steps=steps, rule=rule)
+    return find_learning_rate(transfer.head, batches, steps=steps, rule=rule,
+                              seed=0 if seed is None else seed)
 
 
 def find_fine_tune_learning_rate(
@@ -446,12 +447,14 @@ def find_fine_tune_learning_rate(
     steps: int = 50,
     end_learning_rate: float = 0.1,
     rule: str = "steepest",
+    seed: int = 0,
 ):
     """Run the learning-rate finder for fine-tuning (the top of the backbone unfrozen).
 
     The sweep starts from the trained head's state with BatchNormalization frozen, as
     in `fine_tune`; afterwards the weights are restored and the backbone frozen again.
-    ``rule``: as in `find_head_learning_rate`.
+    ``rule``: as in `find_head_learning_rate`; ``seed``: the sweep's data orders and
+    dropout (`templates.learning_rates.find_learning_rate`).
     """
     from templates.learning_rates import find_learning_rate
 
@@ -460,6 +463,6 @@ def find_fine_tune_learning_rate(
     unfreeze_from(transfer.backbone, from_layer)
     try:
         return find_learning_rate(transfer.model, train_data, steps=steps,
-                                  end_learning_rate=end_learning_rate, rule=rule)
+                                  end_learning_rate=end_learning_rate, rule=rule, seed=seed)
     finally:
         transfer.backbone.trainable = False

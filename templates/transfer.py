@@ -449,7 +449,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
             state, tuned, plan.fine_tune_learning_rate, plan.find_learning_rates,
             output_dir,
             lambda: find_fine_tune_learning_rate(transfer, train, from_layer=from_layer,
-                                                 rule=plan.finder_rule),
+                                                 rule=plan.finder_rule, seed=plan.seed),
             title="Learning-rate finder: fine-tuning")
         multipliers = None
         if plan.discriminative_factor:
