@@ -57,7 +57,6 @@ from templates.cli import (  # noqa: E402
     add_hardware_arguments,
     add_run_arguments,
     add_training_arguments,
-    finder_unless_rates_given,
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
@@ -103,11 +102,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
                         help="First backbone layer to unfreeze (a name, or an index such "
                         "as -20); the registry's choice by default.")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--augment", action="store_true",
                         help="Random flips and rotations while fine-tuning, and for the "
                         "head on --augmented-views cached views (through the backbone in "
-                        "the graph when there are none: slow). Default: on, except under "
-                        "--strategy multi_worker, whose loop cannot augment.")
+                        "the graph when there are none: slow).")
     parser.add_argument("--augmented-views", type=int, default=4, metavar="K",
                         help="With --augment: cache the backbone's features of K augmented "
                         "views of every training photo, once, and train the head on them "
@@ -120,14 +118,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Also measure how much of the backbone to reuse: cut it at N "
                              "block ends (first to last), train a head on each for --epochs "
                              "and write reuse_sweep.json/.png.")
-    # Chosen on validation data (docs/results.md): warm-up + cosine, the finder's rates
-    # (unless rates are given) and augmented views.
+    # Chosen on validation photos (docs/results.md): warm-up + cosine, and the finder's
+    # rates, so --learning-rate and --fine-tune-learning-rate are the fallbacks
+    # (--no-find-lr uses them). Augmented views and test-time flips did not help on
+    # validation: options.
     add_run_arguments(parser, "runs/cats_vs_dogs")
-    add_training_arguments(parser, schedule="warmup_cosine", find_lr=None)
+    add_training_arguments(parser, schedule="warmup_cosine", find_lr=True)
     add_hardware_arguments(parser)
-    args = parser.parse_args(argv)
-    finder_unless_rates_given(args, argv)  # --find-lr: on unless the rates are given
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -139,8 +137,6 @@ def main(argv=None) -> int:
     # NVIDIA GPUs.
     choice = setup_hardware(args, args.data_dir, args.test_dir, multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
-    if args.augment is None:
-        args.augment = choice.name != "multi_worker"
     if choice.name == "multi_worker":
         start_multi_worker(args)  # options built on model.fit are refused here, by name
     with choice.strategy.scope():

@@ -97,8 +97,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
 
 def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                            restore_best: bool = True, schedule: str = "constant",
-                           monitor: str = "val_accuracy", find_lr: bool | None = False
-                           ) -> None:
+                           monitor: str = "val_accuracy", find_lr: bool = False,
+                           finder_rule: str = "minimum_over_10") -> None:
     """Add the shared training flags (see the module docstring) to ``parser``.
 
     Args:
@@ -107,9 +107,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
         restore_best: Default of ``--restore-best / --no-restore-best``.
         schedule: Default of ``--schedule`` (one of `SCHEDULES`).
         monitor: Default of ``--monitor`` (one of `MONITORS`).
-        find_lr: Default of ``--find-lr / --no-find-lr``; ``None``: on unless a rate
-            is given (``--learning-rate`` or ``--fine-tune-learning-rate``), resolved by
-            `finder_unless_rates_given`.
+        find_lr: Default of ``--find-lr / --no-find-lr``.
+        finder_rule: Default of ``--finder-rule`` (one of `SUGGESTION_RULES`), chosen
+            per recipe on its validation data.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
@@ -119,13 +119,13 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                             "suggestion (--finder-rule; the default "
                             "rate when the sweep is unusable or out of bounds) instead of "
                             "--learning-rate / --fine-tune-learning-rate, and write "
-                            "lr_finder_PHASE.png/.json. Default: " + (
-                                "on, unless a learning rate is given" if find_lr is None
-                                else "on" if find_lr else "off") + ".")
-    group.add_argument("--finder-rule", choices=SUGGESTION_RULES, default="valley",
-                       help="How --find-lr suggests a rate from its sweep: fastai's valley "
-                            "(default, chosen on validation: docs/results.md), the steepest "
-                            "descent of the loss, or the loss minimum / 10.")
+                            "lr_finder_PHASE.png/.json. Default: "
+                            f"{'on' if find_lr else 'off'}.")
+    group.add_argument("--finder-rule", choices=SUGGESTION_RULES, default=finder_rule,
+                       help="How --find-lr suggests a rate from its sweep: fastai's valley, "
+                            "the steepest descent of the loss, or the loss minimum / 10. "
+                            f"Default {finder_rule} (chosen on this recipe's validation "
+                            "data: docs/results.md).")
     group.add_argument("--schedule", choices=SCHEDULES, default=schedule,
                        help="Learning-rate schedule within each phase: constant, warm-up "
                             "(10%% of steps) then cosine decay, or one-cycle (the rate "
@@ -222,16 +222,6 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
     return choice
 
 
-def finder_unless_rates_given(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """Resolve ``--find-lr``'s ``None`` default: on, unless the command line gave
-    ``--learning-rate`` or ``--fine-tune-learning-rate`` (then those rates are used)."""
-    if args.find_lr is None:
-        given = sys.argv[1:] if argv is None else list(argv)
-        args.find_lr = not any(word.split("=")[0] in ("--learning-rate",
-                                                      "--fine-tune-learning-rate")
-                               for word in given)
-
-
 def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
                   ) -> TransferPlan:
     """The `TransferPlan` a recipe's flags describe.
@@ -248,7 +238,7 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
         learning_rate=args.learning_rate, fine_tune_learning_rate=args.fine_tune_learning_rate,
         batch_size=args.batch_size, schedule=args.schedule,
         discriminative_factor=args.discriminative_factor, find_learning_rates=args.find_lr,
-        finder_rule=getattr(args, "finder_rule", "valley"),
+        finder_rule=getattr(args, "finder_rule", "minimum_over_10"),
         patience=args.patience, restore_best=args.restore_best, monitor=args.monitor,
         seed=args.seed,
         callbacks={phase: tensorboard_callbacks(args.tensorboard, phase)

@@ -91,8 +91,9 @@ class TransferPlan:
         steps_per_epoch: Batches per epoch, for a schedule; ``None`` reads it from the
             training batches.
         find_learning_rates: Run the learning-rate finder before each phase.
-        finder_rule: How the finder suggests a rate (`SUGGESTION_RULES`); fastai's
-            ``"valley"`` by default, chosen on selection seeds (docs/results.md).
+        finder_rule: How the finder suggests a rate (`SUGGESTION_RULES`): the loss
+            minimum / 10 by default, chosen on the validation data of selection seeds,
+            photos and text (docs/results.md).
         fine_tune_from: First layer of the reused part to unfreeze: ``"default"`` (the
             template's choice), a layer name or index, or ``None`` (all of it).
         patience: Stop a phase after this many epochs without a better ``monitor``
@@ -124,7 +125,7 @@ class TransferPlan:
     discriminative_factor: float | None = None
     steps_per_epoch: int | None = None
     find_learning_rates: bool = False
-    finder_rule: str = "valley"
+    finder_rule: str = "minimum_over_10"
     fine_tune_from: str | int | None = "default"
     patience: int = 3
     restore_best: bool = True

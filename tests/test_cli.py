@@ -61,15 +61,11 @@ def test_the_flags_build_the_plan_they_describe():
         transfer_plan(parse("--patience", "-1"))
 
 
-def test_the_finder_by_default_unless_a_rate_is_given():
-    from templates.cli import finder_unless_rates_given
-
-    for flags, expected in (((), True), (("--learning-rate", "0.01"), False),
-                            (("--fine-tune-learning-rate=1e-5",), False),
-                            (("--no-find-lr",), False), (("--find-lr", "--learning-rate", "0.1"), True)):
-        arguments = parse(*flags, find_lr=None)
-        finder_unless_rates_given(arguments, list(flags))
-        assert arguments.find_lr is expected, flags
+def test_the_finder_flag_takes_a_recipe_default_and_can_be_turned_off():
+    assert transfer_plan(parse()).find_learning_rates is False
+    assert transfer_plan(parse("--find-lr")).find_learning_rates is True
+    assert transfer_plan(parse(find_lr=True)).find_learning_rates is True
+    assert transfer_plan(parse("--no-find-lr", find_lr=True)).find_learning_rates is False
 
 
 def test_the_multi_worker_check_names_every_refused_flag():

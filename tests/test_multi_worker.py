@@ -134,7 +134,8 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     arguments = ["--data-dir", str(tmp_path / "photos"), "--backbone", "MobileNet",
                  "--alpha", "0.25", "--weights", str(weights), "--image-size", "64",
                  "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
-                 "--learning-rate", "1e-2", "--strategy", "multi_worker", "--seed", "3"]
+                 "--learning-rate", "1e-2", "--no-find-lr", "--strategy", "multi_worker",
+                 "--seed", "3"]
     workers = run_workers(subprocess_env, out, *arguments, "--tensorboard",
                           str(tmp_path / "logs"), recipe="recipes.cats_vs_dogs",
                           reports="workers/worker_{index}.json")
