@@ -72,7 +72,7 @@ from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.phases import batch_predictor  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
-from templates.test_time_augmentation import flip_averaged, flip_scores  # noqa: E402
+from templates.flip_averaging import flip_averaged, flip_scores  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 
 

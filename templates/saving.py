@@ -35,7 +35,7 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     import templates.embeddings  # noqa: F401
     import templates.learning_rates  # noqa: F401  (schedules, discriminative optimisers)
     import templates.preprocessing  # noqa: F401
-    import templates.test_time_augmentation  # noqa: F401  (flip averaging)
+    import templates.flip_averaging  # noqa: F401  (flip averaging)
 
     try:  # TensorFlow-only objects: text standardisation and TF-Hub layers.
         import templates.hub  # noqa: F401

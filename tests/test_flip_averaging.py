@@ -1,11 +1,11 @@
-"""`templates.test_time_augmentation`: predictions averaged over an image and its mirror."""
+"""`templates.flip_averaging`: predictions averaged over an image and its mirror."""
 
 import keras
 import numpy as np
 import pytest
 
 from templates.saving import load_model, save_model
-from templates.test_time_augmentation import flip_averaged
+from templates.flip_averaging import flip_averaged
 
 
 def lopsided_model():
