@@ -101,7 +101,7 @@ def test_the_image_recipe_runs_on_a_local_preset(subprocess_env, tmp_path):
                  str(tmp_path / "photos" / "train"), "--test-dir", str(tmp_path / "photos" / "test"),
                  "--backbone", f"keras_hub:{preset}", "--image-size", "64", "--epochs", "1",
                  "--fine-tune-epochs", "1", "--batch-size", "8", "--compare-scratch",
-                 "--output-dir", str(out)]
+                 "--reuse-sweep", "2", "--output-dir", str(out)]
     cwd = subprocess_env["PYTHONPATH"].split(":")[0]
     result = subprocess.run(arguments, env=subprocess_env, capture_output=True, text=True,
                             timeout=600, cwd=cwd)
@@ -109,8 +109,12 @@ def test_the_image_recipe_runs_on_a_local_preset(subprocess_env, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["backbone"] == f"keras_hub:{preset}"
     for name in ("model.keras", "labels.txt", "evaluation/evaluation.json",
-                 "evaluation/grad_cam.png", "transfer_report.json"):
+                 "evaluation/grad_cam.png", "transfer_report.json", "reuse_sweep.json"):
         assert (out / name).is_file(), name
+    # The reuse-depth sweep cut the keras-hub backbone at its two stage ends.
+    sweep = json.loads((out / "reuse_sweep.json").read_text())
+    assert [row["cut_at"] for row in sweep["depths"]] == ["stack0_block0_out",
+                                                           "stack1_block0_out"]
     photo = next((tmp_path / "photos" / "test" / "red").glob("*.png"))
     predicted = subprocess.run([sys.executable, "-m", "recipes.predict", str(out), str(photo)],
                                env=subprocess_env, capture_output=True, text=True,
