@@ -256,7 +256,8 @@ def run(args: argparse.Namespace, choice) -> int:
     metrics = {
         **run.metrics(), **data.report(),
         "evaluation": {"set": "test", "accuracy": evaluation["accuracy"],
-                       "macro_f1": evaluation["macro"]["f1"]},
+                       "macro_f1": evaluation["macro"]["f1"],
+                       "balanced_accuracy": evaluation["balanced_accuracy"]},
         **metadata,
     }
 

@@ -32,6 +32,8 @@ class ClassificationScores:
 
     Attributes:
         accuracy: Share of correct predictions.
+        balanced_accuracy: Mean recall over the classes present in the data: what
+            accuracy would be with every class equally frequent (imbalanced data).
         per_class: ``{class name: {precision, recall, f1, support}}``.
         macro: Unweighted means of precision, recall and F1 over classes.
         confusion_matrix: ``[true][predicted]`` counts.
@@ -39,6 +41,7 @@ class ClassificationScores:
     """
 
     accuracy: float
+    balanced_accuracy: float
     per_class: dict[str, dict[str, float]]
     macro: dict[str, float]
     confusion_matrix: list[list[int]]
@@ -62,23 +65,22 @@ def classification_scores(true_labels: np.ndarray, predicted_labels: np.ndarray,
     if max(true_labels.max(), predicted_labels.max()) >= count or min(
             true_labels.min(), predicted_labels.min()) < 0:
         raise ValueError(f"Labels must lie in 0..{count - 1} for {count} class names.")
-    matrix = np.zeros((count, count), dtype="int64")
-    np.add.at(matrix, (true_labels, predicted_labels), 1)
-    per_class = {}
-    for index, name in enumerate(class_names):
-        hits = matrix[index, index]
-        predicted = matrix[:, index].sum()
-        support = matrix[index, :].sum()
-        precision = hits / predicted if predicted else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall),
-                           "f1": float(f1), "support": int(support)}
+    # scikit-learn's counting (zero_division=0: a class never predicted has precision 0).
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(count))
+    matrix = confusion_matrix(true_labels, predicted_labels, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_labels, predicted_labels, labels=labels, zero_division=0)
+    per_class = {name: {"precision": float(precision[index]), "recall": float(recall[index]),
+                        "f1": float(f1[index]), "support": int(support[index])}
+                 for index, name in enumerate(class_names)}
     macro = {measure: float(np.mean([scores[measure] for scores in per_class.values()]))
              for measure in ("precision", "recall", "f1")}
     return ClassificationScores(
-        accuracy=float(np.trace(matrix) / matrix.sum()), per_class=per_class, macro=macro,
-        confusion_matrix=matrix.tolist(), class_names=list(class_names))
+        accuracy=float(np.trace(matrix) / matrix.sum()),
+        balanced_accuracy=float(np.mean(recall[support > 0])), per_class=per_class,
+        macro=macro, confusion_matrix=matrix.tolist(), class_names=list(class_names))
 
 
 def predict_labelled(model: keras.Model, data: Iterable, predict=None
@@ -237,7 +239,8 @@ def evaluation_report(
 def _write_markdown(result: dict, figures: list[str], kind: str, path: str, title: str):
     lines = [f"# {title}", "",
              f"Accuracy **{result['accuracy']:.4f}** on {result['examples']} examples; "
-             f"macro F1 {result['macro']['f1']:.4f}. Numbers: [evaluation.json](evaluation.json).",
+             f"balanced accuracy {result['balanced_accuracy']:.4f}; macro F1 "
+             f"{result['macro']['f1']:.4f}. Numbers: [evaluation.json](evaluation.json).",
              "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for name, scores in result["per_class"].items():
         lines.append(f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} | "

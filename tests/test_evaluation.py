@@ -57,6 +57,8 @@ def test_scores_by_hand():
                                    ["a", "b", "c"])
     assert scores.confusion_matrix == [[2, 1, 0], [1, 1, 0], [0, 1, 0]]
     assert scores.accuracy == pytest.approx(3 / 6)
+    # The mean of the recalls 2/3, 1/2 and 0: every class counted equally.
+    assert scores.balanced_accuracy == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
     assert scores.per_class["a"] == pytest.approx(
         {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
     assert scores.per_class["b"]["precision"] == pytest.approx(1 / 3)
