@@ -13,7 +13,8 @@ Training flags:
     --patience N                 early stopping (0: never stop early)
     --restore-best / --no-restore-best
                                  end each phase with its best epoch's weights, or its last
-    --monitor val_accuracy|val_loss  what early stopping and best-epoch restore watch
+    --monitor val_accuracy|val_loss|val_balanced_accuracy|val_macro_f1
+                                 what early stopping and best-epoch restore watch
     --class-weight none|balanced weigh examples by inverse class frequency
     --tensorboard DIR            TensorBoard logs, one folder per phase
 
@@ -139,7 +140,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                             f"{patience}.")
     group.add_argument("--monitor", choices=MONITORS, default=monitor,
                        help="What early stopping and best-epoch restore watch: validation "
-                            f"accuracy or validation loss. Default {monitor}.")
+                            "accuracy or loss, or for imbalanced classes the balanced "
+                            f"accuracy or macro F1. Default {monitor}.")
     group.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                        help="balanced: weigh each training example's loss by the inverse "
                             "of its class's frequency (for imbalanced classes), in both "

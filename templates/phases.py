@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from templates.class_metrics import metrics_for
 from templates.learning_rates import DiscriminativeAdam, OneCycle
 from templates.batches import ShuffledArrays, array_batches
 from templates.layers import iterate_layers  # noqa: F401 (part of this module's API)
@@ -133,6 +134,7 @@ def compile_classifier(
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
     jit_compile: Any = None,
     learning_rate_multipliers: dict[str, float] | None = None,
+    monitor: str = "val_accuracy",
 ):
     """Compile ``model`` for integer class labels with Adam at ``learning_rate``.
 
@@ -144,6 +146,8 @@ def compile_classifier(
         learning_rate_multipliers: Per-variable multipliers (discriminative rates,
             `templates.learning_rates.discriminative_multipliers`): uses
             `DiscriminativeAdam`.
+        monitor: What early stopping will watch: ``"val_balanced_accuracy"`` or
+            ``"val_macro_f1"`` also compile that metric (`templates.class_metrics`).
     """
     # A one-cycle rate brings its momentum counter-cycle (Adam's beta_1).
     momentum = (learning_rate.momentum_schedule() if isinstance(learning_rate, OneCycle)
@@ -159,7 +163,8 @@ def compile_classifier(
         loss=LOSS,
         # An instance, not the string "accuracy": its variables exist before the first
         # step is traced (see below).
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 *metrics_for(monitor, int(model.output_shape[-1]))],
         jit_compile=_jit_compile_default if jit_compile is None else jit_compile,
     )
     # Without a distribution strategy, Keras creates the optimiser's and the metrics'
@@ -283,6 +288,7 @@ def train_head(
     verbose: int | str = "auto",
     train_features: tuple[np.ndarray, np.ndarray] | None = None,
     class_weight: dict[int, float] | None = None,
+    monitor: str = "val_accuracy",
 ) -> keras.callbacks.History:
     """Phase 1: train the new head on top of the frozen reused part.
 
@@ -306,6 +312,7 @@ def train_head(
             them here.
         class_weight: ``{label: weight}`` scaling each example's loss (e.g.
             `templates.transfer.balanced_class_weight`); ``None``: all 1.
+        monitor: What the callbacks watch; compiles its metric (`compile_classifier`).
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -323,7 +330,7 @@ def train_head(
     transfer.backbone.trainable = False
     if not cache_features:
         training_model = with_augmentation(transfer.model, augmentation)
-        compile_classifier(training_model, learning_rate)
+        compile_classifier(training_model, learning_rate, monitor=monitor)
         history = training_model.fit(
             train_data, validation_data=validation_data, epochs=epochs,
             callbacks=following_epochs(callbacks, train_data), shuffle=False,
@@ -341,7 +348,7 @@ def train_head(
             batch_size=max(batch_size, 256), shuffle=False)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    compile_classifier(transfer.head, learning_rate)
+    compile_classifier(transfer.head, learning_rate, monitor=monitor)
     # Epoch e's order depends only on (seed, e): a resumed run sees the same orders.
     batches = array_batches(train_features, train_labels, batch_size=batch_size, seed=seed)
     history = transfer.head.fit(
@@ -372,6 +379,7 @@ def fine_tune(
     verbose: int | str = "auto",
     learning_rate_multipliers: dict[str, float] | None = None,
     class_weight: dict[int, float] | None = None,
+    monitor: str = "val_accuracy",
 ) -> keras.callbacks.History:
     """Phase 2: unfreeze the top of the reused part and train end to end, gently.
 
@@ -392,6 +400,7 @@ def fine_tune(
             from `templates.learning_rates.discriminative_multipliers` (earlier blocks
             slower); ``None`` trains every unfrozen layer at ``learning_rate``.
         class_weight: ``{label: weight}`` scaling each example's loss; ``None``: all 1.
+        monitor: What the callbacks watch; compiles its metric (`compile_classifier`).
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -401,7 +410,7 @@ def fine_tune(
     unfreeze_from(transfer.backbone, from_layer)
     training_model = with_augmentation(transfer.model, augmentation)
     compile_classifier(training_model, learning_rate,
-                       learning_rate_multipliers=learning_rate_multipliers)
+                       learning_rate_multipliers=learning_rate_multipliers, monitor=monitor)
     history = training_model.fit(
         train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch, callbacks=following_epochs(callbacks, train_data),

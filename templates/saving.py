@@ -32,6 +32,7 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     pass ``safe_mode=False`` for files you made or trust.
     """
     # Importing the custom layers registers them for deserialisation.
+    import templates.class_metrics  # noqa: F401  (metrics a --monitor compiled in)
     import templates.embeddings  # noqa: F401
     import templates.learning_rates  # noqa: F401  (schedules, discriminative optimisers)
     import templates.preprocessing  # noqa: F401

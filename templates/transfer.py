@@ -63,7 +63,7 @@ from templates.phases import (
 )
 from templates.reports import merge_histories
 
-MONITORS = ("val_accuracy", "val_loss")
+MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1")
 PHASES = ("head", "fine_tune")
 
 
@@ -431,7 +431,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                    cache_features=plan.cache_features,
                    augmentation=None if views else plan.augmentation,
                    batch_size=plan.batch_size, seed=plan.seed, train_features=features,
-                   class_weight=plan.class_weight,
+                   class_weight=plan.class_weight, monitor=plan.monitor,
                    callbacks=callbacks + list(plan.callbacks.get("head", [])),
                    verbose=verbose)))
     histories.append(history)
@@ -463,7 +463,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                       learning_rate=_shaped(rate, plan, plan.fine_tune_epochs, steps),
                       from_layer=from_layer, augmentation=plan.augmentation,
                       initial_epoch=head_epochs, learning_rate_multipliers=multipliers,
-                      class_weight=plan.class_weight,
+                      class_weight=plan.class_weight, monitor=plan.monitor,
                       callbacks=callbacks + list(plan.callbacks.get("fine_tune", [])),
                       verbose=verbose)))
         histories.append(history)

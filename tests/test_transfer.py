@@ -225,3 +225,24 @@ def test_the_same_call_and_plan_run_on_one_machine_and_on_two_workers(subprocess
     with pytest.raises(ValueError, match="discriminative_factor: not available under a "
                                          "multi-worker strategy"):
         _run_multi_worker(None, None, batches(), None, refused, None, False, None, None)
+
+
+def test_early_stopping_can_watch_balanced_accuracy_and_macro_f1():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6)).astype("float32")
+    y = (x[:, 0] + rng.normal(scale=0.8, size=300) > 1.3).astype("int32")  # ~12% ones
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
+    for monitor, score in (("val_balanced_accuracy", balanced_accuracy_score),
+                           ("val_macro_f1", lambda t, p: f1_score(t, p, average="macro"))):
+        plan = TransferPlan(head_epochs=4, fine_tune_epochs=1, learning_rate=0.05,
+                            fine_tune_learning_rate=0.01, patience=2, monitor=monitor, seed=2)
+        transfer = small_transfer(seed=2)
+        run = run_transfer(transfer, data, data, plan)
+        # Logged every epoch of both phases, and exact over the epoch: the last value
+        # is scikit-learn's score of the final model on the validation set.
+        assert len(run.history[monitor]) == len(run.history["val_accuracy"])
+        predicted = transfer.model.predict(x, verbose=0).argmax(axis=1)
+        best = max(run.per_phase(monitor)["fine_tune"])
+        assert best == pytest.approx(score(y, predicted), abs=1e-5), monitor
