@@ -123,10 +123,13 @@ def test_training_options_evaluation_predictor_and_tflite(colour_data, subproces
     ], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    for phase in ("head", "fine_tune"):
+    for phase, (low, high) in (("head", (1e-4, 0.3)), ("fine_tune", (1e-6, 3e-3))):
         finding = json.loads((out / f"lr_finder_{phase}.json").read_text())
-        rates = finding["learning_rates"]
-        assert rates[0] <= finding["suggestion"] <= rates[-1]
+        # The rule (the loss minimum / 10) may point below the sweep when the loss is
+        # lowest at its start; a suggestion outside the phase's bounds is not used, and
+        # the file says why.
+        assert low <= finding["used"] <= high, finding
+        assert finding["used"] == finding["suggestion"] or finding["fallback"], finding
         assert metrics["learning_rates"][phase] == finding["used"]
         assert (out / f"lr_finder_{phase}.png").stat().st_size > 10_000
     assert metrics["plan"]["schedule"] == "one_cycle"
