@@ -200,3 +200,35 @@ def test_fine_tune_from_takes_a_name_or_an_index():
     assert parse_arguments(["--fine-tune-from", "-20"]).fine_tune_from == -20
     assert parse_arguments(["--fine-tune-from", "conv_dw_12"]).fine_tune_from == "conv_dw_12"
     assert parse_arguments([]).fine_tune_from == "default"
+
+
+@pytest.mark.acceptance
+def test_balanced_class_weights_raise_the_minority_recall_on_imbalanced_photos(
+        cats_vs_dogs_dir, subprocess_env, tmp_path):
+    """Issue 17: ten cats for every dog in training (500 and 50 real photos; the recipe
+    splits a fifth off for validation), the balanced 750-photo test set, seeds 1-3, at
+    96 pixels to keep it short. --class-weight balanced must raise the dogs' recall on
+    average (docs/results.md has the measured figures)."""
+    photos = tmp_path / "photos"
+    for label, count in (("cats", 500), ("dogs", 50)):
+        folder = photos / label
+        folder.mkdir(parents=True)
+        for name in sorted((cats_vs_dogs_dir / "train" / label).iterdir())[:count]:
+            (folder / name.name).symlink_to(name)
+
+    def dog_recall(seed, *extra):
+        out = tmp_path / f"seed{seed}{'_balanced' if extra else ''}"
+        result = run(["--data-dir", str(photos), "--test-dir", str(cats_vs_dogs_dir / "test"),
+                      "--backbone", "MobileNet", "--alpha", "0.25", "--image-size", "96",
+                      "--seed", str(seed), "--output-dir", str(out), *extra], subprocess_env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+        return evaluation["per_class"]["dogs"]["recall"], evaluation["balanced_accuracy"]
+
+    plain = np.array([dog_recall(seed) for seed in (1, 2, 3)])
+    balanced = np.array([dog_recall(seed, "--class-weight", "balanced") for seed in (1, 2, 3)])
+    # Measured: dogs' recall 0.437 / 0.285 / 0.523 -> 0.557 / 0.691 / 0.709 (mean +23.7
+    # points; the per-seed gains' standard error is about 9 points: the bar leaves about
+    # two); balanced accuracy 0.690 -> 0.748 (per seed -0.7 to +13.9).
+    assert balanced[:, 0].mean() >= plain[:, 0].mean() + 0.05, (plain, balanced)
+    assert balanced[:, 1].mean() >= plain[:, 1].mean() - 0.02, (plain, balanced)
