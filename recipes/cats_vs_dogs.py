@@ -1,7 +1,8 @@
 """
 Title: Cats vs dogs with a pretrained ImageNet backbone
-Description: Reuse a `keras.applications` backbone, train a new head on cached
-features, then fine-tune the top of the backbone with BatchNormalization kept frozen.
+Description: Reuse a `keras.applications` backbone (or a keras-hub preset, or a TF-Hub
+module), train a new head on cached features, then fine-tune the top of the backbone
+with BatchNormalization kept frozen, each phase at the learning-rate finder's rate.
 
 How to run:
 
@@ -17,17 +18,19 @@ How to run:
 Outputs in `--output-dir`: `metrics.json`, `history.json`, `learning_curves.png`,
 `model.keras` (takes 0..255 RGB images), `labels.txt`, `saved_model/` (for serving),
 `evaluation/` (per-class scores, confusion matrix, most confidently wrong photos,
-Grad-CAM, `report.md`), and with the options `tflite/`, `lr_finder_*.png`,
-`transfer_report.*`. Classify new photos with `python -m recipes.predict OUTPUT_DIR
-photo.jpg`.
+Grad-CAM, `report.md`), the finder's `lr_finder_*.png/.json`, and with the options
+`tflite/` and `transfer_report.*`. Classify new photos with `python -m recipes.predict
+OUTPUT_DIR photo.jpg`.
 
 ## Why this recipe looks the way it does
 
 Transfer learning from ImageNet has two phases. First the backbone is frozen and only
 a small new head learns: the backbone's features are computed **once** and cached,
 so each head epoch takes a fraction of a second instead of a full backbone pass.
-Then the top of the backbone is unfrozen and everything trains at a learning rate
-10x lower, so the pretrained features are adjusted, not destroyed. During that
+Then the top of the backbone is unfrozen and trains at a much lower learning rate, so
+the pretrained features are adjusted, not destroyed. Each phase's rate comes from a
+short learning-rate sweep (the loss minimum / 10, bounded, falling back to the given
+rate when the sweep cannot be trusted): on validation photos it beat fixed rates. During that
 second phase every BatchNormalization layer must stay in inference mode. In Keras 3,
 `base(x, training=False)` does not guarantee it once the base is unfrozen
 (keras-team/keras#20285); `templates.phases.fine_tune` sets those layers to
