@@ -1,0 +1,53 @@
+"""`templates.export`: TFLite exports, plain and quantised, scored by the interpreter."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from templates.export import TFLITE_MODES, export_tflite, tflite_accuracy
+
+
+def bright_dark(count=128, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count) % 2).astype("int32")
+    images = rng.uniform(0, 120, (count, 16, 16, 3)) + labels[:, None, None, None] * 120
+    return images.astype("float32"), labels
+
+
+def test_quantised_exports_are_smaller_and_keep_their_accuracy(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(16, 3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(64, activation="relu")(x)  # most of the weights: 200k
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    images, labels = bright_dark()
+    model.fit(images, labels, epochs=3, batch_size=16, verbose=0)
+    test_images, test_labels = bright_dark(64, seed=1)
+    keras_accuracy = model.evaluate(test_images, test_labels, verbose=0, return_dict=True)[
+        "accuracy"]
+    batches = tf.data.Dataset.from_tensor_slices((test_images, test_labels)).batch(16)
+
+    sizes, accuracies = {}, {}
+    for mode in TFLITE_MODES:
+        path = export_tflite(model, tmp_path, ["dark", "bright"], mode=mode,
+                             representative_inputs=images[:32], filename=f"{mode}.tflite")
+        sizes[mode] = os.path.getsize(path)
+        accuracies[mode] = tflite_accuracy(path, batches)
+    # Weights in int8 take about a quarter of float32's bytes, float16 about half.
+    assert sizes["dynamic"] <= sizes["float32"] / 3 and sizes["int8"] <= sizes["float32"] / 3
+    assert sizes["float16"] <= sizes["float32"] * 0.6
+    for mode, accuracy in accuracies.items():  # run by the interpreter, quantised
+        assert accuracy >= keras_accuracy - 0.05, (mode, accuracies, keras_accuracy)
+    assert (tmp_path / "labels.txt").read_text().split() == ["dark", "bright"]
+
+    with pytest.raises(ValueError, match="representative_inputs"):
+        export_tflite(model, tmp_path, mode="int8")
+    with pytest.raises(ValueError, match="Unknown TFLite mode"):
+        export_tflite(model, tmp_path, mode="int4")
