@@ -63,6 +63,7 @@ from templates.cli import (  # noqa: E402
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
+    tflite_modes,
     transfer_plan,
 )
 from templates.comparison import report_against_scratch, reuse_depth_sweep  # noqa: E402
@@ -238,8 +239,11 @@ def run(args: argparse.Namespace, choice) -> int:
 
     # ## Outputs
     # model.keras takes plain 0..255 RGB images; saved_model/ serves them.
-    write_model_outputs(args.output_dir, model, splits.class_names, run.history,
-                        title=title, tflite_model=model if args.export_tflite else None)
+    # --export-tflite MODE...: each TFLite file scored on the test photos as it runs.
+    tflite = write_model_outputs(args.output_dir, model, splits.class_names, run.history,
+                                 title=title, tflite_model=model if args.export_tflite
+                                 is not None else None, tflite_modes=tflite_modes(args),
+                                 representative_data=train, test=test)
     evaluation = report()
     metrics = {
         **run.metrics(), **(flip_scores(run, model, validation, test)
@@ -253,6 +257,7 @@ def run(args: argparse.Namespace, choice) -> int:
                    "skipped": len(splits.skipped)},
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
         "fine_tune_from": transfer.fine_tune_from, **metadata,
+        **({"tflite": tflite} if tflite else {}),
     }
     if args.compare_scratch:
         # ## Did transfer help? The same architecture from random weights, trained for

@@ -69,6 +69,7 @@ from templates.cli import (  # noqa: E402
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
+    tflite_modes,
     transfer_plan,
 )
 from templates.comparison import report_against_scratch  # noqa: E402
@@ -245,11 +246,12 @@ def run(args: argparse.Namespace, choice) -> int:
     # ## Outputs
     # TFLite's built-in ops cannot run the vectoriser's string ops: the TFLite model
     # takes token ids, and the vocabulary travels beside it (line i = id i).
-    write_model_outputs(
+    tflite = write_model_outputs(
         args.output_dir, string_classifier, class_names, run.history,
         title=f"{args.architecture} on {os.path.basename(str(args.vectors))} vectors",
-        tflite_model=transfer.model if args.export_tflite else None)
-    if args.export_tflite:
+        tflite_model=transfer.model if args.export_tflite is not None else None,
+        tflite_modes=tflite_modes(args), representative_data=train, test=test)
+    if tflite:
         write_text(os.path.join(args.output_dir, "tflite", "vocabulary.txt"),
                    "\n".join(data.vocabulary) + "\n")
     evaluation = report()
@@ -258,7 +260,7 @@ def run(args: argparse.Namespace, choice) -> int:
         "evaluation": {"set": "test", "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"],
                        "balanced_accuracy": evaluation["balanced_accuracy"]},
-        **metadata,
+        **metadata, **({"tflite": tflite} if tflite else {}),
     }
 
     if args.compare_scratch:

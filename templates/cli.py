@@ -89,8 +89,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                        help="Also train the same model from random weights (same data, "
                             "epochs, seed, schedule and early stopping) and write "
                             "transfer_report.json/.png: did transfer help here?")
-    group.add_argument("--export-tflite", action="store_true",
-                       help="Also write tflite/model.tflite with labels.txt.")
+    group.add_argument("--export-tflite", nargs="*", default=None, metavar="MODE",
+                       choices=("float32", "dynamic", "float16", "int8"),
+                       help="Also write TFLite models to tflite/ with labels.txt: float32 "
+                            "(the flag alone: tflite/model.tflite), dynamic, float16 or "
+                            "int8 (model_MODE.tflite; int8 calibrated on training "
+                            "examples); metrics.json records each one's size and its test "
+                            "accuracy run by the TFLite interpreter.")
     group.add_argument("--assert-accuracy-at-least", type=float, default=None, metavar="X",
                        help="Exit non-zero if the final accuracy (test if there is a test "
                             "set, else validation) is below X.")
@@ -176,7 +181,7 @@ def start_multi_worker(args) -> None:
             used.
     """
     used = [flag for flag in FIT_ONLY_OPTIONS
-            if getattr(args, flag[2:].replace("-", "_"), None)]
+            if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False, 0)]
     if used:
         raise ValueError(
             f"{', '.join(used)}: not available with --strategy multi_worker, whose "
@@ -222,6 +227,14 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
     set_jit_compile(args.xla)
     print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
     return choice
+
+
+def tflite_modes(args: argparse.Namespace) -> list[str]:
+    """The TFLite exports ``--export-tflite`` asks for: none without the flag, float32
+    for the flag alone."""
+    if getattr(args, "export_tflite", None) is None:
+        return []
+    return list(dict.fromkeys(args.export_tflite or ["float32"]))
 
 
 def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any

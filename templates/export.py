@@ -52,7 +52,7 @@ TFLITE_MODES = ("float32", "dynamic", "float16", "int8")
 
 def export_tflite(
     model: keras.Model, directory: str | os.PathLike, class_names: Sequence[str] | None = None,
-    mode: str = "float32", representative_inputs=None, filename: str = "model.tflite",
+    mode: str = "float32", representative_data=None, filename: str = "model.tflite",
 ) -> str:
     """Convert ``model`` to TensorFlow Lite: ``DIRECTORY/FILENAME`` + ``labels.txt``.
 
@@ -66,9 +66,10 @@ def export_tflite(
         mode: ``"float32"`` (no quantisation), ``"dynamic"`` (weights stored as int8,
             computed in float), ``"float16"`` (weights stored as float16) or ``"int8"``
             (full-integer weights and activations, calibrated on
-            ``representative_inputs``; the model still takes and returns float values).
-        representative_inputs: For ``"int8"``: an array of typical inputs (e.g. a
-            hundred training images) whose activation ranges set the quantisation.
+            ``representative_data``; the model still takes and returns float values).
+        representative_data: For ``"int8"``: batches of ``(inputs, labels)`` (e.g. the
+            training batches); the activation ranges of their first 200 examples set
+            the quantisation.
 
     Returns:
         The path of the ``.tflite`` file.
@@ -77,9 +78,9 @@ def export_tflite(
 
     if mode not in TFLITE_MODES:
         raise ValueError(f"Unknown TFLite mode {mode!r}; choose from {', '.join(TFLITE_MODES)}.")
-    if mode == "int8" and (representative_inputs is None or len(representative_inputs) == 0):
-        raise ValueError("TFLite mode 'int8' needs representative_inputs (e.g. training "
-                         "examples) to calibrate the activations' ranges.")
+    if mode == "int8" and representative_data is None:
+        raise ValueError("TFLite mode 'int8' needs representative_data (e.g. the training "
+                         "batches) to calibrate the activations' ranges.")
     if "string" in str(model.inputs[0].dtype):
         raise ValueError(
             f"{model.name} takes strings; TFLite's built-in ops cannot run a text "
@@ -98,8 +99,13 @@ def export_tflite(
             dtype = model.inputs[0].dtype
 
             def representative():
-                for example in representative_inputs:
-                    yield [np.asarray([example], dtype=str(dtype).replace("tf.", ""))]
+                count = 0
+                for inputs, _ in representative_data:
+                    for example in np.asarray(inputs):
+                        if count == 200:
+                            return
+                        count += 1
+                        yield [np.asarray([example], dtype=str(dtype).replace("tf.", ""))]
 
             converter.representative_dataset = representative
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

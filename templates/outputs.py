@@ -27,7 +27,10 @@ def write_model_outputs(
     history: dict[str, Any],
     title: str,
     tflite_model: keras.Model | None = None,
-) -> None:
+    tflite_modes: Sequence[str] = ("float32",),
+    representative_data=None,
+    test=None,
+) -> dict[str, dict[str, float]]:
     """Write a trained model's outputs to ``output_dir`` (see the module docstring).
 
     Args:
@@ -38,6 +41,14 @@ def write_model_outputs(
         title: The learning curves' title.
         tflite_model: Also export this model to ``tflite/`` (with ``labels.txt``);
             for text, the token-id model (TFLite cannot run the vectoriser).
+        tflite_modes: `templates.export.TFLITE_MODES` to export: float32 as
+            ``model.tflite``, the others as ``model_MODE.tflite``.
+        representative_data: Training batches that calibrate the ``int8`` export.
+        test: Batches of ``(inputs, labels)`` each TFLite model is scored on.
+
+    Returns:
+        ``{mode: {"megabytes": ..., "test_accuracy": ...}}`` for the TFLite exports
+        (the accuracy run by the TFLite interpreter; absent without ``test``).
     """
     from templates.export import export_saved_model, export_tflite  # TensorFlow only
 
@@ -47,5 +58,16 @@ def write_model_outputs(
     save_model(model, os.path.join(output_dir, "model.keras"))
     write_labels(list(class_names), os.path.join(output_dir, "labels.txt"))
     export_saved_model(model, os.path.join(output_dir, "saved_model"), list(class_names))
-    if tflite_model is not None:
-        export_tflite(tflite_model, os.path.join(output_dir, "tflite"), list(class_names))
+    exported: dict[str, dict[str, float]] = {}
+    if tflite_model is None:
+        return exported
+    from templates.export import tflite_accuracy
+
+    for mode in tflite_modes:
+        path = export_tflite(tflite_model, os.path.join(output_dir, "tflite"), list(class_names),
+                             mode=mode, representative_data=representative_data,
+                             filename="model.tflite" if mode == "float32" else f"model_{mode}.tflite")
+        exported[mode] = {"megabytes": round(os.path.getsize(path) / 2**20, 3)}
+        if test is not None:
+            exported[mode]["test_accuracy"] = tflite_accuracy(path, test)
+    return exported

@@ -37,7 +37,8 @@ def test_quantised_exports_are_smaller_and_keep_their_accuracy(tmp_path):
     sizes, accuracies = {}, {}
     for mode in TFLITE_MODES:
         path = export_tflite(model, tmp_path, ["dark", "bright"], mode=mode,
-                             representative_inputs=images[:32], filename=f"{mode}.tflite")
+                             representative_data=[(images[:32], labels[:32])],
+                             filename=f"{mode}.tflite")
         sizes[mode] = os.path.getsize(path)
         accuracies[mode] = tflite_accuracy(path, batches)
     # Weights in int8 take about a quarter of float32's bytes, float16 about half.
@@ -47,7 +48,7 @@ def test_quantised_exports_are_smaller_and_keep_their_accuracy(tmp_path):
         assert accuracy >= keras_accuracy - 0.05, (mode, accuracies, keras_accuracy)
     assert (tmp_path / "labels.txt").read_text().split() == ["dark", "bright"]
 
-    with pytest.raises(ValueError, match="representative_inputs"):
+    with pytest.raises(ValueError, match="representative_data"):
         export_tflite(model, tmp_path, mode="int8")
     with pytest.raises(ValueError, match="Unknown TFLite mode"):
         export_tflite(model, tmp_path, mode="int4")
