@@ -36,6 +36,7 @@ from typing import Any
 
 import keras
 
+from templates.export import TFLITE_MODES
 from templates.hardware import (
     MIXED_PRECISION,
     STRATEGIES,
@@ -90,7 +91,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                             "epochs, seed, schedule and early stopping) and write "
                             "transfer_report.json/.png: did transfer help here?")
     group.add_argument("--export-tflite", nargs="*", default=None, metavar="MODE",
-                       choices=("float32", "dynamic", "float16", "int8"),
+                       choices=TFLITE_MODES,
                        help="Also write TFLite models to tflite/ with labels.txt: float32 "
                             "(the flag alone: tflite/model.tflite), dynamic, float16 or "
                             "int8 (model_MODE.tflite; int8 calibrated on training "
