@@ -10,8 +10,8 @@ The names below are the user-facing surface; each is imported from its module th
 time it is used (PEP 562), so ``import templates`` loads neither TensorFlow-only parts
 nor gensim and pyarrow until something needs them. Model building (`backbones`,
 `pretrained`, `text_classifiers`, `phases`, `transfer`...) is plain Keras 3 and runs on
-any backend; `image_data`, `text_data`, `hub`, `export`, `hardware` and `multi_worker`
-need TensorFlow.
+any backend; `image_data`, `text_data`, `text_encoders`, `hub`, `export`, `hardware`
+and `multi_worker` need TensorFlow.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _EXPORTS = {
     "load_image_splits": "image_data", "image_dataset": "image_data",
     "extract_features": "phases", "fine_tune": "phases",
     "freeze_batch_normalization": "phases", "train_head": "phases",
-    "unfreeze_from": "phases",
+    "unfreeze": "phases", "unfreeze_from": "phases",
     "BackbonePreprocessing": "preprocessing",
     "TransferModel": "pretrained", "pretrained_model": "pretrained",
     "Predictor": "predictor",
@@ -47,6 +47,7 @@ _EXPORTS = {
     "TokenizedText": "tokenized_text", "tokenize_for_vectors": "tokenized_text",
     "ARCHITECTURES": "text_classifiers", "pretrained_text_classifier": "text_classifiers",
     "scratch_text_classifier": "text_classifiers", "text_head": "text_classifiers",
+    "EncoderTransfer": "text_encoders", "pretrained_text_encoder": "text_encoders",
     "TransferPlan": "transfer", "TransferRun": "transfer", "run_transfer": "transfer",
     "TransferReport": "transfer_report", "summarize_curve": "transfer_report",
     "develop_word_vectors": "word2vec",

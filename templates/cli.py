@@ -58,7 +58,7 @@ from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
 from templates.transfer import MONITORS, TransferPlan, balanced_class_weight
 
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
-                      fine_tune_epochs: int = 3, fine_tune_learning_rate: float = 1e-4,
+                      fine_tune_epochs: int = 3, fine_tune_learning_rate: float | None = 1e-4,
                       seed: int = 1337) -> None:
     """Add the flags every transfer recipe shares: the two phases' epochs and rates,
     ``--batch-size``, ``--seed``, ``--resume``, ``--output-dir``, ``--compare-scratch``,
@@ -74,7 +74,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
     group.add_argument("--fine-tune-learning-rate", type=float,
                        default=fine_tune_learning_rate,
                        help="Phase 2's learning rate (well below phase 1's). Default "
-                            f"{fine_tune_learning_rate:g}.")
+                            + (f"{fine_tune_learning_rate:g}." if fine_tune_learning_rate
+                               else "the recipe's (see its description)."))
     group.add_argument("--batch-size", type=int, default=32,
                        help="Examples per batch and replica. Default 32.")
     group.add_argument("--seed", type=int, default=seed,

@@ -36,7 +36,10 @@ def export_saved_model(
     staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
     try:
         target = os.path.join(staging, "model")
-        model.export(target, format="tf_saved_model", verbose=False)
+        # A model that is not a functional graph names what it serves
+        # (`templates.text_encoders.TextPipelineClassifier`: a batch of strings).
+        model.export(target, format="tf_saved_model", verbose=False,
+                     input_signature=getattr(model, "serving_signature", None))
         if class_names is not None:
             write_labels(class_names, os.path.join(target, "labels.txt"))
         if os.path.isdir(directory):

@@ -41,11 +41,12 @@ def preset_of(backbone: str) -> str:
     return preset
 
 
-def _keras_hub():
+def import_keras_hub():
+    """The keras_hub module, or an ImportError saying how to install it."""
     try:
         import keras_hub
     except ImportError:
-        raise ImportError("keras_hub: backbones need keras-hub: pip install -e \".[hub]\" "
+        raise ImportError("keras-hub presets need keras-hub: pip install -e \".[hub]\" "
                           "(or pip install keras-hub).") from None
     return keras_hub
 
@@ -66,24 +67,13 @@ def load_image_preset(preset: str, load_weights: bool = True, image_size: int | 
             the sentence that a local preset folder works.
         ValueError: a folder that is not a keras-hub image preset.
     """
-    from templates.backbones import WeightsUnavailableError
+    keras_hub = import_keras_hub()
 
-    keras_hub = _keras_hub()
-    local = os.path.isdir(preset)
-    if not local and (os.sep in preset or preset.startswith(".")):
-        raise ValueError(f"keras-hub preset folder {preset!r} does not exist.")
-    try:
-        backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
-        converter = keras_hub.layers.ImageConverter.from_preset(preset)
-    except Exception as error:  # network failures come as several exception types
-        if local or not _looks_like_network_failure(error):
-            raise ValueError(f"Could not load the keras-hub image preset {preset!r}: "
-                             f"{error}") from error
-        raise WeightsUnavailableError(
-            f"Could not download the keras-hub preset {preset!r} "
-            f"({type(error).__name__}). Offline? Pass a local preset folder instead "
-            "(--backbone keras_hub:/path/to/preset_dir, written by "
-            "Backbone.save_to_preset and ImageConverter.save_to_preset).") from None
+    def load(name):
+        return (keras_hub.models.Backbone.from_preset(name, load_weights=load_weights),
+                keras_hub.layers.ImageConverter.from_preset(name))
+
+    backbone, converter = load_from_preset(preset, load, "image", "--backbone keras_hub:")
     if converter is None:
         raise ValueError(f"keras-hub preset {preset!r} has no image converter "
                          "(image_converter.json): it is not an image preset.")
@@ -92,7 +82,40 @@ def load_image_preset(preset: str, load_weights: bool = True, image_size: int | 
     return backbone, converter, size
 
 
-def _looks_like_network_failure(error: Exception) -> bool:
+def load_from_preset(preset: str, load, kind: str, flag: str):
+    """``load(preset)`` for a keras-hub preset name or folder, failing in one sentence.
+
+    Args:
+        preset: A preset name (downloaded by keras-hub) or a local preset folder.
+        load: Loads what is needed from the preset (``Backbone.from_preset``...).
+        kind: ``"image"`` or ``"text"``, for the messages.
+        flag: How a user passes a local folder instead (``"--preset "``).
+
+    Raises:
+        WeightsUnavailableError: a preset name that cannot be downloaded (offline), with
+            the sentence that a local preset folder works.
+        ValueError: a folder that is missing or that ``load`` cannot read.
+    """
+    from templates.backbones import WeightsUnavailableError
+
+    local = os.path.isdir(preset)
+    if not local and (os.sep in preset or preset.startswith(".")):
+        raise ValueError(f"keras-hub preset folder {preset!r} does not exist.")
+    try:
+        return load(preset)
+    except Exception as error:  # network failures come as several exception types
+        if local or not looks_like_network_failure(error):
+            raise ValueError(f"Could not load the keras-hub {kind} preset {preset!r}: "
+                             f"{error}") from error
+        raise WeightsUnavailableError(
+            f"Could not download the keras-hub preset {preset!r} "
+            f"({type(error).__name__}). Offline? Pass a local preset folder instead "
+            f"({flag}/path/to/preset_dir, written by Backbone.save_to_preset and the "
+            "preprocessor's save_to_preset).") from None
+
+
+def looks_like_network_failure(error: Exception) -> bool:
+    """Whether ``error`` reads like a failed download (keras-hub raises several types)."""
     text = f"{type(error).__name__} {error}".lower()
     return any(word in text for word in (
         "connection", "resolve", "network", "timed out", "urlopen", "http", "kaggle"))

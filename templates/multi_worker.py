@@ -27,15 +27,8 @@ import tensorflow as tf
 
 from templates.files import atomic_path, write_json
 from templates.hardware import StrategyChoice
-from templates.learning_rates import (
-    LossSweep,
-    choose_learning_rate,
-    finder_bounds,
-    record_finding,
-    scheduled,
-    sweep_rates,
-)
-from templates.phases import unfreeze_from
+from templates.learning_rates import LossSweep, sweep_rates
+from templates.phases import unfreeze
 from templates.saving import save_model, write_labels
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -249,7 +242,7 @@ def train_transfer_multi_worker(
     """The transfer phases of `templates.phases` on the `train_multi_worker` loop.
 
     Phase 1 trains the head with the reused part frozen; phase 2 unfreezes from
-    ``from_layer`` (BatchNormalization stays frozen, see `templates.phases.unfreeze_from`)
+    ``from_layer`` (BatchNormalization stays frozen, see `templates.phases.unfreeze`)
     and trains at ``fine_tune_learning_rate``. The head is trained through the frozen
     backbone (no cached features: every worker reads only its shard of the images).
     Each phase checkpoints under ``checkpoint_dir/PHASE`` (chief only) and resumes.
@@ -287,8 +280,7 @@ def train_transfer_multi_worker(
         head_epochs, rate("head", learning_rate, head_epochs),
         directory(checkpoint_dir, "head"), resume, directory(log_dir, "head"))
     if fine_tune_epochs:
-        unfreeze_from(transfer.backbone,
-                      transfer.fine_tune_from if from_layer == "default" else from_layer)
+        unfreeze(transfer, transfer.fine_tune_from if from_layer == "default" else from_layer)
         _, histories["fine_tune"] = train_multi_worker(
             choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
             fine_tune_epochs, rate("fine_tune", fine_tune_learning_rate, fine_tune_epochs),

@@ -129,6 +129,16 @@ def unfreeze_from(backbone: keras.Model, from_layer: str | int | None) -> int:
     return len(backbone.trainable_weights)
 
 
+def unfreeze(transfer: Transferable, from_layer: str | int | None) -> int:
+    """Unfreeze ``transfer`` for fine-tuning: its own ``unfreeze(from_layer)`` where it
+    has one (`templates.text_encoders.EncoderTransfer`: LoRA adapters only), else
+    `unfreeze_from` on its backbone. Returns the number of trainable weight tensors."""
+    custom = getattr(transfer, "unfreeze", None)
+    if callable(custom):
+        return custom(from_layer)
+    return unfreeze_from(transfer.backbone, from_layer)
+
+
 def compile_classifier(
     model: keras.Model,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
@@ -407,7 +417,7 @@ def fine_tune(
     """
     if from_layer == "default":
         from_layer = transfer.fine_tune_from
-    unfreeze_from(transfer.backbone, from_layer)
+    unfreeze(transfer, from_layer)
     training_model = with_augmentation(transfer.model, augmentation)
     compile_classifier(training_model, learning_rate,
                        learning_rate_multipliers=learning_rate_multipliers, monitor=monitor)
@@ -469,7 +479,7 @@ def find_fine_tune_learning_rate(
 
     if from_layer == "default":
         from_layer = transfer.fine_tune_from
-    unfreeze_from(transfer.backbone, from_layer)
+    unfreeze(transfer, from_layer)
     try:
         return find_learning_rate(transfer.model, train_data, steps=steps,
                                   end_learning_rate=end_learning_rate, rule=rule, seed=seed)

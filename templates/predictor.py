@@ -64,23 +64,26 @@ class Predictor:
                              "travel with the model (recipes write labels.txt).")
         self.model = load_model(model_path, safe_mode=safe_mode)
         self.class_names = read_labels(labels_path)
-        outputs = self.model.output_shape[-1]
+        outputs, dtype, shape = _signature(self.model)
         if outputs != len(self.class_names):
             raise ValueError(f"{labels_path!r} names {len(self.class_names)} classes but the "
                              f"model predicts {outputs}.")
-        input_spec = self.model.inputs[0]
-        if "string" in str(input_spec.dtype):
+        #: Text models take ``(batch, 1)`` strings (a vectoriser) or ``(batch,)`` (a
+        #: keras-hub tokenizer, a TF-Hub module).
+        self.text_rank = len(shape)
+        if "string" in str(dtype):
             self.kind, self.image_size = "text", None
-        elif len(input_spec.shape) == 4:
+        elif len(shape) == 4:
             self.kind = "image"
-            self.image_size = tuple(int(side) for side in input_spec.shape[1:3])
+            self.image_size = tuple(int(side) for side in shape[1:3])
         else:
-            raise ValueError(f"{model_path!r} takes {input_spec.shape} {input_spec.dtype} "
+            raise ValueError(f"{model_path!r} takes {shape} {dtype} "
                              "inputs; Predictor handles image and text models.")
 
     def _batch(self, items: Sequence[str]) -> np.ndarray:
         if self.kind == "text":
-            return np.array([[str(item)] for item in items], dtype=object)
+            texts = np.array([str(item) for item in items], dtype=object)
+            return texts if self.text_rank == 1 else texts[:, None]
         from templates.image_data import check_image, load_image
 
         images = []
@@ -113,3 +116,12 @@ class Predictor:
                 input=str(item), label=self.class_names[best], confidence=float(row[best]),
                 probabilities={name: float(value) for name, value in zip(self.class_names, row)}))
         return results
+
+
+def _signature(model) -> tuple[int, str, tuple]:
+    """``(classes, input dtype, input shape)`` of a saved model: a functional graph, or
+    a `templates.text_encoders.TextPipelineClassifier` (strings into a preprocessor)."""
+    if not getattr(model, "inputs", None) and hasattr(model, "classifier"):
+        return int(model.classifier.output_shape[-1]), "string", (None,)
+    spec = model.inputs[0]
+    return int(model.output_shape[-1]), str(spec.dtype), tuple(spec.shape)

@@ -38,9 +38,10 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     import templates.preprocessing  # noqa: F401
     import templates.flip_averaging  # noqa: F401  (flip averaging)
 
-    try:  # TensorFlow-only objects: text standardisation and TF-Hub layers.
+    try:  # TensorFlow-only objects: text standardisation, TF-Hub layers, text encoders.
         import templates.hub  # noqa: F401
         import templates.text_data  # noqa: F401
+        import templates.text_encoders  # noqa: F401
     except ImportError:
         pass
 
