@@ -94,3 +94,21 @@ def test_the_package_surface_loads_lazily_and_every_name_resolves():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=REPOSITORY, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_no_library_module_imports_keras_hub_until_a_preset_is_asked_for():
+    """keras-hub is an optional extra: importing every module must not load it."""
+    import subprocess
+    import sys
+
+    modules = sorted(f"templates.{path.stem}" for path in (REPOSITORY / "templates").glob("*.py")
+                     if path.stem != "__init__")
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "assert 'keras_hub' not in sys.modules and 'tensorflow_text' not in sys.modules\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPOSITORY, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
