@@ -93,6 +93,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "class folders, or class folders directly. Downloads "
                         "cats_and_dogs_filtered when omitted.")
     parser.add_argument("--test-dir", help="Folder of class folders used as the test set.")
+    parser.add_argument("--labels-csv", help="Instead of --data-dir: a CSV with path,label "
+                        "columns (paths relative to it); validation and test sets are split "
+                        "off it unless --validation-csv / --test-csv give them.")
+    parser.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
+    parser.add_argument("--test-csv", help="Test images as a path,label CSV.")
     parser.add_argument("--backbone", default="MobileNetV2",
                         help="keras.applications constructor name (case-insensitive), or "
                         "keras_hub:PRESET (a keras-hub preset name or a local preset folder).")
@@ -139,7 +144,8 @@ def main(argv=None) -> int:
     # are built inside its scope, and --batch-size counts per replica, so the global
     # batch grows with the replicas. --mixed-precision auto uses float16 on recent
     # NVIDIA GPUs.
-    choice = setup_hardware(args, args.data_dir, args.test_dir, multi_worker=True)
+    choice = setup_hardware(args, args.data_dir, args.test_dir, args.labels_csv,
+                            multi_worker=True)
     args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
         start_multi_worker(args)  # options built on model.fit are refused here, by name
@@ -158,12 +164,14 @@ def run(args: argparse.Namespace, choice) -> int:
     # Without --data-dir we fetch the standard archive. Every file is opened once up
     # front: corrupt, truncated and non-image files are skipped and listed in
     # metrics.json instead of crashing training halfway through.
-    data_dir = args.data_dir or download_dataset("cats_and_dogs_filtered")
-    splits = load_image_splits(data_dir, args.test_dir, args.validation_fraction, args.seed)
+    # --labels-csv lists path,label rows instead; bad rows are skipped and named too.
+    data_dir = args.labels_csv or args.data_dir or download_dataset("cats_and_dogs_filtered")
+    splits = load_image_splits(data_dir, args.test_csv or args.test_dir,
+                               args.validation_fraction, args.seed, args.validation_csv)
     print(f"Data: {data_dir} ({splits.layout}); classes {splits.class_names}; "
           f"train {len(splits.train.files)}, validation {len(splits.validation.files)}, "
           f"test {len(splits.test.files) if splits.test else 0}; "
-          f"skipped {len(splits.skipped)} unreadable files.")
+          f"skipped {len(splits.skipped)} unreadable files or rows.")
     for item in splits.skipped:
         print(f"  skipped {item.path}: {item.reason}")
 

@@ -17,6 +17,10 @@ How to run:
         --test ../shared/data/text/sst2/stsa.binary.test \
         --vectors glove.6B.50d --compare-scratch
 
+    # The develop-model path: word2vec trained on your own unlabelled text, checked
+    # against random vectors before it is used.
+    python -m recipes.glove_text_classification --develop-vectors reviews.txt
+
     python -m recipes.glove_text_classification --help
 
 Data: a file of `label<TAB>text` lines (a file without tabs is read as `label text`,
@@ -51,6 +55,7 @@ initialiser, end to end, for the same number of epochs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -89,6 +94,7 @@ from templates.text_data import download_sst2, load_text_splits, string_model  #
 from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 from templates.transfer_report import MEASURES  # noqa: E402
+from templates.word2vec import develop_word_vectors  # noqa: E402
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
 
@@ -107,6 +113,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Word vectors: a file (GloVe .txt/.zip, word2vec .bin/.txt, "
                         "fastText .vec), ARCHIVE.zip::MEMBER, glove.6B.{50,100,200,300}d, "
                         "or a gensim-data name such as glove-wiki-gigaword-100.")
+    parser.add_argument("--develop-vectors", metavar="CORPUS",
+                        help="The develop-model path: train word2vec on this unlabelled "
+                        "text (one sentence per line) instead of loading --vectors; the "
+                        "vectors are used only if they beat random vectors on word "
+                        "similarity (--develop-evaluation).")
+    parser.add_argument("--develop-evaluation", default="similarity",
+                        choices=("similarity", "analogy"),
+                        help="How developed vectors are judged against random ones: "
+                        "gensim's wordsim353 pairs or its analogy questions.")
+    parser.add_argument("--allow-unskilled", action="store_true",
+                        help="Use developed vectors even when they do not beat random ones.")
     parser.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                         help="Classifier on top of the embedding (default: Kim's CNN).")
     parser.add_argument("--filters", type=int, default=200,
@@ -183,8 +200,19 @@ def run(args: argparse.Namespace, choice) -> int:
     # next run starts in a fraction of a second. Texts become token ids once; the models
     # train on ids, and the vectoriser is put back in front of the trained model before
     # saving.
-    vectors = load_word_vectors(args.vectors, words_with_spaces=args.words_with_spaces,
-                                trust_pickle=args.trust_pickle)
+    # --develop-vectors: word2vec on the user's own text, used only if it beats random
+    # vectors (refused in one sentence, with both scores, otherwise).
+    check = None
+    if args.develop_vectors:
+        vectors, check = develop_word_vectors(
+            args.develop_vectors, evaluation=args.develop_evaluation, seed=args.seed,
+            allow_unskilled=args.allow_unskilled,
+            directory=os.path.join(args.output_dir, "word2vec"))
+        print(f"word2vec on {args.develop_vectors}: {check.metric} {check.accuracy:.3f}, "
+              f"random vectors {check.baseline_accuracy:.3f}.")
+    else:
+        vectors = load_word_vectors(args.vectors, words_with_spaces=args.words_with_spaces,
+                                    trust_pickle=args.trust_pickle)
     data = tokenize_for_vectors(splits, vectors, args.sequence_length,
                                 args.extra_vocabulary, args.normalize_vectors, args.seed)
     print(data.summary())
@@ -224,7 +252,8 @@ def run(args: argparse.Namespace, choice) -> int:
         transfer.model, test, class_names, os.path.join(args.output_dir, "evaluation"),
         examples=splits.test.texts, kind="text", title="Text classification",
         predict=predict)
-    metadata = run_metadata(vectors=str(args.vectors), architecture=args.architecture,
+    source = f"word2vec:{args.develop_vectors}" if args.develop_vectors else str(args.vectors)
+    metadata = run_metadata(vectors=source, architecture=args.architecture,
                             data={key: value for key, value in splits.paths.items() if value},
                             seed=args.seed)
     # The saved model takes raw strings: the vectoriser (vocabulary included) is its
@@ -248,7 +277,7 @@ def run(args: argparse.Namespace, choice) -> int:
     # takes token ids, and the vocabulary travels beside it (line i = id i).
     tflite = write_model_outputs(
         args.output_dir, string_classifier, class_names, run.history,
-        title=f"{args.architecture} on {os.path.basename(str(args.vectors))} vectors",
+        title=f"{args.architecture} on {os.path.basename(source)} vectors",
         tflite_model=transfer.model if args.export_tflite is not None else None,
         tflite_modes=tflite_modes(args), representative_data=train, test=test)
     if tflite:
@@ -261,6 +290,7 @@ def run(args: argparse.Namespace, choice) -> int:
                        "macro_f1": evaluation["macro"]["f1"],
                        "balanced_accuracy": evaluation["balanced_accuracy"]},
         **metadata, **({"tflite": tflite} if tflite else {}),
+        **({"source_check": dataclasses.asdict(check)} if check else {}),
     }
 
     if args.compare_scratch:
@@ -274,7 +304,7 @@ def run(args: argparse.Namespace, choice) -> int:
             data.sequence_length, args.architecture, **architecture)
         comparison = report_against_scratch(
             run, scratch, train, validation, test, args.output_dir,
-            title=f"{args.vectors} vectors vs random embeddings ({args.architecture})",
+            title=f"{source} vectors vs random embeddings ({args.architecture})",
             state=state, verbose=2,
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         summary = comparison.to_dict()

@@ -179,7 +179,8 @@ def _enforce(check: SourceCheck, allow_unskilled: bool, where: str | None) -> No
         f"{check.metric} {check.accuracy:.3f} vs {check.baseline} {check.baseline_accuracy:.3f} "
         f"(required margin {check.margin:.3f}). Reusing it would transfer nothing useful; "
         "train it longer, give it more source data or pick a more related source task, "
-        "or pass allow_unskilled=True to reuse it anyway."
+        "or pass allow_unskilled=True (--allow-unskilled in the text recipe) to reuse it "
+        "anyway."
         + (f" (check saved in {where})" if where else "")
     )
 

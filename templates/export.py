@@ -56,6 +56,7 @@ TFLITE_MODES = ("float32", "dynamic", "float16", "int8")
 def export_tflite(
     model: keras.Model, directory: str | os.PathLike, class_names: Sequence[str] | None = None,
     mode: str = "float32", representative_data=None, filename: str = "model.tflite",
+    calibration_examples: int = 200,
 ) -> str:
     """Convert ``model`` to TensorFlow Lite: ``DIRECTORY/FILENAME`` + ``labels.txt``.
 
@@ -71,8 +72,9 @@ def export_tflite(
             (full-integer weights and activations, calibrated on
             ``representative_data``; the model still takes and returns float values).
         representative_data: For ``"int8"``: batches of ``(inputs, labels)`` (e.g. the
-            training batches); the activation ranges of their first 200 examples set
-            the quantisation.
+            training batches); the activation ranges of their first
+            ``calibration_examples`` examples set the quantisation.
+        calibration_examples: How many examples calibrate ``"int8"``.
 
     Returns:
         The path of the ``.tflite`` file.
@@ -105,7 +107,7 @@ def export_tflite(
                 count = 0
                 for inputs, _ in representative_data:
                     for example in np.asarray(inputs):
-                        if count == 200:
+                        if count == calibration_examples:
                             return
                         count += 1
                         yield [np.asarray([example], dtype=str(dtype).replace("tf.", ""))]

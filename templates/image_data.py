@@ -284,6 +284,7 @@ def load_image_splits(
     test_dir: str | os.PathLike | None = None,
     validation_fraction: float = 0.2,
     seed: int = 0,
+    validation: str | os.PathLike | None = None,
 ) -> ImageSplits:
     """Find the splits of a data directory, in the layouts people actually use.
 
@@ -291,9 +292,16 @@ def load_image_splits(
     - ``train/`` and ``test/``: a seeded validation split is taken from ``train/``;
     - class folders directly: a seeded validation split is taken from them.
 
-    ``test_dir``, when given, is the test set whatever the layout.
+    ``test_dir``, when given, is the test set whatever the layout. ``data_dir`` may
+    also be a ``path,label`` CSV file (`load_csv_splits`; ``test_dir`` and
+    ``validation`` are then CSV files too, or ``None`` to split them off).
     """
     data_dir = os.fspath(data_dir)
+    if data_dir.lower().endswith(".csv"):
+        return load_csv_splits(data_dir, validation, test_dir, validation_fraction, seed)
+    if validation is not None:
+        raise ValueError("A validation CSV goes with a labels CSV; a data directory holds "
+                         "its validation/ folder itself.")
     if not os.path.isdir(data_dir):
         raise ValueError(f"Data directory {data_dir!r} does not exist or is not a directory.")
     sub = {name: os.path.join(data_dir, name) for name in ("train", "validation", "test")}
@@ -314,6 +322,112 @@ def load_image_splits(
     test = None
     if test_dir is not None:
         test = scan_image_folder(test_dir, train.class_names, minimum_classes=1)
+    return ImageSplits(train, validation, test, layout)
+
+
+def read_labels_csv(
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    check_images: bool = True,
+) -> ImageFolder:
+    """The images a ``path,label`` CSV file lists, paths relative to the CSV's folder.
+
+    Rows whose file is missing, whose label is empty or whose image does not decode are
+    skipped and named (``SkippedFile("FILE.csv line N: ...", reason)``), as for folders.
+
+    Args:
+        path: A CSV file with a header naming the columns ``path`` and ``label`` (any
+            order, any case; other columns are ignored).
+        class_names: The training classes, in label order (for a validation or test
+            CSV); ``None``: the labels found here, sorted.
+        check_images: Decode each image to find bad ones.
+
+    Raises:
+        ValueError: a missing or empty file, no ``path`` / ``label`` columns, labels
+            not among ``class_names``, or fewer than two classes in a training CSV.
+    """
+    import csv
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Labels CSV {path!r} does not exist.")
+    folder = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        columns = {name.strip().lower(): index for index, name in enumerate(header or [])}
+        if "path" not in columns or "label" not in columns:
+            raise ValueError(f"{path}: the first line must name the columns 'path' and "
+                             f"'label' (found {header or 'an empty file'}).")
+        rows = [(number, row) for number, row in enumerate(reader, start=2) if any(row)]
+    candidates: list[tuple[str, str]] = []
+    skipped: list[SkippedFile] = []
+    for number, row in rows:
+        where = f"{path} line {number}"
+        cells = [row[columns[key]].strip() if columns[key] < len(row) else ""
+                 for key in ("path", "label")]
+        file, label = cells
+        if not file:
+            skipped.append(SkippedFile(where, "empty path"))
+        elif not label:
+            skipped.append(SkippedFile(f"{where}: {file}", "empty label"))
+        elif not os.path.isfile(os.path.join(folder, file)):
+            skipped.append(SkippedFile(f"{where}: {file}", "no such file"))
+        else:
+            candidates.append((os.path.join(folder, file), label))
+    found = sorted({label for _, label in candidates})
+    if class_names is None:
+        class_names = found
+        if len(class_names) < 2:
+            raise ValueError(f"{path}: classification needs at least 2 labels; found "
+                             f"{class_names}.")
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown} never appear in the training data "
+                         f"(classes {list(class_names)}).")
+    if check_images and candidates:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            reasons = list(pool.map(check_image, [file for file, _ in candidates]))
+    else:
+        reasons = [None] * len(candidates)
+    index = {name: label for label, name in enumerate(class_names)}
+    files, labels = [], []
+    for (file, label), reason in zip(candidates, reasons):
+        if reason is None:
+            files.append(file)
+            labels.append(index[label])
+        else:
+            skipped.append(SkippedFile(file, reason))
+    if not files:
+        raise ValueError(f"{path}: no usable images ({len(skipped)} rows skipped).")
+    return ImageFolder(path, files, labels, list(class_names), skipped)
+
+
+def load_csv_splits(
+    labels_csv: str | os.PathLike,
+    validation_csv: str | os.PathLike | None = None,
+    test_csv: str | os.PathLike | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> ImageSplits:
+    """Training, validation and test images from ``path,label`` CSV files
+    (`read_labels_csv`); a validation or test set not given as a CSV is split off the
+    training CSV, per class and with ``seed`` (the test set first)."""
+    train = read_labels_csv(labels_csv)
+    test = None
+    if test_csv is not None:
+        test = read_labels_csv(test_csv, train.class_names)
+    else:
+        train, test = split_folder(train, test_fraction, seed)
+    if validation_csv is not None:
+        validation = read_labels_csv(validation_csv, train.class_names)
+        layout = "CSV files"
+    else:
+        train, validation = split_folder(train, validation_fraction, seed)
+        layout = "CSV (validation split taken)"
+    if test_csv is None:
+        layout += ", test split taken"
     return ImageSplits(train, validation, test, layout)
 
 

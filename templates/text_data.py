@@ -66,7 +66,8 @@ class TextExamples:
 
 
 def read_text_examples(path: str | os.PathLike, encoding: str = "utf-8") -> TextExamples:
-    """Read labelled texts from a file (``label<TAB>text``) or a class-folder directory.
+    """Read labelled texts from a file (``label<TAB>text``, or a ``.csv`` with ``text``
+    and ``label`` columns) or a class-folder directory.
 
     Raises:
         TextDataError: unreadable bytes (with the line), or no usable example at all.
@@ -100,6 +101,8 @@ def _read_file(path: str, encoding: str) -> TextExamples:
             ) from None
     if lines:
         lines[0] = lines[0].lstrip("\ufeff")
+    if path.lower().endswith(".csv"):
+        return _read_csv(path, lines)
     separator = "\t" if any("\t" in line for line in lines) else " "
     texts, labels, skipped = [], [], []
     for number, line in enumerate(lines, start=1):
@@ -109,6 +112,32 @@ def _read_file(path: str, encoding: str) -> TextExamples:
         label, text = label.strip(), text.strip()
         if not found or not label or not text:
             skipped.append((f"line {number}", "no label" if not label else "no text"))
+            continue
+        texts.append(text)
+        labels.append(label)
+    return TextExamples(texts, labels, path, skipped)
+
+
+def _read_csv(path: str, lines: list[str]) -> TextExamples:
+    """``text,label`` rows (a header names the columns, in any order; a text may hold
+    commas and line breaks inside quotes, as spreadsheets write them)."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    header = next(reader, None)
+    columns = {name.strip().lower(): index for index, name in enumerate(header or [])}
+    if "text" not in columns or "label" not in columns:
+        raise TextDataError(f"{path}: the first line must name the columns 'text' and "
+                            f"'label' (found {header or 'an empty file'}).")
+    texts, labels, skipped = [], [], []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        text, label = (row[columns[key]].strip() if columns[key] < len(row) else ""
+                       for key in ("text", "label"))
+        if not text or not label:
+            skipped.append((f"line {reader.line_num}", "no label" if not label else "no text"))
             continue
         texts.append(text)
         labels.append(label)

@@ -13,12 +13,14 @@ clearly better are refused (`templates.develop.UnskilledSourceModelError`) unles
 the caller overrides it.
 
 The vectors and the check are saved as word2vec text and JSON (no pickles), and a
-later call with the same folder reuses them without retraining.
+later call with the same folder, corpus and settings reuses them without retraining.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 
@@ -37,6 +39,7 @@ from templates.word_vectors import keyed_vectors, load_word_vectors
 
 VECTORS_FILE = "word2vec.txt"
 CHECK_FILE = "word2vec_check.json"
+SOURCE_FILE = "word2vec_source.json"
 EVALUATIONS = ("similarity", "analogy")
 
 
@@ -137,8 +140,10 @@ def develop_word_vectors(
             ``questions-words.txt`` when omitted.
         margin: How far above the random vectors' score the trained ones must be.
         allow_unskilled: Return unskilled vectors instead of raising.
-        directory: Where ``word2vec.txt`` and ``word2vec_check.json`` are saved; when
-            both exist they are reused and nothing is trained.
+        directory: Where ``word2vec.txt``, ``word2vec_check.json`` and
+            ``word2vec_source.json`` (a digest of the corpus, the settings) are saved;
+            when they exist for the same corpus and settings they are reused and nothing
+            is trained (the check is enforced again).
 
     Returns:
         ``(vectors, check)``.
@@ -146,18 +151,25 @@ def develop_word_vectors(
     Raises:
         UnskilledSourceModelError: the vectors are not clearly better than random.
     """
-    vectors_path = check_path = None
-    if directory is not None:
-        vectors_path = os.path.join(directory, VECTORS_FILE)
-        check_path = os.path.join(directory, CHECK_FILE)
-        if os.path.isfile(vectors_path) and os.path.isfile(check_path):
-            check = read_saved_check(check_path, margin, allow_unskilled)
-            return load_word_vectors(vectors_path, cache_dir=False, progress=False), check
-
     sentences = (read_corpus(corpus) if isinstance(corpus, (str, os.PathLike))
                  else [list(sentence) for sentence in corpus])
     if not sentences:
-        raise ValueError("The word2vec corpus is empty.")
+        where = f" {os.fspath(corpus)!r}" if isinstance(corpus, (str, os.PathLike)) else ""
+        raise ValueError(f"The word2vec corpus{where} is empty: it needs one sentence of "
+                         "text per line.")
+    source = {"corpus": _fingerprint(sentences), "vector_size": vector_size,
+              "window": window, "min_count": min_count, "epochs": epochs, "seed": seed,
+              "evaluation": evaluation, "evaluation_file": evaluation_file}
+    vectors_path = check_path = source_path = None
+    if directory is not None:
+        vectors_path = os.path.join(directory, VECTORS_FILE)
+        check_path = os.path.join(directory, CHECK_FILE)
+        source_path = os.path.join(directory, SOURCE_FILE)
+        if (os.path.isfile(vectors_path) and os.path.isfile(check_path)
+                and _saved_source(source_path) == source):
+            check = read_saved_check(check_path, margin, allow_unskilled)
+            return load_word_vectors(vectors_path, cache_dir=False, progress=False), check
+
     model = Word2Vec(sentences, vector_size=vector_size, window=window, min_count=min_count,
                      epochs=epochs, seed=seed, workers=1, sg=1)
     vectors = model.wv
@@ -171,8 +183,25 @@ def develop_word_vectors(
         with atomic_path(vectors_path) as temporary:
             vectors.save_word2vec_format(temporary, binary=False)
         write_json(check_path, dataclasses.asdict(check))
+        write_json(source_path, source)
     _enforce(check, allow_unskilled, check_path)
     return vectors, check
+
+
+def _fingerprint(sentences: Sequence[Sequence[str]]) -> str:
+    """A digest of the tokenised corpus: saved vectors are reused only for the same text."""
+    digest = hashlib.sha256()
+    for sentence in sentences:
+        digest.update(("\x1f".join(sentence) + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _saved_source(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from templates.image_data import (
     image_dataset,
     load_image,
     load_image_splits,
+    read_labels_csv,
     scan_image_folder,
     split_folder,
 )
@@ -238,3 +239,42 @@ def test_class_folders_differing_in_case(tmp_path):
     save(tmp_path / "clash" / "dogs" / "c.png")
     with pytest.raises(ValueError, match="differ only in case: Cats / cats"):
         scan_image_folder(tmp_path / "clash")
+
+
+def test_labels_in_a_csv_file_bad_rows_skipped_and_named(tmp_path):
+    photos = tmp_path / "photos"
+    rows = ["Label,Path"]  # any column order and case
+    for index in range(10):
+        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+            save(photos / f"{name}{index}.png", color=colour)
+            rows.append(f"{name},photos/{name}{index}.png")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    rows += ["dog,photos/missing.png", ",photos/cat0.png", "cat,photos/broken.jpg", ""]
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    folder = read_labels_csv(csv_file)
+    assert folder.class_names == ["cat", "dog"] and folder.counts() == {"cat": 10, "dog": 10}
+    assert folder.files[0] == str(photos / "cat0.png") and folder.labels[:2] == [0, 1]
+    reasons = {item.path: item.reason for item in folder.skipped}
+    assert reasons[f"{csv_file} line 22: photos/missing.png"] == "no such file"
+    assert reasons[f"{csv_file} line 23: photos/cat0.png"] == "empty label"
+    assert reasons[str(photos / "broken.jpg")].startswith("not an image")
+    # Validation and test sets are split off with the seed, per class, unless given.
+    splits = load_image_splits(csv_file, validation_fraction=0.2, seed=3)
+    assert splits.layout == "CSV (validation split taken), test split taken"
+    assert (len(splits.train.files), len(splits.validation.files), len(splits.test.files)) \
+        == (12, 4, 4)
+    assert set(splits.train.files).isdisjoint(splits.test.files)
+    again = load_image_splits(csv_file, validation_fraction=0.2, seed=3)
+    assert again.test.files == splits.test.files
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("path,label\nphotos/cat1.png,cat\n")
+    given = load_image_splits(csv_file, test_csv, seed=3)
+    assert given.test.files == [str(photos / "cat1.png")]
+    assert given.layout == "CSV (validation split taken)"
+    test_csv.write_text("path,label\nphotos/cat1.png,horse\n")
+    with pytest.raises(ValueError, match=r"labels \['horse'\] never appear in the training"):
+        load_image_splits(csv_file, test_csv)
+    (tmp_path / "headless.csv").write_text("photos/cat1.png,cat\n")
+    with pytest.raises(ValueError, match="headless.csv: the first line must name"):
+        read_labels_csv(tmp_path / "headless.csv")

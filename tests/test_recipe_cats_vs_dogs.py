@@ -246,3 +246,35 @@ def test_balanced_class_weights_raise_the_minority_recall_on_imbalanced_photos(
     # two); balanced accuracy 0.690 -> 0.748 (per seed -0.7 to +13.9).
     assert balanced[:, 0].mean() >= plain[:, 0].mean() + 0.05, (plain, balanced)
     assert balanced[:, 1].mean() >= plain[:, 1].mean() - 0.02, (plain, balanced)
+
+
+@pytest.mark.acceptance  # issue 17 section 3: labels kept in a spreadsheet
+def test_labels_csv_instead_of_class_folders(subprocess_env, tmp_path):
+    from conftest import SHARED_KERAS_MODELS, require_shared
+    from test_multi_worker import colour_photos
+
+    weights = SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
+    require_shared(weights)
+    colour_photos(tmp_path / "photos", per_class=40)
+    # One CSV for everything (validation and test split off it), paths relative to it,
+    # and the rows real spreadsheets have: a missing file, an empty label, a broken image.
+    rows = ["path,label"] + [f"{photo.relative_to(tmp_path)},{photo.parent.name}"
+                             for photo in sorted((tmp_path / "photos").glob("*/*/*.png"))]
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG truncated")
+    rows += ["photos/gone.png,red", "photos/train/red/0.png,", "photos/broken.png,blue"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    result = run(["--labels-csv", str(tmp_path / "labels.csv"), "--backbone", "MobileNet",
+                  "--alpha", "0.25", "--weights", str(weights), "--image-size", "64",
+                  "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
+                  "--learning-rate", "1e-2", "--no-find-lr", "--output-dir", str(out)],
+                 subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    skipped = {item["path"]: item["reason"] for item in metrics["skipped_files"]}
+    assert len(skipped) == 3 and skipped[f"{tmp_path / 'labels.csv'} line 122: "
+                                         "photos/gone.png"] == "no such file"
+    assert "empty label" in skipped.values()
+    # 120 usable photos: a fifth for the test set, a fifth of the rest for validation.
+    assert metrics["images"]["test"] == 24 and metrics["images"]["validation"] == 20
+    assert metrics["test_accuracy"] >= 0.9 and read_labels(out / "labels.txt") == ["blue", "red"]

@@ -266,3 +266,56 @@ def test_full_sst2_mean_accuracy_and_gain_over_random_embeddings(sst2_dir, subpr
     # Bars and the measurements behind them: docs/results.md, "SST-2, all sentences".
     assert glove.mean() >= FULL_SST2_MEAN_BAR, (glove, scratch)
     assert (glove - scratch).mean() >= FULL_SST2_GAIN_BAR, (glove, scratch)
+
+
+@pytest.mark.acceptance  # issue 17 section 5: the develop-model path for text
+def test_develop_vectors_are_checked_then_used_or_refused(sst2_dir, subprocess_env, tmp_path):
+    # The user's unlabelled in-domain text: SST-2's training and validation sentences,
+    # labels dropped (the test sentences stay unseen).
+    corpus = tmp_path / "reviews.txt"
+    corpus.write_text("".join(line.split(" ", 1)[1] + "\n" for split in ("train", "dev")
+                              for line in (sst2_dir / f"stsa.binary.{split}")
+                              .read_text(encoding="utf-8").splitlines()), encoding="utf-8")
+    metrics = sst2_run(sst2_dir, tmp_path / "developed", subprocess_env, "--train-size",
+                       "1000", "--develop-vectors", str(corpus), compare=False)
+    check = metrics["source_check"]
+    # Word similarity (gensim's wordsim353) beats random vectors by the margin.
+    assert check["skilful"] and check["accuracy"] >= check["baseline_accuracy"] + 0.1
+    assert check["baseline"] == "random vectors" and metrics["vectors"] == f"word2vec:{corpus}"
+    assert metrics["test_accuracy"] >= 0.6
+    assert (tmp_path / "developed" / "word2vec" / "word2vec.txt").is_file()
+    # Judged on analogies, the same small corpus is refused in one sentence, and nothing
+    # is trained on it.
+    refused = run_recipe(["--train", str(sst2_dir / "stsa.binary.train"), "--train-size",
+                          "1000", "--develop-vectors", str(corpus), "--develop-evaluation",
+                          "analogy", "--output-dir", str(tmp_path / "refused")],
+                         subprocess_env)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "not clearly better" in refused.stderr and "analogy accuracy" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "model.keras").exists()
+
+
+def test_labels_and_texts_from_csv_files(colour_data, subprocess_env, tmp_path):
+    # The same data as spreadsheets (text,label columns), one row without a label.
+    def to_csv(source, name, extra=()):
+        rows = ["text,label"] + [f'"{text}",{label}' for label, text in
+                                 (line.split("\t") for line in
+                                  open(source, encoding="utf-8").read().splitlines())]
+        (tmp_path / name).write_text("\n".join(rows + list(extra)) + "\n", encoding="utf-8")
+        return str(tmp_path / name)
+
+    out = tmp_path / "run"
+    result = run_recipe([
+        "--train", to_csv(colour_data["train"], "train.csv", ['"a wall with no label",']),
+        "--validation", to_csv(colour_data["validation"], "dev.csv"),
+        "--test", to_csv(colour_data["test"], "test.csv"), "--vectors", colour_data["vectors"],
+        "--architecture", "pooled", "--epochs", "25", "--fine-tune-epochs", "1",
+        "--learning-rate", "0.01", "--batch-size", "16", "--seed", "3",
+        "--output-dir", str(out)], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples"] == {"train": 90, "validation": 30, "test": 30}
+    assert metrics["skipped_lines"] == [{"source": str(tmp_path / "train.csv"),
+                                         "where": "line 92", "reason": "no label"}]
+    assert metrics["test_accuracy"] >= 0.9

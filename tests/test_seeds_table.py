@@ -1,7 +1,6 @@
 """benchmarks.seeds: a recipe over seeds, the table every published figure comes from."""
 
 import json
-import sys
 
 import pytest
 

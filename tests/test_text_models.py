@@ -286,6 +286,20 @@ def test_reading_labelled_text_files_and_folders(tmp_path):
     assert [reason for _, reason in examples.skipped] == ["empty"]
 
 
+def test_labels_in_a_csv_file(tmp_path):
+    # A spreadsheet export: header in any column order, quoted commas and line breaks,
+    # a byte-order mark; rows without a label or a text are skipped and named.
+    csv_file = write(tmp_path / "reviews.csv", (
+        '\ufefflabel,text,source\npos,"great film, truly",web\nneg,awful,web\n'
+        ',no label here,web\nneg,,web\n\nneutral,"fine\nI guess",mail\n').encode())
+    examples = read_text_examples(csv_file)
+    assert examples.texts == ["great film, truly", "awful", "fine\nI guess"]
+    assert examples.labels == ["pos", "neg", "neutral"]
+    assert examples.skipped == [("line 4", "no label"), ("line 5", "no text")]
+    with pytest.raises(ValueError, match="bad.csv: the first line must name the columns"):
+        read_text_examples(write(tmp_path / "bad.csv", b"review,stars\ngood,5\n"))
+
+
 def test_skipped_lines_are_counted_whichever_way_the_splits_are_made(tmp_path):
     # A file with a line without a tab: the line is skipped, and the count survives the
     # validation/test splits and the --train-size subset (each skipped line once).

@@ -62,10 +62,17 @@ def test_skilful_vectors_are_accepted_saved_and_reused(pairs_file, tmp_path):
     saved = json.loads((folder / "word2vec_check.json").read_text())
     assert saved["accuracy"] == pytest.approx(check.accuracy)
     # Reused from disk (text format, not a pickle): same vectors, no training.
-    again, again_check = develop_word_vectors([["never", "trained"]], directory=folder,
-                                              evaluation_file=pairs_file)
+    saved_at = (folder / "word2vec.txt").stat().st_mtime_ns
+    again, again_check = develop_word_vectors(topic_corpus(), vector_size=16, epochs=5,
+                                              evaluation_file=pairs_file, margin=0.3,
+                                              directory=folder)
+    assert (folder / "word2vec.txt").stat().st_mtime_ns == saved_at
     assert again_check.accuracy == pytest.approx(check.accuracy)
     np.testing.assert_allclose(np.asarray(again["good"]), vectors["good"], rtol=1e-5)
+    # Another corpus in the same folder is trained, not served the stale vectors.
+    other, _ = develop_word_vectors(topic_corpus(seed=1), vector_size=16, epochs=5,
+                                    evaluation_file=pairs_file, margin=0.3, directory=folder)
+    assert not np.allclose(np.asarray(other["good"]), vectors["good"])
 
 
 def test_unskilled_vectors_are_refused_unless_overridden(pairs_file, tmp_path):
