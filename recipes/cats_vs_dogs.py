@@ -69,7 +69,11 @@ from templates.cli import (  # noqa: E402
 from templates.comparison import report_against_scratch, reuse_depth_sweep  # noqa: E402
 from templates.downloads import DownloadError, download_dataset  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import image_evaluation_report  # noqa: E402
+from templates.evaluation import (  # noqa: E402
+    evaluation_summary,
+    image_evaluation_report,
+    multi_label_evaluation,
+)
 from templates.files import write_json  # noqa: E402
 from templates.image_data import image_dataset, load_image_splits  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
@@ -98,6 +102,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "off it unless --validation-csv / --test-csv give them.")
     parser.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
     parser.add_argument("--test-csv", help="Test images as a path,label CSV.")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="Any number of labels per image (with --labels-csv, labels "
+                        "separated by |): sigmoid outputs, per-label thresholds chosen on "
+                        "validation data (thresholds.json).")
     parser.add_argument("--backbone", default="MobileNetV2",
                         help="keras.applications constructor name (case-insensitive), or "
                         "keras_hub:PRESET (a keras-hub preset name or a local preset folder).")
@@ -167,7 +175,8 @@ def run(args: argparse.Namespace, choice) -> int:
     # --labels-csv lists path,label rows instead; bad rows are skipped and named too.
     data_dir = args.labels_csv or args.data_dir or download_dataset("cats_and_dogs_filtered")
     splits = load_image_splits(data_dir, args.test_csv or args.test_dir,
-                               args.validation_fraction, args.seed, args.validation_csv)
+                               args.validation_fraction, args.seed, args.validation_csv,
+                               multi_label=args.multi_label)
     print(f"Data: {data_dir} ({splits.layout}); classes {splits.class_names}; "
           f"train {len(splits.train.files)}, validation {len(splits.validation.files)}, "
           f"test {len(splits.test.files) if splits.test else 0}; "
@@ -182,7 +191,7 @@ def run(args: argparse.Namespace, choice) -> int:
     transfer = pretrained_model(
         backbone, num_classes=len(splits.class_names), weights=weights,
         image_size=args.image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
-        class_names=splits.class_names,
+        class_names=splits.class_names, multi_label=args.multi_label,
     )
     image_size = transfer.model.input_shape[1]  # --image-size, or the backbone's own
 
@@ -229,6 +238,10 @@ def run(args: argparse.Namespace, choice) -> int:
     report = lambda predict=None: image_evaluation_report(  # noqa: E731
         transfer.model, evaluated, evaluated_data, os.path.join(args.output_dir, "evaluation"),
         title, seed=args.seed, predict=predict or batch_predictor(model))
+    if args.multi_label:  # each label's threshold chosen on validation (thresholds.json)
+        report = lambda predict=None: multi_label_evaluation(  # noqa: E731
+            model, validation, evaluated_data, splits.class_names, args.output_dir,
+            evaluated.files, title, predict=predict)
     metadata = run_metadata(backbone=backbone, weights=args.weights, alpha=args.alpha,
                             image_size=image_size, data_dir=data_dir, seed=args.seed)
 
@@ -257,9 +270,7 @@ def run(args: argparse.Namespace, choice) -> int:
         **run.metrics(), **(flip_scores(run, model, validation, test)
                             if args.test_time_flips else {}),
         "evaluation": {"set": "test" if splits.test else "validation",
-                       "accuracy": evaluation["accuracy"],
-                       "macro_f1": evaluation["macro"]["f1"],
-                       "balanced_accuracy": evaluation["balanced_accuracy"]},
+                       **evaluation_summary(evaluation)},
         "images": {"train": len(splits.train.files), "validation": len(splits.validation.files),
                    "test": len(splits.test.files) if splits.test else 0,
                    "skipped": len(splits.skipped)},
@@ -273,7 +284,8 @@ def run(args: argparse.Namespace, choice) -> int:
         keras.utils.set_random_seed(args.seed)
         comparison = report_against_scratch(
             run, pretrained_model(backbone, len(splits.class_names), weights=None,
-                                  image_size=image_size, alpha=args.alpha).model,
+                                  image_size=image_size, alpha=args.alpha,
+                                  multi_label=args.multi_label).model,
             train, validation, test, args.output_dir, state=state,
             title=f"Cats vs dogs: {backbone} pretrained transfer vs scratch",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
@@ -286,7 +298,8 @@ def run(args: argparse.Namespace, choice) -> int:
         # serves these photos best.
         metrics["reuse_sweep"] = reuse_depth_sweep(
             lambda cut: pretrained_model(backbone, len(splits.class_names), weights=weights,
-                                         image_size=image_size, alpha=args.alpha, cut_at=cut),
+                                         image_size=image_size, alpha=args.alpha, cut_at=cut,
+                                         multi_label=args.multi_label),
             block_cut_points(transfer.backbone, args.reuse_sweep), train, validation, test,
             budget=dataclasses.replace(plan.with_rates(run.learning_rates),
                                        fine_tune_epochs=0, callbacks={}),

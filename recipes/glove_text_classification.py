@@ -81,7 +81,11 @@ from templates.comparison import report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.embeddings import TRAINABLE_MODES  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import evaluation_report  # noqa: E402
+from templates.evaluation import (  # noqa: E402
+    evaluation_report,
+    evaluation_summary,
+    multi_label_evaluation,
+)
 from templates.files import write_json, write_text  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
@@ -124,6 +128,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "gensim's wordsim353 pairs or its analogy questions.")
     parser.add_argument("--allow-unskilled", action="store_true",
                         help="Use developed vectors even when they do not beat random ones.")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="Any number of labels per text, separated by | (sports|news): "
+                        "sigmoid outputs, per-label thresholds chosen on validation data.")
     parser.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                         help="Classifier on top of the embedding (default: Kim's CNN).")
     parser.add_argument("--filters", type=int, default=200,
@@ -193,7 +200,7 @@ def run(args: argparse.Namespace, choice) -> int:
              if args.train else download_sst2())
     splits = load_text_splits(paths["train"], paths["validation"], paths["test"],
                               args.validation_fraction, args.seed, args.train_size,
-                              args.encoding)
+                              args.encoding, multi_label=args.multi_label)
 
     # ## Word vectors, vocabulary and token ids
     # The first load of a text vector file is cached as a memory-mapped array, so the
@@ -225,7 +232,7 @@ def run(args: argparse.Namespace, choice) -> int:
     # GloVe words' rows (most of the vocabulary) stay in a fixed table, which makes each
     # step several times faster and changes no result (those rows get no gradient).
     architecture = {"filters": args.filters, "units": args.units,
-                    "static_channel": args.multichannel,
+                    "static_channel": args.multichannel, "multi_label": args.multi_label,
                     "embedding_dropout": args.embedding_dropout,
                     "trainable_rows": data.trainable_rows}
     class_names = splits.class_names
@@ -252,6 +259,10 @@ def run(args: argparse.Namespace, choice) -> int:
         transfer.model, test, class_names, os.path.join(args.output_dir, "evaluation"),
         examples=splits.test.texts, kind="text", title="Text classification",
         predict=predict)
+    if args.multi_label:  # each label's threshold chosen on validation (thresholds.json)
+        report = lambda predict=None: multi_label_evaluation(  # noqa: E731
+            transfer.model, validation, test, class_names, args.output_dir,
+            splits.test.texts, "Text classification", predict=predict)
     source = f"word2vec:{args.develop_vectors}" if args.develop_vectors else str(args.vectors)
     metadata = run_metadata(vectors=source, architecture=args.architecture,
                             data={key: value for key, value in splits.paths.items() if value},
@@ -286,9 +297,7 @@ def run(args: argparse.Namespace, choice) -> int:
     evaluation = report()
     metrics = {
         **run.metrics(), **data.report(),
-        "evaluation": {"set": "test", "accuracy": evaluation["accuracy"],
-                       "macro_f1": evaluation["macro"]["f1"],
-                       "balanced_accuracy": evaluation["balanced_accuracy"]},
+        "evaluation": {"set": "test", **evaluation_summary(evaluation)},
         **metadata, **({"tflite": tflite} if tflite else {}),
         **({"source_check": dataclasses.asdict(check)} if check else {}),
     }

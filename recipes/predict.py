@@ -12,7 +12,8 @@ How to run:
 
 Image models take image files (or folders, searched for images); text models take
 `--text` strings or text files with one example per line. `--output FILE.json` writes
-every class's probability.
+every class's probability. A multi-label model (a `thresholds.json` beside it) prints
+each input followed by every label over its threshold, with its probability.
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ def main(argv=None) -> int:
     predictions = predictor.predict(items)
     for prediction in predictions:
         shown = prediction.input if len(prediction.input) <= 70 else prediction.input[:67] + "..."
-        print(f"{prediction.label:>12}  {prediction.confidence:6.1%}  {shown}")
+        if prediction.labels is None:
+            print(f"{prediction.label:>12}  {prediction.confidence:6.1%}  {shown}")
+        else:  # multi-label: the input, then each label over its threshold
+            print("  ".join([shown] + [f"{name} {probability:.1%}" for name, probability
+                                       in prediction.labels.items()]))
     if args.output:
         from templates.files import write_json
 

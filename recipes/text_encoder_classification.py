@@ -77,7 +77,7 @@ from templates.cli import (  # noqa: E402
 from templates.comparison import report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import evaluation_report  # noqa: E402
+from templates.evaluation import evaluation_report, evaluation_summary  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits  # noqa: E402
@@ -204,9 +204,7 @@ def run(args: argparse.Namespace) -> int:
         "class_names": class_names, "skipped_lines": splits.skipped,
         "examples": {name: len(getattr(splits, name))
                      for name in ("train", "validation", "test")},
-        "evaluation": {"set": "test", "accuracy": evaluation["accuracy"],
-                       "macro_f1": evaluation["macro"]["f1"],
-                       "balanced_accuracy": evaluation["balanced_accuracy"]},
+        "evaluation": {"set": "test", **evaluation_summary(evaluation)},
         **run_metadata(data={key: value for key, value in splits.paths.items() if value},
                        seed=args.seed),
     }

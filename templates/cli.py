@@ -172,7 +172,7 @@ def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callb
 # Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
 FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--augment",
                     "--discriminative-factor", "--export-tflite",
-                    "--assert-accuracy-at-least", "--test-time-flips")
+                    "--assert-accuracy-at-least", "--test-time-flips", "--multi-label")
 
 
 def start_multi_worker(args) -> None:

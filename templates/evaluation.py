@@ -1,5 +1,8 @@
 """The evaluation report: what a trained classifier gets right and wrong.
 
+(Multi-label classifiers get `multi_label_report`: per-label thresholds, micro / macro
+F1, per-label precision and recall, mean average precision; `templates.multi_label`.)
+
 `evaluation_report` predicts once over a labelled set and writes, into one folder:
 
 * ``evaluation.json``: accuracy, per-class precision / recall / F1 / support, their
@@ -18,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-from templates.files import atomic_path, write_json
+from templates.files import atomic_path, write_json, write_text
+from templates.multi_label import multi_label_scores
 from templates.phases import batch_predictor
 
 
@@ -304,3 +309,81 @@ def image_evaluation_report(
         model, data, images.class_names, directory, examples=images.files,
         load_example=lambda path: load_image(path, size), title=title, grad_cam=overlays,
         predict=predict)
+
+
+def predict_multi_label(model: keras.Model, data: Iterable, predict=None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, multi-hot targets)`` over batches of ``(inputs, targets)``."""
+    predict = predict or batch_predictor(model)
+    probabilities, targets = [], []
+    for inputs, batch_targets in data:
+        probabilities.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
+        targets.append(np.asarray(keras.ops.convert_to_numpy(batch_targets)))
+    if not probabilities:
+        raise ValueError("Cannot evaluate: the data yielded no batches.")
+    return np.concatenate(probabilities), np.concatenate(targets).astype("float32")
+
+
+def multi_label_report(model: keras.Model, data: Iterable, class_names: Sequence[str],
+                       directory: str | os.PathLike, thresholds: Sequence[float],
+                       examples: Sequence[str] | None = None, title: str = "Evaluation",
+                       predict=None) -> dict[str, Any]:
+    """The multi-label evaluation folder: ``evaluation.json`` (`multi_label_scores`,
+    and the examples with the most labels wrong) and ``report.md``. Returns the scores."""
+    probabilities, targets = predict_multi_label(model, data, predict)
+    scores = multi_label_scores(probabilities, targets, thresholds, class_names)
+    predicted = probabilities >= np.asarray(thresholds)[None, :]
+    wrong = (predicted != targets.astype(bool)).sum(axis=1)
+    order = [int(i) for i in np.argsort(-wrong, kind="stable") if wrong[i]][:9]
+    names = np.asarray(class_names)
+    scores["errors"] = [{
+        "example": examples[i] if examples is not None else i,
+        "true": names[targets[i].astype(bool)].tolist(),
+        "predicted": names[predicted[i]].tolist()} for i in order]
+    directory = os.fspath(directory)
+    write_json(os.path.join(directory, "evaluation.json"), scores)
+    lines = [f"# {title}", "", f"{scores['examples']} examples; exact match "
+             f"{scores['exact_match']:.3f}, micro F1 {scores['micro']['f1']:.3f}, macro F1 "
+             f"{scores['macro']['f1']:.3f}, mean average precision "
+             f"{scores['mean_average_precision'] or 0:.3f}.", "",
+             "| label | threshold | precision | recall | F1 | AP | support |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in scores["per_label"].items():
+        precision = "n/a" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
+        lines.append(f"| {name} | {row['threshold']:.2f} | {row['precision']:.3f} | "
+                     f"{row['recall']:.3f} | {row['f1']:.3f} | {precision} | "
+                     f"{row['support']} |")
+    if scores["errors"]:
+        lines += ["", "Examples with the most labels wrong:", ""]
+        lines += [f"- {error['example']}: true {error['true']}, predicted "
+                  f"{error['predicted']}" for error in scores["errors"]]
+    write_text(os.path.join(directory, "report.md"), "\n".join(lines) + "\n")
+    return scores
+
+
+def multi_label_evaluation(model: keras.Model, validation: Iterable, data: Iterable,
+                           class_names: Sequence[str], output_dir: str | os.PathLike,
+                           examples: Sequence[str] | None = None, title: str = "Evaluation",
+                           predict=None) -> dict[str, Any]:
+    """What a recipe does for a multi-label model after training: each label's threshold
+    chosen on ``validation`` (best F1; `templates.multi_label.choose_thresholds`) and
+    saved as ``OUTPUT_DIR/thresholds.json`` for `templates.predictor.Predictor`, then
+    `multi_label_report` on ``data`` into ``OUTPUT_DIR/evaluation``."""
+    from templates.multi_label import choose_thresholds, write_thresholds
+
+    thresholds = choose_thresholds(*predict_multi_label(model, validation, predict))
+    write_thresholds(thresholds, class_names, output_dir)
+    return multi_label_report(model, data, class_names, os.path.join(output_dir, "evaluation"),
+                              thresholds, examples=examples, title=title, predict=predict)
+
+
+def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of an evaluation report, for ``metrics.json``: accuracy,
+    macro F1 and balanced accuracy (single-label), or exact match, micro and macro F1
+    and the mean average precision (multi-label)."""
+    if "exact_match" in evaluation:
+        return {"exact_match": evaluation["exact_match"],
+                "micro_f1": evaluation["micro"]["f1"], "macro_f1": evaluation["macro"]["f1"],
+                "mean_average_precision": evaluation["mean_average_precision"]}
+    return {"accuracy": evaluation["accuracy"], "macro_f1": evaluation["macro"]["f1"],
+            "balanced_accuracy": evaluation["balanced_accuracy"]}

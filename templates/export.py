@@ -128,12 +128,17 @@ def export_tflite(
 
 def tflite_accuracy(path: str | os.PathLike, batches) -> float:
     """Accuracy of a ``.tflite`` classifier on ``(inputs, labels)`` batches, run by the
-    TFLite interpreter (what a device computes, quantisation included)."""
+    TFLite interpreter (what a device computes, quantisation included). Multi-hot labels
+    (a multi-label model) are scored by exact match at 0.5, as in training."""
     correct = total = 0
     for inputs, labels in batches:
         probabilities = tflite_predict(path, np.asarray(inputs))
-        labels = np.asarray(labels).reshape(-1)
-        correct += int(np.sum(probabilities.argmax(axis=-1) == labels))
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            correct += int(np.sum(((probabilities >= 0.5) == (labels > 0.5)).all(axis=1)))
+        else:
+            labels = labels.reshape(-1)
+            correct += int(np.sum(probabilities.argmax(axis=-1) == labels))
         total += len(labels)
     if total == 0:
         raise ValueError("Cannot compute an accuracy: the data yielded no examples.")

@@ -16,6 +16,7 @@ def classification_head(
     dropout: float = 0.2,
     hidden_units: Sequence[int] = (),
     name: str = "head",
+    multi_label: bool = False,
 ) -> keras.Model:
     """A small classifier taking a feature map (or feature vector) to class probabilities.
 
@@ -30,6 +31,8 @@ def classification_head(
         dropout: Dropout rate before each dense layer (0 disables it).
         hidden_units: Widths of optional hidden dense layers (ReLU).
         name: Name of the returned model.
+        multi_label: One sigmoid per class (any number of labels per example,
+            `templates.multi_label`) instead of a softmax over them.
 
     Returns:
         A functional `keras.Model` from features to probabilities of shape
@@ -62,6 +65,7 @@ def classification_head(
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(
-        int(num_classes), activation="softmax", dtype="float32", name="predictions"
+        int(num_classes), activation="sigmoid" if multi_label else "softmax",
+        dtype="float32", name="predictions"
     )(x)
     return keras.Model(features, outputs, name=name)

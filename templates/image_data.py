@@ -22,6 +22,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from templates.epoch_shuffle import shuffle_each_epoch
+from templates.multi_label import multi_hot, split_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -41,7 +42,9 @@ class ImageFolder:
     Attributes:
         directory: The scanned directory.
         files: Paths of the images that decode.
-        labels: Integer label of each file (index into ``class_names``).
+        labels: Integer label of each file (index into ``class_names``), or, for
+            multi-label data (`read_labels_csv(..., multi_label=True)`), a multi-hot
+            row per file.
         class_names: Class folder names, sorted.
         skipped: Files left out, with reasons.
     """
@@ -62,8 +65,16 @@ class ImageFolder:
             list(self.skipped),
         )
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether each file carries a multi-hot row of labels."""
+        return bool(self.labels) and not np.isscalar(self.labels[0])
+
     def counts(self) -> dict[str, int]:
-        """Number of images per class name."""
+        """Number of images per class name (carrying it, for multi-label data)."""
+        if self.multi_label:
+            tally = np.asarray(self.labels).sum(axis=0).astype(int)
+            return {name: int(count) for name, count in zip(self.class_names, tally)}
         tally = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
         return {name: int(count) for name, count in zip(self.class_names, tally)}
 
@@ -242,10 +253,16 @@ def scan_image_folder(
 def split_folder(
     folder: ImageFolder, validation_fraction: float, seed: int
 ) -> tuple[ImageFolder, ImageFolder]:
-    """Split into training and validation parts, per class, reproducibly for ``seed``."""
+    """Split into training and validation parts, per class, reproducibly for ``seed``
+    (multi-label data: at random, each example once)."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")
     rng = np.random.default_rng(seed)
+    if folder.multi_label:
+        order = rng.permutation(len(folder.files))
+        count = int(round(len(order) * validation_fraction))
+        return (folder.subset(sorted(order[count:].tolist())),
+                folder.subset(sorted(order[:count].tolist())))
     labels = np.asarray(folder.labels)
     train_indices, validation_indices = [], []
     for label in range(len(folder.class_names)):
@@ -285,6 +302,7 @@ def load_image_splits(
     validation_fraction: float = 0.2,
     seed: int = 0,
     validation: str | os.PathLike | None = None,
+    multi_label: bool = False,
 ) -> ImageSplits:
     """Find the splits of a data directory, in the layouts people actually use.
 
@@ -298,7 +316,11 @@ def load_image_splits(
     """
     data_dir = os.fspath(data_dir)
     if data_dir.lower().endswith(".csv"):
-        return load_csv_splits(data_dir, validation, test_dir, validation_fraction, seed)
+        return load_csv_splits(data_dir, validation, test_dir, validation_fraction, seed,
+                               multi_label=multi_label)
+    if multi_label:
+        raise ValueError("Multi-label images need their labels in a CSV (path,label with "
+                         "labels separated by |): class folders give one label per image.")
     if validation is not None:
         raise ValueError("A validation CSV goes with a labels CSV; a data directory holds "
                          "its validation/ folder itself.")
@@ -329,6 +351,7 @@ def read_labels_csv(
     path: str | os.PathLike,
     class_names: Sequence[str] | None = None,
     check_images: bool = True,
+    multi_label: bool = False,
 ) -> ImageFolder:
     """The images a ``path,label`` CSV file lists, paths relative to the CSV's folder.
 
@@ -341,6 +364,8 @@ def read_labels_csv(
         class_names: The training classes, in label order (for a validation or test
             CSV); ``None``: the labels found here, sorted.
         check_images: Decode each image to find bad ones.
+        multi_label: ``label`` holds any number of labels separated by ``|``
+            (``cats|dogs``); each file then gets a multi-hot row.
 
     Raises:
         ValueError: a missing or empty file, no ``path`` / ``label`` columns, labels
@@ -374,8 +399,9 @@ def read_labels_csv(
         elif not os.path.isfile(os.path.join(folder, file)):
             skipped.append(SkippedFile(f"{where}: {file}", "no such file"))
         else:
-            candidates.append((os.path.join(folder, file), label))
-    found = sorted({label for _, label in candidates})
+            candidates.append((os.path.join(folder, file),
+                               split_labels(label) if multi_label else [label]))
+    found = sorted({name for _, names in candidates for name in names})
     if class_names is None:
         class_names = found
         if len(class_names) < 2:
@@ -392,10 +418,12 @@ def read_labels_csv(
         reasons = [None] * len(candidates)
     index = {name: label for label, name in enumerate(class_names)}
     files, labels = [], []
-    for (file, label), reason in zip(candidates, reasons):
+    for (file, names), reason in zip(candidates, reasons):
         if reason is None:
             files.append(file)
-            labels.append(index[label])
+            ids = [index[name] for name in names]
+            labels.append(multi_hot([ids], len(class_names))[0].tolist() if multi_label
+                          else ids[0])
         else:
             skipped.append(SkippedFile(file, reason))
     if not files:
@@ -410,18 +438,21 @@ def load_csv_splits(
     validation_fraction: float = 0.2,
     seed: int = 0,
     test_fraction: float = 0.2,
+    multi_label: bool = False,
 ) -> ImageSplits:
     """Training, validation and test images from ``path,label`` CSV files
     (`read_labels_csv`); a validation or test set not given as a CSV is split off the
-    training CSV, per class and with ``seed`` (the test set first)."""
-    train = read_labels_csv(labels_csv)
+    training CSV, per class and with ``seed`` (the test set first). ``multi_label``:
+    labels separated by ``|`` (`read_labels_csv`)."""
+    train = read_labels_csv(labels_csv, multi_label=multi_label)
     test = None
     if test_csv is not None:
-        test = read_labels_csv(test_csv, train.class_names)
+        test = read_labels_csv(test_csv, train.class_names, multi_label=multi_label)
     else:
         train, test = split_folder(train, test_fraction, seed)
     if validation_csv is not None:
-        validation = read_labels_csv(validation_csv, train.class_names)
+        validation = read_labels_csv(validation_csv, train.class_names,
+                                     multi_label=multi_label)
         layout = "CSV files"
     else:
         train, validation = split_folder(train, validation_fraction, seed)
@@ -473,7 +504,8 @@ def image_dataset(
             raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
                              f"{len(folder.files)} images for {count} input pipelines.")
     dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(files, tf.string), tf.constant(labels, tf.int32))
+        (tf.constant(files, tf.string),
+         tf.constant(labels, tf.float32 if folder.multi_label else tf.int32))
     )
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:

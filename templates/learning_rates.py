@@ -301,7 +301,7 @@ def find_learning_rate(
     end_learning_rate: float = 10.0,
     steps: int = 100,
     optimizer: Callable[[float], keras.optimizers.Optimizer] | None = None,
-    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy",
+    loss: str | keras.losses.Loss | None = None,
     smoothing: float = 0.9,
     divergence: float = 4.0,
     rule: str = "steepest",
@@ -323,7 +323,8 @@ def find_learning_rate(
         start_learning_rate, end_learning_rate: The sweep's bounds.
         steps: Most batches to train.
         optimizer: Builds the optimiser from a rate (default Adam).
-        loss: The training loss.
+        loss: The training loss; ``None``: sparse categorical cross-entropy, or binary
+            cross-entropy for a multi-label model (`templates.multi_label`).
         smoothing: Exponential smoothing factor of the loss curve.
         divergence: Stop once the smoothed loss exceeds this multiple of its best.
         rule: How to suggest a rate (one of `SUGGESTION_RULES`).
@@ -340,6 +341,11 @@ def find_learning_rate(
     if rule not in SUGGESTION_RULES:
         raise ValueError(f"Unknown suggestion rule {rule!r}; choose from "
                          f"{', '.join(SUGGESTION_RULES)}.")
+    if loss is None:
+        from templates.multi_label import is_multi_label
+
+        loss = ("binary_crossentropy" if is_multi_label(model)
+                else "sparse_categorical_crossentropy")
     rates = sweep_rates(start_learning_rate, end_learning_rate, steps, smoothing)
     saved = [np.array(weight) for weight in model.get_weights()]
     build = optimizer or (lambda rate: keras.optimizers.Adam(learning_rate=rate))

@@ -28,6 +28,8 @@ from templates.class_metrics import metrics_for
 from templates.learning_rates import DiscriminativeAdam, OneCycle
 from templates.batches import ShuffledArrays, array_batches
 from templates.layers import iterate_layers  # noqa: F401 (part of this module's API)
+from templates.multi_label import is_multi_label
+from templates.multi_label import training_metrics as multi_label_metrics
 from templates.reproducibility import (
     epoch_seed,
     following_epochs,
@@ -146,7 +148,9 @@ def compile_classifier(
     learning_rate_multipliers: dict[str, float] | None = None,
     monitor: str = "val_accuracy",
 ):
-    """Compile ``model`` for integer class labels with Adam at ``learning_rate``.
+    """Compile ``model`` for integer class labels with Adam at ``learning_rate``; a
+    multi-label model (sigmoid outputs, `templates.multi_label.is_multi_label`) for
+    multi-hot targets: binary cross-entropy, exact-match ``accuracy``, micro and macro F1.
 
     Args:
         model: The model to compile.
@@ -168,13 +172,17 @@ def compile_classifier(
                                        momentum_schedule=momentum)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    model.compile(
-        optimizer=optimizer,
-        loss=LOSS,
+    if is_multi_label(model):
+        loss, metrics = "binary_crossentropy", multi_label_metrics()
+    else:
         # An instance, not the string "accuracy": its variables exist before the first
         # step is traced (see below).
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 *metrics_for(monitor, int(model.output_shape[-1]))],
+        loss, metrics = LOSS, [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                               *metrics_for(monitor, int(model.output_shape[-1]))]
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=metrics,
         jit_compile=_jit_compile_default if jit_compile is None else jit_compile,
     )
     # Without a distribution strategy, Keras creates the optimiser's and the metrics'

@@ -12,22 +12,30 @@ raw strings:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from templates.multi_label import THRESHOLDS_FILE
 from templates.saving import load_model, read_labels
 
 
 @dataclasses.dataclass
 class Prediction:
-    """One input's result: the top class, its probability, and every class's."""
+    """One input's result: the top class, its probability, and every class's.
+
+    For a multi-label model, ``labels`` holds every label whose probability reaches its
+    threshold (``{label: probability}``, most probable first), ``label`` joins them with
+    ``|`` (empty when there is none) and ``confidence`` is the highest probability.
+    """
 
     input: str
     label: str
     confidence: float
     probabilities: dict[str, float]
+    labels: dict[str, float] | None = None
 
 
 class Predictor:
@@ -56,6 +64,7 @@ class Predictor:
         else:
             model_path, folder = self.model_dir, os.path.dirname(self.model_dir)
         labels_path = os.path.join(folder, "labels.txt")
+        thresholds_path = os.path.join(folder, THRESHOLDS_FILE)
         if not os.path.isfile(model_path):
             raise ValueError(f"No model at {model_path!r}: pass a recipe output folder "
                              "(holding model.keras and labels.txt) or a .keras file.")
@@ -64,6 +73,16 @@ class Predictor:
                              "travel with the model (recipes write labels.txt).")
         self.model = load_model(model_path, safe_mode=safe_mode)
         self.class_names = read_labels(labels_path)
+        #: Per-label decision thresholds of a multi-label model (``thresholds.json``
+        #: beside it, chosen on validation data), else ``None``.
+        self.thresholds = None
+        if os.path.isfile(thresholds_path):
+            with open(thresholds_path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+            missing = [name for name in self.class_names if name not in saved]
+            if missing:
+                raise ValueError(f"{thresholds_path!r} has no threshold for {missing}.")
+            self.thresholds = [float(saved[name]) for name in self.class_names]
         outputs, dtype, shape = _signature(self.model)
         if outputs != len(self.class_names):
             raise ValueError(f"{labels_path!r} names {len(self.class_names)} classes but the "
@@ -106,15 +125,23 @@ class Predictor:
         return np.concatenate(rows)
 
     def predict(self, items: Sequence[str]) -> list[Prediction]:
-        """The top class and all probabilities for each image path or text."""
+        """The top class (multi-label: every label over its threshold) and all
+        probabilities for each image path or text."""
         items = list(items)
         probabilities = self.predict_probabilities(items)
         results = []
         for item, row in zip(items, probabilities):
             best = int(np.argmax(row))
-            results.append(Prediction(
-                input=str(item), label=self.class_names[best], confidence=float(row[best]),
-                probabilities={name: float(value) for name, value in zip(self.class_names, row)}))
+            every = {name: float(value) for name, value in zip(self.class_names, row)}
+            if self.thresholds is None:
+                results.append(Prediction(str(item), self.class_names[best], float(row[best]),
+                                          every))
+                continue
+            chosen = {self.class_names[index]: float(row[index])
+                      for index in np.argsort(-row, kind="stable")
+                      if row[index] >= self.thresholds[index]}
+            results.append(Prediction(str(item), "|".join(chosen), float(row[best]), every,
+                                      labels=chosen))
         return results
 
 

@@ -82,6 +82,7 @@ def pretrained_model(
     hidden_units: Sequence[int] = (),
     fine_tune_from: str | int | None = "default",
     class_names: Sequence[str] | None = None,
+    multi_label: bool = False,
 ) -> TransferModel:
     """Build a classifier from a registry backbone, frozen, with a new head.
 
@@ -104,6 +105,8 @@ def pretrained_model(
         fine_tune_from: First layer to unfreeze when fine-tuning. ``"default"`` takes
             the registry's layer, or the whole kept part when ``cut_at`` removed it.
         class_names: Optional class names, in label order.
+        multi_label: One sigmoid per class, for examples with any number of labels
+            (`templates.multi_label`), instead of a softmax.
 
     Returns:
         A `TransferModel` whose ``model`` takes float 0..255 RGB images of shape
@@ -116,12 +119,13 @@ def pretrained_model(
     if isinstance(backbone, str) and backbone.startswith("tfhub:"):
         return _tfhub_model(backbone[len("tfhub:"):], num_classes, weights, image_size,
                             alpha, cut_at, fine_tune_from, class_names,
-                            dict(dropout=dropout, hidden_units=hidden_units))
+                            dict(dropout=dropout, hidden_units=hidden_units,
+                                 multi_label=multi_label))
     if is_keras_hub(backbone):
         return _keras_hub_model(backbone, num_classes, weights, image_size, alpha, cut_at,
                                 fine_tune_from, class_names,
                                 dict(pooling=pooling, dropout=dropout,
-                                     hidden_units=hidden_units))
+                                     hidden_units=hidden_units, multi_label=multi_label))
     spec = get_backbone_spec(backbone)
     full = build_backbone(spec, weights=weights, image_size=image_size, alpha=alpha)
     reused = cut_backbone(full, cut_at)
@@ -131,7 +135,7 @@ def pretrained_model(
         fine_tune_from = spec.fine_tune_from if spec.fine_tune_from in names else None
     head = classification_head(
         reused.output_shape[1:], num_classes, pooling=pooling, dropout=dropout,
-        hidden_units=hidden_units,
+        hidden_units=hidden_units, multi_label=multi_label,
     )
     return TransferModel(
         backbone=reused,

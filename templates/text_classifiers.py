@@ -75,6 +75,7 @@ def text_head(
     dropout: float = 0.5,
     embedding_dropout: float = 0.0,
     name: str = "head",
+    multi_label: bool = False,
 ) -> keras.Model:
     """The new part of a text classifier: word-vector sequences to class probabilities.
 
@@ -91,6 +92,7 @@ def text_head(
         embedding_dropout: Rate of whole word-vector channels dropped at the input
             (`SpatialDropout1D`); a regulariser for small data.
         name: Model name.
+        multi_label: One sigmoid per class instead of a softmax (`templates.multi_label`).
 
     Returns:
         A functional model from ``(sequence_length, dimension)`` floats to
@@ -134,7 +136,8 @@ def text_head(
         hidden = ()
     feature_width = int(features.shape[-1])
     classifier = classification_head((feature_width,), num_classes, dropout=dropout,
-                                     hidden_units=hidden, name="classifier")
+                                     hidden_units=hidden, name="classifier",
+                                     multi_label=multi_label)
     return keras.Model(inputs, classifier(features), name=name)
 
 
@@ -171,6 +174,7 @@ def pretrained_text_classifier(
     class_names: Sequence[str] | None = None,
     trainable_rows: int | None = None,
     static_channel: bool = False,
+    multi_label: bool = False,
 ) -> TransferModel:
     """A text classifier whose embedding comes from pretrained word vectors.
 
@@ -192,6 +196,7 @@ def pretrained_text_classifier(
             training texts never showed (whose rows do not move) still meet the
             vectors their neighbours started from. The head reads ``2 * dimension``
             values per word.
+        multi_label: One sigmoid per class instead of a softmax (`templates.multi_label`).
 
     Returns:
         A `TransferModel` (``backbone`` = the embedding, frozen; ``head`` = the
@@ -213,7 +218,7 @@ def pretrained_text_classifier(
     width = dimension * (2 if static_channel else 1)
     head = text_head(sequence_length, width, num_classes, architecture, filters=filters,
                      kernel_sizes=kernel_sizes, units=units, dropout=dropout,
-                     embedding_dropout=embedding_dropout)
+                     embedding_dropout=embedding_dropout, multi_label=multi_label)
     return TransferModel(backbone, head, fine_tune_from=None, class_names=class_names,
                          name="text_classifier", input_name="token_ids")
 
@@ -233,6 +238,7 @@ def scratch_text_classifier(
     embedding_dropout: float = 0.0,
     trainable_rows: int | None = None,
     static_channel: bool = False,
+    multi_label: bool = False,
 ) -> keras.Model:
     """The same architecture with a randomly initialised, trainable embedding.
 
@@ -260,5 +266,5 @@ def scratch_text_classifier(
     backbone = embedding_backbone(sequence_length, layer)
     head = text_head(sequence_length, dimension, num_classes, architecture, filters=filters,
                      kernel_sizes=kernel_sizes, units=units, dropout=dropout,
-                     embedding_dropout=embedding_dropout)
+                     embedding_dropout=embedding_dropout, multi_label=multi_label)
     return keras.Model(backbone.inputs, head(backbone.outputs[0]), name="text_classifier_scratch")

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from templates.downloads import download_file
 from templates.epoch_shuffle import shuffle_each_epoch
+from templates.multi_label import multi_hot, split_labels
 from templates.tokenization import PUNCTUATION
 
 
@@ -176,17 +177,20 @@ def _read_directory(path: str, encoding: str) -> TextExamples:
 
 
 def encode_labels(
-    train: TextExamples, *others: TextExamples
+    train: TextExamples, *others: TextExamples, multi_label: bool = False,
 ) -> tuple[list[str], list[np.ndarray]]:
-    """Map string labels to integers, in sorted order of the training labels.
+    """Map string labels to integers, in sorted order of the training labels; with
+    ``multi_label``, each label string holds labels separated by ``|`` (``"sports|news"``)
+    and becomes a multi-hot row.
 
     Returns:
-        ``(class_names, [train_ids, *other_ids])``.
+        ``(class_names, [train_ids, *other_ids])`` (int32 ids, or float32 multi-hot rows).
 
     Raises:
         TextDataError: fewer than two classes, or a label absent from training.
     """
-    class_names = sorted(set(train.labels))
+    parse = split_labels if multi_label else (lambda label: [label])
+    class_names = sorted({name for label in train.labels for name in parse(label)})
     if len(class_names) < 2:
         raise TextDataError(
             f"{train.source}: a classifier needs at least two classes; found "
@@ -194,12 +198,15 @@ def encode_labels(
     index = {name: position for position, name in enumerate(class_names)}
     encoded = []
     for examples in (train, *others):
-        unknown = sorted(set(examples.labels) - set(index))
+        names = [parse(label) for label in examples.labels]
+        unknown = sorted({name for row in names for name in row} - set(index))
         if unknown:
             raise TextDataError(
                 f"{examples.source}: labels {unknown} never appear in the training data "
                 f"{train.source} (its labels: {class_names}).")
-        encoded.append(np.array([index[label] for label in examples.labels], dtype=np.int32))
+        ids = [[index[name] for name in row] for row in names]
+        encoded.append(multi_hot(ids, len(class_names)) if multi_label
+                       else np.array([row[0] for row in ids], dtype=np.int32))
     return class_names, encoded
 
 
@@ -240,7 +247,8 @@ class TextSplits:
     Attributes:
         train, validation, test: The examples of each split.
         class_names: The training labels, sorted; label ``i`` is ``class_names[i]``.
-        labels: ``{"train": ids, "validation": ids, "test": ids}`` (int32 arrays).
+        labels: ``{"train": ids, "validation": ids, "test": ids}`` (int32 arrays, or
+            float32 multi-hot rows for multi-label data).
         skipped: Every line or file left out, once: ``{"source", "where", "reason"}``.
         paths: The files or folders read (``None`` for a split taken off training).
     """
@@ -262,13 +270,15 @@ def load_text_splits(
     seed: int = 0,
     train_size: int | None = None,
     encoding: str = "utf-8",
+    multi_label: bool = False,
 ) -> TextSplits:
     """Read labelled texts into train / validation / test splits (the text counterpart
     of `templates.image_data.load_image_splits`).
 
     A missing test or validation set is split off the training data (a seeded
     ``validation_fraction`` each), before any subsetting, so the test set never changes
-    with ``train_size`` (a seeded subset of the training examples).
+    with ``train_size`` (a seeded subset of the training examples). ``multi_label``:
+    labels separated by ``|``, encoded as multi-hot rows (`encode_labels`).
 
     Raises:
         TextDataError: unreadable files, no usable example, fewer than two classes, or
@@ -288,7 +298,7 @@ def load_text_splits(
     if train_size:
         training = subset_examples(training, train_size, seed)
     class_names, (train_ids, validation_ids, test_ids) = encode_labels(
-        training, validating, testing)
+        training, validating, testing, multi_label=multi_label)
     skipped = [{"source": examples.source, "where": where, "reason": reason}
                for examples in (training, validating, testing)
                for where, reason in examples.skipped]

@@ -42,6 +42,7 @@ from templates.heads import classification_head
 from templates.hub import TFHUB_PREFIX, HubLayer
 from templates.keras_hub_models import PREFIX as KERAS_HUB_PREFIX
 from templates.keras_hub_models import import_keras_hub, load_from_preset
+from templates.multi_label import is_multi_label
 from templates.phases import unfreeze_from
 
 
@@ -178,7 +179,8 @@ class EncoderTransfer:
             backbone = keras_hub_text_backbone(encoder, self.sequence_length)
         width = int(backbone.output_shape[-1])
         head = classification_head((width,), int(self.model.output_shape[-1]),
-                                   dropout=self.head_dropout, name="scratch_head")
+                                   dropout=self.head_dropout, name="scratch_head",
+                                   multi_label=is_multi_label(self.head))
         backbone.trainable = True
         return keras.Model(backbone.inputs, head(backbone.outputs[0]),
                            name="text_encoder_classifier_scratch")
@@ -292,6 +294,7 @@ def pretrained_text_encoder(
     dropout: float = 0.1,
     class_names: Sequence[str] | None = None,
     load_weights: bool = True,
+    multi_label: bool = False,
 ) -> EncoderTransfer:
     """A text classifier reusing a pretrained sentence encoder, frozen, with a new head.
 
@@ -308,6 +311,7 @@ def pretrained_text_encoder(
         dropout: The head's dropout rate.
         class_names: Class names in label order.
         load_weights: ``False`` builds a keras-hub encoder with random weights.
+        multi_label: One sigmoid per class instead of a softmax (`templates.multi_label`).
 
     Returns:
         An `EncoderTransfer`, the encoder frozen.
@@ -342,7 +346,7 @@ def pretrained_text_encoder(
         source = KERAS_HUB_PREFIX + preset.strip()
     backbone.trainable = False
     head = classification_head((int(backbone.output_shape[-1]),), int(num_classes),
-                               dropout=dropout, name="head")
+                               dropout=dropout, name="head", multi_label=multi_label)
     return EncoderTransfer(backbone, head, encoder, preprocessor, source,
                            lora_rank=int(lora_rank) if lora_rank else None,
                            class_names=class_names)

@@ -51,6 +51,7 @@ from templates.learning_rates import (
     record_finding,
     scheduled,
 )
+from templates.multi_label import is_multi_label
 from templates.phases import (
     Transferable,
     compile_classifier,
@@ -63,7 +64,8 @@ from templates.phases import (
 )
 from templates.reports import merge_histories
 
-MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1")
+MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1",
+            "val_micro_f1")
 PHASES = ("head", "fine_tune")
 
 
@@ -321,6 +323,27 @@ class TransferRun:
                 "test_accuracy": self.test_accuracy, "plan": self.plan.to_dict()}
 
 
+def check_plan_fits(plan: TransferPlan, model: keras.Model) -> None:
+    """Refuse, by name, what a plan asks that the model's kind cannot do: class weights
+    and balanced accuracy need single labels; micro F1 is a multi-label score."""
+    multi = is_multi_label(model)
+    problems = [message for refused, message in (
+        (multi and plan.class_weight is not None,
+         "class_weight scales single-label examples; a multi-label model's examples "
+         "carry several labels"),
+        (multi and plan.monitor == "val_balanced_accuracy",
+         "val_balanced_accuracy is a single-label score; watch val_micro_f1, "
+         "val_macro_f1, val_accuracy (exact match) or val_loss"),
+        (not multi and plan.monitor == "val_micro_f1",
+         "val_micro_f1 is a multi-label score (for single labels it is the accuracy)"),
+        (multi and _is_multi_worker(getattr(model, "distribute_strategy", None)),
+         "a multi-label model does not train on the multi-worker loop (its loss and "
+         "metrics are single-label); train it on one machine"),
+    ) if refused]
+    if problems:
+        raise ValueError(f"TransferPlan does not fit {model.name}: {'; '.join(problems)}.")
+
+
 def steps_per_epoch(batches) -> int:
     """Batches per pass over ``batches``: its ``len`` or its known `tf.data` cardinality.
 
@@ -387,6 +410,7 @@ def run_transfer(
         A `TransferRun`.
     """
     plan = plan or TransferPlan()
+    check_plan_fits(plan, transfer.model)
     strategy = getattr(transfer.model, "distribute_strategy", None)
     if _is_multi_worker(strategy):
         return _run_multi_worker(transfer, strategy, train, validation, plan, checkpoints,

@@ -319,3 +319,43 @@ def test_labels_and_texts_from_csv_files(colour_data, subprocess_env, tmp_path):
     assert metrics["skipped_lines"] == [{"source": str(tmp_path / "train.csv"),
                                          "where": "line 92", "reason": "no label"}]
     assert metrics["test_accuracy"] >= 0.9
+
+
+def test_multi_label_texts(colour_data, subprocess_env, tmp_path):
+    # Walls painted in one or two colour families: every family present is a label.
+    # Test sentences use colour words training never shows: only the vectors know them.
+    generator = np.random.default_rng(1)
+    names = sorted(COLOURS)
+
+    def write(name, start, stop, count):
+        lines = []
+        for index in range(count):
+            chosen = sorted(generator.choice(names, size=1 + index % 2, replace=False))
+            words = [generator.choice(COLOURS[label][start:stop]) for label in chosen]
+            lines.append(f"{'|'.join(chosen)}\tthe wall is painted {' and '.join(words)}")
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return str(tmp_path / name)
+
+    out = tmp_path / "run"
+    result = run_recipe([
+        "--train", write("train.tsv", 0, 3, 180), "--validation", write("dev.tsv", 0, 3, 60),
+        "--test", write("test.tsv", 3, 6, 60), "--vectors", colour_data["vectors"],
+        "--multi-label", "--architecture", "pooled", "--epochs", "40",
+        "--fine-tune-epochs", "1", "--learning-rate", "0.01", "--batch-size", "16",
+        "--seed", "3", "--monitor", "val_micro_f1", "--compare-scratch",
+        "--output-dir", str(out)], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["class_names"] == names and metrics["plan"]["monitor"] == "val_micro_f1"
+    assert metrics["evaluation"]["micro_f1"] >= 0.9, metrics["evaluation"]
+    assert set(json.loads((out / "thresholds.json").read_text())) == set(names)
+    # The transfer report compares exact-match accuracy: the random embeddings never
+    # saw the test words.
+    assert metrics["transfer_report"]["test_accuracy"] > 0.3, metrics["transfer_report"]
+    predicted = subprocess.run(
+        [sys.executable, "-m", "recipes.predict", str(out), "--text",
+         "the wall is painted crimson and navy"], env=subprocess_env, capture_output=True,
+        text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    labels = predicted.stdout.strip().split("  ")[1:]
+    assert sorted(label.split()[0] for label in labels) == ["cool", "warm"], predicted.stdout
