@@ -153,6 +153,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                        help="balanced: weigh each training example's loss by the inverse "
                             "of its class's frequency (for imbalanced classes), in both "
                             "phases and the scratch run. Default none.")
+    group.add_argument("--label-smoothing", type=float, default=0.0, metavar="S",
+                       help="Train towards smoothed targets (the true class 1 - S + S / "
+                            "classes), in both phases and the scratch run. Default 0.")
     group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
                        default=restore_best,
                        help="End each phase with its best epoch's weights (by validation "
@@ -172,7 +175,8 @@ def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callb
 # Recipe options built on model.fit: a multi-worker run (a strategy.run loop) refuses them.
 FIT_ONLY_OPTIONS = ("--compare-scratch", "--reuse-sweep", "--augment",
                     "--discriminative-factor", "--export-tflite",
-                    "--assert-accuracy-at-least", "--test-time-flips", "--multi-label")
+                    "--assert-accuracy-at-least", "--test-time-flips", "--multi-label",
+                    "--label-smoothing")
 
 
 def start_multi_worker(args) -> None:
@@ -257,7 +261,7 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
         discriminative_factor=args.discriminative_factor, find_learning_rates=args.find_lr,
         finder_rule=getattr(args, "finder_rule", "minimum_over_10"),
         patience=args.patience, restore_best=args.restore_best, monitor=args.monitor,
-        seed=args.seed,
+        seed=args.seed, label_smoothing=getattr(args, "label_smoothing", 0.0),
         callbacks={phase: tensorboard_callbacks(args.tensorboard, phase)
                    for phase in ("head", "fine_tune")} if args.tensorboard else {},
     )

@@ -95,7 +95,8 @@ def train_from_scratch(
     if budget.schedule != "constant":
         rate = scheduled(rate, budget.schedule, epochs,
                          budget.steps_per_epoch or steps_per_epoch(train))
-    compile_classifier(model, rate, monitor=budget.monitor)
+    compile_classifier(model, rate, monitor=budget.monitor,
+                       label_smoothing=budget.label_smoothing)
     before = evaluate_accuracy(model, validation)
     extra = list(phase_callbacks(name)) if phase_callbacks is not None else []
     history = _scratch_phase(state, name, model, budget, seed, lambda callbacks: model.fit(

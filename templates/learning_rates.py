@@ -342,10 +342,9 @@ def find_learning_rate(
         raise ValueError(f"Unknown suggestion rule {rule!r}; choose from "
                          f"{', '.join(SUGGESTION_RULES)}.")
     if loss is None:
-        from templates.multi_label import is_multi_label
+        from templates.losses import classification_loss
 
-        loss = ("binary_crossentropy" if is_multi_label(model)
-                else "sparse_categorical_crossentropy")
+        loss = classification_loss(model)
     rates = sweep_rates(start_learning_rate, end_learning_rate, steps, smoothing)
     saved = [np.array(weight) for weight in model.get_weights()]
     build = optimizer or (lambda rate: keras.optimizers.Adam(learning_rate=rate))

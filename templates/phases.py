@@ -26,6 +26,7 @@ import numpy as np
 
 from templates.class_metrics import metrics_for
 from templates.learning_rates import DiscriminativeAdam, OneCycle
+from templates.losses import classification_loss
 from templates.batches import ShuffledArrays, array_batches
 from templates.layers import iterate_layers  # noqa: F401 (part of this module's API)
 from templates.multi_label import is_multi_label
@@ -36,8 +37,6 @@ from templates.reproducibility import (
     reseed_generators,
     set_epoch,
 )
-
-LOSS = "sparse_categorical_crossentropy"
 
 # XLA compilation of the train/test steps for every `compile_classifier` call that does
 # not choose for itself: "auto" is Keras's rule (on for GPU/TPU, off on CPU and under
@@ -147,6 +146,7 @@ def compile_classifier(
     jit_compile: Any = None,
     learning_rate_multipliers: dict[str, float] | None = None,
     monitor: str = "val_accuracy",
+    label_smoothing: float = 0.0,
 ):
     """Compile ``model`` for integer class labels with Adam at ``learning_rate``; a
     multi-label model (sigmoid outputs, `templates.multi_label.is_multi_label`) for
@@ -162,6 +162,7 @@ def compile_classifier(
             `DiscriminativeAdam`.
         monitor: What early stopping will watch: ``"val_balanced_accuracy"`` or
             ``"val_macro_f1"`` also compile that metric (`templates.class_metrics`).
+        label_smoothing: Smooth the targets (`templates.losses.classification_loss`).
     """
     # A one-cycle rate brings its momentum counter-cycle (Adam's beta_1).
     momentum = (learning_rate.momentum_schedule() if isinstance(learning_rate, OneCycle)
@@ -172,13 +173,14 @@ def compile_classifier(
                                        momentum_schedule=momentum)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    loss = classification_loss(model, label_smoothing)
     if is_multi_label(model):
-        loss, metrics = "binary_crossentropy", multi_label_metrics()
+        metrics = multi_label_metrics()
     else:
         # An instance, not the string "accuracy": its variables exist before the first
         # step is traced (see below).
-        loss, metrics = LOSS, [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                               *metrics_for(monitor, int(model.output_shape[-1]))]
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                   *metrics_for(monitor, int(model.output_shape[-1]))]
     model.compile(
         optimizer=optimizer,
         loss=loss,
@@ -307,6 +309,7 @@ def train_head(
     train_features: tuple[np.ndarray, np.ndarray] | None = None,
     class_weight: dict[int, float] | None = None,
     monitor: str = "val_accuracy",
+    label_smoothing: float = 0.0,
 ) -> keras.callbacks.History:
     """Phase 1: train the new head on top of the frozen reused part.
 
@@ -331,6 +334,7 @@ def train_head(
         class_weight: ``{label: weight}`` scaling each example's loss (e.g.
             `templates.transfer.balanced_class_weight`); ``None``: all 1.
         monitor: What the callbacks watch; compiles its metric (`compile_classifier`).
+        label_smoothing: Smooth the training targets (`templates.losses`).
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -348,7 +352,8 @@ def train_head(
     transfer.backbone.trainable = False
     if not cache_features:
         training_model = with_augmentation(transfer.model, augmentation)
-        compile_classifier(training_model, learning_rate, monitor=monitor)
+        compile_classifier(training_model, learning_rate, monitor=monitor,
+                           label_smoothing=label_smoothing)
         history = training_model.fit(
             train_data, validation_data=validation_data, epochs=epochs,
             callbacks=following_epochs(callbacks, train_data), shuffle=False,
@@ -366,7 +371,8 @@ def train_head(
             batch_size=max(batch_size, 256), shuffle=False)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    compile_classifier(transfer.head, learning_rate, monitor=monitor)
+    compile_classifier(transfer.head, learning_rate, monitor=monitor,
+                       label_smoothing=label_smoothing)
     # Epoch e's order depends only on (seed, e): a resumed run sees the same orders.
     batches = array_batches(train_features, train_labels, batch_size=batch_size, seed=seed)
     history = transfer.head.fit(
@@ -398,6 +404,7 @@ def fine_tune(
     learning_rate_multipliers: dict[str, float] | None = None,
     class_weight: dict[int, float] | None = None,
     monitor: str = "val_accuracy",
+    label_smoothing: float = 0.0,
 ) -> keras.callbacks.History:
     """Phase 2: unfreeze the top of the reused part and train end to end, gently.
 
@@ -419,6 +426,7 @@ def fine_tune(
             slower); ``None`` trains every unfrozen layer at ``learning_rate``.
         class_weight: ``{label: weight}`` scaling each example's loss; ``None``: all 1.
         monitor: What the callbacks watch; compiles its metric (`compile_classifier`).
+        label_smoothing: Smooth the training targets (`templates.losses`).
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -428,7 +436,8 @@ def fine_tune(
     unfreeze(transfer, from_layer)
     training_model = with_augmentation(transfer.model, augmentation)
     compile_classifier(training_model, learning_rate,
-                       learning_rate_multipliers=learning_rate_multipliers, monitor=monitor)
+                       learning_rate_multipliers=learning_rate_multipliers, monitor=monitor,
+                       label_smoothing=label_smoothing)
     history = training_model.fit(
         train_data, validation_data=validation_data, epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch, callbacks=following_epochs(callbacks, train_data),

@@ -35,6 +35,8 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     import templates.class_metrics  # noqa: F401  (metrics a --monitor compiled in)
     import templates.embeddings  # noqa: F401
     import templates.learning_rates  # noqa: F401  (schedules, discriminative optimisers)
+    import templates.losses  # noqa: F401  (label smoothing on integer labels)
+    import templates.multi_label  # noqa: F401  (exact-match accuracy)
     import templates.preprocessing  # noqa: F401
     import templates.flip_averaging  # noqa: F401  (flip averaging)
 

@@ -107,6 +107,9 @@ class TransferPlan:
         class_weight: ``{label: weight}`` scaling each training example's loss in both
             phases (and the scratch run of a comparison), e.g. `balanced_class_weight`
             for imbalanced classes; ``None``: every example counts 1.
+        label_smoothing: Train towards smoothed targets (the true class gets
+            ``1 - s + s / classes``; `templates.losses`) in both phases and the scratch
+            run of a comparison; 0: none. The finder sweeps the plain loss.
         augmented_views: With ``augmentation`` and ``cache_features``: the head trains
             on cached features of the originals and of K augmented views of every
             training example, extracted once (`templates.phases.head_training_features`);
@@ -135,6 +138,7 @@ class TransferPlan:
     seed: int = 0
     augmented_views: int = 0
     class_weight: dict[int, float] | None = None
+    label_smoothing: float = 0.0
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
     callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
@@ -161,6 +165,8 @@ class TransferPlan:
             (self.monitor in MONITORS,
              f"unknown monitor {self.monitor!r}; choose from {', '.join(MONITORS)}"),
             (self.seed >= 0, f"seed must be a non-negative integer; got {self.seed}"),
+            (0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
             (self.augmented_views >= 0,
              f"augmented_views must be 0 or more; got {self.augmented_views}"),
             (self.augmentation is None or not self.cache_features or self.augmented_views,
@@ -456,6 +462,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                    augmentation=None if views else plan.augmentation,
                    batch_size=plan.batch_size, seed=plan.seed, train_features=features,
                    class_weight=plan.class_weight, monitor=plan.monitor,
+                   label_smoothing=plan.label_smoothing,
                    callbacks=callbacks + list(plan.callbacks.get("head", [])),
                    verbose=verbose)))
     histories.append(history)
@@ -488,6 +495,7 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                       from_layer=from_layer, augmentation=plan.augmentation,
                       initial_epoch=head_epochs, learning_rate_multipliers=multipliers,
                       class_weight=plan.class_weight, monitor=plan.monitor,
+                      label_smoothing=plan.label_smoothing,
                       callbacks=callbacks + list(plan.callbacks.get("fine_tune", [])),
                       verbose=verbose)))
         histories.append(history)
@@ -601,6 +609,7 @@ def _run_multi_worker(transfer, strategy, train, validation, plan: TransferPlan,
         ("augmentation", plan.augmentation is not None),
         ("discriminative_factor", plan.discriminative_factor is not None),
         ("class_weight", plan.class_weight is not None),
+        ("label_smoothing", bool(plan.label_smoothing)),
         ("callbacks (other than TensorBoard)",
          sum(map(len, plan.callbacks.values())) > len(tensorboard)),
     ) if used]
