@@ -97,7 +97,6 @@ from templates.text_classifiers import (  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits, string_model  # noqa: E402
 from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
-from templates.transfer_report import MEASURES  # noqa: E402
 from templates.word2vec import develop_word_vectors  # noqa: E402
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
@@ -316,11 +315,7 @@ def run(args: argparse.Namespace, choice) -> int:
             title=f"{source} vectors vs random embeddings ({args.architecture})",
             state=state, verbose=2,
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-        summary = comparison.to_dict()
-        for key, side in (("pretrained", "transfer"), ("scratch", "scratch")):
-            metrics[key] = {**{measure: summary[side][measure] for measure in MEASURES},
-                            "validation_curve": getattr(comparison, side)[0].validation_curve}
-        metrics["transfer_report"] = summary["difference"]
+        metrics.update(comparison.metrics())
         print(comparison.summary_text())
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")

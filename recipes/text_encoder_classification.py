@@ -83,7 +83,6 @@ from templates.outputs import write_model_outputs  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits  # noqa: E402
 from templates.text_encoders import pretrained_text_encoder  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
-from templates.transfer_report import MEASURES  # noqa: E402
 
 FINE_TUNE_LEARNING_RATE = {"full": 5e-5, "lora": 5e-4}
 
@@ -220,10 +219,7 @@ def run(args: argparse.Namespace) -> int:
             args.output_dir, title=f"{transfer.source} vs the same encoder from scratch",
             state=state, verbose=2,
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-        summary = comparison.to_dict()
-        for key, side in (("pretrained", "transfer"), ("scratch", "scratch")):
-            metrics[key] = {measure: summary[side][measure] for measure in MEASURES}
-        metrics["transfer_report"] = summary["difference"]
+        metrics.update(comparison.metrics())
         print(comparison.summary_text())
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")

@@ -171,6 +171,17 @@ class TransferReport:
                      + ": the transferred model did worse than training from scratch there.")
         return text
 
+    def metrics(self) -> dict:
+        """What a recipe's ``metrics.json`` records of the report: ``pretrained`` and
+        ``scratch`` (each side's measures and its first run's validation curve) and
+        ``transfer_report`` (the differences)."""
+        return {
+            **{key: {**{measure: self.mean(side, measure) for measure in MEASURES},
+                     "validation_curve": list(getattr(self, side)[0].validation_curve)}
+               for key, side in (("pretrained", "transfer"), ("scratch", "scratch"))},
+            "transfer_report": self.differences(),
+        }
+
     def to_dict(self) -> dict:
         def side(which):
             return {
