@@ -119,10 +119,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
                         help="First backbone layer to unfreeze (a name, or an index such "
                         "as -20); the registry's choice by default.")
-    parser.add_argument("--augment", action="store_true",
-                        help="Random flips and rotations while fine-tuning, and for the "
-                        "head on --augmented-views cached views (through the backbone in "
-                        "the graph when there are none: slow).")
+    parser.add_argument("--augment", nargs="?", const="flip_rotate", default=None,
+                        choices=("flip_rotate", "randaugment"),
+                        help="Random flips and rotations (or flips and RandAugment: "
+                        "--augment randaugment) while fine-tuning, and for the head on "
+                        "--augmented-views cached views (through the backbone in the graph "
+                        "when there are none: slow).")
     parser.add_argument("--augmented-views", type=int, default=4, metavar="K",
                         help="With --augment: cache the backbone's features of K augmented "
                         "views of every training photo, once, and train the head on them "
@@ -203,8 +205,10 @@ def run(args: argparse.Namespace, choice) -> int:
     if args.augment:
         augmentation = keras.Sequential(
             [keras.layers.RandomFlip("horizontal", seed=args.seed),
+             keras.layers.RandAugment(value_range=(0, 255), seed=args.seed)
+             if args.augment == "randaugment" else
              keras.layers.RandomRotation(0.1, seed=args.seed)],
-            name="augmentation",
+            name=f"augmentation_{args.augment}",
         )
 
     # ## Training: the two phases, as one plan

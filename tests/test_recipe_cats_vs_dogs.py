@@ -341,3 +341,25 @@ def test_multi_label_collages_of_real_photos(cats_vs_dogs_dir, subprocess_env, t
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     line = predicted.stdout.strip().splitlines()[-1]
     assert "cats " in line and "dogs " in line and line.rstrip().endswith("%"), line
+
+
+def test_augmentation_policies_run_through_cached_views(subprocess_env, tmp_path):
+    # --augment (flips and rotations) and --augment randaugment, on a tiny keras-hub
+    # preset: the head trains on cached features of the augmented views, fine-tuning
+    # augments in the graph, and the plan records both.
+    from test_keras_hub_models import tiny_resnet_preset
+    from test_multi_worker import colour_photos
+
+    preset = tiny_resnet_preset(tmp_path / "preset")
+    colour_photos(tmp_path / "photos", per_class=8)
+    for policy in ([], ["randaugment"]):
+        out = tmp_path / f"run{len(policy)}"
+        result = run(["--data-dir", str(tmp_path / "photos"), "--backbone", f"keras_hub:{preset}",
+                      "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1",
+                      "--batch-size", "8", "--no-find-lr", "--augment", *policy,
+                      "--augmented-views", "2", "--output-dir", str(out)], subprocess_env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        plan = json.loads((out / "metrics.json").read_text())["plan"]
+        assert plan["augmented_views"] == 2
+        assert plan["augmentation"] == f"augmentation_{(policy or ['flip_rotate'])[0]}"
+        assert plan["cache_features"] is True
