@@ -56,6 +56,7 @@ from templates.backbones import (  # noqa: E402
 )
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
+    add_image_data_arguments,
     accuracy_gate,
     add_hardware_arguments,
     add_run_arguments,
@@ -93,19 +94,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         prog="python -m recipes.cats_vs_dogs",
         description="Cats vs dogs by transfer learning from a keras.applications backbone.",
     )
-    parser.add_argument("--data-dir", help="Folder with train/ and validation/ or test/ "
-                        "class folders, or class folders directly. Downloads "
-                        "cats_and_dogs_filtered when omitted.")
-    parser.add_argument("--test-dir", help="Folder of class folders used as the test set.")
-    parser.add_argument("--labels-csv", help="Instead of --data-dir: a CSV with path,label "
-                        "columns (paths relative to it); validation and test sets are split "
-                        "off it unless --validation-csv / --test-csv give them.")
-    parser.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
-    parser.add_argument("--test-csv", help="Test images as a path,label CSV.")
-    parser.add_argument("--multi-label", action="store_true",
-                        help="Any number of labels per image (with --labels-csv, labels "
-                        "separated by |): sigmoid outputs, per-label thresholds chosen on "
-                        "validation data (thresholds.json).")
+    add_image_data_arguments(parser)
     parser.add_argument("--backbone", default="MobileNetV2",
                         help="keras.applications constructor name (case-insensitive), or "
                         "keras_hub:PRESET (a keras-hub preset name or a local preset folder).")
@@ -132,7 +121,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-time-flips", action="store_true",
                         help="Average each photo's prediction with its mirror image's (twice "
                         "the inference time); the saved model does it too.")
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--reuse-sweep", type=int, default=0, metavar="N",
                         help="Also measure how much of the backbone to reuse: cut it at N "
                              "block ends (first to last), train a head on each for --epochs "

@@ -67,6 +67,7 @@ import keras  # noqa: E402
 
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
+    add_text_data_arguments,
     accuracy_gate,
     add_hardware_arguments,
     add_run_arguments,
@@ -106,12 +107,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         prog="python -m recipes.glove_text_classification",
         description="Text classification with pretrained word vectors (GloVe by default).",
     )
-    parser.add_argument("--train", help="Labelled training texts: a label<TAB>text file "
-                        "or a directory of class folders. Downloads SST-2 when omitted.")
-    parser.add_argument("--validation", help="Validation texts (same forms); split off "
-                        "the training data when omitted.")
-    parser.add_argument("--test", help="Test texts (same forms); split off the training "
-                        "data when omitted.")
+    add_text_data_arguments(parser)
     parser.add_argument("--vectors", default="glove.6B.50d",
                         help="Word vectors: a file (GloVe .txt/.zip, word2vec .bin/.txt, "
                         "fastText .vec), ARCHIVE.zip::MEMBER, glove.6B.{50,100,200,300}d, "
@@ -127,9 +123,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "gensim's wordsim353 pairs or its analogy questions.")
     parser.add_argument("--allow-unskilled", action="store_true",
                         help="Use developed vectors even when they do not beat random ones.")
-    parser.add_argument("--multi-label", action="store_true",
-                        help="Any number of labels per text, separated by | (sports|news): "
-                        "sigmoid outputs, per-label thresholds chosen on validation data.")
     parser.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                         help="Classifier on top of the embedding (default: Kim's CNN).")
     parser.add_argument("--filters", type=int, default=200,
@@ -151,13 +144,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "vocabulary (0: training words only).")
     parser.add_argument("--normalize-vectors", action=argparse.BooleanOptionalAction,
                         default=True, help="Scale pretrained vectors to unit length.")
-    parser.add_argument("--train-size", type=int, default=None,
-                        help="Train on a seeded random subset of N training examples.")
     parser.add_argument("--sequence-length", type=int, default=None,
                         help="Tokens per text; the 95th percentile of training lengths "
                         "when omitted.")
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
-    parser.add_argument("--encoding", default="utf-8", help="Encoding of the text files.")
     parser.add_argument("--words-with-spaces", action="store_true",
                         help="Vector file words may contain spaces (GloVe 840B).")
     parser.add_argument("--trust-pickle", action="store_true",

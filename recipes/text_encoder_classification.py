@@ -66,6 +66,7 @@ import keras  # noqa: E402
 from templates.backbones import WeightsUnavailableError  # noqa: E402
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
+    add_text_data_arguments,
     accuracy_gate,
     add_hardware_arguments,
     add_run_arguments,
@@ -77,7 +78,11 @@ from templates.cli import (  # noqa: E402
 from templates.comparison import report_against_scratch  # noqa: E402
 from templates.downloads import DownloadError  # noqa: E402
 from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import evaluation_report, evaluation_summary  # noqa: E402
+from templates.evaluation import (  # noqa: E402
+    evaluation_report,
+    evaluation_summary,
+    multi_label_evaluation,
+)
 from templates.files import write_json  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits  # noqa: E402
@@ -96,12 +101,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="A keras-hub text preset name (bert_tiny_en_uncased, "
                         "distil_bert_base_en_uncased, roberta_base_en...) or folder, or "
                         "tfhub:HANDLE_OR_DIR for a TF-Hub sentence-embedding module.")
-    parser.add_argument("--train", help="Labelled training texts: a label<TAB>text file "
-                        "or a directory of class folders. Downloads SST-2 when omitted.")
-    parser.add_argument("--validation", help="Validation texts (same forms); split off "
-                        "the training data when omitted.")
-    parser.add_argument("--test", help="Test texts (same forms); split off the training "
-                        "data when omitted.")
+    add_text_data_arguments(parser)
     parser.add_argument("--lora-rank", type=int, default=None, metavar="R",
                         help="Fine-tune rank-R LoRA adapters instead of every weight "
                         "(keras-hub presets).")
@@ -109,10 +109,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Tokens per text (keras-hub); fitted to 99%% of the training "
                         "texts when omitted.")
     parser.add_argument("--dropout", type=float, default=0.1, help="The head's dropout.")
-    parser.add_argument("--train-size", type=int, default=None,
-                        help="Train on a seeded random subset of N training examples.")
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
-    parser.add_argument("--encoding", default="utf-8", help="Encoding of the text files.")
     add_run_arguments(parser, "runs/text_encoder_classification", fine_tune_epochs=3,
                       fine_tune_learning_rate=None)
     add_training_arguments(parser)
@@ -151,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
              if args.train else download_sst2())
     splits = load_text_splits(paths["train"], paths["validation"], paths["test"],
                               args.validation_fraction, args.seed, args.train_size,
-                              args.encoding)
+                              args.encoding, multi_label=args.multi_label)
     class_names = splits.class_names
 
     # ## The encoder, frozen, with a new head
@@ -161,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     transfer = pretrained_text_encoder(
         args.preset, len(class_names), sequence_length=args.sequence_length,
         fit_texts=splits.train.texts, lora_rank=args.lora_rank, dropout=args.dropout,
-        class_names=class_names)
+        class_names=class_names, multi_label=args.multi_label)
     batches = {name: transfer.batches(getattr(splits, name).texts, splits.labels[name],
                                       args.batch_size, shuffle=name == "train", seed=args.seed)
                for name in ("train", "validation", "test")}
@@ -193,10 +189,15 @@ def run(args: argparse.Namespace) -> int:
     # front of the trained model, so users never rebuild the tokenisation.
     write_model_outputs(args.output_dir, transfer.string_classifier(), class_names,
                         run.history, title=f"Head and fine-tuning on {transfer.source}")
-    evaluation = evaluation_report(
-        transfer.model, batches["test"], class_names,
-        os.path.join(args.output_dir, "evaluation"), examples=splits.test.texts,
-        kind="text", title="Text classification")
+    if args.multi_label:  # each label's threshold chosen on validation (thresholds.json)
+        evaluation = multi_label_evaluation(
+            transfer.model, batches["validation"], batches["test"], class_names,
+            args.output_dir, splits.test.texts, "Text classification")
+    else:
+        evaluation = evaluation_report(
+            transfer.model, batches["test"], class_names,
+            os.path.join(args.output_dir, "evaluation"), examples=splits.test.texts,
+            kind="text", title="Text classification")
     metrics = {
         **run.metrics(), "encoder": transfer.source, "lora_rank": args.lora_rank,
         "sequence_length": transfer.sequence_length, "trainable_weights": trainable,

@@ -103,6 +103,53 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                             "set, else validation) is below X.")
 
 
+def add_text_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The text recipes' data flags: ``--train``, ``--validation``, ``--test`` (files
+    of ``label<TAB>text`` lines, ``text,label`` CSV files or class folders),
+    ``--train-size``, ``--validation-fraction``, ``--encoding`` and ``--multi-label``."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--train", help="Labelled training texts: a label<TAB>text file, a "
+                       "CSV with text,label columns, or a directory of class folders. "
+                       "Downloads SST-2 when omitted.")
+    group.add_argument("--validation", help="Validation texts (same forms); split off the "
+                       "training data when omitted.")
+    group.add_argument("--test", help="Test texts (same forms); split off the training data "
+                       "when omitted.")
+    group.add_argument("--train-size", type=int, default=None,
+                       help="Train on a seeded random subset of N training examples.")
+    group.add_argument("--validation-fraction", type=float, default=0.1,
+                       help="Share split off the training data for a missing validation "
+                       "or test set. Default 0.1.")
+    group.add_argument("--encoding", default="utf-8", help="Encoding of the text files.")
+    group.add_argument("--multi-label", action="store_true",
+                       help="Any number of labels per text, separated by | (sports|news): "
+                       "sigmoid outputs, per-label thresholds chosen on validation data "
+                       "(thresholds.json).")
+
+
+def add_image_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image recipe's data flags: class folders (``--data-dir``, ``--test-dir``) or
+    CSV files (``--labels-csv``, ``--validation-csv``, ``--test-csv``),
+    ``--validation-fraction`` and ``--multi-label``."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", help="Folder with train/ and validation/ or test/ "
+                       "class folders, or class folders directly. Downloads "
+                       "cats_and_dogs_filtered when omitted.")
+    group.add_argument("--test-dir", help="Folder of class folders used as the test set.")
+    group.add_argument("--labels-csv", help="Instead of --data-dir: a CSV with path,label "
+                       "columns (paths relative to it); validation and test sets are split "
+                       "off it unless --validation-csv / --test-csv give them.")
+    group.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
+    group.add_argument("--test-csv", help="Test images as a path,label CSV.")
+    group.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="Share split off the training images for validation (and, "
+                       "from a labels CSV without --test-csv, for testing). Default 0.2.")
+    group.add_argument("--multi-label", action="store_true",
+                       help="Any number of labels per image (with --labels-csv, labels "
+                       "separated by |): sigmoid outputs, per-label thresholds chosen on "
+                       "validation data (thresholds.json).")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                            restore_best: bool = True, schedule: str = "constant",
                            monitor: str = "val_accuracy", find_lr: bool = False,

@@ -177,6 +177,11 @@ def test_a_tfhub_text_module_is_frozen_then_fine_tuned(tmp_path):
         load_model(tmp_path / "model.keras")
     scratch = transfer.scratch_model(seed=0)
     assert len(scratch.trainable_weights) == len(transfer.model.weights)
+    # Multi-label: sigmoid outputs, for the scratch counterpart too.
+    from templates.multi_label import is_multi_label
+
+    tagged = pretrained_text_encoder(f"tfhub:{handle}", 3, multi_label=True)
+    assert is_multi_label(tagged.model) and is_multi_label(tagged.scratch_model(seed=0))
 
 
 def write_lines(path, texts, labels):
