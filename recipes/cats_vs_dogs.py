@@ -56,9 +56,9 @@ from templates.backbones import (  # noqa: E402
 )
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
-    add_image_data_arguments,
     accuracy_gate,
     add_hardware_arguments,
+    add_image_data_arguments,
     add_run_arguments,
     add_training_arguments,
     setup_hardware,
@@ -76,12 +76,12 @@ from templates.evaluation import (  # noqa: E402
     multi_label_evaluation,
 )
 from templates.files import write_json  # noqa: E402
+from templates.flip_averaging import flip_averaged, flip_scores  # noqa: E402
 from templates.image_data import image_dataset, load_image_splits  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.phases import batch_predictor  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
-from templates.flip_averaging import flip_averaged, flip_scores  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 
 

@@ -67,10 +67,10 @@ import keras  # noqa: E402
 
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
-    add_text_data_arguments,
     accuracy_gate,
     add_hardware_arguments,
     add_run_arguments,
+    add_text_data_arguments,
     add_training_arguments,
     setup_hardware,
     start_multi_worker,

@@ -66,10 +66,10 @@ import keras  # noqa: E402
 from templates.backbones import WeightsUnavailableError  # noqa: E402
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
-    add_text_data_arguments,
     accuracy_gate,
     add_hardware_arguments,
     add_run_arguments,
+    add_text_data_arguments,
     add_training_arguments,
     setup_hardware,
     tensorboard_callbacks,
