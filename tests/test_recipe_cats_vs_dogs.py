@@ -343,6 +343,7 @@ def test_multi_label_collages_of_real_photos(cats_vs_dogs_dir, subprocess_env, t
     assert "cats " in line and "dogs " in line and line.rstrip().endswith("%"), line
 
 
+@pytest.mark.acceptance  # two whole recipe runs
 def test_augmentation_policies_run_through_cached_views(subprocess_env, tmp_path):
     # --augment (flips and rotations) and --augment randaugment, on a tiny keras-hub
     # preset: the head trains on cached features of the augmented views, fine-tuning
