@@ -71,10 +71,6 @@ class TextPipelineClassifier(keras.Model):
     def call(self, texts, training=False):
         return self.classifier(self.preprocessor(texts), training=training)
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.classifier.output_shape[-1])
-
     def get_config(self):
         return {**super().get_config(),
                 "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
