@@ -68,6 +68,7 @@ def test_a_crashed_phase_resumes_at_the_next_epoch(tmp_path):
     assert not fresh.finished("head") and not os.listdir(tmp_path / "state")
 
 
+@pytest.mark.acceptance  # a whole recipe killed and resumed
 def test_recipe_killed_mid_training_resumes_without_repeating_epochs(subprocess_env, tmp_path):
     # Enough sentences for a BiLSTM epoch to take about a second on 2 cores.
     generator = np.random.default_rng(0)

@@ -108,6 +108,7 @@ def test_recipe_outputs_and_compare_scratch_on_multiclass_data(colour_data, subp
     np.testing.assert_allclose(served, model.predict(texts, verbose=0), atol=1e-5)
 
 
+@pytest.mark.acceptance  # whole recipe runs, the predictor and TFLite
 def test_training_options_evaluation_predictor_and_tflite(colour_data, subprocess_env,
                                                           tmp_path):
     """Issue 7 end to end on the text recipe: finder, schedule, discriminative rates,
@@ -321,6 +322,7 @@ def test_labels_and_texts_from_csv_files(colour_data, subprocess_env, tmp_path):
     assert metrics["test_accuracy"] >= 0.9
 
 
+@pytest.mark.acceptance  # the whole recipe, its scratch run and recipes.predict
 def test_multi_label_texts(colour_data, subprocess_env, tmp_path):
     # Walls painted in one or two colour families: every family present is a label.
     # Test sentences use colour words training never shows: only the vectors know them.
