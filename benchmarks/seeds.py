@@ -37,13 +37,17 @@ def figures(metrics: dict) -> dict[str, float]:
             found[key] = float(metrics[key])
         if metrics.get("without_flips", {}).get(key) is not None:  # --test-time-flips
             found[f"{key}_without_flips"] = float(metrics["without_flips"][key])
+    # The transfer report names its test score after its metric (test_accuracy, or
+    # test_micro_f1 when the run monitored val_micro_f1).
+    report = metrics.get("transfer_report", {})
+    test_key = next((key for key in report if key.startswith("test_")), "test_accuracy")
     if "scratch" in metrics and "pretrained" in metrics:
-        found["pretrained_test_accuracy"] = float(metrics["pretrained"]["test_accuracy"])
-        found["scratch_test_accuracy"] = float(metrics["scratch"]["test_accuracy"])
-        found["gain_over_scratch"] = (found["pretrained_test_accuracy"]
-                                      - found["scratch_test_accuracy"])
-    elif "transfer_report" in metrics and "test_accuracy" in metrics["transfer_report"]:
-        found["gain_over_scratch"] = float(metrics["transfer_report"]["test_accuracy"])
+        found[f"pretrained_{test_key}"] = float(metrics["pretrained"][test_key])
+        found[f"scratch_{test_key}"] = float(metrics["scratch"][test_key])
+        found["gain_over_scratch"] = (found[f"pretrained_{test_key}"]
+                                      - found[f"scratch_{test_key}"])
+    elif test_key in report:
+        found["gain_over_scratch"] = float(report[test_key])
     for key in ("transfer_test_accuracy", "scratch_test_accuracy"):  # the digits recipe
         if key in metrics:
             found[key] = float(metrics[key])

@@ -18,7 +18,7 @@ from templates.checkpoints import TrainingState
 from templates.files import atomic_path, write_json
 from templates.layers import iterate_layers
 from templates.learning_rates import scheduled
-from templates.phases import compile_classifier, evaluate_accuracy
+from templates.phases import compile_classifier, evaluate_scores
 from templates.pretrained import TransferModel
 from templates.reproducibility import following_epochs
 from templates.transfer import (
@@ -29,7 +29,12 @@ from templates.transfer import (
     run_transfer,
     steps_per_epoch,
 )
-from templates.transfer_report import CurveSummary, TransferReport, summarize_curve
+from templates.transfer_report import (
+    CurveSummary,
+    TransferReport,
+    report_metric,
+    summarize_curve,
+)
 
 
 # The comparison's budget is the transfer plan itself: the transferred model runs the
@@ -56,7 +61,8 @@ def train_transferred(
     phase_callbacks: PhaseCallbacks | None = None,
 ):
     """Run ``budget`` (a `TransferPlan`) on ``transfer`` with ``seed``; return
-    ``(start accuracy, validation curve, test accuracy)`` for a curve summary.
+    ``(start score, validation curve, test score)`` for a curve summary, on the
+    report's metric (`report_metric` of the plan's monitor: accuracy by default).
 
     Args:
         state: Checkpoints the phases (named ``NAME.head``, ``NAME.fine_tune``), so an
@@ -69,7 +75,8 @@ def train_transferred(
                                  phase_callbacks)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        name=name, measure_start=True, score_phases=False, verbose=verbose)
-    return run.start_accuracy, run.validation_curve, run.test_accuracy
+    metric = report_metric(plan.monitor)
+    return run.start_scores.get(metric), run.curve(metric), run.test_scores.get(metric)
 
 
 def train_from_scratch(
@@ -80,7 +87,8 @@ def train_from_scratch(
     """Train every layer of ``model`` (BatchNorm included) on the same budget.
 
     All ``head_epochs + fine_tune_epochs`` at ``learning_rate``, the plan's schedule
-    shaping the whole run, and its early-stopping rule.
+    shaping the whole run, and its early-stopping rule. Returns ``(start score,
+    validation curve, test score)`` on the report's metric, as `train_transferred`.
 
     Args:
         state: Checkpoints the run as phase ``name``, so it resumes when interrupted.
@@ -97,14 +105,15 @@ def train_from_scratch(
                          budget.steps_per_epoch or steps_per_epoch(train))
     compile_classifier(model, rate, monitor=budget.monitor,
                        label_smoothing=budget.label_smoothing)
-    before = evaluate_accuracy(model, validation)
+    metric = report_metric(budget.monitor)
+    before = evaluate_scores(model, validation)[metric]
     extra = list(phase_callbacks(name)) if phase_callbacks is not None else []
     history = _scratch_phase(state, name, model, budget, seed, lambda callbacks: model.fit(
         train, validation_data=validation, epochs=epochs,
         callbacks=following_epochs(callbacks + extra, train),
         shuffle=False, verbose=verbose, class_weight=budget.class_weight))
-    test_accuracy = evaluate_accuracy(model, test) if test is not None else None
-    return before, list(history.history["val_accuracy"]), test_accuracy
+    test_score = evaluate_scores(model, test)[metric] if test is not None else None
+    return before, list(history.history[f"val_{metric}"]), test_score
 
 
 def _scratch_phase(state, name, model, plan: TransferPlan, seed, train):
@@ -120,9 +129,11 @@ def _summary(state: TrainingState | None, name: str, train_run, slope_epochs: in
     """A run's `CurveSummary`: kept in ``state`` once finished, reused when resuming."""
     saved = state.result(name) if state is not None else None
     if saved is not None:
+        if "test_accuracy" in saved:  # saved before the report had a metric
+            saved["test_score"] = saved.pop("test_accuracy")
         return CurveSummary(**saved)
-    before, curve, test_accuracy = train_run()
-    summary = summarize_curve(curve, before, test_accuracy, slope_epochs)
+    before, curve, test_score = train_run()
+    summary = summarize_curve(curve, before, test_score, slope_epochs)
     if state is not None:
         state.save_result(name, dataclasses.asdict(summary))
     return summary
@@ -176,7 +187,8 @@ def compare_with_scratch(
         scratch.append(_summary(state, f"seed{seed}.scratch", scratch_run, slope_epochs))
         keras.backend.clear_session()
     return TransferReport(transferred, scratch, list(seeds),
-                          phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None)
+                          phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None,
+                          metric=report_metric(budget.monitor))
 
 
 def report_against_scratch(
@@ -216,11 +228,13 @@ def report_against_scratch(
     scratch_before, scratch_curve, scratch_test = train_from_scratch(
         scratch_model, train, validation, test, plan, verbose=verbose, state=state,
         seed=plan.seed, phase_callbacks=phase_callbacks)
+    metric = report_metric(plan.monitor)
     report = TransferReport(
-        transfer=[summarize_curve(run.validation_curve, run.start_accuracy,
-                                  run.test_accuracy)],
+        transfer=[summarize_curve(run.curve(metric), run.start_scores.get(metric),
+                                  run.test_scores.get(metric))],
         scratch=[summarize_curve(scratch_curve, scratch_before, scratch_test)],
         seeds=[plan.seed], phase_boundary=plan.head_epochs if plan.fine_tune_epochs else None,
+        metric=metric,
     )
     report.write_json(os.path.join(directory, "transfer_report.json"))
     report.plot(os.path.join(directory, "transfer_report.png"), title=title)

@@ -196,19 +196,28 @@ def compile_classifier(
         model.optimizer.build(model.trainable_variables)
 
 
-def evaluate_accuracy(model: keras.Model, data) -> float:
-    """Accuracy of ``model`` on ``(inputs, labels)`` arrays or on batches.
+def evaluate_scores(model: keras.Model, data, monitor: str = "val_accuracy") -> dict[str, float]:
+    """Every compiled metric of ``model`` on ``(inputs, labels)`` arrays or on batches
+    (``accuracy``, and e.g. ``macro_f1``), without the loss.
 
     A model that is not compiled (for example one whose weights a resumed run restored
-    from a finished phase, without training it) is compiled for evaluation first.
+    from a finished phase, without training it) is compiled for evaluation first, with
+    the metric ``monitor`` needs.
     """
     if not getattr(model, "compiled", False):
-        compile_classifier(model, 1e-3)  # the rate is never used: nothing trains here
+        # The rate is never used: nothing trains here.
+        compile_classifier(model, 1e-3, monitor=monitor)
     if isinstance(data, tuple) and len(data) == 2:
         result = model.evaluate(data[0], data[1], verbose=0, return_dict=True)
     else:
         result = model.evaluate(data, verbose=0, return_dict=True)
-    return float(result["accuracy"])
+    return {name: float(value) for name, value in result.items() if name != "loss"}
+
+
+def evaluate_accuracy(model: keras.Model, data) -> float:
+    """Accuracy of ``model`` on ``(inputs, labels)`` arrays or on batches (see
+    `evaluate_scores`)."""
+    return evaluate_scores(model, data)["accuracy"]
 
 
 def batch_predictor(model: keras.Model):

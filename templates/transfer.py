@@ -55,7 +55,7 @@ from templates.multi_label import is_multi_label
 from templates.phases import (
     Transferable,
     compile_classifier,
-    evaluate_accuracy,
+    evaluate_scores,
     find_fine_tune_learning_rate,
     find_head_learning_rate,
     fine_tune,
@@ -254,7 +254,8 @@ class PhaseResult:
             multi-worker loop, which runs both phases in one call, the last phase
             carries the whole run's time).
         learning_rate: The peak rate the phase trained at (the finder's, or the plan's).
-        scores: Accuracy after the phase (``val_accuracy``, ``test_accuracy``).
+        scores: Scores after the phase: ``val_accuracy``, ``test_accuracy`` and the
+            other compiled metrics (``val_macro_f1``...).
         restored: Whether the phase had finished in an earlier run.
         epochs_run: On the multi-worker loop, the epochs this call trained (a resumed
             run skips finished ones); empty on one machine.
@@ -280,6 +281,9 @@ class TransferRun:
             ``measure_start=True``).
         test_accuracy: Test accuracy at the end (when test data was given).
         plan: The plan that ran.
+        start_scores: Every compiled validation metric before any training
+            (``{"accuracy": ..., "macro_f1": ...}``; with ``measure_start=True``).
+        test_scores: Every compiled test metric at the end (when test data was given).
     """
 
     history: dict[str, list[float]]
@@ -287,6 +291,8 @@ class TransferRun:
     start_accuracy: float | None
     test_accuracy: float | None
     plan: TransferPlan
+    start_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def learning_rates(self) -> dict[str, float]:
@@ -296,7 +302,12 @@ class TransferRun:
     @property
     def validation_curve(self) -> list[float]:
         """Validation accuracy per epoch, both phases."""
-        return list(self.history.get("val_accuracy", []))
+        return self.curve("accuracy")
+
+    def curve(self, metric: str) -> list[float]:
+        """Validation ``metric`` (``"accuracy"``, ``"macro_f1"``...) per epoch, both
+        phases."""
+        return list(self.history.get(f"val_{metric}", []))
 
     def per_phase(self, key: str) -> dict[str, list[float]]:
         """``history[key]`` split by phase: ``{"head": [...], "fine_tune": [...]}``."""
@@ -326,7 +337,8 @@ class TransferRun:
                 "phases": {name: dataclasses.asdict(result)
                            for name, result in self.phases.items()},
                 "learning_rates": self.learning_rates, "start_accuracy": self.start_accuracy,
-                "test_accuracy": self.test_accuracy, "plan": self.plan.to_dict()}
+                "test_accuracy": self.test_accuracy, "start_scores": self.start_scores,
+                "test_scores": self.test_scores, "plan": self.plan.to_dict()}
 
 
 def check_plan_fits(plan: TransferPlan, model: keras.Model) -> None:
@@ -432,10 +444,10 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
     steps = None
     if plan.schedule != "constant":
         steps = plan.steps_per_epoch or steps_per_epoch(train)
-    start_accuracy = None
+    start_scores = {}
     if measure_start:
-        compile_classifier(transfer.model, plan.learning_rate)
-        start_accuracy = evaluate_accuracy(transfer.model, validation)
+        compile_classifier(transfer.model, plan.learning_rate, monitor=plan.monitor)
+        start_scores = evaluate_scores(transfer.model, validation)
 
     phases: dict[str, PhaseResult] = {}
     histories = []
@@ -504,21 +516,27 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
             learning_rate=rate, restored=restored,
             scores=_scores(transfer.model, validation, test) if score_phases else {})
 
-    test_accuracy = None
+    test_scores = {}
     if test is not None:
-        test_accuracy = (list(phases.values())[-1].scores.get("test_accuracy")
-                         if score_phases else evaluate_accuracy(transfer.model, test))
+        last = list(phases.values())[-1].scores
+        test_scores = ({name[len("test_"):]: value for name, value in last.items()
+                        if name.startswith("test_")}
+                       if score_phases else evaluate_scores(transfer.model, test))
     names = ["head", "fine-tuning"][:len(histories)]
     return TransferRun(history=merge_histories(list(zip(names, histories))), phases=phases,
-                       start_accuracy=start_accuracy, test_accuracy=test_accuracy, plan=plan)
+                       start_accuracy=start_scores.get("accuracy"),
+                       test_accuracy=test_scores.get("accuracy"), plan=plan,
+                       start_scores=start_scores, test_scores=test_scores)
 
 
 def _scores(model, validation, test) -> dict[str, float]:
+    """Every compiled metric on the validation and test data (``val_accuracy``,
+    ``test_accuracy``, ``test_macro_f1``...)."""
     scores = {}
-    if validation is not None:
-        scores["val_accuracy"] = evaluate_accuracy(model, validation)
-    if test is not None:
-        scores["test_accuracy"] = evaluate_accuracy(model, test)
+    for prefix, data in (("val", validation), ("test", test)):
+        if data is not None:
+            scores.update({f"{prefix}_{name}": value
+                           for name, value in evaluate_scores(model, data).items()})
     return scores
 
 
@@ -683,4 +701,5 @@ def _run_multi_worker(transfer, strategy, train, validation, plan: TransferPlan,
         history=merge_histories([(names[phase], {"loss": history.loss})
                                  for phase, history in histories.items()]),
         phases=phases, start_accuracy=None, test_accuracy=scores.get("test_accuracy"),
-        plan=plan)
+        plan=plan, test_scores={name[len("test_"):]: value for name, value in scores.items()
+                                if name.startswith("test_")})

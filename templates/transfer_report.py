@@ -15,6 +15,10 @@ seeds and optimiser:
 - **asymptote**: the best validation accuracy over the run, with the final test
   accuracy beside it.
 
+"Accuracy" above is the report's metric: accuracy by default, or the score early
+stopping watched (``report_metric("val_macro_f1")`` is ``"macro_f1"``: a multi-label or
+imbalanced task is judged on the score it was tuned for).
+
 A measure on which the transferred model is below scratch is reported as negative
 transfer, plainly, rather than hidden.
 """
@@ -29,21 +33,37 @@ import numpy as np
 
 from templates.files import atomic_path, write_json
 
-MEASURES = ("start", "slope", "asymptote", "test_accuracy")
+#: The scores a report can be made on: higher is better for each.
+REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1")
+
+
+def report_metric(monitor: str) -> str:
+    """The metric a transfer report compares for a run whose early stopping watched
+    ``monitor``: the monitored score without its ``val_`` prefix, or ``"accuracy"`` when
+    the monitor is the loss (a report measures skill, and its gains read as points)."""
+    name = monitor[len("val_"):] if monitor.startswith("val_") else monitor
+    if name == "loss":
+        return "accuracy"
+    if name not in REPORT_METRICS:
+        raise ValueError(f"No transfer report on {monitor!r}: it reports one of "
+                         f"{', '.join('val_' + metric for metric in REPORT_METRICS)} "
+                         "(or accuracy for val_loss).")
+    return name
 
 
 @dataclasses.dataclass
 class CurveSummary:
-    """The three measures of one learning curve.
+    """The three measures of one learning curve, on one metric (accuracy unless the
+    report says otherwise).
 
     Attributes:
-        before_training: Validation accuracy before any target training.
-        start: Validation accuracy after the first epoch.
-        slope: Mean validation accuracy over the first ``slope_epochs`` epochs.
-        gain_per_epoch: (accuracy at epoch k - before_training) / k.
-        asymptote: Best validation accuracy.
-        test_accuracy: Accuracy of the final model on the test set (or ``None``).
-        validation_curve: Validation accuracy per epoch (epoch 1 first).
+        before_training: Validation score before any target training.
+        start: Validation score after the first epoch.
+        slope: Mean validation score over the first ``slope_epochs`` epochs.
+        gain_per_epoch: (score at epoch k - before_training) / k.
+        asymptote: Best validation score.
+        test_score: Score of the final model on the test set (or ``None``).
+        validation_curve: Validation score per epoch (epoch 1 first).
         slope_epochs: The ``k`` the slope was computed over.
     """
 
@@ -52,7 +72,7 @@ class CurveSummary:
     slope: float
     gain_per_epoch: float
     asymptote: float
-    test_accuracy: float | None
+    test_score: float | None
     validation_curve: list[float]
     slope_epochs: int
 
@@ -60,15 +80,16 @@ class CurveSummary:
 def summarize_curve(
     validation_curve: Sequence[float],
     before_training: float,
-    test_accuracy: float | None = None,
+    test_score: float | None = None,
     slope_epochs: int = 3,
 ) -> CurveSummary:
-    """Compute start, slope and asymptote from one validation-accuracy curve.
+    """Compute start, slope and asymptote from one validation curve (accuracy, or the
+    report's metric).
 
     Args:
-        validation_curve: Validation accuracy after each epoch (at least one).
-        before_training: Validation accuracy before the first epoch.
-        test_accuracy: Final test accuracy, if measured.
+        validation_curve: Validation score after each epoch (at least one).
+        before_training: Validation score before the first epoch.
+        test_score: Final test score, if measured.
         slope_epochs: ``k``, the number of early epochs the slope looks at (capped at
             the curve's length).
     """
@@ -84,7 +105,7 @@ def summarize_curve(
         slope=float(np.mean(curve[:k])),
         gain_per_epoch=(curve[k - 1] - float(before_training)) / k,
         asymptote=float(max(curve)),
-        test_accuracy=None if test_accuracy is None else float(test_accuracy),
+        test_score=None if test_score is None else float(test_score),
         validation_curve=curve,
         slope_epochs=k,
     )
@@ -100,6 +121,8 @@ class TransferReport:
         seeds: The seeds, in the order of the summaries.
         phase_boundary: Epoch after which the transferred model started fine-tuning
             (``None`` when it had a single phase); marked on the plot.
+        metric: The score the curves hold (`report_metric`): ``"accuracy"``,
+            ``"balanced_accuracy"``, ``"macro_f1"`` or ``"micro_f1"``.
 
     Every summary must have been computed over the same slope window ``k``
     (`slope_epochs`), or the slopes would not be comparable.
@@ -109,8 +132,12 @@ class TransferReport:
     scratch: list[CurveSummary]
     seeds: list[int]
     phase_boundary: int | None = None
+    metric: str = "accuracy"
 
     def __post_init__(self):
+        if self.metric not in REPORT_METRICS:
+            raise ValueError(f"metric must be one of {REPORT_METRICS}; got {self.metric!r} "
+                             "(report_metric(monitor) gives it).")
         if not self.transfer or not self.scratch:
             raise ValueError("A transfer report needs at least one transfer and one scratch run.")
         windows = {summary.slope_epochs for summary in self.transfer + self.scratch}
@@ -126,20 +153,32 @@ class TransferReport:
         """``k``, the slope window shared by every run."""
         return self.transfer[0].slope_epochs
 
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The names the report compares: ``start``, ``slope``, ``asymptote`` and the
+        test score named after the metric (``test_accuracy``, ``test_macro_f1``...)."""
+        return ("start", "slope", "asymptote", f"test_{self.metric}")
+
+    def _values(self, which: str, measure: str) -> list[float]:
+        attribute = "test_score" if measure.startswith("test_") else measure
+        values = [getattr(summary, attribute) for summary in getattr(self, which)]
+        return [value for value in values if value is not None]
+
     def mean(self, which: str, measure: str) -> float | None:
-        values = [getattr(s, measure) for s in getattr(self, which)]
-        values = [v for v in values if v is not None]
+        """Mean over seeds of ``measure`` (one of `measures`, ``before_training`` or
+        ``gain_per_epoch``) for ``which`` side (``"transfer"`` or ``"scratch"``)."""
+        values = self._values(which, measure)
         return float(np.mean(values)) if values else None
 
     def std(self, which: str, measure: str) -> float | None:
-        values = [getattr(s, measure) for s in getattr(self, which)]
-        values = [v for v in values if v is not None]
+        """Standard deviation over seeds of ``measure`` (see `mean`)."""
+        values = self._values(which, measure)
         return float(np.std(values)) if values else None
 
     def differences(self) -> dict[str, float | None]:
         """Mean transfer minus mean scratch, per measure (positive: transfer helped)."""
         result = {}
-        for measure in MEASURES:
+        for measure in self.measures:
             transfer, scratch = self.mean("transfer", measure), self.mean("scratch", measure)
             result[measure] = None if None in (transfer, scratch) else transfer - scratch
         return result
@@ -165,7 +204,8 @@ class TransferReport:
         for measure, difference in self.differences().items():
             if difference is not None:
                 parts.append(f"{measure} {difference * 100:+.1f} points")
-        text = "Transfer vs scratch: " + ", ".join(parts) + "."
+        on = "" if self.metric == "accuracy" else f" (on {self.metric})"
+        text = f"Transfer vs scratch{on}: " + ", ".join(parts) + "."
         if self.negative_transfer:
             text += (" NEGATIVE TRANSFER on " + ", ".join(self.negative_transfer)
                      + ": the transferred model did worse than training from scratch there.")
@@ -176,7 +216,7 @@ class TransferReport:
         ``scratch`` (each side's measures and its first run's validation curve) and
         ``transfer_report`` (the differences)."""
         return {
-            **{key: {**{measure: self.mean(side, measure) for measure in MEASURES},
+            **{key: {**{measure: self.mean(side, measure) for measure in self.measures},
                      "validation_curve": list(getattr(self, side)[0].validation_curve)}
                for key, side in (("pretrained", "transfer"), ("scratch", "scratch"))},
             "transfer_report": self.differences(),
@@ -185,8 +225,8 @@ class TransferReport:
     def to_dict(self) -> dict:
         def side(which):
             return {
-                **{measure: self.mean(which, measure) for measure in MEASURES},
-                "std": {measure: self.std(which, measure) for measure in MEASURES},
+                **{measure: self.mean(which, measure) for measure in self.measures},
+                "std": {measure: self.std(which, measure) for measure in self.measures},
                 "before_training": self.mean(which, "before_training"),
                 "gain_per_epoch": self.mean(which, "gain_per_epoch"),
                 "runs": [dataclasses.asdict(s) for s in getattr(self, which)],
@@ -200,12 +240,13 @@ class TransferReport:
             "negative_transfer": self.negative_transfer,
             "summary": self.summary_text(),
             "seeds": list(self.seeds),
+            "metric": self.metric,
             "definitions": {
-                "start": "validation accuracy after the first target epoch",
-                "slope": f"mean validation accuracy over the first {self.slope_epochs} "
+                "start": f"validation {self.metric} after the first target epoch",
+                "slope": f"mean validation {self.metric} over the first {self.slope_epochs} "
                          "epochs (normalised area under the validation curve)",
-                "asymptote": "best validation accuracy over the run",
-                "test_accuracy": "test accuracy of the final model",
+                "asymptote": f"best validation {self.metric} over the run",
+                f"test_{self.metric}": f"test {self.metric} of the final model",
             },
             "slope_epochs": self.slope_epochs,
             "phase_boundary": self.phase_boundary,
@@ -245,14 +286,14 @@ class TransferReport:
         difference = self.differences()
         lines = [f"{measure}: {self.mean('transfer', measure):.3f} vs "
                  f"{self.mean('scratch', measure):.3f} ({difference[measure] * 100:+.1f})"
-                 for measure in MEASURES if difference[measure] is not None]
+                 for measure in self.measures if difference[measure] is not None]
         if self.negative_transfer:
             lines.append("NEGATIVE TRANSFER: " + ", ".join(self.negative_transfer))
         axis.text(0.98, 0.04, "transfer vs scratch\n" + "\n".join(lines),
                   transform=axis.transAxes, ha="right", va="bottom", fontsize=8,
                   family="monospace", bbox={"facecolor": "white", "alpha": 0.85})
         axis.set_xlabel("target epoch (0 = before training)")
-        axis.set_ylabel("validation accuracy")
+        axis.set_ylabel(f"validation {self.metric.replace('_', ' ')}")
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)

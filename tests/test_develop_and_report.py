@@ -170,13 +170,13 @@ def test_articulation_layers_are_the_valid_cut_points():
 
 
 def test_curve_summary_arithmetic():
-    summary = summarize_curve([0.5, 0.7, 0.8, 0.75], before_training=0.2, test_accuracy=0.78,
+    summary = summarize_curve([0.5, 0.7, 0.8, 0.75], before_training=0.2, test_score=0.78,
                               slope_epochs=3)
     assert summary.start == 0.5
     assert summary.slope == pytest.approx((0.5 + 0.7 + 0.8) / 3)
     assert summary.gain_per_epoch == pytest.approx((0.8 - 0.2) / 3)
     assert summary.asymptote == 0.8
-    assert summary.test_accuracy == 0.78
+    assert summary.test_score == 0.78
     assert summarize_curve([0.6], 0.1, slope_epochs=5).slope == 0.6
     with pytest.raises(ValueError):
         summarize_curve([], 0.1)
@@ -301,7 +301,7 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     # Reusing up to "pool" with seed 0 is the report's first transferred run, restored.
     pool = sweep["depths"][1]
     assert pool["test_accuracy"] == pytest.approx(
-        report["transfer"]["runs"][0]["test_accuracy"], abs=1e-6)
+        report["transfer"]["runs"][0]["test_score"], abs=1e-6)
     assert pool["best_val_accuracy"] == pytest.approx(
         report["transfer"]["runs"][0]["asymptote"], abs=1e-6)
     for name in ("transfer_report.png", "reuse_sweep.png", "source/source_model.keras",
@@ -310,7 +310,7 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     # The evaluation folder describes the first seed's transferred model.
     evaluation = json.loads((first / "evaluation" / "evaluation.json").read_text())
     assert evaluation["accuracy"] == pytest.approx(
-        report["transfer"]["runs"][0]["test_accuracy"], abs=1e-6)
+        report["transfer"]["runs"][0]["test_score"], abs=1e-6)
     assert evaluation["class_names"] == ["5", "6", "7", "8", "9"]
     for name in ("confusion_matrix.png", "grad_cam.png", "report.md"):
         assert (first / "evaluation" / name).is_file(), name

@@ -128,3 +128,36 @@ def test_what_a_multi_label_model_cannot_do_is_refused_by_name():
         run_transfer(transfer, data, data, TransferPlan(class_weight={0: 1.0, 1: 2.0}))
     with pytest.raises(ValueError, match="val_balanced_accuracy is a single-label score"):
         run_transfer(transfer, data, data, TransferPlan(monitor="val_balanced_accuracy"))
+
+
+def test_the_transfer_report_compares_the_monitored_metric(tmp_path):
+    from templates.comparison import report_against_scratch
+    from templates.transfer_report import report_metric
+
+    assert report_metric("val_micro_f1") == "micro_f1"
+    assert report_metric("val_loss") == "accuracy"  # a loss is not a skill in points
+    with pytest.raises(ValueError, match="No transfer report on 'val_auc'"):
+        report_metric("val_auc")
+    train = tf.data.Dataset.from_tensor_slices(colour_patches(128, 0)).batch(32)
+    validation = tf.data.Dataset.from_tensor_slices(colour_patches(64, 1)).batch(32)
+    test = tf.data.Dataset.from_tensor_slices(colour_patches(64, 2)).batch(32)
+    plan = TransferPlan(head_epochs=3, fine_tune_epochs=1, learning_rate=2e-2,
+                        fine_tune_learning_rate=1e-3, monitor="val_micro_f1", patience=0,
+                        seed=0)
+    run = run_transfer(tiny_transfer(), train, validation, plan, test=test,
+                       measure_start=True)
+    assert {"accuracy", "micro_f1", "macro_f1"} <= set(run.start_scores) <= set(run.test_scores)
+    report = report_against_scratch(run, tiny_transfer().model, train, validation, test,
+                                    tmp_path, title="colours")
+    assert report.metric == "micro_f1"
+    # The transferred side is the run's micro-F1 curve, not its exact-match accuracy.
+    transferred = report.transfer[0]
+    assert transferred.validation_curve == pytest.approx(run.history["val_micro_f1"])
+    assert transferred.validation_curve != pytest.approx(run.history["val_accuracy"])
+    assert transferred.before_training == pytest.approx(run.start_scores["micro_f1"])
+    assert transferred.test_score == pytest.approx(run.test_scores["micro_f1"])
+    assert len(report.scratch[0].validation_curve) == 4
+    written = json.loads((tmp_path / "transfer_report.json").read_text())
+    assert written["metric"] == "micro_f1"
+    assert set(written["difference"]) == {"start", "slope", "asymptote", "test_micro_f1"}
+    assert "(on micro_f1)" in written["summary"]
