@@ -351,9 +351,11 @@ def test_multi_label_texts(colour_data, subprocess_env, tmp_path):
     assert metrics["class_names"] == names and metrics["plan"]["monitor"] == "val_micro_f1"
     assert metrics["evaluation"]["micro_f1"] >= 0.9, metrics["evaluation"]
     assert set(json.loads((out / "thresholds.json").read_text())) == set(names)
-    # The transfer report compares exact-match accuracy: the random embeddings never
+    # The transfer report compares the monitored micro F1: the random embeddings never
     # saw the test words.
-    assert metrics["transfer_report"]["test_accuracy"] > 0.3, metrics["transfer_report"]
+    report = json.loads((out / "transfer_report.json").read_text())
+    assert report["metric"] == "micro_f1"
+    assert metrics["transfer_report"]["test_micro_f1"] > 0.25, metrics["transfer_report"]
     predicted = subprocess.run(
         [sys.executable, "-m", "recipes.predict", str(out), "--text",
          "the wall is painted crimson and navy"], env=subprocess_env, capture_output=True,
