@@ -139,6 +139,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--embedding-training", default="trainable", choices=TRAINABLE_MODES,
                         help="What fine-tuning may change: every row, only rows without a "
                         "pretrained vector (missing_only), or nothing (frozen).")
+    parser.add_argument("--anchor-strength", type=float, default=0.0,
+                        help="While fine-tuning, pull each used word vector towards its "
+                        "pretrained value (L2-SP; this times the mean squared distance is "
+                        "added to the loss). Default 0.")
     parser.add_argument("--extra-vocabulary", type=int, default=100000,
                         help="Add the N most frequent words of the vectors to the "
                         "vocabulary (0: training words only).")
@@ -223,10 +227,13 @@ def run(args: argparse.Namespace, choice) -> int:
                     "static_channel": args.multichannel, "multi_label": args.multi_label,
                     "embedding_dropout": args.embedding_dropout,
                     "trainable_rows": data.trainable_rows}
+    # --anchor-strength concerns pretrained vectors only: not part of `architecture`,
+    # which the scratch model shares.
     class_names = splits.class_names
     transfer = pretrained_text_classifier(
         data.matrix, len(class_names), data.sequence_length, args.architecture,
-        trainable_mode=args.embedding_training, class_names=class_names, **architecture)
+        trainable_mode=args.embedding_training, class_names=class_names,
+        anchor_strength=args.anchor_strength, **architecture)
 
     # ## Training: the two phases, as one plan
     # Phase 1: the head learns on frozen vectors (their output is cached, so a head

@@ -175,6 +175,7 @@ def pretrained_text_classifier(
     trainable_rows: int | None = None,
     static_channel: bool = False,
     multi_label: bool = False,
+    anchor_strength: float = 0.0,
 ) -> TransferModel:
     """A text classifier whose embedding comes from pretrained word vectors.
 
@@ -197,6 +198,8 @@ def pretrained_text_classifier(
             vectors their neighbours started from. The head reads ``2 * dimension``
             values per word.
         multi_label: One sigmoid per class instead of a softmax (`templates.multi_label`).
+        anchor_strength: Pull fine-tuned vectors back towards the pretrained ones
+            (`PretrainedEmbedding`; 0: no pull).
 
     Returns:
         A `TransferModel` (``backbone`` = the embedding, frozen; ``head`` = the
@@ -208,7 +211,8 @@ def pretrained_text_classifier(
     layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode=trainable_mode,
                                 matrix=embedding.matrix,
                                 pretrained_rows=embedding.pretrained_rows,
-                                trainable_rows=trainable_rows, name="embedding")
+                                trainable_rows=trainable_rows,
+                                anchor_strength=anchor_strength, name="embedding")
     static_layer = None
     if static_channel:
         static_layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode="frozen",

@@ -138,6 +138,33 @@ def test_rows_beyond_trainable_rows_stay_fixed_and_change_no_result(mode):
         PretrainedEmbedding(8, 4, trainable_rows=9)
 
 
+def test_anchor_strength_holds_tuned_vectors_near_their_pretrained_values(tmp_path):
+    matrix = np.random.default_rng(2).normal(size=(8, 4)).astype(np.float32)
+    ids = np.array([[1, 2, 4], [3, 4, 1], [2, 3, 0], [4, 4, 2]] * 4)
+    labels = np.array([0, 1, 0, 1] * 4)
+
+    def moved(strength):
+        keras.utils.set_random_seed(0)
+        layer = PretrainedEmbedding(8, 4, matrix=matrix, trainable_rows=6,
+                                    anchor_strength=strength)
+        model = tiny_model(layer)
+        model.fit(ids, labels, epochs=20, verbose=0, shuffle=False)
+        return layer, np.linalg.norm(layer.table()[1:5] - matrix[1:5], axis=1)
+
+    free, free_distance = moved(0.0)
+    held, held_distance = moved(10.0)
+    assert free.anchor is None and tuple(held.anchor.shape) == (6, 4)
+    assert (held_distance < 0.5 * free_distance).all(), (held_distance, free_distance)
+    np.testing.assert_array_equal(held.anchor.numpy(), matrix[:6])  # the anchor stays
+    # Inference adds no loss; the setting survives saving.
+    held(ids[:1], training=False)
+    assert not held.losses
+    clone = PretrainedEmbedding.from_config(held.get_config())
+    assert clone.anchor_strength == 10.0
+    with pytest.raises(ValueError, match="anchor_strength must be 0 or more"):
+        PretrainedEmbedding(8, 4, anchor_strength=-1)
+
+
 def test_a_split_scratch_table_starts_from_the_same_random_rows():
     def table(trainable_rows):
         keras.utils.set_random_seed(3)
