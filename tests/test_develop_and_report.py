@@ -207,6 +207,7 @@ def test_report_names_negative_transfer_and_averages_seeds(tmp_path):
         assert image.format == "PNG"
 
 
+@pytest.mark.acceptance  # a published result (docs/results.md), two seeds of real digits
 def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
     """A source network that learned random labels on noise, reused up to its dense
     layer: its features know nothing of strokes, and the report must say so plainly."""
