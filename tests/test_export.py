@@ -47,6 +47,19 @@ def test_quantised_exports_are_smaller_and_keep_their_accuracy(tmp_path):
     for mode, accuracy in accuracies.items():  # run by the interpreter, quantised
         assert accuracy >= keras_accuracy - 0.05, (mode, accuracies, keras_accuracy)
     assert (tmp_path / "labels.txt").read_text().split() == ["dark", "bright"]
+    # Where the bytes go (benchmarks.tflite_sizes): the parts add up to the file; only
+    # the quantised files carry quantisation parameters, int8 per channel of its
+    # weights and biases as well as per activation.
+    from benchmarks.tflite_sizes import size_breakdown
+
+    parts = {mode: size_breakdown(tmp_path / f"{mode}.tflite") for mode in TFLITE_MODES}
+    for mode, part in parts.items():
+        assert part["file_bytes"] == sizes[mode]
+        assert part["weight_bytes"] + part["quantization_bytes"] + part["name_bytes"] + part[
+            "other_bytes"] == sizes[mode]
+    assert parts["float32"]["quantization_bytes"] == parts["float16"]["quantization_bytes"] == 0
+    assert parts["float32"]["weight_bytes"] >= 4 * 200_000
+    assert parts["int8"]["quantized_channels"] > parts["dynamic"]["quantized_channels"] >= 16
 
     with pytest.raises(ValueError, match="representative_data"):
         export_tflite(model, tmp_path, mode="int8")
