@@ -46,6 +46,7 @@ def run_workers(env, output_dir, *arguments, timeout=300, recipe="recipes.multi_
             for index in range(2)]
 
 
+@pytest.mark.acceptance  # the whole loop recipe on two workers, killed and resumed
 def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
     out = tmp_path / "run"
     first = run_workers(subprocess_env, out, "--epochs", "3", "--tensorboard",

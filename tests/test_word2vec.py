@@ -118,6 +118,7 @@ def test_developed_vectors_initialise_a_classifier_that_reads_unseen_words(pairs
     assert predictions.argmax(axis=1).tolist() == [1, 1, 0, 0]
 
 
+@pytest.mark.acceptance  # a published result (docs/results.md) on real sentences
 def test_real_corpus_similarity_passes_and_analogies_refuse(sst2_dir, tmp_path):
     # word2vec on the 9,613 SST-2 sentences (labels unused): enough for word
     # similarity to beat random vectors on gensim's wordsim353 (0.134 vs 0.018), far
