@@ -209,7 +209,8 @@ class PretrainedEmbedding(keras.layers.Layer):
             `benchmarks.small_run_overheads`). ``None``: every row is in ``embeddings``.
         anchor_strength: While training, add ``anchor_strength`` times the mean squared
             distance between each looked-up trainable vector and its initial value
-            (over the batch's words, padding excluded) to the loss (0: no pull). The initial values are kept as a fixed weight.
+            (over the batch's words, padding excluded) to the loss (0: no pull). The
+            initial values are kept as a fixed weight, ``anchor``.
     """
 
     def __init__(

@@ -481,7 +481,8 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
     phases["head"] = PhaseResult(
         epochs=len(history.epoch), seconds=round(time.perf_counter() - started, 2),
         learning_rate=rate, restored=restored,
-        scores=_scores(transfer.model, validation, test) if score_phases else {})
+        scores=(_scores(transfer.model, validation, test, plan.monitor)
+                if score_phases else {}))
 
     # ## Phase 2: unfreeze the top of the reused part, BatchNorm frozen, lower rate.
     if plan.fine_tune_epochs > 0:
@@ -514,14 +515,15 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
         phases["fine_tune"] = PhaseResult(
             epochs=len(history.epoch), seconds=round(time.perf_counter() - started, 2),
             learning_rate=rate, restored=restored,
-            scores=_scores(transfer.model, validation, test) if score_phases else {})
+            scores=(_scores(transfer.model, validation, test, plan.monitor)
+                if score_phases else {}))
 
     test_scores = {}
     if test is not None:
         last = list(phases.values())[-1].scores
         test_scores = ({name[len("test_"):]: value for name, value in last.items()
                         if name.startswith("test_")}
-                       if score_phases else evaluate_scores(transfer.model, test))
+                       if score_phases else evaluate_scores(transfer.model, test, plan.monitor))
     names = ["head", "fine-tuning"][:len(histories)]
     return TransferRun(history=merge_histories(list(zip(names, histories))), phases=phases,
                        start_accuracy=start_scores.get("accuracy"),
@@ -529,14 +531,14 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
                        start_scores=start_scores, test_scores=test_scores)
 
 
-def _scores(model, validation, test) -> dict[str, float]:
+def _scores(model, validation, test, monitor: str) -> dict[str, float]:
     """Every compiled metric on the validation and test data (``val_accuracy``,
     ``test_accuracy``, ``test_macro_f1``...)."""
     scores = {}
     for prefix, data in (("val", validation), ("test", test)):
         if data is not None:
             scores.update({f"{prefix}_{name}": value
-                           for name, value in evaluate_scores(model, data).items()})
+                           for name, value in evaluate_scores(model, data, monitor).items()})
     return scores
 
 

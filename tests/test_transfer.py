@@ -246,3 +246,19 @@ def test_early_stopping_can_watch_balanced_accuracy_and_macro_f1():
         predicted = transfer.model.predict(x, verbose=0).argmax(axis=1)
         best = max(run.per_phase(monitor)["fine_tune"])
         assert best == pytest.approx(score(y, predicted), abs=1e-5), monitor
+
+
+def test_a_resumed_run_scores_the_monitored_metric_on_its_restored_model(tmp_path):
+    # Both phases finished before: the restored model is not compiled, and its test
+    # scores must still hold the monitored macro F1 the transfer report compares.
+    plan = TransferPlan(head_epochs=2, fine_tune_epochs=1, learning_rate=0.05,
+                        fine_tune_learning_rate=0.01, patience=0, monitor="val_macro_f1",
+                        seed=3)
+    first = run_transfer(small_transfer(), batches(), batches(64, seed=1), plan,
+                         checkpoints=tmp_path / "state", test=batches(64, seed=2))
+    again = run_transfer(small_transfer(seed=9), batches(), batches(64, seed=1), plan,
+                         checkpoints=tmp_path / "state", resume=True, test=batches(64, seed=2),
+                         score_phases=False)
+    assert all(result.restored for result in again.phases.values())
+    assert again.test_scores["macro_f1"] == pytest.approx(first.test_scores["macro_f1"])
+    assert first.phases["fine_tune"].scores["test_macro_f1"] == first.test_scores["macro_f1"]
