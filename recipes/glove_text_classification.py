@@ -227,8 +227,8 @@ def run(args: argparse.Namespace, choice) -> int:
                     "static_channel": args.multichannel, "multi_label": args.multi_label,
                     "embedding_dropout": args.embedding_dropout,
                     "trainable_rows": data.trainable_rows}
-    # --anchor-strength concerns pretrained vectors only: not part of `architecture`,
-    # which the scratch model shares.
+    # --anchor-strength pulls tuned vectors back towards GloVe's: the pretrained model's
+    # option only (the scratch model shares `architecture`, not that).
     class_names = splits.class_names
     transfer = pretrained_text_classifier(
         data.matrix, len(class_names), data.sequence_length, args.architecture,
