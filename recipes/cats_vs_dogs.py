@@ -281,7 +281,7 @@ def run(args: argparse.Namespace, choice) -> int:
             train, validation, test, args.output_dir, state=state,
             title=f"Cats vs dogs: {backbone} pretrained transfer vs scratch",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-        metrics["transfer_report"] = comparison.to_dict()["difference"]
+        metrics.update(comparison.metrics())
         print(comparison.summary_text())
     if args.reuse_sweep:
         # ## How much of the backbone to reuse

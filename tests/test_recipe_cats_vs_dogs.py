@@ -149,6 +149,9 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
     assert (tmp_path / "transfer_report.png").stat().st_size > 10_000
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["transfer_report"]) == {"start", "slope", "asymptote", "test_accuracy"}
+    # Both sides' measures, as the text recipes write them (TransferReport.metrics).
+    assert metrics["pretrained"]["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert len(metrics["scratch"]["validation_curve"]) == 4
     assert metrics["weights_sha256"] and "Transfer vs scratch" in result.stdout
     # Issue 4 acceptance on real photos: ImageNet transfer ahead on every measure.
     ahead = {measure: gain > 0 for measure, gain in metrics["transfer_report"].items()}
