@@ -277,9 +277,6 @@ class TransferRun:
         history: Per-epoch logs of both phases (`templates.reports.merge_histories`:
             ``epoch`` counted on across phases, ``phase``, one list per metric).
         phases: ``{"head": PhaseResult, "fine_tune": PhaseResult}``.
-        start_accuracy: Validation accuracy before any training (with
-            ``measure_start=True``).
-        test_accuracy: Test accuracy at the end (when test data was given).
         plan: The plan that ran.
         start_scores: Every compiled validation metric before any training
             (``{"accuracy": ..., "macro_f1": ...}``; with ``measure_start=True``).
@@ -288,11 +285,19 @@ class TransferRun:
 
     history: dict[str, list[float]]
     phases: dict[str, PhaseResult]
-    start_accuracy: float | None
-    test_accuracy: float | None
     plan: TransferPlan
     start_scores: dict[str, float] = dataclasses.field(default_factory=dict)
     test_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def start_accuracy(self) -> float | None:
+        """Validation accuracy before any training (with ``measure_start=True``)."""
+        return self.start_scores.get("accuracy")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """Test accuracy at the end (when test data was given)."""
+        return self.test_scores.get("accuracy")
 
     @property
     def learning_rates(self) -> dict[str, float]:
@@ -520,15 +525,11 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
 
     test_scores = {}
     if test is not None:
-        last = list(phases.values())[-1].scores
-        test_scores = ({name[len("test_"):]: value for name, value in last.items()
-                        if name.startswith("test_")}
-                       if score_phases else evaluate_scores(transfer.model, test, plan.monitor))
+        test_scores = (_test_part(list(phases.values())[-1].scores) if score_phases
+                       else evaluate_scores(transfer.model, test, plan.monitor))
     names = ["head", "fine-tuning"][:len(histories)]
     return TransferRun(history=merge_histories(list(zip(names, histories))), phases=phases,
-                       start_accuracy=start_scores.get("accuracy"),
-                       test_accuracy=test_scores.get("accuracy"), plan=plan,
-                       start_scores=start_scores, test_scores=test_scores)
+                       plan=plan, start_scores=start_scores, test_scores=test_scores)
 
 
 def _scores(model, validation, test, monitor: str) -> dict[str, float]:
@@ -540,6 +541,12 @@ def _scores(model, validation, test, monitor: str) -> dict[str, float]:
             scores.update({f"{prefix}_{name}": value
                            for name, value in evaluate_scores(model, data, monitor).items()})
     return scores
+
+
+def _test_part(scores: dict[str, float]) -> dict[str, float]:
+    """``{"accuracy": ...}`` from a phase's ``{"test_accuracy": ..., "val_...": ...}``."""
+    return {name[len("test_"):]: value for name, value in scores.items()
+            if name.startswith("test_")}
 
 
 def _shaped(rate: float, plan: TransferPlan, epochs: int, steps: int | None):
@@ -702,6 +709,4 @@ def _run_multi_worker(transfer, strategy, train, validation, plan: TransferPlan,
     return TransferRun(
         history=merge_histories([(names[phase], {"loss": history.loss})
                                  for phase, history in histories.items()]),
-        phases=phases, start_accuracy=None, test_accuracy=scores.get("test_accuracy"),
-        plan=plan, test_scores={name[len("test_"):]: value for name, value in scores.items()
-                                if name.startswith("test_")})
+        phases=phases, plan=plan, test_scores=_test_part(scores))
