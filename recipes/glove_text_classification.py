@@ -43,6 +43,8 @@ measured on SST-2 validation data: docs/results.md):
 * The vocabulary is the training words **plus the 100,000 most frequent GloVe words**:
   a frozen GloVe row places a test word never seen in training next to its synonyms,
   where a random row is noise. The vectors are **scaled to unit length**.
+* From 50,000 training words on, **word2vec trained on the training texts** (labels
+  unused) sits beside GloVe: each word gets both vectors, end to end.
 * The embedding is **frozen while the head learns** (its output is cached), then
   **unfrozen at half the head's rate for 6 epochs**: the image recipe's two phases.
 * A **Kim (2014) CNN** (200 filters of widths 3, 4, 5; 25% of the vector channels
@@ -98,7 +100,12 @@ from templates.text_classifiers import (  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits, string_model  # noqa: E402
 from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
-from templates.word2vec import develop_word_vectors  # noqa: E402
+from templates.word2vec import (  # noqa: E402
+    IN_DOMAIN_CHOICES,
+    IN_DOMAIN_MINIMUM_WORDS,
+    add_in_domain_vectors,
+    develop_word_vectors,
+)
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
 
@@ -123,6 +130,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "gensim's wordsim353 pairs or its analogy questions.")
     parser.add_argument("--allow-unskilled", action="store_true",
                         help="Use developed vectors even when they do not beat random ones.")
+    parser.add_argument("--in-domain-vectors", default="auto", choices=IN_DOMAIN_CHOICES,
+                        help="Also train word2vec on the training texts (labels unused) and "
+                        "put its vectors beside the pretrained ones. auto: when the "
+                        f"training texts hold at least {IN_DOMAIN_MINIMUM_WORDS:,} words "
+                        "(and --develop-vectors is not used).")
     parser.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                         help="Classifier on top of the embedding (default: Kim's CNN).")
     parser.add_argument("--filters", type=int, default=200,
@@ -212,6 +224,14 @@ def run(args: argparse.Namespace, choice) -> int:
     else:
         vectors = load_word_vectors(args.vectors, words_with_spaces=args.words_with_spaces,
                                     trust_pickle=args.trust_pickle)
+    # --in-domain-vectors: word2vec on the training texts (labels unused) beside the
+    # pretrained vectors, from 50,000 training words on (auto). --develop-vectors
+    # already is in-domain, so auto leaves it alone.
+    when = "off" if args.develop_vectors and args.in_domain_vectors == "auto" \
+        else args.in_domain_vectors
+    vectors, in_domain = add_in_domain_vectors(
+        vectors, splits.train.texts, when, seed=args.seed,
+        directory=os.path.join(args.output_dir, "in_domain"))
     data = tokenize_for_vectors(splits, vectors, args.sequence_length,
                                 args.extra_vocabulary, args.normalize_vectors, args.seed)
     print(data.summary())
@@ -259,6 +279,7 @@ def run(args: argparse.Namespace, choice) -> int:
             transfer.model, validation, test, class_names, args.output_dir,
             splits.test.texts, "Text classification", predict=predict)
     source = f"word2vec:{args.develop_vectors}" if args.develop_vectors else str(args.vectors)
+    source += " + in-domain word2vec" if in_domain else ""
     metadata = run_metadata(vectors=source, architecture=args.architecture,
                             data={key: value for key, value in splits.paths.items() if value},
                             seed=args.seed)

@@ -519,6 +519,44 @@ def keyed_vectors(words: Sequence[str], vectors: np.ndarray) -> KeyedVectors:
     return keyed
 
 
+def concatenate_word_vectors(*parts: KeyedVectors) -> KeyedVectors:
+    """Put several sets of word vectors side by side: one longer vector per word.
+
+    For example GloVe beside word2vec trained on the task's own texts: a word keeps
+    what each source knows about it. Each part is scaled to unit length first, so no
+    source outweighs another by the size of its numbers; a word missing from a part
+    gets zeros there. The words are the first part's, in its order (so "the N most
+    frequent words" still means the first part's), then the other parts' new words.
+
+    Args:
+        parts: Two or more `KeyedVectors` (from `load_word_vectors`,
+            `templates.word2vec.develop_word_vectors` or gensim).
+
+    Returns:
+        `KeyedVectors` of dimension ``sum(part.vector_size)``.
+    """
+    if len(parts) < 2:
+        raise ValueError(f"concatenate_word_vectors needs two or more sets of vectors; "
+                         f"got {len(parts)}.")
+    words = list(parts[0].index_to_key)
+    index = dict(zip(words, range(len(words))))
+    for part in parts[1:]:
+        for word in part.index_to_key:
+            if word not in index:
+                index[word] = len(words)
+                words.append(word)
+    matrix = np.zeros((len(words), sum(part.vector_size for part in parts)), np.float32)
+    column = 0
+    for part in parts:
+        rows = np.asarray(part.vectors, np.float32)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = rows / np.where(norms > 0, norms, 1.0)
+        matrix[[index[word] for word in part.index_to_key],
+               column:column + part.vector_size] = rows
+        column += part.vector_size
+    return keyed_vectors(words, matrix)
+
+
 # --------------------------------------------------------------------------- cache
 
 

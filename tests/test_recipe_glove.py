@@ -108,6 +108,35 @@ def test_recipe_outputs_and_compare_scratch_on_multiclass_data(colour_data, subp
     np.testing.assert_allclose(served, model.predict(texts, verbose=0), atol=1e-5)
 
 
+def test_in_domain_vectors_sit_beside_the_pretrained_ones(colour_data, subprocess_env,
+                                                       tmp_path):
+    out = tmp_path / "run"
+    arguments = [
+        "--train", colour_data["train"], "--validation", colour_data["validation"],
+        "--test", colour_data["test"], "--vectors", colour_data["vectors"],
+        "--architecture", "pooled", "--epochs", "25", "--fine-tune-epochs", "1",
+        "--learning-rate", "0.01", "--batch-size", "16", "--seed", "3",
+        "--output-dir", str(out)]
+    result = run_recipe(arguments + ["--in-domain-vectors", "on"], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["vectors"] == colour_data["vectors"] + " + in-domain word2vec"
+    assert (out / "in_domain" / "word2vec.txt").is_file()
+    # 12 GloVe-style dimensions + 50 of word2vec on the training sentences; the test's
+    # colour words never occur in training, so only their pretrained half places them.
+    model = load_model(out / "model.keras")
+    embedding = next(layer for layer in model._flatten_layers()
+                     if layer.__class__.__name__ == "PretrainedEmbedding")
+    assert embedding.output_dim == 62
+    assert metrics["test_accuracy"] >= 0.9
+    # auto: 90 short training sentences are far below the word count that pays.
+    auto = run_recipe(arguments[:-1] + [str(tmp_path / "auto")], subprocess_env)
+    assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]
+    assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["vectors"] == (
+        colour_data["vectors"])
+    assert not (tmp_path / "auto" / "in_domain").exists()
+
+
 @pytest.mark.acceptance  # whole recipe runs, the predictor and TFLite
 def test_training_options_evaluation_predictor_and_tflite(colour_data, subprocess_env,
                                                           tmp_path):
@@ -212,14 +241,15 @@ def test_offline_without_data_names_the_flags(subprocess_env, tmp_path):
 # The acceptance seeds. The defaults were chosen on seeds 11-13 (docs/results.md), never
 # on these, and every figure asserted is a mean over all of them.
 SEEDS = (1, 2, 3)
-# Full SST-2 with glove.6B.50d: over the 6 seeds measured (11-13 to choose, 1-3 here)
-# the test accuracy is 0.816 on average (0.808-0.824, sd 0.006) and the gain over random
-# embeddings +1.4 points (-0.4 to +2.8, sd 1.2). A 3-seed mean then has a spread of about
-# 0.35 points (accuracy) and 0.7 points (gain): the bars sit about 3 and 2 of those below
-# the population means. The target (0.82 and +1 point) is not reached with 50d
-# vectors; docs/results.md has the measurements.
-FULL_SST2_MEAN_BAR = 0.805
-FULL_SST2_GAIN_BAR = 0.0
+# Full SST-2, the defaults (glove.6B.50d + word2vec trained on the training sentences):
+# over the 6 seeds measured (11-13 to choose, 1-3 here) the test accuracy is 0.822 on
+# average (0.812-0.829, sd 0.007) and the gain over random embeddings +2.1 points (+0.1
+# to +4.5, sd 1.4). A 3-seed mean then has a spread of about 0.4 points (accuracy) and
+# 0.8 points (gain); the bars sit about 2 of those below the population means, so a
+# landing does not hang on rounding. Measured on seeds 1-3: 0.8215 and +1.3 points, the
+# issue's target (0.82 and +1 point); docs/results.md has the measurements.
+FULL_SST2_MEAN_BAR = 0.815
+FULL_SST2_GAIN_BAR = 0.005
 
 
 def sst2_run(sst2_dir, out, env, *extra, compare=True):
@@ -249,6 +279,7 @@ def test_glove_beats_random_embeddings_on_1000_sst2_sentences(sst2_dir, subproce
     runs, glove, scratch = over_seeds(sst2_dir, tmp_path, subprocess_env,
                                       "--train-size", "1000")
     assert all(run["examples"]["train"] == 1000 for run in runs)
+    assert all(run["vectors"] == "glove.6B.50d" for run in runs)  # too few words for word2vec
     assert (glove - scratch).mean() >= 0.03, (glove, scratch)
     # --find-lr finishes every time and stays within half a point of the defaults
     # (measured: 0.757 against 0.753; the rule, minimum / 10, was chosen on seeds 11-13).
@@ -264,6 +295,8 @@ def test_full_sst2_mean_accuracy_and_gain_over_random_embeddings(sst2_dir, subpr
                                                                   tmp_path):
     runs, glove, scratch = over_seeds(sst2_dir, tmp_path, subprocess_env)
     assert all(run["examples"]["train"] == 6920 for run in runs)
+    # 135,000 training words: --in-domain-vectors auto puts word2vec beside GloVe.
+    assert all(run["vectors"] == "glove.6B.50d + in-domain word2vec" for run in runs)
     # Bars and the measurements behind them: docs/results.md, "SST-2, all sentences".
     assert glove.mean() >= FULL_SST2_MEAN_BAR, (glove, scratch)
     assert (glove - scratch).mean() >= FULL_SST2_GAIN_BAR, (glove, scratch)

@@ -13,7 +13,10 @@ from templates.phases import train_head
 from templates.text_classifiers import pretrained_text_classifier
 from templates.text_data import build_vectorizer, token_dataset, vectorize
 from templates.tokenization import tokenize
+from templates.word_vectors import keyed_vectors
 from templates.word2vec import (
+    IN_DOMAIN_MINIMUM_WORDS,
+    add_in_domain_vectors,
     develop_word_vectors,
     random_vectors_like,
     read_corpus,
@@ -96,6 +99,41 @@ def test_too_few_known_pairs_cannot_judge(tmp_path):
     with pytest.raises(ValueError, match="cannot judge"):
         develop_word_vectors([["alpha", "beta", "gamma"]] * 50, vector_size=8, min_count=1,
                              epochs=1)
+
+
+def test_unchecked_vectors_for_downstream_judging_are_saved_and_reused(tmp_path):
+    # evaluation=None: no word-similarity verdict (a corpus this small could not be
+    # judged at all), the vectors are still saved and reused for the same corpus.
+    corpus = [["alpha", "beta", "gamma"]] * 50
+    vectors, check = develop_word_vectors(corpus, vector_size=8, min_count=1, epochs=1,
+                                          evaluation=None, directory=tmp_path)
+    assert check is None and vectors.vector_size == 8
+    assert not (tmp_path / "word2vec_check.json").exists()
+    saved_at = (tmp_path / "word2vec.txt").stat().st_mtime_ns
+    again, _ = develop_word_vectors(corpus, vector_size=8, min_count=1, epochs=1,
+                                    evaluation=None, directory=tmp_path)
+    assert (tmp_path / "word2vec.txt").stat().st_mtime_ns == saved_at
+    np.testing.assert_allclose(np.asarray(again["beta"]), vectors["beta"], rtol=1e-5)
+    # Asking for the check afterwards trains and judges (it cannot judge these).
+    with pytest.raises(ValueError, match="cannot judge"):
+        develop_word_vectors(corpus, vector_size=8, min_count=1, epochs=1,
+                             directory=tmp_path)
+
+
+def test_in_domain_vectors_are_added_from_enough_words_on(tmp_path):
+    pretrained = keyed_vectors(["good", "bread"], np.eye(2, 3, dtype=np.float32))
+    texts = [" ".join(sentence) for sentence in topic_corpus(sentences=400)]  # 3,200 words
+    unchanged, added = add_in_domain_vectors(pretrained, texts, "auto")
+    assert unchanged is pretrained and not added  # below IN_DOMAIN_MINIMUM_WORDS
+    assert add_in_domain_vectors(pretrained, texts * 20, "off") == (pretrained, False)
+    both, added = add_in_domain_vectors(pretrained, texts * 20, "auto", directory=tmp_path)
+    assert added and 20 * 3200 >= IN_DOMAIN_MINIMUM_WORDS
+    assert both.vector_size == 3 + 50 and (tmp_path / "word2vec.txt").is_file()
+    assert both.index_to_key[:2] == ["good", "bread"] and "soup" in both.key_to_index
+    forced, added = add_in_domain_vectors(pretrained, texts, "on")
+    assert added and forced.vector_size == 53
+    with pytest.raises(ValueError, match="when must be one of"):
+        add_in_domain_vectors(pretrained, texts, "always")
 
 
 def test_developed_vectors_initialise_a_classifier_that_reads_unseen_words(pairs_file):

@@ -10,7 +10,12 @@ import pytest
 from gensim.models import KeyedVectors
 
 from templates.downloads import DownloadError
-from templates.word_vectors import VectorFileError, keyed_vectors, load_word_vectors
+from templates.word_vectors import (
+    VectorFileError,
+    concatenate_word_vectors,
+    keyed_vectors,
+    load_word_vectors,
+)
 
 WORDS = ["the", "cat", "sat", "on", "mat", "Dog"]
 
@@ -231,3 +236,24 @@ def test_keyed_vectors_behave_like_gensim(tmp_path):
     assert nearest == "sat"
     assert keyed.has_index_for("Dog") and not keyed.has_index_for("dog")
     np.testing.assert_array_equal(keyed["mat"], matrix[4])
+
+
+def test_concatenated_vectors_keep_each_source_at_unit_length_and_the_first_order():
+    glove = keyed_vectors(WORDS[:4], vectors(3)[:4] * 5.0)  # long vectors
+    in_domain = keyed_vectors(["mat", "cat", "purred"], vectors(2, seed=1)[:3] * 0.1)
+    both = concatenate_word_vectors(glove, in_domain)
+    # The first source's words, in its order (its "most frequent words" stay first),
+    # then the new words of the second.
+    assert both.index_to_key == ["the", "cat", "sat", "on", "mat", "purred"]
+    assert both.vector_size == 5
+    parts = np.asarray(both.vectors)
+    norms = np.linalg.norm(parts[:, :3], axis=1), np.linalg.norm(parts[:, 3:], axis=1)
+    np.testing.assert_allclose(norms[0], [1, 1, 1, 1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(norms[1], [0, 1, 0, 0, 1, 1], atol=1e-6)
+    # Each part points where its source's vector points.
+    cat = both["cat"]
+    np.testing.assert_allclose(cat[:3] * np.linalg.norm(glove["cat"]), glove["cat"], rtol=1e-5)
+    np.testing.assert_allclose(cat[3:] * np.linalg.norm(in_domain["cat"]), in_domain["cat"],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="two or more"):
+        concatenate_word_vectors(glove)
