@@ -232,6 +232,9 @@ def run(args: argparse.Namespace, choice) -> int:
     vectors, in_domain = add_in_domain_vectors(
         vectors, splits.train.texts, when, seed=args.seed,
         directory=os.path.join(args.output_dir, "in_domain"))
+    if in_domain:
+        print(f"word2vec on the training texts beside the pretrained vectors: "
+              f"{vectors.vector_size} dimensions per word.")
     data = tokenize_for_vectors(splits, vectors, args.sequence_length,
                                 args.extra_vocabulary, args.normalize_vectors, args.seed)
     print(data.summary())

@@ -234,7 +234,7 @@ def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
         array_batches(*data["validation"], batch_size=256, shuffle=False),
         array_batches(*data["test"], batch_size=256, shuffle=False),
         budget=plan, seeds=[0, 1], slope_epochs=5)
-    # Measured: start -11.7, slope -23.8, asymptote -4.0 points.
+    # Measured: start -2.8, slope -22.1, asymptote -2.1 points.
     assert {"start", "slope", "asymptote"} <= set(report.negative_transfer)
     assert "NEGATIVE TRANSFER on start, slope, asymptote" in report.summary_text()
 
@@ -261,13 +261,13 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     """The recipe with its defaults over 5 seeds (issue 15, section 5), then one seed
     killed mid-way and resumed: the same report.
 
-    Transfer must be ahead of scratch on start and slope on each of the 5 seeds, by more
-    than the seed-to-seed spread on average, and not behind on the asymptote by more
-    than that spread. The design (a source model trained on shifted scans) was chosen on
-    the split of seed 10; on six splits (seeds 0, 10, 20, 30, 40, 50, five seeds each)
-    start and slope were ahead on every seed, while the asymptote was ahead on every
-    seed on one split only (this one, seed 0: +3.9 points) and level within the spread
-    on the others (docs/results.md), so the test does not claim more.
+    Transfer must be ahead of scratch on start, slope and asymptote on each of the 5
+    seeds, and by more than the seed-to-seed spread on average. The design (an
+    odd-vs-even source task on the scans the target does not use, 80 validation scans
+    per class) was chosen on the splits of seeds 10-50, never this one (seed 0): there
+    22 of 25 seeds were ahead on all three measures (one asymptote level, two starts
+    behind by under 2.5 points), against 16 of 25 with the design before
+    (docs/results.md has every split).
 
     This is also the reproducibility check: two runs with the same seed (one of them
     interrupted) must write identical reports.
@@ -291,11 +291,9 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
         assert len(report[side]["runs"]) == 5
         assert len(report[side]["runs"][0]["validation_curve"]) == 15
     assert report["seeds"] == [0, 1, 2, 3, 4]
-    for measure in ("start", "slope"):
+    for measure in ("start", "slope", "asymptote"):
         gains, spread = per_seed_gains(report, measure)
         assert gains.min() > 0 and gains.mean() > spread, (measure, gains, spread)
-    gains, spread = per_seed_gains(report, "asymptote")
-    assert gains.mean() > -spread, (gains, spread)
     assert "Transfer vs scratch" in result.stdout
     sweep = json.loads((first / "reuse_sweep.json").read_text())
     assert [row["cut_at"] for row in sweep["depths"]] == ["conv_1", "pool", "features"]
@@ -316,7 +314,8 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     for name in ("confusion_matrix.png", "grad_cam.png", "report.md"):
         assert (first / "evaluation" / name).is_file(), name
     check = json.loads((first / "source" / "source_check.json").read_text())
-    assert check["skilful"] and check["accuracy"] > check["baseline_accuracy"] + 0.5
+    # Odd vs even: two classes, the majority about half the scans.
+    assert check["skilful"] and check["accuracy"] > check["baseline_accuracy"] + 0.3
 
     # Seed 0 again (without the sweep and the other seeds, to save time), killed in the
     # middle of its scratch run, resumed: the finished transfer run is reused, the
