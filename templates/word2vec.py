@@ -181,6 +181,15 @@ def develop_word_vectors(
                      else read_saved_check(check_path, margin, allow_unskilled))
             return load_word_vectors(vectors_path, cache_dir=False, progress=False), check
 
+    counts: dict[str, int] = {}
+    for sentence in sentences:
+        for word in sentence:
+            counts[word] = counts.get(word, 0) + 1
+    if not any(count >= min_count for count in counts.values()):
+        where = f" {os.fspath(corpus)!r}" if isinstance(corpus, (str, os.PathLike)) else ""
+        raise ValueError(f"The word2vec corpus{where} has no word that occurs {min_count} "
+                         f"times or more ({len(counts)} distinct words): there is nothing "
+                         "to learn vectors for. Use a larger corpus or a lower min_count.")
     model = Word2Vec(sentences, vector_size=vector_size, window=window, min_count=min_count,
                      epochs=epochs, seed=seed, workers=1, sg=1)
     vectors = model.wv

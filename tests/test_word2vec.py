@@ -134,6 +134,9 @@ def test_in_domain_vectors_are_added_from_enough_words_on(tmp_path):
     assert added and forced.vector_size == 53
     with pytest.raises(ValueError, match="when must be one of"):
         add_in_domain_vectors(pretrained, texts, "always")
+    # Forced on a text where no word repeats: one clear sentence, not gensim's error.
+    with pytest.raises(ValueError, match="no word that occurs 2 times"):
+        add_in_domain_vectors(pretrained, ["one two", "three four"], "on")
 
 
 def test_developed_vectors_initialise_a_classifier_that_reads_unseen_words(pairs_file):
