@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -181,10 +182,7 @@ def develop_word_vectors(
                      else read_saved_check(check_path, margin, allow_unskilled))
             return load_word_vectors(vectors_path, cache_dir=False, progress=False), check
 
-    counts: dict[str, int] = {}
-    for sentence in sentences:
-        for word in sentence:
-            counts[word] = counts.get(word, 0) + 1
+    counts = Counter(word for sentence in sentences for word in sentence)
     if not any(count >= min_count for count in counts.values()):
         where = f" {os.fspath(corpus)!r}" if isinstance(corpus, (str, os.PathLike)) else ""
         raise ValueError(f"The word2vec corpus{where} has no word that occurs {min_count} "
@@ -232,15 +230,6 @@ def _saved_source(path: str) -> dict | None:
         return None
 
 
-__all__ = [
-    "UnskilledSourceModelError",
-    "develop_word_vectors",
-    "random_vectors_like",
-    "read_corpus",
-    "score_vectors",
-]
-
-
 def add_in_domain_vectors(
     vectors: KeyedVectors,
     texts: Sequence[str],
@@ -278,3 +267,15 @@ def add_in_domain_vectors(
     in_domain, _ = develop_word_vectors(sentences, seed=seed, evaluation=None,
                                         directory=directory)
     return concatenate_word_vectors(vectors, in_domain), True
+
+
+__all__ = [
+    "IN_DOMAIN_CHOICES",
+    "IN_DOMAIN_MINIMUM_WORDS",
+    "UnskilledSourceModelError",
+    "add_in_domain_vectors",
+    "develop_word_vectors",
+    "random_vectors_like",
+    "read_corpus",
+    "score_vectors",
+]
