@@ -74,6 +74,7 @@ from templates.cli import (  # noqa: E402
     add_run_arguments,
     add_text_data_arguments,
     add_training_arguments,
+    add_word_vector_arguments,
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
@@ -100,12 +101,7 @@ from templates.text_classifiers import (  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits, string_model  # noqa: E402
 from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
-from templates.word2vec import (  # noqa: E402
-    IN_DOMAIN_CHOICES,
-    IN_DOMAIN_MINIMUM_WORDS,
-    add_in_domain_vectors,
-    develop_word_vectors,
-)
+from templates.word2vec import add_in_domain_vectors, develop_word_vectors  # noqa: E402
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
 
@@ -115,26 +111,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         description="Text classification with pretrained word vectors (GloVe by default).",
     )
     add_text_data_arguments(parser)
-    parser.add_argument("--vectors", default="glove.6B.50d",
-                        help="Word vectors: a file (GloVe .txt/.zip, word2vec .bin/.txt, "
-                        "fastText .vec), ARCHIVE.zip::MEMBER, glove.6B.{50,100,200,300}d, "
-                        "or a gensim-data name such as glove-wiki-gigaword-100.")
-    parser.add_argument("--develop-vectors", metavar="CORPUS",
-                        help="The develop-model path: train word2vec on this unlabelled "
-                        "text (one sentence per line) instead of loading --vectors; the "
-                        "vectors are used only if they beat random vectors on word "
-                        "similarity (--develop-evaluation).")
-    parser.add_argument("--develop-evaluation", default="similarity",
-                        choices=("similarity", "analogy"),
-                        help="How developed vectors are judged against random ones: "
-                        "gensim's wordsim353 pairs or its analogy questions.")
-    parser.add_argument("--allow-unskilled", action="store_true",
-                        help="Use developed vectors even when they do not beat random ones.")
-    parser.add_argument("--in-domain-vectors", default="auto", choices=IN_DOMAIN_CHOICES,
-                        help="Also train word2vec on the training texts (labels unused) and "
-                        "put its vectors beside the pretrained ones. auto: when the "
-                        f"training texts hold at least {IN_DOMAIN_MINIMUM_WORDS:,} words "
-                        "(and --develop-vectors is not used).")
+    add_word_vector_arguments(parser)
     parser.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                         help="Classifier on top of the embedding (default: Kim's CNN).")
     parser.add_argument("--filters", type=int, default=200,
@@ -155,19 +132,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="While fine-tuning, pull each used word vector towards its "
                         "pretrained value (L2-SP; this times the mean squared distance is "
                         "added to the loss). Default 0.")
-    parser.add_argument("--extra-vocabulary", type=int, default=100000,
-                        help="Add the N most frequent words of the vectors to the "
-                        "vocabulary (0: training words only).")
-    parser.add_argument("--normalize-vectors", action=argparse.BooleanOptionalAction,
-                        default=True, help="Scale pretrained vectors to unit length.")
     parser.add_argument("--sequence-length", type=int, default=None,
                         help="Tokens per text; the 95th percentile of training lengths "
                         "when omitted.")
-    parser.add_argument("--words-with-spaces", action="store_true",
-                        help="Vector file words may contain spaces (GloVe 840B).")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="Allow gensim native .kv/.model vector files (pickles: they "
-                        "can run code when loaded).")
     add_run_arguments(parser, "runs/glove_text_classification", fine_tune_epochs=6,
                       fine_tune_learning_rate=5e-4)
     add_training_arguments(parser)

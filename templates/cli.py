@@ -56,6 +56,7 @@ from templates.learning_rates import (  # noqa: F401
 )
 from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
 from templates.transfer import MONITORS, TransferPlan, balanced_class_weight
+from templates.word2vec import IN_DOMAIN_CHOICES, IN_DOMAIN_MINIMUM_WORDS
 
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                       fine_tune_epochs: int = 3, fine_tune_learning_rate: float | None = 1e-4,
@@ -125,6 +126,45 @@ def add_text_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Any number of labels per text, separated by | (sports|news): "
                        "sigmoid outputs, per-label thresholds chosen on validation data "
                        "(thresholds.json).")
+
+
+def add_word_vector_arguments(parser: argparse.ArgumentParser) -> None:
+    """The word-vector recipe's flags for its vectors: where they come from
+    (``--vectors``, or ``--develop-vectors`` with ``--develop-evaluation`` and
+    ``--allow-unskilled``), ``--in-domain-vectors``, the vocabulary they add
+    (``--extra-vocabulary``), ``--normalize-vectors``, and how files are read
+    (``--words-with-spaces``, ``--trust-pickle``)."""
+    group = parser.add_argument_group("word vectors")
+    group.add_argument("--vectors", default="glove.6B.50d",
+                       help="Word vectors: a file (GloVe .txt/.zip, word2vec .bin/.txt, "
+                       "fastText .vec), ARCHIVE.zip::MEMBER, glove.6B.{50,100,200,300}d, "
+                       "or a gensim-data name such as glove-wiki-gigaword-100.")
+    group.add_argument("--develop-vectors", metavar="CORPUS",
+                       help="The develop-model path: train word2vec on this unlabelled "
+                       "text (one sentence per line) instead of loading --vectors; the "
+                       "vectors are used only if they beat random vectors on word "
+                       "similarity (--develop-evaluation).")
+    group.add_argument("--develop-evaluation", default="similarity",
+                       choices=("similarity", "analogy"),
+                       help="How developed vectors are judged against random ones: "
+                       "gensim's wordsim353 pairs or its analogy questions.")
+    group.add_argument("--allow-unskilled", action="store_true",
+                       help="Use developed vectors even when they do not beat random ones.")
+    group.add_argument("--in-domain-vectors", default="auto", choices=IN_DOMAIN_CHOICES,
+                       help="Also train word2vec on the training texts (labels unused) and "
+                       "put its vectors beside the pretrained ones. auto: when the "
+                       f"training texts hold at least {IN_DOMAIN_MINIMUM_WORDS:,} words "
+                       "(and --develop-vectors is not used).")
+    group.add_argument("--extra-vocabulary", type=int, default=100000,
+                       help="Add the N most frequent words of the vectors to the "
+                       "vocabulary (0: training words only).")
+    group.add_argument("--normalize-vectors", action=argparse.BooleanOptionalAction,
+                       default=True, help="Scale pretrained vectors to unit length.")
+    group.add_argument("--words-with-spaces", action="store_true",
+                       help="Vector file words may contain spaces (GloVe 840B).")
+    group.add_argument("--trust-pickle", action="store_true",
+                       help="Allow gensim native .kv/.model vector files (pickles: they "
+                       "can run code when loaded).")
 
 
 def add_image_data_arguments(parser: argparse.ArgumentParser) -> None:
