@@ -17,6 +17,7 @@ instead of retraining.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from templates.saving import load_model, save_model
 
 SOURCE_MODEL_FILE = "source_model.keras"
 SOURCE_CHECK_FILE = "source_check.json"
+SOURCE_DATA_FILE = "source_data.json"
 
 
 class UnskilledSourceModelError(ValueError):
@@ -123,7 +125,12 @@ def develop_source_model(
         allow_unskilled: Return an unskilled model instead of raising (explicit
             override; the check is still recorded).
         directory: Where the source model and its check are saved. If both files are
-            already there, they are loaded and nothing is retrained.
+            already there, they are loaded and nothing is retrained, provided the
+            source data are the same: for ``(inputs, labels)`` arrays a digest of
+            both data sets is saved beside them (``source_data.json``) and other data
+            are trained on afresh, so a model trained on other examples (perhaps the
+            target's test examples) is never served. Batches cannot be digested; a
+            saved model is then reused as it is.
         seed: Seeds Keras's random generators before building the model.
         verbose: Passed to ``fit``.
 
@@ -131,11 +138,14 @@ def develop_source_model(
         UnskilledSourceModelError: when the model is not clearly better than the
             baseline and ``allow_unskilled`` is false.
     """
-    model_path = check_path = None
+    model_path = check_path = data_path = None
+    digest = _data_digest(train_data, held_out_data)
     if directory is not None:
         model_path = os.path.join(directory, SOURCE_MODEL_FILE)
         check_path = os.path.join(directory, SOURCE_CHECK_FILE)
-        if os.path.isfile(model_path) and os.path.isfile(check_path):
+        data_path = os.path.join(directory, SOURCE_DATA_FILE)
+        if (os.path.isfile(model_path) and os.path.isfile(check_path)
+                and (digest is None or _saved_digest(data_path) == digest)):
             check = read_saved_check(check_path, margin, allow_unskilled)
             return load_model(model_path), check
 
@@ -149,8 +159,32 @@ def develop_source_model(
         # The check is saved even when it fails, so the refusal can be inspected.
         write_json(check_path, dataclasses.asdict(check))
         save_model(model, model_path)
+        if digest is not None:
+            write_json(data_path, {"digest": digest})
     _enforce(check, allow_unskilled, check_path)
     return model, check
+
+
+def _data_digest(*data_sets) -> str | None:
+    """SHA-256 of ``(inputs, labels)`` NumPy arrays (shapes and types included), or
+    ``None`` when any data set is in another form (batches cannot be read twice)."""
+    digest = hashlib.sha256()
+    for data in data_sets:
+        if not (isinstance(data, tuple) and len(data) == 2
+                and all(isinstance(part, np.ndarray) for part in data)):
+            return None
+        for part in data:
+            digest.update(f"{part.shape}{part.dtype}".encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()
+
+
+def _saved_digest(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def read_saved_check(path: str, margin: float, allow_unskilled: bool) -> SourceCheck:

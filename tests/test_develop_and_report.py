@@ -62,6 +62,16 @@ def test_skilful_source_model_is_accepted_saved_and_reused(tmp_path):
         develop_source_model(must_not_train, train, held_out, directory=tmp_path, margin=0.99)
     np.testing.assert_allclose(reloaded.predict(train[0][:5], verbose=0),
                                model.predict(train[0][:5], verbose=0), rtol=1e-6)
+    # Other source data in the same folder (another split, which may hold this one's
+    # test examples) are trained on, not served the stale model.
+    other = separable_data(seed=2)
+    with pytest.raises(AssertionError, match="must be reused"):
+        develop_source_model(must_not_train, other, held_out, directory=tmp_path)
+    retrained, _ = develop_source_model(mlp, other, held_out, epochs=20, learning_rate=1e-2,
+                                        directory=tmp_path, seed=0, verbose=0)
+    served, _ = develop_source_model(must_not_train, other, held_out, directory=tmp_path)
+    np.testing.assert_allclose(served.predict(train[0][:5], verbose=0),
+                               retrained.predict(train[0][:5], verbose=0), rtol=1e-6)
 
 
 def test_unskilled_source_model_is_refused_unless_overridden(tmp_path):
