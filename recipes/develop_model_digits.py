@@ -122,6 +122,11 @@ def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: 
         train += members[:labels_per_class].tolist()
         validation += members[labels_per_class:labels_per_class + validation_per_class].tolist()
         rest = members[labels_per_class + validation_per_class:]
+        if len(rest) < 2:
+            raise ValueError(
+                f"--labels-per-class {labels_per_class} leaves no test scans of digit "
+                f"{digit} ({len(members)} scans, {validation_per_class} for validation); "
+                f"use at most {len(members) - validation_per_class - 2}.")
         test += rest[:len(rest) // 2].tolist()
         source += rest[len(rest) // 2:].tolist()
     # Source: odd or even, for every scan the target does not use.

@@ -361,3 +361,20 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     resumed = json.loads((second / "transfer_report.json").read_text())
     for side in ("transfer", "scratch"):
         assert resumed[side]["runs"] == report[side]["runs"][:1]
+
+
+def test_digits_split_keeps_the_target_scans_out_of_the_source_task():
+    from recipes.develop_model_digits import load_digits_by_task
+
+    data = load_digits_by_task(5, seed=0)
+    sizes = {name: len(data[name][1]) for name in ("train", "validation", "test")}
+    assert sizes == {"train": 25, "validation": 400, "test": 234}
+    # The target's scans never reach the source task, and its labels are parities.
+    target_pixels = {scan.tobytes() for name in ("train", "validation", "test")
+                     for scan in data[name][0]}
+    unshifted = data["source_train"][0][:len(data["source_train"][0]) // 5]  # view 1 of 5
+    source_pixels = {scan.tobytes() for scan in [*unshifted, *data["source_held_out"][0]]}
+    assert len(source_pixels) == 911 + 227 and not source_pixels & target_pixels
+    assert set(np.unique(data["source_train"][1])) == {0, 1}
+    with pytest.raises(ValueError, match="leaves no test scans of digit"):
+        load_digits_by_task(150, seed=0)
