@@ -138,9 +138,9 @@ def develop_source_model(
         UnskilledSourceModelError: when the model is not clearly better than the
             baseline and ``allow_unskilled`` is false.
     """
-    model_path = check_path = data_path = None
-    digest = _data_digest(train_data, held_out_data)
+    model_path = check_path = data_path = digest = None
     if directory is not None:
+        digest = _data_digest(train_data, held_out_data)
         model_path = os.path.join(directory, SOURCE_MODEL_FILE)
         check_path = os.path.join(directory, SOURCE_CHECK_FILE)
         data_path = os.path.join(directory, SOURCE_DATA_FILE)

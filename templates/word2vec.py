@@ -260,9 +260,10 @@ def add_in_domain_vectors(
     """
     if when not in IN_DOMAIN_CHOICES:
         raise ValueError(f"when must be one of {IN_DOMAIN_CHOICES}; got {when!r}.")
+    if when == "off":
+        return vectors, False
     sentences = [tokenize(text) for text in texts]
-    words = sum(len(sentence) for sentence in sentences)
-    if when == "off" or (when == "auto" and words < IN_DOMAIN_MINIMUM_WORDS):
+    if when == "auto" and sum(map(len, sentences)) < IN_DOMAIN_MINIMUM_WORDS:
         return vectors, False
     in_domain, _ = develop_word_vectors(sentences, seed=seed, evaluation=None,
                                         directory=directory)
