@@ -54,13 +54,16 @@ from templates.backbones import (  # noqa: E402
     WeightsUnavailableError,
     block_cut_points,
 )
+from templates.candidates import image_candidates, parse_backbone  # noqa: E402
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
     add_image_data_arguments,
     add_run_arguments,
+    add_selection_arguments,
     add_training_arguments,
+    select_source,
     setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
@@ -77,7 +80,7 @@ from templates.evaluation import (  # noqa: E402
 )
 from templates.files import write_json  # noqa: E402
 from templates.flip_averaging import flip_averaged, flip_scores  # noqa: E402
-from templates.image_data import image_dataset, load_image_splits  # noqa: E402
+from templates.image_data import image_batches_by_size, load_image_splits  # noqa: E402
 from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.phases import batch_predictor  # noqa: E402
@@ -96,8 +99,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     )
     add_image_data_arguments(parser)
     parser.add_argument("--backbone", default="MobileNetV2",
-                        help="keras.applications constructor name (case-insensitive), or "
-                        "keras_hub:PRESET (a keras-hub preset name or a local preset folder).")
+                        help="keras.applications constructor name (case-insensitive), "
+                        "keras_hub:PRESET (a keras-hub preset name or a local preset folder) "
+                        "or tfhub:HANDLE; options and a cut may follow: "
+                        "NAME[,option=value...][@CUT], e.g. MobileNet,alpha=0.25@-30.")
     parser.add_argument("--alpha", type=float, default=None,
                         help="Width multiplier for MobileNet families.")
     parser.add_argument("--weights", default="imagenet",
@@ -129,6 +134,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     # rates, so --learning-rate and --fine-tune-learning-rate are the fallbacks
     # (--no-find-lr uses them). Augmented views and test-time flips did not help on
     # validation: options.
+    add_selection_arguments(parser, "Candidate backbones, each spelled as --backbone is "
+                            "(NAME[,option=value...][@CUT]), e.g. MobileNet,alpha=0.25 "
+                            "MobileNet,alpha=0.25@-30 MobileNet,alpha=0.25,weights=none.")
     add_run_arguments(parser, "runs/cats_vs_dogs")
     add_training_arguments(parser, schedule="warmup_cosine", find_lr=True)
     add_hardware_arguments(parser)
@@ -154,8 +162,7 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     keras.utils.set_random_seed(args.seed)
-    backbone = args.backbone
-    weights = None if args.weights.lower() == "none" else args.weights
+    source = parse_backbone(args.backbone, args.alpha, args.weights, args.image_size)
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data
@@ -178,17 +185,27 @@ def run(args: argparse.Namespace, choice) -> int:
     # The backbone's own preprocessing (MobileNet's scaling to [-1, 1], a keras-hub
     # preset's image converter) is a layer inside the model, so the saved model takes
     # plain 0..255 RGB images.
-    transfer = pretrained_model(
-        backbone, num_classes=len(splits.class_names), weights=weights,
-        image_size=args.image_size, alpha=args.alpha, fine_tune_from=args.fine_tune_from,
-        class_names=splits.class_names, multi_label=args.multi_label,
-    )
+    # Images are decoded and resized once per size, cached, then shuffled every epoch.
+    batches = image_batches_by_size(splits, args.batch_size, args.seed)
+    model_options = dict(num_classes=len(splits.class_names), class_names=splits.class_names,
+                         fine_tune_from=args.fine_tune_from)
+    # --select-from A B C: rank candidate backbones (options, cuts, weights) on their
+    # frozen features of these photos, in seconds, before paying to train one; the pick
+    # then trains below, its features already cached. The table says when the
+    # candidates are too close to call.
+    selection = None
+    if args.select_from:
+        selection = select_source(args, image_candidates(
+            args.select_from, lambda size: batches(size)[:2], alpha=args.alpha,
+            weights=args.weights, image_size=args.image_size, **model_options),
+            title="Cats vs dogs: candidate backbones")
+        if args.select_only:
+            return 0
+        source = parse_backbone(selection.pick, args.alpha, args.weights, args.image_size)
+    transfer = selection.transfer if selection else pretrained_model(
+        **source.model_options(), **model_options, multi_label=args.multi_label)
     image_size = transfer.model.input_shape[1]  # --image-size, or the backbone's own
-
-    # Images are decoded and resized once, cached, then shuffled every epoch.
-    train = image_dataset(splits.train, image_size, args.batch_size, shuffle=True, seed=args.seed)
-    validation = image_dataset(splits.validation, image_size, args.batch_size)
-    test = image_dataset(splits.test, image_size, args.batch_size) if splits.test else None
+    train, validation, test = batches(image_size)
     augmentation = None
     if args.augment:
         augmentation = keras.Sequential(
@@ -216,7 +233,8 @@ def run(args: argparse.Namespace, choice) -> int:
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
                           seed=args.seed)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
-                       output_dir=args.output_dir, measure_start=args.compare_scratch)
+                       output_dir=args.output_dir, measure_start=args.compare_scratch,
+                       features=selection.features_for(plan) if selection else None)
 
     # ## Evaluation: what the model gets wrong, and where it looks
     # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
@@ -226,7 +244,7 @@ def run(args: argparse.Namespace, choice) -> int:
     model = flip_averaged(transfer.model) if args.test_time_flips else transfer.model
     evaluated, evaluated_data = ((splits.test, test) if splits.test
                                  else (splits.validation, validation))
-    title = f"Cats vs dogs, {backbone} ({args.weights} weights)"
+    title = f"Cats vs dogs, {source.spelling} ({source.weights_name} weights)"
     report = lambda predict=None: image_evaluation_report(  # noqa: E731
         transfer.model, evaluated, evaluated_data, os.path.join(args.output_dir, "evaluation"),
         title, seed=args.seed, predict=predict or batch_predictor(model))
@@ -234,8 +252,9 @@ def run(args: argparse.Namespace, choice) -> int:
         report = lambda predict=None: multi_label_evaluation(  # noqa: E731
             model, validation, evaluated_data, splits.class_names, args.output_dir,
             evaluated.files, title, predict=predict)
-    metadata = run_metadata(backbone=backbone, weights=args.weights, alpha=args.alpha,
-                            image_size=image_size, data_dir=data_dir, seed=args.seed)
+    metadata = run_metadata(backbone=source.spelling, weights=source.weights_name,
+                            alpha=source.alpha, cut_at=source.cut_at, image_size=image_size,
+                            data_dir=data_dir, seed=args.seed)
 
     # ## Several machines: --strategy multi_worker
     # Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
@@ -268,6 +287,7 @@ def run(args: argparse.Namespace, choice) -> int:
                    "skipped": len(splits.skipped)},
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
         "fine_tune_from": transfer.fine_tune_from, **metadata,
+        **({"selection": selection.brief()} if selection else {}),
         **({"tflite": tflite} if tflite else {}),
     }
     if args.compare_scratch:
@@ -275,11 +295,11 @@ def run(args: argparse.Namespace, choice) -> int:
         # all the epochs at the head's rate, same data, seed, schedule and early stopping.
         keras.utils.set_random_seed(args.seed)
         comparison = report_against_scratch(
-            run, pretrained_model(backbone, len(splits.class_names), weights=None,
-                                  image_size=image_size, alpha=args.alpha,
+            run, pretrained_model(**dataclasses.replace(source, weights=None).model_options(),
+                                  num_classes=len(splits.class_names),
                                   multi_label=args.multi_label).model,
             train, validation, test, args.output_dir, state=state,
-            title=f"Cats vs dogs: {backbone} pretrained transfer vs scratch",
+            title=f"Cats vs dogs: {source.spelling} pretrained transfer vs scratch",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         metrics.update(comparison.metrics())
         print(comparison.summary_text())
@@ -289,14 +309,14 @@ def run(args: argparse.Namespace, choice) -> int:
         # parts; heads trained on the backbone cut at N block ends show which depth
         # serves these photos best.
         metrics["reuse_sweep"] = reuse_depth_sweep(
-            lambda cut: pretrained_model(backbone, len(splits.class_names), weights=weights,
-                                         image_size=image_size, alpha=args.alpha, cut_at=cut,
+            lambda cut: pretrained_model(**dataclasses.replace(source, cut_at=cut).model_options(),
+                                         num_classes=len(splits.class_names),
                                          multi_label=args.multi_label),
             block_cut_points(transfer.backbone, args.reuse_sweep), train, validation, test,
             budget=dataclasses.replace(plan.with_rates(run.learning_rates),
                                        fine_tune_epochs=0, callbacks={}),
             seed=args.seed, state=state, directory=args.output_dir,
-            title=f"Reuse depth: {backbone} blocks, cats vs dogs (head only)",
+            title=f"Reuse depth: {source.spelling} blocks, cats vs dogs (head only)",
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     return accuracy_gate(args, metrics)

@@ -44,8 +44,10 @@ import numpy as np  # noqa: E402
 
 from templates.cli import (  # noqa: E402
     add_hardware_arguments,
+    add_selection_arguments,
     add_training_arguments,
     record_finding,
+    select_source,
     setup_hardware,
     tensorboard_callbacks,
     transfer_plan,
@@ -53,11 +55,16 @@ from templates.cli import (  # noqa: E402
 from templates.batches import array_batches  # noqa: E402
 from templates.checkpoints import TrainingState  # noqa: E402
 from templates.comparison import compare_with_scratch, reuse_depth_sweep  # noqa: E402
-from templates.develop import develop_model, reuse_model  # noqa: E402
+from templates.develop import (  # noqa: E402
+    UnskilledSourceModelError,
+    develop_model,
+    reuse_model,
+)
 from templates.evaluation import evaluation_report  # noqa: E402
 from templates.files import write_json  # noqa: E402
 from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
 from templates.phases import find_head_learning_rate  # noqa: E402
+from templates.selection import Candidate  # noqa: E402
 
 # Every run below builds new small models, and each model traces its own training and
 # evaluation functions: that is expected here, so TensorFlow's warning about functions
@@ -66,7 +73,38 @@ logging.getLogger("tensorflow").addFilter(
     lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 TARGET_DIGITS = (5, 6, 7, 8, 9)
-SOURCE_CLASSES = ("even", "odd")  # the source label: the digit modulo 2
+# Candidate source tasks, each labelled on the scans the target does not use (every
+# 0-4 scan and the spare half of the 5-9 scans): the classes of each, in label order.
+# `unrelated` is a deliberately unrelated control: jittered copies of noise patterns,
+# each pattern labelled at random; learnable (it passes the baseline check) by
+# memorising the patterns, nothing like strokes.
+SOURCE_TASKS = {
+    "parity": ("even", "odd"),                              # the digit modulo 2
+    "low_digits": ("0", "1", "2", "3", "4"),                # tell 0-4 apart (0-4 scans)
+    "loops": ("no loop", "loop"),                           # 0, 6, 8, 9 have closed loops
+    "unrelated": ("a", "b", "c", "d"),  # random labels of noise patterns
+}
+
+
+def source_labels(task: str, images: np.ndarray, digits: np.ndarray, rng):
+    """The scans and labels of one source task (``unrelated``: as many noise images)."""
+    if task == "parity":
+        return images, digits % 2
+    if task == "low_digits":
+        keep = digits < 5
+        return images[keep], digits[keep]
+    if task == "loops":
+        return images, np.isin(digits, (0, 6, 8, 9)).astype(int)
+    if task == "unrelated":
+        # 200 noise patterns, each given one of 4 labels at random, seen as jittered
+        # copies: learnable by memorising the patterns (held-out copies are recognised),
+        # useless for strokes.
+        patterns = rng.uniform(0, 16, size=(200, *images.shape[1:]))
+        pattern_labels = rng.integers(0, 4, size=len(patterns))
+        which = rng.integers(0, len(patterns), size=len(images))
+        copies = patterns[which] + rng.normal(0, 1.5, size=images.shape)
+        return np.clip(copies, 0, 16).astype("float32"), pattern_labels[which]
+    raise ValueError(f"Unknown source task {task!r}; the tasks are {', '.join(SOURCE_TASKS)}.")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -76,6 +114,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--labels-per-class", type=int, default=5,
                         help="Labelled target training examples per digit.")
+    parser.add_argument("--source-task", default="parity", choices=sorted(SOURCE_TASKS),
+                        help="The source task: parity (odd vs even, the default), "
+                        "low_digits (tell 0-4 apart), loops (0, 6, 8, 9 against the rest), "
+                        "unrelated (memorised noise patterns: a control).")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
     parser.add_argument("--seeds", type=int, default=5,
                         help="Number of seeds for the transfer report.")
@@ -95,6 +137,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     # default, because the comparison is about a fixed budget.
     add_training_arguments(parser, patience=0, restore_best=False)
     add_hardware_arguments(parser)
+    add_selection_arguments(parser, "Candidate source tasks by name (or all): "
+                            f"{', '.join(SOURCE_TASKS)}.")
     parser.set_defaults(batch_size=8)  # target examples per batch and replica
     parser.add_argument("--resume", action="store_true", help="Continue an interrupted run "
                         "in --output-dir: finished runs are reused, not retrained.")
@@ -103,7 +147,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 # ## Data
 # scikit-learn's digits are real scans: 8x8 pixels, 16 grey levels.
-def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: int = 80):
+def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: int = 80,
+                        source_task: str = "parity"):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -129,15 +174,17 @@ def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: 
                 f"use at most {len(members) - validation_per_class - 2}.")
         test += rest[:len(rest) // 2].tolist()
         source += rest[len(rest) // 2:].tolist()
-    # Source: odd or even, for every scan the target does not use.
-    source = rng.permutation(source)
-    source_train, source_held_out = source[len(source) // 5:], source[:len(source) // 5]
+    # Source: the task's labels for every scan the target does not use.
+    source_images, source_targets = source_labels(source_task, images[source],
+                                                  labels[source], rng)
+    order = rng.permutation(len(source_targets))
+    held_out, kept = order[:len(order) // 5], order[len(order) // 5:]
 
     def pairs(indices, offset):
         return images[indices], (labels[indices] - offset).astype("int32")
 
-    def parity(indices):
-        return images[indices], (labels[indices] % 2).astype("int32")
+    def task(indices):
+        return source_images[indices], source_targets[indices].astype("int32")
 
     def shifted(pair):
         # Each source scan also moved one pixel each way: features that do not depend on
@@ -147,8 +194,8 @@ def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: 
         return np.concatenate(views), np.concatenate([y] * len(views))
 
     return {
-        "source_train": shifted(parity(source_train)),
-        "source_held_out": parity(source_held_out),
+        "source_train": shifted(task(kept)),
+        "source_held_out": task(held_out),
         "train": pairs(np.array(train), 5), "validation": pairs(np.array(validation), 5),
         "test": pairs(np.array(test), 5),
     }
@@ -189,6 +236,32 @@ def _evaluation_report(transfer, state, data, test, args) -> dict:
         title="Digits 5-9 (transferred, first seed)", grad_cam=(overlays, captions))
 
 
+def develop_source(args, task: str, data, replicas: int = 1):
+    """Develop (or reload) the source model of ``task`` and check its skill."""
+    return develop_model(
+        lambda: build_digit_model(len(SOURCE_TASKS[task])), data["source_train"],
+        data["source_held_out"], num_classes=len(TARGET_DIGITS),
+        source_epochs=args.source_epochs, batch_size=32 * replicas,
+        directory=os.path.join(args.output_dir, "source", task), seed=args.seed, verbose=0)
+
+
+def source_task_candidate(args, task: str, replicas: int = 1):
+    """A selection candidate for ``task``: its source model reused up to the pooling
+    layer, with its own head for LEEP; ``None`` (and a line saying so) when the source
+    model fails its baseline check."""
+    try:
+        developed = develop_source(args, task, load_digits_by_task(
+            args.labels_per_class, args.seed, source_task=task), replicas)
+    except UnskilledSourceModelError as error:
+        print(f"Source task {task}: refused, not ranked ({error})")
+        return None
+    source = developed.source_model
+    return Candidate(task, lambda: reuse_model(source, len(TARGET_DIGITS), cut_at="pool",
+                                               pooling="flatten"),
+                     source_classifier=lambda transfer: source, pooling="flatten",
+                     details={"source_check": developed.source_check.__dict__})
+
+
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     # ## Hardware
@@ -202,24 +275,37 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace, replicas: int = 1) -> int:
     """The recipe, inside the strategy's scope."""
     started = time.perf_counter()
-    data = load_digits_by_task(args.labels_per_class, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
 
+    # ## Step 0 (--select-from): which source task?
+    # Each candidate task's source model is developed and checked against its baseline
+    # first; then its frozen features of the target's few labelled scans are scored
+    # (linear and k-NN probes on the validation scans, LogME, and LEEP through the
+    # source's own head) in seconds, and the pick is the task the rest of the run uses.
+    if args.select_from:
+        tasks = list(SOURCE_TASKS) if args.select_from == ["all"] else args.select_from
+        target = load_digits_by_task(args.labels_per_class, args.seed)
+        candidates = [candidate for task in tasks
+                      if (candidate := source_task_candidate(args, task, replicas))]
+        selection = select_source(
+            args, candidates, array_batches(*target["train"], batch_size=args.batch_size,
+                                            seed=args.seed),
+            array_batches(*target["validation"], batch_size=512, shuffle=False),
+            title="Digits 5-9: candidate source tasks")
+        if args.select_only:
+            return 0
+        args.source_task = selection.pick
+
     # ## Steps 1-2: develop the source model and check it is skilful
-    # The source model (the same network with two outputs: even, odd) must clearly beat
-    # the majority-class baseline on held-out source scans; otherwise develop_model
-    # raises instead of transferring nothing. It is saved under source/, so a second run
-    # skips this training.
-    developed = develop_model(
-        lambda: build_digit_model(len(SOURCE_CLASSES)), data["source_train"],
-        data["source_held_out"],
-        num_classes=len(TARGET_DIGITS), source_epochs=args.source_epochs,
-        batch_size=32 * replicas,
-        directory=os.path.join(args.output_dir, "source"), seed=args.seed, verbose=0,
-    )
+    # The source model (the same network with one output per source class) must clearly
+    # beat the majority-class baseline on held-out source scans; otherwise
+    # develop_model raises instead of transferring nothing. It is saved under
+    # source/TASK/, so a second run skips this training.
+    data = load_digits_by_task(args.labels_per_class, args.seed, source_task=args.source_task)
+    developed = develop_source(args, args.source_task, data, replicas)
     check = developed.source_check
-    print(f"Source model: held-out accuracy {check.accuracy:.3f} vs majority-class "
-          f"baseline {check.baseline_accuracy:.3f} -> skilful: {check.skilful}")
+    print(f"Source model ({args.source_task}): held-out accuracy {check.accuracy:.3f} vs "
+          f"majority-class baseline {check.baseline_accuracy:.3f} -> skilful: {check.skilful}")
 
     # ## Steps 3-4 vs scratch: the transfer report
     # Transfer: the source network's convolutions (up to the pooling layer; the dense
@@ -267,7 +353,7 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     )
     report.write_json(os.path.join(args.output_dir, "transfer_report.json"))
     report.plot(os.path.join(args.output_dir, "transfer_report.png"),
-                title=f"Odd vs even -> digits 5-9, {args.labels_per_class} labels per class")
+                title=f"{args.source_task} -> digits 5-9, {args.labels_per_class} labels per class")
     print(report.summary_text())
 
     # ## What the transferred model gets wrong
@@ -287,11 +373,11 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
         cut_points, train, validation, test, budget=budget, seed=args.seed, state=state,
         trained_runs={"pool": f"seed{args.seed}.transfer"}, phase_callbacks=logs,
         directory=args.output_dir,
-        title=f"Reuse depth, odd vs even -> 5-9 ({args.labels_per_class} labels/class)",
+        title=f"Reuse depth, {args.source_task} -> 5-9 ({args.labels_per_class} labels/class)",
     )
 
     write_json(os.path.join(args.output_dir, "metrics.json"), {
-        "source_check": check.__dict__,
+        "source_task": args.source_task, "source_check": check.__dict__,
         "labels_per_class": args.labels_per_class,
         "target_images": {name: int(len(data[name][1])) for name in ("train", "validation",
                                                                       "test")},

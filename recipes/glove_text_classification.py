@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -72,10 +73,12 @@ from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
     add_run_arguments,
+    add_selection_arguments,
     add_text_data_arguments,
     add_training_arguments,
     add_word_vector_arguments,
     setup_hardware,
+    select_source,
     start_multi_worker,
     tensorboard_callbacks,
     tflite_modes,
@@ -101,7 +104,13 @@ from templates.text_classifiers import (  # noqa: E402
 from templates.text_data import download_sst2, load_text_splits, string_model  # noqa: E402
 from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
-from templates.word2vec import add_in_domain_vectors, develop_word_vectors  # noqa: E402
+from templates.selection import prepared_candidates  # noqa: E402
+from templates.word2vec import (  # noqa: E402
+    VECTOR_SOURCES,
+    add_in_domain_vectors,
+    develop_word_vectors,
+    word_vector_source,
+)
 from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
 
@@ -135,11 +144,35 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--sequence-length", type=int, default=None,
                         help="Tokens per text; the 95th percentile of training lengths "
                         "when omitted.")
+    parser.add_argument("--vector-source", default="auto", choices=("auto", *VECTOR_SOURCES),
+                        help="Train on one word-vector source: glove (--vectors), word2vec "
+                        "(on the training texts), glove+word2vec, random; auto: --vectors "
+                        "plus --in-domain-vectors.")
+    add_selection_arguments(parser, f"Candidate word-vector sources: {', '.join(VECTOR_SOURCES)}.")
     add_run_arguments(parser, "runs/glove_text_classification", fine_tune_epochs=6,
                       fine_tune_learning_rate=5e-4)
     add_training_arguments(parser)
     add_hardware_arguments(parser)
     return parser.parse_args(argv)
+
+
+def architecture(args: argparse.Namespace, data) -> dict:
+    """The classifier's options, shared by the pretrained and the scratch model."""
+    return {"filters": args.filters, "units": args.units, "static_channel": args.multichannel,
+            "multi_label": args.multi_label, "embedding_dropout": args.embedding_dropout,
+            "trainable_rows": data.trainable_rows}
+
+
+def build_classifier(args: argparse.Namespace, data):
+    """The classifier on ``data``'s vectors. Fine-tuning can only reach the rows of
+    words in the training texts; the extra GloVe words' rows (most of the vocabulary)
+    stay in a fixed table, which makes each step several times faster and changes no
+    result (those rows get no gradient). --anchor-strength pulls tuned vectors back
+    towards the pretrained ones: the pretrained model's option only."""
+    return pretrained_text_classifier(
+        data.matrix, len(data.splits.class_names), data.sequence_length, args.architecture,
+        trainable_mode=args.embedding_training, class_names=data.splits.class_names,
+        anchor_strength=args.anchor_strength, **architecture(args, data))
 
 
 def main(argv=None) -> int:
@@ -180,25 +213,48 @@ def run(args: argparse.Namespace, choice) -> int:
     # saving.
     # --develop-vectors: word2vec on the user's own text, used only if it beats random
     # vectors (refused in one sentence, with both scores, otherwise).
+    # --select-from glove word2vec glove+word2vec random: rank the word-vector sources
+    # on their frozen features of the training sentences (each sentence's mean vector:
+    # probes, LogME) before training one; the pick then trains below.
+    pretrained = functools.cache(lambda: load_word_vectors(
+        args.vectors, words_with_spaces=args.words_with_spaces, trust_pickle=args.trust_pickle))
+
+    def vectors_of(source):
+        return word_vector_source(source, pretrained, splits.train.texts, args.seed,
+                                  os.path.join(args.output_dir, "in_domain"))
+
+    def tokenized(source):
+        return tokenize_for_vectors(splits, vectors_of(source), args.sequence_length,
+                                    args.extra_vocabulary, args.normalize_vectors, args.seed)
+
+    if args.select_from:
+        selection = select_source(args, prepared_candidates(
+            args.select_from, tokenized, lambda data: build_classifier(args, data),
+            lambda data: (data.batches("train", args.batch_size, shuffle=True, seed=args.seed),
+                          data.batches("validation", args.batch_size))),
+            title="Text classification: candidate word vectors")
+        if args.select_only:
+            return 0
+        args.vector_source = selection.pick
     check = None
-    if args.develop_vectors:
+    if args.vector_source != "auto":  # one named source (or the selection's pick)
+        vectors, in_domain = vectors_of(args.vector_source), "word2vec" in args.vector_source
+    elif args.develop_vectors:
         vectors, check = develop_word_vectors(
             args.develop_vectors, evaluation=args.develop_evaluation, seed=args.seed,
             allow_unskilled=args.allow_unskilled,
             directory=os.path.join(args.output_dir, "word2vec"))
         print(f"word2vec on {args.develop_vectors}: {check.metric} {check.accuracy:.3f}, "
               f"random vectors {check.baseline_accuracy:.3f}.")
-    else:
-        vectors = load_word_vectors(args.vectors, words_with_spaces=args.words_with_spaces,
-                                    trust_pickle=args.trust_pickle)
-    # --in-domain-vectors: word2vec on the training texts (labels unused) beside the
-    # pretrained vectors, from 50,000 training words on (auto). --develop-vectors
-    # already is in-domain, so auto leaves it alone.
-    when = "off" if args.develop_vectors and args.in_domain_vectors == "auto" \
-        else args.in_domain_vectors
-    vectors, in_domain = add_in_domain_vectors(
-        vectors, splits.train.texts, when, seed=args.seed,
-        directory=os.path.join(args.output_dir, "in_domain"))
+    if args.vector_source == "auto":
+        # --in-domain-vectors: word2vec on the training texts (labels unused) beside the
+        # pretrained vectors, from 50,000 training words on (auto). --develop-vectors
+        # already is in-domain, so auto leaves it alone.
+        when = "off" if args.develop_vectors and args.in_domain_vectors == "auto" \
+            else args.in_domain_vectors
+        vectors, in_domain = add_in_domain_vectors(
+            vectors if args.develop_vectors else pretrained(), splits.train.texts, when,
+            seed=args.seed, directory=os.path.join(args.output_dir, "in_domain"))
     if in_domain:
         print(f"word2vec on the training texts beside the pretrained vectors: "
               f"{vectors.vector_size} dimensions per word.")
@@ -209,21 +265,9 @@ def run(args: argparse.Namespace, choice) -> int:
     validation = data.batches("validation", args.batch_size)
     test = data.batches("test", args.batch_size)
 
-    # ## Model
-    # Fine-tuning can only reach the rows of words in the training texts; the extra
-    # GloVe words' rows (most of the vocabulary) stay in a fixed table, which makes each
-    # step several times faster and changes no result (those rows get no gradient).
-    architecture = {"filters": args.filters, "units": args.units,
-                    "static_channel": args.multichannel, "multi_label": args.multi_label,
-                    "embedding_dropout": args.embedding_dropout,
-                    "trainable_rows": data.trainable_rows}
-    # --anchor-strength pulls tuned vectors back towards GloVe's: the pretrained model's
-    # option only (the scratch model shares `architecture`, not that).
+    # ## Model (build_classifier above)
     class_names = splits.class_names
-    transfer = pretrained_text_classifier(
-        data.matrix, len(class_names), data.sequence_length, args.architecture,
-        trainable_mode=args.embedding_training, class_names=class_names,
-        anchor_strength=args.anchor_strength, **architecture)
+    transfer = build_classifier(args, data)
 
     # ## Training: the two phases, as one plan
     # Phase 1: the head learns on frozen vectors (their output is cached, so a head
@@ -250,6 +294,8 @@ def run(args: argparse.Namespace, choice) -> int:
             splits.test.texts, "Text classification", predict=predict)
     source = f"word2vec:{args.develop_vectors}" if args.develop_vectors else str(args.vectors)
     source += " + in-domain word2vec" if in_domain else ""
+    if args.vector_source != "auto":
+        source = f"{args.vector_source} ({args.vectors})"
     metadata = run_metadata(vectors=source, architecture=args.architecture,
                             data={key: value for key, value in splits.paths.items() if value},
                             seed=args.seed)
@@ -286,6 +332,8 @@ def run(args: argparse.Namespace, choice) -> int:
         "evaluation": {"set": "test", **evaluation_summary(evaluation)},
         **metadata, **({"tflite": tflite} if tflite else {}),
         **({"source_check": dataclasses.asdict(check)} if check else {}),
+        "vector_source": args.vector_source,
+        **({"selection": selection.brief()} if args.select_from else {}),
     }
 
     if args.compare_scratch:
@@ -296,7 +344,7 @@ def run(args: argparse.Namespace, choice) -> int:
         keras.utils.set_random_seed(args.seed)
         scratch = scratch_text_classifier(
             len(data.vocabulary), data.matrix.matrix.shape[1], len(class_names),
-            data.sequence_length, args.architecture, **architecture)
+            data.sequence_length, args.architecture, **architecture(args, data))
         comparison = report_against_scratch(
             run, scratch, train, validation, test, args.output_dir,
             title=f"{source} vectors vs random embeddings ({args.architecture})",

@@ -379,3 +379,39 @@ def accuracy_gate(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
         print(f"FAILED: {name} {score:.4f} is below the required {bar}", file=sys.stderr)
         return 1
     return 0
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, candidates_help: str) -> None:
+    """``--select-from A B C...`` (rank candidate sources from frozen features, then
+    train the pick) and ``--select-only`` (stop after the table); see
+    `templates.selection`."""
+    group = parser.add_argument_group(
+        "source selection", "Rank candidate sources on frozen features of the target data "
+        "before training (LogME, k-NN and linear probes, LEEP where the source has a "
+        "classifier head); writes selection.json and selection.png.")
+    group.add_argument("--select-from", nargs="+", metavar="CANDIDATE", default=None,
+                       help=candidates_help)
+    group.add_argument("--select-only", action="store_true",
+                       help="With --select-from: stop after the ranking.")
+    group.add_argument("--select-by", default=None, metavar="ESTIMATE",
+                       help="The estimate the final rank follows (linear_probe, knn, "
+                       "logme, leep, h_score, mean_rank); the library's default when "
+                       "omitted.")
+
+
+def select_source(args: argparse.Namespace, candidates, train=None, validation=None,
+                  title: str = "Source selection"):
+    """Rank ``candidates`` (`templates.selection.rank_sources`) with the run's seed,
+    print the table, write ``selection.json`` / ``.png`` to ``--output-dir`` and return
+    the `templates.selection.Selection`."""
+    from templates.selection import SelectionBudget, rank_sources
+
+    if getattr(args, "multi_label", False):
+        raise ValueError("--select-from ranks single-label targets; the estimates do not "
+                         "apply to --multi-label.")
+    budget = SelectionBudget(seed=args.seed, **({"rank_by": args.select_by}
+                                                if args.select_by else {}))
+    selection = rank_sources(candidates, train, validation, budget)
+    print(selection.summary_text())
+    selection.write(args.output_dir, title)
+    return selection

@@ -513,3 +513,21 @@ def image_dataset(
     if shuffle:
         dataset = shuffle_each_epoch(dataset, len(files), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None = None):
+    """A function from an image size to ``(train, validation, test)`` batches of
+    ``splits`` at that size (`image_dataset`: training shuffled with ``seed``; test
+    ``None`` without a test split), each size built once, so candidates of one size
+    (`templates.selection`) and the run after them share the decoded images."""
+    built: dict[int, tuple] = {}
+
+    def batches(image_size: int):
+        if image_size not in built:
+            built[image_size] = (
+                image_dataset(splits.train, image_size, batch_size, shuffle=True, seed=seed),
+                image_dataset(splits.validation, image_size, batch_size),
+                image_dataset(splits.test, image_size, batch_size) if splits.test else None)
+        return built[image_size]
+
+    return batches

@@ -402,6 +402,7 @@ def run_transfer(
     measure_start: bool = False,
     score_phases: bool = True,
     verbose: int | str = "auto",
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TransferRun:
     """Train ``transfer`` in two phases as ``plan`` says; return what happened.
 
@@ -428,23 +429,32 @@ def run_transfer(
             transfer report's start measure).
         score_phases: Score validation (and test) data after each phase.
         verbose: Passed to ``fit``.
+        features: The frozen part's features of ``train``, already extracted
+            (`templates.selection.Selection.features`, or
+            `templates.phases.head_training_features`): the head phase and its finder
+            train on them instead of extracting them again. Not with the plan's
+            ``augmented_views`` (those add views) or without ``cache_features``.
 
     Returns:
         A `TransferRun`.
     """
     plan = plan or TransferPlan()
     check_plan_fits(plan, transfer.model)
+    if features is not None and (plan.augmented_views or not plan.cache_features):
+        raise ValueError("run_transfer(features=...) gives the cached features of the "
+                         "training examples, but the plan asks for augmented_views or "
+                         "cache_features=False: drop one or the other.")
     strategy = getattr(transfer.model, "distribute_strategy", None)
     if _is_multi_worker(strategy):
         return _run_multi_worker(transfer, strategy, train, validation, plan, checkpoints,
                                  resume, test, output_dir)
     with checkpoint_state(checkpoints, resume, plan) as state:
         return _run(transfer, train, validation, plan, state, test, output_dir, name,
-                    measure_start, score_phases, verbose)
+                    measure_start, score_phases, verbose, features)
 
 
 def _run(transfer, train, validation, plan, state, test, output_dir, name, measure_start,
-         score_phases, verbose) -> TransferRun:
+         score_phases, verbose, features=None) -> TransferRun:
     prefix = f"{name}." if name else ""
     steps = None
     if plan.schedule != "constant":
@@ -459,9 +469,9 @@ def _run(transfer, train, validation, plan, state, test, output_dir, name, measu
     # ## Phase 1: the head learns on the frozen reused part.
     head = prefix + "head"
     started = time.perf_counter()
-    features = None
     views = plan.augmented_views if plan.cache_features else 0
-    if (plan.find_learning_rates or views) and not _finished(state, head) and plan.cache_features:
+    if (features is None and (plan.find_learning_rates or views)
+            and not _finished(state, head) and plan.cache_features):
         # The finder and the head train on the same features: extracted once (with
         # augmented_views, of the original and K augmented views of every example).
         features = head_training_features(transfer, train, plan.augmentation if views else None,

@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
@@ -270,7 +270,45 @@ def add_in_domain_vectors(
     return concatenate_word_vectors(vectors, in_domain), True
 
 
+# The word-vector sources a text recipe can train on or rank (--vector-source,
+# --select-from): the pretrained vectors (GloVe by default), word2vec on the training
+# texts, both side by side, and random vectors of the pretrained ones' words and scale.
+VECTOR_SOURCES = ("glove", "word2vec", "glove+word2vec", "random")
+
+
+def word_vector_source(name: str, pretrained: Callable[[], KeyedVectors],
+                       texts: Sequence[str], seed: int = 0,
+                       directory: str | os.PathLike | None = None) -> KeyedVectors:
+    """The vectors of one of `VECTOR_SOURCES`.
+
+    Args:
+        name: ``"glove"`` (``pretrained()``), ``"word2vec"`` (trained on ``texts``, the
+            training texts, labels unused), ``"glove+word2vec"`` (both, each word's
+            vectors side by side) or ``"random"`` (`random_vectors_like` the pretrained).
+        pretrained: Loads the pretrained vectors (called only when needed).
+        texts: The training texts.
+        seed: word2vec's and the random vectors' seed.
+        directory: Where the in-domain word2vec vectors are saved and reused from.
+    """
+    if name not in VECTOR_SOURCES:
+        raise ValueError(f"Unknown word-vector source {name!r}; choose from "
+                         f"{', '.join(VECTOR_SOURCES)}.")
+    if name == "glove":
+        return pretrained()
+    if name == "random":
+        return random_vectors_like(pretrained(), seed=seed)
+    if name == "word2vec":
+        vectors, _ = develop_word_vectors([tokenize(text) for text in texts], seed=seed,
+                                          evaluation=None, directory=directory)
+        return vectors
+    vectors, _ = add_in_domain_vectors(pretrained(), texts, "on", seed=seed,
+                                       directory=directory)
+    return vectors
+
+
 __all__ = [
+    "VECTOR_SOURCES",
+    "word_vector_source",
     "IN_DOMAIN_CHOICES",
     "IN_DOMAIN_MINIMUM_WORDS",
     "UnskilledSourceModelError",
