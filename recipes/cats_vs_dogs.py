@@ -85,6 +85,7 @@ from templates.multi_worker import finish_multi_worker  # noqa: E402
 from templates.outputs import write_model_outputs  # noqa: E402
 from templates.phases import batch_predictor  # noqa: E402
 from templates.pretrained import pretrained_model  # noqa: E402
+from templates.selection import cut_candidates  # noqa: E402
 from templates.transfer import run_transfer  # noqa: E402
 
 
@@ -130,6 +131,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Also measure how much of the backbone to reuse: cut it at N "
                              "block ends (first to last), train a head on each for --epochs "
                              "and write reuse_sweep.json/.png.")
+    parser.add_argument("--estimate", action="store_true",
+                        help="With --reuse-sweep N: rank the N cuts from their frozen "
+                        "features in seconds (reuse_estimates/selection.json) instead of "
+                        "training a head on each.")
     # Chosen on validation photos (docs/results.md): warm-up + cosine, and the finder's
     # rates, so --learning-rate and --fine-tune-learning-rate are the fallbacks
     # (--no-find-lr uses them). Augmented views and test-time flips did not help on
@@ -303,7 +308,17 @@ def run(args: argparse.Namespace, choice) -> int:
             phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
         metrics.update(comparison.metrics())
         print(comparison.summary_text())
-    if args.reuse_sweep:
+    if args.reuse_sweep and args.estimate:
+        # ## How much of the backbone to reuse, estimated: the N cuts ranked from their
+        # frozen features in seconds (the trained sweep below, without --estimate,
+        # is there to check it).
+        metrics["reuse_estimates"] = select_source(args, cut_candidates(
+            lambda cut: pretrained_model(**dataclasses.replace(source, cut_at=cut)
+                                         .model_options(), **model_options),
+            block_cut_points(transfer.backbone, args.reuse_sweep)), train, validation,
+            title=f"Reuse depth, estimated: {source.spelling}",
+            directory=os.path.join(args.output_dir, "reuse_estimates")).brief()
+    elif args.reuse_sweep:
         # ## How much of the backbone to reuse
         # Early blocks compute generic edges and textures, later ones ImageNet-specific
         # parts; heads trained on the backbone cut at N block ends show which depth

@@ -53,7 +53,11 @@ _EXPORTS = {
     "EncoderTransfer": "text_encoders", "pretrained_text_encoder": "text_encoders",
     "TransferPlan": "transfer", "TransferRun": "transfer", "run_transfer": "transfer",
     "TransferReport": "transfer_report", "summarize_curve": "transfer_report",
-    "develop_word_vectors": "word2vec",
+    "develop_word_vectors": "word2vec", "word_vector_source": "word2vec",
+    "Candidate": "selection", "Selection": "selection", "SelectionBudget": "selection",
+    "rank_cuts": "selection", "rank_sources": "selection",
+    "BackboneChoice": "candidates", "image_candidates": "candidates",
+    "parse_backbone": "candidates",
     "VectorFileError": "word_vectors", "load_word_vectors": "word_vectors",
 }
 

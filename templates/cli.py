@@ -400,10 +400,10 @@ def add_selection_arguments(parser: argparse.ArgumentParser, candidates_help: st
 
 
 def select_source(args: argparse.Namespace, candidates, train=None, validation=None,
-                  title: str = "Source selection"):
+                  title: str = "Source selection", directory: str | None = None):
     """Rank ``candidates`` (`templates.selection.rank_sources`) with the run's seed,
-    print the table, write ``selection.json`` / ``.png`` to ``--output-dir`` and return
-    the `templates.selection.Selection`."""
+    print the table, write ``selection.json`` / ``.png`` to ``directory`` (default
+    ``--output-dir``) and return the `templates.selection.Selection`."""
     from templates.selection import SelectionBudget, rank_sources
 
     if getattr(args, "multi_label", False):
@@ -413,5 +413,5 @@ def select_source(args: argparse.Namespace, candidates, train=None, validation=N
                                                 if args.select_by else {}))
     selection = rank_sources(candidates, train, validation, budget)
     print(selection.summary_text())
-    selection.write(args.output_dir, title)
+    selection.write(directory or args.output_dir, title)
     return selection

@@ -472,9 +472,16 @@ def rank_cuts(
         train, validation, budget, progress: As in `rank_sources`.
         pooling: How the head pools the cut's feature map.
     """
-    candidates = [Candidate(str(cut), (lambda cut=cut: build_at(cut)), pooling=pooling,
-                            details={"cut_at": cut}) for cut in cut_points]
-    return rank_sources(candidates, train, validation, budget, progress)
+    return rank_sources(cut_candidates(build_at, cut_points, pooling), train, validation,
+                        budget, progress)
+
+
+def cut_candidates(build_at: Callable[[str | int | None], Transferable],
+                   cut_points: Sequence[str | int | None],
+                   pooling: str = "avg") -> list[Candidate]:
+    """One `Candidate` per cut point (named after it), as `rank_cuts` ranks them."""
+    return [Candidate(str(cut), (lambda cut=cut: build_at(cut)), pooling=pooling,
+                      details={"cut_at": cut}) for cut in cut_points]
 
 
 def _epoch_zero(batches):

@@ -315,3 +315,21 @@ def test_digits_help_lists_the_source_tasks(subprocess_env):
     for name in ("--select-from", "--select-only", "--source-task", "parity", "low_digits",
                  "loops", "unrelated"):
         assert name in result.stdout
+
+
+@pytest.mark.acceptance
+def test_cats_reuse_sweep_estimate_ranks_cuts_without_training_them(
+        cats_vs_dogs_dir, subprocess_env, tmp_path):
+    out = tmp_path / "estimate"
+    result = run_recipe("recipes.cats_vs_dogs", [
+        "--data-dir", str(cats_vs_dogs_dir / "train"), "--backbone", "MobileNet,alpha=0.25",
+        "--epochs", "1", "--fine-tune-epochs", "0", "--no-find-lr", "--reuse-sweep", "3",
+        "--estimate", "--output-dir", str(out)], subprocess_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "reuse_sweep" not in metrics and not (out / "reuse_sweep.json").exists()
+    estimates = json.loads((out / "reuse_estimates" / "selection.json").read_text())
+    cuts = [row["candidate"] for row in estimates["candidates"]]
+    assert sorted(cuts) == sorted(metrics["reuse_estimates"]["candidates"]) and len(cuts) == 3
+    # The deepest block end (the whole backbone) fits the photos best; the first worst.
+    assert cuts[0] == "conv_pw_13_relu" and cuts[-1] == "conv_pw_1_relu"
