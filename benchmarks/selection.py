@@ -183,6 +183,14 @@ def rank_candidates(pool: Pool, seed: int, output_dir: pathlib.Path) -> dict:
     return {**json.loads((folder / "selection.json").read_text()), "seconds": seconds}
 
 
+def finished(pool: Pool, seed: int, output_dir: pathlib.Path) -> bool:
+    """Whether every training run and the ranking of ``pool`` at ``seed`` are there."""
+    folder = output_dir / pool.name / f"seed{seed}"
+    runs = [folder / "train" / _safe(candidate) for candidate in pool.candidates]
+    return all((run / "metrics.json").is_file() for run in runs) and (
+        folder / "select" / "selection.json").is_file()
+
+
 def kendall_tau(first: list[float], second: list[float]) -> float | None:
     """Kendall's tau-b of two lists (ties counted as neither order); ``None`` when one
     list is constant."""
@@ -294,6 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="runs/selection")
     parser.add_argument("--train-only", action="store_true",
                         help="Only the ground-truth training runs.")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="Tabulate only the (pool, seed) pairs whose runs have all "
+                        "finished; list the others under not_run instead of running them.")
     parser.add_argument("--write-docs", metavar="FILE",
                         help="Replace the marked block in FILE with the table.")
     args = parser.parse_args(argv)
@@ -303,6 +314,9 @@ def main(argv=None) -> int:
         pool = POOLS[name]
         per_seed = {}
         for seed in args.seeds:
+            if args.finished_only and not finished(pool, seed, output_dir):
+                results.setdefault("not_run", []).append(f"{name} seed {seed}")
+                continue
             truth = train_candidates(pool, seed, output_dir)
             if args.train_only:
                 continue
@@ -310,10 +324,12 @@ def main(argv=None) -> int:
         if args.train_only:
             continue
         results["runs"][name] = per_seed
-        groups = {"selection (11-13)": [s for s in args.seeds if s >= 10],
-                  "reported (1-3)": [s for s in args.seeds if s < 10]}
-        results["pools"][name] = {group: summarise({s: per_seed[s] for s in seeds})
-                                  for group, seeds in groups.items() if seeds}
+        groups = {"selection": [s for s in args.seeds if s >= 10],
+                  "reported": [s for s in args.seeds if s < 10]}
+        results["pools"][name] = {group: summarise({s: per_seed[s] for s in seeds
+                                                    if s in per_seed})
+                                  for group, seeds in groups.items()
+                                  if any(s in per_seed for s in seeds)}
     if args.train_only:
         return 0
     all_cases = [result for runs in results["runs"].values() for seed, result in runs.items()
@@ -326,7 +342,8 @@ def main(argv=None) -> int:
             "time_ratio": round(sum(case["ranking_seconds"] or 0 for case in all_cases)
                                 / sum(case["training_seconds"] for case in all_cases), 4)}
     (output_dir / "selection_benchmark.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({key: results[key] for key in ("pools", "target") if key in results},
+    print(json.dumps({key: results[key] for key in ("pools", "target", "not_run")
+                      if key in results},
                      indent=2))
     if args.write_docs:
         write_docs(args.write_docs, markdown(results))
