@@ -100,19 +100,21 @@ def _derived_keras_home(folder: pathlib.Path) -> pathlib.Path:
         if not link.exists():
             link.symlink_to(source)
     script = (
-        "import keras, sys\n"
+        "import sys, h5py, keras\n"
+        "from keras.src.legacy.saving import legacy_h5_format\n"
         "top = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25, "
         "include_top=True, weights='imagenet')\n"
         "bare = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25, "
         "include_top=False, weights=None)\n"
         "for layer in bare.layers:\n"
-        "    layer.set_weights(top.get_layer(layer.name).get_weights())\n"
-        "bare.save_weights(sys.argv[1])\n")
+        "    if layer.weights:\n"
+        "        layer.set_weights(top.get_layer(layer.name).get_weights())\n"
+        "with h5py.File(sys.argv[1], 'w') as handle:\n"  # Keras's own (legacy h5) layout
+        "    legacy_h5_format.save_weights_to_hdf5_group(handle, bare)\n")
     with tempfile.TemporaryDirectory() as scratch:
-        temporary = os.path.join(scratch, "no_top.weights.h5")
+        temporary = os.path.join(scratch, "no_top.h5")
         subprocess.run([sys.executable, "-c", script, temporary], check=True,
                        env=dict(os.environ, KERAS_HOME=str(home)))
-        # Keras's cache names the file like the official download (legacy h5 name).
         shutil.copyfile(temporary, target)
     return home
 
