@@ -333,3 +333,26 @@ def test_cats_reuse_sweep_estimate_ranks_cuts_without_training_them(
     assert sorted(cuts) == sorted(metrics["reuse_estimates"]["candidates"]) and len(cuts) == 3
     # The deepest block end (the whole backbone) fits the photos best; the first worst.
     assert cuts[0] == "conv_pw_13_relu" and cuts[-1] == "conv_pw_1_relu"
+
+
+def test_the_selection_benchmark_scores_a_ranking_against_the_trained_candidates():
+    from benchmarks.selection import kendall_tau, score_pool_seed, summarise
+
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 1, 1], [1, 2, 3]) is None
+    truth = {"a": {"test_accuracy": 0.90, "seconds": 60.0},
+             "b": {"test_accuracy": 0.895, "seconds": 40.0},
+             "c": {"test_accuracy": 0.50, "seconds": 50.0}}
+    selection = {"verdict": "too close to call", "pick": "b", "seconds": 15.0, "candidates": [
+        {"candidate": "b", "rank": 1, "logme": -0.1, "leep": None, "mean_rank": 1.0},
+        {"candidate": "a", "rank": 2, "logme": -0.2, "leep": None, "mean_rank": 2.0},
+        {"candidate": "c", "rank": 3, "logme": -0.9, "leep": None, "mean_rank": 3.0}]}
+    scored = score_pool_seed(truth, selection)
+    final = scored["estimates"]["final"]
+    assert final["top"] == "b" and not final["top_is_best"] and final["top_within_1_point"]
+    assert final["tau"] == pytest.approx(1 / 3)
+    assert "leep" not in scored["estimates"]  # no candidate has it
+    summary = summarise({1: scored})
+    assert summary["time_ratio"] == pytest.approx(15 / 150)
+    assert summary["close_calls"] == 1 and summary["final"]["top_within_1_point"] == 1
