@@ -13,6 +13,10 @@ How to run:
     KERAS_HOME=$PWD/../shared/keras_home python -m recipes.cats_vs_dogs \
         --data-dir ../shared/data/cats_vs_dogs --backbone MobileNet --alpha 0.25
 
+    # Rank candidate backbones on frozen features first (--select-only: just the table):
+    python -m recipes.cats_vs_dogs --select-from MobileNet,alpha=0.25 \
+        MobileNet,alpha=0.25@-30 MobileNet,alpha=0.25,weights=none
+
     python -m recipes.cats_vs_dogs --help
 
 Outputs in `--output-dir`: `metrics.json`, `history.json`, `learning_curves.png`,

@@ -8,11 +8,12 @@ how much of the source model to reuse.
 How to run (no download: scikit-learn ships the 1,797 real 8x8 scans):
 
     python -m recipes.develop_model_digits --labels-per-class 5 --output-dir runs/digits
+    python -m recipes.develop_model_digits --select-from all --select-only  # rank the tasks
     python -m recipes.develop_model_digits --help
 
 The shared training options (`--find-lr`, `--schedule`, `--patience`...) apply to the
-transferred and the scratch runs alike. Outputs in `--output-dir`: `source/` (the source
-model and its baseline check, reused by later runs), `transfer_report.json/.png`,
+transferred and the scratch runs alike. Outputs in `--output-dir`: `source/TASK/` (the
+source model and its baseline check, reused by later runs), `transfer_report.json/.png`,
 `reuse_sweep.json/.png`, `evaluation/` (the first seed's transferred model) and
 `metrics.json`.
 

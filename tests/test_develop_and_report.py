@@ -313,8 +313,8 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
         report["transfer"]["runs"][0]["test_score"], abs=1e-6)
     assert pool["best_val_accuracy"] == pytest.approx(
         report["transfer"]["runs"][0]["asymptote"], abs=1e-6)
-    for name in ("transfer_report.png", "reuse_sweep.png", "source/source_model.keras",
-                 "source/source_check.json", "metrics.json"):
+    for name in ("transfer_report.png", "reuse_sweep.png", "source/parity/source_model.keras",
+                 "source/parity/source_check.json", "metrics.json"):
         assert (first / name).is_file(), name
     # The evaluation folder describes the first seed's transferred model.
     evaluation = json.loads((first / "evaluation" / "evaluation.json").read_text())
@@ -323,7 +323,7 @@ def test_digits_recipe_transfer_wins_and_resumes_to_the_same_result(
     assert evaluation["class_names"] == ["5", "6", "7", "8", "9"]
     for name in ("confusion_matrix.png", "grad_cam.png", "report.md"):
         assert (first / "evaluation" / name).is_file(), name
-    check = json.loads((first / "source" / "source_check.json").read_text())
+    check = json.loads((first / "source" / "parity" / "source_check.json").read_text())
     # Odd vs even: two classes, the majority about half the scans.
     assert check["skilful"] and check["accuracy"] > check["baseline_accuracy"] + 0.3
 
