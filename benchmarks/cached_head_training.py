@@ -20,10 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from templates.backbones import get_backbone_spec  # noqa: E402
-from templates.image_data import image_dataset, load_image_splits  # noqa: E402
-from templates.phases import train_head  # noqa: E402
-from templates.pretrained import pretrained_model  # noqa: E402
+from templates.data.images import image_dataset, load_image_splits  # noqa: E402
+from templates.models.backbones import get_backbone_spec  # noqa: E402
+from templates.models.pretrained import pretrained_model  # noqa: E402
+from templates.training.phases import train_head  # noqa: E402
 
 
 def run_mode(cache_features: bool, splits, args, image_size: int) -> dict:

@@ -1,7 +1,7 @@
 """Benchmark: what the in-domain word vectors of the GloVe recipe are made of.
 
 The glove recipe's default on full SST-2 puts word2vec trained on the training sentences
-beside GloVe (`templates.word2vec.add_in_domain_vectors`). This script runs the recipe's
+beside GloVe (`templates.training.word2vec.add_in_domain_vectors`). This script runs the recipe's
 defaults with the embedding swapped for two controls, and one more lever:
 
 * ``random_beside``: GloVe plus 50 random dimensions for the same words (is it the
@@ -31,20 +31,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import transfer_plan  # noqa: E402
-from templates.embeddings import PretrainedEmbedding  # noqa: E402
-from templates.text_classifiers import pretrained_text_classifier  # noqa: E402
-from templates.text_data import load_text_splits  # noqa: E402
-from templates.tokenization import tokenize  # noqa: E402
-from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
-from templates.transfer import run_transfer  # noqa: E402
-from templates.word2vec import develop_word_vectors  # noqa: E402
-from templates.word_vectors import (  # noqa: E402
+from templates.data.texts import load_text_splits  # noqa: E402
+from templates.data.tokenization import tokenize  # noqa: E402
+from templates.models.embeddings import PretrainedEmbedding  # noqa: E402
+from templates.models.text_classifiers import pretrained_text_classifier  # noqa: E402
+from templates.models.tokenized_text import tokenize_for_vectors  # noqa: E402
+from templates.models.word_vectors import (
     concatenate_word_vectors,
     keyed_vectors,
     load_word_vectors,
 )
+from templates.training.checkpoints import TrainingState  # noqa: E402
+from templates.training.run import run_transfer  # noqa: E402
+from templates.training.word2vec import develop_word_vectors  # noqa: E402
 
 SST2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "text", "sst2")
 VARIANTS = ("random_beside", "in_domain_alone", "map_unseen")
@@ -93,7 +93,7 @@ def run_variant(variant: str, seed: int, data_dir: str) -> dict:
                          steps_per_epoch=math.ceil(len(splits.train) / args.batch_size))
     with tempfile.TemporaryDirectory() as folder:
         run_transfer(transfer, train, validation, plan, verbose=0,
-                     checkpoints=TrainingState(folder, seed=seed))
+                     checkpoints=TrainingState(folder))
 
     def scores():
         return [round(float(transfer.model.evaluate(split, verbose=0, return_dict=True)

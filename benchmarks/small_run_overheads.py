@@ -35,8 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from templates.phases import compile_classifier  # noqa: E402
-from templates.batches import ShuffledArrays, array_batches  # noqa: E402
+from templates.data.batches import ShuffledArrays, array_batches  # noqa: E402
+from templates.training.compilation import compile_classifier  # noqa: E402
 
 
 def best_ms(function, repeats: int) -> float:
@@ -104,9 +104,9 @@ def first_fit_costs() -> dict:
 
 
 def embedding_costs(vocabulary: int, trainable_rows: int, repeats: int) -> dict:
-    from templates.embeddings import EmbeddingMatrix
-    from templates.phases import unfreeze_from
-    from templates.text_classifiers import pretrained_text_classifier
+    from templates.models.embeddings import EmbeddingMatrix
+    from templates.models.freezing import unfreeze_from
+    from templates.models.text_classifiers import pretrained_text_classifier
 
     rng = np.random.default_rng(2)
     matrix = EmbeddingMatrix(

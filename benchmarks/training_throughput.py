@@ -23,8 +23,9 @@ import time
 import keras
 import numpy as np
 
-from templates.phases import compile_classifier, unfreeze_from
-from templates.pretrained import pretrained_model
+from templates.models.freezing import unfreeze_from
+from templates.models.pretrained import pretrained_model
+from templates.training.compilation import compile_classifier
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:

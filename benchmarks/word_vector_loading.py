@@ -6,10 +6,10 @@ written like GloVe's with 5-6 significant digits), then times:
 * ``per_line_loop``: the loop most tutorials use (``line.split()`` then
   ``np.asarray(values, dtype="float32")`` per line);
 * ``gensim_text``: ``KeyedVectors.load_word2vec_format(no_header=True)``;
-* ``first_load``: `templates.word_vectors.load_word_vectors` on the file (parse with
+* ``first_load``: `templates.models.word_vectors.load_word_vectors` on the file (parse with
   pyarrow and write the cache);
 * ``cached_reload``: the same call again (memory-mapped cache);
-* ``embedding_matrix``: `templates.embeddings.embedding_matrix` for a 20,000-word
+* ``embedding_matrix``: `templates.models.embeddings.embedding_matrix` for a 20,000-word
   vocabulary (18,000 known words, 2,000 unknown).
 
 Prints one JSON object. Each timing is the best of ``--repeats`` runs (one for the
@@ -74,8 +74,8 @@ def main(argv=None) -> None:
 
     from gensim.models import KeyedVectors
 
-    from templates.embeddings import embedding_matrix
-    from templates.word_vectors import load_word_vectors
+    from templates.models.embeddings import embedding_matrix
+    from templates.models.word_vectors import load_word_vectors
 
     folder = tempfile.mkdtemp(prefix="word-vector-benchmark-")
     try:

@@ -37,7 +37,7 @@ short learning-rate sweep (the loss minimum / 10, bounded, falling back to the g
 rate when the sweep cannot be trusted): on validation photos it beat fixed rates. During that
 second phase every BatchNormalization layer must stay in inference mode. In Keras 3,
 `base(x, training=False)` does not guarantee it once the base is unfrozen
-(keras-team/keras#20285); `templates.phases.fine_tune` sets those layers to
+(keras-team/keras#20285); `templates.training.phases.fine_tune` sets those layers to
 `trainable = False`, which does.
 """
 
@@ -54,12 +54,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from templates.backbones import (  # noqa: E402
-    WeightsUnavailableError,
-    block_cut_points,
-)
-from templates.candidates import image_candidates, parse_backbone  # noqa: E402
-from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
@@ -74,23 +68,28 @@ from templates.cli import (  # noqa: E402
     tflite_modes,
     transfer_plan,
 )
-from templates.comparison import report_against_scratch, reuse_depth_sweep  # noqa: E402
-from templates.downloads import DownloadError, download_dataset  # noqa: E402
-from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import (  # noqa: E402
+from templates.data.downloads import DownloadError, download_dataset  # noqa: E402
+from templates.data.files import write_json  # noqa: E402
+from templates.data.images import image_batches_by_size, load_image_splits  # noqa: E402
+from templates.export.outputs import write_model_outputs  # noqa: E402
+from templates.models.backbone_spelling import parse_backbone  # noqa: E402
+from templates.models.backbones import WeightsUnavailableError, block_cut_points
+from templates.models.flip_averaging import flip_averaged
+from templates.models.pretrained import pretrained_model  # noqa: E402
+from templates.reports.candidates import image_candidates
+from templates.reports.comparison import report_against_scratch, reuse_depth_sweep  # noqa: E402
+from templates.reports.environment import run_metadata  # noqa: E402
+from templates.reports.evaluation import (
     evaluation_summary,
     image_evaluation_report,
     multi_label_evaluation,
 )
-from templates.files import write_json  # noqa: E402
-from templates.flip_averaging import flip_averaged, flip_scores  # noqa: E402
-from templates.image_data import image_batches_by_size, load_image_splits  # noqa: E402
-from templates.multi_worker import finish_multi_worker  # noqa: E402
-from templates.outputs import write_model_outputs  # noqa: E402
-from templates.phases import batch_predictor  # noqa: E402
-from templates.pretrained import pretrained_model  # noqa: E402
-from templates.selection import cut_candidates  # noqa: E402
-from templates.transfer import run_transfer  # noqa: E402
+from templates.reports.flip_scores import flip_scores  # noqa: E402
+from templates.reports.selection import cut_candidates  # noqa: E402
+from templates.training.checkpoints import TrainingState  # noqa: E402
+from templates.training.multi_worker import finish_multi_worker  # noqa: E402
+from templates.training.phases import batch_predictor  # noqa: E402
+from templates.training.run import run_transfer  # noqa: E402
 
 
 def _layer_name_or_index(value: str) -> str | int:
@@ -239,8 +238,7 @@ def run(args: argparse.Namespace, choice) -> int:
                          augmented_views=args.augmented_views if args.augment else 0,
                          cache_features=not args.augment or args.augmented_views > 0,
                          steps_per_epoch=math.ceil(len(splits.train.files) / args.batch_size))
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed)
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        output_dir=args.output_dir, measure_start=args.compare_scratch,
                        features=selection.features_for(plan) if selection else None)

@@ -47,25 +47,27 @@ from templates.cli import (  # noqa: E402
     add_hardware_arguments,
     add_selection_arguments,
     add_training_arguments,
-    record_finding,
     select_source,
     setup_hardware,
     tensorboard_callbacks,
     transfer_plan,
 )
-from templates.batches import array_batches  # noqa: E402
-from templates.checkpoints import TrainingState  # noqa: E402
-from templates.comparison import compare_with_scratch, reuse_depth_sweep  # noqa: E402
-from templates.develop import (  # noqa: E402
+from templates.training.finder import (  # noqa: E402
+    record_finding,
+)
+from templates.data.batches import array_batches  # noqa: E402
+from templates.data.files import write_json  # noqa: E402
+from templates.reports.comparison import compare_with_scratch, reuse_depth_sweep  # noqa: E402
+from templates.reports.evaluation import evaluation_report  # noqa: E402
+from templates.reports.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
+from templates.reports.selection import Candidate  # noqa: E402
+from templates.training.checkpoints import TrainingState  # noqa: E402
+from templates.training.develop import (
     UnskilledSourceModelError,
     develop_model,
     reuse_model,
 )
-from templates.evaluation import evaluation_report  # noqa: E402
-from templates.files import write_json  # noqa: E402
-from templates.grad_cam import grad_cam_heatmaps, overlay  # noqa: E402
-from templates.phases import find_head_learning_rate  # noqa: E402
-from templates.selection import Candidate  # noqa: E402
+from templates.training.phases import find_head_learning_rate  # noqa: E402
 
 # Every run below builds new small models, and each model traces its own training and
 # evaluation functions: that is expected here, so TensorFlow's warning about functions

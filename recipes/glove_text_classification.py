@@ -68,7 +68,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
@@ -77,41 +76,42 @@ from templates.cli import (  # noqa: E402
     add_text_data_arguments,
     add_training_arguments,
     add_word_vector_arguments,
-    setup_hardware,
     select_source,
+    setup_hardware,
     start_multi_worker,
     tensorboard_callbacks,
     tflite_modes,
     transfer_plan,
 )
-from templates.comparison import report_against_scratch  # noqa: E402
-from templates.downloads import DownloadError  # noqa: E402
-from templates.embeddings import TRAINABLE_MODES  # noqa: E402
-from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import (  # noqa: E402
-    evaluation_report,
-    evaluation_summary,
-    multi_label_evaluation,
-)
-from templates.files import write_json, write_text  # noqa: E402
-from templates.multi_worker import finish_multi_worker  # noqa: E402
-from templates.outputs import write_model_outputs  # noqa: E402
-from templates.text_classifiers import (  # noqa: E402
+from templates.data.downloads import DownloadError  # noqa: E402
+from templates.data.files import write_json, write_text  # noqa: E402
+from templates.data.texts import download_sst2, load_text_splits, string_model  # noqa: E402
+from templates.export.outputs import write_model_outputs  # noqa: E402
+from templates.models.embeddings import TRAINABLE_MODES  # noqa: E402
+from templates.models.text_classifiers import (
     ARCHITECTURES,
     pretrained_text_classifier,
     scratch_text_classifier,
 )
-from templates.text_data import download_sst2, load_text_splits, string_model  # noqa: E402
-from templates.tokenized_text import tokenize_for_vectors  # noqa: E402
-from templates.transfer import run_transfer  # noqa: E402
-from templates.selection import prepared_candidates  # noqa: E402
-from templates.word2vec import (  # noqa: E402
+from templates.models.tokenized_text import tokenize_for_vectors  # noqa: E402
+from templates.models.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
+from templates.reports.comparison import report_against_scratch  # noqa: E402
+from templates.reports.environment import run_metadata  # noqa: E402
+from templates.reports.evaluation import (
+    evaluation_report,
+    evaluation_summary,
+    multi_label_evaluation,
+)
+from templates.reports.selection import prepared_candidates  # noqa: E402
+from templates.training.checkpoints import TrainingState  # noqa: E402
+from templates.training.multi_worker import finish_multi_worker  # noqa: E402
+from templates.training.run import run_transfer  # noqa: E402
+from templates.training.word2vec import (
     VECTOR_SOURCES,
     add_in_domain_vectors,
     develop_word_vectors,
     word_vector_source,
 )
-from templates.word_vectors import VectorFileError, load_word_vectors  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -278,8 +278,7 @@ def run(args: argparse.Namespace, choice) -> int:
     # last finished epoch, ending exactly where an uninterrupted run would.
     plan = transfer_plan(args, splits.labels["train"],
                          steps_per_epoch=math.ceil(len(splits.train) / args.batch_size))
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed)
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        output_dir=args.output_dir, measure_start=True, verbose=2)
 

@@ -3,7 +3,7 @@ Title: Data-parallel training on several machines with MultiWorkerMirroredStrate
 Description: Train a small CNN on scikit-learn's handwritten digits with one process
 per machine, gradients all-reduced every step, checkpoints written by the chief and
 resumable. Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
-(keras-team/keras#20585); `templates.multi_worker.train_multi_worker` drives the same
+(keras-team/keras#20585); `templates.training.multi_worker.train_multi_worker` drives the same
 Keras model with a `strategy.run` loop instead.
 
 How to run, on each of two machines (same command, its own task index):
@@ -37,18 +37,22 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from templates.cli import (  # noqa: E402
+from templates.training.schedules import (  # noqa: E402
     SCHEDULES,
-    add_hardware_arguments,
-    finder_bounds,
-    record_finding,
     scheduled,
+)
+from templates.cli import (  # noqa: E402
+    add_hardware_arguments,
     setup_hardware,
 )
-from templates.evaluation import evaluation_report  # noqa: E402
-from templates.files import write_json  # noqa: E402
-from templates.learning_rates import choose_learning_rate  # noqa: E402
-from templates.multi_worker import (  # noqa: E402
+from templates.training.finder import (  # noqa: E402
+    finder_bounds,
+    record_finding,
+)
+from templates.data.files import write_json  # noqa: E402
+from templates.reports.evaluation import evaluation_report  # noqa: E402
+from templates.training.finder import choose_learning_rate  # noqa: E402
+from templates.training.multi_worker import (
     find_learning_rate_multi_worker,
     is_chief,
     local_predict,

@@ -63,8 +63,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from templates.backbones import WeightsUnavailableError  # noqa: E402
-from templates.checkpoints import TrainingState  # noqa: E402
 from templates.cli import (  # noqa: E402
     accuracy_gate,
     add_hardware_arguments,
@@ -75,19 +73,21 @@ from templates.cli import (  # noqa: E402
     tensorboard_callbacks,
     transfer_plan,
 )
-from templates.comparison import report_against_scratch  # noqa: E402
-from templates.downloads import DownloadError  # noqa: E402
-from templates.environment import run_metadata  # noqa: E402
-from templates.evaluation import (  # noqa: E402
+from templates.data.downloads import DownloadError  # noqa: E402
+from templates.data.files import write_json  # noqa: E402
+from templates.data.texts import download_sst2, load_text_splits  # noqa: E402
+from templates.export.outputs import write_model_outputs  # noqa: E402
+from templates.models.backbones import WeightsUnavailableError  # noqa: E402
+from templates.models.text_encoders import pretrained_text_encoder  # noqa: E402
+from templates.reports.comparison import report_against_scratch  # noqa: E402
+from templates.reports.environment import run_metadata  # noqa: E402
+from templates.reports.evaluation import (
     evaluation_report,
     evaluation_summary,
     multi_label_evaluation,
 )
-from templates.files import write_json  # noqa: E402
-from templates.outputs import write_model_outputs  # noqa: E402
-from templates.text_data import download_sst2, load_text_splits  # noqa: E402
-from templates.text_encoders import pretrained_text_encoder  # noqa: E402
-from templates.transfer import run_transfer  # noqa: E402
+from templates.training.checkpoints import TrainingState  # noqa: E402
+from templates.training.run import run_transfer  # noqa: E402
 
 FINE_TUNE_LEARNING_RATE = {"full": 5e-5, "lora": 5e-4}
 
@@ -171,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
     # continues an interrupted run where it stopped.
     plan = transfer_plan(args, splits.labels["train"],
                          steps_per_epoch=math.ceil(len(splits.train) / args.batch_size))
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed)
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     run = run_transfer(transfer, batches["train"], batches["validation"], plan,
                        checkpoints=state, test=batches["test"], output_dir=args.output_dir,
                        measure_start=True, verbose=2)

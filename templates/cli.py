@@ -2,7 +2,7 @@
 
 The only library module that knows about flags. Recipes add the shared flags with
 `add_training_arguments` and `add_hardware_arguments`, then turn the parsed arguments
-into what the library takes: `transfer_plan` (a `templates.transfer.TransferPlan`),
+into what the library takes: `transfer_plan` (a `templates.training.plan.TransferPlan`),
 `setup_hardware` (a strategy, precision and XLA), `accuracy_gate` (the exit status).
 
 Training flags:
@@ -36,8 +36,10 @@ from typing import Any
 
 import keras
 
-from templates.export import TFLITE_MODES
-from templates.hardware import (
+from templates.export.formats import TFLITE_MODES
+from templates.training.compilation import JIT_COMPILE_SETTINGS, set_jit_compile
+from templates.training.finder import SUGGESTION_RULES
+from templates.training.hardware import (
     MIXED_PRECISION,
     STRATEGIES,
     StrategyChoice,
@@ -45,18 +47,13 @@ from templates.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
-# The schedules and the finder's bookkeeping live in templates.learning_rates; the
+from templates.training.plan import MONITORS, TransferPlan, balanced_class_weight
+
+# The schedules and the finder's bookkeeping live in templates.training.finder; the
 # recipes import them from here with the flags.
-from templates.learning_rates import (  # noqa: F401
-    SCHEDULES,
-    SUGGESTION_RULES,
-    finder_bounds,
-    record_finding,
-    scheduled,
-)
-from templates.phases import JIT_COMPILE_SETTINGS, set_jit_compile
-from templates.transfer import MONITORS, TransferPlan, balanced_class_weight
-from templates.word2vec import IN_DOMAIN_CHOICES, IN_DOMAIN_MINIMUM_WORDS
+from templates.training.schedules import SCHEDULES
+from templates.training.word2vec import IN_DOMAIN_CHOICES, IN_DOMAIN_MINIMUM_WORDS
+
 
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                       fine_tune_epochs: int = 3, fine_tune_learning_rate: float | None = 1e-4,
@@ -312,7 +309,7 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
         raise ValueError(
             "--strategy multi_worker: this recipe trains with model.fit, which fails under "
             "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "
-            "machines with templates.multi_worker.train_multi_worker, as "
+            "machines with templates.training.multi_worker.train_multi_worker, as "
             "`python -m recipes.multi_worker_digits` does.")
     choice = choose_strategy(args.strategy)
     check_tpu_paths(choice, *paths)
@@ -384,7 +381,7 @@ def accuracy_gate(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
 def add_selection_arguments(parser: argparse.ArgumentParser, candidates_help: str) -> None:
     """``--select-from A B C...`` (rank candidate sources from frozen features, then
     train the pick) and ``--select-only`` (stop after the table); see
-    `templates.selection`."""
+    `templates.reports.selection`."""
     group = parser.add_argument_group(
         "source selection", "Rank candidate sources on frozen features of the target data "
         "before training (LogME, k-NN and linear probes, LEEP where the source has a "
@@ -401,10 +398,10 @@ def add_selection_arguments(parser: argparse.ArgumentParser, candidates_help: st
 
 def select_source(args: argparse.Namespace, candidates, train=None, validation=None,
                   title: str = "Source selection", directory: str | None = None):
-    """Rank ``candidates`` (`templates.selection.rank_sources`) with the run's seed,
+    """Rank ``candidates`` (`templates.reports.selection.rank_sources`) with the run's seed,
     print the table, write ``selection.json`` / ``.png`` to ``directory`` (default
-    ``--output-dir``) and return the `templates.selection.Selection`."""
-    from templates.selection import SelectionBudget, rank_sources
+    ``--output-dir``) and return the `templates.reports.selection.Selection`."""
+    from templates.reports.selection import SelectionBudget, rank_sources
 
     if getattr(args, "multi_label", False):
         raise ValueError("--select-from ranks single-label targets; the estimates do not "

@@ -13,8 +13,8 @@ import os
 import runpy
 import sys
 
-import templates.checkpoints as checkpoints
-import templates.export as export
+import templates.export.formats as export
+import templates.training.checkpoints as checkpoints
 
 POINTS = (
     "head.mid_epoch",          # during the head's second epoch, after its first batch

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from templates.backbones import (
+from templates.models.backbones import (
     BACKBONES,
     WeightsUnavailableError,
     build_backbone,
     cut_backbone,
     get_backbone_spec,
 )
-from templates.preprocessing import BackbonePreprocessing
+from templates.models.preprocessing import BackbonePreprocessing
 
 REQUIRED_FAMILIES = (
     ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",

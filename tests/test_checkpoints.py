@@ -9,9 +9,9 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import kill_when
-from templates.checkpoints import TrainingState, read_epochs
+
+from templates.training.checkpoints import TrainingState, read_epochs
 
 
 class Crash(Exception):
@@ -123,9 +123,8 @@ def dropout_model():
 
 @pytest.mark.parametrize("pipeline", ["arrays", "array_batches", "tf.data"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, pipeline):
-    from templates.epoch_shuffle import shuffle_each_epoch
-    from templates.batches import ShuffledArrays, array_batches
-    from templates.reproducibility import following_epochs
+    from templates.data.batches import ShuffledArrays, array_batches, shuffle_each_epoch
+    from templates.training.seeds import following_epochs
 
     x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -142,12 +141,12 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
     def run(directory, crash_after=None, resume=False):
         keras.utils.set_random_seed(3)
         model = dropout_model()
-        state = TrainingState(directory, resume=resume, seed=3)
+        state = TrainingState(directory, resume=resume)
         extra = [CrashAfter(crash_after)] if crash_after else []
         batches = data()
         # The fit call names the data whose order its epoch seeds set.
         model.fit(batches, shuffle=False, epochs=5, verbose=0,
-                  callbacks=following_epochs(state.callbacks("head") + extra, batches))
+                  callbacks=following_epochs(state.callbacks("head", seed=3) + extra, batches))
         return model
 
     uninterrupted = run(tmp_path / "a")
@@ -175,8 +174,13 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, p
 def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
     import tensorflow as tf
 
-    from templates.batches import ShuffledArrays, array_batches
-    from templates.reproducibility import EpochSeeds, epoch_followers, set_epoch
+    from templates.data.batches import (
+        ShuffledArrays,
+        array_batches,
+        epoch_followers,
+        set_epoch,
+    )
+    from templates.training.seeds import EpochSeeds
 
     x = np.arange(40, dtype="float32").reshape(20, 2)
     y = np.arange(20, dtype="int32")
@@ -226,7 +230,7 @@ def test_array_batches_read_the_arrays_in_shuffled_arrays_orders():
 
 
 def test_keep_best_restores_the_best_epoch_and_remembers_it_across_a_restart(tmp_path):
-    from templates.checkpoints import KeepBest
+    from templates.training.checkpoints import KeepBest
 
     model = small_model()
 
@@ -282,7 +286,7 @@ class FakeClock(keras.callbacks.Callback):
 
 def paced(path, clock, max_overhead, monkeypatch):
     """A PacedBackup on ``clock`` that records the epochs it backed up."""
-    from templates import checkpoints
+    from templates.training import checkpoints
 
     monkeypatch.setattr(checkpoints, "_clock", lambda: clock.now)
     backup = checkpoints.PacedBackup(path, max_overhead=max_overhead)
@@ -319,7 +323,7 @@ def test_paced_backups_skip_short_epochs_and_keep_long_ones(tmp_path, monkeypatc
 
 
 def test_a_paced_backup_resumes_from_its_last_backed_up_epoch(tmp_path, monkeypatch):
-    from templates import checkpoints
+    from templates.training import checkpoints
 
     # A clock that advances 1/8 s per reading: a write "takes" 1/8 s, so with at most
     # 1/8 overhead the backups land on epochs 1, 9, 17 (1 s apart).

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from templates.develop import (
+from templates.reports.transfer_report import TransferReport, summarize_curve
+from templates.training.develop import (
     SOURCE_CHECK_FILE,
     UnskilledSourceModelError,
     articulation_layers,
@@ -17,8 +18,7 @@ from templates.develop import (
     majority_baseline_accuracy,
     reuse_model,
 )
-from templates.transfer import TransferPlan
-from templates.transfer_report import TransferReport, summarize_curve
+from templates.training.plan import TransferPlan
 
 
 def separable_data(count=200, seed=0):
@@ -133,7 +133,11 @@ class RecordRates(keras.callbacks.Callback):
 def test_comparison_applies_the_training_options_to_both_sides(schedule):
     import tensorflow as tf
 
-    from templates.comparison import TrainingBudget, compare_with_scratch, steps_per_epoch
+    from templates.reports.comparison import (
+        TrainingBudget,
+        compare_with_scratch,
+        steps_per_epoch,
+    )
 
     inputs, labels = separable_data(96)
     train = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(16)
@@ -222,9 +226,9 @@ def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
     """A source network that learned random labels on noise, reused up to its dense
     layer: its features know nothing of strokes, and the report must say so plainly."""
     from recipes.develop_model_digits import build_digit_model, load_digits_by_task
-    from templates.batches import array_batches
-    from templates.comparison import compare_with_scratch
-    from templates.develop import reuse_model
+    from templates.data.batches import array_batches
+    from templates.reports.comparison import compare_with_scratch
+    from templates.training.develop import reuse_model
 
     data = load_digits_by_task(5, seed=0)
     generator = np.random.default_rng(0)

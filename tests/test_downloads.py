@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from templates.downloads import DownloadError, download_file
+from templates.data.downloads import DownloadError, download_file
 
 
 def crafted_archives(folder):

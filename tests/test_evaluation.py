@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import pytest
 
-from templates.evaluation import classification_scores, evaluation_report
-from templates.grad_cam import grad_cam_heatmaps, grad_cam_overlays
-from templates.pretrained import TransferModel
+from templates.models.transfer_model import TransferModel
+from templates.reports.evaluation import classification_scores, evaluation_report
+from templates.reports.grad_cam import grad_cam_heatmaps, grad_cam_overlays
 
 CLASSES = ["blank", "red", "green"]
 

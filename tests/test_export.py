@@ -1,4 +1,4 @@
-"""`templates.export`: TFLite exports, plain and quantised, scored by the interpreter."""
+"""`templates.export.formats`: TFLite exports, plain and quantised, scored by the interpreter."""
 
 import os
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.export import TFLITE_MODES, export_tflite, tflite_accuracy
+from templates.export.formats import TFLITE_MODES, export_tflite, tflite_accuracy
 
 
 def bright_dark(count=128, seed=0):

@@ -1,11 +1,11 @@
-"""`templates.flip_averaging`: predictions averaged over an image and its mirror."""
+"""`templates.models.flip_averaging`: predictions averaged over an image and its mirror."""
 
 import keras
 import numpy as np
 import pytest
 
-from templates.saving import load_model, save_model
-from templates.flip_averaging import flip_averaged
+from templates.models.flip_averaging import flip_averaged
+from templates.training.saving import load_model, save_model
 
 
 def lopsided_model():

@@ -1,4 +1,4 @@
-"""Strategies, mixed precision and the hardware flags (`templates.hardware`, the
+"""Strategies, mixed precision and the hardware flags (`templates.training.hardware`, the
 hardware part of `templates.cli`), on CPU."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from templates.hardware import (
+from templates.training.hardware import (
     StrategyChoice,
     check_tpu_paths,
     choose_strategy,
@@ -39,8 +39,8 @@ def test_tpu_refuses_local_paths():
 
 @pytest.mark.parametrize("mode, compute", [("float16", "float16"), ("bfloat16", "bfloat16")])
 def test_mixed_precision_policies_train_with_a_float32_output(mode, compute):
-    from templates.phases import compile_classifier
-    from templates.pretrained import pretrained_model
+    from templates.models.pretrained import pretrained_model
+    from templates.training.compilation import compile_classifier
 
     try:
         policy = set_mixed_precision(mode)
@@ -71,7 +71,11 @@ def test_xla_flag_sets_how_the_phases_compile(flag, compiled):
     import argparse
 
     from templates.cli import add_hardware_arguments, setup_hardware
-    from templates.phases import compile_classifier, jit_compile_setting, set_jit_compile
+    from templates.training.compilation import (
+        compile_classifier,
+        jit_compile_setting,
+        set_jit_compile,
+    )
 
     parser = argparse.ArgumentParser()
     add_hardware_arguments(parser)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.hub import HubLayer, load_hub_module
-from templates.saving import load_model, save_model
+from templates.models.tfhub import HubLayer, load_hub_module
+from templates.training.saving import load_model, save_model
 
 WORDS = ["good", "great", "fun", "bad", "awful", "dull"]
 
@@ -204,8 +204,9 @@ def any_size_image_module(tmp_path_factory):
 
 
 def test_a_tfhub_backbone_is_fine_tuned_in_inference_mode(any_size_image_module, tmp_path):
-    from templates.pretrained import pretrained_model
-    from templates.transfer import TransferPlan, run_transfer
+    from templates.models.pretrained import pretrained_model
+    from templates.training.plan import TransferPlan
+    from templates.training.run import run_transfer
 
     transfer = pretrained_model(f"tfhub:{any_size_image_module}", num_classes=2,
                                 image_size=16, class_names=["blue", "red"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from templates.image_data import (
+from templates.data.images import (
     image_dataset,
     load_image,
     load_image_splits,

@@ -1,4 +1,4 @@
-"""`templates.keras_hub_models`: keras-hub image presets behind the same template.
+"""`templates.models.keras_hub_presets`: keras-hub image presets behind the same template.
 
 keras-hub presets cannot be downloaded here: the tests write tiny presets with random
 weights to a temporary folder (``Backbone.save_to_preset`` and
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.backbones import WeightsUnavailableError, block_cut_points
-from templates.pretrained import pretrained_model
-from templates.transfer import TransferPlan, run_transfer
+from templates.models.backbones import WeightsUnavailableError, block_cut_points
+from templates.models.pretrained import pretrained_model
+from templates.training.plan import TransferPlan
+from templates.training.run import run_transfer
 
 
 def tiny_resnet_preset(folder, image_size=32):
@@ -43,7 +44,7 @@ def bright_dark(count=32, size=40, seed=0):
 
 
 def test_a_preset_folder_becomes_a_transfer_model_with_frozen_batch_norm(tmp_path):
-    from templates.saving import load_model, save_model
+    from templates.training.saving import load_model, save_model
 
     preset = tiny_resnet_preset(tmp_path / "preset")
     transfer = pretrained_model(f"keras_hub:{preset}", num_classes=2, image_size=40,

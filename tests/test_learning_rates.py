@@ -10,18 +10,19 @@ import keras
 import numpy as np
 import pytest
 
-from templates.batches import ShuffledArrays
-from templates.learning_rates import (
+from templates.training.finder import (  # noqa: E402
+    record_finding,
+)
+from templates.data.batches import ShuffledArrays
+from templates.training.finder import (
     FINE_TUNE_BOUNDS,
     HEAD_BOUNDS,
     LossSweep,
-    OneCycle,
-    WarmupCosine,
     choose_learning_rate,
     find_learning_rate,
     suggest_learning_rate,
 )
-from templates.cli import record_finding
+from templates.training.schedules import OneCycle, WarmupCosine
 
 
 def classification_problem(seed=0, size=512):
@@ -160,7 +161,11 @@ def blocky_model():
 
 
 def test_block_boundaries_of_keras_applications_names():
-    from templates.backbones import block_boundaries, block_cut_points, block_name
+    from templates.models.backbones import (
+        block_boundaries,
+        block_cut_points,
+        block_name,
+    )
 
     assert block_name("conv_pw_13_relu") == "block_13"
     assert block_name("conv5_block3_out") == "conv5_block3"
@@ -181,7 +186,7 @@ def test_block_boundaries_of_keras_applications_names():
 
 @pytest.mark.parametrize("optimizer_name", ["adam", "sgd"])
 def test_discriminative_update_sizes_follow_the_requested_rates(tmp_path, optimizer_name):
-    from templates.learning_rates import (
+    from templates.training.optimizers import (
         DiscriminativeAdam,
         DiscriminativeSGD,
         discriminative_multipliers,
@@ -238,7 +243,7 @@ def test_discriminative_update_sizes_follow_the_requested_rates(tmp_path, optimi
 
 
 def test_one_cycle_momentum_moves_adams_beta_1_inside_fit():
-    from templates.learning_rates import DiscriminativeAdam
+    from templates.training.optimizers import DiscriminativeAdam
 
     schedule = OneCycle(max_learning_rate=0.1, total_steps=10, warmup_fraction=0.3)
     momentum = schedule.momentum_schedule()
@@ -274,8 +279,9 @@ def test_one_cycle_momentum_moves_adams_beta_1_inside_fit():
 
 
 def test_compile_classifier_pairs_one_cycle_with_its_momentum(tmp_path):
-    from templates.learning_rates import CyclicalMomentum, DiscriminativeAdam
-    from templates.phases import compile_classifier
+    from templates.training.compilation import compile_classifier
+    from templates.training.optimizers import DiscriminativeAdam
+    from templates.training.schedules import CyclicalMomentum
 
     model = small_classifier()
     compile_classifier(model, OneCycle(0.01, 100))

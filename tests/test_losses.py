@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from templates.losses import SmoothedSparseCrossentropy, classification_loss
-from templates.saving import load_model, save_model
+from templates.training.losses import SmoothedSparseCrossentropy, classification_loss
+from templates.training.saving import load_model, save_model
 
 
 def test_smoothed_loss_is_keras_one_hot_smoothing_on_integer_labels():
@@ -23,9 +23,10 @@ def test_smoothed_loss_is_keras_one_hot_smoothing_on_integer_labels():
 
 
 def test_a_smoothed_plan_trains_less_confident_heads_and_saves(tmp_path):
-    from templates.heads import classification_head
-    from templates.pretrained import TransferModel
-    from templates.transfer import TransferPlan, run_transfer
+    from templates.models.heads import classification_head
+    from templates.models.transfer_model import TransferModel
+    from templates.training.plan import TransferPlan
+    from templates.training.run import run_transfer
 
     rng = np.random.default_rng(0)
     labels = (np.arange(128) % 2).astype("int32")

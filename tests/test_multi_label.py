@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.evaluation import multi_label_evaluation, predict_multi_label
-from templates.heads import classification_head
-from templates.multi_label import (
+from templates.data.multi_label import (
     ExactMatchAccuracy,
     choose_thresholds,
     is_multi_label,
@@ -17,10 +15,13 @@ from templates.multi_label import (
     multi_label_scores,
     split_labels,
 )
-from templates.predictor import Predictor
-from templates.pretrained import TransferModel
-from templates.saving import save_model, write_labels
-from templates.transfer import TransferPlan, run_transfer
+from templates.export.predictor import Predictor
+from templates.models.heads import classification_head
+from templates.models.transfer_model import TransferModel
+from templates.reports.evaluation import multi_label_evaluation, predict_multi_label
+from templates.training.plan import TransferPlan
+from templates.training.run import run_transfer
+from templates.training.saving import save_model, write_labels
 
 NAMES = ["blue", "green", "red"]
 
@@ -131,8 +132,8 @@ def test_what_a_multi_label_model_cannot_do_is_refused_by_name():
 
 
 def test_the_transfer_report_compares_the_monitored_metric(tmp_path):
-    from templates.comparison import report_against_scratch
-    from templates.transfer_report import report_metric
+    from templates.reports.comparison import report_against_scratch
+    from templates.reports.transfer_report import report_metric
 
     assert report_metric("val_micro_f1") == "micro_f1"
     assert report_metric("val_loss") == "accuracy"  # a loss is not a skill in points

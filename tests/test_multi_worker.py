@@ -1,4 +1,4 @@
-"""Training across machines (`templates.multi_worker`): the strategy.run loop, its
+"""Training across machines (`templates.training.multi_worker`): the strategy.run loop, its
 finder, the recipes on two workers on 127.0.0.1, and a mirrored strategy's feature cache."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from templates.hardware import choose_strategy
+from templates.training.hardware import choose_strategy
 
 
 def free_port() -> int:
@@ -78,8 +78,8 @@ def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
 def test_the_training_loop_follows_a_schedule_across_a_resume(tmp_path):
     import tensorflow as tf
 
-    from templates.multi_worker import train_multi_worker
-    from templates.learning_rates import WarmupCosine
+    from templates.training.multi_worker import train_multi_worker
+    from templates.training.schedules import WarmupCosine
 
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -199,7 +199,7 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     # The chief's saved model takes raw strings, as on one machine.
-    from templates.saving import load_model
+    from templates.training.saving import load_model
 
     model = load_model(out / "model.keras")
     probabilities = keras.ops.convert_to_numpy(
@@ -253,7 +253,7 @@ def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subp
 def test_the_loop_finder_restores_the_weights_and_suggests_a_swept_rate():
     import tensorflow as tf
 
-    from templates.multi_worker import find_learning_rate_multi_worker
+    from templates.training.multi_worker import find_learning_rate_multi_worker
 
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
@@ -280,8 +280,8 @@ import numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-from templates.phases import train_head
-from templates.pretrained import TransferModel
+from templates.training.phases import train_head
+from templates.models.pretrained import TransferModel
 rng = np.random.default_rng(0)
 x = rng.normal(size=(96, 6)).astype("float32")
 y = (x[:, 0] > 0).astype("int32")
@@ -295,7 +295,7 @@ with strategy.scope():
     transfer = TransferModel(backbone, head)
     history = train_head(transfer, data, data, epochs=20, learning_rate=0.05,
                          batch_size=16, seed=0, verbose=0)
-from templates.evaluation import predict_labelled
+from templates.reports.evaluation import predict_labelled
 with strategy.scope():
     probabilities, labels = predict_labelled(transfer.model, data)
 json.dump({"replicas": strategy.num_replicas_in_sync,

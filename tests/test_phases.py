@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.phases import (
-    compile_classifier,
+from templates.models.freezing import freeze_batch_normalization, unfreeze_from
+from templates.models.layers import iterate_layers
+from templates.models.pretrained import pretrained_model
+from templates.models.transfer_model import TransferModel
+from templates.training.compilation import compile_classifier
+from templates.training.phases import (
     extract_features,
     find_head_learning_rate,
     fine_tune,
-    freeze_batch_normalization,
     head_training_features,
-    iterate_layers,
     train_head,
-    unfreeze_from,
 )
-from templates.pretrained import TransferModel, pretrained_model
 
 
 def bright_dark_batches(count=64, size=32, batch_size=16, seed=0):

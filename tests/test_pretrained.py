@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.backbones import BACKBONES
-from templates.export import export_saved_model
-from templates.pretrained import pretrained_model
-from templates.saving import load_model, read_labels, save_model, write_labels
+from templates.export.formats import export_saved_model
+from templates.models.backbones import BACKBONES
+from templates.models.pretrained import pretrained_model
+from templates.training.saving import load_model, read_labels, save_model, write_labels
 
 
 def images(count=4, size=32, seed=0):

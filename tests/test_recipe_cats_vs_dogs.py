@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from templates.saving import load_model, read_labels
+from templates.training.saving import load_model, read_labels
 
 RECIPE = [sys.executable, "-m", "recipes.cats_vs_dogs"]
 SMALL_MOBILENET = ["--backbone", "MobileNet", "--alpha", "0.25", "--image-size", "224",
@@ -175,9 +175,9 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
         assert (tmp_path / "evaluation" / name).stat().st_size > 10_000, name
     assert "grad_cam.png" in (tmp_path / "evaluation" / "report.md").read_text()
 
-    from templates.export import tflite_predict
-    from templates.image_data import load_image
-    from templates.predictor import Predictor
+    from templates.data.images import load_image
+    from templates.export.formats import tflite_predict
+    from templates.export.predictor import Predictor
 
     photos = sorted(str(path) for path in (cats_vs_dogs_dir / "test").glob("*/*"))[::250][:3]
     predictor = Predictor(tmp_path)
@@ -313,7 +313,7 @@ def collage_csv(source, folder, singles, pairs, seed):
 def test_multi_label_collages_of_real_photos(cats_vs_dogs_dir, subprocess_env, tmp_path):
     from conftest import SHARED_KERAS_MODELS
 
-    from templates.predictor import Predictor
+    from templates.export.predictor import Predictor
 
     weights = SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
     train_csv = collage_csv(cats_vs_dogs_dir / "train", tmp_path / "train", 150, 150, seed=0)

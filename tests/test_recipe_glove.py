@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.saving import load_model
+from templates.training.saving import load_model
 
 RECIPE = "recipes.glove_text_classification"
 COLOURS = {"warm": ["red", "orange", "amber", "scarlet", "crimson", "gold"],
@@ -175,8 +175,8 @@ def test_training_options_evaluation_predictor_and_tflite(colour_data, subproces
     assert "| warm |" in (out / "evaluation" / "report.md").read_text()
 
     # Predictor round trip: same answers as the saved model, with the labels file.
-    from templates.export import tflite_predict
-    from templates.predictor import Predictor
+    from templates.export.formats import tflite_predict
+    from templates.export.predictor import Predictor
 
     texts = ["The wall is painted SCARLET today.", "the wall is painted navy",
              "the wall is painted grey"]

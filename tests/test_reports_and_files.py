@@ -7,8 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from templates.files import atomic_path, write_json
-from templates.reports import merge_histories, plot_learning_curves
+from templates.data.files import atomic_path, write_json
+from templates.reports.curves import plot_learning_curves
+from templates.training.history import merge_histories
 
 
 def test_merge_histories_numbers_epochs_across_phases():

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPOSITORY
 
 INJECT = str(REPOSITORY / "tests" / "inject_fault.py")

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from templates import transferability
-from templates.batches import array_batches
-from templates.candidates import parse_backbone
-from templates.selection import (
+from templates.data.batches import array_batches
+from templates.models.backbone_spelling import parse_backbone
+from templates.reports import transferability
+from templates.reports.selection import (
     Candidate,
     SelectionBudget,
     rank_cuts,
@@ -137,8 +137,8 @@ def target_data(seed=0):
 
 
 def small_transfer(kind: str, seed: int = 0):
-    from templates.heads import classification_head
-    from templates.pretrained import TransferModel
+    from templates.models.heads import classification_head
+    from templates.models.transfer_model import TransferModel
 
     inputs = keras.Input((8,))
     if kind == "informative":
@@ -172,11 +172,12 @@ def test_rank_sources_orders_candidates_writes_the_table_and_keeps_the_pick(tmp_
 
     # The pick's features are those the head phase caches, and run_transfer takes them.
     features, labels = selection.features
-    from templates.phases import head_training_features
+    from templates.training.phases import head_training_features
     expected, expected_labels = head_training_features(selection.transfer, batches)
     np.testing.assert_allclose(features, expected, rtol=1e-6)
     np.testing.assert_array_equal(labels, expected_labels)
-    from templates.transfer import TransferPlan, run_transfer
+    from templates.training.plan import TransferPlan
+    from templates.training.run import run_transfer
     run = run_transfer(selection.transfer, batches, validation_batches,
                        TransferPlan(head_epochs=2, fine_tune_epochs=0, patience=0,
                                     restore_best=False), features=selection.features,

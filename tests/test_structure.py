@@ -1,4 +1,4 @@
-"""The library's shape: no import circle among its modules; what gets installed."""
+"""The library's shape: floors that import only downwards, no import circle, what gets installed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 def library_imports() -> dict[str, set[str]]:
     """``templates`` module -> the ``templates`` modules it imports (function-local too)."""
     graph = {}
-    for path in sorted((REPOSITORY / "templates").glob("*.py")):
-        name = f"templates.{path.stem}"
+    for path in sorted((REPOSITORY / "templates").rglob("*.py")):
+        name = ".".join(path.relative_to(REPOSITORY).with_suffix("").parts)
         imported = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
@@ -61,12 +61,50 @@ def test_find_cycle_sees_a_circle_through_a_function_local_import():
 
 def test_library_modules_import_no_circle():
     graph = library_imports()
-    assert "templates.reproducibility" in graph and graph["templates.phases"]
+    assert "templates.data.batches" in graph and graph["templates.training.phases"]
     # The package's __init__ re-exports everything; modules never import it back.
     graph.pop("templates.__init__", None)
     for module, imported in graph.items():
         assert "templates.__init__" not in imported, module
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# The floors, lowest first: each imports only from the floors before it (and itself).
+FLOORS = ("data", "models", "training", "reports", "export", "cli")
+
+
+def floor_of(module: str) -> str | None:
+    """``templates.training.run`` -> ``"training"``; ``templates.cli`` -> ``"cli"``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in FLOORS else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``a -> b`` of ``graph`` where ``b`` sits on a higher floor than ``a``."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        floor = floor_of(module)
+        for target in sorted(imported):
+            target_floor = floor_of(target)
+            if floor and target_floor and FLOORS.index(target_floor) > FLOORS.index(floor):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_upward_imports_are_found_in_a_made_up_graph():
+    graph = {"templates.data.files": {"templates.models.heads"},
+             "templates.reports.curves": {"templates.data.files"}}
+    assert upward_imports(graph) == ["templates.data.files -> templates.models.heads"]
+
+
+def test_every_module_sits_in_a_floor_and_imports_only_from_floors_below():
+    graph = library_imports()
+    graph.pop("templates.__init__", None)
+    homeless = [module for module in graph if floor_of(module) is None]
+    assert not homeless, f"modules outside the floors {FLOORS}: {homeless}"
+    assert all(floor in {floor_of(module) for module in graph} for floor in FLOORS)
+    upward = upward_imports(graph)
+    assert not upward, "imports that climb a floor:\n" + "\n".join(upward)
 
 
 def test_benchmarks_are_not_installed_as_a_top_level_package():
@@ -101,7 +139,8 @@ def test_no_library_module_imports_keras_hub_until_a_preset_is_asked_for():
     import subprocess
     import sys
 
-    modules = sorted(f"templates.{path.stem}" for path in (REPOSITORY / "templates").glob("*.py")
+    modules = sorted(".".join(path.relative_to(REPOSITORY).with_suffix("").parts)
+                     for path in (REPOSITORY / "templates").rglob("*.py")
                      if path.stem != "__init__")
     script = (
         "import importlib, sys\n"

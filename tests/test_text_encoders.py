@@ -1,4 +1,4 @@
-"""`templates.text_encoders` and its recipe: keras-hub text presets and TF-Hub text modules.
+"""`templates.models.text_encoders` and its recipe: keras-hub text presets and TF-Hub text modules.
 
 keras-hub presets cannot be downloaded here: the tests write a tiny two-layer BERT with
 random weights, its tokenizer's vocabulary taken from the training sentences, to a
@@ -17,11 +17,15 @@ import keras
 import numpy as np
 import pytest
 
-from templates.backbones import WeightsUnavailableError
-from templates.phases import unfreeze
-from templates.saving import load_model, save_model
-from templates.text_encoders import fitted_sequence_length, pretrained_text_encoder
-from templates.transfer import TransferPlan, run_transfer
+from templates.models.backbones import WeightsUnavailableError
+from templates.models.text_encoders import (
+    fitted_sequence_length,
+    pretrained_text_encoder,
+)
+from templates.models.transfer_model import unfreeze
+from templates.training.plan import TransferPlan
+from templates.training.run import run_transfer
+from templates.training.saving import load_model, save_model
 
 POSITIVE = ["good", "great", "fun", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "weak"]
@@ -130,7 +134,7 @@ def test_lora_trains_only_its_adapters(keyword_preset):
 
 
 def test_the_sequence_length_fits_the_texts(keyword_preset):
-    from templates.text_encoders import load_text_preset
+    from templates.models.text_encoders import load_text_preset
 
     _, preprocessor = load_text_preset(str(keyword_preset))
     short = ["good film"] * 99 + ["the film was very good " * 4]  # one long outlier
@@ -178,7 +182,7 @@ def test_a_tfhub_text_module_is_frozen_then_fine_tuned(tmp_path):
     scratch = transfer.scratch_model(seed=0)
     assert len(scratch.trainable_weights) == len(transfer.model.weights)
     # Multi-label: sigmoid outputs, for the scratch counterpart too.
-    from templates.multi_label import is_multi_label
+    from templates.data.multi_label import is_multi_label
 
     tagged = pretrained_text_encoder(f"tfhub:{handle}", 3, multi_label=True)
     assert is_multi_label(tagged.model) and is_multi_label(tagged.scratch_model(seed=0))

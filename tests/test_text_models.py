@@ -7,15 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.embeddings import PretrainedEmbedding, embedding_matrix
-from templates.phases import compile_classifier, fine_tune, train_head
-from templates.saving import load_model, save_model
-from templates.text_classifiers import (
-    ARCHITECTURES,
-    pretrained_text_classifier,
-    scratch_text_classifier,
-)
-from templates.text_data import (
+from templates.data.texts import (
     TextDataError,
     build_vectorizer,
     encode_labels,
@@ -27,7 +19,16 @@ from templates.text_data import (
     token_dataset,
     vectorize,
 )
-from templates.word_vectors import keyed_vectors
+from templates.models.embeddings import PretrainedEmbedding, embedding_matrix
+from templates.models.text_classifiers import (
+    ARCHITECTURES,
+    pretrained_text_classifier,
+    scratch_text_classifier,
+)
+from templates.models.word_vectors import keyed_vectors
+from templates.training.compilation import compile_classifier
+from templates.training.phases import fine_tune, train_head
+from templates.training.saving import load_model, save_model
 
 POSITIVE = ["good", "great", "fun", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "poor"]

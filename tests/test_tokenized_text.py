@@ -1,11 +1,11 @@
-"""`templates.tokenized_text`: the text recipe's preparation as a library loader."""
+"""`templates.models.tokenized_text`: the text recipe's preparation as a library loader."""
 
 import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from templates.text_data import load_text_splits
-from templates.tokenized_text import tokenize_for_vectors
+from templates.data.texts import load_text_splits
+from templates.models.tokenized_text import tokenize_for_vectors
 
 
 def test_texts_become_ids_over_a_vocabulary_aligned_to_the_vectors(tmp_path):

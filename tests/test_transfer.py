@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from templates.pretrained import TransferModel
-from templates.transfer import TransferPlan, run_transfer
+from templates.models.transfer_model import TransferModel
+from templates.training.plan import TransferPlan
+from templates.training.run import run_transfer
 
 
 def separable(count=128, seed=0):
@@ -112,7 +113,7 @@ def test_the_head_trains_on_cached_augmented_views_and_fine_tuning_augments_in_t
 
 
 def test_balanced_class_weights_raise_the_minority_class_recall():
-    from templates.transfer import balanced_class_weight
+    from templates.training.plan import balanced_class_weight
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 6)).astype("float32")
@@ -162,8 +163,8 @@ import numpy as np, tensorflow as tf, keras
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 sys.path.insert(0, {tests!r})
 from test_transfer import batches, small_transfer
-from templates.multi_worker import weights_digest
-from templates.transfer import TransferPlan, run_transfer
+from templates.training.multi_worker import weights_digest
+from templates.training.run import TransferPlan, run_transfer
 plan = TransferPlan(**json.loads({plan!r}))
 with strategy.scope():
     transfer = small_transfer()
@@ -220,7 +221,7 @@ def test_the_same_call_and_plan_run_on_one_machine_and_on_two_workers(subprocess
 
     # What the loop cannot honour is refused by name, before any training.
     refused = TransferPlan(discriminative_factor=2.6, patience=0, restore_best=False)
-    from templates.transfer import _run_multi_worker
+    from templates.training.multi_worker import _run_multi_worker
 
     with pytest.raises(ValueError, match="discriminative_factor: not available under a "
                                          "multi-worker strategy"):

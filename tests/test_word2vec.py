@@ -7,14 +7,14 @@ import keras
 import numpy as np
 import pytest
 
-from templates.develop import UnskilledSourceModelError
-from templates.embeddings import embedding_matrix
-from templates.phases import train_head
-from templates.text_classifiers import pretrained_text_classifier
-from templates.text_data import build_vectorizer, token_dataset, vectorize
-from templates.tokenization import tokenize
-from templates.word_vectors import keyed_vectors
-from templates.word2vec import (
+from templates.data.texts import build_vectorizer, token_dataset, vectorize
+from templates.data.tokenization import tokenize
+from templates.models.embeddings import embedding_matrix
+from templates.models.text_classifiers import pretrained_text_classifier
+from templates.models.word_vectors import keyed_vectors
+from templates.training.develop import UnskilledSourceModelError
+from templates.training.phases import train_head
+from templates.training.word2vec import (
     IN_DOMAIN_MINIMUM_WORDS,
     add_in_domain_vectors,
     develop_word_vectors,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from templates.downloads import DownloadError
-from templates.word_vectors import (
+from templates.data.downloads import DownloadError
+from templates.models.word_vectors import (
     VectorFileError,
     concatenate_word_vectors,
     keyed_vectors,

@@ -1,0 +1,270 @@
+"""Seeded batches: every epoch's order drawn from ``(seed, epoch)`` alone.
+
+* `epoch_seed` / `permutation`: the order of an epoch; `set_epoch` tells every data
+  source that follows epochs (`EpochListener`) which epoch begins.
+* `ShuffledArrays` / `array_batches`: in-memory arrays as a `keras.utils.PyDataset`
+  (any backend).
+* `shuffle_each_epoch` / `array_batches_dataset`: the same rule for `tf.data`
+  pipelines (TensorFlow imported only when called).
+
+So a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Protocol
+
+import keras
+import numpy as np
+
+if TYPE_CHECKING:  # TensorFlow is imported only by the tf.data functions below
+    import tensorflow as tf
+
+
+SEED_MULTIPLIER = 1_000_003
+SEED_MODULUS = 2**31 - 1
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` in a run seeded with ``seed`` (a non-negative int)."""
+    return (int(seed) * SEED_MULTIPLIER + int(epoch)) % SEED_MODULUS
+
+
+class EpochListener(Protocol):
+    """Anything whose randomness follows the epoch number."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def epoch_followers(data: Any) -> list[EpochListener]:
+    """What in ``data`` draws its order from the epoch number.
+
+    ``data`` itself when it has ``set_epoch`` (a `templates.data.batches.ShuffledArrays`); for
+    a `tf.data` pipeline, the epoch counter of every `shuffle_each_epoch` /
+    `array_batches` step in it or upstream of it (``map``, ``batch``, ``prefetch``...
+    keep it reachable through their input datasets). Anything else: none.
+    """
+    if hasattr(data, "set_epoch"):
+        return [data]
+    found, pending, seen = [], [data], set()
+    while pending:
+        dataset = pending.pop()
+        if dataset is None or id(dataset) in seen:
+            continue
+        seen.add(id(dataset))
+        counter = getattr(dataset, "_epoch_counter", None)
+        if counter is not None:
+            found.append(counter)
+        inputs = getattr(dataset, "_inputs", None)
+        if callable(inputs):
+            try:
+                pending.extend(inputs())
+            except (TypeError, NotImplementedError):
+                pass
+    return found
+
+
+def set_epoch(data: Any, epoch: int) -> int:
+    """Have ``data``'s next pass read epoch ``epoch``'s order; return how many of its
+    parts follow the epoch (`epoch_followers`)."""
+    followers = epoch_followers(data)
+    for follower in followers:
+        follower.set_epoch(epoch)
+    return len(followers)
+
+
+def permutation(size: int, seed: int | None, epoch: int) -> np.ndarray:
+    """The order of ``size`` examples in epoch ``epoch`` of a run seeded with ``seed``
+    (``None``: a fresh random order)."""
+    generator_seed = None if seed is None else epoch_seed(seed, epoch)
+    return np.random.default_rng(generator_seed).permutation(size)
+
+
+def check_arrays(inputs, labels, batch_size: int, what: str) -> int:
+    """Validate in-memory training arrays; return the number of examples."""
+    if len(inputs) != len(labels):
+        raise ValueError(
+            f"{what}: inputs and labels differ in length: {len(inputs)} vs {len(labels)}.")
+    if len(inputs) == 0:
+        raise ValueError(f"{what} needs at least one example.")
+    if batch_size < 1:
+        raise ValueError(f"{what}: batch_size must be at least 1; got {batch_size}.")
+    return len(labels)
+
+
+def array_batches(inputs, labels, batch_size: int = 32, seed: int | None = None,
+                  shuffle: bool = True):
+    """In-memory ``(inputs, labels)`` arrays as batches for ``fit`` or ``evaluate``.
+
+    Epoch ``e`` sees the examples in the order `ShuffledArrays` draws from
+    ``(seed, e)`` (``shuffle=False``: in the arrays' order). On the TensorFlow backend
+    the batches come from a `tf.data` pipeline with the same orders
+    (`templates.data.batches.array_batches_dataset`): there Keras reads NumPy arrays
+    and a `keras.utils.PyDataset` through a `tf.data` pipeline it rebuilds on every
+    pass, about 100 ms per epoch or ``evaluate`` call on 2 CPU cores (against 14 ms,
+    `benchmarks.small_run_overheads`), which is most of
+    the time of a small head's training. Other backends get a `ShuffledArrays`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        pass
+
+        return array_batches_dataset(inputs, labels, batch_size, seed, shuffle)
+    return ShuffledArrays(inputs, labels, batch_size, seed, shuffle=shuffle)
+
+
+class ShuffledArrays(keras.utils.PyDataset):
+    """Batches of ``(inputs, labels)`` arrays in an order drawn from ``(seed, epoch)``.
+
+    The replacement for ``fit(x, y, shuffle=True)`` when a resumed run must see the same
+    order as an uninterrupted one. Pass ``shuffle=False`` to ``fit``: with its default
+    ``True``, Keras also permutes the batches with Python's global random state.
+
+    Args:
+        inputs: Array of examples (first axis: examples).
+        labels: Array of labels, same length.
+        batch_size: Examples per batch (the last batch may be smaller).
+        seed: Seed of the orders; ``None`` draws a fresh random order every epoch.
+        shuffle: ``False`` keeps the arrays' order every epoch (validation batches).
+    """
+
+    def __init__(self, inputs, labels, batch_size: int = 32, seed: int | None = None,
+                 shuffle: bool = True):
+        super().__init__()
+        check_arrays(inputs, labels, batch_size, "ShuffledArrays")
+        self.inputs = inputs
+        self.labels = labels
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.shuffle = bool(shuffle)
+        self.epoch = 0
+        self.order = self._order(0)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.labels))
+        return permutation(len(self.labels), self.seed, epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s order from now on."""
+        self.epoch = int(epoch)
+        self.order = self._order(self.epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        members = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.inputs[members], self.labels[members]
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+
+class _EpochCounter:
+    """The epoch a dataset's next pass belongs to, as a variable its pipeline reads."""
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.variable.assign(int(epoch))
+
+
+def shuffle_each_epoch(
+    dataset: tf.data.Dataset, size: int, seed: int | None = None
+) -> tf.data.Dataset:
+    """Shuffle ``dataset`` (of ``size`` elements) with an order per ``(seed, epoch)``.
+
+    Args:
+        dataset: Unbatched elements; shuffled with a buffer of ``size``.
+        size: Number of elements (the buffer covers all of them: a full shuffle).
+        seed: The run's seed; ``None`` keeps TensorFlow's usual random reshuffling.
+    """
+    import tensorflow as tf
+
+    if seed is None:
+        return dataset.shuffle(size, reshuffle_each_iteration=True)
+    counter = _EpochCounter()
+
+    def one_epoch(_):
+        # The graph-level seed of this function only (it is being traced, not run
+        # eagerly): the order then depends on ``order_seed`` alone, whatever global seed
+        # the program set (a global seed of 0 would also trip TensorFlow's seed checks).
+        tf.random.set_seed(1)
+        epoch = counter.variable.assign_add(1) - 1
+        # epoch_seed(seed, epoch), computed in the graph.
+        order_seed = (tf.constant(int(seed), tf.int64) * SEED_MULTIPLIER + epoch) % SEED_MODULUS
+        return dataset.shuffle(size, seed=order_seed)
+
+    shuffled = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
+    shuffled = shuffled.apply(tf.data.experimental.assert_cardinality(size))
+    shuffled._epoch_counter = counter  # found by epoch_followers
+    return shuffled
+
+
+def array_batches_dataset(
+    inputs, labels, batch_size: int = 32, seed: int | None = None, shuffle: bool = True
+) -> tf.data.Dataset:
+    """In-memory arrays as a `tf.data` pipeline, in `ShuffledArrays`' orders.
+
+    Epoch ``e`` reads the examples in the permutation `ShuffledArrays` draws for it
+    (NumPy's generator seeded with ``epoch_seed(seed, e)``, computed once per epoch), so
+    a model trains on exactly the same batches either way; the epoch comes from
+    `EpochSeeds` or the pipeline's own counter, as in `shuffle_each_epoch`. The arrays
+    are held as tensors the pipeline gathers from (no copy into a graph).
+
+    Args:
+        inputs: Array of examples (first axis: examples).
+        labels: Array of labels, same length.
+        batch_size: Examples per batch (the last batch may be smaller).
+        seed: Seed of the orders; ``None`` draws a fresh order every epoch.
+        shuffle: ``False`` keeps the arrays' order (validation or test batches).
+    """
+    import tensorflow as tf
+
+    size = check_arrays(inputs, labels, batch_size, "array_batches")
+    inputs, labels = tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels)
+    if not shuffle:
+        return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size)
+    counter = _EpochCounter()
+
+    def order(epoch):
+        return permutation(size, seed, int(epoch)).astype(np.int64)
+
+    def one_epoch(_):
+        epoch = counter.variable.assign_add(1) - 1
+        indices = tf.numpy_function(order, [epoch], tf.int64, stateful=True)
+        indices.set_shape([size])
+        return tf.data.Dataset.from_tensor_slices(indices).batch(batch_size)
+
+    def gather(indices):
+        return tf.gather(inputs, indices), tf.gather(labels, indices)
+
+    batches = tf.data.Dataset.from_tensors(0).flat_map(one_epoch).map(gather)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
+    batches._epoch_counter = counter  # found by epoch_followers
+    return batches
+
+
+def steps_per_epoch(batches) -> int:
+    """Batches per pass over ``batches``: its ``len`` or its known `tf.data` cardinality.
+
+    Raises:
+        ValueError: when neither is known (give ``TransferPlan(steps_per_epoch=...)``).
+    """
+    try:
+        return len(batches)
+    except TypeError:
+        pass
+    cardinality = getattr(batches, "cardinality", None)
+    if cardinality is not None:
+        count = int(cardinality())
+        if count > 0:
+            return count
+    raise ValueError(
+        "A learning-rate schedule needs the number of batches per epoch, and these "
+        "batches do not tell it (no len(), unknown tf.data cardinality): give "
+        "TransferPlan(steps_per_epoch=...).")

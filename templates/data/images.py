@@ -1,0 +1,533 @@
+"""Class-folder image directories into `tf.data` pipelines (TensorFlow-only module).
+
+Real folders are messy: zero-byte files, truncated downloads, text files with a `.jpg`
+name, grayscale, RGBA, CMYK and 16-bit images. `scan_image_folder` opens every file
+once, up front, with Pillow; files that cannot be decoded are skipped and reported
+(with the reason) before any training starts, and every decodable image is converted
+to 8-bit RGB. `image_dataset` then builds the pipeline: decode and resize, cache,
+shuffle, batch, prefetch. Random augmentation belongs after the cache (it runs in the
+model, see `templates.training.phases.with_augmentation`), so cached images are never frozen
+in one random draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+from templates.data.batches import shuffle_each_epoch
+from templates.data.multi_label import multi_hot, split_labels
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a dataset, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """The usable images of a class-folder directory.
+
+    Attributes:
+        directory: The scanned directory.
+        files: Paths of the images that decode.
+        labels: Integer label of each file (index into ``class_names``), or, for
+            multi-label data (`read_labels_csv(..., multi_label=True)`), a multi-hot
+            row per file.
+        class_names: Class folder names, sorted.
+        skipped: Files left out, with reasons.
+    """
+
+    directory: str
+    files: list[str]
+    labels: list[int]
+    class_names: list[str]
+    skipped: list[SkippedFile] = dataclasses.field(default_factory=list)
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolder":
+        """The same folder restricted to ``indices`` (skipped files are kept)."""
+        return ImageFolder(
+            self.directory,
+            [self.files[i] for i in indices],
+            [self.labels[i] for i in indices],
+            list(self.class_names),
+            list(self.skipped),
+        )
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each file carries a multi-hot row of labels."""
+        return bool(self.labels) and not np.isscalar(self.labels[0])
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per class name (carrying it, for multi-label data)."""
+        if self.multi_label:
+            tally = np.asarray(self.labels).sum(axis=0).astype(int)
+            return {name: int(count) for name, count in zip(self.class_names, tally)}
+        tally = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
+        return {name: int(count) for name, count in zip(self.class_names, tally)}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow image (grayscale, palette, RGBA, CMYK, 16-bit...) to 8-bit RGB.
+
+    Transparent pixels are composited onto white; 16- and 32-bit images are scaled
+    down to 8 bits rather than clipped.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def load_image(path: str | os.PathLike, image_size: tuple[int, int]) -> np.ndarray:
+    """Read one image as a ``(height, width, 3)`` uint8 RGB array, resized bilinearly."""
+    height, width = image_size
+    with Image.open(path) as image:
+        image.seek(0)  # first frame of animated GIF/WebP
+        rgb = to_rgb(image)
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def check_image(path: str) -> str | None:
+    """Return ``None`` if ``path`` decodes completely as an image, else the reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as image:
+            image.load()
+            if image.width < 1 or image.height < 1:
+                return f"image has no pixels ({image.width}x{image.height})"
+            to_rgb(image)
+    except UnidentifiedImageError:
+        return "not an image Pillow can read (unknown format or not an image at all)"
+    except Image.DecompressionBombError as error:
+        return f"too large to decode safely ({error})"
+    except (OSError, ValueError, SyntaxError) as error:
+        return f"cannot decode: {error}"
+    return None
+
+
+def _class_folders(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        raise ValueError(f"Image directory {directory!r} does not exist or is not a directory.")
+    folders = sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    # "Cats" and "cats" side by side are one class on Windows and macOS and two on
+    # Linux: refuse to guess.
+    by_folded: dict[str, list[str]] = {}
+    for name in folders:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in by_folded.values() if len(names) > 1]
+    if clashes:
+        raise ValueError(
+            f"{directory!r} has class folders whose names differ only in case: "
+            f"{'; '.join(' / '.join(names) for names in clashes)}. Merge or rename them."
+        )
+    return folders
+
+
+def _match_known_classes(directory: str, folders: list[str],
+                         class_names: list[str]) -> dict[str, str]:
+    """Map each known class name to its folder in ``directory`` (case-insensitively).
+
+    A test folder ``Cats`` serves the training class ``cats``; a folder matching no
+    known class is an error.
+    """
+    known = {name.casefold(): name for name in class_names}
+    unknown = sorted(folder for folder in folders if folder.casefold() not in known)
+    if unknown:
+        raise ValueError(
+            f"{directory!r} has class folders {unknown} that are not among the known "
+            f"classes {class_names}."
+        )
+    return {known[folder.casefold()]: folder for folder in folders}
+
+
+def scan_image_folder(
+    directory: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    check_images: bool = True,
+    minimum_classes: int = 2,
+) -> ImageFolder:
+    """List the images of a directory with one sub-folder per class.
+
+    Every candidate file is decoded once (in parallel) so that unreadable files are
+    skipped and reported now, not discovered mid-training.
+
+    Args:
+        directory: Folder holding one sub-folder per class.
+        class_names: Expected class names in label order (e.g. the training set's when
+            scanning a test set). Folders match them ignoring case (``Cats`` serves
+            ``cats``); folders not listed are an error; listed classes without a folder
+            simply have no images.
+        check_images: Decode each file to find bad ones (recommended).
+        minimum_classes: Fewest classes with images that make a usable dataset.
+
+    Raises:
+        ValueError: when the directory is missing, has fewer than ``minimum_classes``
+            classes with images, has folders not in ``class_names``, or has class
+            folders whose names differ only in case.
+    """
+    directory = os.fspath(directory)
+    folders = _class_folders(directory)
+    if class_names is None:
+        class_names = folders
+        folder_of = {name: name for name in folders}
+    else:
+        class_names = list(class_names)
+        folder_of = _match_known_classes(directory, folders, class_names)
+
+    candidates: list[tuple[str, int]] = []
+    skipped: list[SkippedFile] = []
+    for label, name in enumerate(class_names):
+        if name not in folder_of:
+            continue
+        class_dir = os.path.join(directory, folder_of[name])
+        for root, dirs, files in os.walk(class_dir):  # does not follow symlinked folders
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for file_name in sorted(files):
+                path = os.path.join(root, file_name)
+                if file_name.startswith("."):
+                    continue
+                if not file_name.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append(SkippedFile(path, "not an image file extension"))
+                    continue
+                candidates.append((path, label))
+
+    if check_images and candidates:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            reasons = list(pool.map(check_image, [path for path, _ in candidates]))
+    else:
+        reasons = [None] * len(candidates)
+    files, labels = [], []
+    for (path, label), reason in zip(candidates, reasons):
+        if reason is None:
+            files.append(path)
+            labels.append(label)
+        else:
+            skipped.append(SkippedFile(path, reason))
+
+    folder = ImageFolder(directory, files, labels, list(class_names), skipped)
+    populated = [name for name, count in folder.counts().items() if count > 0]
+    if not files:
+        raise ValueError(
+            f"No usable images in {directory!r}: expected one sub-folder per class holding "
+            f"images ({', '.join(IMAGE_EXTENSIONS)}); {len(skipped)} files were skipped."
+        )
+    if len(populated) < minimum_classes:
+        raise ValueError(
+            f"{directory!r} has images for {len(populated)} class(es) ({populated}); "
+            f"classification needs at least {minimum_classes} class folders with images."
+        )
+    return folder
+
+
+def split_folder(
+    folder: ImageFolder, validation_fraction: float, seed: int
+) -> tuple[ImageFolder, ImageFolder]:
+    """Split into training and validation parts, per class, reproducibly for ``seed``
+    (multi-label data: at random, each example once)."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")
+    rng = np.random.default_rng(seed)
+    if folder.multi_label:
+        order = rng.permutation(len(folder.files))
+        count = int(round(len(order) * validation_fraction))
+        return (folder.subset(sorted(order[count:].tolist())),
+                folder.subset(sorted(order[:count].tolist())))
+    labels = np.asarray(folder.labels)
+    train_indices, validation_indices = [], []
+    for label in range(len(folder.class_names)):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        count = int(round(len(members) * validation_fraction))
+        validation_indices.extend(members[:count].tolist())
+        train_indices.extend(members[count:].tolist())
+    return folder.subset(sorted(train_indices)), folder.subset(sorted(validation_indices))
+
+
+@dataclasses.dataclass
+class ImageSplits:
+    """Training, validation and optional test folders found under one data directory."""
+
+    train: ImageFolder
+    validation: ImageFolder
+    test: ImageFolder | None
+    layout: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        seen: dict[str, SkippedFile] = {}
+        for part in (self.train, self.validation, self.test):
+            for item in part.skipped if part is not None else ():
+                seen.setdefault(item.path, item)
+        return list(seen.values())
+
+
+def load_image_splits(
+    data_dir: str | os.PathLike,
+    test_dir: str | os.PathLike | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    validation: str | os.PathLike | None = None,
+    multi_label: bool = False,
+) -> ImageSplits:
+    """Find the splits of a data directory, in the layouts people actually use.
+
+    - ``train/`` and ``validation/`` (and optionally ``test/``) class folders;
+    - ``train/`` and ``test/``: a seeded validation split is taken from ``train/``;
+    - class folders directly: a seeded validation split is taken from them.
+
+    ``test_dir``, when given, is the test set whatever the layout. ``data_dir`` may
+    also be a ``path,label`` CSV file (`load_csv_splits`; ``test_dir`` and
+    ``validation`` are then CSV files too, or ``None`` to split them off).
+    """
+    data_dir = os.fspath(data_dir)
+    if data_dir.lower().endswith(".csv"):
+        return load_csv_splits(data_dir, validation, test_dir, validation_fraction, seed,
+                               multi_label=multi_label)
+    if multi_label:
+        raise ValueError("Multi-label images need their labels in a CSV (path,label with "
+                         "labels separated by |): class folders give one label per image.")
+    if validation is not None:
+        raise ValueError("A validation CSV goes with a labels CSV; a data directory holds "
+                         "its validation/ folder itself.")
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"Data directory {data_dir!r} does not exist or is not a directory.")
+    sub = {name: os.path.join(data_dir, name) for name in ("train", "validation", "test")}
+    has = {name: os.path.isdir(path) for name, path in sub.items()}
+    if has["train"]:
+        train = scan_image_folder(sub["train"])
+        if has["validation"]:
+            validation = scan_image_folder(sub["validation"], train.class_names, minimum_classes=1)
+            layout = "train/validation"
+        else:
+            train, validation = split_folder(train, validation_fraction, seed)
+            layout = "train (validation split taken)"
+        if test_dir is None and has["test"]:
+            test_dir = sub["test"]
+    else:
+        train, validation = split_folder(scan_image_folder(data_dir), validation_fraction, seed)
+        layout = "class folders (validation split taken)"
+    test = None
+    if test_dir is not None:
+        test = scan_image_folder(test_dir, train.class_names, minimum_classes=1)
+    return ImageSplits(train, validation, test, layout)
+
+
+def read_labels_csv(
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    check_images: bool = True,
+    multi_label: bool = False,
+) -> ImageFolder:
+    """The images a ``path,label`` CSV file lists, paths relative to the CSV's folder.
+
+    Rows whose file is missing, whose label is empty or whose image does not decode are
+    skipped and named (``SkippedFile("FILE.csv line N: ...", reason)``), as for folders.
+
+    Args:
+        path: A CSV file with a header naming the columns ``path`` and ``label`` (any
+            order, any case; other columns are ignored).
+        class_names: The training classes, in label order (for a validation or test
+            CSV); ``None``: the labels found here, sorted.
+        check_images: Decode each image to find bad ones.
+        multi_label: ``label`` holds any number of labels separated by ``|``
+            (``cats|dogs``); each file then gets a multi-hot row.
+
+    Raises:
+        ValueError: a missing or empty file, no ``path`` / ``label`` columns, labels
+            not among ``class_names``, or fewer than two classes in a training CSV.
+    """
+    import csv
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Labels CSV {path!r} does not exist.")
+    folder = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        columns = {name.strip().lower(): index for index, name in enumerate(header or [])}
+        if "path" not in columns or "label" not in columns:
+            raise ValueError(f"{path}: the first line must name the columns 'path' and "
+                             f"'label' (found {header or 'an empty file'}).")
+        rows = [(number, row) for number, row in enumerate(reader, start=2) if any(row)]
+    candidates: list[tuple[str, str]] = []
+    skipped: list[SkippedFile] = []
+    for number, row in rows:
+        where = f"{path} line {number}"
+        cells = [row[columns[key]].strip() if columns[key] < len(row) else ""
+                 for key in ("path", "label")]
+        file, label = cells
+        if not file:
+            skipped.append(SkippedFile(where, "empty path"))
+        elif not label:
+            skipped.append(SkippedFile(f"{where}: {file}", "empty label"))
+        elif not os.path.isfile(os.path.join(folder, file)):
+            skipped.append(SkippedFile(f"{where}: {file}", "no such file"))
+        else:
+            candidates.append((os.path.join(folder, file),
+                               split_labels(label) if multi_label else [label]))
+    found = sorted({name for _, names in candidates for name in names})
+    if class_names is None:
+        class_names = found
+        if len(class_names) < 2:
+            raise ValueError(f"{path}: classification needs at least 2 labels; found "
+                             f"{class_names}.")
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown} never appear in the training data "
+                         f"(classes {list(class_names)}).")
+    if check_images and candidates:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            reasons = list(pool.map(check_image, [file for file, _ in candidates]))
+    else:
+        reasons = [None] * len(candidates)
+    index = {name: label for label, name in enumerate(class_names)}
+    files, labels = [], []
+    for (file, names), reason in zip(candidates, reasons):
+        if reason is None:
+            files.append(file)
+            ids = [index[name] for name in names]
+            labels.append(multi_hot([ids], len(class_names))[0].tolist() if multi_label
+                          else ids[0])
+        else:
+            skipped.append(SkippedFile(file, reason))
+    if not files:
+        raise ValueError(f"{path}: no usable images ({len(skipped)} rows skipped).")
+    return ImageFolder(path, files, labels, list(class_names), skipped)
+
+
+def load_csv_splits(
+    labels_csv: str | os.PathLike,
+    validation_csv: str | os.PathLike | None = None,
+    test_csv: str | os.PathLike | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    multi_label: bool = False,
+) -> ImageSplits:
+    """Training, validation and test images from ``path,label`` CSV files
+    (`read_labels_csv`); a validation or test set not given as a CSV is split off the
+    training CSV, per class and with ``seed`` (the test set first). ``multi_label``:
+    labels separated by ``|`` (`read_labels_csv`)."""
+    train = read_labels_csv(labels_csv, multi_label=multi_label)
+    test = None
+    if test_csv is not None:
+        test = read_labels_csv(test_csv, train.class_names, multi_label=multi_label)
+    else:
+        train, test = split_folder(train, test_fraction, seed)
+    if validation_csv is not None:
+        validation = read_labels_csv(validation_csv, train.class_names,
+                                     multi_label=multi_label)
+        layout = "CSV files"
+    else:
+        train, validation = split_folder(train, validation_fraction, seed)
+        layout = "CSV (validation split taken)"
+    if test_csv is None:
+        layout += ", test split taken"
+    return ImageSplits(train, validation, test, layout)
+
+
+def image_dataset(
+    folder: ImageFolder,
+    image_size: int | tuple[int, int],
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int | None = None,
+    cache: bool | str = True,
+    shard: tuple[int, int] | None = None,
+) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of ``(float32 0..255 RGB images, int32 labels)`` batches.
+
+    Decoding and resizing happen once: the decoded images are cached (in memory, or in
+    the file named by ``cache``), then shuffled each epoch (in an order drawn from
+    ``(seed, epoch)``, see `templates.data.batches`), batched and prefetched.
+
+    Args:
+        shard: ``(number of input pipelines, this pipeline's index)``: read only every
+            n-th file, starting at the index (multi-worker training, where each worker
+            reads its own share; `tf.distribute.InputContext` gives both numbers).
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    height, width = (int(side) for side in image_size)
+
+    def decode(path):
+        return load_image(path.decode() if isinstance(path, bytes) else str(path), (height, width))
+
+    def load(path, label):
+        image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+        image.set_shape((height, width, 3))
+        return tf.cast(image, tf.float32), label
+
+    files, labels = list(folder.files), list(folder.labels)
+    if shard is not None:
+        count, index = (int(value) for value in shard)
+        if not 0 <= index < count:
+            raise ValueError(f"shard={shard}: the index must be in [0, {count}).")
+        files, labels = files[index::count], labels[index::count]
+        if not files:
+            raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
+                             f"{len(folder.files)} images for {count} input pipelines.")
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, tf.string),
+         tf.constant(labels, tf.float32 if folder.multi_label else tf.int32))
+    )
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        dataset = dataset.cache(cache if isinstance(cache, str) else "")
+    if shuffle:
+        dataset = shuffle_each_epoch(dataset, len(files), seed)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None = None):
+    """A function from an image size to ``(train, validation, test)`` batches of
+    ``splits`` at that size (`image_dataset`: training shuffled with ``seed``; test
+    ``None`` without a test split), each size built once, so candidates of one size
+    (`templates.reports.selection`) and the run after them share the decoded images."""
+    built: dict[int, tuple] = {}
+
+    def batches(image_size: int):
+        if image_size not in built:
+            built[image_size] = (
+                image_dataset(splits.train, image_size, batch_size, shuffle=True, seed=seed),
+                image_dataset(splits.validation, image_size, batch_size),
+                image_dataset(splits.test, image_size, batch_size) if splits.test else None)
+        return built[image_size]
+
+    return batches

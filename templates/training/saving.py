@@ -1,0 +1,81 @@
+"""Saving and loading models and their labels (plain Keras 3, any backend)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import keras
+
+from templates.data.files import atomic_path, write_text
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> str:
+    """Save ``model`` in the native ``.keras`` format, atomically.
+
+    Returns:
+        The path written.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Keras 3 saves whole models to '.keras' files; got {path!r}.")
+    with atomic_path(path, suffix=".keras") as temporary:
+        model.save(temporary)
+    return path
+
+
+def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
+    """Load a ``.keras`` model saved by this library (or any Keras 3 model).
+
+    ``safe_mode=True`` (the default) refuses models whose config carries arbitrary
+    Python code, such as a `Lambda` layer's bytecode: loading one runs that code. Only
+    pass ``safe_mode=False`` for files you made or trust.
+    """
+    # Importing the custom layers registers them for deserialisation.
+    import templates.data.multi_label  # noqa: F401  (exact-match accuracy)
+    import templates.models.embeddings  # noqa: F401
+    import templates.models.flip_averaging  # noqa: F401  (flip averaging)
+    import templates.models.preprocessing  # noqa: F401
+    import templates.training.finder  # noqa: F401  (schedules, discriminative optimisers)
+    import templates.training.losses  # noqa: F401  (label smoothing on integer labels)
+    import templates.training.metrics  # noqa: F401  (metrics a --monitor compiled in)
+
+    try:  # TensorFlow-only objects: text standardisation, TF-Hub layers, text encoders.
+        import templates.data.texts  # noqa: F401
+        import templates.models.text_encoders  # noqa: F401
+        import templates.models.tfhub  # noqa: F401
+    except ImportError:
+        pass
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file {path!r} does not exist.")
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode)
+    except Exception as error:
+        # A model built on a keras-hub preset: importing keras-hub registers its layers
+        # (imported only then: it takes seconds).
+        if "keras_hub" not in str(error):
+            raise
+        import keras_hub  # noqa: F401
+
+        return keras.saving.load_model(path, safe_mode=safe_mode)
+
+
+def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> str:
+    """Write class names, one per line in label order, atomically."""
+    names = [str(name) for name in class_names]
+    bad = [name for name in names if "\n" in name or not name.strip()]
+    if bad:
+        raise ValueError(f"Class names must be non-empty single lines; got {bad!r}.")
+    write_text(path, "\n".join(names) + "\n")
+    return os.fspath(path)
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Read a labels file written by `write_labels`."""
+    with open(path, encoding="utf-8") as handle:
+        names = [line.rstrip("\n") for line in handle if line.strip()]
+    if not names:
+        raise ValueError(f"Labels file {os.fspath(path)!r} holds no class names.")
+    return names
