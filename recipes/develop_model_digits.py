@@ -346,7 +346,7 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     # and continues the one in progress. An epoch here is as short as a backup, so
     # backups are paced to at most a tenth of the training time.
     state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                          seed=args.seed, backup_overhead=0.1)
+                          backup_overhead=0.1)
     logs = lambda phase: tensorboard_callbacks(args.tensorboard, phase)  # noqa: E731
     report = compare_with_scratch(
         lambda: reuse(developed.source_model),

@@ -58,6 +58,10 @@ _EXPORTS = {
     "rank_cuts": "reports.selection", "rank_sources": "reports.selection",
     "BackboneChoice": "models.backbone_spelling", "image_candidates": "reports.candidates",
     "parse_backbone": "models.backbone_spelling",
+    "download_dataset": "data.downloads", "image_batches_by_size": "data.images",
+    "flip_averaged": "models.flip_averaging", "flip_scores": "reports.flip_scores",
+    "run_metadata": "reports.environment", "write_model_outputs": "export.outputs",
+    "image_augmentation": "models.augmentation", "TrainingState": "training.checkpoints",
     "VectorFileError": "models.word_vectors", "load_word_vectors": "models.word_vectors",
 }
 

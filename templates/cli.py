@@ -47,6 +47,7 @@ from templates.training.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
+from templates.models.augmentation import image_augmentation
 from templates.training.plan import MONITORS, TransferPlan, balanced_class_weight
 
 # The schedules and the finder's bookkeeping live in templates.training.finder; the
@@ -334,9 +335,10 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
     Reads ``--epochs`` (the head's), ``--fine-tune-epochs``, ``--learning-rate``,
     ``--fine-tune-learning-rate``, ``--batch-size``, ``--seed``, the training flags
     above and, where the recipe has them, ``--fine-tune-from`` and ``--augment``;
-    ``overrides`` set any other field (e.g. ``augmentation=``, ``steps_per_epoch=``).
-    ``train_labels`` (the training set's labels) are needed by ``--class-weight
-    balanced``.
+    ``overrides`` set any other field (e.g. ``steps_per_epoch=``). ``--class-weight
+    balanced`` is resolved on ``train_labels`` when given, else later by
+    `TransferPlan.for_training_set`. The plan is the one owner of the seed: data,
+    augmentation, checkpoints, comparisons and sweeps read ``plan.seed``.
     """
     fields = dict(
         head_epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
@@ -351,13 +353,15 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
     )
     if getattr(args, "fine_tune_from", None) is not None:
         fields["fine_tune_from"] = args.fine_tune_from
-    if getattr(args, "augment", False):
-        fields["cache_features"] = False
+    if getattr(args, "augment", None):
+        # The augmentation reads the plan's seed; with --augmented-views K the head trains
+        # on the cached features of K augmented views, else through the backbone.
+        views = getattr(args, "augmented_views", 0)
+        fields.update(augmentation=image_augmentation(args.augment, args.seed),
+                      augmented_views=views, cache_features=views > 0)
     if getattr(args, "class_weight", "none") == "balanced":
-        if train_labels is None:
-            raise ValueError("--class-weight balanced needs the training labels "
-                             "(transfer_plan(args, train_labels=...)).")
-        fields["class_weight"] = balanced_class_weight(train_labels)
+        fields["class_weight"] = ("balanced" if train_labels is None
+                                  else balanced_class_weight(train_labels))
     fields.update(overrides)
     return TransferPlan(**fields)
 
@@ -412,3 +416,167 @@ def select_source(args: argparse.Namespace, candidates, train=None, validation=N
     print(selection.summary_text())
     selection.write(directory or args.output_dir, title)
     return selection
+
+
+# ## The image recipe's steps: each option of `python -m recipes.cats_vs_dogs` as one call.
+
+def add_image_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image recipe's backbone options (``--alpha``, ``--weights``, ``--image-size``,
+    ``--fine-tune-from``) and its optional extras (``--augment``, ``--augmented-views``,
+    ``--test-time-flips``, ``--reuse-sweep N [--estimate]``)."""
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--alpha", type=float, default=None,
+                       help="Width multiplier for MobileNet families.")
+    group.add_argument("--weights", default="imagenet",
+                       help="'imagenet' (a keras-hub preset's own), 'none' (random "
+                       "initialisation) or a weights file.")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="Square image side; the backbone's default when omitted.")
+    group.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
+                       help="First backbone layer to unfreeze (a name, or an index such as "
+                       "-20); the registry's choice by default.")
+    # Augmented views and test-time flips did not help on validation photos
+    # (docs/results.md): options, off by default.
+    group = parser.add_argument_group("options")
+    group.add_argument("--augment", nargs="?", const="flip_rotate", default=None,
+                       choices=("flip_rotate", "randaugment"),
+                       help="Random flips and rotations (or flips and RandAugment) while "
+                       "fine-tuning, and for the head on --augmented-views cached views.")
+    group.add_argument("--augmented-views", type=int, default=4, metavar="K",
+                       help="With --augment: train the head on the cached features of K "
+                       "augmented views of every photo (default 4; 0: through the backbone).")
+    group.add_argument("--test-time-flips", action="store_true",
+                       help="Average each photo's prediction with its mirror image's; the "
+                       "saved model does it too.")
+    group.add_argument("--reuse-sweep", type=int, default=0, metavar="N",
+                       help="Cut the backbone at N block ends, train a head on each and "
+                       "write reuse_sweep.json/.png.")
+    group.add_argument("--estimate", action="store_true",
+                       help="With --reuse-sweep N: rank the N cuts from their frozen "
+                       "features in seconds (reuse_estimates/selection.json) instead.")
+
+
+def _layer_name_or_index(value: str) -> str | int:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def checkpoints(args: argparse.Namespace):
+    """The run's `templates.training.checkpoints.TrainingState`:
+    ``OUTPUT_DIR/checkpoints``, continued with ``--resume``."""
+    from templates.training.checkpoints import TrainingState
+
+    return TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
+
+
+def image_evaluation(args: argparse.Namespace, transfer, model: keras.Model, splits,
+                     validation, test, title: str, seed: int) -> dict[str, Any]:
+    """The evaluation folder of an image run, on the test photos (or validation ones):
+    per-class scores, confusion matrix, most confidently wrong photos and Grad-CAM; with
+    ``--multi-label``, per-label thresholds chosen on validation. Returns its summary."""
+    from templates.reports.evaluation import (
+        evaluation_summary,
+        image_evaluation_report,
+        multi_label_evaluation,
+    )
+    from templates.training.phases import batch_predictor
+
+    evaluated, data = (splits.test, test) if splits.test else (splits.validation, validation)
+    if args.multi_label:
+        report = multi_label_evaluation(model, validation, data, splits.class_names,
+                                        args.output_dir, evaluated.files, title)
+    else:
+        report = image_evaluation_report(
+            transfer.model, evaluated, data, os.path.join(args.output_dir, "evaluation"),
+            title, seed=seed, predict=batch_predictor(model))
+    return {"set": "test" if splits.test else "validation", **evaluation_summary(report)}
+
+
+def compare_against_scratch(args: argparse.Namespace, run, source, splits, train,
+                            validation, test, state, title: str) -> dict[str, Any]:
+    """``--compare-scratch``: the same architecture from random weights, trained for all
+    the epochs at the head's rate, same data, seed, schedule and early stopping; writes
+    ``transfer_report.json/.png`` and returns its metrics."""
+    import dataclasses
+
+    from templates.models.pretrained import pretrained_model
+    from templates.reports.comparison import report_against_scratch
+
+    keras.utils.set_random_seed(run.plan.seed)
+    scratch = pretrained_model(**dataclasses.replace(source, weights=None).model_options(),
+                               num_classes=len(splits.class_names),
+                               multi_label=args.multi_label).model
+    comparison = report_against_scratch(
+        run, scratch, train, validation, test, args.output_dir, state=state, title=title,
+        phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
+    print(comparison.summary_text())
+    return comparison.metrics()
+
+
+def reuse_depth(args: argparse.Namespace, run, source, transfer, splits, train, validation,
+                test, state) -> dict[str, Any]:
+    """``--reuse-sweep N``: the backbone cut at N block ends. With ``--estimate`` the cuts
+    are ranked from their frozen features (``reuse_estimates/``), else a head is trained
+    on each at the run's rates (``reuse_sweep.json/.png``). Returns the metrics entry."""
+    import dataclasses
+
+    from templates.models.backbones import block_cut_points
+    from templates.models.pretrained import pretrained_model
+    from templates.reports.comparison import reuse_depth_sweep
+    from templates.reports.selection import cut_candidates
+
+    def build(cut):
+        return pretrained_model(**dataclasses.replace(source, cut_at=cut).model_options(),
+                                num_classes=len(splits.class_names),
+                                class_names=splits.class_names, multi_label=args.multi_label)
+
+    cuts = block_cut_points(transfer.backbone, args.reuse_sweep)
+    if args.estimate:
+        selection = select_source(args, cut_candidates(build, cuts), train, validation,
+                                  title=f"Reuse depth, estimated: {source.spelling}",
+                                  directory=os.path.join(args.output_dir, "reuse_estimates"))
+        return {"reuse_estimates": selection.brief()}
+    budget = dataclasses.replace(run.plan.with_rates(run.learning_rates), fine_tune_epochs=0,
+                            callbacks={})
+    return {"reuse_sweep": reuse_depth_sweep(
+        build, cuts, train, validation, test, budget=budget, seed=run.plan.seed,
+        state=state, directory=args.output_dir,
+        title=f"Reuse depth: {source.spelling} blocks (head only)",
+        phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))}
+
+
+def finish_multi_worker_run(args: argparse.Namespace, choice, run, transfer, splits,
+                            validation, test, title: str, metadata: dict[str, Any]) -> int:
+    """The end of a ``--strategy multi_worker`` run: every worker scores its (identical)
+    copy and joins the save; the chief writes the outputs and the evaluation folder."""
+    from templates.reports.evaluation import image_evaluation_report
+    from templates.training.multi_worker import finish_multi_worker
+
+    evaluated, data = (splits.test, test) if splits.test else (splits.validation, validation)
+    finish_multi_worker(
+        choice, run, transfer.model, transfer.model, args.output_dir, splits.class_names,
+        {"val_accuracy": validation, **({"test_accuracy": test} if test else {})},
+        report=lambda predict: image_evaluation_report(
+            transfer.model, evaluated, data, os.path.join(args.output_dir, "evaluation"),
+            title, seed=run.plan.seed, predict=predict), **metadata)
+    return 0
+
+
+def write_metrics(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
+    """Write ``OUTPUT_DIR/metrics.json`` and return the exit status (`accuracy_gate`)."""
+    from templates.data.files import write_json
+
+    write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+    return accuracy_gate(args, metrics)
+
+
+def run_main(main, argv=None) -> None:
+    """Run a recipe's ``main`` and exit with its status. Expected failures (offline
+    downloads, missing weights, bad paths or arguments) print one line, not a traceback."""
+    from templates.data.downloads import DownloadError
+    from templates.models.backbones import WeightsUnavailableError
+
+    try:
+        sys.exit(main(argv))
+    except (DownloadError, WeightsUnavailableError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

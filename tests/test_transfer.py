@@ -221,11 +221,11 @@ def test_the_same_call_and_plan_run_on_one_machine_and_on_two_workers(subprocess
 
     # What the loop cannot honour is refused by name, before any training.
     refused = TransferPlan(discriminative_factor=2.6, patience=0, restore_best=False)
-    from templates.training.multi_worker import _run_multi_worker
+    from templates.training.multi_worker import run_transfer_multi_worker
 
     with pytest.raises(ValueError, match="discriminative_factor: not available under a "
                                          "multi-worker strategy"):
-        _run_multi_worker(None, None, batches(), None, refused, None, False, None, None)
+        run_transfer_multi_worker(None, None, batches(), None, refused, None, False, None, None)
 
 
 def test_early_stopping_can_watch_balanced_accuracy_and_macro_f1():

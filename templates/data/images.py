@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -294,6 +295,24 @@ class ImageSplits:
             for item in part.skipped if part is not None else ():
                 seen.setdefault(item.path, item)
         return list(seen.values())
+
+    def describe(self, data_dir: str | os.PathLike) -> str:
+        """The splits in words: layout, classes, counts, and every file or row skipped."""
+        lines = [f"Data: {os.fspath(data_dir)} ({self.layout}); classes {self.class_names}; "
+                 f"train {len(self.train.files)}, validation {len(self.validation.files)}, "
+                 f"test {len(self.test.files) if self.test else 0}; skipped "
+                 f"{len(self.skipped)} unreadable files or rows."]
+        lines += [f"  skipped {item.path}: {item.reason}" for item in self.skipped]
+        return "\n".join(lines)
+
+    def counts(self) -> dict[str, Any]:
+        """What metrics.json records of the data: the images per split and the skipped."""
+        return {"images": {"train": len(self.train.files),
+                           "validation": len(self.validation.files),
+                           "test": len(self.test.files) if self.test else 0,
+                           "skipped": len(self.skipped)},
+                "skipped_files": [{"path": item.path, "reason": item.reason}
+                                  for item in self.skipped]}
 
 
 def load_image_splits(

@@ -45,8 +45,8 @@ def image_candidates(spellings, batches_for_size, alpha=None, weights="imagenet"
 
     Args:
         spellings: ``NAME[,option=value...][@CUT]`` strings (`parse_backbone`).
-        batches_for_size: ``image_size -> (train, validation)`` batches at that size
-            (cache them, so candidates of one size share them).
+        batches_for_size: ``image_size -> (train, validation[, test])`` batches at that
+            size (cache them, so candidates of one size share them; test is not read).
         alpha, weights, image_size: Defaults for options a spelling leaves out.
         **model_options: Passed to `templates.models.pretrained.pretrained_model`
             (``num_classes``, ``fine_tune_from``, ``class_names``...).
@@ -62,7 +62,7 @@ def image_candidates(spellings, batches_for_size, alpha=None, weights="imagenet"
             return pretrained_model(**choice.model_options(), **model_options)
 
         def data(transfer):
-            return batches_for_size(int(transfer.model.input_shape[1]))
+            return tuple(batches_for_size(int(transfer.model.input_shape[1])))[:2]
 
         candidates.append(Candidate(choice.spelling, build, data=data,
                                     source_classifier=image_classifier_head(choice),

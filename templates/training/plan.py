@@ -93,7 +93,7 @@ class TransferPlan:
     monitor: str = "val_accuracy"
     seed: int = 0
     augmented_views: int = 0
-    class_weight: dict[int, float] | None = None
+    class_weight: dict[int, float] | str | None = None
     label_smoothing: float = 0.0
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
@@ -131,10 +131,11 @@ class TransferPlan:
              "cache the features of K augmented views of every training example"),
             (not self.augmented_views or self.augmentation is not None,
              "augmented_views needs an augmentation to draw the views with"),
-            (self.class_weight is None or (
+            (self.class_weight is None or self.class_weight == "balanced" or (
                 isinstance(self.class_weight, dict) and self.class_weight
                 and all(float(weight) > 0 for weight in self.class_weight.values())),
-             f"class_weight must be None or a non-empty {{label: positive weight}} dict; "
+             f"class_weight must be None, 'balanced' or a non-empty {{label: positive "
+             f"weight}} dict; "
              f"got {self.class_weight!r}"),
             (set(self.callbacks) <= set(PHASES),
              f"callbacks are given per phase, {{'head': [...], 'fine_tune': [...]}}; got "
@@ -165,7 +166,7 @@ class TransferPlan:
         if unknown:
             raise ValueError(f"TransferPlan.from_dict: unknown fields {unknown}.")
         fields = {key: value for key, value in data.items() if key in names}
-        if fields.get("class_weight"):  # JSON object keys are strings
+        if isinstance(fields.get("class_weight"), dict):  # JSON object keys are strings
             fields["class_weight"] = {int(label): float(weight)
                                       for label, weight in fields["class_weight"].items()}
         return cls(**fields, augmentation=augmentation, callbacks=callbacks or {})
@@ -178,6 +179,18 @@ class TransferPlan:
             fine_tune_learning_rate=learning_rates.get("fine_tune",
                                                        self.fine_tune_learning_rate),
             find_learning_rates=False)
+
+    def for_training_set(self, labels) -> TransferPlan:
+        """This plan fitted to the training set's ``labels``: ``class_weight="balanced"``
+        becomes the weights of those labels (`balanced_class_weight`), and an unset
+        ``steps_per_epoch`` the batches per epoch (for the schedules)."""
+        labels = np.asarray(labels)
+        changes: dict[str, Any] = {}
+        if self.class_weight == "balanced":
+            changes["class_weight"] = balanced_class_weight(labels)
+        if self.steps_per_epoch is None and len(labels):
+            changes["steps_per_epoch"] = -(-len(labels) // self.batch_size)
+        return dataclasses.replace(self, **changes)
 
     def phases(self) -> list[str]:
         """The phases this plan trains: ``["head", "fine_tune"]``, or ``["head"]``."""

@@ -119,6 +119,9 @@ def run_transfer(
     """
     plan = plan or TransferPlan()
     check_plan_fits(plan, transfer.model)
+    if plan.class_weight == "balanced":
+        raise ValueError("TransferPlan(class_weight='balanced') needs the training labels: "
+                         "run with plan.for_training_set(train_labels).")
     if features is not None and (plan.augmented_views or not plan.cache_features):
         raise ValueError("run_transfer(features=...) gives the cached features of the "
                          "training examples, but the plan asks for augmented_views or "
