@@ -193,8 +193,8 @@ def run(args: argparse.Namespace, choice) -> int:
         metrics["tflite"] = tflite
     # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
     # photos and Grad-CAM heat maps (per-label thresholds with --multi-label).
-    metrics["evaluation"] = cli.image_evaluation(args, transfer, model, splits, validation,
-                                                 test, title, plan.seed)
+    metrics["evaluation"] = cli.evaluation(args, transfer, model, splits, validation, test,
+                                           title, plan.seed)
     if args.test_time_flips:
         metrics.update(flip_scores(run, model, validation, test))
     if selection:
@@ -207,7 +207,8 @@ def run(args: argparse.Namespace, choice) -> int:
     # on each, or with --estimate ranks the cuts from their frozen features in seconds.
     if args.compare_scratch:
         metrics.update(cli.compare_against_scratch(
-            args, run, source, splits, train, validation, test, state,
+            args, run, cli.scratch_image_model(args, source, splits), train, validation,
+            test, state,
             title=f"Cats vs dogs: {source.spelling} pretrained transfer vs scratch"))
     if args.reuse_sweep:
         metrics.update(cli.reuse_depth(args, run, source, transfer, splits, train,

@@ -62,6 +62,7 @@ _EXPORTS = {
     "flip_averaged": "models.flip_averaging", "flip_scores": "reports.flip_scores",
     "run_metadata": "reports.environment", "write_model_outputs": "export.outputs",
     "image_augmentation": "models.augmentation", "TrainingState": "training.checkpoints",
+    "download_sst2": "data.texts", "string_model": "data.texts",
     "VectorFileError": "models.word_vectors", "load_word_vectors": "models.word_vectors",
 }
 

@@ -468,45 +468,70 @@ def checkpoints(args: argparse.Namespace):
     return TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
 
 
-def image_evaluation(args: argparse.Namespace, transfer, model: keras.Model, splits,
-                     validation, test, title: str, seed: int) -> dict[str, Any]:
-    """The evaluation folder of an image run, on the test photos (or validation ones):
-    per-class scores, confusion matrix, most confidently wrong photos and Grad-CAM; with
-    ``--multi-label``, per-label thresholds chosen on validation. Returns its summary."""
+def _evaluation_report(args, transfer, model, splits, validation, test, title, seed,
+                       predict=None) -> dict[str, Any]:
+    """The evaluation folder of a run, on the test set (or validation, for images without
+    one): per-class scores, confusion matrix, most confidently wrong examples (and
+    Grad-CAM for images); with ``--multi-label``, per-label thresholds chosen on
+    validation. Images and texts share it; returns the report's numbers."""
     from templates.reports.evaluation import (
-        evaluation_summary,
+        evaluation_report,
         image_evaluation_report,
         multi_label_evaluation,
     )
     from templates.training.phases import batch_predictor
 
     evaluated, data = (splits.test, test) if splits.test else (splits.validation, validation)
+    texts = getattr(evaluated, "texts", None)
+    examples = texts if texts is not None else evaluated.files
     if args.multi_label:
-        report = multi_label_evaluation(model, validation, data, splits.class_names,
-                                        args.output_dir, evaluated.files, title)
-    else:
-        report = image_evaluation_report(
-            transfer.model, evaluated, data, os.path.join(args.output_dir, "evaluation"),
-            title, seed=seed, predict=batch_predictor(model))
+        return multi_label_evaluation(model, validation, data, splits.class_names,
+                                      args.output_dir, examples, title, predict=predict)
+    folder = os.path.join(args.output_dir, "evaluation")
+    predict = predict or batch_predictor(model)
+    if texts is not None:
+        return evaluation_report(transfer.model, data, splits.class_names, folder,
+                                 examples=texts, kind="text", title=title, predict=predict)
+    return image_evaluation_report(transfer.model, evaluated, data, folder, title, seed=seed,
+                                   predict=predict)
+
+
+def evaluation(args: argparse.Namespace, transfer, model: keras.Model, splits, validation,
+               test, title: str, seed: int) -> dict[str, Any]:
+    """Write the run's evaluation folder (`_evaluation_report`) and return the summary
+    metrics.json records (``set``, accuracy, macro F1...)."""
+    from templates.reports.evaluation import evaluation_summary
+
+    report = _evaluation_report(args, transfer, model, splits, validation, test, title, seed)
     return {"set": "test" if splits.test else "validation", **evaluation_summary(report)}
 
 
-def compare_against_scratch(args: argparse.Namespace, run, source, splits, train,
-                            validation, test, state, title: str) -> dict[str, Any]:
-    """``--compare-scratch``: the same architecture from random weights, trained for all
-    the epochs at the head's rate, same data, seed, schedule and early stopping; writes
-    ``transfer_report.json/.png`` and returns its metrics."""
+def scratch_image_model(args: argparse.Namespace, source, splits):
+    """A builder of ``source``'s architecture from random weights (`compare_against_scratch`)."""
     import dataclasses
 
     from templates.models.pretrained import pretrained_model
+
+    def build() -> keras.Model:
+        return pretrained_model(**dataclasses.replace(source, weights=None).model_options(),
+                                num_classes=len(splits.class_names),
+                                multi_label=args.multi_label).model
+
+    return build
+
+
+def compare_against_scratch(args: argparse.Namespace, run, build_scratch, train, validation,
+                            test, state, title: str, verbose="auto") -> dict[str, Any]:
+    """``--compare-scratch``: ``build_scratch()`` (the same architecture from random
+    weights, built after seeding with the plan's seed) trains for all the epochs at the
+    head's rate, on the same data, schedule and early stopping; writes
+    ``transfer_report.json/.png``, prints the three measures, returns their metrics."""
     from templates.reports.comparison import report_against_scratch
 
     keras.utils.set_random_seed(run.plan.seed)
-    scratch = pretrained_model(**dataclasses.replace(source, weights=None).model_options(),
-                               num_classes=len(splits.class_names),
-                               multi_label=args.multi_label).model
     comparison = report_against_scratch(
-        run, scratch, train, validation, test, args.output_dir, state=state, title=title,
+        run, build_scratch(), train, validation, test, args.output_dir, state=state,
+        title=title, verbose=verbose,
         phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
     print(comparison.summary_text())
     return comparison.metrics()
@@ -545,19 +570,20 @@ def reuse_depth(args: argparse.Namespace, run, source, transfer, splits, train, 
 
 
 def finish_multi_worker_run(args: argparse.Namespace, choice, run, transfer, splits,
-                            validation, test, title: str, metadata: dict[str, Any]) -> int:
+                            validation, test, title: str, metadata: dict[str, Any],
+                            saved_model: keras.Model | None = None) -> int:
     """The end of a ``--strategy multi_worker`` run: every worker scores its (identical)
-    copy and joins the save; the chief writes the outputs and the evaluation folder."""
-    from templates.reports.evaluation import image_evaluation_report
+    copy and joins the save of ``saved_model`` (default: the model); the chief writes the
+    outputs and the evaluation folder."""
     from templates.training.multi_worker import finish_multi_worker
 
-    evaluated, data = (splits.test, test) if splits.test else (splits.validation, validation)
     finish_multi_worker(
-        choice, run, transfer.model, transfer.model, args.output_dir, splits.class_names,
+        choice, run, transfer.model, saved_model or transfer.model, args.output_dir,
+        splits.class_names,
         {"val_accuracy": validation, **({"test_accuracy": test} if test else {})},
-        report=lambda predict: image_evaluation_report(
-            transfer.model, evaluated, data, os.path.join(args.output_dir, "evaluation"),
-            title, seed=run.plan.seed, predict=predict), **metadata)
+        report=lambda predict: _evaluation_report(args, transfer, transfer.model, splits,
+                                                  validation, test, title, run.plan.seed,
+                                                  predict=predict), **metadata)
     return 0
 
 
@@ -577,6 +603,121 @@ def run_main(main, argv=None) -> None:
 
     try:
         sys.exit(main(argv))
-    except (DownloadError, WeightsUnavailableError, ValueError) as error:
+    except (DownloadError, WeightsUnavailableError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+# ## The text recipe's steps
+
+def add_text_classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    """The text classifier's flags: ``--architecture`` and its sizes, the embedding's
+    dropout, training mode and anchor, ``--sequence-length``, ``--vector-source``."""
+    from templates.models.embeddings import TRAINABLE_MODES
+    from templates.models.text_classifiers import ARCHITECTURES
+    from templates.training.word2vec import VECTOR_SOURCES
+
+    group = parser.add_argument_group("classifier")
+    group.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
+                       help="Classifier on top of the embedding (default: Kim's CNN).")
+    group.add_argument("--filters", type=int, default=200,
+                       help="Convolution filters per kernel width (cnn).")
+    group.add_argument("--multichannel", action=argparse.BooleanOptionalAction,
+                       default=False, help="Kim's multichannel model: a static copy of the "
+                       "vectors beside the fine-tuned one.")
+    group.add_argument("--units", type=int, default=64,
+                       help="Recurrent units per direction (bilstm, bigru) and hidden units "
+                       "(pooled).")
+    group.add_argument("--embedding-dropout", type=float, default=0.25,
+                       help="SpatialDropout1D rate on the word vectors.")
+    group.add_argument("--embedding-training", default="trainable", choices=TRAINABLE_MODES,
+                       help="What fine-tuning may change: every row, only rows without a "
+                       "pretrained vector (missing_only), or nothing (frozen).")
+    group.add_argument("--anchor-strength", type=float, default=0.0,
+                       help="While fine-tuning, pull each used word vector towards its "
+                       "pretrained value (L2-SP; this times the mean squared distance is "
+                       "added to the loss). Default 0.")
+    group.add_argument("--sequence-length", type=int, default=None,
+                       help="Tokens per text; the 95th percentile of training lengths when "
+                       "omitted.")
+    group.add_argument("--vector-source", default="auto", choices=("auto", *VECTOR_SOURCES),
+                       help="Train on one word-vector source: glove (--vectors), word2vec "
+                       "(on the training texts), glove+word2vec, random; auto: --vectors "
+                       "plus --in-domain-vectors.")
+
+
+def choose_word_vectors(args: argparse.Namespace, splits, seed: int, build_classifier):
+    """The word vectors a text run trains on, tokenised: a `templates.TokenizedText`.
+
+    ``--vector-source NAME`` takes one source; ``--develop-vectors CORPUS`` trains
+    word2vec on the user's corpus, kept only if it beats random vectors (refused in one
+    sentence otherwise); else ``--vectors`` (loaded once, cached as a memory-mapped
+    array) with ``--in-domain-vectors`` (word2vec on the training texts beside them, from
+    50,000 training words on). ``--select-from`` first ranks sources on their frozen
+    features (``build_classifier(tokenized)`` builds each candidate's model). The
+    result's ``details`` record the source, the word2vec check and the selection.
+    """
+    import dataclasses
+    import functools
+
+    from templates.models.tokenized_text import tokenize_for_vectors
+    from templates.models.word_vectors import load_word_vectors
+    from templates.reports.selection import prepared_candidates
+    from templates.training.word2vec import (
+        add_in_domain_vectors,
+        develop_word_vectors,
+        word_vector_source,
+    )
+
+    pretrained = functools.cache(lambda: load_word_vectors(
+        args.vectors, words_with_spaces=args.words_with_spaces, trust_pickle=args.trust_pickle))
+    in_domain_folder = os.path.join(args.output_dir, "in_domain")
+
+    def tokenized(source):
+        vectors = word_vector_source(source, pretrained, splits.train.texts, seed,
+                                     in_domain_folder)
+        return tokenize_for_vectors(splits, vectors, args.sequence_length,
+                                    args.extra_vocabulary, args.normalize_vectors, seed)
+
+    details: dict[str, Any] = {}
+    source = args.vector_source
+    if args.select_from:
+        selection = select_source(args, prepared_candidates(
+            args.select_from, tokenized, build_classifier,
+            lambda data: (data.batches("train", args.batch_size, shuffle=True, seed=seed),
+                          data.batches("validation", args.batch_size))),
+            title="Text classification: candidate word vectors")
+        details["selection"] = selection.brief()
+        if args.select_only:
+            return None, details
+        source = selection.pick
+    if source != "auto":  # one named source (or the selection's pick)
+        data = tokenized(source)
+        details["vectors"] = f"{source} ({args.vectors})"
+        in_domain = "word2vec" in source
+    else:
+        if args.develop_vectors:
+            vectors, check = develop_word_vectors(
+                args.develop_vectors, evaluation=args.develop_evaluation, seed=seed,
+                allow_unskilled=args.allow_unskilled,
+                directory=os.path.join(args.output_dir, "word2vec"))
+            print(f"word2vec on {args.develop_vectors}: {check.metric} {check.accuracy:.3f}, "
+                  f"random vectors {check.baseline_accuracy:.3f}.")
+            details["source_check"] = dataclasses.asdict(check)
+        # --develop-vectors already is in-domain, so auto leaves it alone.
+        when = ("off" if args.develop_vectors and args.in_domain_vectors == "auto"
+                else args.in_domain_vectors)
+        vectors, in_domain = add_in_domain_vectors(
+            vectors if args.develop_vectors else pretrained(), splits.train.texts, when,
+            seed=seed, directory=in_domain_folder)
+        data = tokenize_for_vectors(splits, vectors, args.sequence_length,
+                                    args.extra_vocabulary, args.normalize_vectors, seed)
+        details["vectors"] = ((f"word2vec:{args.develop_vectors}" if args.develop_vectors
+                               else str(args.vectors))
+                              + (" + in-domain word2vec" if in_domain else ""))
+    if in_domain:
+        print(f"word2vec on the training texts beside the pretrained vectors: "
+              f"{data.matrix.matrix.shape[1]} dimensions per word.")
+    details["vector_source"] = source
+    print(data.summary())
+    return data, details

@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from templates.data.files import write_json
+from templates.data.files import write_json, write_text
 from templates.reports.curves import plot_learning_curves
 from templates.training.saving import save_model, write_labels
 
@@ -30,6 +30,7 @@ def write_model_outputs(
     tflite_modes: Sequence[str] = ("float32",),
     representative_data=None,
     test=None,
+    vocabulary: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Write a trained model's outputs to ``output_dir`` (see the module docstring).
 
@@ -45,6 +46,8 @@ def write_model_outputs(
             ``model.tflite``, the others as ``model_MODE.tflite``.
         representative_data: Training batches that calibrate the ``int8`` export.
         test: Batches of ``(inputs, labels)`` each TFLite model is scored on.
+        vocabulary: For a token-id TFLite model: written beside it as
+            ``tflite/vocabulary.txt`` (line i = id i).
 
     Returns:
         ``{mode: {"megabytes": ..., "test_accuracy": ...}}`` for the TFLite exports
@@ -73,4 +76,7 @@ def write_model_outputs(
         exported[mode] = {"megabytes": round(os.path.getsize(path) / 2**20, 3)}
         if test is not None:
             exported[mode]["test_accuracy"] = tflite_accuracy(path, test)
+    if vocabulary is not None:
+        write_text(os.path.join(output_dir, "tflite", "vocabulary.txt"),
+                   "\n".join(vocabulary) + "\n")
     return exported
