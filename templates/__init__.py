@@ -63,6 +63,10 @@ _EXPORTS = {
     "run_metadata": "reports.environment", "write_model_outputs": "export.outputs",
     "image_augmentation": "models.augmentation", "TrainingState": "training.checkpoints",
     "download_sst2": "data.texts", "string_model": "data.texts",
+    "SOURCE_TASKS": "data.digits", "TARGET_DIGITS": "data.digits",
+    "load_digits_by_task": "data.digits", "array_batches": "data.batches",
+    "scan_evaluation_report": "reports.evaluation",
+    "source_model_candidate": "reports.selection",
     "VectorFileError": "models.word_vectors", "load_word_vectors": "models.word_vectors",
 }
 

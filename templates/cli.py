@@ -37,6 +37,7 @@ from typing import Any
 import keras
 
 from templates.export.formats import TFLITE_MODES
+from templates.models.augmentation import image_augmentation
 from templates.training.compilation import JIT_COMPILE_SETTINGS, set_jit_compile
 from templates.training.finder import SUGGESTION_RULES
 from templates.training.hardware import (
@@ -47,7 +48,6 @@ from templates.training.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
-from templates.models.augmentation import image_augmentation
 from templates.training.plan import MONITORS, TransferPlan, balanced_class_weight
 
 # The schedules and the finder's bookkeeping live in templates.training.finder; the
@@ -460,12 +460,20 @@ def _layer_name_or_index(value: str) -> str | int:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def checkpoints(args: argparse.Namespace):
+def checkpoints(args: argparse.Namespace, **options: Any):
     """The run's `templates.training.checkpoints.TrainingState`:
-    ``OUTPUT_DIR/checkpoints``, continued with ``--resume``."""
+    ``OUTPUT_DIR/checkpoints``, continued with ``--resume`` (``options``: e.g.
+    ``backup_overhead=0.1``)."""
     from templates.training.checkpoints import TrainingState
 
-    return TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
+    return TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
+                         **options)
+
+
+def phase_logs(args: argparse.Namespace):
+    """``phase name -> callbacks``: the ``--tensorboard`` logs of each phase of a
+    comparison or sweep (none without the flag)."""
+    return lambda phase: tensorboard_callbacks(args.tensorboard, phase)
 
 
 def _evaluation_report(args, transfer, model, splits, validation, test, title, seed,
@@ -587,11 +595,25 @@ def finish_multi_worker_run(args: argparse.Namespace, choice, run, transfer, spl
     return 0
 
 
-def write_metrics(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
-    """Write ``OUTPUT_DIR/metrics.json`` and return the exit status (`accuracy_gate`)."""
+def quiet_retracing_warnings() -> None:
+    """Hide TensorFlow's "triggered tf.function retracing" warning: recipes that build
+    many small models (comparisons over seeds, sweeps) trace each model's functions on
+    purpose, and the warning would only alarm the reader."""
+    import logging
+
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage())
+
+
+def write_metrics(args: argparse.Namespace, metrics: dict[str, Any], gate: bool = True) -> int:
+    """Write ``OUTPUT_DIR/metrics.json`` and return the exit status: `accuracy_gate`'s,
+    or 0 with ``gate=False`` (for runs without one final accuracy)."""
     from templates.data.files import write_json
 
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+    if not gate:
+        print(f"Outputs in {args.output_dir}")
+        return 0
     return accuracy_gate(args, metrics)
 
 

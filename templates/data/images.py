@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import tensorflow as tf

@@ -25,11 +25,12 @@ from templates.reports.transfer_report import (
 )
 from templates.training.checkpoints import TrainingState
 from templates.training.compilation import compile_classifier
-from templates.training.phases import evaluate_scores
+from templates.training.phases import evaluate_scores, find_head_learning_rate
 from templates.training.plan import TransferPlan
 from templates.training.run import (
     TransferRun,
     checkpoint_state,
+    phase_rate,
     run_planned_phase,
     run_transfer,
     steps_per_epoch,
@@ -151,8 +152,13 @@ def compare_with_scratch(
     verbose: int | str = 0,
     state: TrainingState | None = None,
     phase_callbacks: PhaseCallbacks | None = None,
+    output_dir: str | os.PathLike | None = None,
 ) -> TransferReport:
     """Train transfer and scratch models for each seed and report the three measures.
+
+    With ``budget.find_learning_rates`` the finder measures the head's rate once, on the
+    first seed's transferred model (kept in ``state``, plotted in ``output_dir``), and
+    transfer and scratch both train at it, so the comparison stays fair.
 
     Args:
         build_transfer: Returns a fresh `TransferModel` (reused part frozen).
@@ -168,6 +174,16 @@ def compare_with_scratch(
             (``seed0.transfer.head``, ``seed0.scratch``...), e.g. TensorBoard logs.
     """
     budget = budget or TrainingBudget()
+    if budget.find_learning_rates:
+        keras.utils.set_random_seed(seeds[0])
+        transfer = build_transfer()
+        rate = phase_rate(
+            state, "comparison.head", budget.learning_rate, True, output_dir,
+            lambda: find_head_learning_rate(transfer, train, batch_size=budget.batch_size,
+                                            seed=seeds[0], rule=budget.finder_rule),
+            title="Learning-rate finder: the transferred model's head")
+        keras.backend.clear_session()
+        budget = dataclasses.replace(budget, learning_rate=rate, find_learning_rates=False)
     transferred, scratch = [], []
     for seed in seeds:
         def transfer_run(seed=seed):
@@ -186,9 +202,11 @@ def compare_with_scratch(
         keras.backend.clear_session()
         scratch.append(_summary(state, f"seed{seed}.scratch", scratch_run, slope_epochs))
         keras.backend.clear_session()
-    return TransferReport(transferred, scratch, list(seeds),
-                          phase_boundary=budget.head_epochs if budget.fine_tune_epochs else None,
-                          metric=report_metric(budget.monitor))
+    report = TransferReport(transferred, scratch, list(seeds),
+                            phase_boundary=budget.head_epochs if budget.fine_tune_epochs
+                            else None, metric=report_metric(budget.monitor))
+    report.plan = budget  # with the finder's rate, when it ran
+    return report
 
 
 def report_against_scratch(

@@ -387,3 +387,28 @@ def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
                 "mean_average_precision": evaluation["mean_average_precision"]}
     return {"accuracy": evaluation["accuracy"], "macro_f1": evaluation["macro"]["f1"],
             "balanced_accuracy": evaluation["balanced_accuracy"]}
+
+
+def scan_evaluation_report(model: keras.Model, images: np.ndarray, labels: np.ndarray,
+                           class_names: Sequence[str], directory: str | os.PathLike,
+                           title: str, value_range: float = 16.0, grad_cam_count: int = 6,
+                           batch_size: int = 512) -> dict:
+    """`evaluation_report` for small grey-level scans held in an array (such as
+    scikit-learn's 8x8 digits, values ``0..value_range``): the errors shown as RGB
+    images, Grad-CAM on the first ``grad_cam_count`` scans."""
+    from templates.data.batches import array_batches
+    from templates.reports.grad_cam import grad_cam_heatmaps, overlay
+
+    def as_rgb(name):  # "test_12" -> the scan as a 0..255 RGB image
+        scan = images[int(name.split("_")[1])]
+        return np.repeat(scan * (255.0 / value_range), 3, axis=-1)
+
+    heatmaps, probabilities = grad_cam_heatmaps(model, images[:grad_cam_count])
+    overlays = [overlay(as_rgb(f"test_{index}"), heatmap)
+                for index, heatmap in enumerate(heatmaps)]
+    captions = [f"true {class_names[label]}, said {class_names[row.argmax()]} "
+                f"({row.max():.0%})" for label, row in zip(labels[:grad_cam_count], probabilities)]
+    return evaluation_report(
+        model, array_batches(images, labels, batch_size=batch_size, shuffle=False),
+        class_names, directory, examples=[f"test_{index}" for index in range(len(images))],
+        load_example=as_rgb, title=title, grad_cam=(overlays, captions))

@@ -523,3 +523,26 @@ def plot_selection(selection: Selection, path: str | os.PathLike, title: str) ->
     with atomic_path(os.fspath(path), suffix=".png") as temporary:
         figure.savefig(temporary, dpi=100)
     plt.close(figure)
+
+
+def source_model_candidate(name: str, develop: Callable[[], Any], num_classes: int,
+                           cut_at: str | int, pooling: str = "avg") -> Candidate | None:
+    """A candidate for a developed source model (the develop-model approach).
+
+    ``develop()`` develops (or reloads) the source model and checks it against its naive
+    baseline (`templates.training.develop.develop_model`); the candidate reuses it up to
+    ``cut_at`` under a new head of ``num_classes``, its own head serving LEEP. A source
+    model that fails its check is not ranked: ``None``, and a line saying why.
+    """
+    from templates.training.develop import UnskilledSourceModelError, reuse_model
+
+    try:
+        developed = develop()
+    except UnskilledSourceModelError as error:
+        print(f"Source task {name}: refused, not ranked ({error})")
+        return None
+    source = developed.source_model
+    return Candidate(name, lambda: reuse_model(source, num_classes, cut_at=cut_at,
+                                               pooling=pooling),
+                     source_classifier=lambda transfer: source, pooling=pooling,
+                     details={"source_check": dataclasses.asdict(developed.source_check)})

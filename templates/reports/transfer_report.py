@@ -252,6 +252,11 @@ class TransferReport:
             "phase_boundary": self.phase_boundary,
         }
 
+    def write(self, directory: str | os.PathLike, title: str = "Transfer vs scratch") -> None:
+        """``transfer_report.json`` and ``transfer_report.png`` in ``directory``."""
+        self.write_json(os.path.join(directory, "transfer_report.json"))
+        self.plot(os.path.join(directory, "transfer_report.png"), title=title)
+
     def write_json(self, path: str | os.PathLike) -> str:
         write_json(path, self.to_dict())
         return os.fspath(path)

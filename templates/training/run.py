@@ -209,7 +209,7 @@ def train_phase(phase: str, transfer: Transferable, train: Iterable, validation,
             transfer, train, validation, from_layer=from_layer,
             augmentation=plan.augmentation, initial_epoch=initial_epoch,
             learning_rate_multipliers=multipliers, **given)
-    rate = _phase_rate(state, name, default, plan.find_learning_rates, output_dir, finder,
+    rate = phase_rate(state, name, default, plan.find_learning_rates, output_dir, finder,
                        title=FINDER_TITLES[phase])
     restored = _finished(state, name)
     history = run_planned_phase(state, name, transfer.model, plan, lambda callbacks: trainer(
@@ -293,7 +293,7 @@ def run_planned_phase(state: TrainingState | None, phase: str, model: keras.Mode
                      early_stopping=plan.early_stopping())
 
 
-def _phase_rate(state, phase, default, find, output_dir, finder, title) -> float:
+def phase_rate(state, phase, default, find, output_dir, finder, title) -> float:
     """The phase's rate: the plan's, or the finder's (chosen once, kept in ``state``)."""
     if not find:
         return default
