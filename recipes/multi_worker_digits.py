@@ -3,8 +3,10 @@ Title: Data-parallel training on several machines with MultiWorkerMirroredStrate
 Description: Train a small CNN on scikit-learn's handwritten digits with one process
 per machine, gradients all-reduced every step, checkpoints written by the chief and
 resumable. Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
-(keras-team/keras#20585); `templates.training.multi_worker.train_multi_worker` drives the same
-Keras model with a `strategy.run` loop instead.
+(keras-team/keras#20585); `templates.train_multi_worker` drives the same Keras model with
+a `strategy.run` loop instead. This recipe trains one network from scratch (no reused
+part, no two phases), so it drives that loop itself; a transfer across machines is
+`run_transfer`, as the cats and text recipes run it with `--strategy multi_worker`.
 
 How to run, on each of two machines (same command, its own task index):
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,28 +38,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from templates.training.schedules import (  # noqa: E402
-    SCHEDULES,
-    scheduled,
-)
-from templates.cli import (  # noqa: E402
-    add_hardware_arguments,
-    setup_hardware,
-)
-from templates.training.finder import (  # noqa: E402
-    finder_bounds,
-    record_finding,
-)
-from templates.data.files import write_json  # noqa: E402
-from templates.reports.evaluation import evaluation_report  # noqa: E402
-from templates.training.finder import choose_learning_rate  # noqa: E402
-from templates.training.multi_worker import (
-    find_learning_rate_multi_worker,
+from templates import (  # noqa: E402
+    cli,
     is_chief,
+    learning_rate_multi_worker,
     local_predict,
+    scan_evaluation_report,
+    scheduled,
     task_index,
     train_multi_worker,
     weights_digest,
+    write_json,
 )
 
 
@@ -71,7 +61,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     # Of the shared training options, the schedule, the finder and TensorBoard logs
     # apply to this loop; early stopping and discriminative rates are left to the
     # model.fit recipes (there is no validation pass and one optimiser here).
-    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+    parser.add_argument("--schedule", choices=cli.SCHEDULES, default="constant",
                         help="Learning-rate schedule over the whole run (the rate given is "
                              "the peak for one_cycle).")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,7 +74,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="TensorBoard logs (loss and learning rate per epoch, written "
                              "by the chief).")
-    add_hardware_arguments(parser)
+    cli.add_hardware_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -107,7 +97,7 @@ def main(argv=None) -> int:
     # in the loop; --xla does not apply (the loop's step is a plain tf.function).
     if args.strategy == "auto" and os.environ.get("TF_CONFIG"):
         args.strategy = "multi_worker"
-    choice = setup_hardware(args, multi_worker=True)
+    choice = cli.setup_hardware(args, multi_worker=True)
 
     from sklearn.datasets import load_digits
 
@@ -132,15 +122,9 @@ def main(argv=None) -> int:
     learning_rate = args.learning_rate
     if args.find_lr:
         # The finder on the same loop (every worker in step); the chief keeps the plot.
-        finding = find_learning_rate_multi_worker(choice, lambda: model, dataset_fn,
-                                                  global_batch)
-        # Every worker sees the same all-reduced losses, so all choose the same rate.
-        learning_rate, _ = choose_learning_rate(finding, args.learning_rate,
-                                                finder_bounds("train"))
-        if is_chief(choice.strategy):
-            learning_rate = record_finding(finding, args.output_dir, "train",
-                                           title="Learning-rate finder (multi-worker)",
-                                           default=args.learning_rate)
+        learning_rate = learning_rate_multi_worker(choice, lambda: model, dataset_fn,
+                                                   global_batch, args.learning_rate,
+                                                   args.output_dir)
     model, history = train_multi_worker(
         choice, lambda: model, dataset_fn, global_batch, steps_per_epoch, args.epochs,
         learning_rate=scheduled(learning_rate, args.schedule, args.epochs, steps_per_epoch),
@@ -162,15 +146,11 @@ def main(argv=None) -> int:
     if report["chief"]:
         # The evaluation folder on the held-out scans, from plain calls on the chief's
         # copy (no collective op, so the other workers need not wait).
-        held_out_images = digits.images[held_out][..., None].astype("float32")
-        evaluation = evaluation_report(
-            model, tf.data.Dataset.from_tensor_slices(
-                (held_out_images, digits.target[held_out].astype("int32"))).batch(256),
-            [str(digit) for digit in range(10)], os.path.join(args.output_dir, "evaluation"),
-            examples=[f"scan_{index}" for index in range(len(held_out))],
-            load_example=lambda name: np.repeat(
-                held_out_images[int(name.split("_")[1])] * 16.0, 3, axis=-1),
-            title="Digits, held-out fifth (multi-worker)", predict=local_predict(model))
+        evaluation = scan_evaluation_report(
+            model, digits.images[held_out][..., None].astype("float32"),
+            digits.target[held_out].astype("int32"), [str(digit) for digit in range(10)],
+            os.path.join(args.output_dir, "evaluation"), "Digits, held-out fifth (multi-worker)",
+            grad_cam_count=0, predict=local_predict(model))
         report["evaluation"] = {"set": "held-out fifth", "accuracy": evaluation["accuracy"],
                                 "macro_f1": evaluation["macro"]["f1"]}
         write_json(os.path.join(args.output_dir, "metrics.json"), report)
@@ -178,8 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_main(main)

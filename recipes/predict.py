@@ -25,7 +25,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from templates.export.predictor import Predictor  # noqa: E402
+from templates import IMAGE_EXTENSIONS, Predictor, write_json  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -45,7 +45,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def _image_paths(inputs: list[str]) -> list[str]:
-    from templates.data.images import IMAGE_EXTENSIONS
 
     paths = []
     for item in inputs:
@@ -90,7 +89,6 @@ def main(argv=None) -> int:
             print("  ".join([shown] + [f"{name} {probability:.1%}" for name, probability
                                        in prediction.labels.items()]))
     if args.output:
-        from templates.data.files import write_json
 
         write_json(args.output, [dataclasses.asdict(p) for p in predictions])
     return 0

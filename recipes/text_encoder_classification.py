@@ -54,40 +54,22 @@ Classify new texts with `python -m recipes.predict OUTPUT_DIR --text "..."`.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
-import sys
 
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-
-from templates.cli import (  # noqa: E402
-    accuracy_gate,
-    add_hardware_arguments,
-    add_run_arguments,
-    add_text_data_arguments,
-    add_training_arguments,
-    setup_hardware,
-    tensorboard_callbacks,
-    transfer_plan,
+from templates import (  # noqa: E402
+    cli,
+    download_sst2,
+    load_text_splits,
+    pretrained_text_encoder,
+    run_metadata,
+    run_transfer,
+    write_model_outputs,
 )
-from templates.data.downloads import DownloadError  # noqa: E402
-from templates.data.files import write_json  # noqa: E402
-from templates.data.texts import download_sst2, load_text_splits  # noqa: E402
-from templates.export.outputs import write_model_outputs  # noqa: E402
-from templates.models.backbones import WeightsUnavailableError  # noqa: E402
-from templates.models.text_encoders import pretrained_text_encoder  # noqa: E402
-from templates.reports.comparison import report_against_scratch  # noqa: E402
-from templates.reports.environment import run_metadata  # noqa: E402
-from templates.reports.evaluation import (
-    evaluation_report,
-    evaluation_summary,
-    multi_label_evaluation,
-)
-from templates.training.checkpoints import TrainingState  # noqa: E402
-from templates.training.run import run_transfer  # noqa: E402
 
 FINE_TUNE_LEARNING_RATE = {"full": 5e-5, "lora": 5e-4}
 
@@ -101,7 +83,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="A keras-hub text preset name (bert_tiny_en_uncased, "
                         "distil_bert_base_en_uncased, roberta_base_en...) or folder, or "
                         "tfhub:HANDLE_OR_DIR for a TF-Hub sentence-embedding module.")
-    add_text_data_arguments(parser)
+    cli.add_text_data_arguments(parser)
     parser.add_argument("--lora-rank", type=int, default=None, metavar="R",
                         help="Fine-tune rank-R LoRA adapters instead of every weight "
                         "(keras-hub presets).")
@@ -109,10 +91,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="Tokens per text (keras-hub); fitted to 99%% of the training "
                         "texts when omitted.")
     parser.add_argument("--dropout", type=float, default=0.1, help="The head's dropout.")
-    add_run_arguments(parser, "runs/text_encoder_classification", fine_tune_epochs=3,
+    cli.add_run_arguments(parser, "runs/text_encoder_classification", fine_tune_epochs=3,
                       fine_tune_learning_rate=None)
-    add_training_arguments(parser)
-    add_hardware_arguments(parser)
+    cli.add_training_arguments(parser)
+    cli.add_hardware_arguments(parser)
     args = parser.parse_args(argv)
     if args.fine_tune_learning_rate is None:
         args.fine_tune_learning_rate = FINE_TUNE_LEARNING_RATE[
@@ -125,7 +107,7 @@ def main(argv=None) -> int:
     # ## Hardware
     # One machine: a TPU, GPUs or the CPU (--strategy). Several machines are refused by
     # name: this recipe trains with model.fit (keras-team/keras#20585).
-    choice = setup_hardware(args, args.train, args.validation, args.test)
+    choice = cli.setup_hardware(args, args.train, args.validation, args.test)
     args.batch_size = choice.global_batch_size(args.batch_size)
     if args.export_tflite is not None:
         raise ValueError("--export-tflite: TFLite's built-in ops cannot run a keras-hub "
@@ -136,7 +118,7 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The recipe, inside the strategy's scope."""
-    keras.utils.set_random_seed(args.seed)
+    plan = cli.transfer_plan(args)  # the seed, epochs, rates and schedule of the run
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data
@@ -146,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     paths = ({"train": args.train, "validation": args.validation, "test": args.test}
              if args.train else download_sst2())
     splits = load_text_splits(paths["train"], paths["validation"], paths["test"],
-                              args.validation_fraction, args.seed, args.train_size,
+                              args.validation_fraction, plan.seed, args.train_size,
                               args.encoding, multi_label=args.multi_label)
     class_names = splits.class_names
 
@@ -159,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         fit_texts=splits.train.texts, lora_rank=args.lora_rank, dropout=args.dropout,
         class_names=class_names, multi_label=args.multi_label)
     batches = {name: transfer.batches(getattr(splits, name).texts, splits.labels[name],
-                                      args.batch_size, shuffle=name == "train", seed=args.seed)
+                                      plan.batch_size, shuffle=name == "train", seed=plan.seed)
                for name in ("train", "validation", "test")}
     print(f"Data: train {len(splits.train)}, validation {len(splits.validation)}, test "
           f"{len(splits.test)}; classes {class_names}; skipped {len(splits.skipped)} "
@@ -169,12 +151,11 @@ def run(args: argparse.Namespace) -> int:
     # Phase 1 trains the head on cached encoder outputs; phase 2 unfreezes the encoder
     # (with --lora-rank, only its adapters). Every epoch is checkpointed: --resume
     # continues an interrupted run where it stopped.
-    plan = transfer_plan(args, splits.labels["train"],
-                         steps_per_epoch=math.ceil(len(splits.train) / args.batch_size))
-    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
-    run = run_transfer(transfer, batches["train"], batches["validation"], plan,
-                       checkpoints=state, test=batches["test"], output_dir=args.output_dir,
-                       measure_start=True, verbose=2)
+    plan = plan.for_training_set(splits.labels["train"])
+    state = cli.checkpoints(args)
+    run = run_transfer(transfer, batches["train"], batches["validation"], plan, state,
+                       test=batches["test"], output_dir=args.output_dir, measure_start=True,
+                       verbose=2)
     # What each phase trained, counted (LoRA's point: a fraction of the weights).
     trainable = {"head": int(sum(math.prod(weight.shape)
                                  for weight in transfer.head.trainable_weights))}
@@ -188,48 +169,32 @@ def run(args: argparse.Namespace) -> int:
     # front of the trained model, so users never rebuild the tokenisation.
     write_model_outputs(args.output_dir, transfer.string_classifier(), class_names,
                         run.history, title=f"Head and fine-tuning on {transfer.source}")
-    if args.multi_label:  # each label's threshold chosen on validation (thresholds.json)
-        evaluation = multi_label_evaluation(
-            transfer.model, batches["validation"], batches["test"], class_names,
-            args.output_dir, splits.test.texts, "Text classification")
-    else:
-        evaluation = evaluation_report(
-            transfer.model, batches["test"], class_names,
-            os.path.join(args.output_dir, "evaluation"), examples=splits.test.texts,
-            kind="text", title="Text classification")
     metrics = {
         **run.metrics(), "encoder": transfer.source, "lora_rank": args.lora_rank,
         "sequence_length": transfer.sequence_length, "trainable_weights": trainable,
         "class_names": class_names, "skipped_lines": splits.skipped,
         "examples": {name: len(getattr(splits, name))
                      for name in ("train", "validation", "test")},
-        "evaluation": {"set": "test", **evaluation_summary(evaluation)},
         **run_metadata(data={key: value for key, value in splits.paths.items() if value},
-                       seed=args.seed),
+                       seed=plan.seed),
     }
+    # Per-class scores, confusion matrix, the most confidently wrong test sentences.
+    metrics["evaluation"] = cli.evaluation(args, transfer, transfer.model, splits,
+                                           batches["validation"], batches["test"],
+                                           "Text classification", plan.seed)
 
     if args.compare_scratch:
         # ## Did pretraining help? The same encoder, randomly initialised.
         # keras-hub's own initialisers (a TF-Hub module's weights redrawn at their own
         # spread), trained end to end for all the epochs at the head's rate: the same
         # data, seed, schedule and early stopping.
-        scratch = transfer.scratch_model(seed=args.seed)
-        comparison = report_against_scratch(
-            run, scratch, batches["train"], batches["validation"], batches["test"],
-            args.output_dir, title=f"{transfer.source} vs the same encoder from scratch",
-            state=state, verbose=2,
-            phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))
-        metrics.update(comparison.metrics())
-        print(comparison.summary_text())
-    write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+        metrics.update(cli.compare_against_scratch(
+            args, run, functools.partial(transfer.scratch_model, seed=plan.seed),
+            batches["train"], batches["validation"], batches["test"], state, verbose=2,
+            title=f"{transfer.source} vs the same encoder from scratch"))
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
-    return accuracy_gate(args, metrics)
+    return cli.write_metrics(args, metrics)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DownloadError, WeightsUnavailableError, FileNotFoundError, ValueError) as error:
-        # Expected failures (offline, bad files, bad arguments) get one clear message.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_main(main)

@@ -67,6 +67,11 @@ _EXPORTS = {
     "load_digits_by_task": "data.digits", "array_batches": "data.batches",
     "scan_evaluation_report": "reports.evaluation",
     "source_model_candidate": "reports.selection",
+    "is_chief": "training.multi_worker", "learning_rate_multi_worker": "training.multi_worker",
+    "local_predict": "training.multi_worker", "task_index": "training.multi_worker",
+    "train_multi_worker": "training.multi_worker", "weights_digest": "training.multi_worker",
+    "scheduled": "training.schedules", "write_json": "data.files",
+    "IMAGE_EXTENSIONS": "data.images",
     "VectorFileError": "models.word_vectors", "load_word_vectors": "models.word_vectors",
 }
 

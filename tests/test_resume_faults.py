@@ -62,6 +62,10 @@ def test_a_run_killed_at_every_boundary_resumes_to_the_uninterrupted_result(
         result = run(arguments + (["--resume"] if number else []), subprocess_env, point)
         assert result.returncode == 9, (point, result.stdout[-2000:], result.stderr[-3000:])
         assert not (out / "metrics.json").exists(), point
+        if point == "fine_tune.before_done":
+            # Killed during fine-tuning before: this run says what it restored.
+            assert "resumed from" in result.stdout, result.stdout[-2000:]
+            assert "head restored; fine_tune continues from its epoch" in result.stdout
     result = run(arguments + ["--resume"], subprocess_env)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -71,5 +75,8 @@ def test_a_run_killed_at_every_boundary_resumes_to_the_uninterrupted_result(
     resumed = json.loads((out / "metrics.json").read_text())
     for key in ("val_accuracy", "test_accuracy", "head", "fine_tuned", "evaluation"):
         assert resumed[key] == expected[key], key
+    # metrics.json records what the last run restored; the uninterrupted run restored nothing.
+    assert "resumed" not in expected
+    assert resumed["resumed"]["finished_phases"] == ["head", "fine_tune"]
     assert (json.loads((out / "history.json").read_text())
             == json.loads((reference / "history.json").read_text()))

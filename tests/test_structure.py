@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -151,3 +153,70 @@ def test_no_library_module_imports_keras_hub_until_a_preset_is_asked_for():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=REPOSITORY, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+RECIPE_LINES = 220
+RECIPE_NAMES = 12
+
+
+def recipe_imports(path: pathlib.Path) -> tuple[list[str], set[str]]:
+    """The names a recipe imports from the library, and the modules it imports them from."""
+    names, modules = [], set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module.split(".")[0] == "templates"):
+            names += [alias.name for alias in node.names]
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "templates":
+                    names.append(alias.name)
+                    modules.add(alias.name)
+    return names, modules
+
+
+def test_recipe_imports_are_counted_from_the_code():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = pathlib.Path(folder) / "recipe.py"
+        path.write_text("from templates import a, b\nimport templates.data.files\n"
+                        "def f():\n    from templates.cli import c\n", encoding="utf-8")
+        names, modules = recipe_imports(path)
+    assert sorted(names) == ["a", "b", "c", "templates.data.files"]
+    assert modules == {"templates", "templates.cli", "templates.data.files"}
+
+
+@pytest.mark.parametrize("recipe", sorted(path.name for path in (REPOSITORY / "recipes")
+                                          .glob("*.py") if path.name != "__init__.py"))
+def test_every_recipe_is_short_and_imports_a_few_names_from_the_package_surface(recipe):
+    import templates
+
+    path = REPOSITORY / "recipes" / recipe
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= RECIPE_LINES, f"{recipe}: {lines} lines (at most {RECIPE_LINES})"
+    names, modules = recipe_imports(path)
+    assert modules <= {"templates"}, f"{recipe} imports from {sorted(modules - {'templates'})}"
+    assert len(names) <= RECIPE_NAMES, f"{recipe}: {len(names)} names: {names}"
+    surface = set(templates.__all__) | {"cli"}
+    assert set(names) <= surface, sorted(set(names) - surface)
+
+
+def test_the_cats_recipe_reads_the_seed_once_into_the_plan():
+    """The seed's one owner is the plan: the recipe never reads ``args.seed`` itself."""
+    text = (REPOSITORY / "recipes" / "cats_vs_dogs.py").read_text(encoding="utf-8")
+    assert "args.seed" not in text and "set_random_seed" not in text
+    assert text.count("plan = cli.transfer_plan(args)") == 1
+
+
+def test_the_readme_example_imports_only_from_the_package_surface():
+    import templates
+
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## The library in ten lines", 1)[1].split("```python", 1)[1]
+    tree = ast.parse(example.split("```", 1)[0])
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert imports and all(isinstance(node, ast.ImportFrom) and node.module == "templates"
+                           for node in imports), ast.unparse(tree)
+    names = {alias.name for node in imports for alias in node.names}
+    assert names <= set(templates.__all__), sorted(names - set(templates.__all__))

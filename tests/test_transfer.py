@@ -263,3 +263,45 @@ def test_a_resumed_run_scores_the_monitored_metric_on_its_restored_model(tmp_pat
     assert all(result.restored for result in again.phases.values())
     assert again.test_scores["macro_f1"] == pytest.approx(first.test_scores["macro_f1"])
     assert first.phases["fine_tune"].scores["test_macro_f1"] == first.test_scores["macro_f1"]
+
+
+def test_the_plan_owns_the_seed_two_runs_of_one_plan_end_with_the_same_weights(tmp_path):
+    """The plan is the seed's one owner: the checkpoints take none of their own, and two
+    runs of one plan (with dropout-free but seed-ordered data) end identically; another
+    seed ends elsewhere, so the check can fail."""
+    import inspect
+
+    from templates.data.batches import ShuffledArrays
+    from templates.training.checkpoints import TrainingState
+
+    assert "seed" not in inspect.signature(TrainingState).parameters
+    x, y = separable(96)
+
+    def weights(seed, folder):
+        plan = TransferPlan(head_epochs=2, fine_tune_epochs=1, patience=0,
+                            restore_best=False, seed=seed, batch_size=16)
+        transfer = small_transfer(seed)
+        train = ShuffledArrays(x, y, batch_size=plan.batch_size, seed=plan.seed)
+        run_transfer(transfer, train, batches(), plan, tmp_path / folder, verbose=0)
+        return transfer.model.get_weights()
+
+    first, second, other = weights(3, "a"), weights(3, "b"), weights(4, "c")
+    for actual, wanted in zip(first, second):
+        np.testing.assert_array_equal(actual, wanted)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_a_resumed_run_says_what_it_restored_and_records_it(tmp_path, capsys):
+    plan = TransferPlan(head_epochs=2, fine_tune_epochs=1, patience=0, restore_best=False)
+    fresh = run_transfer(small_transfer(), batches(), batches(), plan, tmp_path, verbose=0)
+    assert fresh.resumed is None and "resumed" not in fresh.metrics()
+    assert "resumed" not in capsys.readouterr().out
+
+    again = run_transfer(small_transfer(), batches(), batches(), plan, tmp_path,
+                         resume=True, verbose=0)
+    said = capsys.readouterr().out
+    assert "resumed from" in said and "head, fine_tune restored" in said, said
+    assert again.resumed == {"finished_phases": ["head", "fine_tune"], "phase": None,
+                             "epoch": None}
+    assert again.metrics()["resumed"] == again.resumed
+    assert all(result.restored for result in again.phases.values())

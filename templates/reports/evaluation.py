@@ -392,10 +392,11 @@ def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 def scan_evaluation_report(model: keras.Model, images: np.ndarray, labels: np.ndarray,
                            class_names: Sequence[str], directory: str | os.PathLike,
                            title: str, value_range: float = 16.0, grad_cam_count: int = 6,
-                           batch_size: int = 512) -> dict:
+                           batch_size: int = 512, predict=None) -> dict:
     """`evaluation_report` for small grey-level scans held in an array (such as
     scikit-learn's 8x8 digits, values ``0..value_range``): the errors shown as RGB
-    images, Grad-CAM on the first ``grad_cam_count`` scans."""
+    images, Grad-CAM on the first ``grad_cam_count`` scans (0: none); ``predict`` as in
+    `evaluation_report` (e.g. `templates.training.multi_worker.local_predict`)."""
     from templates.data.batches import array_batches
     from templates.reports.grad_cam import grad_cam_heatmaps, overlay
 
@@ -403,12 +404,16 @@ def scan_evaluation_report(model: keras.Model, images: np.ndarray, labels: np.nd
         scan = images[int(name.split("_")[1])]
         return np.repeat(scan * (255.0 / value_range), 3, axis=-1)
 
-    heatmaps, probabilities = grad_cam_heatmaps(model, images[:grad_cam_count])
-    overlays = [overlay(as_rgb(f"test_{index}"), heatmap)
-                for index, heatmap in enumerate(heatmaps)]
-    captions = [f"true {class_names[label]}, said {class_names[row.argmax()]} "
-                f"({row.max():.0%})" for label, row in zip(labels[:grad_cam_count], probabilities)]
+    grad_cam = None
+    if grad_cam_count:
+        heatmaps, probabilities = grad_cam_heatmaps(model, images[:grad_cam_count])
+        overlays = [overlay(as_rgb(f"test_{index}"), heatmap)
+                    for index, heatmap in enumerate(heatmaps)]
+        captions = [f"true {class_names[label]}, said {class_names[row.argmax()]} "
+                    f"({row.max():.0%})"
+                    for label, row in zip(labels[:grad_cam_count], probabilities)]
+        grad_cam = (overlays, captions)
     return evaluation_report(
         model, array_batches(images, labels, batch_size=batch_size, shuffle=False),
         class_names, directory, examples=[f"test_{index}" for index in range(len(images))],
-        load_example=as_rgb, title=title, grad_cam=(overlays, captions))
+        load_example=as_rgb, title=title, grad_cam=grad_cam, predict=predict)

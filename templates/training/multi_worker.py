@@ -489,3 +489,18 @@ def run_transfer_multi_worker(transfer, strategy, train, validation, plan: Trans
         history=merge_histories([(names[phase], {"loss": history.loss})
                                  for phase, history in histories.items()]),
         phases=phases, plan=plan, test_scores=test_part(scores))
+
+
+def learning_rate_multi_worker(choice: StrategyChoice, build_model: Callable[[], keras.Model],
+                               dataset_fn, global_batch_size: int, default: float,
+                               output_dir: str | os.PathLike,
+                               title: str = "Learning-rate finder (multi-worker)") -> float:
+    """The finder on the ``strategy.run`` loop (every worker in step) and the rate to
+    train at: every worker sees the same all-reduced losses, so all choose the same rate;
+    the chief writes ``lr_finder_train.png/.json`` in ``output_dir``."""
+    finding = find_learning_rate_multi_worker(choice, build_model, dataset_fn,
+                                              global_batch_size)
+    rate, _ = choose_learning_rate(finding, default, finder_bounds("train"))
+    if is_chief(choice.strategy):
+        rate = record_finding(finding, output_dir, "train", title=title, default=default)
+    return rate

@@ -236,7 +236,7 @@ def report_resume(state: TrainingState | None, phases: list[str]) -> dict | None
     resumed = {"finished_phases": finished, "phase": current,
                "epoch": done + 1 if current else None}
     restored = ", ".join(finished) if finished else "no finished phase"
-    going_on = (f"{current} continues from epoch {done + 1}" if current
+    going_on = (f"{current} continues from its epoch {done + 1}" if current
                 else "nothing left to train")
     print(f"resumed from {state.directory}: {restored} restored; {going_on}.")
     return resumed
