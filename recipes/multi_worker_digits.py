@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from templates import (  # noqa: E402
+    SCHEDULES,
     cli,
     is_chief,
     learning_rate_multi_worker,
@@ -61,7 +62,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     # Of the shared training options, the schedule, the finder and TensorBoard logs
     # apply to this loop; early stopping and discriminative rates are left to the
     # model.fit recipes (there is no validation pass and one optimiser here).
-    parser.add_argument("--schedule", choices=cli.SCHEDULES, default="constant",
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="Learning-rate schedule over the whole run (the rate given is "
                              "the peak for one_cycle).")
     parser.add_argument("--seed", type=int, default=0)

@@ -6,12 +6,14 @@ The common case is one call:
     run = run_transfer(pretrained_model("MobileNet", 2, alpha=0.25), train, validation,
                        TransferPlan(seed=1), checkpoints="runs/x/checkpoints")
 
-The names below are the user-facing surface; each is imported from its module the first
-time it is used (PEP 562), so ``import templates`` loads neither TensorFlow-only parts
-nor gensim and pyarrow until something needs them. Model building (`backbones`,
-`pretrained`, `text_classifiers`, `phases`, `transfer`...) is plain Keras 3 and runs on
-any backend; `image_data`, `text_data`, `text_encoders`, `hub`, `export`, `hardware`
-and `multi_worker` need TensorFlow.
+The names below are the user-facing surface: every name a recipe or the README imports
+comes from here. Each is imported from its module the first time it is used (PEP 562), so
+``import templates`` loads neither TensorFlow-only parts nor gensim and pyarrow until
+something needs them. The modules live in floors that import only from the floors below
+(`data` < `models` < `training` < `reports` < `export` < `cli`, docs/design.md). Model
+building and training are plain Keras 3; `data.images`, `data.texts`,
+`models.text_encoders`, `models.tfhub`, `export.formats`, `training.hardware` and
+`training.multi_worker` need TensorFlow.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ _EXPORTS = {
     "is_chief": "training.multi_worker", "learning_rate_multi_worker": "training.multi_worker",
     "local_predict": "training.multi_worker", "task_index": "training.multi_worker",
     "train_multi_worker": "training.multi_worker", "weights_digest": "training.multi_worker",
-    "scheduled": "training.schedules", "write_json": "data.files",
+    "scheduled": "training.schedules", "SCHEDULES": "training.schedules", "write_json": "data.files",
     "IMAGE_EXTENSIONS": "data.images",
     "VectorFileError": "models.word_vectors", "load_word_vectors": "models.word_vectors",
 }

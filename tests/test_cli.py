@@ -54,8 +54,19 @@ def test_the_flags_build_the_plan_they_describe():
     balanced = transfer_plan(parse("--class-weight", "balanced"), [0, 0, 0, 1])
     assert balanced.class_weight == pytest.approx({0: 4 / 6, 1: 2.0})
     assert transfer_plan(parse(), [0, 0, 0, 1]).class_weight is None
+    # Without the labels yet, the plan keeps "balanced" until it meets the training set
+    # (which also gives the steps per epoch); run_transfer refuses it unresolved.
+    later = transfer_plan(parse("--class-weight", "balanced", "--batch-size", "3"))
+    assert later.class_weight == "balanced" and later.steps_per_epoch is None
+    fitted = later.for_training_set([0, 0, 0, 1])
+    assert fitted.class_weight == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert fitted.steps_per_epoch == 2
+    import keras
+
+    from templates.training.run import check_plan_fits
+
     with pytest.raises(ValueError, match="needs the training labels"):
-        transfer_plan(parse("--class-weight", "balanced"))
+        check_plan_fits(later, keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
     # Bad values are refused by the plan, naming the field.
     with pytest.raises(ValueError, match="patience"):
         transfer_plan(parse("--patience", "-1"))

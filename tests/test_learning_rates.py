@@ -10,16 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from templates.training.finder import (  # noqa: E402
-    record_finding,
-)
 from templates.data.batches import ShuffledArrays
-from templates.training.finder import (
+from templates.training.finder import (  # noqa: E402
     FINE_TUNE_BOUNDS,
     HEAD_BOUNDS,
     LossSweep,
     choose_learning_rate,
     find_learning_rate,
+    record_finding,
     suggest_learning_rate,
 )
 from templates.training.schedules import OneCycle, WarmupCosine

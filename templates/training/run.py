@@ -118,14 +118,7 @@ def run_transfer(
         A `TransferRun`.
     """
     plan = plan or TransferPlan()
-    check_plan_fits(plan, transfer.model)
-    if plan.class_weight == "balanced":
-        raise ValueError("TransferPlan(class_weight='balanced') needs the training labels: "
-                         "run with plan.for_training_set(train_labels).")
-    if features is not None and (plan.augmented_views or not plan.cache_features):
-        raise ValueError("run_transfer(features=...) gives the cached features of the "
-                         "training examples, but the plan asks for augmented_views or "
-                         "cache_features=False: drop one or the other.")
+    check_plan_fits(plan, transfer.model, features)
     strategy = getattr(transfer.model, "distribute_strategy", None)
     if _is_multi_worker(strategy):
         from templates.training.multi_worker import (
@@ -137,28 +130,37 @@ def run_transfer(
     with checkpoint_state(checkpoints, resume, plan) as state:
         prefix = f"{name}." if name else ""
         resumed = report_resume(state, [prefix + phase for phase in plan.phases()])
-        start_scores = {}
-        if measure_start:  # the transfer report's start: before any training
-            compile_classifier(transfer.model, plan.learning_rate, monitor=plan.monitor)
-            start_scores = evaluate_scores(transfer.model, validation)
+        start_scores = _start_scores(transfer, validation, plan) if measure_start else {}
         # The two phases, as fastai's fine_tune: the head on the frozen reused part, then
         # the top of the reused part unfrozen (BatchNorm kept frozen) at a lower rate.
-        phases, histories, epochs_so_far = {}, [], 0
+        phases, histories = {}, []
         for phase in plan.phases():
             history, phases[phase] = train_phase(
                 phase, transfer, train, validation, plan, state, test=test,
                 name=prefix + phase, output_dir=output_dir, verbose=verbose,
-                score=score_phases, features=features, initial_epoch=epochs_so_far)
+                score=score_phases, features=features,
+                initial_epoch=sum(len(earlier.epoch) for earlier in histories))
             histories.append(history)
-            epochs_so_far = len(history.epoch)
-        test_scores = {}
-        if test is not None:
-            test_scores = (test_part(list(phases.values())[-1].scores) if score_phases
-                           else evaluate_scores(transfer.model, test, plan.monitor))
-        names = ["head", "fine-tuning"][:len(histories)]
-        return TransferRun(history=merge_histories(list(zip(names, histories))),
-                           phases=phases, plan=plan, start_scores=start_scores,
-                           test_scores=test_scores, resumed=resumed)
+        return TransferRun(
+            history=merge_histories(list(zip(["head", "fine-tuning"], histories))),
+            phases=phases, plan=plan, start_scores=start_scores, resumed=resumed,
+            test_scores=_test_scores(transfer, phases, test, plan, score_phases))
+
+
+def _start_scores(transfer: Transferable, validation, plan: TransferPlan) -> dict[str, float]:
+    """Validation scores before any training (the transfer report's start measure)."""
+    compile_classifier(transfer.model, plan.learning_rate, monitor=plan.monitor)
+    return evaluate_scores(transfer.model, validation)
+
+
+def _test_scores(transfer: Transferable, phases: dict[str, PhaseResult], test,
+                 plan: TransferPlan, scored: bool) -> dict[str, float]:
+    """Every compiled test metric at the end: the last phase's, or measured now."""
+    if test is None:
+        return {}
+    if scored:
+        return test_part(list(phases.values())[-1].scores)
+    return evaluate_scores(transfer.model, test, plan.monitor)
 
 
 def train_phase(phase: str, transfer: Transferable, train: Iterable, validation, plan: TransferPlan,
@@ -242,9 +244,17 @@ def report_resume(state: TrainingState | None, phases: list[str]) -> dict | None
     return resumed
 
 
-def check_plan_fits(plan: TransferPlan, model: keras.Model) -> None:
+def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None) -> None:
     """Refuse, by name, what a plan asks that the model's kind cannot do: class weights
-    and balanced accuracy need single labels; micro F1 is a multi-label score."""
+    and balanced accuracy need single labels; micro F1 is a multi-label score; given
+    ``features`` replace the plan's own extraction, so not with augmented views."""
+    if plan.class_weight == "balanced":
+        raise ValueError("TransferPlan(class_weight='balanced') needs the training labels: "
+                         "run with plan.for_training_set(train_labels).")
+    if features is not None and (plan.augmented_views or not plan.cache_features):
+        raise ValueError("run_transfer(features=...) gives the cached features of the "
+                         "training examples, but the plan asks for augmented_views or "
+                         "cache_features=False: drop one or the other.")
     multi = is_multi_label(model)
     problems = [message for refused, message in (
         (multi and plan.class_weight is not None,
