@@ -338,7 +338,8 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
     ``overrides`` set any other field (e.g. ``steps_per_epoch=``). ``--class-weight
     balanced`` is resolved on ``train_labels`` when given, else later by
     `TransferPlan.for_training_set`. The plan is the one owner of the seed: data,
-    augmentation, checkpoints, comparisons and sweeps read ``plan.seed``.
+    augmentation, checkpoints, comparisons and sweeps read ``plan.seed``, and Keras's
+    global generators are seeded with it here, before any model is built.
     """
     fields = dict(
         head_epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
@@ -363,7 +364,11 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
         fields["class_weight"] = ("balanced" if train_labels is None
                                   else balanced_class_weight(train_labels))
     fields.update(overrides)
-    return TransferPlan(**fields)
+    plan = TransferPlan(**fields)
+    # The plan's seed also seeds Keras's global generators here, before the recipe builds
+    # any model: the new head's initial weights (and a resumed run's) follow from it.
+    keras.utils.set_random_seed(plan.seed)
+    return plan
 
 
 def accuracy_gate(args: argparse.Namespace, metrics: dict[str, Any]) -> int:

@@ -96,3 +96,26 @@ def test_the_accuracy_gate_fails_below_the_bar(capsys):
     # Without a test set the gate reads the validation accuracy.
     assert accuracy_gate(arguments, {"val_accuracy": 0.89}) == 1
     assert accuracy_gate(parse(), {"val_accuracy": 0.1}) == 0  # no bar: never fails
+
+
+def test_the_plan_from_the_flags_seeds_keras_before_any_model_is_built():
+    """Recipes build their models after `transfer_plan`: the plan's seed decides the new
+    head's initial weights, so a killed and resumed run rebuilds the same model."""
+    import argparse
+
+    import keras
+    import numpy as np
+
+    from templates.cli import add_run_arguments, add_training_arguments, transfer_plan
+
+    def first_draw(seed):
+        parser = argparse.ArgumentParser()
+        add_run_arguments(parser, "runs/x")
+        add_training_arguments(parser)
+        transfer_plan(parser.parse_args(["--seed", str(seed)]))
+        layer = keras.layers.Dense(3)
+        layer.build((None, 4))  # initialised from Keras's global generator
+        return keras.ops.convert_to_numpy(layer.kernel)
+
+    np.testing.assert_array_equal(first_draw(7), first_draw(7))
+    assert not np.array_equal(first_draw(7), first_draw(8))
