@@ -65,3 +65,30 @@ def test_quantised_exports_are_smaller_and_keep_their_accuracy(tmp_path):
         export_tflite(model, tmp_path, mode="int8")
     with pytest.raises(ValueError, match="Unknown TFLite mode"):
         export_tflite(model, tmp_path, mode="int4")
+
+
+def test_load_model_in_a_fresh_process_finds_the_schedules_and_optimisers(tmp_path):
+    """`load_model` registers every custom object the library compiles in, so a model saved
+    with a warm-up schedule and a discriminative optimiser loads in a new process."""
+    import subprocess
+    import sys
+
+    from conftest import REPOSITORY
+
+    save = (
+        "import keras, sys\n"
+        "from templates.training.optimizers import DiscriminativeAdam\n"
+        "from templates.training.saving import save_model\n"
+        "from templates.training.schedules import WarmupCosine\n"
+        "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])\n"
+        "model.compile(DiscriminativeAdam(WarmupCosine(0.1, 10)), 'mse')\n"
+        "model.fit(keras.ops.ones((4, 3)), keras.ops.ones((4, 2)), verbose=0)\n"
+        "save_model(model, sys.argv[1])\n")
+    load = ("import sys\nfrom templates.training.saving import load_model\n"
+            "print(type(load_model(sys.argv[1]).optimizer).__name__)\n")
+    path = str(tmp_path / "model.keras")
+    for script in (save, load):
+        result = subprocess.run([sys.executable, "-c", script, path], capture_output=True,
+                                text=True, cwd=REPOSITORY, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "DiscriminativeAdam"

@@ -36,7 +36,8 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
     import templates.models.embeddings  # noqa: F401
     import templates.models.flip_averaging  # noqa: F401  (flip averaging)
     import templates.models.preprocessing  # noqa: F401
-    import templates.training.finder  # noqa: F401  (schedules, discriminative optimisers)
+    import templates.training.optimizers  # noqa: F401  (discriminative optimisers)
+    import templates.training.schedules  # noqa: F401  (warm-up + cosine, one-cycle)
     import templates.training.losses  # noqa: F401  (label smoothing on integer labels)
     import templates.training.metrics  # noqa: F401  (metrics a --monitor compiled in)
 
