@@ -283,11 +283,13 @@ def add_hardware_arguments(parser) -> None:
     """Add ``--strategy``, ``--mixed-precision`` and ``--xla`` to a recipe's parser."""
     group = parser.add_argument_group("hardware")
     group.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                       help="tf.distribute strategy: auto picks a TPU, several GPUs "
-                            "(mirrored), one GPU, or the CPU. --batch-size is per replica.")
+                       help="auto picks a TPU, several GPUs (mirrored), one GPU, or the CPU: "
+                            "tf.distribute on TensorFlow, keras.distribution.DataParallel "
+                            "on JAX, one device on PyTorch; multi_worker is TensorFlow's. "
+                            "--batch-size is per replica.")
     group.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="auto",
-                       help="auto: float16 on NVIDIA GPUs of compute capability 7.0+, "
-                            "bfloat16 on TPU, off on CPU.")
+                       help="auto: bfloat16 on TPUs and NVIDIA GPUs of compute capability "
+                            "8.0+, float16 (loss-scaled) on 7.x, off on CPU.")
     group.add_argument("--xla", choices=sorted(JIT_COMPILE_SETTINGS), default="auto",
                        help="XLA compilation of the training and evaluation steps: auto "
                             "is Keras's rule (on for one GPU or TPU, off on CPU and under "
@@ -312,12 +314,37 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
             "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "
             "machines with templates.training.multi_worker.train_multi_worker, as "
             "`python -m recipes.multi_worker_digits` does.")
+    refuse_tensorflow_only_options(args)
     choice = choose_strategy(args.strategy)
     check_tpu_paths(choice, *paths)
     policy = set_mixed_precision(args.mixed_precision, choice.device)
     set_jit_compile(args.xla)
     print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
+    # write_metrics records what the run ran on.
+    args.hardware = {"backend": choice.backend, "strategy": choice.name,
+                     "device": choice.device, "replicas": choice.replicas,
+                     "dtype_policy": policy, "xla": args.xla}
     return choice
+
+
+def refuse_tensorflow_only_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, the options only TensorFlow has (TFLite export, TF-Hub
+    modules) on another Keras backend, in one sentence naming the flag and the backend.
+
+    Raises:
+        ValueError: naming the flag, when the backend is not TensorFlow.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    spellings = [getattr(args, "backbone", None) or "", *(getattr(args, "select_from", None)
+                                                         or [])]
+    used = (["--export-tflite"] if getattr(args, "export_tflite", None) is not None else []) + \
+        [f"--backbone/--select-from {spelling}" for spelling in spellings
+         if str(spelling).startswith("tfhub:")]
+    if used:
+        raise ValueError(f"{', '.join(used)}: TensorFlow only (TFLite, TF-Hub), and the Keras "
+                         f"backend is {backend}; run with KERAS_BACKEND=tensorflow.")
 
 
 def tflite_modes(args: argparse.Namespace) -> list[str]:
@@ -615,6 +642,8 @@ def write_metrics(args: argparse.Namespace, metrics: dict[str, Any], gate: bool 
     or 0 with ``gate=False`` (for runs without one final accuracy)."""
     from templates.data.files import write_json
 
+    if getattr(args, "hardware", None):
+        metrics = {**metrics, "hardware": args.hardware}
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     if not gate:
         print(f"Outputs in {args.output_dir}")

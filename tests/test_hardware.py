@@ -98,3 +98,16 @@ def test_xla_flag_sets_how_the_phases_compile(flag, compiled):
         set_jit_compile("sometimes")
     with pytest.raises(SystemExit):  # argparse refuses an unknown choice
         parser.parse_args(["--xla", "maybe"])
+
+
+def test_mixed_precision_auto_follows_the_device():
+    """auto: bfloat16 on TPUs and GPUs of compute capability 8.0+, float16 on 7.x, float32
+    on CPU and older GPUs."""
+    from templates.training.hardware import mixed_precision_policy
+
+    assert mixed_precision_policy("auto", "tpu") == "mixed_bfloat16"
+    assert mixed_precision_policy("auto", "gpu", (9, 0)) == "mixed_bfloat16"
+    assert mixed_precision_policy("auto", "gpu", (7, 5)) == "mixed_float16"
+    assert mixed_precision_policy("auto", "gpu", (6, 1)) == "float32"
+    assert mixed_precision_policy("auto", "cpu") == "float32"
+    assert mixed_precision_policy("float16", "cpu") == "mixed_float16"

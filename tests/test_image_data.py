@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from templates.data.decoded_images import load_image
 from templates.data.images import (
     image_dataset,
-    load_image,
     load_image_splits,
     read_labels_csv,
     scan_image_folder,

@@ -175,7 +175,7 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
         assert (tmp_path / "evaluation" / name).stat().st_size > 10_000, name
     assert "grad_cam.png" in (tmp_path / "evaluation" / "report.md").read_text()
 
-    from templates.data.images import load_image
+    from templates.data.decoded_images import load_image
     from templates.export.formats import tflite_predict
     from templates.export.predictor import Predictor
 

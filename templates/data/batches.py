@@ -13,6 +13,7 @@ So a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sa
 from __future__ import annotations
 
 import math
+import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
@@ -94,8 +95,9 @@ def check_arrays(inputs, labels, batch_size: int, what: str) -> int:
 
 
 def array_batches(inputs, labels, batch_size: int = 32, seed: int | None = None,
-                  shuffle: bool = True):
-    """In-memory ``(inputs, labels)`` arrays as batches for ``fit`` or ``evaluate``.
+                  shuffle: bool = True, dtype: str | None = None):
+    """In-memory (or memory-mapped) ``(inputs, labels)`` arrays as batches for ``fit``
+    or ``evaluate``; ``dtype`` casts each batch's inputs (uint8 images to float32).
 
     Epoch ``e`` sees the examples in the order `ShuffledArrays` draws from
     ``(seed, e)`` (``shuffle=False``: in the arrays' order). On the TensorFlow backend
@@ -107,10 +109,8 @@ def array_batches(inputs, labels, batch_size: int = 32, seed: int | None = None,
     the time of a small head's training. Other backends get a `ShuffledArrays`.
     """
     if keras.backend.backend() == "tensorflow":
-        pass
-
-        return array_batches_dataset(inputs, labels, batch_size, seed, shuffle)
-    return ShuffledArrays(inputs, labels, batch_size, seed, shuffle=shuffle)
+        return array_batches_dataset(inputs, labels, batch_size, seed, shuffle, dtype)
+    return ShuffledArrays(inputs, labels, batch_size, seed, shuffle=shuffle, dtype=dtype)
 
 
 class ShuffledArrays(keras.utils.PyDataset):
@@ -126,11 +126,14 @@ class ShuffledArrays(keras.utils.PyDataset):
         batch_size: Examples per batch (the last batch may be smaller).
         seed: Seed of the orders; ``None`` draws a fresh random order every epoch.
         shuffle: ``False`` keeps the arrays' order every epoch (validation batches).
+        dtype: Cast each batch's inputs to it (``None``: as stored); uint8 images stay
+            uint8 in memory and reach the model as float32.
     """
 
     def __init__(self, inputs, labels, batch_size: int = 32, seed: int | None = None,
-                 shuffle: bool = True):
+                 shuffle: bool = True, dtype: str | None = None):
         super().__init__()
+        self.dtype = dtype
         check_arrays(inputs, labels, batch_size, "ShuffledArrays")
         self.inputs = inputs
         self.labels = labels
@@ -154,8 +157,14 @@ class ShuffledArrays(keras.utils.PyDataset):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
         members = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.inputs[members], self.labels[members]
+        if not self.shuffle:  # a slice: contiguous reads of a memory-mapped file
+            members = slice(int(members[0]), int(members[-1]) + 1)
+        inputs = self.inputs[members]
+        return (inputs if self.dtype is None else np.asarray(inputs, self.dtype),
+                self.labels[members])
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -206,7 +215,8 @@ def shuffle_each_epoch(
 
 
 def array_batches_dataset(
-    inputs, labels, batch_size: int = 32, seed: int | None = None, shuffle: bool = True
+    inputs, labels, batch_size: int = 32, seed: int | None = None, shuffle: bool = True,
+    dtype: str | None = None,
 ) -> tf.data.Dataset:
     """In-memory arrays as a `tf.data` pipeline, in `ShuffledArrays`' orders.
 
@@ -222,10 +232,15 @@ def array_batches_dataset(
         batch_size: Examples per batch (the last batch may be smaller).
         seed: Seed of the orders; ``None`` draws a fresh order every epoch.
         shuffle: ``False`` keeps the arrays' order (validation or test batches).
+        dtype: Cast each batch's inputs to it. The inputs then stay a NumPy array (or a
+            memory-mapped file) that each batch is gathered from, with no copy into
+            TensorFlow: decoded images cached as uint8 are not held twice.
     """
     import tensorflow as tf
 
     size = check_arrays(inputs, labels, batch_size, "array_batches")
+    if dtype is not None:
+        return _gathered_batches(inputs, labels, batch_size, seed, shuffle, dtype)
     inputs, labels = tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels)
     if not shuffle:
         return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size)
@@ -246,6 +261,51 @@ def array_batches_dataset(
     batches = tf.data.Dataset.from_tensors(0).flat_map(one_epoch).map(gather)
     batches = batches.apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
     batches._epoch_counter = counter  # found by epoch_followers
+    return batches
+
+
+def _gathered_batches(inputs, labels, batch_size: int, seed: int | None, shuffle: bool,
+                      dtype: str) -> tf.data.Dataset:
+    """`array_batches_dataset` over arrays TensorFlow does not hold: a `ShuffledArrays`
+    gathers each batch (in NumPy), the pipeline asks it for batch ``i`` of its epoch."""
+    import tensorflow as tf
+
+    source = ShuffledArrays(inputs, labels, batch_size, seed, shuffle=shuffle, dtype=dtype)
+    counter = _EpochCounter()
+    shape = (None, *inputs.shape[1:])
+    label_shape = (None, *np.shape(labels)[1:])
+    label_dtype = tf.as_dtype(np.asarray(labels[:1]).dtype)
+
+    lock = threading.Lock()  # the map's threads share one order per epoch
+
+    def batch(epoch, index):
+        with lock:
+            if source.epoch != int(epoch):
+                source.set_epoch(int(epoch))
+            order = source.order
+        members = order[int(index) * batch_size:(int(index) + 1) * batch_size]
+        if not shuffle:
+            members = slice(int(members[0]), int(members[-1]) + 1)
+        return np.asarray(inputs[members], dtype), np.asarray(labels[members])
+
+    def one_epoch(_):
+        epoch = counter.variable.assign_add(1) - 1 if shuffle else tf.constant(0, tf.int64)
+        return tf.data.Dataset.range(len(source)).map(lambda index: (epoch, index))
+
+    def load(epoch, index):
+        images, batch_labels = tf.numpy_function(batch, [epoch, index],
+                                                 (tf.as_dtype(dtype), label_dtype))
+        images.set_shape(shape)
+        batch_labels.set_shape(label_shape)
+        return images, batch_labels
+
+    batches = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
+    # deterministic: batch i of an epoch is the same whatever order the threads finish in.
+    batches = batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(len(source)))
+    batches = batches.prefetch(tf.data.AUTOTUNE)
+    if shuffle:
+        batches._epoch_counter = counter  # found by epoch_followers
     return batches
 
 

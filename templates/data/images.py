@@ -1,13 +1,14 @@
-"""Class-folder image directories into `tf.data` pipelines (TensorFlow-only module).
+"""Class-folder image directories (and labels CSVs) into batches, on any backend.
 
 Real folders are messy: zero-byte files, truncated downloads, text files with a `.jpg`
 name, grayscale, RGBA, CMYK and 16-bit images. `scan_image_folder` opens every file
 once, up front, with Pillow; files that cannot be decoded are skipped and reported
 (with the reason) before any training starts, and every decodable image is converted
-to 8-bit RGB. `image_dataset` then builds the pipeline: decode and resize, cache,
-shuffle, batch, prefetch. Random augmentation belongs after the cache (it runs in the
-model, see `templates.training.phases.with_augmentation`), so cached images are never frozen
-in one random draw.
+to 8-bit RGB (`templates.data.decoded_images`). `image_dataset` then decodes and
+resizes each image once into a uint8 cache and batches it, cast to float32 one batch
+at a time. Random augmentation belongs after the cache (it runs in the model, see
+`templates.training.phases.with_augmentation`), so cached images are never frozen in
+one random draw.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
-from templates.data.batches import shuffle_each_epoch
+from templates.data.batches import array_batches
+from templates.data.decoded_images import DEFAULT_CACHE_MEMORY_GB, check_image, decode_images
 from templates.data.multi_label import multi_hot, split_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -78,59 +78,6 @@ class ImageFolder:
             return {name: int(count) for name, count in zip(self.class_names, tally)}
         tally = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
         return {name: int(count) for name, count in zip(self.class_names, tally)}
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow image (grayscale, palette, RGBA, CMYK, 16-bit...) to 8-bit RGB.
-
-    Transparent pixels are composited onto white; 16- and 32-bit images are scaled
-    down to 8 bits rather than clipped.
-    """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        top = 1.0 if array.max() <= 1.0 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def load_image(path: str | os.PathLike, image_size: tuple[int, int]) -> np.ndarray:
-    """Read one image as a ``(height, width, 3)`` uint8 RGB array, resized bilinearly."""
-    height, width = image_size
-    with Image.open(path) as image:
-        image.seek(0)  # first frame of animated GIF/WebP
-        rgb = to_rgb(image)
-        if rgb.size != (width, height):
-            rgb = rgb.resize((width, height), Image.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
-
-
-def check_image(path: str) -> str | None:
-    """Return ``None`` if ``path`` decodes completely as an image, else the reason."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
-        with Image.open(path) as image:
-            image.load()
-            if image.width < 1 or image.height < 1:
-                return f"image has no pixels ({image.width}x{image.height})"
-            to_rgb(image)
-    except UnidentifiedImageError:
-        return "not an image Pillow can read (unknown format or not an image at all)"
-    except Image.DecompressionBombError as error:
-        return f"too large to decode safely ({error})"
-    except (OSError, ValueError, SyntaxError) as error:
-        return f"cannot decode: {error}"
-    return None
 
 
 def _class_folders(directory: str) -> list[str]:
@@ -489,30 +436,27 @@ def image_dataset(
     seed: int | None = None,
     cache: bool | str = True,
     shard: tuple[int, int] | None = None,
-) -> tf.data.Dataset:
-    """A `tf.data.Dataset` of ``(float32 0..255 RGB images, int32 labels)`` batches.
+    memory_limit_gb: float | None = DEFAULT_CACHE_MEMORY_GB,
+):
+    """Batches of ``(float32 0..255 RGB images, labels)`` of a folder, on any backend.
 
-    Decoding and resizing happen once: the decoded images are cached (in memory, or in
-    the file named by ``cache``), then shuffled each epoch (in an order drawn from
-    ``(seed, epoch)``, see `templates.data.batches`), batched and prefetched.
+    Decoding and resizing happen once, into a uint8 array (`decode_images`: in memory
+    up to ``memory_limit_gb``, beyond it memory-mapped in the file ``cache`` names, or
+    a temporary file); each batch is cast to float32 when it is read. Training batches
+    follow an order drawn from ``(seed, epoch)`` (`templates.data.batches`), so a
+    resumed run reads what an uninterrupted one read. On the TensorFlow backend the
+    batches are a `tf.data` pipeline (``fit`` reads it without rebuilding one every
+    epoch), elsewhere a `keras.utils.PyDataset`; both yield the same batches.
 
     Args:
+        cache: ``True`` (or ``False``: the images are decoded once either way): a
+            temporary file if the set outgrows memory; a path: the ``.npy`` file a set
+            larger than ``memory_limit_gb`` is mapped to, reused by a later run.
         shard: ``(number of input pipelines, this pipeline's index)``: read only every
             n-th file, starting at the index (multi-worker training, where each worker
             reads its own share; `tf.distribute.InputContext` gives both numbers).
+        memory_limit_gb: The most decoded images kept in memory (``None``: no limit).
     """
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    height, width = (int(side) for side in image_size)
-
-    def decode(path):
-        return load_image(path.decode() if isinstance(path, bytes) else str(path), (height, width))
-
-    def load(path, label):
-        image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
-        image.set_shape((height, width, 3))
-        return tf.cast(image, tf.float32), label
-
     files, labels = list(folder.files), list(folder.labels)
     if shard is not None:
         count, index = (int(value) for value in shard)
@@ -522,16 +466,10 @@ def image_dataset(
         if not files:
             raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
                              f"{len(folder.files)} images for {count} input pipelines.")
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(files, tf.string),
-         tf.constant(labels, tf.float32 if folder.multi_label else tf.int32))
-    )
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        dataset = dataset.cache(cache if isinstance(cache, str) else "")
-    if shuffle:
-        dataset = shuffle_each_epoch(dataset, len(files), seed)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    images = decode_images(files, image_size, cache if isinstance(cache, str) else None,
+                           memory_limit_gb)
+    labels = np.asarray(labels, np.float32 if folder.multi_label else np.int32)
+    return array_batches(images, labels, batch_size, seed, shuffle=shuffle, dtype="float32")
 
 
 def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None = None):

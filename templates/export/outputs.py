@@ -2,7 +2,7 @@
 
 `write_model_outputs` writes ``history.json`` and ``learning_curves.png`` (both phases,
 the fine-tuning start marked), ``model.keras`` (preprocessing inside, loadable in safe
-mode), ``labels.txt``, ``saved_model/`` for serving (TensorFlow backend) and, on request,
+mode), ``labels.txt``, ``saved_model/`` for serving (TensorFlow backend only: elsewhere it says so) and, on request,
 ``tflite/``. Each file is written atomically, so a run killed while writing leaves the
 previous file or none, never half of one; a resumed run writes them all again.
 """
@@ -53,21 +53,24 @@ def write_model_outputs(
         ``{mode: {"megabytes": ..., "test_accuracy": ...}}`` for the TFLite exports
         (the accuracy run by the TFLite interpreter; absent without ``test``).
     """
-    from templates.export.formats import (  # TensorFlow only
-        export_saved_model,
-        export_tflite,
-    )
-
     output_dir = os.fspath(output_dir)
     write_json(os.path.join(output_dir, "history.json"), history)
     plot_learning_curves(history, os.path.join(output_dir, "learning_curves.png"), title=title)
     save_model(model, os.path.join(output_dir, "model.keras"))
     write_labels(list(class_names), os.path.join(output_dir, "labels.txt"))
-    export_saved_model(model, os.path.join(output_dir, "saved_model"), list(class_names))
     exported: dict[str, dict[str, float]] = {}
+    if keras.backend.backend() != "tensorflow":
+        print(f"saved_model/ not written: SavedModel is TensorFlow's format and the Keras "
+              f"backend is {keras.backend.backend()}; model.keras serves on every backend.")
+        if tflite_model is not None:
+            raise ValueError(f"--export-tflite needs the TensorFlow backend; the Keras backend "
+                             f"is {keras.backend.backend()} (run with KERAS_BACKEND=tensorflow).")
+        return exported
+    from templates.export.formats import export_saved_model, export_tflite, tflite_accuracy
+
+    export_saved_model(model, os.path.join(output_dir, "saved_model"), list(class_names))
     if tflite_model is None:
         return exported
-    from templates.export.formats import tflite_accuracy
 
     for mode in tflite_modes:
         path = export_tflite(tflite_model, os.path.join(output_dir, "tflite"), list(class_names),

@@ -103,7 +103,7 @@ class Predictor:
         if self.kind == "text":
             texts = np.array([str(item) for item in items], dtype=object)
             return texts if self.text_rank == 1 else texts[:, None]
-        from templates.data.images import check_image, load_image
+        from templates.data.decoded_images import check_image, load_image
 
         images = []
         for path in items:

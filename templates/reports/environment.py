@@ -43,6 +43,8 @@ def run_metadata(**details: Any) -> dict[str, Any]:
             "tensorflow": package_version("tensorflow"),
             "keras": keras.__version__,
             "keras_backend": keras.backend.backend(),
+            "jax": package_version("jax"),
+            "torch": package_version("torch"),
             "gensim": package_version("gensim"),
             "python": platform.python_version(),
         },

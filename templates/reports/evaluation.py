@@ -10,7 +10,7 @@ F1, per-label precision and recall, mean average precision; `templates.data.mult
   most confidently wrong examples;
 * ``confusion_matrix.png``: the matrix with class names and counts;
 * ``most_confident_errors.png`` (images) or a table in the report (texts);
-* ``grad_cam.png`` when given Grad-CAM overlays (`templates.reports.grad_cam`, TensorFlow);
+* ``grad_cam.png`` when given Grad-CAM overlays (`templates.reports.grad_cam`);
 * ``report.md``: the figures and links to the rest.
 
 Plain Keras 3 and NumPy (the plots use matplotlib).
@@ -290,7 +290,7 @@ def image_evaluation_report(
         seed: Seeds the choice of Grad-CAM photos.
         predict: How to get a batch's probabilities (see `predict_labelled`).
     """
-    from templates.data.images import load_image
+    from templates.data.decoded_images import load_image
     from templates.reports.grad_cam import grad_cam_overlays
 
     size = tuple(int(side) for side in model.input_shape[1:3])

@@ -3,7 +3,8 @@
 The gradient of the class's log-odds (its logit minus the log-sum-exp of the other
 logits) with respect to the last convolutional block's activations, averaged over
 space, weighs each channel; the weighted sum of the channels, kept where
-positive, is the heat map. It needs gradients, hence TensorFlow (`tf.GradientTape`).
+positive, is the heat map. The gradient comes from the backend's own machinery
+(`tf.GradientTape`, `jax.grad`, PyTorch's autograd), everything else is `keras.ops`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 
 def _backbone_and_layer(model: keras.Model, layer_name: str | None):
@@ -43,10 +43,23 @@ def grad_cam_heatmaps(model: keras.Model, images: np.ndarray,
         class_indices: The class to explain per image; default the predicted one.
     """
     backbone, layer = _backbone_and_layer(model, layer_name)
-    inner = keras.Model(backbone.inputs, [layer.output, backbone.output])
+    to_activations = keras.Model(backbone.inputs, layer.output)
+    try:  # the rest of the backbone, from the explained layer's output
+        to_features = (_identity if layer.output is backbone.output
+                       else keras.Model(layer.output, backbone.output))
+    except ValueError as error:
+        raise ValueError(f"Grad-CAM cannot explain {layer.name!r}: the layers after it "
+                         f"also read earlier ones ({error}); explain a later layer.") from None
     chain = model.layers[1:]
-    inputs = tf.convert_to_tensor(images, dtype=tf.float32)
+    position = chain.index(backbone)
+    inputs = keras.ops.convert_to_tensor(np.asarray(images, dtype="float32"))
     probabilities = model(inputs, training=False)
+    chosen = (keras.ops.argmax(probabilities, axis=1) if class_indices is None
+              else keras.ops.convert_to_tensor(np.asarray(list(class_indices), "int32")))
+    x = inputs
+    for part in chain[:position]:
+        x = part(x, training=False)
+    activations = to_activations(x, training=False)
     # Explain the class score before the softmax: a confident prediction saturates the
     # softmax, and its gradient vanishes (the usual Grad-CAM practice). Heads ending in
     # a softmax layer are explained through their logits for the call below.
@@ -54,34 +67,57 @@ def grad_cam_heatmaps(model: keras.Model, images: np.ndarray,
     activation = getattr(last, "activation", None)
     if activation is keras.activations.softmax:
         last.activation = keras.activations.linear
+
+    def scores(explained):
+        x = to_features(explained, training=False)
+        for part in chain[position + 1:]:
+            x = part(x, training=False)
+        # The margin of the class's logit over the others (log-odds): with two classes a
+        # model may put all its evidence into one logit, so the other class's own logit
+        # would explain nothing.
+        chosen_mask = keras.ops.one_hot(chosen, keras.ops.shape(x)[1]) > 0.5
+        others = keras.ops.logsumexp(keras.ops.where(chosen_mask, -1e9, x), axis=1)
+        return keras.ops.sum(keras.ops.where(chosen_mask, x, 0.0), axis=1) - others
+
     try:
-        with tf.GradientTape() as tape:
-            x = inputs
-            activations = None
-            for part in chain:
-                if part is backbone:
-                    activations, x = inner(x, training=False)
-                    tape.watch(activations)
-                else:
-                    x = part(x, training=False)
-            chosen = (tf.argmax(probabilities, axis=1) if class_indices is None
-                      else tf.constant(list(class_indices), dtype=tf.int64))
-            # The margin of the class's logit over the others (log-odds): with two
-            # classes a model may put all its evidence into one logit, so the other
-            # class's own logit would explain nothing.
-            chosen_mask = tf.one_hot(chosen, tf.shape(x)[1], on_value=True, off_value=False)
-            others = tf.reduce_logsumexp(tf.where(chosen_mask, -1e9, x), axis=1)
-            scores = tf.gather(x, chosen, axis=1, batch_dims=1) - others
-        gradients = tape.gradient(scores, activations)
+        gradients = gradient_of_sum(scores, activations)
     finally:
         if activation is not None:
             last.activation = activation
-    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    maps = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
-    maps = maps / (tf.reduce_max(maps, axis=(1, 2), keepdims=True) + 1e-8)
-    height, width = images.shape[1:3]
-    maps = tf.image.resize(maps[..., None], (height, width))[..., 0]
-    return maps.numpy(), keras.ops.convert_to_numpy(probabilities)
+    weights = keras.ops.mean(gradients, axis=(1, 2), keepdims=True)
+    maps = keras.ops.relu(keras.ops.sum(weights * activations, axis=-1))
+    maps = maps / (keras.ops.max(maps, axis=(1, 2), keepdims=True) + 1e-8)
+    height, width = np.shape(images)[1:3]
+    maps = keras.ops.image.resize(maps[..., None], (height, width))[..., 0]
+    return keras.ops.convert_to_numpy(maps), keras.ops.convert_to_numpy(probabilities)
+
+
+def _identity(value, training=False):
+    return value
+
+
+def gradient_of_sum(function, inputs):
+    """The gradient of ``sum(function(inputs))`` with respect to ``inputs``, on the
+    Keras backend's own machinery (rows that do not interact: each row's gradient is its
+    own output's)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.grad(lambda value: keras.ops.sum(function(value)))(inputs)
+    if backend == "torch":
+        import torch
+
+        with torch.enable_grad():
+            value = inputs.detach().clone().requires_grad_(True)
+            keras.ops.sum(function(value)).backward()
+        return value.grad
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        total = keras.ops.sum(function(inputs))
+    return tape.gradient(total, inputs)
 
 
 def _last_layer(layer: keras.layers.Layer) -> keras.layers.Layer:

@@ -1,29 +1,48 @@
-"""Hardware and precision: pick a `tf.distribute` strategy and a mixed-precision policy
-(TensorFlow-only module).
+"""Hardware and precision on every Keras backend: a strategy (or distribution) and a
+mixed-precision policy.
 
-* `choose_strategy`: TPU (`TPUClusterResolver` + `TPUStrategy`), several GPUs
-  (`MirroredStrategy`), one GPU, CPU, or several machines (`MultiWorkerMirroredStrategy`
-  from ``TF_CONFIG``). Build models, optimisers and metrics inside
-  ``choice.strategy.scope()``; the global batch is the per-replica batch times
-  ``choice.replicas``.
-* `set_mixed_precision`: ``auto`` is float16 on NVIDIA GPUs of compute capability 7.0+,
-  bfloat16 on TPU, off on CPU. The template heads keep a float32 output, and Keras 3's
-  ``compile`` wraps the optimiser in a `LossScaleOptimizer` under float16.
+* `choose_strategy`: on TensorFlow, a `tf.distribute` strategy: TPU
+  (`TPUClusterResolver` + `TPUStrategy`), several GPUs (`MirroredStrategy`), one GPU,
+  CPU, or several machines (`MultiWorkerMirroredStrategy` from ``TF_CONFIG``). On JAX,
+  ``mirrored`` (and ``auto`` with several local devices) is Keras's
+  `keras.distribution.DataParallel` over every local device; TPUs and GPUs are what JAX
+  sees. On PyTorch, one device. Build models, optimisers and metrics inside
+  ``choice.strategy.scope()`` (a no-op outside TensorFlow); the global batch is the
+  per-replica batch times ``choice.replicas``.
+* `set_mixed_precision`: ``auto`` is bfloat16 on TPUs and on NVIDIA GPUs of compute
+  capability 8.0+ (Ampere, Hopper and newer have bfloat16 units: no loss scaling
+  needed), float16 on NVIDIA GPUs of capability 7.x (Keras 3's ``compile`` then wraps
+  the optimiser in a `LossScaleOptimizer`), float32 on CPU. The template heads keep a
+  float32 output.
 
-Training across machines is `templates.training.multi_worker`; the recipes' ``--strategy``,
-``--mixed-precision`` and ``--xla`` flags are `templates.cli`.
+TensorFlow is imported only on the TensorFlow backend. Training across machines is
+`templates.training.multi_worker`; the recipes' ``--strategy``, ``--mixed-precision``
+and ``--xla`` flags are `templates.cli`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from typing import Any
 
 import keras
-import tensorflow as tf
 
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
+
+
+class LocalScope:
+    """What a JAX or PyTorch run has in place of a `tf.distribute.Strategy`: a
+    ``scope()`` that does nothing (a JAX `keras.distribution` is global) and its
+    number of replicas."""
+
+    def __init__(self, replicas: int = 1):
+        self.num_replicas_in_sync = int(replicas)
+
+    def scope(self):
+        return contextlib.nullcontext()
 
 
 @dataclasses.dataclass
@@ -31,26 +50,30 @@ class StrategyChoice:
     """The strategy in use and what it runs on.
 
     Attributes:
-        strategy: The `tf.distribute.Strategy`.
+        strategy: The `tf.distribute.Strategy` (TensorFlow) or a `LocalScope`.
         name: One of `STRATEGIES` (``auto`` resolved).
         replicas: Replicas in sync (the global batch is per-replica batch x replicas).
         device: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+        backend: The Keras backend.
     """
 
-    strategy: tf.distribute.Strategy
+    strategy: Any
     name: str
     replicas: int
     device: str
+    backend: str = "tensorflow"
 
     def global_batch_size(self, per_replica_batch_size: int) -> int:
         return int(per_replica_batch_size) * self.replicas
 
     def describe(self) -> str:
         return (f"Strategy: {self.name} ({type(self.strategy).__name__}) on {self.device}, "
-                f"{self.replicas} replica(s) in sync")
+                f"{self.replicas} replica(s) in sync; backend {self.backend}")
 
 
 def _connect_tpu():
+    import tensorflow as tf
+
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -58,16 +81,29 @@ def _connect_tpu():
 
 
 def choose_strategy(name: str = "auto") -> StrategyChoice:
-    """Build the strategy named ``name`` (see `STRATEGIES`).
+    """Build the strategy named ``name`` (see `STRATEGIES`) for the Keras backend.
 
     ``auto`` tries, in order: a TPU, several GPUs, one GPU, the CPU. ``multi_worker``
-    needs ``TF_CONFIG`` (the cluster and this worker's task) on every machine.
+    needs ``TF_CONFIG`` (the cluster and this worker's task) on every machine, and
+    TensorFlow.
 
     Raises:
-        ValueError: for an unknown name, or hardware / configuration that is missing.
+        ValueError: for an unknown name, a strategy the backend does not have, or
+            hardware / configuration that is missing.
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}.")
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _choose_jax(name)
+    if backend == "torch":
+        return _choose_torch(name)
+    return _choose_tensorflow(name)
+
+
+def _choose_tensorflow(name: str) -> StrategyChoice:
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
@@ -98,29 +134,91 @@ def choose_strategy(name: str = "auto") -> StrategyChoice:
     return StrategyChoice(tf.distribute.get_strategy(), "cpu", 1, "cpu")
 
 
-def _gpu_compute_capability() -> tuple[int, int] | None:
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        if "compute_capability" in details:
-            return tuple(details["compute_capability"])
+def _choose_jax(name: str) -> StrategyChoice:
+    import jax
+
+    if name == "multi_worker":
+        raise ValueError(
+            "--strategy multi_worker is TensorFlow's MultiWorkerMirroredStrategy and the "
+            "backend is jax: on JAX call jax.distributed.initialize() on every host and "
+            "use --strategy mirrored (docs/guide.md, \"Several devices\").")
+    devices = jax.devices()
+    platform = devices[0].platform  # "cpu", "gpu" (cuda/rocm) or "tpu"
+    device = "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+    if name in ("tpu", "gpu") and device != name:
+        raise ValueError(f"--strategy {name}: JAX sees no {name.upper()} (its devices: "
+                         f"{[str(item) for item in devices]}).")
+    if name == "mirrored" or (name == "auto" and len(devices) > 1):
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return StrategyChoice(LocalScope(len(devices)), "mirrored", len(devices), device, "jax")
+    resolved = "cpu" if device == "cpu" else (device if name == "auto" else name)
+    return StrategyChoice(LocalScope(1), resolved, 1, device, "jax")
+
+
+def _choose_torch(name: str) -> StrategyChoice:
+    import torch
+
+    if name in ("multi_worker", "mirrored", "tpu"):
+        raise ValueError(f"--strategy {name} is not available on the torch backend: it "
+                         "trains on one device (use --strategy auto, gpu or cpu, or the "
+                         "jax or tensorflow backend for several devices).")
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" and device != "gpu":
+        raise ValueError("--strategy gpu: PyTorch sees no CUDA GPU.")
+    return StrategyChoice(LocalScope(1), device, 1, device, "torch")
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first NVIDIA GPU's compute capability on the Keras backend, or ``None``."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            for device in jax.devices():
+                capability = getattr(device, "compute_capability", None)
+                if capability:
+                    major, minor = str(capability).split(".")[:2]
+                    return int(major), int(minor)
+            return None
+        if backend == "torch":
+            import torch
+
+            return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() \
+                else None
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            if "compute_capability" in details:
+                return tuple(details["compute_capability"])
+    except (RuntimeError, ValueError):
+        return None
     return None
 
 
+def mixed_precision_policy(mode: str = "auto", device: str = "cpu",
+                           capability: tuple[int, int] | None = None) -> str:
+    """The Keras dtype policy for ``mode`` on ``device`` (``auto``: bfloat16 on TPUs and
+    GPUs of compute capability 8.0+, float16 on capability 7.x, float32 otherwise)."""
+    if mode not in MIXED_PRECISION:
+        raise ValueError(f"Unknown mixed precision {mode!r}; choose from "
+                         f"{', '.join(MIXED_PRECISION)}.")
+    if mode == "auto":
+        mode = ("bfloat16" if device == "tpu" or (capability and capability >= (8, 0)) else
+                "float16" if capability and capability >= (7, 0) else "off")
+    return {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
+
+
 def set_mixed_precision(mode: str = "auto", device: str = "cpu") -> str:
-    """Set Keras's global dtype policy; return its name.
+    """Set Keras's global dtype policy (`mixed_precision_policy`); return its name.
 
     Args:
         mode: ``auto``, ``off``, ``float16`` or ``bfloat16``.
         device: Where training runs (`StrategyChoice.device`), for ``auto``.
     """
-    if mode not in MIXED_PRECISION:
-        raise ValueError(f"Unknown mixed precision {mode!r}; choose from "
-                         f"{', '.join(MIXED_PRECISION)}.")
-    if mode == "auto":
-        capability = _gpu_compute_capability() if device == "gpu" else None
-        mode = ("bfloat16" if device == "tpu" else
-                "float16" if capability is not None and capability >= (7, 0) else "off")
-    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
+    capability = gpu_compute_capability() if device == "gpu" and mode == "auto" else None
+    policy = mixed_precision_policy(mode, device, capability)
     keras.mixed_precision.set_dtype_policy(policy)
     return policy
 
