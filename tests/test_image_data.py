@@ -278,3 +278,68 @@ def test_labels_in_a_csv_file_bad_rows_skipped_and_named(tmp_path):
     (tmp_path / "headless.csv").write_text("photos/cat1.png,cat\n")
     with pytest.raises(ValueError, match="headless.csv: the first line must name"):
         read_labels_csv(tmp_path / "headless.csv")
+
+
+def test_decoded_images_map_to_disk_beyond_the_limit_and_a_killed_decode_continues(
+        tmp_path, monkeypatch):
+    """Past ``memory_limit_gb`` the uint8 images go to a memory-mapped file, equal to
+    the in-memory ones; a decode that died midway decodes only the rest next time."""
+    import templates.data.decoded_images as decoded
+
+    files = [str(save(tmp_path / "photos" / f"{index}.png", color=(index * 20, 5, 90)))
+             for index in range(7)]
+    in_memory = decoded.decode_images(files, 6)
+    assert in_memory.dtype == np.uint8 and not isinstance(in_memory, np.memmap)
+    cache = tmp_path / "cache" / "decoded.npy"
+    monkeypatch.setattr(decoded, "CHUNK", 2)
+    calls = []
+    real = decoded.load_image
+
+    def dying(path, size):
+        if len(calls) == 5:
+            raise OSError("killed")
+        calls.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(decoded, "load_image", dying)
+    with pytest.raises(OSError, match="killed"):
+        decoded.decode_images(files, 6, cache, memory_limit_gb=0, workers=1)
+    calls.clear()
+    monkeypatch.setattr(decoded, "load_image", lambda path, size: calls.append(path)
+                        or real(path, size))
+    mapped = decoded.decode_images(files, 6, cache, memory_limit_gb=0, workers=1)
+    assert isinstance(mapped, np.memmap)
+    assert calls == files[4:]  # two chunks of two were finished before the kill
+    np.testing.assert_array_equal(mapped, in_memory)
+    calls.clear()
+    np.testing.assert_array_equal(decoded.decode_images(files, 6, cache, memory_limit_gb=0),
+                                  in_memory)
+    assert calls == []  # a finished cache is read, not decoded again
+
+
+def test_tf_data_and_pydataset_batches_are_the_same_in_every_epoch():
+    """On TensorFlow the uint8 images feed a `tf.data` pipeline, elsewhere a PyDataset:
+    the same float32 batches, in the same seeded order, epoch by epoch."""
+    from templates.data.batches import ShuffledArrays, array_batches_dataset, set_epoch
+
+    images = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+    labels = np.arange(10, dtype=np.int32)
+    for shuffle in (True, False):
+        dataset = array_batches_dataset(images, labels, 4, seed=3, shuffle=shuffle,
+                                        dtype="float32")
+        arrays = ShuffledArrays(images, labels, 4, seed=3, shuffle=shuffle, dtype="float32")
+        for epoch in (0, 1):
+            set_epoch(dataset, epoch)
+            arrays.set_epoch(epoch)
+            from_tf = [(x.numpy(), y.numpy()) for x, y in dataset]
+            from_arrays = [arrays[index] for index in range(len(arrays))]
+            assert len(from_tf) == len(from_arrays) == 3
+            for (x, y), (x2, y2) in zip(from_tf, from_arrays):
+                assert x.dtype == np.float32
+                np.testing.assert_array_equal(x, x2)
+                np.testing.assert_array_equal(y, y2)
+        if shuffle:
+            set_epoch(dataset, 0)
+            first = np.concatenate([y.numpy() for _, y in dataset])
+            set_epoch(dataset, 1)
+            assert not np.array_equal(first, np.concatenate([y.numpy() for _, y in dataset]))

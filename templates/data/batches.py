@@ -159,12 +159,16 @@ class ShuffledArrays(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
-        members = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.gather(self.order, index)
+
+    def gather(self, order: np.ndarray, index: int):
+        """Batch ``index`` of the epoch whose order is ``order``, inputs cast to ``dtype``."""
+        members = order[index * self.batch_size:(index + 1) * self.batch_size]
         if not self.shuffle:  # a slice: contiguous reads of a memory-mapped file
             members = slice(int(members[0]), int(members[-1]) + 1)
         inputs = self.inputs[members]
         return (inputs if self.dtype is None else np.asarray(inputs, self.dtype),
-                self.labels[members])
+                np.asarray(self.labels[members]))
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -283,10 +287,7 @@ def _gathered_batches(inputs, labels, batch_size: int, seed: int | None, shuffle
             if source.epoch != int(epoch):
                 source.set_epoch(int(epoch))
             order = source.order
-        members = order[int(index) * batch_size:(int(index) + 1) * batch_size]
-        if not shuffle:
-            members = slice(int(members[0]), int(members[-1]) + 1)
-        return np.asarray(inputs[members], dtype), np.asarray(labels[members])
+        return source.gather(order, int(index))
 
     def one_epoch(_):
         epoch = counter.variable.assign_add(1) - 1 if shuffle else tf.constant(0, tf.int64)

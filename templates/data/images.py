@@ -434,24 +434,24 @@ def image_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     seed: int | None = None,
-    cache: bool | str = True,
+    cache_file: str | os.PathLike | None = None,
     shard: tuple[int, int] | None = None,
     memory_limit_gb: float | None = DEFAULT_CACHE_MEMORY_GB,
 ):
     """Batches of ``(float32 0..255 RGB images, labels)`` of a folder, on any backend.
 
     Decoding and resizing happen once, into a uint8 array (`decode_images`: in memory
-    up to ``memory_limit_gb``, beyond it memory-mapped in the file ``cache`` names, or
-    a temporary file); each batch is cast to float32 when it is read. Training batches
+    up to ``memory_limit_gb``, beyond it memory-mapped in ``cache_file``, or a temporary
+    file); each batch is cast to float32 when it is read. Training batches
     follow an order drawn from ``(seed, epoch)`` (`templates.data.batches`), so a
     resumed run reads what an uninterrupted one read. On the TensorFlow backend the
     batches are a `tf.data` pipeline (``fit`` reads it without rebuilding one every
     epoch), elsewhere a `keras.utils.PyDataset`; both yield the same batches.
 
     Args:
-        cache: ``True`` (or ``False``: the images are decoded once either way): a
-            temporary file if the set outgrows memory; a path: the ``.npy`` file a set
-            larger than ``memory_limit_gb`` is mapped to, reused by a later run.
+        cache_file: The ``.npy`` file a set larger than ``memory_limit_gb`` is mapped
+            to, reused (and a decode killed midway continued) by a later run; ``None``:
+            a temporary file.
         shard: ``(number of input pipelines, this pipeline's index)``: read only every
             n-th file, starting at the index (multi-worker training, where each worker
             reads its own share; `tf.distribute.InputContext` gives both numbers).
@@ -466,8 +466,7 @@ def image_dataset(
         if not files:
             raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
                              f"{len(folder.files)} images for {count} input pipelines.")
-    images = decode_images(files, image_size, cache if isinstance(cache, str) else None,
-                           memory_limit_gb)
+    images = decode_images(files, image_size, cache_file, memory_limit_gb)
     labels = np.asarray(labels, np.float32 if folder.multi_label else np.int32)
     return array_batches(images, labels, batch_size, seed, shuffle=shuffle, dtype="float32")
 

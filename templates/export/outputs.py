@@ -2,8 +2,8 @@
 
 `write_model_outputs` writes ``history.json`` and ``learning_curves.png`` (both phases,
 the fine-tuning start marked), ``model.keras`` (preprocessing inside, loadable in safe
-mode), ``labels.txt``, ``saved_model/`` for serving (TensorFlow backend only: elsewhere it says so) and, on request,
-``tflite/``. Each file is written atomically, so a run killed while writing leaves the
+mode), ``labels.txt``, ``saved_model/`` for serving (TensorFlow backend only; elsewhere
+it says so) and, on request, ``tflite/``. Each file is written atomically, so a run killed while writing leaves the
 previous file or none, never half of one; a resumed run writes them all again.
 """
 

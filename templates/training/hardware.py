@@ -151,8 +151,10 @@ def _choose_jax(name: str) -> StrategyChoice:
     if name == "mirrored" or (name == "auto" and len(devices) > 1):
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         return StrategyChoice(LocalScope(len(devices)), "mirrored", len(devices), device, "jax")
-    resolved = "cpu" if device == "cpu" else (device if name == "auto" else name)
-    return StrategyChoice(LocalScope(1), resolved, 1, device, "jax")
+    if name == "cpu" and device != "cpu":
+        raise ValueError(f"--strategy cpu: JAX has already chosen its {device}; start the "
+                         "program with JAX_PLATFORMS=cpu to train on the CPU.")
+    return StrategyChoice(LocalScope(1), device, 1, device, "jax")
 
 
 def _choose_torch(name: str) -> StrategyChoice:
