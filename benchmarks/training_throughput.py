@@ -112,9 +112,10 @@ def _manual_loop_step(model, images, labels):
                 optimizer_variables, gradients, trainable)
             return loss, (trainable, non_trainable, optimizer_variables)
 
-        state = [[v.value for v in model.trainable_variables],
+        # A tuple, as train_step returns it: the same pytree on every call, one trace.
+        state = ([v.value for v in model.trainable_variables],
                  [v.value for v in model.non_trainable_variables],
-                 [v.value for v in optimizer.variables]]
+                 [v.value for v in optimizer.variables])
 
         def jax_step():
             nonlocal state

@@ -1,4 +1,4 @@
-"""Text data for the classifiers (TensorFlow: `tf.data` and `TextVectorization`).
+"""Labelled text data for the classifiers: reading, labels, splits, token ids, batches.
 
 Reading: a labelled file holds ``label<TAB>text`` per line; a file with no tab at all
 is read as ``label text`` split at the first space (the SST-2 files of Kim 2014 use
@@ -11,11 +11,13 @@ the file's encoding stop the run with the line number and the ``encoding`` optio
 use, and a label that appears only in the validation or test data is an error naming
 the file.
 
-Vectorising: `build_vectorizer` adapts a `keras.layers.TextVectorization` on the
-training texts and can append the most frequent words of the pretrained vectors, so
-words never seen in the few training sentences still get their pretrained meaning.
-`string_model` puts the vectoriser in front of a token-id model, so the saved model
-takes raw strings.
+Vectorising: `build_vectorizer` builds the vocabulary on the training texts
+(`templates.data.vocabulary.Vocabulary`, in NumPy) and can append the most frequent
+words of the pretrained vectors, so words never seen in the few training sentences
+still get their pretrained meaning. On TensorFlow it returns the same vocabulary as a
+`keras.layers.TextVectorization`, and `string_model` puts it in front of the token-id
+model, so the saved model takes raw strings; on JAX and PyTorch the ids are made in
+NumPy and the saved model takes them (``vocabulary.txt`` travels beside it).
 """
 
 from __future__ import annotations
@@ -26,17 +28,24 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from templates.data.batches import shuffle_each_epoch
+from templates.data.batches import ShuffledArrays, shuffle_each_epoch
 from templates.data.downloads import download_file
 from templates.data.multi_label import multi_hot, split_labels
 from templates.data.tokenization import PUNCTUATION
+from templates.data.vocabulary import Vocabulary
+
+
+def on_tensorflow() -> bool:
+    """Whether Keras runs on TensorFlow (string models and `tf.data` batches)."""
+    return keras.backend.backend() == "tensorflow"
 
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")
 def standardize_text(texts):
     """Lower-case and put spaces around punctuation (`templates.data.tokenization`'s rule)."""
+    import tensorflow as tf
+
     texts = tf.strings.lower(texts)
     texts = tf.strings.regex_replace(texts, PUNCTUATION, r" \1 ")
     return tf.strings.regex_replace(texts, r"\s+", " ")
@@ -313,44 +322,38 @@ def build_vectorizer(
     max_tokens: int | None = None,
     extra_vocabulary: Sequence[str] = (),
     length_percentile: float = 95.0,
-) -> keras.layers.TextVectorization:
-    """A `TextVectorization` layer adapted on ``texts``.
+):
+    """The vocabulary of ``texts``: a `keras.layers.TextVectorization` on TensorFlow, a
+    `templates.data.vocabulary.Vocabulary` elsewhere (the same tokens and ids).
 
     Args:
         texts: Training texts.
         sequence_length: Tokens kept per text; ``None`` takes the
             ``length_percentile`` of the training lengths (longer texts are cut).
-        max_tokens: Cap on the vocabulary adapted from ``texts``.
+        max_tokens: Cap on the vocabulary built from ``texts``.
         extra_vocabulary: Words appended after the training words, in order (e.g. the
             pretrained vectors' most frequent words). With frozen pretrained vectors
             these carry meaning the training texts never showed.
         length_percentile: See ``sequence_length``.
 
     Returns:
-        The layer; ``get_vocabulary()`` starts with ``""`` (padding) and ``"[UNK]"``.
+        Either one; ``get_vocabulary()`` starts with ``""`` (padding) and ``"[UNK]"``.
     """
-    if not len(texts):
-        raise ValueError("Cannot build a vocabulary from no texts.")
-    probe = keras.layers.TextVectorization(standardize=standardize_text, max_tokens=max_tokens)
-    probe.adapt(tf.constant(list(texts)))
-    vocabulary = probe.get_vocabulary()
-    if sequence_length is None:
-        lengths = tf.strings.split(
-            tf.strings.strip(standardize_text(tf.constant(list(texts))))).row_lengths().numpy()
-        sequence_length = max(8, int(np.ceil(np.percentile(lengths, length_percentile))))
-    if extra_vocabulary:
-        seen = set(vocabulary)
-        vocabulary = vocabulary + [word for word in extra_vocabulary
-                                   if word and word not in seen and not any(
-                                       character.isspace() for character in word)]
+    vocabulary = Vocabulary.from_texts(texts, sequence_length, max_tokens, extra_vocabulary,
+                                       length_percentile)
+    if not on_tensorflow():
+        return vocabulary
     return keras.layers.TextVectorization(
-        standardize=standardize_text, vocabulary=vocabulary[2:],
-        output_sequence_length=int(sequence_length), name="vectorizer")
+        standardize=standardize_text, vocabulary=vocabulary.tokens[2:],
+        output_sequence_length=vocabulary.sequence_length, name="vectorizer")
 
 
-def vectorize(vectorizer: keras.layers.TextVectorization, texts: Sequence[str],
-              batch_size: int = 4096) -> np.ndarray:
+def vectorize(vectorizer, texts: Sequence[str], batch_size: int = 4096) -> np.ndarray:
     """Token ids of ``texts`` as an int32 array ``(len(texts), sequence_length)``."""
+    if isinstance(vectorizer, Vocabulary):
+        return vectorizer(texts)
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), dtype=tf.string))
     batches = [vectorizer(batch).numpy() for batch in dataset.batch(batch_size)]
     return np.concatenate(batches).astype(np.int32)
@@ -365,22 +368,30 @@ def unknown_token_rate(token_ids: np.ndarray) -> float:
 def token_dataset(
     token_ids: np.ndarray, labels: np.ndarray, batch_size: int = 32,
     shuffle: bool = False, seed: int | None = None,
-) -> tf.data.Dataset:
+):
     """Batches of ``(token ids, labels)``; shuffled each epoch when ``shuffle``.
 
     With a ``seed``, epoch ``e``'s order depends only on ``(seed, e)``
-    (`templates.data.batches`), so a resumed run sees the same orders.
+    (`templates.data.batches`), so a resumed run sees the same orders: a `tf.data`
+    pipeline on TensorFlow, a `templates.data.batches.ShuffledArrays` elsewhere.
     """
+    if not on_tensorflow():
+        return ShuffledArrays(token_ids, labels, batch_size, seed, shuffle=shuffle)
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices((token_ids, labels))
     if shuffle:
         dataset = shuffle_each_epoch(dataset, len(token_ids), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def string_model(
-    vectorizer: keras.layers.TextVectorization, model: keras.Model, name: str | None = None
-) -> keras.Model:
-    """``model`` (on token ids) behind ``vectorizer``: a model that takes raw strings."""
+def string_model(vectorizer, model: keras.Model, name: str | None = None) -> keras.Model:
+    """The model users load: on TensorFlow, ``model`` (on token ids) behind
+    ``vectorizer``, taking raw strings; on other backends, which have no string tensors,
+    ``model`` itself, with the vocabulary written beside it (``vocabulary.txt``,
+    `templates.export.outputs.write_model_outputs`) for the predictor to tokenise with."""
+    if isinstance(vectorizer, Vocabulary):
+        return model
     texts = keras.Input(shape=(1,), dtype="string", name="texts")
     token_ids = vectorizer(texts)
     return keras.Model(texts, model(token_ids), name=name or f"{model.name}_on_text")

@@ -2,7 +2,9 @@
 
 `write_model_outputs` writes ``history.json`` and ``learning_curves.png`` (both phases,
 the fine-tuning start marked), ``model.keras`` (preprocessing inside, loadable in safe
-mode), ``labels.txt``, ``saved_model/`` for serving (TensorFlow backend only; elsewhere
+mode), ``labels.txt``, ``vocabulary.txt`` for a text model (line ``i`` is token id ``i``: what
+the predictor tokenises with where the model takes token ids, off TensorFlow),
+``saved_model/`` for serving (TensorFlow backend only; elsewhere
 it says so) and, on request, ``tflite/``. Each file is written atomically, so a run killed while writing leaves the
 previous file or none, never half of one; a resumed run writes them all again.
 """
@@ -16,6 +18,7 @@ from typing import Any
 import keras
 
 from templates.data.files import write_json, write_text
+from templates.data.vocabulary import VOCABULARY_FILE
 from templates.reports.curves import plot_learning_curves
 from templates.training.saving import save_model, write_labels
 
@@ -46,8 +49,8 @@ def write_model_outputs(
             ``model.tflite``, the others as ``model_MODE.tflite``.
         representative_data: Training batches that calibrate the ``int8`` export.
         test: Batches of ``(inputs, labels)`` each TFLite model is scored on.
-        vocabulary: For a token-id TFLite model: written beside it as
-            ``tflite/vocabulary.txt`` (line i = id i).
+        vocabulary: A text model's tokens (line i = id i): written as
+            ``vocabulary.txt``, and beside a TFLite model as ``tflite/vocabulary.txt``.
 
     Returns:
         ``{mode: {"megabytes": ..., "test_accuracy": ...}}`` for the TFLite exports
@@ -58,6 +61,8 @@ def write_model_outputs(
     plot_learning_curves(history, os.path.join(output_dir, "learning_curves.png"), title=title)
     save_model(model, os.path.join(output_dir, "model.keras"))
     write_labels(list(class_names), os.path.join(output_dir, "labels.txt"))
+    if vocabulary is not None:
+        write_text(os.path.join(output_dir, VOCABULARY_FILE), "\n".join(vocabulary) + "\n")
     exported: dict[str, dict[str, float]] = {}
     if keras.backend.backend() != "tensorflow":
         print(f"saved_model/ not written: SavedModel is TensorFlow's format and the Keras "

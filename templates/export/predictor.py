@@ -2,7 +2,9 @@
 
 A recipe's output folder holds ``model.keras`` (preprocessing inside: image
 normalisation for the backbone, or the text vectoriser with its vocabulary) and
-``labels.txt``. `Predictor` loads both, in Keras's safe mode, and takes image paths or
+``labels.txt``. A text model trained off TensorFlow takes token ids instead of strings;
+its folder carries ``vocabulary.txt``, and the texts are tokenised with it in NumPy
+(`templates.data.vocabulary.Vocabulary`: the same ids the TensorFlow vectoriser gives). `Predictor` loads both, in Keras's safe mode, and takes image paths or
 raw strings:
 
     predictor = Predictor("runs/cats_vs_dogs")
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from templates.data.multi_label import THRESHOLDS_FILE
+from templates.data.vocabulary import VOCABULARY_FILE, Vocabulary
 from templates.training.saving import load_model, read_labels
 
 
@@ -90,7 +93,13 @@ class Predictor:
         #: Text models take ``(batch, 1)`` strings (a vectoriser) or ``(batch,)`` (a
         #: keras-hub tokenizer, a TF-Hub module).
         self.text_rank = len(shape)
-        if "string" in str(dtype):
+        #: The `Vocabulary` of a token-id text model (``vocabulary.txt``), else ``None``.
+        self.vocabulary = None
+        vocabulary_path = os.path.join(folder, VOCABULARY_FILE)
+        if "int" in str(dtype) and len(shape) == 2 and os.path.isfile(vocabulary_path):
+            self.vocabulary = Vocabulary.load(vocabulary_path, sequence_length=shape[1])
+            self.kind, self.image_size = "text", None
+        elif "string" in str(dtype):
             self.kind, self.image_size = "text", None
         elif len(shape) == 4:
             self.kind = "image"
@@ -100,6 +109,8 @@ class Predictor:
                              "inputs; Predictor handles image and text models.")
 
     def _batch(self, items: Sequence[str]) -> np.ndarray:
+        if self.vocabulary is not None:
+            return self.vocabulary([str(item) for item in items])
         if self.kind == "text":
             texts = np.array([str(item) for item in items], dtype=object)
             return texts if self.text_rank == 1 else texts[:, None]

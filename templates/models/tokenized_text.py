@@ -2,8 +2,8 @@
 
 The text counterpart of what `templates.data.images.image_dataset` does for photos: the
 step between the loaded splits (`templates.data.texts.load_text_splits`) and a model
-whose embedding starts from word vectors. `tokenize_for_vectors` adapts a
-`keras.layers.TextVectorization` on the training texts (plus, optionally, the most
+whose embedding starts from word vectors. `tokenize_for_vectors` builds a vocabulary
+on the training texts (`templates.data.texts.build_vectorizer`) (plus, optionally, the most
 frequent words of the vectors, so test words never seen in training keep their
 pretrained meaning), aligns the vectors to its vocabulary
 (`templates.models.embeddings.embedding_matrix`) and turns every split into token ids once.
@@ -35,14 +35,16 @@ class TokenizedText:
 
     Attributes:
         splits: The texts, integer labels, skipped lines and paths.
-        vectorizer: Texts to token ids; put it in front of the trained model
-            (`templates.data.texts.string_model`) so the saved model takes strings.
+        vectorizer: Texts to token ids: a `keras.layers.TextVectorization` on
+            TensorFlow (put in front of the trained model by
+            `templates.data.texts.string_model`, so the saved model takes strings), a
+            `templates.data.vocabulary.Vocabulary` on other backends.
         matrix: The pretrained vectors, one row per vocabulary entry.
         ids: Token ids per split, shape ``(examples, sequence_length)``.
     """
 
     splits: TextSplits
-    vectorizer: keras.layers.TextVectorization
+    vectorizer: Any
     matrix: EmbeddingMatrix
     ids: dict[str, np.ndarray]
 

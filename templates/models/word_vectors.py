@@ -40,12 +40,14 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-from gensim.models import KeyedVectors
 
 from templates.data.downloads import DownloadError
+
+if TYPE_CHECKING:  # gensim is imported where vectors are loaded or built
+    from gensim.models import KeyedVectors
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +187,8 @@ def _split_archive(source: str) -> tuple[str, str | None]:
 
 def _load_path(path, member, file_format, cache_dir, trust_pickle, words_with_spaces,
                encoding, progress) -> KeyedVectors:
+    from gensim.models import KeyedVectors
+
     lower = path.lower()
     if file_format == "auto":
         if lower.endswith(PICKLE_SUFFIXES):
@@ -511,6 +515,8 @@ def keyed_vectors(words: Sequence[str], vectors: np.ndarray) -> KeyedVectors:
     """
     if len(words) != len(vectors):
         raise ValueError(f"{len(words)} words but {len(vectors)} vectors.")
+    from gensim.models import KeyedVectors
+
     keyed = KeyedVectors(vector_size=int(vectors.shape[1]), count=0, dtype=vectors.dtype)
     keyed.index_to_key = list(words)
     keyed.key_to_index = dict(zip(keyed.index_to_key, range(len(words))))

@@ -28,8 +28,9 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from gensim.models import KeyedVectors, Word2Vec
 
 from templates.data.files import atomic_path, write_json
 from templates.data.tokenization import tokenize
@@ -38,6 +39,9 @@ from templates.models.word_vectors import (
     keyed_vectors,
     load_word_vectors,
 )
+
+if TYPE_CHECKING:  # gensim is imported where vectors are trained
+    from gensim.models import KeyedVectors
 from templates.training.develop import (
     SourceCheck,
     UnskilledSourceModelError,
@@ -192,6 +196,8 @@ def develop_word_vectors(
         raise ValueError(f"The word2vec corpus{where} has no word that occurs {min_count} "
                          f"times or more ({len(counts)} distinct words): there is nothing "
                          "to learn vectors for. Use a larger corpus or a lower min_count.")
+    from gensim.models import Word2Vec
+
     model = Word2Vec(sentences, vector_size=vector_size, window=window, min_count=min_count,
                      epochs=epochs, seed=seed, workers=1, sg=1)
     vectors = model.wv
