@@ -96,3 +96,65 @@ def kill_when(arguments, env, ready, timeout=600, **options):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+WITHOUT_TENSORFLOW = str(REPOSITORY / "tests" / "without_tensorflow.py")
+
+
+class RecipeRuns:
+    """Whole recipe runs that several tests read, each run once per session.
+
+    The TensorFlow runs behind the published means (the cats defaults, GloVe on 1,000
+    SST-2 sentences, seeds 1-3) are also what the JAX runs are compared with
+    (tests/test_backends.py): the same command is trained once, whichever test asks first.
+    ``backend="jax"`` runs the recipe with TensorFlow hidden (`without_tensorflow.py`).
+    """
+
+    def __init__(self, folder: pathlib.Path):
+        self.folder = folder
+        self.done: dict[tuple, tuple[pathlib.Path, dict]] = {}
+
+    def run(self, module: str, arguments: list[str], backend: str = "tensorflow",
+            timeout: int = 1800) -> tuple[pathlib.Path, dict]:
+        """``(output folder, metrics.json)`` of ``python -m module arguments``."""
+        import json
+        import subprocess
+        import sys
+
+        key = (module, tuple(arguments), backend)
+        if key not in self.done:
+            out = self.folder / f"run{len(self.done)}_{module.split('.')[-1]}_{backend}"
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY),
+                                                              env.get("PYTHONPATH")]))
+            runner = [WITHOUT_TENSORFLOW] if backend != "tensorflow" else []
+            result = subprocess.run([sys.executable, *runner, "-m", module, *arguments,
+                                     "--output-dir", str(out)], env=env, capture_output=True,
+                                    text=True, timeout=timeout, cwd=REPOSITORY)
+            assert result.returncode == 0, (key, result.stdout[-3000:] + result.stderr[-3000:])
+            self.done[key] = out, json.loads((out / "metrics.json").read_text())
+        return self.done[key]
+
+    def cats_defaults(self, seed: int, backend: str = "tensorflow"):
+        """The cats recipe's defaults on the shared photos (MobileNet 0.25, ImageNet
+        weights, the finder), test-time flips on: one seed."""
+        require_shared(CATS_VS_DOGS / "train", CATS_VS_DOGS / "test",
+                       SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
+        return self.run("recipes.cats_vs_dogs", [
+            "--data-dir", str(CATS_VS_DOGS / "train"), "--test-dir", str(CATS_VS_DOGS / "test"),
+            "--backbone", "MobileNet", "--alpha", "0.25", "--seed", str(seed),
+            "--test-time-flips"], backend)
+
+    def sst2(self, seed: int, *extra: str, backend: str = "tensorflow"):
+        """The GloVe recipe on SST-2 with --compare-scratch (and ``extra``): one seed."""
+        require_shared(*(SST2 / f"stsa.binary.{split}" for split in ("train", "dev", "test")))
+        return self.run("recipes.glove_text_classification", [
+            "--train", str(SST2 / "stsa.binary.train"),
+            "--validation", str(SST2 / "stsa.binary.dev"),
+            "--test", str(SST2 / "stsa.binary.test"), "--compare-scratch", "--seed",
+            str(seed), *extra], backend)
+
+
+@pytest.fixture(scope="session")
+def recipe_runs(tmp_path_factory) -> RecipeRuns:
+    return RecipeRuns(tmp_path_factory.mktemp("recipe_runs"))

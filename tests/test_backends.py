@@ -151,11 +151,142 @@ def test_jax_data_parallel_on_two_devices_matches_one(subprocess_env):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torch is not installed here (CI runs JAX; see README, Backends)")
-def test_torch_backend_runs_the_digits_recipe(subprocess_env, tmp_path):
-    out = tmp_path / "digits_torch"
-    result = without_tensorflow(
-        ["-m", "recipes.develop_model_digits", "--seeds", "1", "--source-epochs", "2",
-         "--head-epochs", "1", "--fine-tune-epochs", "1", "--skip-sweep", "--output-dir",
-         str(out)], backend_env(subprocess_env, "torch"))
+@pytest.mark.acceptance  # three recipe runs, where torch can be imported
+@pytest.mark.parametrize("recipe", ["digits", "cats", "glove"])
+def test_torch_backend_runs_each_recipe_and_the_predictor(recipe, cats_vs_dogs_dir, shared_dir,
+                                                          sst2_dir, subprocess_env, tmp_path):
+    """Where torch can be imported (the lent GPU machine; not CI): each recipe on a few
+    examples, TensorFlow hidden, and recipes.predict on what it wrote."""
+    out = tmp_path / recipe
+    short = ["--fine-tune-epochs", "1", "--output-dir", str(out)]
+    if recipe == "digits":
+        arguments = ["recipes.develop_model_digits", "--seeds", "1", "--source-epochs", "2",
+                     "--head-epochs", "1", "--skip-sweep", *short]
+    elif recipe == "cats":
+        photos = tmp_path / "photos"
+        for split in ("train", "test"):
+            for label in ("cats", "dogs"):
+                (photos / split / label).mkdir(parents=True)
+                for source in sorted((cats_vs_dogs_dir / split / label).iterdir())[:12]:
+                    os.symlink(source, photos / split / label / source.name)
+        arguments = ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"), "--test-dir",
+                     str(photos / "test"), "--backbone", "MobileNet", "--alpha", "0.25",
+                     "--image-size", "224", "--epochs", "1", "--batch-size", "8",
+                     "--compare-scratch", *short]
+    else:
+        arguments = ["recipes.glove_text_classification", "--train",
+                     str(sst2_dir / "stsa.binary.train"), "--validation",
+                     str(sst2_dir / "stsa.binary.dev"), "--test", str(sst2_dir / "stsa.binary.test"),
+                     "--train-size", "200", "--vectors",
+                     str(shared_dir / "data" / "glove" / "glove.6B.50d.10k.txt"), "--epochs", "1",
+                     "--compare-scratch", *short]
+    env = backend_env(subprocess_env, "torch")
+    result = without_tensorflow(["-m", *arguments], env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["hardware"]["backend"] == "torch"
+    if recipe == "digits":
+        return
+    inputs = (["--text", "a fine film"] if recipe == "glove"
+              else [str(photos / "test" / "cats")])
+    predicted = without_tensorflow(["-m", "recipes.predict", str(out), *inputs], env)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len(predicted.stdout.strip().splitlines()) == (1 if recipe == "glove" else 12)
+
+
+def predict_without_tensorflow(model_dir, inputs, env):
+    """``recipes.predict MODEL_DIR INPUTS --output predictions.json`` on JAX, TensorFlow
+    hidden; returns the predictions."""
+    output = pathlib.Path(model_dir) / "predictions_jax.json"
+    result = without_tensorflow(["-m", "recipes.predict", str(model_dir), *inputs, "--output",
+                                 str(output)], backend_env(env))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+@pytest.mark.acceptance  # six whole cats runs (three shared with the TensorFlow test)
+def test_jax_cats_recipe_without_tensorflow_matches_tensorflow(recipe_runs, cats_vs_dogs_dir,
+                                                                subprocess_env):
+    """Issue 26's acceptance command on JAX, TensorFlow hidden: the outputs, the predictor
+    on its model.keras, and the test accuracy within 1 point of TensorFlow's (seeds 1-3,
+    the same data, flags and seeds)."""
+    jax_runs = [recipe_runs.cats_defaults(seed, backend="jax") for seed in (1, 2, 3)]
+    out, metrics = jax_runs[0]
+    for name in ("metrics.json", "model.keras", "labels.txt", "evaluation/report.md",
+                 "history.json", "learning_curves.png"):
+        assert (out / name).exists(), name
+    assert not (out / "saved_model").exists()  # TensorFlow's format, said so in one line
+    assert metrics["hardware"]["backend"] == "jax"
+    photos = sorted((cats_vs_dogs_dir / "test" / "cats").iterdir())[:10] + sorted(
+        (cats_vs_dogs_dir / "test" / "dogs").iterdir())[:10]
+    predictions = predict_without_tensorflow(out, [str(photo) for photo in photos],
+                                             subprocess_env)
+    right = [prediction["label"] == pathlib.Path(prediction["input"]).parent.name
+             for prediction in predictions]
+    assert len(right) == 20 and np.mean(right) >= 0.8, predictions
+
+    single_view = lambda run: run[1]["without_flips"]["test_accuracy"]  # noqa: E731
+    on_jax = np.array([single_view(run) for run in jax_runs])
+    on_tensorflow = np.array([single_view(recipe_runs.cats_defaults(seed)) for seed in (1, 2, 3)])
+    assert abs(on_jax.mean() - on_tensorflow.mean()) <= 0.01, (on_jax, on_tensorflow)
+
+
+@pytest.mark.acceptance  # six GloVe runs on 1,000 sentences (three shared)
+def test_jax_glove_recipe_without_tensorflow_matches_tensorflow(recipe_runs, subprocess_env):
+    """The GloVe recipe on JAX, TensorFlow hidden: the outputs (the model takes token ids,
+    vocabulary.txt beside it), recipes.predict --text, and the test accuracy within 1
+    point of TensorFlow's on 1,000 SST-2 sentences (seeds 1-3)."""
+    jax_runs = [recipe_runs.sst2(seed, "--train-size", "1000", backend="jax")
+                for seed in (1, 2, 3)]
+    out, metrics = jax_runs[0]
+    for name in ("metrics.json", "model.keras", "labels.txt", "vocabulary.txt",
+                 "evaluation/report.md", "transfer_report.json"):
+        assert (out / name).exists(), name
+    assert metrics["hardware"]["backend"] == "jax"
+    sentences = ["a gorgeous , witty , seductive movie .", "an utterly incompetent mess .",
+                 "one of the best films of the year", "dull , lifeless and boring"]
+    arguments = [item for sentence in sentences for item in ("--text", sentence)]
+    predictions = predict_without_tensorflow(out, arguments, subprocess_env)
+    assert [prediction["label"] for prediction in predictions] == ["1", "0", "1", "0"], predictions
+
+    on_jax = np.array([run[1]["test_accuracy"] for run in jax_runs])
+    on_tensorflow = np.array([recipe_runs.sst2(seed, "--train-size", "1000")[1]["test_accuracy"]
+                              for seed in (1, 2, 3)])
+    assert abs(on_jax.mean() - on_tensorflow.mean()) <= 0.01, (on_jax, on_tensorflow)
+
+
+@pytest.mark.acceptance  # three recipe processes on JAX
+def test_jax_cats_recipe_killed_in_fine_tuning_resumes_to_the_uninterrupted_result(
+        cats_vs_dogs_dir, subprocess_env, tmp_path):
+    """Checkpoints and --resume on JAX: killed mid-way through fine-tuning (os._exit), the
+    resumed run restores the head, continues fine-tuning, and ends with the metrics and
+    curves of a run never interrupted (the seeded epoch orders of ShuffledArrays)."""
+    photos = tmp_path / "photos"
+    for split, count in (("train", 24), ("test", 8)):
+        for label in ("cats", "dogs"):
+            (photos / split / label).mkdir(parents=True)
+            for source in sorted((cats_vs_dogs_dir / split / label).iterdir())[:count]:
+                os.symlink(source, photos / split / label / source.name)
+
+    def arguments(out):
+        return ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"), "--test-dir",
+                str(photos / "test"), "--backbone", "mobilenet", "--alpha", "0.25",
+                "--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "2",
+                "--batch-size", "8", "--seed", "1", "--output-dir", str(out)]
+
+    env = backend_env(subprocess_env)
+    reference = without_tensorflow(["-m", *arguments(tmp_path / "reference")], env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    inject = str(TESTS / "inject_fault.py")
+    out = tmp_path / "interrupted"
+    killed = without_tensorflow([inject, "fine_tune.mid_epoch", *arguments(out)], env)
+    assert killed.returncode == 9, killed.stdout[-2000:] + killed.stderr[-3000:]
+    assert not (out / "metrics.json").exists()
+    resumed = without_tensorflow(["-m", *arguments(out), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "head restored; fine_tune continues from its epoch" in resumed.stdout
+    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    found = json.loads((out / "metrics.json").read_text())
+    for key in ("val_accuracy", "test_accuracy", "head", "fine_tuned"):
+        assert found[key] == expected[key], key
+    assert (json.loads((out / "history.json").read_text())
+            == json.loads((tmp_path / "reference" / "history.json").read_text()))

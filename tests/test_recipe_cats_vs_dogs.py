@@ -24,20 +24,24 @@ def run(arguments, env, timeout=900):
 
 
 @pytest.mark.acceptance
-def test_defaults_and_the_finder_over_three_seeds(cats_vs_dogs_dir, subprocess_env, tmp_path):
+def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir, subprocess_env,
+                                                  tmp_path):
     """Issue 15: means over the acceptance seeds 1-3; the defaults (the finder's rates,
     rule minimum / 10) were chosen on seeds 11-13's validation photos (docs/results.md).
     The finder finishes every time, inside its bounds, and is not below the fixed rates
     (--no-find-lr) by more than half a point; --test-time-flips scores the same trained
     model both ways."""
     def scores(seed, *extra):
-        out = tmp_path / f"seed{seed}{'_fixed' if extra else ''}"
-        result = run(["--data-dir", str(cats_vs_dogs_dir / "train"), "--test-dir",
-                      str(cats_vs_dogs_dir / "test"), "--backbone", "MobileNet", "--alpha",
-                      "0.25", "--seed", str(seed), "--output-dir", str(out),
-                      "--test-time-flips", *extra], subprocess_env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        metrics = json.loads((out / "metrics.json").read_text())
+        if extra:
+            out = tmp_path / f"seed{seed}_fixed"
+            result = run(["--data-dir", str(cats_vs_dogs_dir / "train"), "--test-dir",
+                          str(cats_vs_dogs_dir / "test"), "--backbone", "MobileNet", "--alpha",
+                          "0.25", "--seed", str(seed), "--output-dir", str(out),
+                          "--test-time-flips", *extra], subprocess_env)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            metrics = json.loads((out / "metrics.json").read_text())
+        else:  # shared with tests/test_backends.py, which compares JAX with these runs
+            out, metrics = recipe_runs.cats_defaults(seed)
         if not extra:  # the finder chose both phases' rates inside its bounds
             for phase, (low, high) in (("head", (1e-4, 0.3)), ("fine_tune", (1e-6, 3e-3))):
                 finding = json.loads((out / f"lr_finder_{phase}.json").read_text())

@@ -262,10 +262,10 @@ def sst2_run(sst2_dir, out, env, *extra, compare=True):
     return json.loads((out / "metrics.json").read_text())
 
 
-def over_seeds(sst2_dir, tmp_path, env, *extra):
-    """GloVe and random-embedding test accuracies, one pair per acceptance seed."""
-    runs = [sst2_run(sst2_dir, tmp_path / f"seed{seed}", env, "--seed", str(seed), *extra)
-            for seed in SEEDS]
+def over_seeds(recipe_runs, *extra):
+    """GloVe and random-embedding test accuracies, one pair per acceptance seed (the runs
+    are shared with tests/test_backends.py, which compares JAX with them)."""
+    runs = [recipe_runs.sst2(seed, *extra)[1] for seed in SEEDS]
     glove = np.array([run["pretrained"]["test_accuracy"] for run in runs])
     scratch = np.array([run["scratch"]["test_accuracy"] for run in runs])
     assert np.allclose(glove, [run["test_accuracy"] for run in runs])
@@ -273,11 +273,10 @@ def over_seeds(sst2_dir, tmp_path, env, *extra):
 
 
 @pytest.mark.acceptance
-def test_glove_beats_random_embeddings_on_1000_sst2_sentences(sst2_dir, subprocess_env,
-                                                              tmp_path):
+def test_glove_beats_random_embeddings_on_1000_sst2_sentences(recipe_runs, sst2_dir,
+                                                              subprocess_env, tmp_path):
     # Low data is where the vectors pay: mean gain of at least 3 points over 3 seeds.
-    runs, glove, scratch = over_seeds(sst2_dir, tmp_path, subprocess_env,
-                                      "--train-size", "1000")
+    runs, glove, scratch = over_seeds(recipe_runs, "--train-size", "1000")
     assert all(run["examples"]["train"] == 1000 for run in runs)
     assert all(run["vectors"] == "glove.6B.50d" for run in runs)  # too few words for word2vec
     assert (glove - scratch).mean() >= 0.03, (glove, scratch)
@@ -291,9 +290,8 @@ def test_glove_beats_random_embeddings_on_1000_sst2_sentences(sst2_dir, subproce
 
 
 @pytest.mark.acceptance
-def test_full_sst2_mean_accuracy_and_gain_over_random_embeddings(sst2_dir, subprocess_env,
-                                                                  tmp_path):
-    runs, glove, scratch = over_seeds(sst2_dir, tmp_path, subprocess_env)
+def test_full_sst2_mean_accuracy_and_gain_over_random_embeddings(recipe_runs):
+    runs, glove, scratch = over_seeds(recipe_runs)
     assert all(run["examples"]["train"] == 6920 for run in runs)
     # 135,000 training words: --in-domain-vectors auto puts word2vec beside GloVe.
     assert all(run["vectors"] == "glove.6B.50d + in-domain word2vec" for run in runs)
