@@ -61,8 +61,12 @@ import os
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from templates import cli  # noqa: E402
+
+# keras-hub's text preprocessors (tokenisers, packers) are TensorFlow ops.
+cli.require_tensorflow("recipes.text_encoder_classification",
+                       "keras-hub's text preprocessors and TF-Hub modules run on TensorFlow")
 from templates import (  # noqa: E402
-    cli,
     download_sst2,
     load_text_splits,
     pretrained_text_encoder,

@@ -347,6 +347,16 @@ def refuse_tensorflow_only_options(args: argparse.Namespace) -> None:
                          f"backend is {backend}; run with KERAS_BACKEND=tensorflow.")
 
 
+def require_tensorflow(recipe: str, reason: str) -> None:
+    """Stop a recipe that only TensorFlow can run, on another Keras backend, with one
+    sentence (exit status 2) naming the recipe, why, and the backend."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        print(f"error: {recipe} needs the TensorFlow backend ({reason}), and the Keras "
+              f"backend is {backend}; run it with KERAS_BACKEND=tensorflow.", file=sys.stderr)
+        sys.exit(2)
+
+
 def tflite_modes(args: argparse.Namespace) -> list[str]:
     """The TFLite exports ``--export-tflite`` asks for: none without the flag, float32
     for the flag alone."""

@@ -58,6 +58,30 @@ def test_recipes_start_without_tensorflow(module, subprocess_env):
     assert "usage:" in result.stdout
 
 
+@pytest.mark.parametrize("module, reason", [
+    ("recipes.multi_worker_digits", "MultiWorkerMirroredStrategy"),
+    ("recipes.text_encoder_classification", "keras-hub's text preprocessors")])
+def test_tensorflow_only_recipes_say_so_in_one_line(module, reason, subprocess_env):
+    result = without_tensorflow(["-m", module, "--help"], backend_env(subprocess_env),
+                                timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr[-2000:]  # no traceback
+    assert reason in result.stderr and "KERAS_BACKEND=tensorflow" in result.stderr
+
+
+def test_tensorflow_only_flags_are_refused_by_name(subprocess_env, tmp_path):
+    for flags, named in ((["--export-tflite"], "--export-tflite"),
+                         (["--backbone", "tfhub:/models/x"], "tfhub:/models/x"),
+                         (["--strategy", "multi_worker"], "multi_worker")):
+        result = without_tensorflow(["-m", "recipes.cats_vs_dogs", "--data-dir",
+                                     str(tmp_path), *flags, "--output-dir",
+                                     str(tmp_path / "out")], backend_env(subprocess_env),
+                                    timeout=300)
+        assert result.returncode == 2, (flags, result.stderr[-2000:])
+        assert named in result.stderr and "jax" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+
+
 def test_numpy_vocabulary_gives_textvectorization_ids(sst2_dir):
     """Same tokens in the same order, and the same ids, as TensorFlow's adapted layer."""
     import tensorflow as tf
@@ -290,3 +314,39 @@ def test_jax_cats_recipe_killed_in_fine_tuning_resumes_to_the_uninterrupted_resu
         assert found[key] == expected[key], key
     assert (json.loads((out / "history.json").read_text())
             == json.loads((tmp_path / "reference" / "history.json").read_text()))
+
+
+def test_the_device_check_imports_nothing_from_tensorflow(subprocess_env):
+    """benchmarks/accelerator.py must run where only JAX is (the lent GPU machine)."""
+    code = ("import sys, benchmarks.accelerator, recipes.cats_vs_dogs; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'tensorflow_hub', 'tensorflow_text', 'tf_keras', 'gensim')))")
+    result = without_tensorflow(["-c", code], backend_env(subprocess_env), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.acceptance  # about two minutes of small measurements and a recipe run
+def test_the_device_check_runs_quick_on_the_cpu(cats_vs_dogs_dir, subprocess_env, tmp_path):
+    """``python -m benchmarks.accelerator --quick`` with TensorFlow hidden: JSON with
+    every measurement, and the cats recipe end to end on photos brought along."""
+    photos = tmp_path / "photos"
+    prepared = without_tensorflow(["-m", "benchmarks.accelerator", "--prepare-photos",
+                                   str(cats_vs_dogs_dir), str(photos), "--photos-per-class", "16"],
+                                  backend_env(subprocess_env), timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    assert json.loads(prepared.stdout) == {"train/cats": 16, "train/dogs": 16, "test/cats": 8,
+                                           "test/dogs": 8}
+    output = tmp_path / "accelerator.json"
+    result = without_tensorflow(["-m", "benchmarks.accelerator", "--quick", "--photos",
+                                 str(photos), "--output", str(output)],
+                                backend_env(subprocess_env), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert (report["backend"], report["device"]) == ("jax", "cpu")
+    assert [row["policy"] for row in report["results"]] == ["float32", "mixed_bfloat16"]
+    for row in report["results"]:
+        for key in ("forward_images_per_second", "fit_images_per_second",
+                    "hand_written_step_images_per_second"):
+            assert row[key] > 0, (key, row)
+    assert report["recipe"]["returncode"] == 0 and 0 <= report["recipe"]["test_accuracy"] <= 1
