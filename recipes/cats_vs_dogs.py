@@ -55,7 +55,6 @@ from templates import (  # noqa: E402
     download_dataset,
     flip_averaged,
     flip_scores,
-    image_batches_by_size,
     image_candidates,
     load_image_splits,
     parse_backbone,
@@ -127,8 +126,10 @@ def run(args: argparse.Namespace, choice) -> int:
                                multi_label=args.multi_label)
     print(splits.describe(data_dir))
     plan = plan.for_training_set(splits.train.labels)  # balanced weights, steps per epoch
-    # Images are decoded and resized once per size, cached, then shuffled every epoch.
-    batches = image_batches_by_size(splits, plan.batch_size, plan.seed)
+    # Images are decoded and resized once per size into uint8 (in memory up to
+    # --cache-memory-gb, beyond it memory-mapped from OUTPUT_DIR/cache, which --resume
+    # reuses), then cast to float32 batch by batch and shuffled every epoch.
+    batches = cli.image_batches(args, splits, plan)
 
     # ## Model
     # The backbone's own preprocessing (MobileNet's scaling to [-1, 1], a keras-hub
@@ -213,6 +214,7 @@ def run(args: argparse.Namespace, choice) -> int:
     if args.reuse_sweep:
         metrics.update(cli.reuse_depth(args, run, source, transfer, splits, train,
                                        validation, test, state))
+    cli.remove_image_cache(args)  # decoded images on disk only serve an unfinished run
     return cli.write_metrics(args, metrics)
 
 

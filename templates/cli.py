@@ -36,6 +36,8 @@ from typing import Any
 
 import keras
 
+from templates.data.decoded_images import DEFAULT_CACHE_MEMORY_GB
+
 from templates.export.formats import TFLITE_MODES
 from templates.models.augmentation import image_augmentation
 from templates.training.compilation import JIT_COMPILE_SETTINGS, set_jit_compile
@@ -186,6 +188,31 @@ def add_image_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Any number of labels per image (with --labels-csv, labels "
                        "separated by |): sigmoid outputs, per-label thresholds chosen on "
                        "validation data (thresholds.json).")
+    group.add_argument("--cache-memory-gb", type=float, default=DEFAULT_CACHE_MEMORY_GB,
+                       help="Decoded images (uint8) kept in memory, all splits together; a "
+                       "larger set is memory-mapped from OUTPUT_DIR/cache/, which --resume "
+                       "reuses (and continues if decoding was cut short). Default "
+                       f"{DEFAULT_CACHE_MEMORY_GB:g} GB: safe on a 16 GB machine.")
+
+
+def image_batches(args: argparse.Namespace, splits, plan):
+    """The image recipe's batches by image size (`templates.data.images.image_batches_by_size`),
+    with ``--cache-memory-gb`` and the decoded-image cache in ``OUTPUT_DIR/cache``."""
+    from templates.data.images import image_batches_by_size
+
+    if args.cache_memory_gb < 0:
+        raise ValueError(f"--cache-memory-gb must be 0 or more; got {args.cache_memory_gb}.")
+    return image_batches_by_size(splits, plan.batch_size, plan.seed,
+                                 cache_dir=os.path.join(args.output_dir, "cache"),
+                                 memory_limit_gb=args.cache_memory_gb)
+
+
+def remove_image_cache(args: argparse.Namespace) -> None:
+    """Delete ``OUTPUT_DIR/cache`` (decoded images on disk) once a run has finished: it
+    only serves a run that is resumed before it ends."""
+    import shutil
+
+    shutil.rmtree(os.path.join(args.output_dir, "cache"), ignore_errors=True)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,

@@ -238,11 +238,14 @@ def array_batches_dataset(
         shuffle: ``False`` keeps the arrays' order (validation or test batches).
         dtype: Cast each batch's inputs to it. The inputs then stay a NumPy array (or a
             memory-mapped file) that each batch is gathered from, with no copy into
-            TensorFlow: decoded images cached as uint8 are not held twice.
+            TensorFlow: decoded images cached as uint8 are not held twice. Inputs that
+            are a `numpy.memmap` (features on disk) are always read that way.
     """
     import tensorflow as tf
 
     size = check_arrays(inputs, labels, batch_size, "array_batches")
+    if dtype is None and isinstance(inputs, np.memmap):
+        dtype = str(inputs.dtype)  # a file on disk stays there: gathered batch by batch
     if dtype is not None:
         return _gathered_batches(inputs, labels, batch_size, seed, shuffle, dtype)
     inputs, labels = tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels)

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from templates.data.batches import array_batches
-from templates.data.decoded_images import DEFAULT_CACHE_MEMORY_GB, check_image, decode_images
+from templates.data.decoded_images import (
+    DEFAULT_CACHE_MEMORY_GB,
+    check_image,
+    decode_images,
+    decoded_bytes,
+)
+from templates.data.progress import Progress
+
+#: Sets smaller than this (images) report no progress: they take seconds.
+PROGRESS_MINIMUM = 500
 from templates.data.multi_label import multi_hot, split_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -171,8 +180,7 @@ def scan_image_folder(
                 candidates.append((path, label))
 
     if check_images and candidates:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            reasons = list(pool.map(check_image, [path for path, _ in candidates]))
+        reasons = check_all([path for path, _ in candidates], directory)
     else:
         reasons = [None] * len(candidates)
     files, labels = [], []
@@ -378,8 +386,7 @@ def read_labels_csv(
         raise ValueError(f"{path}: labels {unknown} never appear in the training data "
                          f"(classes {list(class_names)}).")
     if check_images and candidates:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            reasons = list(pool.map(check_image, [file for file, _ in candidates]))
+        reasons = check_all([file for file, _ in candidates], path)
     else:
         reasons = [None] * len(candidates)
     index = {name: label for label, name in enumerate(class_names)}
@@ -428,6 +435,20 @@ def load_csv_splits(
     return ImageSplits(train, validation, test, layout)
 
 
+def check_all(paths: Sequence[str], where: str) -> list[str | None]:
+    """`check_image` over ``paths`` in threads, in order, with progress lines for large
+    sets (`templates.data.progress.Progress`)."""
+    progress = Progress(f"Checking the images of {where}", "images",
+                        minimum_total=PROGRESS_MINIMUM)
+    reasons = []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        for reason in pool.map(check_image, paths):
+            reasons.append(reason)
+            if len(reasons) % 64 == 0 or len(reasons) == len(paths):
+                progress(len(reasons), len(paths))
+    return reasons
+
+
 def image_dataset(
     folder: ImageFolder,
     image_size: int | tuple[int, int],
@@ -437,6 +458,7 @@ def image_dataset(
     cache_file: str | os.PathLike | None = None,
     shard: tuple[int, int] | None = None,
     memory_limit_gb: float | None = DEFAULT_CACHE_MEMORY_GB,
+    name: str | None = None,
 ):
     """Batches of ``(float32 0..255 RGB images, labels)`` of a folder, on any backend.
 
@@ -456,6 +478,8 @@ def image_dataset(
             n-th file, starting at the index (multi-worker training, where each worker
             reads its own share; `tf.distribute.InputContext` gives both numbers).
         memory_limit_gb: The most decoded images kept in memory (``None``: no limit).
+        name: What the progress lines call these images (``"train photos"``);
+            the folder's path when omitted. Sets under `PROGRESS_MINIMUM` say nothing.
     """
     files, labels = list(folder.files), list(folder.labels)
     if shard is not None:
@@ -466,24 +490,51 @@ def image_dataset(
         if not files:
             raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
                              f"{len(folder.files)} images for {count} input pipelines.")
-    images = decode_images(files, image_size, cache_file, memory_limit_gb)
+    progress = Progress(f"Decoding {name or folder.directory}", "images",
+                        minimum_total=PROGRESS_MINIMUM)
+    images = decode_images(files, image_size, cache_file, memory_limit_gb, progress=progress)
     labels = np.asarray(labels, np.float32 if folder.multi_label else np.int32)
     return array_batches(images, labels, batch_size, seed, shuffle=shuffle, dtype="float32")
 
 
-def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None = None):
+def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None = None,
+                          cache_dir: str | os.PathLike | None = None,
+                          memory_limit_gb: float | None = DEFAULT_CACHE_MEMORY_GB):
     """A function from an image size to ``(train, validation, test)`` batches of
     ``splits`` at that size (`image_dataset`: training shuffled with ``seed``; test
     ``None`` without a test split), each size built once, so candidates of one size
-    (`templates.reports.selection`) and the run after them share the decoded images."""
+    (`templates.reports.selection`) and the run after them share the decoded images.
+
+    ``memory_limit_gb`` bounds the decoded images of all three splits together: when
+    they fit, all stay in memory; when not, every split is memory-mapped from
+    ``cache_dir/decoded_SPLIT_SIZEpx.npy`` (a temporary file without ``cache_dir``),
+    which a resumed run reuses, and continues if it stopped while decoding.
+    """
     built: dict[int, tuple] = {}
+    parts = [("train", splits.train), ("validation", splits.validation),
+             ("test", splits.test)]
 
     def batches(image_size: int):
         if image_size not in built:
+            total = sum(decoded_bytes(len(folder.files), (image_size, image_size))
+                        for _, folder in parts if folder)
+            in_memory = memory_limit_gb is None or total <= memory_limit_gb * 1e9
+            limit = None if in_memory else 0.0
+            if not in_memory:
+                print(f"Decoded images: {total / 1e9:.2f} GB at {image_size} px, over the "
+                      f"{memory_limit_gb:g} GB in memory (--cache-memory-gb): memory-mapped "
+                      f"from {cache_dir or 'a temporary folder'}.")
+
+            def dataset(split, folder, **options):
+                cache_file = (os.path.join(os.fspath(cache_dir), f"decoded_{split}_{image_size}px.npy")
+                              if cache_dir and not in_memory else None)
+                return image_dataset(folder, image_size, batch_size, cache_file=cache_file,
+                                     memory_limit_gb=limit, name=f"{split} images", **options)
+
             built[image_size] = (
-                image_dataset(splits.train, image_size, batch_size, shuffle=True, seed=seed),
-                image_dataset(splits.validation, image_size, batch_size),
-                image_dataset(splits.test, image_size, batch_size) if splits.test else None)
+                dataset("train", splits.train, shuffle=True, seed=seed),
+                dataset("validation", splits.validation),
+                dataset("test", splits.test) if splits.test else None)
         return built[image_size]
 
     return batches

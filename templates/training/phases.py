@@ -23,7 +23,18 @@ from collections.abc import Iterable, Sequence
 import keras
 import numpy as np
 
-from templates.data.batches import ShuffledArrays, array_batches, epoch_seed, set_epoch
+from templates.data.batches import (
+    ShuffledArrays,
+    array_batches,
+    epoch_seed,
+    set_epoch,
+    steps_per_epoch,
+)
+from templates.data.feature_store import DEFAULT_FEATURE_MEMORY_GB, FeatureStore
+from templates.data.progress import Progress
+
+#: Extractions shorter than this (batches) report no progress.
+PROGRESS_MINIMUM_BATCHES = 20
 from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
 from templates.models.transfer_model import Transferable, unfreeze
 from templates.training.compilation import compile_classifier
@@ -69,27 +80,50 @@ def batch_predictor(model: keras.Model):
     return model.predict_on_batch
 
 
+def _batch_count(data) -> int | None:
+    try:
+        return steps_per_epoch(data)
+    except ValueError:
+        return None
+
+
 def extract_features(
-    feature_extractor: keras.Model, data: Iterable
+    feature_extractor: keras.Model, data: Iterable, store: FeatureStore | None = None,
+    what: str = "features",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``feature_extractor`` once over ``data`` (batches of ``(inputs, labels)``).
 
+    Args:
+        store: Where the features go (`templates.data.feature_store.FeatureStore`: in
+            memory up to its limit, memory-mapped beyond it); a new default one when
+            omitted. Pass the same store to append several passes (augmented views).
+        what: What the progress lines call the step (long extractions report by 10%).
+
     Returns:
-        ``(features, labels)`` as NumPy arrays, in the order of ``data``.
+        ``(features, labels)``, in the order of ``data``: the features of every pass
+        appended to ``store`` so far (an array, or a `numpy.memmap`), the labels of this
+        pass.
     """
     predict = batch_predictor(feature_extractor)
-    features, labels = [], []
-    for inputs, batch_labels in data:
-        features.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
+    store = store if store is not None else FeatureStore()
+    total = _batch_count(data)
+    progress = Progress(f"Extracting {what}", "batches", minimum_total=PROGRESS_MINIMUM_BATCHES)
+    labels = []
+    for index, (inputs, batch_labels) in enumerate(data, start=1):
+        store.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
         labels.append(keras.ops.convert_to_numpy(batch_labels))
-    if not features:
+        if total:
+            progress(index, total)
+    if not labels:
         raise ValueError("Cannot extract features: the data yielded no batches.")
-    return np.concatenate(features), np.concatenate(labels)
+    return store.rows(), np.concatenate(labels)
 
 
 def head_training_features(transfer: Transferable, train_data: Iterable,
                            augmentation: keras.layers.Layer | None = None, views: int = 0,
-                           seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                           seed: int | None = None,
+                           memory_limit_gb: float | None = DEFAULT_FEATURE_MEMORY_GB,
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """The frozen part's features of ``train_data``, as `train_head` caches them.
 
     Extract them once and pass them (``train_features=``) to both
@@ -100,29 +134,34 @@ def head_training_features(transfer: Transferable, train_data: Iterable,
     every example are added to those of the originals (K + 1 rows per example): the head
     then sees augmented inputs while training on cached features, at the cost of K more
     passes of the frozen part over the training data, once. View ``v`` is drawn from
-    ``(seed, v)``, so a rerun caches the same views.
+    ``(seed, v)``, so a rerun caches the same views. The views multiply the feature
+    cache, never the decoded images: beyond ``memory_limit_gb`` the features are
+    memory-mapped from a file (`templates.data.feature_store.FeatureStore`).
     """
     if views < 0:
         raise ValueError(f"views must be 0 or more; got {views}.")
     if views and augmentation is None:
         raise ValueError("views need an augmentation to draw them with.")
     transfer.backbone.trainable = False
+    store = FeatureStore(memory_limit_gb)
     # A shuffled training set is read in its epoch-0 order, so the cached features (and
     # the orders drawn from them) do not depend on how often it was read.
     set_epoch(train_data, 0)
-    features, labels = extract_features(transfer.feature_extractor, train_data)
+    features, labels = extract_features(transfer.feature_extractor, train_data, store,
+                                        what="the training set's features")
     if not views:
         return features, labels
     predict = batch_predictor(transfer.feature_extractor)
-    all_features, all_labels = [features], [labels]
+    all_labels = [labels]
     for view in range(views):
         reseed_generators(augmentation, epoch_seed(0 if seed is None else seed, view))
         set_epoch(train_data, 0)
         for inputs, batch_labels in train_data:
             augmented = augmentation(inputs, training=True)
-            all_features.append(np.asarray(keras.ops.convert_to_numpy(predict(augmented))))
+            store.append(np.asarray(keras.ops.convert_to_numpy(predict(augmented))))
             all_labels.append(keras.ops.convert_to_numpy(batch_labels))
-    return np.concatenate(all_features), np.concatenate(all_labels)
+        print(f"Cached the features of augmented view {view + 1} of {views}.")
+    return store.rows(), np.concatenate(all_labels)
 
 
 def with_augmentation(model: keras.Model, augmentation: keras.layers.Layer | None) -> keras.Model:
