@@ -248,9 +248,12 @@ def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
         array_batches(*data["validation"], batch_size=256, shuffle=False),
         array_batches(*data["test"], batch_size=256, shuffle=False),
         budget=plan, seeds=[0, 1], slope_epochs=5)
-    # Measured: start -2.8, slope -22.1, asymptote -2.1 points.
-    assert {"start", "slope", "asymptote"} <= set(report.negative_transfer)
-    assert "NEGATIVE TRANSFER on start, slope, asymptote" in report.summary_text()
+    # Measured: slope -22.1 / -21.0, asymptote -2.1 / -2.3 points (two measurements). The
+    # start (one epoch from a random head on both sides, two seeds) is noise: -2.8 once,
+    # +1.9 once, with per-seed starts 0.2-0.5 on both sides; it is not asserted.
+    assert {"slope", "asymptote"} <= set(report.negative_transfer)
+    assert "NEGATIVE TRANSFER on" in report.summary_text()
+    assert "slope, asymptote" in report.summary_text()
 
 
 def test_report_refuses_slopes_over_different_windows():
