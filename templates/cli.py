@@ -691,9 +691,11 @@ def write_metrics(args: argparse.Namespace, metrics: dict[str, Any], gate: bool 
 def run_main(main, argv=None) -> None:
     """Run a recipe's ``main`` and exit with its status. Expected failures (offline
     downloads, missing weights, bad paths or arguments) print one line, not a traceback."""
+    from templates.data.decoded_images import return_large_blocks_to_the_system
     from templates.data.downloads import DownloadError
     from templates.models.backbones import WeightsUnavailableError
 
+    return_large_blocks_to_the_system()  # batches made and freed every step: no heap creep
     try:
         sys.exit(main(argv))
     except (DownloadError, WeightsUnavailableError, FileNotFoundError, ValueError) as error:
