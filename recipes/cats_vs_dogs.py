@@ -126,9 +126,7 @@ def run(args: argparse.Namespace, choice) -> int:
                                multi_label=args.multi_label)
     print(splits.describe(data_dir))
     plan = plan.for_training_set(splits.train.labels)  # balanced weights, steps per epoch
-    # Images are decoded and resized once per size into uint8 (in memory up to
-    # --cache-memory-gb, beyond it memory-mapped from OUTPUT_DIR/cache, which --resume
-    # reuses), then cast to float32 batch by batch and shuffled every epoch.
+    # Decoded once to uint8 (on disk beyond --cache-memory-gb), float32 per batch.
     batches = cli.image_batches(args, splits, plan)
 
     # ## Model
@@ -214,7 +212,7 @@ def run(args: argparse.Namespace, choice) -> int:
     if args.reuse_sweep:
         metrics.update(cli.reuse_depth(args, run, source, transfer, splits, train,
                                        validation, test, state))
-    cli.remove_image_cache(args)  # decoded images on disk only serve an unfinished run
+    cli.remove_image_cache(args)  # the decoded images on disk only served this run
     return cli.write_metrics(args, metrics)
 
 
