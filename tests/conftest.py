@@ -34,6 +34,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ["TRANSFER_COOKBOOK_CACHE"] = tempfile.mkdtemp(prefix="transfer-cookbook-cache-")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier first: pytest-xdist hands tests out in this order (groups first),
+    so the long recipe runs start early and the short tests fill the gaps at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("acceptance") is None)
+
+
 def require_shared(*paths: pathlib.Path) -> None:
     """Skip (developer machine) or fail (CI) when shared data is missing."""
     missing = [str(path) for path in paths if not path.exists()]

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import CATS_VS_DOGS, SHARED_KERAS_MODELS, require_shared
 from templates.data.texts import build_vectorizer, read_text_examples, string_model, vectorize
 from templates.data.vocabulary import Vocabulary
 from templates.export.predictor import Predictor
@@ -248,19 +249,33 @@ def predict_without_tensorflow(model_dir, inputs, env):
     return json.loads(output.read_text())
 
 
-@pytest.mark.acceptance  # six whole cats runs (three shared with the TensorFlow test)
+@pytest.mark.acceptance  # six whole cats runs, one fine-tuning epoch each
 def test_jax_cats_recipe_without_tensorflow_matches_tensorflow(recipe_runs, cats_vs_dogs_dir,
                                                                 subprocess_env):
     """Issue 26's acceptance command on JAX, TensorFlow hidden: the outputs, the predictor
     on its model.keras, and the test accuracy within 1 point of TensorFlow's (seeds 1-3,
-    the same data, flags and seeds)."""
-    jax_runs = [recipe_runs.cats_defaults(seed, backend="jax") for seed in (1, 2, 3)]
+    the same data, flags and seeds).
+
+    The defaults with one fine-tuning epoch instead of three and one view of each test
+    photo: on 2 CPU cores a JAX run of the full defaults takes about six minutes (XLA's CPU
+    convolutions are about half TensorFlow's speed here), too long for CI's time. The full
+    defaults were compared once (docs/results.md, "Backends": 0.934 against 0.937)."""
+    def cats(seed, backend):
+        require_shared(CATS_VS_DOGS / "train", CATS_VS_DOGS / "test",
+                       SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
+        return recipe_runs.run("recipes.cats_vs_dogs", [
+            "--data-dir", str(cats_vs_dogs_dir / "train"), "--test-dir",
+            str(cats_vs_dogs_dir / "test"), "--backbone", "MobileNet", "--alpha", "0.25",
+            "--fine-tune-epochs", "1", "--seed", str(seed)], backend)
+
+    jax_runs = [cats(seed, "jax") for seed in (1, 2, 3)]
     out, metrics = jax_runs[0]
     for name in ("metrics.json", "model.keras", "labels.txt", "evaluation/report.md",
                  "history.json", "learning_curves.png"):
         assert (out / name).exists(), name
     assert not (out / "saved_model").exists()  # TensorFlow's format, said so in one line
     assert metrics["hardware"]["backend"] == "jax"
+    assert metrics["plan"]["fine_tune_epochs"] == 1
     photos = sorted((cats_vs_dogs_dir / "test" / "cats").iterdir())[:10] + sorted(
         (cats_vs_dogs_dir / "test" / "dogs").iterdir())[:10]
     predictions = predict_without_tensorflow(out, [str(photo) for photo in photos],
@@ -269,13 +284,13 @@ def test_jax_cats_recipe_without_tensorflow_matches_tensorflow(recipe_runs, cats
              for prediction in predictions]
     assert len(right) == 20 and np.mean(right) >= 0.8, predictions
 
-    single_view = lambda run: run[1]["without_flips"]["test_accuracy"]  # noqa: E731
-    on_jax = np.array([single_view(run) for run in jax_runs])
-    on_tensorflow = np.array([single_view(recipe_runs.cats_defaults(seed)) for seed in (1, 2, 3)])
+    on_jax = np.array([run[1]["test_accuracy"] for run in jax_runs])
+    on_tensorflow = np.array([cats(seed, "tensorflow")[1]["test_accuracy"] for seed in (1, 2, 3)])
     assert abs(on_jax.mean() - on_tensorflow.mean()) <= 0.01, (on_jax, on_tensorflow)
 
 
 @pytest.mark.acceptance  # six GloVe runs on 1,000 sentences (three shared)
+@pytest.mark.xdist_group("sst2_1000")  # the TensorFlow runs are test_recipe_glove's
 def test_jax_glove_recipe_without_tensorflow_matches_tensorflow(recipe_runs, subprocess_env):
     """The GloVe recipe on JAX, TensorFlow hidden: the outputs (the model takes token ids,
     vocabulary.txt beside it), recipes.predict --text, and the test accuracy within 1

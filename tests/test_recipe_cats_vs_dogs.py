@@ -24,6 +24,7 @@ def run(arguments, env, timeout=900):
 
 
 @pytest.mark.acceptance
+@pytest.mark.xdist_group("cats_defaults")  # shares the defaults runs (conftest.RecipeRuns)
 def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir, subprocess_env,
                                                   tmp_path):
     """Issue 15: means over the acceptance seeds 1-3; the defaults (the finder's rates,
@@ -61,14 +62,14 @@ def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir,
 
 
 @pytest.mark.acceptance
+@pytest.mark.xdist_group("cats_defaults")  # reads the defaults run of seed 1
 def test_imagenet_transfer_beats_random_weights_on_real_photos(
-    cats_vs_dogs_dir, subprocess_env, tmp_path
+    recipe_runs, cats_vs_dogs_dir, subprocess_env, tmp_path
 ):
-    pretrained_dir, random_dir = tmp_path / "imagenet", tmp_path / "random"
-    pretrained = run(["--data-dir", str(cats_vs_dogs_dir), "--output-dir", str(pretrained_dir),
-                      "--assert-accuracy-at-least", "0.90", *SMALL_MOBILENET], subprocess_env)
-    assert pretrained.returncode == 0, pretrained.stdout[-3000:] + pretrained.stderr[-3000:]
-    metrics = json.loads((pretrained_dir / "metrics.json").read_text())
+    """The ImageNet side is the defaults run of seed 1 (shared with the defaults test, so
+    the suite trains it once); the random side is the same network with random weights."""
+    pretrained_dir, metrics = recipe_runs.cats_defaults(1)
+    random_dir = tmp_path / "random"
     assert metrics["test_accuracy"] >= 0.90
     assert metrics["images"] == {"train": 800, "validation": 200, "test": 750, "skipped": 0}
     assert metrics["fine_tune_from"] == "conv_dw_12"

@@ -273,6 +273,7 @@ def over_seeds(recipe_runs, *extra):
 
 
 @pytest.mark.acceptance
+@pytest.mark.xdist_group("sst2_1000")  # shares the TensorFlow runs with tests/test_backends.py
 def test_glove_beats_random_embeddings_on_1000_sst2_sentences(recipe_runs, sst2_dir,
                                                               subprocess_env, tmp_path):
     # Low data is where the vectors pay: mean gain of at least 3 points over 3 seeds.
