@@ -13,10 +13,12 @@ import os
 import runpy
 import sys
 
+import templates.data.feature_store as feature_store
 import templates.export.formats as export
 import templates.training.checkpoints as checkpoints
 
 POINTS = (
+    "features.mid_extraction", # the frozen backbone has computed 6 batches of features
     "head.mid_epoch",          # during the head's second epoch, after its first batch
     "head.before_done",        # the head's epochs all ended; the phase is not yet marked done
     "between_phases",          # the head is marked done; fine-tuning has not started
@@ -35,7 +37,18 @@ def inject(point: str) -> None:
     if point not in POINTS:
         raise SystemExit(f"unknown fault point {point!r}; choose from {POINTS}")
     phase, _, moment = point.partition(".")
-    if moment == "mid_epoch":
+    if point == "features.mid_extraction":
+        original_append = feature_store.FeatureStore.append
+        appended = [0]
+
+        def append(self, rows):
+            original_append(self, rows)
+            appended[0] += 1
+            if appended[0] == 6:
+                kill()
+
+        feature_store.FeatureStore.append = append
+    elif moment == "mid_epoch":
         history = checkpoints.PhaseHistory
 
         def on_epoch_begin(self, epoch, logs=None):

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPOSITORY, kill_when
+from conftest import REPOSITORY
 
 from templates.data.batches import array_batches
 from templates.data.feature_store import FeatureStore
@@ -63,13 +63,14 @@ def test_progress_prints_a_line_per_tenth_in_a_log_and_redraws_in_a_terminal():
 
 
 @pytest.mark.acceptance  # two recipe runs on 1,750 photos
-def test_a_run_killed_after_decoding_resumes_without_decoding_again(cats_vs_dogs_dir,
-                                                                    subprocess_env, tmp_path):
+def test_a_run_killed_in_feature_extraction_resumes_without_decoding_again(
+        cats_vs_dogs_dir, subprocess_env, tmp_path):
     """--cache-memory-gb 0 puts every decoded image in OUTPUT_DIR/cache; killed during
-    feature extraction, the resumed run maps the finished files instead of decoding them
-    again, shows the extraction's progress lines, and removes the cache at the end."""
+    feature extraction (after its sixth batch: tests/inject_fault.py), the resumed run
+    maps the finished files instead of decoding them again, shows the extraction's
+    progress lines, and removes the cache at the end."""
     out = tmp_path / "out"
-    arguments = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
+    arguments = ["recipes.cats_vs_dogs", "--data-dir",
                  str(cats_vs_dogs_dir / "train"), "--test-dir", str(cats_vs_dogs_dir / "test"),
                  "--backbone", "MobileNet", "--alpha", "0.25", "--image-size", "96",
                  "--epochs", "2", "--fine-tune-epochs", "1", "--no-find-lr",
@@ -77,17 +78,18 @@ def test_a_run_killed_after_decoding_resumes_without_decoding_again(cats_vs_dogs
     manifests = {split: out / "cache" / f"decoded_{split}_96px.npy.json"
                  for split in ("train", "validation", "test")}
 
-    def decoded_everything():
-        try:
-            return all(json.loads(path.read_text())["decoded"] == json.loads(
-                path.read_text())["shape"][0] for path in manifests.values())
-        except (OSError, ValueError, KeyError):
-            return False
-
-    kill_when(arguments, subprocess_env, decoded_everything, cwd=REPOSITORY)
+    killed = subprocess.run([sys.executable, str(REPOSITORY / "tests" / "inject_fault.py"),
+                             "features.mid_extraction", *arguments], env=subprocess_env,
+                            capture_output=True, text=True, timeout=900, cwd=REPOSITORY)
+    assert killed.returncode == 9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "Extracting the training set's features" in killed.stdout  # killed inside it
+    assert "(100%)" not in killed.stdout.split("Extracting the training set's")[-1]
+    for path in manifests.values():  # every image was decoded before the kill
+        manifest = json.loads(path.read_text())
+        assert manifest["decoded"] == manifest["shape"][0], (path, manifest)
     assert not (out / "metrics.json").exists()
 
-    resumed = subprocess.run(arguments + ["--resume"], env=subprocess_env, capture_output=True,
+    resumed = subprocess.run([sys.executable, "-m", *arguments, "--resume"], env=subprocess_env, capture_output=True,
                              text=True, timeout=900, cwd=REPOSITORY)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Decoding train images" not in resumed.stdout  # the finished cache was reused

@@ -268,3 +268,39 @@ def test_the_image_recipe_runs_on_a_tfhub_module(any_size_image_module, subproce
                                text=True, timeout=300, cwd=cwd)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert predicted.stdout.split()[0] == "red", predicted.stdout
+
+
+def test_select_from_ranks_a_tfhub_module_and_a_keras_hub_preset(any_size_image_module,
+                                                                 subprocess_env, tmp_path):
+    """Issue 24: `--select-from` takes every kind of backbone the recipe takes. A TF-Hub
+    module (the mean colour, mixed: it separates reddish from bluish photos), a tiny
+    keras-hub ResNet preset (random weights) and a random MobileNet, whose features at
+    32 px are constant (tests/test_multi_worker.py): it must come last."""
+    import json
+    import subprocess
+    import sys
+
+    from test_keras_hub_models import tiny_resnet_preset
+    from test_multi_worker import colour_photos
+
+    colour_photos(tmp_path / "photos", per_class=16)
+    preset = tiny_resnet_preset(tmp_path / "preset")
+    candidates = [f"tfhub:{any_size_image_module}", f"keras_hub:{preset}",
+                  "MobileNet,alpha=0.25,weights=none"]
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
+         str(tmp_path / "photos" / "train"), "--image-size", "32", "--batch-size", "8",
+         "--select-from", *candidates, "--select-only", "--output-dir", str(out)],
+        env=subprocess_env, capture_output=True, text=True, timeout=600,
+        cwd=subprocess_env["PYTHONPATH"].split(":")[0])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    selection = json.loads((out / "selection.json").read_text())
+    rows = {row["candidate"]: row for row in selection["candidates"]}
+    assert set(rows) == set(candidates), rows
+    assert sorted(row["rank"] for row in rows.values()) == [1, 2, 3]
+    assert rows["MobileNet,alpha=0.25,weights=none"]["rank"] == 3, rows
+    for row in rows.values():
+        assert row["logme"] is not None and row["feature_seconds"] >= 0, row
+    assert (out / "selection.png").stat().st_size > 5_000
+    assert not (out / "model.keras").exists()  # --select-only trains nothing

@@ -18,7 +18,7 @@ Everything here is plain Keras 3 and runs on any backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -89,7 +89,7 @@ def _batch_count(data) -> int | None:
 
 def extract_features(
     feature_extractor: keras.Model, data: Iterable, store: FeatureStore | None = None,
-    what: str = "features",
+    what: str = "features", transform: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``feature_extractor`` once over ``data`` (batches of ``(inputs, labels)``).
 
@@ -98,6 +98,7 @@ def extract_features(
             memory up to its limit, memory-mapped beyond it); a new default one when
             omitted. Pass the same store to append several passes (augmented views).
         what: What the progress lines call the step (long extractions report by 10%).
+        transform: Applied to each batch of inputs first (e.g. a random augmentation).
 
     Returns:
         ``(features, labels)``, in the order of ``data``: the features of every pass
@@ -110,6 +111,8 @@ def extract_features(
     progress = Progress(f"Extracting {what}", "batches", minimum_total=PROGRESS_MINIMUM_BATCHES)
     labels = []
     for index, (inputs, batch_labels) in enumerate(data, start=1):
+        if transform is not None:
+            inputs = transform(inputs)
         store.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
         labels.append(keras.ops.convert_to_numpy(batch_labels))
         if total:
@@ -151,17 +154,17 @@ def head_training_features(transfer: Transferable, train_data: Iterable,
                                         what="the training set's features")
     if not views:
         return features, labels
-    predict = batch_predictor(transfer.feature_extractor)
     all_labels = [labels]
     for view in range(views):
         reseed_generators(augmentation, epoch_seed(0 if seed is None else seed, view))
         set_epoch(train_data, 0)
-        for inputs, batch_labels in train_data:
-            augmented = augmentation(inputs, training=True)
-            store.append(np.asarray(keras.ops.convert_to_numpy(predict(augmented))))
-            all_labels.append(keras.ops.convert_to_numpy(batch_labels))
+        features, view_labels = extract_features(
+            transfer.feature_extractor, train_data, store,
+            what=f"the features of augmented view {view + 1} of {views}",
+            transform=lambda inputs: augmentation(inputs, training=True))
+        all_labels.append(view_labels)
         print(f"Cached the features of augmented view {view + 1} of {views}.")
-    return store.rows(), np.concatenate(all_labels)
+    return features, np.concatenate(all_labels)
 
 
 def with_augmentation(model: keras.Model, augmentation: keras.layers.Layer | None) -> keras.Model:
