@@ -17,7 +17,8 @@ seeds), how often the estimate's top candidate is the true best or within 1 poin
 and the seconds of ranking against the seconds of training every candidate. Seeds 11-13
 are the selection seeds (tunable settings were chosen there, docs/results.md), 1-3 the
 seeds reported. ``--write-docs FILE`` replaces the block between the
-``<!-- selection-benchmark -->`` markers in FILE with the table.
+``<!-- selection-benchmark -->`` markers in FILE with the table (the rows of pools not
+measured in this run stay as they are).
 """
 
 from __future__ import annotations
@@ -287,11 +288,24 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: str, table: str) -> None:
+def write_docs(path: str, results: dict) -> None:
+    """Put the table between the two markers in ``path``. The rows of pools this run
+    did not measure stay as they were (their runs may live in another output folder)."""
     text = pathlib.Path(path).read_text(encoding="utf-8")
     if text.count(MARKER) != 2:
         raise SystemExit(f"{path} needs two {MARKER} lines around the table's place.")
-    before, _, after = text.split(MARKER)
+    before, block, after = text.split(MARKER)
+    header, separator, *new_rows = markdown(results).splitlines()
+    rows_by_pool: dict[str, list[str]] = {}
+    for row in block.strip().splitlines()[2:]:
+        rows_by_pool.setdefault(row.split("|")[1].strip(), []).append(row)
+    for pool in results["pools"]:
+        rows_by_pool[pool] = []
+    for row in new_rows:
+        rows_by_pool[row.split("|")[1].strip()].append(row)
+    ordered = [row for pool in [*POOLS, *sorted(set(rows_by_pool) - set(POOLS))]
+               for row in rows_by_pool.get(pool, [])]
+    table = "\n".join([header, separator, *ordered])
     pathlib.Path(path).write_text(f"{before}{MARKER}\n{table}\n{MARKER}{after}",
                                   encoding="utf-8")
 
@@ -308,7 +322,8 @@ def main(argv=None) -> int:
                         help="Tabulate only the (pool, seed) pairs whose runs have all "
                         "finished; list the others under not_run instead of running them.")
     parser.add_argument("--write-docs", metavar="FILE",
-                        help="Replace the marked block in FILE with the table.")
+                        help="Replace the rows of the pools measured here in the marked "
+                        "table of FILE (other pools' rows stay).")
     args = parser.parse_args(argv)
     output_dir = pathlib.Path(args.output_dir).resolve()
     results: dict = {"seeds": args.seeds, "pools": {}, "runs": {}}
@@ -348,7 +363,7 @@ def main(argv=None) -> int:
                       if key in results},
                      indent=2))
     if args.write_docs:
-        write_docs(args.write_docs, markdown(results))
+        write_docs(args.write_docs, results)
     return 0
 
 

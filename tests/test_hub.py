@@ -270,6 +270,7 @@ def test_the_image_recipe_runs_on_a_tfhub_module(any_size_image_module, subproce
     assert predicted.stdout.split()[0] == "red", predicted.stdout
 
 
+@pytest.mark.acceptance  # a recipe process ranking three backbones
 def test_select_from_ranks_a_tfhub_module_and_a_keras_hub_preset(any_size_image_module,
                                                                  subprocess_env, tmp_path):
     """Issue 24: `--select-from` takes every kind of backbone the recipe takes. A TF-Hub
