@@ -31,8 +31,7 @@ os.environ["KERAS_HOME"] = str(KERAS_HOME)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # JAX keeps the programs it compiles (the training and prediction steps) in a folder of
-# this session, so the JAX runs after the first start without compiling them again
-# (about a sixth of a cats run on 2 CPU cores: docs/benchmarks.md).
+# this session, so the JAX runs after the first start without compiling them again.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="transfer-cookbook-jax-")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # Word-vector caches go to a private folder too, never to the user's ~/.cache.
