@@ -17,8 +17,8 @@ seeds), how often the estimate's top candidate is the true best or within 1 poin
 and the seconds of ranking against the seconds of training every candidate. Seeds 11-13
 are the selection seeds (tunable settings were chosen there, docs/results.md), 1-3 the
 seeds reported. ``--write-docs FILE`` replaces the block between the
-``<!-- selection-benchmark -->`` markers in FILE with the table (the rows of pools not
-measured in this run stay as they are).
+``<!-- selection-benchmark -->`` markers in FILE with the table (the rows of pools and
+seed groups not measured in this run stay as they are).
 """
 
 from __future__ import annotations
@@ -289,22 +289,29 @@ def markdown(results: dict) -> str:
 
 
 def write_docs(path: str, results: dict) -> None:
-    """Put the table between the two markers in ``path``. The rows of pools this run
-    did not measure stay as they were (their runs may live in another output folder)."""
+    """Put the table between the two markers in ``path``. The rows of (pool, seed group)
+    pairs this run did not measure stay as they were (their runs may live elsewhere)."""
     text = pathlib.Path(path).read_text(encoding="utf-8")
     if text.count(MARKER) != 2:
         raise SystemExit(f"{path} needs two {MARKER} lines around the table's place.")
     before, block, after = text.split(MARKER)
     header, separator, *new_rows = markdown(results).splitlines()
-    rows_by_pool: dict[str, list[str]] = {}
+
+    def key(row: str) -> tuple[str, str]:
+        cells = row.split("|")
+        return cells[1].strip(), cells[2].strip()
+
+    rows: dict[tuple[str, str], list[str]] = {}
     for row in block.strip().splitlines()[2:]:
-        rows_by_pool.setdefault(row.split("|")[1].strip(), []).append(row)
-    for pool in results["pools"]:
-        rows_by_pool[pool] = []
+        rows.setdefault(key(row), []).append(row)
+    for pool, groups in results["pools"].items():
+        for group in groups:
+            rows[(pool, group)] = []
     for row in new_rows:
-        rows_by_pool[row.split("|")[1].strip()].append(row)
-    ordered = [row for pool in [*POOLS, *sorted(set(rows_by_pool) - set(POOLS))]
-               for row in rows_by_pool.get(pool, [])]
+        rows[key(row)].append(row)
+    pools = [*POOLS, *sorted({pool for pool, _ in rows} - set(POOLS))]
+    ordered = [row for pool in pools for group in ("selection", "reported")
+               for row in rows.get((pool, group), [])]
     table = "\n".join([header, separator, *ordered])
     pathlib.Path(path).write_text(f"{before}{MARKER}\n{table}\n{MARKER}{after}",
                                   encoding="utf-8")
@@ -322,8 +329,8 @@ def main(argv=None) -> int:
                         help="Tabulate only the (pool, seed) pairs whose runs have all "
                         "finished; list the others under not_run instead of running them.")
     parser.add_argument("--write-docs", metavar="FILE",
-                        help="Replace the rows of the pools measured here in the marked "
-                        "table of FILE (other pools' rows stay).")
+                        help="Replace the rows of the pools (and seed groups) measured "
+                        "here in the marked table of FILE; the other rows stay.")
     args = parser.parse_args(argv)
     output_dir = pathlib.Path(args.output_dir).resolve()
     results: dict = {"seeds": args.seeds, "pools": {}, "runs": {}}

@@ -362,17 +362,22 @@ def test_the_selection_benchmark_scores_a_ranking_against_the_trained_candidates
 def test_the_selection_benchmark_replaces_only_the_rows_of_the_pools_it_measured(tmp_path):
     from benchmarks.selection import MARKER, markdown, write_docs
 
-    def summary(tau):
-        return {"reported": {"final": {"tau_mean": tau, "tau_std": 0.0, "top_is_best": 1,
-                                       "top_within_1_point": 1, "cases": 1},
-                             "time_ratio": 0.1, "close_calls": 0}}
+    def summary(tau, *groups):
+        return {group: {"final": {"tau_mean": tau, "tau_std": 0.0, "top_is_best": 1,
+                                  "top_within_1_point": 1, "cases": 1},
+                        "time_ratio": 0.1, "close_calls": 0} for group in groups}
 
     docs = tmp_path / "results.md"
-    first = markdown({"pools": {"cats_cuts": summary(0.1), "digits": summary(0.2)}})
+    first = markdown({"pools": {"cats_cuts": summary(0.1, "selection", "reported"),
+                                "digits": summary(0.2, "reported")}})
     docs.write_text(f"before\n{MARKER}\n{first}\n{MARKER}\nafter\n")
-    write_docs(str(docs), {"pools": {"cats_cuts": summary(0.9), "cats_128": summary(0.5)}})
+    write_docs(str(docs), {"pools": {"cats_cuts": summary(0.9, "reported"),
+                                     "cats_128": summary(0.5, "reported")}})
     text = docs.read_text()
     rows = [line for line in text.split(MARKER)[1].strip().splitlines()[2:]]
-    assert [row.split("|")[1].strip() for row in rows] == ["cats_cuts", "cats_128", "digits"]
-    assert "+0.90" in rows[0] and "+0.50" in rows[1] and "+0.20" in rows[2]
+    assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows] == [
+        ("cats_cuts", "selection"), ("cats_cuts", "reported"), ("cats_128", "reported"),
+        ("digits", "reported")]
+    assert ["+0.10", "+0.90", "+0.50", "+0.20"] == [row.split("|")[4].split()[0]
+                                                    for row in rows]
     assert text.startswith("before\n") and text.endswith(f"{MARKER}\nafter\n")
