@@ -39,8 +39,8 @@ os.environ["TRANSFER_COOKBOOK_CACHE"] = tempfile.mkdtemp(prefix="transfer-cookbo
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tier first: pytest-xdist hands tests out in this order (groups first),
-    so the long recipe runs start early and the short tests fill the gaps at the end."""
+    """The slow tier first: pytest-xdist hands tests out roughly in this order, so the
+    long recipe runs start early and the short tests fill the gaps at the end."""
     items.sort(key=lambda item: item.get_closest_marker("acceptance") is None)
 
 
@@ -145,15 +145,18 @@ class RecipeRuns:
             self.done[key] = out, json.loads((out / "metrics.json").read_text())
         return self.done[key]
 
-    def cats_defaults(self, seed: int, backend: str = "tensorflow"):
-        """The cats recipe's defaults on the shared photos (MobileNet 0.25, ImageNet
-        weights, the finder), test-time flips on: one seed."""
+    def cats(self, seed: int, *extra: str, backend: str = "tensorflow"):
+        """The cats recipe on the shared photos (MobileNet 0.25, ImageNet weights, the
+        finder, and ``extra``): one seed."""
         require_shared(CATS_VS_DOGS / "train", CATS_VS_DOGS / "test",
                        SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
         return self.run("recipes.cats_vs_dogs", [
             "--data-dir", str(CATS_VS_DOGS / "train"), "--test-dir", str(CATS_VS_DOGS / "test"),
-            "--backbone", "MobileNet", "--alpha", "0.25", "--seed", str(seed),
-            "--test-time-flips"], backend)
+            "--backbone", "MobileNet", "--alpha", "0.25", "--seed", str(seed), *extra], backend)
+
+    def cats_defaults(self, seed: int, backend: str = "tensorflow"):
+        """The cats recipe's defaults, test-time flips on: one seed."""
+        return self.cats(seed, "--test-time-flips", backend=backend)
 
     def sst2(self, seed: int, *extra: str, backend: str = "tensorflow"):
         """The GloVe recipe on SST-2 with --compare-scratch (and ``extra``): one seed."""

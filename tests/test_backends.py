@@ -15,7 +15,6 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CATS_VS_DOGS, SHARED_KERAS_MODELS, require_shared
 from templates.data.texts import build_vectorizer, read_text_examples, string_model, vectorize
 from templates.data.vocabulary import Vocabulary
 from templates.export.predictor import Predictor
@@ -257,20 +256,13 @@ def test_jax_cats_recipe_without_tensorflow_matches_tensorflow(recipe_runs, cats
     the same data, flags and seeds).
 
     The defaults with one fine-tuning epoch instead of three and one view of each test
-    photo: on 2 CPU cores a JAX run of the full defaults takes about six minutes (XLA's
-    CPU convolutions run at about half TensorFlow's speed here), too long for CI. The
+    photo: on 2 CPU cores one JAX run of the full defaults took six minutes here (one on
+    TensorFlow: two), too long for CI three times over. The
     full defaults were compared once (docs/results.md, "Backends": 0.934 against 0.937).
-    Measured with these flags: JAX 0.931 / 0.927 / 0.945 (mean 0.934), TensorFlow
-    0.933 / 0.937 / 0.936 (mean 0.936)."""
-    def cats(seed, backend):
-        require_shared(CATS_VS_DOGS / "train", CATS_VS_DOGS / "test",
-                       SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
-        return recipe_runs.run("recipes.cats_vs_dogs", [
-            "--data-dir", str(cats_vs_dogs_dir / "train"), "--test-dir",
-            str(cats_vs_dogs_dir / "test"), "--backbone", "MobileNet", "--alpha", "0.25",
-            "--fine-tune-epochs", "1", "--seed", str(seed)], backend)
-
-    jax_runs = [cats(seed, "jax") for seed in (1, 2, 3)]
+    Measured with these flags: JAX 0.931 / 0.927 / 0.945 (mean 0.934, sd 0.009),
+    TensorFlow 0.933 / 0.937 / 0.936 (mean 0.936, sd 0.002)."""
+    jax_runs = [recipe_runs.cats(seed, "--fine-tune-epochs", "1", backend="jax")
+                for seed in (1, 2, 3)]
     out, metrics = jax_runs[0]
     for name in ("metrics.json", "model.keras", "labels.txt", "evaluation/report.md",
                  "history.json", "learning_curves.png"):
@@ -287,7 +279,8 @@ def test_jax_cats_recipe_without_tensorflow_matches_tensorflow(recipe_runs, cats
     assert len(right) == 20 and np.mean(right) >= 0.8, predictions
 
     on_jax = np.array([run[1]["test_accuracy"] for run in jax_runs])
-    on_tensorflow = np.array([cats(seed, "tensorflow")[1]["test_accuracy"] for seed in (1, 2, 3)])
+    on_tensorflow = np.array([recipe_runs.cats(seed, "--fine-tune-epochs", "1")[1]["test_accuracy"]
+                              for seed in (1, 2, 3)])
     assert abs(on_jax.mean() - on_tensorflow.mean()) <= 0.01, (on_jax, on_tensorflow)
 
 

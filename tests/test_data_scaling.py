@@ -89,8 +89,8 @@ def test_a_run_killed_in_feature_extraction_resumes_without_decoding_again(
         assert manifest["decoded"] == manifest["shape"][0], (path, manifest)
     assert not (out / "metrics.json").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", *arguments, "--resume"], env=subprocess_env, capture_output=True,
-                             text=True, timeout=900, cwd=REPOSITORY)
+    resumed = subprocess.run([sys.executable, "-m", *arguments, "--resume"], env=subprocess_env,
+                             capture_output=True, text=True, timeout=900, cwd=REPOSITORY)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Decoding train images" not in resumed.stdout  # the finished cache was reused
     assert "memory-mapped from" in resumed.stdout
