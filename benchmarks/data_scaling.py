@@ -17,6 +17,12 @@ has read (page cache, which the kernel takes back under pressure), and
 ``peak_private_mb`` (anonymous and shared-memory pages, ``RssAnon + RssShmem`` sampled
 from ``/proc/PID/status`` every 50 ms), what the run cannot give back. The slopes are
 least-squares fits over the in-memory runs: MB and ms per photo. JSON out.
+
+``--baseline-repository DIR`` times an older checkout of the project too (a git worktree
+of the commit to compare with), with the same command at the same sizes, each old run
+right before the new one of its size, so the time ratio comes from one sitting of a
+shared, noisy machine (``baseline_runs``, ``baseline_ms_per_photo``,
+``seconds_ratio_to_baseline``: new over old, per size and overall).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--work-dir", help="Where the photo folders and runs go (a "
                         "temporary folder by default).")
+    parser.add_argument("--baseline-repository", help="A checkout of an older commit to "
+                        "time with the same command at --sizes (in-memory runs only).")
     return parser.parse_args(argv)
 
 
@@ -78,12 +86,13 @@ def private_kilobytes(pid: int) -> int:
     return sum(int(fields.get(key, "0 kB").split()[0]) for key in ("RssAnon", "RssShmem"))
 
 
-def measure(arguments: list[str]) -> dict:
-    """Run ``arguments``; its wall seconds, peak RSS and sampled peak private memory."""
+def measure(arguments: list[str], repository: str = REPOSITORY) -> dict:
+    """Run ``arguments`` in ``repository``; its wall seconds, peak RSS and sampled peak
+    private memory."""
     started = time.perf_counter()
-    process = subprocess.Popen(arguments, cwd=REPOSITORY, stdout=subprocess.PIPE,
+    process = subprocess.Popen(arguments, cwd=repository, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONPATH": REPOSITORY})
+                               env={**os.environ, "PYTHONPATH": repository})
     peak = [0]
 
     def sample():
@@ -113,14 +122,15 @@ def slope(xs, ys) -> float | None:
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="data-scaling-")
-    runs = []
+    runs, baseline_runs = [], []
     plan = [(size, None) for size in args.sizes] + [(size, args.low_limit_gb)
                                                      for size in args.low_limit_sizes]
-    for size, limit in plan:
+
+    def run_recipe(size, limit, repository=REPOSITORY, name="run"):
         photos = os.path.join(work, f"photos_{size}")
         if not os.path.isdir(photos):
             photo_folder(args.source, size, photos)
-        out = os.path.join(work, f"run_{size}_{limit or 'default'}")
+        out = os.path.join(work, f"{name}_{size}_{limit or 'default'}")
         command = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir", photos,
                    "--test-dir", os.path.join(args.source, "test"), "--backbone", "MobileNet",
                    "--alpha", "0.25", "--image-size", str(args.image_size), "--epochs", "2",
@@ -128,12 +138,17 @@ def main(argv=None) -> int:
                    "--seed", "1", "--output-dir", out]
         if limit is not None:
             command += ["--cache-memory-gb", str(limit)]
-        result = {"photos": size, "cache_memory_gb": limit, **measure(command)}
+        result = {"photos": size, "cache_memory_gb": limit, **measure(command, repository)}
         if result["returncode"] == 0:
             with open(os.path.join(out, "metrics.json"), encoding="utf-8") as handle:
                 result["test_accuracy"] = json.load(handle)["test_accuracy"]
-        runs.append(result)
-        print(json.dumps(result), file=sys.stderr, flush=True)
+        print(json.dumps({name: result}), file=sys.stderr, flush=True)
+        return result
+
+    for size, limit in plan:
+        if args.baseline_repository and limit is None:
+            baseline_runs.append(run_recipe(size, None, args.baseline_repository, "baseline"))
+        runs.append(run_recipe(size, limit))
     default = [run for run in runs if run["cache_memory_gb"] is None and run["returncode"] == 0]
     sizes = [run["photos"] for run in default]
     report = {
@@ -144,8 +159,23 @@ def main(argv=None) -> int:
         "ms_per_photo": (None if len(sizes) < 2 else
                          1000 * slope(sizes, [run["seconds"] for run in default])),
     }
+    if baseline_runs:
+        finished = [(old, new) for old, new in zip(baseline_runs, runs)
+                    if old["returncode"] == 0 and new["returncode"] == 0]
+        report["baseline_repository"] = args.baseline_repository
+        report["baseline_runs"] = baseline_runs
+        report["baseline_ms_per_photo"] = (
+            None if len(finished) < 2 else 1000 * slope(
+                [old["photos"] for old, _ in finished], [old["seconds"] for old, _ in finished]))
+        report["seconds_ratio_to_baseline"] = {
+            "per_size": {str(new["photos"]): round(new["seconds"] / old["seconds"], 3)
+                         for old, new in finished},
+            "overall": (None if not finished else round(
+                sum(new["seconds"] for _, new in finished)
+                / sum(old["seconds"] for old, _ in finished), 3)),
+        }
     print(json.dumps(report, indent=2))
-    return 0 if all(run["returncode"] == 0 for run in runs) else 1
+    return 0 if all(run["returncode"] == 0 for run in runs + baseline_runs) else 1
 
 
 if __name__ == "__main__":

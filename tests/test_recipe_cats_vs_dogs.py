@@ -25,39 +25,29 @@ def run(arguments, env, timeout=900):
 
 @pytest.mark.acceptance
 @pytest.mark.xdist_group("cats_defaults")  # shares the defaults runs (conftest.RecipeRuns)
-def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir, subprocess_env,
-                                                  tmp_path):
+def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir):
     """Issue 15: means over the acceptance seeds 1-3; the defaults (the finder's rates,
     rule minimum / 10) were chosen on seeds 11-13's validation photos (docs/results.md).
-    The finder finishes every time, inside its bounds, and is not below the fixed rates
-    (--no-find-lr) by more than half a point; --test-time-flips scores the same trained
-    model both ways."""
-    def scores(seed, *extra):
-        if extra:
-            out = tmp_path / f"seed{seed}_fixed"
-            result = run(["--data-dir", str(cats_vs_dogs_dir / "train"), "--test-dir",
-                          str(cats_vs_dogs_dir / "test"), "--backbone", "MobileNet", "--alpha",
-                          "0.25", "--seed", str(seed), "--output-dir", str(out),
-                          "--test-time-flips", *extra], subprocess_env)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-            metrics = json.loads((out / "metrics.json").read_text())
-        else:  # shared with tests/test_backends.py, which compares JAX with these runs
-            out, metrics = recipe_runs.cats_defaults(seed)
-        if not extra:  # the finder chose both phases' rates inside its bounds
-            for phase, (low, high) in (("head", (1e-4, 0.3)), ("fine_tune", (1e-6, 3e-3))):
-                finding = json.loads((out / f"lr_finder_{phase}.json").read_text())
-                assert low <= finding["used"] <= high, (phase, finding)
+    The finder finishes every time, inside its bounds; --test-time-flips scores the same
+    trained model both ways.
+
+    The comparison with fixed rates (--no-find-lr: 0.918 against the defaults' 0.940,
+    seeds 1-3) is a published result of `benchmarks.seeds` (docs/results.md), no longer
+    rerun here: its three more 224 px runs were 15% of the suite's time."""
+    def scores(seed):
+        out, metrics = recipe_runs.cats_defaults(seed)  # shared with test_backends.py
+        for phase, (low, high) in (("head", (1e-4, 0.3)), ("fine_tune", (1e-6, 3e-3))):
+            finding = json.loads((out / f"lr_finder_{phase}.json").read_text())
+            assert low <= finding["used"] <= high, (phase, finding)
         return metrics["without_flips"]["test_accuracy"], metrics["test_accuracy"]
 
     defaults = np.array([scores(seed) for seed in (1, 2, 3)])
-    fixed = np.array([scores(seed, "--no-find-lr") for seed in (1, 2, 3)])
-    # docs/results.md: defaults 0.937 / 0.940 / 0.943 (mean 0.940, sd 0.003); fixed
-    # rates 0.923 / 0.915 / 0.917. The bar leaves about 3 standard errors of the mean
-    # over the 6 seeds measured with this rule.
+    # docs/results.md: defaults 0.937 / 0.936 / 0.939 (mean 0.937, sd 0.002) on the
+    # Pillow/uint8 data path; seed to seed the runs spread by about 1.5 points on
+    # other seeds (11-13), so the bar stays 0.93.
     assert defaults[:, 0].mean() >= 0.93, defaults
-    assert defaults[:, 0].mean() >= fixed[:, 0].mean() - 0.005, (defaults, fixed)
     # Test-time flips: not more than half a point below one view on average (measured
-    # -0.2 here, +0.7 with fixed rates; +0.3 to +0.6 on validation).
+    # +0.1 here; +0.3 to +0.6 on validation).
     assert defaults[:, 1].mean() >= defaults[:, 0].mean() - 0.005, defaults
 
 

@@ -31,20 +31,25 @@ DEFAULT_CACHE_MEMORY_GB = 4.0
 CHUNK = 256
 
 
-#: Allocations at least this large are mapped from the system and returned on free.
-MMAP_THRESHOLD_BYTES = 1 << 20
+#: Allocations at least this large are mapped from the system and returned on free: a
+#: float32 batch of 32 photos at 224 px (19 MB) is, the backbone's activations (MobileNet
+#: 0.25: 13 MB and less, but one of 26 MB) mostly are not.
+MMAP_THRESHOLD_BYTES = 16 << 20
 
 
 def return_large_blocks_to_the_system() -> bool:
-    """Have glibc's allocator map every allocation of 1 MB or more and give it back when
-    it is freed (``mallopt(M_MMAP_THRESHOLD, 1 MB)``); returns whether it could.
+    """Have glibc's allocator map every allocation of 16 MB or more and give it back when
+    it is freed (``mallopt(M_MMAP_THRESHOLD, 16 MB)``); returns whether it could.
 
     By default glibc raises that threshold each time a large block is freed, up to
     32 MB, after which the batches of a training run (a float32 batch of 32 photos at
     224 px is 19 MB, made and dropped every step) come from the heap and fragment it:
     measured on the cats recipe (benchmarks.data_scaling), 390 MB more memory held at
-    1,000 photos. The recipes call this first (`templates.cli.run_main`); a program of
-    your own can too. A no-op where the C library is not glibc.
+    1,000 photos. A lower threshold (1 MB, tried first) also maps the backbone's
+    activations, and the page faults of mapping them afresh every step made the recipe
+    23% slower at 2,000 photos (72 s against 58 s without the call, 62 s at 16 MB; one
+    sitting, docs/benchmarks.md). The recipes call this first (`templates.cli.run_main`);
+    a program of your own can too. A no-op where the C library is not glibc.
     """
     import ctypes
     import ctypes.util
