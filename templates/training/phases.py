@@ -251,15 +251,20 @@ def train_head(
                                     else head_training_features(transfer, train_data))
     validation = None
     if validation_data is not None:
-        validation = array_batches(
-            *extract_features(transfer.feature_extractor, validation_data),
-            batch_size=max(batch_size, 256), shuffle=False)
+        validation_features, validation_labels = extract_features(
+            transfer.feature_extractor, validation_data)
+        validation = array_batches(validation_features, validation_labels,
+                                   batch_size=max(batch_size, 256), shuffle=False,
+                                   dtype=str(validation_features.dtype))
     if seed is not None:
         keras.utils.set_random_seed(seed)
     compile_classifier(transfer.head, learning_rate, monitor=monitor,
                        label_smoothing=label_smoothing)
     # Epoch e's order depends only on (seed, e): a resumed run sees the same orders.
-    batches = array_batches(train_features, train_labels, batch_size=batch_size, seed=seed)
+    # Gathered batch by batch from the features' array (dtype=): TensorFlow holds no copy
+    # of them (a feature map of 7x7x256 floats is 50 KB a photo at 224 px).
+    batches = array_batches(train_features, train_labels, batch_size=batch_size, seed=seed,
+                            dtype=str(train_features.dtype))
     history = transfer.head.fit(
         batches, shuffle=False, epochs=epochs, validation_data=validation,
         callbacks=following_epochs(callbacks, batches), verbose=verbose,
