@@ -33,7 +33,7 @@ def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir)
 
     The comparison with fixed rates (--no-find-lr: 0.918 against the defaults' 0.940,
     seeds 1-3) is a published result of `benchmarks.seeds` (docs/results.md), no longer
-    rerun here: its three more 224 px runs were 15% of the suite's time."""
+    rerun here, to save CI three more 224 px runs."""
     def scores(seed):
         out, metrics = recipe_runs.cats_defaults(seed)  # shared with test_backends.py
         for phase, (low, high) in (("head", (1e-4, 0.3)), ("fine_tune", (1e-6, 3e-3))):

@@ -47,8 +47,8 @@ def return_large_blocks_to_the_system() -> bool:
     measured on the cats recipe (benchmarks.data_scaling), 390 MB more memory held at
     1,000 photos. A lower threshold (1 MB, tried first) also maps the backbone's
     activations, and the page faults of mapping them afresh every step made the recipe
-    23% slower at 2,000 photos (72 s against 58 s without the call, 62 s at 16 MB; one
-    sitting, docs/benchmarks.md). The recipes call this first (`templates.cli.run_main`);
+    slower at 2,000 photos (72 s against 58 s without the call, 62 s at 16 MB: one run
+    each in one sitting; docs/benchmarks.md has the benchmark). The recipes call this first (`templates.cli.run_main`);
     a program of your own can too. A no-op where the C library is not glibc.
     """
     import ctypes
