@@ -189,10 +189,13 @@ def add_image_data_arguments(parser: argparse.ArgumentParser) -> None:
                        "separated by |): sigmoid outputs, per-label thresholds chosen on "
                        "validation data (thresholds.json).")
     group.add_argument("--cache-memory-gb", type=float, default=DEFAULT_CACHE_MEMORY_GB,
-                       help="Decoded images (uint8) kept in memory, all splits together; a "
-                       "larger set is memory-mapped from OUTPUT_DIR/cache/, which --resume "
-                       "reuses (and continues if decoding was cut short). Default "
-                       f"{DEFAULT_CACHE_MEMORY_GB:g} GB: safe on a 16 GB machine.")
+                       help="Memory for each of the two caches: the decoded images (uint8, "
+                       "all splits together) and the head's cached backbone features "
+                       "(every view). A larger image set is memory-mapped from "
+                       "OUTPUT_DIR/cache/, which --resume reuses (and continues if decoding "
+                       "was cut short); larger features from a temporary file. Default "
+                       f"{DEFAULT_CACHE_MEMORY_GB:g} GB: both caches full and the model "
+                       "fit a 16 GB machine.")
 
 
 def image_batches(args: argparse.Namespace, splits, plan):
@@ -398,7 +401,8 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
 
     Reads ``--epochs`` (the head's), ``--fine-tune-epochs``, ``--learning-rate``,
     ``--fine-tune-learning-rate``, ``--batch-size``, ``--seed``, the training flags
-    above and, where the recipe has them, ``--fine-tune-from`` and ``--augment``;
+    above and, where the recipe has them, ``--fine-tune-from``, ``--augment`` and
+    ``--cache-memory-gb`` (the features' memory limit, as the images');
     ``overrides`` set any other field (e.g. ``steps_per_epoch=``). ``--class-weight
     balanced`` is resolved on ``train_labels`` when given, else later by
     `TransferPlan.for_training_set`. The plan is the one owner of the seed: data,
@@ -418,6 +422,11 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
     )
     if getattr(args, "fine_tune_from", None) is not None:
         fields["fine_tune_from"] = args.fine_tune_from
+    if getattr(args, "cache_memory_gb", None) is not None:
+        if args.cache_memory_gb < 0:
+            raise ValueError(f"--cache-memory-gb must be 0 or more; got {args.cache_memory_gb}.")
+        # One flag bounds both caches: the decoded images (image_batches) and the features.
+        fields["feature_memory_gb"] = args.cache_memory_gb
     if getattr(args, "augment", None):
         # The augmentation reads the plan's seed; with --augmented-views K the head trains
         # on the cached features of K augmented views, else through the backbone.

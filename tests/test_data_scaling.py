@@ -65,7 +65,8 @@ def test_progress_prints_a_line_per_tenth_in_a_log_and_redraws_in_a_terminal():
 @pytest.mark.acceptance  # two recipe runs on 1,750 photos
 def test_a_run_killed_in_feature_extraction_resumes_without_decoding_again(
         cats_vs_dogs_dir, subprocess_env, tmp_path):
-    """--cache-memory-gb 0 puts every decoded image in OUTPUT_DIR/cache; killed during
+    """--cache-memory-gb 0 puts every decoded image in OUTPUT_DIR/cache (and the cached
+    features in a file); killed during
     feature extraction (after its sixth batch: tests/inject_fault.py), the resumed run
     maps the finished files instead of decoding them again, shows the extraction's
     progress lines, and removes the cache at the end."""
@@ -94,6 +95,8 @@ def test_a_run_killed_in_feature_extraction_resumes_without_decoding_again(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Decoding train images" not in resumed.stdout  # the finished cache was reused
     assert "memory-mapped from" in resumed.stdout
+    # --cache-memory-gb bounds the features too: at 0 they go to a file from the first row.
+    assert "Cached features past 0 GB in memory: memory-mapped from" in resumed.stdout
     extraction = [line for line in resumed.stdout.splitlines()
                   if line.startswith("Extracting the training set's features: ")]
     assert 5 <= len(extraction) <= 10 and "(100%)" in extraction[-1], extraction

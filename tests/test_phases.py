@@ -194,6 +194,23 @@ def test_the_finder_and_the_head_share_one_feature_extraction():
         train_head(alone, data, cache_features=False, train_features=features)
 
 
+def test_the_head_trains_the_same_on_features_memory_mapped_from_disk(capsys):
+    """feature_memory_gb=0 puts the training and validation features in files from the
+    first row: the head reads them batch by batch and trains exactly as in memory."""
+    data = bright_dark_batches(count=32, size=16)
+    histories = []
+    for limit in (None, 0):
+        transfer, _ = counted_conv_transfer(seed=2, filters=4)
+        histories.append(train_head(transfer, data, validation_data=data, epochs=3,
+                                    learning_rate=0.05, batch_size=8, seed=2, verbose=0,
+                                    feature_memory_gb=limit))
+    printed = capsys.readouterr().out
+    assert printed.count("memory-mapped from") == 2, printed  # training and validation
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(histories[0].history[key], histories[1].history[key],
+                                   rtol=1e-6)
+
+
 def test_in_graph_head_training_with_augmentation():
     transfer = small_transfer()
     augmentation = keras.layers.RandomFlip("horizontal", seed=0)

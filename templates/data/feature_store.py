@@ -73,6 +73,8 @@ class FeatureStore:
         os.close(handle)
         atexit.register(lambda path=self.path: os.path.exists(path) and os.remove(path))
         self.handle = open(self.path, "wb")
+        print(f"Cached features past {self.limit / 1e9:g} GB in memory: memory-mapped from "
+              f"{self.path} (deleted at exit).")
         for part in self.parts:
             self.handle.write(part.tobytes())
         self.parts = []

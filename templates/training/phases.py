@@ -195,6 +195,7 @@ def train_head(
     class_weight: dict[int, float] | None = None,
     monitor: str = "val_accuracy",
     label_smoothing: float = 0.0,
+    feature_memory_gb: float | None = DEFAULT_FEATURE_MEMORY_GB,
 ) -> keras.callbacks.History:
     """Phase 1: train the new head on top of the frozen reused part.
 
@@ -220,6 +221,9 @@ def train_head(
             `templates.training.plan.balanced_class_weight`); ``None``: all 1.
         monitor: What the callbacks watch; compiles its metric (`compile_classifier`).
         label_smoothing: Smooth the training targets (`templates.training.losses`).
+        feature_memory_gb: The cached features (training and validation, each) stay in
+            memory up to this many GB, beyond it memory-mapped from a file
+            (`templates.data.feature_store.FeatureStore`); ``None``: no limit.
 
     Returns:
         The `keras.callbacks.History` of the phase.
@@ -248,11 +252,13 @@ def train_head(
         return history
 
     train_features, train_labels = (train_features if train_features is not None
-                                    else head_training_features(transfer, train_data))
+                                    else head_training_features(
+                                        transfer, train_data,
+                                        memory_limit_gb=feature_memory_gb))
     validation = None
     if validation_data is not None:
         validation_features, validation_labels = extract_features(
-            transfer.feature_extractor, validation_data)
+            transfer.feature_extractor, validation_data, FeatureStore(feature_memory_gb))
         validation = array_batches(validation_features, validation_labels,
                                    batch_size=max(batch_size, 256), shuffle=False,
                                    dtype=str(validation_features.dtype))

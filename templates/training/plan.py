@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.feature_store import DEFAULT_FEATURE_MEMORY_GB
 from templates.training.finder import (
     SUGGESTION_RULES,
 )
@@ -70,6 +71,9 @@ class TransferPlan:
             on cached features of the originals and of K augmented views of every
             training example, extracted once (`templates.training.phases.head_training_features`);
             fine-tuning applies ``augmentation`` in the graph. 0: no views.
+        feature_memory_gb: The head's cached features (every view) stay in memory up
+            to this many GB; beyond it they are memory-mapped from a temporary file
+            (`templates.data.feature_store.FeatureStore`). ``None``: no limit.
         augmentation: Keras layers applied to training inputs (with
             ``cache_features=False``, or through ``augmented_views``); not serialised.
         callbacks: Extra Keras callbacks per phase, ``{"head": [...], "fine_tune":
@@ -95,6 +99,7 @@ class TransferPlan:
     augmented_views: int = 0
     class_weight: dict[int, float] | str | None = None
     label_smoothing: float = 0.0
+    feature_memory_gb: float | None = DEFAULT_FEATURE_MEMORY_GB
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
     callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
@@ -123,6 +128,9 @@ class TransferPlan:
             (self.seed >= 0, f"seed must be a non-negative integer; got {self.seed}"),
             (0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
+            (self.feature_memory_gb is None or self.feature_memory_gb >= 0,
+             f"feature_memory_gb must be 0 or more (or None: no limit); got "
+             f"{self.feature_memory_gb}"),
             (self.augmented_views >= 0,
              f"augmented_views must be 0 or more; got {self.augmented_views}"),
             (self.augmentation is None or not self.cache_features or self.augmented_views,

@@ -189,7 +189,8 @@ def train_phase(phase: str, transfer: Transferable, train: Iterable, validation,
             # The finder and the head train on the same features: extracted once (with
             # augmented_views, of the original and K augmented views of every example).
             features = head_training_features(
-                transfer, train, plan.augmentation if views else None, views, plan.seed)
+                transfer, train, plan.augmentation if views else None, views, plan.seed,
+                memory_limit_gb=plan.feature_memory_gb)
         default = plan.learning_rate
         finder = lambda: find_head_learning_rate(  # noqa: E731
             transfer, train, plan.batch_size, plan.seed, train_features=features,
@@ -197,7 +198,8 @@ def train_phase(phase: str, transfer: Transferable, train: Iterable, validation,
         trainer = lambda **given: train_head(  # noqa: E731
             transfer, train, validation, cache_features=plan.cache_features,
             augmentation=None if views else plan.augmentation, batch_size=plan.batch_size,
-            seed=plan.seed, train_features=features, **given)
+            seed=plan.seed, train_features=features,
+            feature_memory_gb=plan.feature_memory_gb, **given)
     else:
         from_layer = (transfer.fine_tune_from if plan.fine_tune_from == "default"
                       else plan.fine_tune_from)
