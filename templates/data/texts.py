@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from templates.data.batches import ShuffledArrays, shuffle_each_epoch
+from templates.data.batches import array_batches
 from templates.data.downloads import download_file
 from templates.data.multi_label import multi_hot, split_labels
 from templates.data.tokenization import PUNCTUATION
@@ -371,18 +371,12 @@ def token_dataset(
 ):
     """Batches of ``(token ids, labels)``; shuffled each epoch when ``shuffle``.
 
-    With a ``seed``, epoch ``e``'s order depends only on ``(seed, e)``
-    (`templates.data.batches`), so a resumed run sees the same orders: a `tf.data`
-    pipeline on TensorFlow, a `templates.data.batches.ShuffledArrays` elsewhere.
+    With a ``seed``, epoch ``e``'s order depends only on ``(seed, e)`` and is the same
+    permutation on every backend (`templates.data.batches.array_batches`: a `tf.data`
+    pipeline on TensorFlow, a `templates.data.batches.ShuffledArrays` elsewhere), so a
+    resumed run sees the same orders, and TensorFlow and JAX train on the same batches.
     """
-    if not on_tensorflow():
-        return ShuffledArrays(token_ids, labels, batch_size, seed, shuffle=shuffle)
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((token_ids, labels))
-    if shuffle:
-        dataset = shuffle_each_epoch(dataset, len(token_ids), seed)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return array_batches(token_ids, labels, batch_size, seed, shuffle=shuffle)
 
 
 def string_model(vectorizer, model: keras.Model, name: str | None = None) -> keras.Model:
