@@ -209,6 +209,14 @@ def test_the_head_trains_the_same_on_features_memory_mapped_from_disk(capsys):
     for key in ("loss", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(histories[0].history[key], histories[1].history[key],
                                    rtol=1e-6)
+    # One budget for both: room for the training features only sends the validation
+    # features (the same data here, so the same size) to a file.
+    transfer, _ = counted_conv_transfer(seed=2, filters=4)
+    train_bytes = head_training_features(transfer, data)[0].nbytes
+    train_head(transfer, data, validation_data=data, epochs=1, learning_rate=0.05,
+               batch_size=8, seed=2, verbose=0, feature_memory_gb=1.5 * train_bytes / 1e9)
+    printed = capsys.readouterr().out
+    assert printed.count("memory-mapped from") == 1, printed
 
 
 def test_in_graph_head_training_with_augmentation():

@@ -221,8 +221,8 @@ def train_head(
             `templates.training.plan.balanced_class_weight`); ``None``: all 1.
         monitor: What the callbacks watch; compiles its metric (`compile_classifier`).
         label_smoothing: Smooth the training targets (`templates.training.losses`).
-        feature_memory_gb: The cached features (training and validation, each) stay in
-            memory up to this many GB, beyond it memory-mapped from a file
+        feature_memory_gb: The cached features (training and validation together) stay
+            in memory up to this many GB, beyond it memory-mapped from a file
             (`templates.data.feature_store.FeatureStore`); ``None``: no limit.
 
     Returns:
@@ -257,8 +257,12 @@ def train_head(
                                         memory_limit_gb=feature_memory_gb))
     validation = None
     if validation_data is not None:
+        # One budget for both: the validation features get what the training ones left.
+        held = 0 if isinstance(train_features, np.memmap) else train_features.nbytes
+        left = (None if feature_memory_gb is None
+                else max(feature_memory_gb - held / 1e9, 0.0))
         validation_features, validation_labels = extract_features(
-            transfer.feature_extractor, validation_data, FeatureStore(feature_memory_gb))
+            transfer.feature_extractor, validation_data, FeatureStore(left))
         validation = array_batches(validation_features, validation_labels,
                                    batch_size=max(batch_size, 256), shuffle=False,
                                    dtype=str(validation_features.dtype))
