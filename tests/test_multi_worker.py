@@ -219,6 +219,7 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
         cwd=subprocess_env["PYTHONPATH"].split(":")[0])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     head = json.loads((found / "lr_finder_head.json").read_text())
+    assert head["rule"] == "minimum_over_10"  # the plan's finder_rule, as on one machine
     assert head["learning_rates"][0] <= head["suggestion"] <= head["learning_rates"][-1]
     assert head["used"] == head["suggestion"] and head["fallback"] is None
     # After the head, the training loss is ~1e-5: the fine-tuning sweep diverges (by the

@@ -185,13 +185,16 @@ def find_learning_rate_multi_worker(
     steps: int = 100,
     start_learning_rate: float = 1e-7,
     end_learning_rate: float = 10.0,
+    rule: str = "steepest",
 ):
     """The learning-rate finder on the `train_multi_worker` loop.
 
     The same sweep, smoothing, stopping rule and suggestion as
     `templates.training.finder.find_learning_rate` (which needs ``model.fit``); every
     worker runs it in step (the all-reduced loss is the same everywhere, so all stop
-    together) and the weights are restored afterwards.
+    together) and the weights are restored afterwards. ``rule`` is the suggestion rule
+    (`templates.training.finder.SUGGESTION_RULES`); `run_transfer` passes the plan's
+    ``finder_rule``, as on one machine.
 
     Returns:
         A `templates.training.finder.LearningRateFinding`.
@@ -209,7 +212,7 @@ def find_learning_rate_multi_worker(
                 break
     finally:
         model.set_weights(saved)
-    return sweep.finding()
+    return sweep.finding(rule)
 
 
 def save_on_every_worker(chief: bool, path: str | os.PathLike,
@@ -453,7 +456,7 @@ def run_transfer_multi_worker(transfer, strategy, train, validation, plan: Trans
         # The finder on the same loop, every worker in step: the all-reduced losses are
         # the same everywhere, so every worker chooses the same rate.
         finding = find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
-                                                  global_batch_size)
+                                                  global_batch_size, rule=plan.finder_rule)
         rates[phase], reason = choose_learning_rate(finding, rates[phase],
                                                     finder_bounds(phase))
         if is_chief(strategy) and output_dir is not None:
