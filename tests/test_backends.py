@@ -306,12 +306,14 @@ def test_jax_glove_recipe_without_tensorflow_matches_tensorflow(recipe_runs, sub
     on_jax = np.array([run[1]["test_accuracy"] for run in jax_runs])
     on_tensorflow = np.array([recipe_runs.sst2(seed, "--train-size", "1000")[1]["test_accuracy"]
                               for seed in (1, 2, 3)])
-    # Issue 26 asks for 1 point; on 1,000 sentences one seed's test accuracy varies by
-    # 0.9-1.7 points (sd, docs/results.md "Backends"), so the difference of two 3-seed
-    # means has a standard error of about 1.1 points. Measured: JAX 0.770 against
-    # TensorFlow 0.753 on seeds 1-3 (+1.7 points), 0.763 against 0.750 on seeds 1-6
-    # (+1.3): the 1-point target is not met, in JAX's favour, and docs/results.md says
-    # so. The bar is 3 points, about 2.7 standard errors: it catches a broken backend.
+    # Issue 26 asks for 1 point. Since both backends read the same epoch orders (commit
+    # 7166957) the measured gap is within it: JAX 0.771 against TensorFlow 0.763 on
+    # seeds 1-3 (+0.8 points; +1.7 with tf.data's shuffle before), seeds 1-6 in
+    # docs/results.md "Backends". But one seed's test accuracy varies by about 1 point
+    # on both, so the difference of two 3-seed means has a standard error of about 0.8
+    # points, and the same seeds can move by a few sentences from one CPU to another: a
+    # 1-point bar would fail on chance. The bar is 3 points, over 3 standard errors: it
+    # catches a broken backend.
     assert abs(on_jax.mean() - on_tensorflow.mean()) <= 0.03, (on_jax, on_tensorflow)
 
 
