@@ -71,8 +71,9 @@ class TransferPlan:
             on cached features of the originals and of K augmented views of every
             training example, extracted once (`templates.training.phases.head_training_features`);
             fine-tuning applies ``augmentation`` in the graph. 0: no views.
-        feature_memory_gb: The head's cached features (every view) stay in memory up
-            to this many GB; beyond it they are memory-mapped from a temporary file
+        feature_memory_gb: The head's cached features (training and validation
+            together, every view) stay in memory up to this many GB; beyond it they are
+            memory-mapped from a temporary file
             (`templates.data.feature_store.FeatureStore`). ``None``: no limit.
         augmentation: Keras layers applied to training inputs (with
             ``cache_features=False``, or through ``augmented_views``); not serialised.
