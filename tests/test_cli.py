@@ -119,3 +119,20 @@ def test_the_plan_from_the_flags_seeds_keras_before_any_model_is_built():
 
     np.testing.assert_array_equal(first_draw(7), first_draw(7))
     assert not np.array_equal(first_draw(7), first_draw(8))
+
+
+def test_cache_memory_gb_sets_the_features_limit_and_refuses_a_negative_one():
+    from templates.cli import add_image_data_arguments
+
+    def plan_with(*flags):
+        parser = argparse.ArgumentParser()
+        add_run_arguments(parser, "runs/x")
+        add_training_arguments(parser)
+        add_image_data_arguments(parser)
+        return transfer_plan(parser.parse_args(list(flags)))
+
+    assert plan_with().feature_memory_gb == 4.0  # the flag's default, not the library's 2
+    assert plan_with("--cache-memory-gb", "0.2").feature_memory_gb == 0.2
+    assert transfer_plan(parse()).feature_memory_gb == 2.0  # recipes without the flag
+    with pytest.raises(ValueError, match="--cache-memory-gb must be 0 or more; got -1"):
+        plan_with("--cache-memory-gb", "-1")
