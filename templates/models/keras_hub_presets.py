@@ -103,6 +103,10 @@ def load_from_preset(preset: str, load, kind: str, flag: str):
         raise ValueError(f"keras-hub preset folder {preset!r} does not exist.")
     try:
         return load(preset)
+    except ImportError as error:  # timm and Hugging Face folders need safetensors
+        raise ImportError(f"Loading the keras-hub {kind} preset {preset!r} needs the "
+                          f"{error.name or 'missing'} package: pip install -e \".[hub]\" "
+                          f"({error}).") from error
     except Exception as error:  # network failures come as several exception types
         if local or not looks_like_network_failure(error):
             raise ValueError(f"Could not load the keras-hub {kind} preset {preset!r}: "
