@@ -86,6 +86,30 @@ def test_the_other_rules_valley_and_minimum_over_10():
         suggest_learning_rate(rates, losses, rule="median")
 
 
+def test_a_sweep_from_a_trained_head_is_not_stopped_by_batch_noise():
+    # A head that already fits its data (EfficientNet-Lite0's cats, validation 0.98) has
+    # batch losses between 0.01 and 0.2 at the sweep's first, harmless rates: fastai's
+    # "4 times the best" test alone stopped this sweep after two steps.
+    rng = np.random.default_rng(0)
+    rates = np.geomspace(1e-7, 0.1, 50)
+    noise = rng.choice([0.01, 0.03, 0.2], size=50)
+    losses = list(noise[:35]) + [0.5, 0.9, 1.5, 3.0, 6.0, 12.0] + [20.0] * 9
+    sweep = LossSweep(rates)
+    for loss in losses:
+        if sweep.record(float(loss)):
+            break
+    finding = sweep.finding(rule="minimum_over_10")
+    assert len(finding.losses) > 35 and finding.stopped_early  # stopped at the blow-up
+    assert finding.suggestion is not None
+    # A fresh head's sweep still stops once its loss has grown well past where it began.
+    sweep = LossSweep(rates)
+    fresh = [0.7] * 10 + [0.4, 0.2, 0.1, 0.1, 0.3, 0.8, 2.0, 5.0, 9.0] + [20.0] * 31
+    for loss in fresh:
+        if sweep.record(loss):
+            break
+    assert sweep.stopped_early and len(sweep.losses) < 25
+
+
 def test_an_unusable_sweep_falls_back_to_the_default_rate_and_says_why(tmp_path):
     sweep = LossSweep(np.geomspace(1e-7, 10.0, 100))
     for loss in (0.7, 0.69, float("nan")):  # the loss is not finite at the third step
