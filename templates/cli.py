@@ -50,7 +50,12 @@ from templates.training.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
-from templates.training.plan import MONITORS, TransferPlan, balanced_class_weight
+from templates.training.plan import (
+    KEEP_FINE_TUNING,
+    MONITORS,
+    TransferPlan,
+    balanced_class_weight,
+)
 
 # The schedules and the finder's bookkeeping live in templates.training.finder; the
 # recipes import them from here with the flags.
@@ -77,6 +82,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                        help="Phase 2's learning rate (well below phase 1's). Default "
                             + (f"{fine_tune_learning_rate:g}." if fine_tune_learning_rate
                                else "the recipe's (see its description)."))
+    group.add_argument("--keep-fine-tuning", choices=KEEP_FINE_TUNING, default="if_better",
+                       help="if_better (default): keep the fine-tuned weights only if they "
+                            "beat the head's on the validation data, else end with the "
+                            "head's (metrics.json's fine_tuning_kept says which); always: "
+                            "keep them whatever they score.")
     group.add_argument("--batch-size", type=int, default=32,
                        help="Examples per batch and replica. Default 32.")
     group.add_argument("--seed", type=int, default=seed,
@@ -423,6 +433,7 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
         finder_rule=getattr(args, "finder_rule", "minimum_over_10"),
         patience=args.patience, restore_best=args.restore_best, monitor=args.monitor,
         seed=args.seed, label_smoothing=getattr(args, "label_smoothing", 0.0),
+        keep_fine_tuning=getattr(args, "keep_fine_tuning", "if_better"),
         callbacks={phase: tensorboard_callbacks(args.tensorboard, phase)
                    for phase in ("head", "fine_tune")} if args.tensorboard else {},
     )

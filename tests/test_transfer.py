@@ -305,3 +305,38 @@ def test_a_resumed_run_says_what_it_restored_and_records_it(tmp_path, capsys):
                              "epoch": None}
     assert again.metrics()["resumed"] == again.resumed
     assert all(result.restored for result in again.phases.values())
+
+
+def test_fine_tuning_is_kept_only_when_it_beats_the_head_on_validation(tmp_path, capsys):
+    """Tune only when it pays (issue 36): fine-tuning at a rate that wrecks the model
+    ends with the head's weights, scores and test accuracy; ``keep_fine_tuning="always"``
+    keeps the wrecked weights; metrics record which."""
+    plan = TransferPlan(head_epochs=4, fine_tune_epochs=2, learning_rate=0.05,
+                        fine_tune_learning_rate=50.0, patience=0, restore_best=False, seed=3)
+    transfer = small_transfer()
+    head_only = run_transfer(small_transfer(), batches(), batches(64, seed=1),
+                             TransferPlan(head_epochs=4, fine_tune_epochs=0,
+                                          learning_rate=0.05, patience=0,
+                                          restore_best=False, seed=3),
+                             test=batches(64, seed=2))
+    run = run_transfer(transfer, batches(), batches(64, seed=1), plan,
+                       checkpoints=tmp_path / "kept", test=batches(64, seed=2))
+    assert run.phases["fine_tune"].scores["val_accuracy"] < run.phases["head"].scores[
+        "val_accuracy"]
+    assert run.fine_tuning_kept is False and run.metrics()["fine_tuning_kept"] is False
+    assert "Fine-tuning not kept" in capsys.readouterr().out
+    assert run.scores == run.phases["head"].scores
+    assert run.test_accuracy == pytest.approx(head_only.test_accuracy)
+    # The model holds the head's weights: it scores what the head phase scored.
+    final = transfer.model.evaluate(batches(64, seed=1), verbose=0, return_dict=True)
+    assert final["accuracy"] == pytest.approx(run.phases["head"].scores["val_accuracy"])
+    assert head_only.fine_tuning_kept is None
+
+    always = run_transfer(small_transfer(), batches(), batches(64, seed=1),
+                          TransferPlan(**{**plan.to_dict(), "keep_fine_tuning": "always",
+                                          "augmentation": None, "callbacks": {}}),
+                          test=batches(64, seed=2))
+    assert always.fine_tuning_kept is True
+    assert always.scores == always.phases["fine_tune"].scores
+    with pytest.raises(ValueError, match="keep_fine_tuning"):
+        TransferPlan(keep_fine_tuning="sometimes")

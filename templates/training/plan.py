@@ -25,6 +25,8 @@ MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1",
 
 PHASES = ("head", "fine_tune")
 
+KEEP_FINE_TUNING = ("if_better", "always")
+
 
 @dataclasses.dataclass
 class TransferPlan:
@@ -71,6 +73,11 @@ class TransferPlan:
             on cached features of the originals and of K augmented views of every
             training example, extracted once (`templates.training.phases.head_training_features`);
             fine-tuning applies ``augmentation`` in the graph. 0: no views.
+        keep_fine_tuning: ``"if_better"``: after fine-tuning, the run keeps the
+            fine-tuned weights only if they beat the head's on the validation data
+            (``monitor``; ``val_accuracy`` for ``val_loss``, which the scores leave out),
+            else it puts the head's weights back (`TransferRun.fine_tuning_kept` says
+            which); ``"always"``: keep them whatever they score.
         feature_memory_gb: The head's cached features (training and validation
             together, every view) stay in memory up to this many GB; beyond it they are
             memory-mapped from a temporary file
@@ -101,6 +108,7 @@ class TransferPlan:
     class_weight: dict[int, float] | str | None = None
     label_smoothing: float = 0.0
     feature_memory_gb: float | None = DEFAULT_FEATURE_MEMORY_GB
+    keep_fine_tuning: str = "if_better"
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
     callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
@@ -132,6 +140,9 @@ class TransferPlan:
             (self.feature_memory_gb is None or self.feature_memory_gb >= 0,
              f"feature_memory_gb must be 0 or more (or None: no limit); got "
              f"{self.feature_memory_gb}"),
+            (self.keep_fine_tuning in KEEP_FINE_TUNING,
+             f"unknown keep_fine_tuning {self.keep_fine_tuning!r}; choose from "
+             f"{', '.join(KEEP_FINE_TUNING)}"),
             (self.augmented_views >= 0,
              f"augmented_views must be 0 or more; got {self.augmented_views}"),
             (self.augmentation is None or not self.cache_features or self.augmented_views,
@@ -210,6 +221,11 @@ class TransferPlan:
         if phase not in PHASES:
             raise ValueError(f"Unknown phase {phase!r}; the phases are {', '.join(PHASES)}.")
         return self.head_epochs if phase == "head" else self.fine_tune_epochs
+
+    def compared_score(self) -> str:
+        """The validation score that decides whether fine-tuning is kept: ``monitor``,
+        or ``val_accuracy`` when it watches the loss (phase scores leave the loss out)."""
+        return "val_accuracy" if self.monitor == "val_loss" else self.monitor
 
     def early_stopping(self) -> dict[str, Any]:
         """The settings `templates.training.checkpoints.TrainingState.callbacks` takes."""

@@ -47,6 +47,9 @@ class TransferRun:
         test_scores: Every compiled test metric at the end (when test data was given).
         resumed: What a resumed run restored (``finished_phases``, the ``phase`` it
             continued and the ``epoch`` it continued from); ``None`` for a fresh run.
+        fine_tuning_kept: Whether the model ends with the fine-tuned weights: ``False``
+            when the plan's ``keep_fine_tuning="if_better"`` put the head's back because
+            fine-tuning did not beat them on validation; ``None`` without fine-tuning.
     """
 
     history: dict[str, list[float]]
@@ -55,6 +58,7 @@ class TransferRun:
     start_scores: dict[str, float] = dataclasses.field(default_factory=dict)
     test_scores: dict[str, float] = dataclasses.field(default_factory=dict)
     resumed: dict[str, Any] | None = None
+    fine_tuning_kept: bool | None = None
 
     @property
     def start_accuracy(self) -> float | None:
@@ -90,8 +94,13 @@ class TransferRun:
 
     @property
     def scores(self) -> dict[str, float]:
-        """The scores after the last phase."""
-        return list(self.phases.values())[-1].scores if self.phases else {}
+        """The scores of the weights the run ends with: the last phase's, or the head's
+        when fine-tuning was not kept."""
+        if not self.phases:
+            return {}
+        if self.fine_tuning_kept is False:
+            return self.phases["head"].scores
+        return list(self.phases.values())[-1].scores
 
     def metrics(self) -> dict[str, Any]:
         """What a recipe's ``metrics.json`` records of the run: the final scores, the
@@ -102,6 +111,8 @@ class TransferRun:
                 metrics[key] = self.phases[phase].scores
                 metrics[f"{phase}_seconds"] = self.phases[phase].seconds
         metrics.update(learning_rates=self.learning_rates, plan=self.plan.to_dict())
+        if self.fine_tuning_kept is not None:
+            metrics["fine_tuning_kept"] = self.fine_tuning_kept
         if self.resumed is not None:
             metrics["resumed"] = self.resumed
         return metrics
@@ -113,7 +124,7 @@ class TransferRun:
                 "learning_rates": self.learning_rates, "start_accuracy": self.start_accuracy,
                 "test_accuracy": self.test_accuracy, "start_scores": self.start_scores,
                 "test_scores": self.test_scores, "plan": self.plan.to_dict(),
-                "resumed": self.resumed}
+                "resumed": self.resumed, "fine_tuning_kept": self.fine_tuning_kept}
 
 
 def test_part(scores: dict[str, float]) -> dict[str, float]:

@@ -133,7 +133,7 @@ def run_transfer(
         start_scores = _start_scores(transfer, validation, plan) if measure_start else {}
         # The two phases, as fastai's fine_tune: the head on the frozen reused part, then
         # the top of the reused part unfrozen (BatchNorm kept frozen) at a lower rate.
-        phases, histories = {}, []
+        phases, histories, head_weights = {}, [], None
         for phase in plan.phases():
             history, phases[phase] = train_phase(
                 phase, transfer, train, validation, plan, state, test=test,
@@ -141,10 +141,52 @@ def run_transfer(
                 score=score_phases, features=features,
                 initial_epoch=sum(len(earlier.epoch) for earlier in histories))
             histories.append(history)
-        return TransferRun(
+            if phase == "head" and plan.keep_fine_tuning == "if_better" and len(
+                    plan.phases()) > 1:
+                head_weights = transfer.model.get_weights()
+        kept = keep_fine_tuning_if_better(transfer, phases, head_weights, validation, plan,
+                                          score_phases)
+        run = TransferRun(
             history=merge_histories(list(zip(["head", "fine-tuning"], histories))),
             phases=phases, plan=plan, start_scores=start_scores, resumed=resumed,
-            test_scores=_test_scores(transfer, phases, test, plan, score_phases))
+            fine_tuning_kept=kept)
+        run.test_scores = _test_scores(transfer, run, test, plan, score_phases)
+        return run
+
+
+def keep_fine_tuning_if_better(transfer: Transferable, phases: dict[str, PhaseResult],
+                               head_weights: list | None, validation, plan: TransferPlan,
+                               scored: bool) -> bool | None:
+    """Tune only when it pays: put the head's weights back when fine-tuning did not beat
+    them on the validation data (the plan's `TransferPlan.compared_score`), and say so.
+
+    Returns whether the fine-tuned weights were kept (``None`` when nothing was
+    fine-tuned; ``True`` when the plan keeps them always or there is no validation data
+    to judge by).
+    """
+    if "fine_tune" not in phases:
+        return None
+    if head_weights is None or validation is None:
+        return True
+    name = plan.compared_score()
+    if scored and all(name in phases[phase].scores for phase in ("head", "fine_tune")):
+        head_score = phases["head"].scores[name]
+        tuned_score = phases["fine_tune"].scores[name]
+    else:  # not scored, or the head's compile lacked the metric: score both sets now
+        tuned_weights = transfer.model.get_weights()
+        tuned_score = evaluate_scores(transfer.model, validation, plan.monitor)[name[4:]]
+        transfer.model.set_weights(head_weights)
+        head_score = evaluate_scores(transfer.model, validation, plan.monitor)[name[4:]]
+        transfer.model.set_weights(tuned_weights)
+    if tuned_score > head_score:
+        print(f"Fine-tuning kept: {name} {tuned_score:.4f} against the head's "
+              f"{head_score:.4f}.")
+        return True
+    transfer.model.set_weights(head_weights)
+    print(f"Fine-tuning not kept: {name} {tuned_score:.4f}, not above the head's "
+          f"{head_score:.4f}; the model ends with the head's weights "
+          "(TransferPlan.keep_fine_tuning).")
+    return False
 
 
 def _start_scores(transfer: Transferable, validation, plan: TransferPlan) -> dict[str, float]:
@@ -153,13 +195,14 @@ def _start_scores(transfer: Transferable, validation, plan: TransferPlan) -> dic
     return evaluate_scores(transfer.model, validation)
 
 
-def _test_scores(transfer: Transferable, phases: dict[str, PhaseResult], test,
-                 plan: TransferPlan, scored: bool) -> dict[str, float]:
-    """Every compiled test metric at the end: the last phase's, or measured now."""
+def _test_scores(transfer: Transferable, run: TransferRun, test, plan: TransferPlan,
+                 scored: bool) -> dict[str, float]:
+    """Every compiled test metric of the weights the run ends with: the phase's scores,
+    or measured now."""
     if test is None:
         return {}
     if scored:
-        return test_part(list(phases.values())[-1].scores)
+        return test_part(run.scores)
     return evaluate_scores(transfer.model, test, plan.monitor)
 
 
