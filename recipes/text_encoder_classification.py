@@ -67,6 +67,7 @@ from templates import cli  # noqa: E402
 cli.require_tensorflow("recipes.text_encoder_classification",
                        "keras-hub's text preprocessors and TF-Hub modules run on TensorFlow")
 from templates import (  # noqa: E402
+    POOLINGS,
     download_sst2,
     load_text_splits,
     pretrained_text_encoder,
@@ -94,6 +95,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--sequence-length", type=int, default=None,
                         help="Tokens per text (keras-hub); fitted to 99%% of the training "
                         "texts when omitted.")
+    parser.add_argument("--pooling", choices=POOLINGS, default="auto",
+                        help="How the token outputs become one vector: auto (default: "
+                        "what a sentence-transformers folder says, e.g. mean for "
+                        "all-MiniLM-L6-v2; else mean, cls or pooler, whichever a logistic "
+                        "regression on the frozen outputs scores best on validation), "
+                        "mean (over real tokens), cls (the first token) or pooler (BERT's).")
     parser.add_argument("--dropout", type=float, default=0.1, help="The head's dropout.")
     cli.add_run_arguments(parser, "runs/text_encoder_classification", fine_tune_epochs=3,
                       fine_tune_learning_rate=None)
@@ -143,13 +150,16 @@ def run(args: argparse.Namespace) -> int:
     transfer = pretrained_text_encoder(
         args.preset, len(class_names), sequence_length=args.sequence_length,
         fit_texts=splits.train.texts, lora_rank=args.lora_rank, dropout=args.dropout,
-        class_names=class_names, multi_label=args.multi_label)
+        class_names=class_names, multi_label=args.multi_label, pooling=args.pooling,
+        pooling_data=(splits.train.texts, splits.labels["train"], splits.validation.texts,
+                      splits.labels["validation"]))
     batches = {name: transfer.batches(getattr(splits, name).texts, splits.labels[name],
                                       plan.batch_size, shuffle=name == "train", seed=plan.seed)
                for name in ("train", "validation", "test")}
     print(f"Data: train {len(splits.train)}, validation {len(splits.validation)}, test "
           f"{len(splits.test)}; classes {class_names}; skipped {len(splits.skipped)} "
-          f"lines. Encoder {transfer.source}, sequence length {transfer.sequence_length}.")
+          f"lines. Encoder {transfer.source}, sequence length {transfer.sequence_length}, "
+          f"{transfer.pooling} pooling ({transfer.pooling_choice['chosen_by']}).")
 
     # ## Training: the two phases, as one plan
     # Phase 1 trains the head on cached encoder outputs; phase 2 unfreezes the encoder
@@ -175,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
                         run.history, title=f"Head and fine-tuning on {transfer.source}")
     metrics = {
         **run.metrics(), "encoder": transfer.source, "lora_rank": args.lora_rank,
+        "pooling": transfer.pooling_choice,
         "sequence_length": transfer.sequence_length, "trainable_weights": trainable,
         "class_names": class_names, "skipped_lines": splits.skipped,
         "examples": {name: len(getattr(splits, name))

@@ -53,7 +53,7 @@ _EXPORTS = {
     "pretrained_text_classifier": "models.text_classifiers",
     "scratch_text_classifier": "models.text_classifiers",
     "EncoderTransfer": "models.text_encoders",
-    "pretrained_text_encoder": "models.text_encoders",
+    "pretrained_text_encoder": "models.text_encoders", "POOLINGS": "models.text_encoders",
     "tokenize_for_vectors": "models.tokenized_text",
     "TokenizedText": "models.tokenized_text",
     "TransferModel": "models.transfer_model", "unfreeze": "models.transfer_model",

@@ -19,6 +19,7 @@ SHARED_KERAS_MODELS = SHARED / "keras_home" / "models"
 CATS_VS_DOGS = SHARED / "data" / "cats_vs_dogs"
 GLOVE = SHARED / "data" / "glove"
 SST2 = SHARED / "data" / "text" / "sst2"
+PRESETS = SHARED / "presets"
 REQUIRE_SHARED = os.environ.get("TRANSFER_COOKBOOK_REQUIRE_SHARED") == "1"
 
 # Keras reads KERAS_HOME once, at import, and writes keras.json there. Point it at a
@@ -75,6 +76,22 @@ def shared_dir() -> pathlib.Path:
 def sst2_dir() -> pathlib.Path:
     require_shared(*(SST2 / f"stsa.binary.{split}" for split in ("train", "dev", "test")))
     return SST2
+
+
+@pytest.fixture
+def minilm_dir() -> pathlib.Path:
+    """all-MiniLM-L6-v2's Hugging Face folder (real weights; keras-hub converts it)."""
+    folder = PRESETS / "all-MiniLM-L6-v2"
+    require_shared(folder / "model.safetensors", folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture
+def lite0_dir() -> pathlib.Path:
+    """EfficientNet-Lite0's timm folder (real ImageNet weights)."""
+    folder = PRESETS / "efficientnet_lite0"
+    require_shared(folder / "model.safetensors", folder / "config.json")
+    return folder
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def test_a_tfhub_backbone_is_fine_tuned_in_inference_mode(any_size_image_module,
     mixing = weight["mixing"].numpy().copy()
     run = run_transfer(transfer, data, data, TransferPlan(
         head_epochs=5, fine_tune_epochs=2, learning_rate=0.05, fine_tune_learning_rate=0.01,
-        patience=0, restore_best=False))
+        patience=0, restore_best=False, keep_fine_tuning="always"))
     assert run.scores["val_accuracy"] == 1.0
     # Fine-tuning trained the module's weights, but never called it in training mode.
     assert not np.allclose(weight["mixing"].numpy(), mixing)

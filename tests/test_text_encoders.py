@@ -124,7 +124,8 @@ def test_lora_trains_only_its_adapters(keyword_preset):
     data = lora.batches(texts, labels, batch_size=16)
     run_transfer(lora, data, data, TransferPlan(head_epochs=1, fine_tune_epochs=2,
                                                 fine_tune_learning_rate=1e-2, patience=0,
-                                                restore_best=False))
+                                                restore_best=False,
+                                                keep_fine_tuning="always"))
     for weight in lora.encoder.weights:
         value = keras.ops.convert_to_numpy(weight)
         if weight.path in released:  # every released weight as it was

@@ -30,6 +30,7 @@ A TF-Hub module reads strings itself; a model holding one loads with
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -104,16 +105,26 @@ class EncoderTransfer:
         source: What was loaded (``"keras_hub:..."`` or ``"tfhub:..."``).
         lora_rank: Rank of the LoRA adapters fine-tuning trains (``None``: every weight).
         class_names: Class names in label order, or ``None``.
+        pooling: How the token outputs become one vector (``"mean"``, ``"cls"``,
+            ``"pooler"``; ``"module"`` for a TF-Hub module, which pools itself).
+        pooling_choice: How ``pooling`` was chosen, for metrics.json: ``{"pooling",
+            "normalize", "chosen_by"}`` (``"given"``, ``"sentence-transformers config"``,
+            ``"validation"`` with each candidate's ``"validation_accuracy"``, or
+            ``"default"``).
     """
 
     fine_tune_from = None  # the whole encoder (or its adapters)
 
     def __init__(self, backbone: keras.Model, head: keras.Model, encoder,
                  preprocessor: keras.layers.Layer | None, source: str,
-                 lora_rank: int | None = None, class_names: Sequence[str] | None = None):
+                 lora_rank: int | None = None, class_names: Sequence[str] | None = None,
+                 pooling_choice: dict | None = None):
         self.backbone, self.head, self.encoder = backbone, head, encoder
         self.preprocessor, self.source, self.lora_rank = preprocessor, source, lora_rank
         self.class_names = list(class_names) if class_names is not None else None
+        self.pooling_choice = dict(pooling_choice or {"pooling": "module", "normalize": False,
+                                                      "chosen_by": "module"})
+        self.pooling = self.pooling_choice["pooling"]
         self.feature_extractor = backbone
         self.model = keras.Model(backbone.inputs, head(backbone.outputs[0]),
                                  name="text_encoder_classifier")
@@ -172,7 +183,8 @@ class EncoderTransfer:
         else:
             preset = self.source[len(KERAS_HUB_PREFIX):]
             encoder = import_keras_hub().models.Backbone.from_preset(preset, load_weights=False)
-            backbone = keras_hub_text_backbone(encoder, self.sequence_length)
+            backbone = keras_hub_text_backbone(encoder, self.sequence_length, self.pooling,
+                                               self.pooling_choice["normalize"])
         width = int(backbone.output_shape[-1])
         head = classification_head((width,), int(self.model.output_shape[-1]),
                                    dropout=self.head_dropout, name="scratch_head",
@@ -193,24 +205,116 @@ class EncoderTransfer:
         return float(rates[0]) if rates else 0.0
 
 
-def pooled_output(outputs):
-    """One vector per text from a keras-hub backbone's outputs: ``pooled_output`` where
-    the backbone has one (BERT's pretrained pooler), else the first token of the
-    sequence output (the ``[CLS]`` / ``<s>`` token DistilBERT, RoBERTa and DeBERTa
-    classify from)."""
-    if isinstance(outputs, dict):
-        if "pooled_output" in outputs:
-            return outputs["pooled_output"]
-        outputs = outputs["sequence_output"]
-    return outputs[:, 0, :]
+POOLINGS = ("auto", "mean", "cls", "pooler")
 
 
-def keras_hub_text_backbone(encoder: keras.Model, sequence_length: int) -> keras.Model:
+@keras.saving.register_keras_serializable(package="transfer_cookbook")
+class TokenPooling(keras.layers.Layer):
+    """One vector per text from a transformer's token outputs, inside the saved model so
+    that every reloaded copy pools the same way.
+
+    Args:
+        mode: ``"mean"`` (the average over real tokens: padding is left out, as
+            sentence-transformers pools) or ``"cls"`` (the first token's output).
+        normalize: Scale each vector to unit length (sentence-transformers' ``Normalize``
+            module).
+    """
+
+    def __init__(self, mode: str = "mean", normalize: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("mean", "cls"):
+            raise ValueError(f"TokenPooling mode must be 'mean' or 'cls'; got {mode!r}.")
+        self.mode, self.normalize = mode, bool(normalize)
+
+    def call(self, sequence, padding_mask):
+        if self.mode == "cls":
+            pooled = sequence[:, 0, :]
+        else:
+            mask = keras.ops.expand_dims(keras.ops.cast(padding_mask, sequence.dtype), -1)
+            total = keras.ops.sum(sequence * mask, axis=1)
+            pooled = total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
+        if self.normalize:
+            pooled = pooled / keras.ops.maximum(
+                keras.ops.sqrt(keras.ops.sum(pooled * pooled, axis=-1, keepdims=True)), 1e-12)
+        return pooled
+
+    def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
+        return (sequence_shape[0], sequence_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "normalize": self.normalize}
+
+
+def pooled_output(outputs, padding_mask=None, pooling: str = "pooler",
+                  normalize: bool = False):
+    """One vector per text from a keras-hub backbone's outputs.
+
+    ``pooling``: ``"pooler"``, BERT's ``pooled_output`` (a dense layer on ``[CLS]``
+    trained for next-sentence prediction, where the backbone has one; else ``"cls"``);
+    ``"cls"``, the first token of the sequence output (the ``[CLS]`` / ``<s>`` token
+    DistilBERT, RoBERTa and DeBERTa classify from); ``"mean"``, the average over the real
+    tokens (`TokenPooling`, needs ``padding_mask``), as sentence-transformers models are
+    trained to be read. ``normalize``: unit-length vectors (mean and cls only).
+    """
+    if pooling == "pooler" and isinstance(outputs, dict) and "pooled_output" in outputs:
+        return outputs["pooled_output"]
+    sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+    if pooling == "mean" and padding_mask is None:
+        raise ValueError("Mean pooling needs the padding mask (which tokens are real).")
+    return TokenPooling("mean" if pooling == "mean" else "cls", normalize,
+                        name=f"{pooling}_pooling")(sequence, padding_mask)
+
+
+def keras_hub_text_backbone(encoder: keras.Model, sequence_length: int,
+                            pooling: str = "pooler", normalize: bool = False) -> keras.Model:
     """``encoder`` (a keras-hub text backbone) from its packed inputs, each
-    ``(sequence_length,)``, to one vector per text (`pooled_output`)."""
+    ``(sequence_length,)``, to one vector per text (`pooled_output` with ``pooling``)."""
     inputs = {name: keras.Input(shape=(int(sequence_length),), dtype=spec.dtype, name=name)
               for name, spec in encoder.input.items()}
-    return keras.Model(inputs, pooled_output(encoder(inputs)), name="text_encoder")
+    vectors = pooled_output(encoder(inputs), inputs.get("padding_mask"), pooling, normalize)
+    return keras.Model(inputs, vectors, name="text_encoder")
+
+
+def sentence_transformers_pooling(preset: str) -> tuple[str, bool] | None:
+    """The pooling a sentence-transformers folder says it is read with: ``(mode,
+    normalize)`` from its ``modules.json`` (a ``Pooling`` module, and a ``Normalize``
+    module after it) and that module's ``config.json`` (``pooling_mode_mean_tokens``,
+    ``pooling_mode_cls_token``); ``None`` for other presets. ``hf://`` handles are read
+    through keras-hub's file cache (downloaded with the weights)."""
+    def read(name):
+        if os.path.isdir(preset):
+            path = os.path.join(preset, name)
+            if not os.path.isfile(path):
+                return None
+        elif preset.startswith("hf://"):
+            try:
+                from keras_hub.src.utils.preset_utils import get_file
+
+                path = get_file(preset, name)
+            except Exception:  # no such file in the repository, or offline
+                return None
+        else:
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    modules = read("modules.json")
+    if not isinstance(modules, list):
+        return None
+    types = {str(module.get("type", "")).rsplit(".", 1)[-1]: module for module in modules
+             if isinstance(module, dict)}
+    if "Pooling" not in types:
+        return None
+    folder = str(types["Pooling"].get("path") or "1_Pooling")
+    config = read(f"{folder}/config.json") or {}
+    if config.get("pooling_mode_cls_token"):
+        mode = "cls"
+    elif config.get("pooling_mode_mean_tokens", True):
+        mode = "mean"
+    else:
+        raise ValueError(f"{preset}: the sentence-transformers pooling in {folder}/config.json "
+                         f"({config}) is neither mean nor [CLS]; pass --pooling mean or cls.")
+    return mode, "Normalize" in types
 
 
 def hub_text_backbone(handle: str | os.PathLike) -> tuple[keras.Model, HubLayer]:
@@ -291,6 +395,8 @@ def pretrained_text_encoder(
     class_names: Sequence[str] | None = None,
     load_weights: bool = True,
     multi_label: bool = False,
+    pooling: str = "auto",
+    pooling_data: tuple | None = None,
 ) -> EncoderTransfer:
     """A text classifier reusing a pretrained sentence encoder, frozen, with a new head.
 
@@ -308,10 +414,22 @@ def pretrained_text_encoder(
         class_names: Class names in label order.
         load_weights: ``False`` builds a keras-hub encoder with random weights.
         multi_label: One sigmoid per class instead of a softmax (`templates.data.multi_label`).
+        pooling: How the token outputs become one vector (`POOLINGS`): ``"mean"`` over
+            the real tokens, ``"cls"`` (the first token), ``"pooler"`` (BERT's pooler
+            layer), or ``"auto"``: what a sentence-transformers folder's
+            ``modules.json`` and ``1_Pooling/config.json`` say (normalised where it has
+            a ``Normalize`` module), else the candidate that scores best on the
+            validation data of ``pooling_data`` (`choose_pooling`), else ``"pooler"``
+            (``"cls"`` for encoders without one). The pooling is a layer of the saved
+            model, so a reloaded model pools the same way.
+        pooling_data: ``(train_texts, train_labels, validation_texts,
+            validation_labels)`` for ``pooling="auto"`` to choose on.
 
     Returns:
         An `EncoderTransfer`, the encoder frozen.
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
     if class_names is not None and len(class_names) != int(num_classes):
@@ -327,8 +445,11 @@ def pretrained_text_encoder(
         if lora_rank:
             raise ValueError("lora_rank applies to keras-hub transformers; a TF-Hub module "
                              "is fine-tuned whole.")
+        if pooling != "auto":
+            raise ValueError("pooling applies to keras-hub transformers; a TF-Hub module "
+                             "returns one vector per text itself.")
         backbone, encoder = hub_text_backbone(source[len(TFHUB_PREFIX):])
-        preprocessor = None
+        preprocessor, choice = None, None
     else:
         preset = source[len(KERAS_HUB_PREFIX):] if source.startswith(KERAS_HUB_PREFIX) else source
         encoder, preprocessor = load_text_preset(preset.strip(), load_weights=load_weights)
@@ -338,11 +459,87 @@ def pretrained_text_encoder(
             preprocessor.sequence_length = int(sequence_length)
         if lora_rank:
             enable_lora(encoder, int(lora_rank))
-        backbone = keras_hub_text_backbone(encoder, int(preprocessor.sequence_length))
+        choice = resolve_pooling(pooling, preset.strip(), encoder, preprocessor, pooling_data)
+        backbone = keras_hub_text_backbone(encoder, int(preprocessor.sequence_length),
+                                           choice["pooling"], choice["normalize"])
         source = KERAS_HUB_PREFIX + preset.strip()
     backbone.trainable = False
     head = classification_head((int(backbone.output_shape[-1]),), int(num_classes),
                                dropout=dropout, name="head", multi_label=multi_label)
     return EncoderTransfer(backbone, head, encoder, preprocessor, source,
                            lora_rank=int(lora_rank) if lora_rank else None,
-                           class_names=class_names)
+                           class_names=class_names, pooling_choice=choice)
+
+
+def has_pooler(encoder: keras.Model) -> bool:
+    """Whether a keras-hub text backbone has a pooler (BERT's ``pooled_output``)."""
+    outputs = encoder.output
+    return isinstance(outputs, dict) and "pooled_output" in outputs
+
+
+def resolve_pooling(pooling: str, preset: str, encoder: keras.Model, preprocessor,
+                    pooling_data: tuple | None = None) -> dict:
+    """What ``pooling="auto"`` means for this encoder (see `pretrained_text_encoder`),
+    as ``{"pooling", "normalize", "chosen_by", ...}``."""
+    if pooling == "pooler" and not has_pooler(encoder):
+        raise ValueError(f"{preset}: this encoder has no pooler; use --pooling mean or cls.")
+    if pooling != "auto":
+        return {"pooling": pooling, "normalize": False, "chosen_by": "given"}
+    configured = sentence_transformers_pooling(preset)
+    if configured is not None:
+        mode, normalize = configured
+        return {"pooling": mode, "normalize": normalize,
+                "chosen_by": "sentence-transformers config"}
+    if pooling_data is not None and np.asarray(pooling_data[1]).ndim == 1:
+        return choose_pooling(encoder, preprocessor, *pooling_data)
+    return {"pooling": "pooler" if has_pooler(encoder) else "cls", "normalize": False,
+            "chosen_by": "default"}
+
+
+def choose_pooling(encoder: keras.Model, preprocessor, train_texts: Sequence[str], train_labels,
+                   validation_texts: Sequence[str], validation_labels,
+                   most_examples: int = 2000) -> dict:
+    """Choose the pooling of an encoder without a pooling of its own on validation data.
+
+    The frozen encoder reads at most ``most_examples`` training and validation texts
+    once; each candidate (``"mean"``, ``"cls"``, and ``"pooler"`` where the encoder has
+    one) pools those outputs, a logistic regression (scikit-learn, standardised
+    features) learns on the training vectors, and the candidate with the best validation
+    accuracy wins (ties: the earlier candidate). Returns ``{"pooling", "normalize":
+    False, "chosen_by": "validation", "validation_accuracy": {candidate: accuracy}}``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    candidates = ["mean", "cls"] + (["pooler"] if has_pooler(encoder) else [])
+    length = int(preprocessor.sequence_length)
+    inputs = {name: keras.Input(shape=(length,), dtype=spec.dtype, name=name)
+              for name, spec in encoder.input.items()}
+    outputs = encoder(inputs)
+    pooled = {candidate: pooled_output(outputs, inputs.get("padding_mask"), candidate)
+              for candidate in candidates}
+    reader = keras.Model(inputs, pooled, name="pooling_candidates")
+
+    def vectors(texts):
+        texts = np.asarray([str(text) for text in texts[:most_examples]], dtype=object)
+        parts = [reader.predict_on_batch(preprocessor(tf.constant(texts[start:start + 64])))
+                 for start in range(0, len(texts), 64)]
+        return {candidate: np.concatenate([keras.ops.convert_to_numpy(part[candidate])
+                                           for part in parts]) for candidate in candidates}
+
+    train, validation = vectors(train_texts), vectors(validation_texts)
+    train_labels = np.asarray(train_labels)[:most_examples]
+    validation_labels = np.asarray(validation_labels)[:most_examples]
+    scores = {}
+    for candidate in candidates:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        probe.fit(train[candidate], train_labels)
+        scores[candidate] = round(float(probe.score(validation[candidate],
+                                                    validation_labels)), 4)
+    best = max(candidates, key=lambda candidate: (scores[candidate],
+                                                  -candidates.index(candidate)))
+    print(f"Pooling chosen on validation: {best} (logistic regression on frozen outputs: "
+          + ", ".join(f"{name} {score:.3f}" for name, score in scores.items()) + ").")
+    return {"pooling": best, "normalize": False, "chosen_by": "validation",
+            "validation_accuracy": scores}
