@@ -65,7 +65,7 @@ from templates.training.word2vec import IN_DOMAIN_CHOICES, IN_DOMAIN_MINIMUM_WOR
 
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                       fine_tune_epochs: int = 3, fine_tune_learning_rate: float | None = 1e-4,
-                      seed: int = 1337) -> None:
+                      seed: int = 1337, learning_rate: float = 1e-3) -> None:
     """Add the flags every transfer recipe shares: the two phases' epochs and rates,
     ``--batch-size``, ``--seed``, ``--resume``, ``--output-dir``, ``--compare-scratch``,
     ``--export-tflite`` and ``--assert-accuracy-at-least``, with the recipe's defaults."""
@@ -75,8 +75,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
     group.add_argument("--fine-tune-epochs", type=int, default=fine_tune_epochs,
                        help="Epochs of phase 2, the reused part unfrozen (0 skips it). "
                             f"Default {fine_tune_epochs}.")
-    group.add_argument("--learning-rate", type=float, default=1e-3,
-                       help="Phase 1's learning rate. Default 1e-3.")
+    group.add_argument("--learning-rate", type=float, default=learning_rate,
+                       help=f"Phase 1's learning rate. Default {learning_rate:g}.")
     group.add_argument("--fine-tune-learning-rate", type=float,
                        default=fine_tune_learning_rate,
                        help="Phase 2's learning rate (well below phase 1's). Default "

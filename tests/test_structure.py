@@ -155,7 +155,7 @@ def test_no_library_module_imports_keras_hub_until_a_preset_is_asked_for():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-RECIPE_LINES = 220
+RECIPE_LINES = 320  # keras-io examples run 250-300 lines; issue 38 allows 320
 RECIPE_NAMES = 12
 
 

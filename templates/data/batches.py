@@ -174,6 +174,82 @@ class ShuffledArrays(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
 
+class LengthBucketedBatches(keras.utils.PyDataset):
+    """Batches of token ids, each padded only to its own longest text.
+
+    A transformer's cost grows with the padded length, and most sentences are far
+    shorter than the longest: each batch is cut to its longest real text (rounded up to
+    a multiple of ``multiple``, so a compiled step is reused across batches). With
+    ``shuffle``, epoch ``e``'s order is drawn from ``(seed, e)`` as in `ShuffledArrays`,
+    then sorted by length within buckets of ``bucket_batches`` batches (so a batch holds
+    texts of similar length), and the batches are shuffled again; without it, the
+    examples keep their order (predictions line up with the texts).
+
+    Args:
+        inputs: ``{name: (examples, length) array}`` with a boolean ``padding_mask``.
+        labels: One label (or multi-hot row) per example.
+        batch_size: Examples per batch.
+        seed: Seed of the orders (``None``: fresh ones).
+        shuffle: Draw a new bucketed order every epoch.
+        multiple: Padded lengths are multiples of this.
+        bucket_batches: Batches per length bucket.
+    """
+
+    def __init__(self, inputs: dict[str, np.ndarray], labels, batch_size: int = 32,
+                 seed: int | None = None, shuffle: bool = True, multiple: int = 8,
+                 bucket_batches: int = 20):
+        super().__init__()
+        if "padding_mask" not in inputs:
+            raise ValueError("LengthBucketedBatches needs a padding_mask among the inputs.")
+        self.labels = np.asarray(labels)
+        check_arrays(inputs["padding_mask"], self.labels, batch_size, "LengthBucketedBatches")
+        self.inputs = inputs
+        self.batch_size, self.seed, self.shuffle = int(batch_size), seed, bool(shuffle)
+        self.multiple, self.bucket_batches = int(multiple), int(bucket_batches)
+        self.lengths = np.asarray(inputs["padding_mask"]).sum(axis=1)
+        self.width = int(inputs["padding_mask"].shape[1])
+        self.epoch = 0
+        self.batches = self._batches(0)
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        count = len(self.labels)
+        if not self.shuffle:
+            return [np.arange(start, min(start + self.batch_size, count))
+                    for start in range(0, count, self.batch_size)]
+        order = permutation(count, self.seed, epoch)
+        bucket = self.batch_size * self.bucket_batches
+        batches = []
+        for start in range(0, count, bucket):
+            part = order[start:start + bucket]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[at:at + self.batch_size]
+                        for at in range(0, len(part), self.batch_size)]
+        shuffled = permutation(len(batches), None if self.seed is None else self.seed + 1,
+                               epoch)
+        return [batches[index] for index in shuffled]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s order from now on."""
+        self.epoch = int(epoch)
+        self.batches = self._batches(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        members = self.batches[index]
+        longest = int(self.lengths[members].max())
+        width = min(self.width, max(self.multiple,
+                                    -(-longest // self.multiple) * self.multiple))
+        return ({name: np.asarray(values[members, :width])
+                 for name, values in self.inputs.items()}, self.labels[members])
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+
 class _EpochCounter:
     """The epoch a dataset's next pass belongs to, as a variable its pipeline reads."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 
 from templates.data.files import write_json, write_text
+from templates.data.tokenizer_file import TOKENIZER_FILE
 from templates.data.vocabulary import VOCABULARY_FILE
 from templates.reports.curves import plot_learning_curves
 from templates.training.saving import save_model, write_labels
@@ -34,6 +35,7 @@ def write_model_outputs(
     representative_data=None,
     test=None,
     vocabulary: Sequence[str] | None = None,
+    tokenizer=None,
 ) -> dict[str, dict[str, float]]:
     """Write a trained model's outputs to ``output_dir`` (see the module docstring).
 
@@ -51,6 +53,8 @@ def write_model_outputs(
         test: Batches of ``(inputs, labels)`` each TFLite model is scored on.
         vocabulary: A text model's tokens (line i = id i): written as
             ``vocabulary.txt``, and beside a TFLite model as ``tflite/vocabulary.txt``.
+        tokenizer: A transformer's `templates.data.tokenizer_file.TokenizerFile`, for a
+            model on token ids (JAX, PyTorch): written as ``tokenizer.json``.
 
     Returns:
         ``{mode: {"megabytes": ..., "test_accuracy": ...}}`` for the TFLite exports
@@ -63,6 +67,8 @@ def write_model_outputs(
     write_labels(list(class_names), os.path.join(output_dir, "labels.txt"))
     if vocabulary is not None:
         write_text(os.path.join(output_dir, VOCABULARY_FILE), "\n".join(vocabulary) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(os.path.join(output_dir, TOKENIZER_FILE))
     exported: dict[str, dict[str, float]] = {}
     if keras.backend.backend() != "tensorflow":
         print(f"saved_model/ not written: SavedModel is TensorFlow's format and the Keras "

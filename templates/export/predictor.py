@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from templates.data.multi_label import THRESHOLDS_FILE
+from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.data.vocabulary import VOCABULARY_FILE, Vocabulary
 from templates.training.saving import load_model, read_labels
 
@@ -87,6 +88,14 @@ class Predictor:
                 raise ValueError(f"{thresholds_path!r} has no threshold for {missing}.")
             self.thresholds = [float(saved[name]) for name in self.class_names]
         outputs, dtype, shape = _signature(self.model)
+        #: The `TokenizerFile` of a transformer on token ids (``tokenizer.json``), else
+        #: ``None``.
+        self.tokenizer = None
+        tokenizer_path = os.path.join(folder, TOKENIZER_FILE)
+        names = [getattr(tensor, "name", "") for tensor in getattr(self.model, "inputs", [])]
+        if "token_ids" in names and os.path.isfile(tokenizer_path):
+            self.tokenizer = TokenizerFile(tokenizer_path)
+            self.input_names = names
         if outputs != len(self.class_names):
             raise ValueError(f"{labels_path!r} names {len(self.class_names)} classes but the "
                              f"model predicts {outputs}.")
@@ -96,7 +105,9 @@ class Predictor:
         #: The `Vocabulary` of a token-id text model (``vocabulary.txt``), else ``None``.
         self.vocabulary = None
         vocabulary_path = os.path.join(folder, VOCABULARY_FILE)
-        if "int" in str(dtype) and len(shape) == 2 and os.path.isfile(vocabulary_path):
+        if self.tokenizer is not None:
+            self.kind, self.image_size = "text", None
+        elif "int" in str(dtype) and len(shape) == 2 and os.path.isfile(vocabulary_path):
             self.vocabulary = Vocabulary.load(vocabulary_path, sequence_length=shape[1])
             self.kind, self.image_size = "text", None
         elif "string" in str(dtype):
@@ -109,6 +120,10 @@ class Predictor:
                              "inputs; Predictor handles image and text models.")
 
     def _batch(self, items: Sequence[str]) -> np.ndarray:
+        if self.tokenizer is not None:  # padded to the batch's longest text
+            packed = self.tokenizer([str(item) for item in items])
+            width = max(1, int(packed["padding_mask"].sum(axis=1).max()))
+            return {name: packed[name][:, :width] for name in self.input_names}
         if self.vocabulary is not None:
             return self.vocabulary([str(item) for item in items])
         if self.kind == "text":

@@ -36,15 +36,16 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from templates.data.batches import shuffle_each_epoch
+from templates.data.batches import LengthBucketedBatches, shuffle_each_epoch
 from templates.data.multi_label import is_multi_label
+from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.models.freezing import unfreeze_from
 from templates.models.heads import classification_head
 from templates.models.keras_hub_presets import PREFIX as KERAS_HUB_PREFIX
 from templates.models.keras_hub_presets import import_keras_hub, load_from_preset
-from templates.models.tfhub import TFHUB_PREFIX, HubLayer
+
+TFHUB_PREFIX = "tfhub:"  # templates.models.tfhub's (TensorFlow), kept here for JAX and torch
 
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")
@@ -66,6 +67,8 @@ class TextPipelineClassifier(keras.Model):
         self.preprocessor = preprocessor
         self.classifier = classifier
         self.built = True  # both parts are built
+        import tensorflow as tf
+
         #: What `templates.export.formats.export_saved_model` serves: a batch of strings.
         self.serving_signature = [tf.TensorSpec((None,), tf.string, name="texts")]
 
@@ -140,32 +143,42 @@ class EncoderTransfer:
         return len(self.backbone.trainable_weights)
 
     def encode(self, texts: Sequence[str], batch_size: int = 256):
-        """The model's inputs for ``texts``: token-id arrays (keras-hub), or the strings."""
-        texts = np.asarray([str(text) for text in texts], dtype=object)
-        if self.preprocessor is None:
-            return texts
-        parts = [self.preprocessor(tf.constant(texts[start:start + batch_size]))
-                 for start in range(0, len(texts), batch_size)]
-        return {key: np.concatenate([keras.ops.convert_to_numpy(part[key]) for part in parts])
-                for key in parts[0]} if parts else {}
+        """The model's inputs for ``texts`` (`encode_texts`)."""
+        names = list(self.backbone.input) if isinstance(self.backbone.input, dict) else None
+        return encode_texts(self.preprocessor, texts, names, batch_size)
 
     def batches(self, texts: Sequence[str], labels, batch_size: int = 32,
-                shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+                shuffle: bool = False, seed: int | None = None):
         """Batches of ``(model inputs, labels)``; with ``shuffle`` and ``seed``, epoch
-        ``e``'s order depends only on ``(seed, e)`` (`templates.data.batches`)."""
+        ``e``'s order depends only on ``(seed, e)`` (`templates.data.batches`). A
+        transformer's batches are each padded to their own longest text
+        (`templates.data.batches.LengthBucketedBatches`); a TF-Hub module's are
+        `tf.data` batches of strings."""
         labels = np.asarray(labels)
         if len(labels) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels.")
+        if self.preprocessor is not None:
+            return LengthBucketedBatches(self.encode(texts), labels, batch_size, seed=seed,
+                                         shuffle=shuffle)
+        import tensorflow as tf
+
         dataset = tf.data.Dataset.from_tensor_slices((self.encode(texts), labels))
         if shuffle:
             dataset = shuffle_each_epoch(dataset, len(labels), seed)
         return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     def string_classifier(self) -> keras.Model:
-        """The trained model taking raw strings (shape ``(batch,)``), for saving."""
-        if self.preprocessor is None:
+        """The trained model taking raw strings (shape ``(batch,)``), for saving; on JAX
+        and PyTorch the model on token ids (the tokeniser travels as `tokenizer_file`)."""
+        if self.preprocessor is None or isinstance(self.preprocessor, TokenizerFile):
             return self.model
         return TextPipelineClassifier(self.preprocessor, self.model, name="text_classifier")
+
+    @property
+    def tokenizer_file(self) -> TokenizerFile | None:
+        """The ``tokenizer.json`` tokeniser that must travel beside a token-id model
+        (JAX and PyTorch), else ``None``."""
+        return self.preprocessor if isinstance(self.preprocessor, TokenizerFile) else None
 
     def scratch_model(self, seed: int = 0) -> keras.Model:
         """The same architecture with the encoder's weights drawn at random, for
@@ -245,6 +258,26 @@ class TokenPooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "normalize": self.normalize}
 
 
+def encode_texts(preprocessor, texts: Sequence[str], names: Sequence[str] | None = None,
+                 batch_size: int = 256):
+    """A text encoder's inputs for ``texts``: ``{name: (texts, length) array}`` from
+    keras-hub's preprocessor (TensorFlow) or a `templates.data.tokenizer_file.TokenizerFile`
+    (every backend), kept to ``names`` (the backbone's inputs); or the strings themselves
+    when ``preprocessor`` is ``None`` (a TF-Hub module reads them)."""
+    texts = np.asarray([str(text) for text in texts], dtype=object)
+    if preprocessor is None:
+        return texts
+    if isinstance(preprocessor, TokenizerFile):
+        packed = preprocessor(list(texts))
+        return {name: packed[name] for name in (names or packed)}
+    import tensorflow as tf
+
+    parts = [preprocessor(tf.constant(texts[start:start + batch_size]))
+             for start in range(0, len(texts), batch_size)]
+    return {key: np.concatenate([keras.ops.convert_to_numpy(part[key]) for part in parts])
+            for key in parts[0]} if parts else {}
+
+
 def pooled_output(outputs, padding_mask=None, pooling: str = "pooler",
                   normalize: bool = False):
     """One vector per text from a keras-hub backbone's outputs.
@@ -267,9 +300,10 @@ def pooled_output(outputs, padding_mask=None, pooling: str = "pooler",
 
 def keras_hub_text_backbone(encoder: keras.Model, sequence_length: int,
                             pooling: str = "pooler", normalize: bool = False) -> keras.Model:
-    """``encoder`` (a keras-hub text backbone) from its packed inputs, each
-    ``(sequence_length,)``, to one vector per text (`pooled_output` with ``pooling``)."""
-    inputs = {name: keras.Input(shape=(int(sequence_length),), dtype=spec.dtype, name=name)
+    """``encoder`` (a keras-hub text backbone) from its packed inputs, of any length up
+    to ``sequence_length`` (each batch is padded to its own longest text), to one vector
+    per text (`pooled_output` with ``pooling``)."""
+    inputs = {name: keras.Input(shape=(None,), dtype=spec.dtype, name=name)
               for name, spec in encoder.input.items()}
     vectors = pooled_output(encoder(inputs), inputs.get("padding_mask"), pooling, normalize)
     return keras.Model(inputs, vectors, name="text_encoder")
@@ -317,9 +351,11 @@ def sentence_transformers_pooling(preset: str) -> tuple[str, bool] | None:
     return mode, "Normalize" in types
 
 
-def hub_text_backbone(handle: str | os.PathLike) -> tuple[keras.Model, HubLayer]:
+def hub_text_backbone(handle: str | os.PathLike):
     """A TF-Hub text-embedding module (a batch of strings to a batch of vectors) as a
-    backbone, and the `templates.models.tfhub.HubLayer` inside it."""
+    backbone, and the `templates.models.tfhub.HubLayer` inside it (TensorFlow)."""
+    from templates.models.tfhub import HubLayer
+
     texts = keras.Input(shape=(), dtype="string", name="texts")
     layer = HubLayer(handle, trainable=True, name="hub_module")
     vectors = layer(texts)
@@ -340,12 +376,25 @@ def load_text_preset(preset: str, load_weights: bool = True):
         ValueError: a folder that is missing or is not a keras-hub text preset.
     """
     keras_hub = import_keras_hub()
+    on_tensorflow = keras.backend.backend() == "tensorflow"
 
     def load(name):
-        return (keras_hub.models.Backbone.from_preset(name, load_weights=load_weights),
-                keras_hub.models.TextClassifierPreprocessor.from_preset(name))
+        backbone = keras_hub.models.Backbone.from_preset(name, load_weights=load_weights)
+        if on_tensorflow:
+            return backbone, keras_hub.models.TextClassifierPreprocessor.from_preset(name)
+        return backbone, TokenizerFile(preset_file(name, TOKENIZER_FILE))
 
     return load_from_preset(preset, load, "text", "--preset ")
+
+
+def preset_file(preset: str, name: str) -> str:
+    """The local path of file ``name`` of a preset folder or ``hf://`` handle (fetched
+    through keras-hub's cache)."""
+    if os.path.isdir(preset):
+        return os.path.join(preset, name)
+    from keras_hub.src.utils.preset_utils import get_file
+
+    return get_file(preset, name)
 
 
 def enable_lora(encoder: keras.Model, rank: int) -> int:
@@ -378,9 +427,14 @@ def fitted_sequence_length(preprocessor, texts: Sequence[str], percentile: float
     sample = np.asarray([str(text) for text in texts[:5000]], dtype=object)
     if not len(sample):
         return longest
-    masks = [keras.ops.convert_to_numpy(preprocessor(tf.constant(sample[start:start + 256]))
-                                        ["padding_mask"]).sum(axis=1)
-             for start in range(0, len(sample), 256)]
+    if isinstance(preprocessor, TokenizerFile):
+        masks = [np.minimum(preprocessor.lengths(list(sample)), longest)]
+    else:
+        import tensorflow as tf
+
+        masks = [keras.ops.convert_to_numpy(preprocessor(tf.constant(sample[start:start + 256]))
+                                            ["padding_mask"]).sum(axis=1)
+                 for start in range(0, len(sample), 256)]
     needed = float(np.percentile(np.concatenate(masks), percentile))
     return int(min(longest, max(multiple, multiple * np.ceil(needed / multiple))))
 
@@ -437,10 +491,10 @@ def pretrained_text_encoder(
                          f"num_classes={num_classes}.")
     if lora_rank is not None and int(lora_rank) < 1:
         raise ValueError(f"lora_rank must be a positive integer; got {lora_rank}.")
-    if keras.backend.backend() != "tensorflow":
+    if source.startswith(TFHUB_PREFIX) and keras.backend.backend() != "tensorflow":
         raise NotImplementedError(
-            "Text encoders need the TensorFlow backend (keras-hub's tokenizers and TF-Hub "
-            f"modules are TensorFlow ops); this Keras uses {keras.backend.backend()!r}.")
+            "TF-Hub text modules need the TensorFlow backend; this Keras uses "
+            f"{keras.backend.backend()!r} (keras-hub presets run on every backend).")
     if source.startswith(TFHUB_PREFIX):
         if lora_rank:
             raise ValueError("lora_rank applies to keras-hub transformers; a TF-Hub module "
@@ -457,6 +511,8 @@ def pretrained_text_encoder(
             sequence_length = fitted_sequence_length(preprocessor, fit_texts)
         if sequence_length is not None:
             preprocessor.sequence_length = int(sequence_length)
+            if isinstance(preprocessor, TokenizerFile):
+                preprocessor.tokenizer.enable_truncation(int(sequence_length))
         if lora_rank:
             enable_lora(encoder, int(lora_rank))
         choice = resolve_pooling(pooling, preset.strip(), encoder, preprocessor, pooling_data)
@@ -513,8 +569,7 @@ def choose_pooling(encoder: keras.Model, preprocessor, train_texts: Sequence[str
     from sklearn.preprocessing import StandardScaler
 
     candidates = ["mean", "cls"] + (["pooler"] if has_pooler(encoder) else [])
-    length = int(preprocessor.sequence_length)
-    inputs = {name: keras.Input(shape=(length,), dtype=spec.dtype, name=name)
+    inputs = {name: keras.Input(shape=(None,), dtype=spec.dtype, name=name)
               for name, spec in encoder.input.items()}
     outputs = encoder(inputs)
     pooled = {candidate: pooled_output(outputs, inputs.get("padding_mask"), candidate)
@@ -522,9 +577,10 @@ def choose_pooling(encoder: keras.Model, preprocessor, train_texts: Sequence[str
     reader = keras.Model(inputs, pooled, name="pooling_candidates")
 
     def vectors(texts):
-        texts = np.asarray([str(text) for text in texts[:most_examples]], dtype=object)
-        parts = [reader.predict_on_batch(preprocessor(tf.constant(texts[start:start + 64])))
-                 for start in range(0, len(texts), 64)]
+        texts = list(texts[:most_examples])
+        batches = LengthBucketedBatches(encode_texts(preprocessor, texts, list(inputs)),
+                                        np.zeros(len(texts), "int32"), 64, shuffle=False)
+        parts = [reader.predict_on_batch(batches[index][0]) for index in range(len(batches))]
         return {candidate: np.concatenate([keras.ops.convert_to_numpy(part[candidate])
                                            for part in parts]) for candidate in candidates}
 
