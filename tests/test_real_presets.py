@@ -65,8 +65,9 @@ def photos(folder, per_class, skip=0, size=224):
 
 def test_lite0_head_on_100_photos_reaches_its_floor(lite0_dir, cats_vs_dogs_dir):
     """EfficientNet-Lite0's timm folder through keras-hub's converter, its converter's
-    scaling inside the model: a head on 100 training photos. Measured here: 0.96-0.98
-    on these 200 test photos; a broken conversion or preprocessing scores near 0.5."""
+    scaling inside the model: a head on 100 training photos. Measured here on these 200
+    test photos (seeds 1-3): 0.96, 0.93, 0.93; a broken conversion or preprocessing
+    scores near 0.5, MobileNet 0.25's head on all 800 training photos about 0.87."""
     from templates.data.batches import array_batches
     from templates.models.pretrained import pretrained_model
     from templates.training.plan import TransferPlan
@@ -80,7 +81,7 @@ def test_lite0_head_on_100_photos_reaches_its_floor(lite0_dir, cats_vs_dogs_dir)
     assert transfer.model.input_shape == (None, 224, 224, 3)
     run = run_transfer(transfer, train, validation, TransferPlan(
         head_epochs=10, fine_tune_epochs=0, seed=1), test=test, verbose=0)
-    assert run.test_accuracy >= 0.93, run.test_scores
+    assert run.test_accuracy >= 0.88, run.test_scores
 
 
 def sst2_slice(sst2_dir, count, seed=1):
@@ -92,8 +93,9 @@ def sst2_slice(sst2_dir, count, seed=1):
 
 def test_minilm_head_on_300_sentences_reaches_its_floor(minilm_dir, sst2_dir):
     """The head on frozen, mean-pooled MiniLM vectors of 300 SST-2 sentences, scored on
-    300 validation sentences at the recipe's head rate. Measured here 0.75-0.78; BERT's
-    untrained pooler (the old default) gives about 0.63 on 1,000 sentences."""
+    300 validation sentences at the recipe's head rate. Measured here (seeds 1-3):
+    0.820, 0.833, 0.807; with BERT's untrained pooler (the old default) 0.680, 0.693,
+    0.647, so the floor tells the two apart."""
     from templates.training.plan import TransferPlan
     from templates.training.run import run_transfer
 
@@ -107,7 +109,7 @@ def test_minilm_head_on_300_sentences_reaches_its_floor(minilm_dir, sst2_dir):
                             64)
     run = run_transfer(transfer, train, held, TransferPlan(
         head_epochs=10, fine_tune_epochs=0, learning_rate=1e-2, seed=1), verbose=0)
-    assert run.scores["val_accuracy"] >= 0.72, run.scores
+    assert run.scores["val_accuracy"] >= 0.75, run.scores
 
 
 @pytest.mark.acceptance
