@@ -54,7 +54,8 @@ IMPORTS_WITHOUT_TENSORFLOW = r"""
 import contextlib, importlib, io, json, sys
 helps = {}
 for name in ("recipes.cats_vs_dogs", "recipes.glove_text_classification",
-             "recipes.develop_model_digits", "recipes.predict"):
+             "recipes.develop_model_digits", "recipes.text_encoder_classification",
+             "recipes.predict"):
     module = importlib.import_module(name)
     shown = io.StringIO()
     with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
@@ -68,20 +69,19 @@ print(json.dumps({"helps": helps, "loaded": loaded}))
 
 
 def test_recipes_and_the_device_check_load_without_tensorflow(subprocess_env):
-    """The three recipes, the predictor and benchmarks/accelerator.py (which must run
+    """The four recipes, the predictor and benchmarks/accelerator.py (which must run
     where only JAX is: the lent GPU machine) import, and print their --help, with
     TensorFlow hidden; none of them loads TensorFlow or gensim."""
     result = without_tensorflow(["-c", IMPORTS_WITHOUT_TENSORFLOW], backend_env(subprocess_env),
                                 timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert all(found["helps"].values()) and len(found["helps"]) == 4, found
+    assert all(found["helps"].values()) and len(found["helps"]) == 5, found
     assert found["loaded"] == []
 
 
 @pytest.mark.parametrize("module, reason", [
-    ("recipes.multi_worker_digits", "MultiWorkerMirroredStrategy"),
-    ("recipes.text_encoder_classification", "keras-hub's text preprocessors")])
+    ("recipes.multi_worker_digits", "MultiWorkerMirroredStrategy")])
 def test_tensorflow_only_recipes_say_so_in_one_line(module, reason, subprocess_env):
     result = without_tensorflow(["-m", module, "--help"], backend_env(subprocess_env),
                                 timeout=300)

@@ -265,3 +265,46 @@ def test_the_encoder_recipe_runs_on_a_tfhub_text_module(subprocess_env, tmp_path
                                capture_output=True, text=True, timeout=300, cwd=cwd)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert predicted.stdout.split()[0] == "pos", predicted.stdout
+
+
+def test_length_bucketed_batches_pad_each_batch_to_its_longest_text():
+    from templates.data.batches import LengthBucketedBatches, set_epoch
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 40, size=100)
+    mask = np.arange(48)[None, :] < lengths[:, None]
+    inputs = {"token_ids": np.where(mask, np.arange(100)[:, None] + 1, 0).astype("int32"),
+              "padding_mask": mask}
+    labels = np.arange(100) % 2
+    batches = LengthBucketedBatches(inputs, labels, batch_size=10, seed=3, bucket_batches=5)
+    seen = []
+    for index in range(len(batches)):
+        batch, batch_labels = batches[index]
+        rows = batch["token_ids"][:, 0] - 1  # each row carries its example's number
+        width = batch["token_ids"].shape[1]
+        assert width % 8 == 0 and width >= lengths[rows].max() > width - 8
+        np.testing.assert_array_equal(batch_labels, labels[rows])
+        seen += list(rows)
+    assert sorted(seen) == list(range(100))  # every example once
+    # Bucketed: a batch's lengths spread less than a random batch's would.
+    spread = np.mean([np.ptp(lengths[batches[i][0]["token_ids"][:, 0] - 1])
+                      for i in range(len(batches))])
+    assert spread < 0.5 * np.ptp(lengths)
+    # The order follows (seed, epoch); the next epoch differs; set_epoch goes back.
+    first = [batches[i][0]["token_ids"][:, 0].tolist() for i in range(len(batches))]
+    set_epoch(batches, 1)
+    assert [batches[i][0]["token_ids"][:, 0].tolist() for i in range(len(batches))] != first
+    set_epoch(batches, 0)
+    assert [batches[i][0]["token_ids"][:, 0].tolist() for i in range(len(batches))] == first
+    # Unshuffled batches keep the examples' order (predictions line up with texts).
+    plain = LengthBucketedBatches(inputs, labels, batch_size=10, shuffle=False)
+    order = np.concatenate([plain[i][0]["token_ids"][:, 0] - 1 for i in range(len(plain))])
+    np.testing.assert_array_equal(order, np.arange(100))
+    # As tf.data: a batch wider than the first ones is accepted, and epochs follow.
+    dataset = LengthBucketedBatches(inputs, labels, batch_size=10, seed=3,
+                                   bucket_batches=5).as_tf_dataset()
+    widths = [int(batch["token_ids"].shape[1]) for batch, _ in dataset]
+    assert len(set(widths)) > 1
+    assert set_epoch(dataset, 0) == 1
+    again = [batch["token_ids"][:, 0].numpy().tolist() for batch, _ in dataset]
+    assert again == first

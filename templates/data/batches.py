@@ -249,6 +249,30 @@ class LengthBucketedBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
+    def as_tf_dataset(self) -> tf.data.Dataset:
+        """The same batches as a `tf.data` pipeline whose inputs are ``(None, None)``:
+        Keras's own adapter fixes the shapes it sees in its first batches, so a later,
+        wider batch would be refused. Each pass reads the current epoch's order and
+        moves on to the next epoch, as `shuffle_each_epoch` does; `set_epoch` (found by
+        `epoch_followers`) sets it."""
+        import tensorflow as tf
+
+        def generate():
+            epoch = self.epoch
+            for index in range(len(self)):
+                yield self[index]
+            if self.epoch == epoch:
+                self.set_epoch(epoch + 1)
+
+        inputs, labels = self[0]
+        signature = ({name: tf.TensorSpec((None, None), tf.as_dtype(values.dtype), name=name)
+                      for name, values in inputs.items()},
+                     tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)))
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+        dataset._epoch_counter = self  # found by epoch_followers
+        return dataset
+
 
 class _EpochCounter:
     """The epoch a dataset's next pass belongs to, as a variable its pipeline reads."""

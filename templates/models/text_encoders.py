@@ -158,8 +158,10 @@ class EncoderTransfer:
         if len(labels) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels.")
         if self.preprocessor is not None:
-            return LengthBucketedBatches(self.encode(texts), labels, batch_size, seed=seed,
-                                         shuffle=shuffle)
+            batches = LengthBucketedBatches(self.encode(texts), labels, batch_size, seed=seed,
+                                            shuffle=shuffle)
+            return (batches.as_tf_dataset() if keras.backend.backend() == "tensorflow"
+                    else batches)
         import tensorflow as tf
 
         dataset = tf.data.Dataset.from_tensor_slices((self.encode(texts), labels))
