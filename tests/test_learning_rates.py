@@ -15,6 +15,7 @@ from templates.training.finder import (  # noqa: E402
     FINE_TUNE_BOUNDS,
     HEAD_BOUNDS,
     LossSweep,
+    _SweepLearningRate,
     choose_learning_rate,
     find_learning_rate,
     record_finding,
@@ -84,6 +85,28 @@ def test_the_other_rules_valley_and_minimum_over_10():
     assert suggest_learning_rate(rates, losses, rule="valley") == pytest.approx(rates[3])
     with pytest.raises(ValueError, match="Unknown suggestion rule"):
         suggest_learning_rate(rates, losses, rule="median")
+
+
+def test_the_sweep_records_each_batch_loss_not_the_running_mean():
+    """Keras's batch logs hold the epoch's running mean (checked: batch losses 0, 1, 4,
+    9 are logged as 0, 0.5, 1.67, 3.5); the sweep must record the batches' own losses,
+    over an epoch boundary too."""
+    x = np.zeros((4, 1), "float32")
+    y = np.array([0.0, 1.0, 2.0, 3.0], "float32")  # squared errors 0, 1, 4, 9
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(
+        1, kernel_initializer="zeros", bias_initializer="zeros")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    logged = []
+
+    class Logged(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            logged.append(float(logs["loss"]))
+
+    sweep = LossSweep(np.full(8, 1e-30))  # a rate too small to move the weights
+    model.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0,
+              callbacks=[_SweepLearningRate(sweep), Logged()])
+    np.testing.assert_allclose(logged[:4], [0.0, 0.5, 5 / 3, 3.5], rtol=1e-5)
+    np.testing.assert_allclose(sweep.losses, [0.0, 1.0, 4.0, 9.0] * 2, atol=1e-4)
 
 
 def test_a_sweep_from_a_trained_head_is_not_stopped_by_batch_noise():

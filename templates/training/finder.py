@@ -283,19 +283,41 @@ def sweep_rates(start_learning_rate: float, end_learning_rate: float, steps: int
 
 
 class _SweepLearningRate(keras.callbacks.Callback):
-    """Sets the rate before each batch; records the loss after it; stops on divergence."""
+    """Sets the rate before each batch; records the loss after it; stops on divergence.
+
+    Keras's batch logs carry the epoch's running mean of the loss, not the batch's own
+    (a sweep recorded from them lags behind the rate and resets every epoch); the
+    batch's loss is what it added to that mean: ``k * mean_k - (k - 1) * mean_(k-1)``
+    for the ``k``-th batch of the epoch, which is what fastai's finder and the
+    multi-worker loop (`templates.training.multi_worker`) record.
+    """
 
     def __init__(self, sweep: LossSweep):
         super().__init__()
         self.sweep = sweep
+        self.previous_mean = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.previous_mean = 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate.assign(self.sweep.rate())
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = float(logs["loss"]) if logs and "loss" in logs else math.nan
+        mean = float(logs["loss"]) if logs and "loss" in logs else math.nan
+        loss = batch_loss(mean, self.previous_mean, int(batch) + 1)
+        self.previous_mean = mean
         if self.sweep.record(loss):
             self.model.stop_training = True
+
+
+def batch_loss(mean: float, previous_mean: float, count: int) -> float:
+    """The loss of the ``count``-th batch of an epoch from the epoch's running means
+    after it (``mean``) and before it (``previous_mean``); never below 0 (float32
+    rounding of the means)."""
+    if count <= 1 or not math.isfinite(mean):
+        return mean
+    return max(0.0, count * mean - (count - 1) * previous_mean)
 
 
 def find_learning_rate(
