@@ -110,8 +110,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.1, help="The head's dropout.")
     # The head's rate: 1e-2 chosen on SST-2's validation sentences (docs/results.md): a
     # mean-pooled, unit-length MiniLM vector has coordinates near 0.05, and 1e-3 left
-    # the head 3 points short in ten epochs; 1e-2 is also the best or within a point
-    # of it for [CLS] and pooler vectors.
+    # the head 3 points short in ten epochs; 1e-2 is within a point of the best rate for
+    # [CLS] vectors too.
     cli.add_run_arguments(parser, "runs/text_encoder_classification", fine_tune_epochs=3,
                           fine_tune_learning_rate=None, learning_rate=1e-2)
     cli.add_training_arguments(parser)
