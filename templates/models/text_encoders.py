@@ -137,6 +137,10 @@ class EncoderTransfer:
         this); with ``lora_rank``, only its LoRA adapters. Returns the number of
         trainable weight tensors."""
         unfreeze_from(self.backbone, from_layer)
+        if self.pooling in ("mean", "cls"):  # BERT's pooler is not read: leave it be
+            for layer in self.encoder._flatten_layers(include_self=False):
+                if layer.name == "pooled_dense":
+                    layer.trainable = False
         if self.lora_rank:
             for variable in self.encoder.weights:
                 variable.trainable = "lora_kernel" in variable.path
