@@ -207,3 +207,26 @@ def test_selection_picks_lite0_from_a_pool_mixing_real_and_small_models(
     ranked = [row["candidate"] for row in sorted(selection["candidates"],
                                                  key=lambda row: row["rank"])]
     assert selection["pick"] == lite0 and ranked[-1] == f"{lite0},weights=none", ranked
+
+
+def test_a_folder_without_vocab_txt_tokenises_from_tokenizer_json(minilm_dir, tmp_path):
+    """Issue 36: a Hugging Face folder whose WordPiece vocabulary is only in
+    tokenizer.json loads on TensorFlow too (keras-hub's converter reads vocab.txt), with
+    the same token ids; and Hugging Face's tokenizers (the JAX and PyTorch path) agree,
+    accents included (keras-hub's converter kept them, so "naïve" was [UNK])."""
+    from templates.data.tokenizer_file import TokenizerFile
+
+    folder = tmp_path / "no_vocab"
+    folder.mkdir()
+    for path in minilm_dir.iterdir():
+        if path.name != "vocab.txt":
+            (folder / path.name).symlink_to(path)
+    texts = ["A gripping, funny film!", "the tax form is due in April", "naïve résumé"]
+    with_vocabulary = pretrained_text_encoder(str(minilm_dir), 2, sequence_length=16)
+    without = pretrained_text_encoder(str(folder), 2, sequence_length=16)
+    expected = with_vocabulary.encode(texts)
+    for name, values in without.encode(texts).items():
+        np.testing.assert_array_equal(values, expected[name])
+    packed = TokenizerFile(folder / "tokenizer.json", sequence_length=16)(texts)
+    np.testing.assert_array_equal(packed["token_ids"], expected["token_ids"])
+    np.testing.assert_array_equal(packed["padding_mask"], expected["padding_mask"])

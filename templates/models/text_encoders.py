@@ -386,11 +386,59 @@ def load_text_preset(preset: str, load_weights: bool = True):
 
     def load(name):
         backbone = keras_hub.models.Backbone.from_preset(name, load_weights=load_weights)
-        if on_tensorflow:
-            return backbone, keras_hub.models.TextClassifierPreprocessor.from_preset(name)
-        return backbone, TokenizerFile(preset_file(name, TOKENIZER_FILE))
+        if not on_tensorflow:
+            return backbone, TokenizerFile(preset_file(name, TOKENIZER_FILE))
+        try:
+            preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(name)
+        except Exception as error:
+            if "vocab.txt" not in str(error) or not os.path.isdir(name):
+                raise
+            preprocessor = wordpiece_preprocessor(name, error)
+        return backbone, follow_tokenizer_json(preprocessor, name)
 
     return load_from_preset(preset, load, "text", "--preset ")
+
+
+def follow_tokenizer_json(preprocessor, preset: str):
+    """Make keras-hub's WordPiece tokenizer strip accents where the folder's
+    ``tokenizer.json`` says the model's own does (Hugging Face's ``BertNormalizer``
+    strips them when it lower-cases, unless told not to): keras-hub's BERT converter
+    leaves them, so "naïve" became ``[UNK]`` instead of "naive"."""
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "strip_accents"):
+        return preprocessor
+    try:
+        with open(preset_file(preset, TOKENIZER_FILE), encoding="utf-8") as handle:
+            normalizer = json.load(handle).get("normalizer") or {}
+    except Exception:  # no tokenizer.json (a keras-hub preset): keep keras-hub's settings
+        return preprocessor
+    if normalizer.get("type") == "BertNormalizer":
+        strip = normalizer.get("strip_accents")
+        tokenizer.strip_accents = bool(normalizer.get("lowercase") if strip is None else strip)
+    return preprocessor
+
+
+def wordpiece_preprocessor(folder: str, missing: Exception):
+    """keras-hub's BERT preprocessor for a Hugging Face folder that carries its WordPiece
+    vocabulary only inside ``tokenizer.json`` (keras-hub's converter reads ``vocab.txt``):
+    the tokens in id order and the lower-casing, taken from that file."""
+    import keras_hub
+
+    path = os.path.join(folder, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{folder} has neither vocab.txt nor {TOKENIZER_FILE}: keras-hub "
+                         f"cannot build its tokenizer ({missing}).") from None
+    with open(path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    model = spec.get("model") or {}
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path}: no vocab.txt beside it, and its tokenizer is "
+                         f"{model.get('type')!r}, not a WordPiece vocabulary keras-hub's "
+                         "BERT tokenizer can take; on JAX or PyTorch it is read as it is.")
+    vocabulary = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
+    lowercase = bool((spec.get("normalizer") or {}).get("lowercase", False))
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+    return keras_hub.models.BertTextClassifierPreprocessor(tokenizer)
 
 
 def preset_file(preset: str, name: str) -> str:
