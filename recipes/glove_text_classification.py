@@ -84,8 +84,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     cli.add_text_data_arguments(parser)
     cli.add_word_vector_arguments(parser)
     cli.add_text_classifier_arguments(parser)
-    cli.add_selection_arguments(parser, "Candidate word-vector sources: glove, word2vec, "
-                                "glove+word2vec, random.")
+    cli.add_selection_arguments(parser, "Candidate sources: glove, word2vec, "
+                                "glove+word2vec, random, and sentence encoders as "
+                                "encoder:PRESET_OR_FOLDER (e.g. encoder:hf://sentence-"
+                                "transformers/all-MiniLM-L6-v2; if one is picked, the "
+                                "text-encoder recipe trains it).")
     cli.add_run_arguments(parser, "runs/glove_text_classification", fine_tune_epochs=6,
                           fine_tune_learning_rate=5e-4)
     cli.add_training_arguments(parser)
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace, choice) -> int:
     # frozen features first. Texts become token ids once; the models train on ids.
     data, details = cli.choose_word_vectors(args, splits, plan.seed,
                                             functools.partial(build_classifier, args))
-    if data is None:  # --select-only
+    if data is None:  # --select-only, or a sentence encoder picked (its recipe trains it)
         return 0
     train = data.batches("train", plan.batch_size, shuffle=True, seed=plan.seed)
     validation = data.batches("validation", plan.batch_size)

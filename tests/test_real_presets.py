@@ -230,3 +230,31 @@ def test_a_folder_without_vocab_txt_tokenises_from_tokenizer_json(minilm_dir, tm
     packed = TokenizerFile(folder / "tokenizer.json", sequence_length=16)(texts)
     np.testing.assert_array_equal(packed["token_ids"], expected["token_ids"])
     np.testing.assert_array_equal(packed["padding_mask"], expected["padding_mask"])
+
+
+@pytest.mark.acceptance
+def test_the_text_pool_ranks_minilm_beside_word_vectors(minilm_dir, sst2_dir, shared_dir,
+                                                          subprocess_env, tmp_path):
+    """Issue 36: the GloVe recipe's `--select-from` takes a sentence encoder
+    (``encoder:FOLDER``) beside GloVe and random vectors; on 300 SST-2 sentences MiniLM
+    (mean-pooled) is picked and random vectors rank last, and the recipe then names the
+    recipe that trains the pick."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.glove_text_classification",
+         "--train", str(sst2_dir / "stsa.binary.train"),
+         "--validation", str(sst2_dir / "stsa.binary.dev"),
+         "--test", str(sst2_dir / "stsa.binary.test"), "--train-size", "300",
+         "--vectors", str(shared_dir / "data" / "glove" / "glove.6B.50d.10k.txt"),
+         "--in-domain-vectors", "off",
+         "--select-from", "glove", "random", f"encoder:{minilm_dir}", "--seed", "1",
+         "--output-dir", str(tmp_path / "out")],
+        env=subprocess_env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    selection = json.loads((tmp_path / "out" / "selection.json").read_text())
+    ranked = [row["candidate"] for row in sorted(selection["candidates"],
+                                                 key=lambda row: row["rank"])]
+    assert selection["pick"] == f"encoder:{minilm_dir}" and ranked[-1] == "random", ranked
+    assert "recipes.text_encoder_classification --preset" in result.stdout

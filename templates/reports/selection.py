@@ -426,6 +426,37 @@ def rank_sources(
                      transfer=transfer, features=features, data=data)
 
 
+ENCODER_PREFIX = "encoder:"
+
+
+def text_encoder_candidate(name: str, texts: tuple, num_classes: int, batch_size: int = 32,
+                           seed: int = 0) -> Candidate:
+    """A sentence encoder among the word-vector candidates of a text pool: ``name`` is
+    ``"encoder:PRESET"`` (a keras-hub preset, ``hf://`` handle or folder, pooled as
+    `templates.models.text_encoders.pretrained_text_encoder` pools it: mean for a
+    sentence-transformers folder); ``texts`` is ``(train_texts, train_labels,
+    validation_texts, validation_labels)``. Its features are its pooled vectors."""
+    from templates.models.text_encoders import pretrained_text_encoder
+
+    if not name.startswith(ENCODER_PREFIX) or not name[len(ENCODER_PREFIX):].strip():
+        raise ValueError(f"{name!r}: a sentence-encoder candidate is written "
+                         f"{ENCODER_PREFIX}PRESET_OR_FOLDER.")
+    preset = name[len(ENCODER_PREFIX):].strip()
+    train_texts, train_labels, validation_texts, validation_labels = texts
+
+    def build():
+        return pretrained_text_encoder(preset, num_classes, fit_texts=train_texts,
+                                       pooling_data=texts)
+
+    def data(transfer):
+        return (transfer.batches(train_texts, train_labels, batch_size, shuffle=True,
+                                 seed=seed),
+                transfer.batches(validation_texts, validation_labels, batch_size))
+
+    return Candidate(name, build, data=data, details={"kind": "sentence encoder",
+                                                      "preset": preset})
+
+
 def prepared_candidates(names: Sequence[str], prepare: Callable[[str], Any],
                         build: Callable[[Any], Transferable],
                         batches: Callable[[Any], tuple[Iterable, Iterable]],
