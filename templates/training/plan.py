@@ -77,7 +77,9 @@ class TransferPlan:
             fine-tuned weights only if they beat the head's on the validation data
             (``monitor``; ``val_accuracy`` for ``val_loss``, which the scores leave out),
             else it puts the head's weights back (`TransferRun.fine_tuning_kept` says
-            which); ``"always"``: keep them whatever they score.
+            which); ``"always"``: keep them whatever they score. The multi-worker loop
+            (`templates.training.multi_worker`) keeps them always (not yet one phase
+            implementation with ``fit``'s, issue 38).
         feature_memory_gb: The head's cached features (training and validation
             together, every view) stay in memory up to this many GB; beyond it they are
             memory-mapped from a temporary file
