@@ -7,25 +7,30 @@
     run = run_transfer(transfer, train, validation, TransferPlan(...))
     save_model(transfer.string_classifier(), "model.keras")   # raw strings in
 
-The pretrained-model template for transformers (BERT, DistilBERT, RoBERTa, DeBERTa...
-from keras-hub presets: a name keras-hub downloads, or a folder written by
-``Backbone.save_to_preset`` and ``preprocessor.save_to_preset``) and for TF-Hub
+The pretrained-model template for transformers (BERT, DistilBERT, RoBERTa, DeBERTa,
+sentence transformers such as all-MiniLM-L6-v2... from keras-hub presets: a name
+keras-hub downloads, an ``hf://`` handle, a Hugging Face folder its converters read, or a
+folder written by ``Backbone.save_to_preset`` and ``preprocessor.save_to_preset``) and for TF-Hub
 sentence-embedding modules (NNLM, Universal Sentence Encoder: a handle or a local
 SavedModel folder, ``"tfhub:..."``). The result trains with the same phases as every
 other template (`templates.training.run.run_transfer`):
 
-1. the head (dropout and a dense softmax) learns on the encoder's pooled outputs,
-   computed once with the encoder frozen;
+1. the head (dropout and a dense softmax) learns on the encoder's pooled outputs
+   (pooled as the model says: `TokenPooling`, `resolve_pooling`), computed once with the
+   encoder frozen;
 2. the encoder is unfrozen and everything trains at a lower rate, or, with
    ``lora_rank=R`` (keras-hub), only rank-R adapters on the attention's query and value
    projections train (``Backbone.enable_lora``): the released weights stay as they were.
 
-The keras-hub preprocessor (tokenizer and packer) runs once over the texts, before
-training, so the model trains on token ids; `EncoderTransfer.string_classifier` puts it
-back in front for saving, so the saved model takes raw strings and loads in safe mode.
-A TF-Hub module reads strings itself; a model holding one loads with
-``safe_mode=False`` only (`templates.models.tfhub`). Both need the TensorFlow backend
-(keras-hub's tokenizers are TensorFlow Text ops).
+The tokeniser runs once over the texts, before training, so the model trains on token
+ids, each batch padded to its own longest text (`templates.data.batches.LengthBucketedBatches`).
+On TensorFlow it is keras-hub's preprocessor, which `EncoderTransfer.string_classifier`
+puts back in front for saving, so the saved model takes raw strings and loads in safe
+mode. On JAX and PyTorch, where keras-hub's tokenizers (TensorFlow Text ops) cannot run,
+it is the folder's ``tokenizer.json`` read by Hugging Face's ``tokenizers``
+(`templates.data.tokenizer_file.TokenizerFile`): the saved model takes token ids and the
+file travels beside it. A TF-Hub module reads strings itself and needs TensorFlow; a
+model holding one loads with ``safe_mode=False`` only (`templates.models.tfhub`).
 """
 
 from __future__ import annotations
