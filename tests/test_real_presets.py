@@ -116,7 +116,8 @@ def test_minilm_head_on_300_sentences_reaches_its_floor(minilm_dir, sst2_dir):
 def test_the_text_encoder_recipe_runs_minilm_on_jax_without_tensorflow(
         minilm_dir, sst2_dir, subprocess_env, tmp_path):
     """Issue 36's acceptance: MiniLM's folder, offline, on JAX with TensorFlow refused at
-    import; tokenizer.json travels with the token-id model and recipes.predict reads it."""
+    import; tokenizer.json travels with the token-id model and recipes.predict reads it.
+    The head alone on 200 sentences, scored on 200 held-out dev sentences: 0.755 (seed 1)."""
     import subprocess
     import sys
 
@@ -124,11 +125,14 @@ def test_the_text_encoder_recipe_runs_minilm_on_jax_without_tensorflow(
 
     env = dict(subprocess_env, KERAS_BACKEND="jax")
     out = tmp_path / "minilm_jax"
+    held = (sst2_dir / "stsa.binary.dev").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "validation.txt").write_text("\n".join(held[:200]) + "\n", encoding="utf-8")
+    (tmp_path / "test.txt").write_text("\n".join(held[200:400]) + "\n", encoding="utf-8")
     result = subprocess.run(
         [sys.executable, WITHOUT_TENSORFLOW, "-m", "recipes.text_encoder_classification",
          "--preset", str(minilm_dir), "--train", str(sst2_dir / "stsa.binary.train"),
-         "--validation", str(sst2_dir / "stsa.binary.dev"),
-         "--test", str(sst2_dir / "stsa.binary.dev"), "--train-size", "200",
+         "--validation", str(tmp_path / "validation.txt"),
+         "--test", str(tmp_path / "test.txt"), "--train-size", "200",
          "--epochs", "5", "--fine-tune-epochs", "0", "--seed", "1", "--output-dir", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
