@@ -50,12 +50,8 @@ from templates.training.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
-from templates.training.plan import (
-    KEEP_FINE_TUNING,
-    MONITORS,
-    TransferPlan,
-    balanced_class_weight,
-)
+from templates.training.plan import KEEP_FINE_TUNING, MONITORS, TransferPlan
+from templates.training.plan import balanced_class_weight
 
 # The schedules and the finder's bookkeeping live in templates.training.finder; the
 # recipes import them from here with the flags.
@@ -781,11 +777,7 @@ def choose_word_vectors(args: argparse.Namespace, splits, seed: int, build_class
 
     from templates.models.tokenized_text import tokenize_for_vectors
     from templates.models.word_vectors import load_word_vectors
-    from templates.reports.selection import (
-        ENCODER_PREFIX,
-        prepared_candidates,
-        text_encoder_candidate,
-    )
+    from templates.reports.selection import ENCODER_PREFIX, text_source_candidates
     from templates.training.word2vec import (
         add_in_domain_vectors,
         develop_word_vectors,
@@ -805,25 +797,12 @@ def choose_word_vectors(args: argparse.Namespace, splits, seed: int, build_class
     details: dict[str, Any] = {}
     source = args.vector_source
     if args.select_from:
-        encoders = [name for name in args.select_from if name.startswith(ENCODER_PREFIX)]
-        texts = (splits.train.texts, splits.labels["train"], splits.validation.texts,
-                 splits.labels["validation"])
-        selection = select_source(args, prepared_candidates(
-            [name for name in args.select_from if name not in encoders], tokenized,
-            build_classifier,
-            lambda data: (data.batches("train", args.batch_size, shuffle=True, seed=seed),
-                          data.batches("validation", args.batch_size))) + [
-            text_encoder_candidate(name, texts, len(splits.class_names), args.batch_size, seed)
-            for name in encoders],
+        selection = select_source(args, text_source_candidates(
+            args.select_from, tokenized, build_classifier, splits, args.batch_size, seed),
             title="Text classification: candidate sources")
         details["selection"] = selection.brief()
-        if args.select_only:
-            return None, details
-        if selection.pick in encoders:  # another family: its own recipe trains it
-            print(f"The pick is the sentence encoder {selection.pick[len(ENCODER_PREFIX):]}: "
-                  "train it with python -m recipes.text_encoder_classification --preset "
-                  f"{selection.pick[len(ENCODER_PREFIX):]} (this recipe trains word vectors).")
-            return None, details
+        if args.select_only or selection.pick.startswith(ENCODER_PREFIX):
+            return None, details  # an encoder is trained by its own recipe (said above)
         source = selection.pick
     if source != "auto":  # one named source (or the selection's pick)
         data = tokenized(source)

@@ -202,6 +202,10 @@ class Selection:
                          f"resamplings); training {self.pick}, the point estimate's pick.")
         else:
             lines.append(f"Pick: {self.pick} (the only candidate).")
+        top = self.candidates[0].details if self.candidates else {}
+        if top.get("kind") == "sentence encoder":
+            lines.append(f"The pick is a sentence encoder: train it with python -m "
+                         f"recipes.text_encoder_classification --preset {top['preset']}.")
         return "\n".join(lines)
 
     def write(self, directory: str | os.PathLike, title: str = "Source selection") -> None:
@@ -455,6 +459,25 @@ def text_encoder_candidate(name: str, texts: tuple, num_classes: int, batch_size
 
     return Candidate(name, build, data=data, details={"kind": "sentence encoder",
                                                       "preset": preset})
+
+
+def text_source_candidates(names: Sequence[str], tokenized: Callable[[str], Any],
+                           build: Callable[[Any], Transferable], splits, batch_size: int,
+                           seed: int) -> list[Candidate]:
+    """A text recipe's pool: word-vector sources (``glove``, ``random``...: each tokenised
+    by ``tokenized(name)`` and built by ``build``) beside sentence encoders
+    (``encoder:PRESET``, `text_encoder_candidate`), all ranked on ``splits`` (a
+    `templates.data.texts.TextSplits`). Each candidate's ``details`` say what it is; an
+    encoder, when picked, is trained by ``recipes.text_encoder_classification``."""
+    encoders = [name for name in names if name.startswith(ENCODER_PREFIX)]
+    texts = (splits.train.texts, splits.labels["train"], splits.validation.texts,
+             splits.labels["validation"])
+    words = prepared_candidates(
+        [name for name in names if name not in encoders], tokenized, build,
+        lambda data: (data.batches("train", batch_size, shuffle=True, seed=seed),
+                      data.batches("validation", batch_size)))
+    return words + [text_encoder_candidate(name, texts, len(splits.class_names), batch_size,
+                                           seed) for name in encoders]
 
 
 def prepared_candidates(names: Sequence[str], prepare: Callable[[str], Any],
