@@ -30,6 +30,7 @@ _EXPORTS = {
     "load_digits_by_task": "data.digits", "SOURCE_TASKS": "data.digits",
     "TARGET_DIGITS": "data.digits",
     "download_dataset": "data.downloads",
+    "CookbookError": "data.errors",
     "write_json": "data.files",
     "image_batches_by_size": "data.images", "image_dataset": "data.images",
     "IMAGE_EXTENSIONS": "data.images", "load_image_splits": "data.images",

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 if TYPE_CHECKING:  # TensorFlow is imported only by the tf.data functions below
     import tensorflow as tf
 
@@ -85,12 +87,12 @@ def permutation(size: int, seed: int | None, epoch: int) -> np.ndarray:
 def check_arrays(inputs, labels, batch_size: int, what: str) -> int:
     """Validate in-memory training arrays; return the number of examples."""
     if len(inputs) != len(labels):
-        raise ValueError(
+        raise CookbookError(
             f"{what}: inputs and labels differ in length: {len(inputs)} vs {len(labels)}.")
     if len(inputs) == 0:
-        raise ValueError(f"{what} needs at least one example.")
+        raise CookbookError(f"{what} needs at least one example.")
     if batch_size < 1:
-        raise ValueError(f"{what}: batch_size must be at least 1; got {batch_size}.")
+        raise CookbookError(f"{what}: batch_size must be at least 1; got {batch_size}.")
     return len(labels)
 
 
@@ -200,7 +202,7 @@ class LengthBucketedBatches(keras.utils.PyDataset):
                  bucket_batches: int = 20):
         super().__init__()
         if "padding_mask" not in inputs:
-            raise ValueError("LengthBucketedBatches needs a padding_mask among the inputs.")
+            raise CookbookError("LengthBucketedBatches needs a padding_mask among the inputs.")
         self.labels = np.asarray(labels)
         check_arrays(inputs["padding_mask"], self.labels, batch_size, "LengthBucketedBatches")
         self.inputs = inputs
@@ -428,7 +430,7 @@ def steps_per_epoch(batches) -> int:
         count = int(cardinality())
         if count > 0:
             return count
-    raise ValueError(
+    raise CookbookError(
         "A learning-rate schedule needs the number of batches per epoch, and these "
         "batches do not tell it (no len(), unknown tf.data cardinality): give "
         "TransferPlan(steps_per_epoch=...).")

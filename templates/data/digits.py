@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 TARGET_DIGITS = (5, 6, 7, 8, 9)
 # Candidate source tasks, each labelled on the scans the target does not use (every
 # 0-4 scan and the spare half of the 5-9 scans): the classes of each, in label order.
@@ -43,7 +45,7 @@ def source_labels(task: str, images: np.ndarray, digits: np.ndarray, rng):
         which = rng.integers(0, len(patterns), size=len(images))
         copies = patterns[which] + rng.normal(0, 1.5, size=images.shape)
         return np.clip(copies, 0, 16).astype("float32"), pattern_labels[which]
-    raise ValueError(f"Unknown source task {task!r}; the tasks are {', '.join(SOURCE_TASKS)}.")
+    raise CookbookError(f"Unknown source task {task!r}; the tasks are {', '.join(SOURCE_TASKS)}.")
 
 
 def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: int = 80,
@@ -70,7 +72,7 @@ def load_digits_by_task(labels_per_class: int, seed: int, validation_per_class: 
         validation += members[labels_per_class:labels_per_class + validation_per_class].tolist()
         rest = members[labels_per_class + validation_per_class:]
         if len(rest) < 2:
-            raise ValueError(
+            raise CookbookError(
                 f"--labels-per-class {labels_per_class} leaves no test scans of digit "
                 f"{digit} ({len(members)} scans, {validation_per_class} for validation); "
                 f"use at most {len(members) - validation_per_class - 2}.")

@@ -14,6 +14,8 @@ import os
 
 import keras
 
+from templates.data.errors import CookbookError
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
@@ -46,7 +48,7 @@ DATASETS: dict[str, DatasetSource] = {
 }
 
 
-class DownloadError(RuntimeError):
+class DownloadError(CookbookError, RuntimeError):
     """A download failed (offline, blocked or corrupt); the message says what to do."""
 
 
@@ -64,7 +66,7 @@ def download_dataset(name: str, cache_dir: str | os.PathLike | None = None) -> s
         DownloadError: if the download fails, naming the URL and the local alternative.
     """
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
+        raise CookbookError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
     source = DATASETS[name]
     extracted = download_file(
         source.url, cache_subdir="datasets", sha256=source.sha256, cache_dir=cache_dir,

@@ -19,6 +19,8 @@ import tempfile
 
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 #: Cached features kept in memory before they go to a memory-mapped file.
 DEFAULT_FEATURE_MEMORY_GB = 2.0
 
@@ -54,7 +56,7 @@ class FeatureStore:
         if self.row_shape is None:
             self.row_shape, self.dtype = rows.shape[1:], rows.dtype
         elif rows.shape[1:] != self.row_shape:
-            raise ValueError(f"Rows of shape {rows.shape[1:]} after rows of {self.row_shape}.")
+            raise CookbookError(f"Rows of shape {rows.shape[1:]} after rows of {self.row_shape}.")
         rows = rows.astype(self.dtype, copy=False)
         self.count += len(rows)
         if self.handle is None and (self.limit is None or self.bytes + rows.nbytes <= self.limit):
@@ -82,7 +84,7 @@ class FeatureStore:
     def rows(self) -> np.ndarray:
         """Every row appended: an array in memory, or a read-only memory map of the file."""
         if self.row_shape is None:
-            raise ValueError("No rows were appended.")
+            raise CookbookError("No rows were appended.")
         if self.handle is None:
             return np.concatenate(self.parts) if len(self.parts) != 1 else self.parts[0]
         self.handle.flush()

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from templates.data.errors import CookbookError
 from templates.data.files import write_json
 
 SEPARATOR = "|"
@@ -61,7 +62,7 @@ def multi_hot(label_lists: Sequence[Sequence[int]], num_classes: int) -> np.ndar
     for row, labels in enumerate(label_lists):
         for label in labels:
             if not 0 <= int(label) < num_classes:
-                raise ValueError(f"Label {label} is outside 0..{num_classes - 1}.")
+                raise CookbookError(f"Label {label} is outside 0..{num_classes - 1}.")
             targets[row, int(label)] = 1.0
     return targets
 
@@ -125,8 +126,8 @@ def multi_label_scores(probabilities: np.ndarray, targets: np.ndarray,
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
     if probabilities.shape != targets.shape or targets.shape[1] != len(class_names):
-        raise ValueError(f"Predictions {probabilities.shape}, targets {targets.shape} and "
-                         f"{len(class_names)} label names do not match.")
+        raise CookbookError(f"Predictions {probabilities.shape}, targets {targets.shape} and "
+                            f"{len(class_names)} label names do not match.")
     predicted = (probabilities >= np.asarray(thresholds)[None, :]).astype(int)
     truth = targets.astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -40,13 +42,13 @@ class TokenizerFile:
                               "pip install -e \".[hub]\".") from None
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
-            raise ValueError(f"No tokenizer file at {self.path!r}: a Hugging Face folder "
-                             f"carries {TOKENIZER_FILE}, which the JAX and PyTorch backends "
-                             "tokenise with.")
+            raise CookbookError(f"No tokenizer file at {self.path!r}: a Hugging Face folder "
+                                f"carries {TOKENIZER_FILE}, which the JAX and PyTorch backends "
+                                "tokenise with.")
         try:
             self.tokenizer = Tokenizer.from_file(self.path)
         except Exception as error:  # the Rust library raises its own exception type
-            raise ValueError(f"{self.path}: not a tokenizer file ({error}).") from None
+            raise CookbookError(f"{self.path}: not a tokenizer file ({error}).") from None
         truncation = self.tokenizer.truncation or {}
         self.sequence_length = int(sequence_length or truncation.get("max_length") or 512)
         self.tokenizer.no_padding()

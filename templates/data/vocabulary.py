@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.tokenization import standard_tokens
 
 PADDING, UNKNOWN = "", "[UNK]"
@@ -39,10 +40,10 @@ class Vocabulary:
 
     def __post_init__(self):
         if list(self.tokens[:2]) != [PADDING, UNKNOWN]:
-            raise ValueError(f"A vocabulary starts with {PADDING!r} (padding) and "
-                             f"{UNKNOWN!r}; got {list(self.tokens[:2])}.")
+            raise CookbookError(f"A vocabulary starts with {PADDING!r} (padding) and "
+                                f"{UNKNOWN!r}; got {list(self.tokens[:2])}.")
         if self.sequence_length < 1:
-            raise ValueError(f"sequence_length must be at least 1; got {self.sequence_length}.")
+            raise CookbookError(f"sequence_length must be at least 1; got {self.sequence_length}.")
         self._index = {token: position for position, token in enumerate(self.tokens)}
 
     @classmethod
@@ -51,7 +52,7 @@ class Vocabulary:
                    length_percentile: float = 95.0) -> Vocabulary:
         """The vocabulary of ``texts`` (see `templates.data.texts.build_vectorizer`)."""
         if not len(texts):
-            raise ValueError("Cannot build a vocabulary from no texts.")
+            raise CookbookError("Cannot build a vocabulary from no texts.")
         tokenized = [standard_tokens(text) for text in texts]
         counts = collections.Counter(token for tokens in tokenized for token in tokens)
         counts.pop(PADDING, None)
@@ -111,4 +112,4 @@ class Vocabulary:
         try:
             return cls(tokens, int(sequence_length))
         except ValueError as error:
-            raise ValueError(f"{path}: not a vocabulary file ({error})") from None
+            raise CookbookError(f"{path}: not a vocabulary file ({error})") from None

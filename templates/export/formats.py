@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path
 from templates.training.saving import write_labels
 
@@ -26,7 +27,7 @@ def export_saved_model(
         The export directory.
     """
     if keras.backend.backend() != "tensorflow":
-        raise ValueError(
+        raise CookbookError(
             "SavedModel export needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
             f"the current backend is {keras.backend.backend()!r}."
         )
@@ -82,12 +83,12 @@ def export_tflite(
     import tensorflow as tf
 
     if mode not in TFLITE_MODES:
-        raise ValueError(f"Unknown TFLite mode {mode!r}; choose from {', '.join(TFLITE_MODES)}.")
+        raise CookbookError(f"Unknown TFLite mode {mode!r}; choose from {', '.join(TFLITE_MODES)}.")
     if mode == "int8" and representative_data is None:
-        raise ValueError("TFLite mode 'int8' needs representative_data (e.g. the training "
-                         "batches) to calibrate the activations' ranges.")
+        raise CookbookError("TFLite mode 'int8' needs representative_data (e.g. the training "
+                            "batches) to calibrate the activations' ranges.")
     if "string" in str(model.inputs[0].dtype):
-        raise ValueError(
+        raise CookbookError(
             f"{model.name} takes strings; TFLite's built-in ops cannot run a text "
             "vectoriser. Export the model on token ids and ship its vocabulary.")
     directory = os.path.abspath(os.fspath(directory))
@@ -141,7 +142,7 @@ def tflite_accuracy(path: str | os.PathLike, batches) -> float:
             correct += int(np.sum(probabilities.argmax(axis=-1) == labels))
         total += len(labels)
     if total == 0:
-        raise ValueError("Cannot compute an accuracy: the data yielded no examples.")
+        raise CookbookError("Cannot compute an accuracy: the data yielded no examples.")
     return correct / total
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.data.files import write_json, write_text
 from templates.data.tokenizer_file import TOKENIZER_FILE
 from templates.data.vocabulary import VOCABULARY_FILE
@@ -74,8 +75,9 @@ def write_model_outputs(
         print(f"saved_model/ not written: SavedModel is TensorFlow's format and the Keras "
               f"backend is {keras.backend.backend()}; model.keras serves on every backend.")
         if tflite_model is not None:
-            raise ValueError(f"--export-tflite needs the TensorFlow backend; the Keras backend "
-                             f"is {keras.backend.backend()} (run with KERAS_BACKEND=tensorflow).")
+            raise CookbookError(
+                f"--export-tflite needs the TensorFlow backend; the Keras backend is "
+                f"{keras.backend.backend()} (run with KERAS_BACKEND=tensorflow).")
         return exported
     from templates.export.formats import export_saved_model, export_tflite, tflite_accuracy
 

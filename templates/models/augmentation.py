@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import keras
 
+from templates.data.errors import CookbookError
+
 AUGMENTATIONS = ("flip_rotate", "randaugment")
 
 
 def image_augmentation(kind: str, seed: int) -> keras.Sequential:
     """The augmentation named ``kind`` (one of `AUGMENTATIONS`), seeded with ``seed``."""
     if kind not in AUGMENTATIONS:
-        raise ValueError(f"Unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}.")
+        raise CookbookError(
+            f"Unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}.")
     second = (keras.layers.RandAugment(value_range=(0, 255), seed=seed) if kind == "randaugment"
               else keras.layers.RandomRotation(0.1, seed=seed))
     return keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed), second],

@@ -22,6 +22,8 @@ import dataclasses
 import os
 from typing import Any
 
+from templates.data.errors import CookbookError
+
 OPTIONS = ("alpha", "weights", "image_size")
 
 
@@ -75,7 +77,7 @@ def parse_backbone(spelling: str, alpha: float | None = None,
     """
     text = str(spelling).strip()
     if not text:
-        raise ValueError("A backbone spelling is empty; write NAME[,option=value...][@CUT].")
+        raise CookbookError("A backbone spelling is empty; write NAME[,option=value...][@CUT].")
     cut_at: str | int | None = None
     head, separator, tail = text.rpartition("@")
     # A cut follows the last "@" unless that "@" belongs to a path or an option value.
@@ -85,28 +87,28 @@ def parse_backbone(spelling: str, alpha: float | None = None,
     if separator and head and tail and "/" not in tail and "," not in tail and "=" not in tail:
         text, cut_at = head, _cut(tail)
     elif separator and not tail and not head.endswith("/"):
-        raise ValueError(f"Backbone {spelling!r}: nothing after '@' (write @-30 or "
-                         "@LAYER_NAME to cut the backbone).")
+        raise CookbookError(f"Backbone {spelling!r}: nothing after '@' (write @-30 or "
+                            "@LAYER_NAME to cut the backbone).")
     name, *pairs = text.split(",")
     if name.startswith(("keras_hub:", "tfhub:")) and pairs and "=" not in pairs[0]:
-        raise ValueError(f"Backbone {spelling!r}: options follow the name as "
-                         "option=value.")
+        raise CookbookError(f"Backbone {spelling!r}: options follow the name as "
+                            "option=value.")
     options: dict[str, Any] = {"alpha": alpha, "weights": weights, "image_size": image_size}
     for pair in pairs:
         key, equals, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not equals or not value.strip():
-            raise ValueError(f"Backbone {spelling!r}: {pair!r} is not option=value "
-                             f"(options: {', '.join(OPTIONS)}).")
+            raise CookbookError(f"Backbone {spelling!r}: {pair!r} is not option=value "
+                                f"(options: {', '.join(OPTIONS)}).")
         if key not in OPTIONS:
-            raise ValueError(f"Backbone {spelling!r}: unknown option {key!r}; the options "
-                             f"are {', '.join(OPTIONS)}.")
+            raise CookbookError(f"Backbone {spelling!r}: unknown option {key!r}; the options "
+                                f"are {', '.join(OPTIONS)}.")
         options[key] = value.strip()
     try:
         alpha_value = None if options["alpha"] is None else float(options["alpha"])
         size_value = None if options["image_size"] is None else int(options["image_size"])
     except ValueError as error:
-        raise ValueError(f"Backbone {spelling!r}: {error}.") from None
+        raise CookbookError(f"Backbone {spelling!r}: {error}.") from None
     weights_value = options["weights"]
     if weights_value is not None and str(weights_value).lower() == "none":
         weights_value = None

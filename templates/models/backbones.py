@@ -25,6 +25,8 @@ from typing import Any
 
 import keras
 
+from templates.data.errors import CookbookError
+
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "inside_model")
 
 
@@ -144,7 +146,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     if spec is None:
         close = difflib.get_close_matches(str(name), list(BACKBONES), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise CookbookError(
             f"Unknown backbone {name!r}.{hint} Known backbones: {', '.join(BACKBONES)}."
         )
     return spec
@@ -172,7 +174,7 @@ def build_backbone(
     spec = get_backbone_spec(name)
     image_size = int(image_size or spec.default_image_size)
     if image_size < spec.minimum_image_size:
-        raise ValueError(
+        raise CookbookError(
             f"{spec.name} needs images of at least {spec.minimum_image_size} pixels a side; "
             f"got image_size={image_size}."
         )
@@ -182,7 +184,7 @@ def build_backbone(
     }
     if alpha is not None:
         if not spec.has_alpha:
-            raise ValueError(
+            raise CookbookError(
                 f"{spec.name} has no width multiplier; alpha={alpha} applies only to "
                 "MobileNet, MobileNetV2, MobileNetV3Small and MobileNetV3Large."
             )
@@ -207,7 +209,7 @@ def build_backbone(
 
     path = os.fspath(weights)
     if not os.path.isfile(path):
-        raise ValueError(
+        raise CookbookError(
             f"weights must be 'imagenet', None or a path to a weights file; {path!r} is "
             "not a file."
         )
@@ -215,14 +217,14 @@ def build_backbone(
     try:
         model.load_weights(path)
     except Exception as error:
-        raise ValueError(
+        raise CookbookError(
             f"Could not load weights file {path!r} into {spec.name} "
             f"(image_size={image_size}, alpha={alpha}): {error}"
         ) from error
     return model
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(CookbookError, RuntimeError):
     """Pretrained weights could not be downloaded and no local copy was found."""
 
 
@@ -247,25 +249,26 @@ def cut_backbone(backbone: keras.Model, cut_at: str | int | None) -> keras.Model
         return backbone
     layers = backbone.layers
     if isinstance(cut_at, bool) or not isinstance(cut_at, (str, int)):
-        raise ValueError(f"cut_at must be a layer name, an integer depth or None; got {cut_at!r}.")
+        raise CookbookError(
+            f"cut_at must be a layer name, an integer depth or None; got {cut_at!r}.")
     if isinstance(cut_at, str):
         names = [layer.name for layer in layers]
         if cut_at not in names:
             close = difflib.get_close_matches(cut_at, names, n=3)
             hint = f" Close names: {', '.join(close)}." if close else ""
-            raise ValueError(f"{backbone.name} has no layer named {cut_at!r}.{hint}")
+            raise CookbookError(f"{backbone.name} has no layer named {cut_at!r}.{hint}")
         output_layer = backbone.get_layer(cut_at)
     else:
         kept = len(layers[:cut_at])
         if kept < 2:
-            raise ValueError(
+            raise CookbookError(
                 f"cut_at={cut_at} keeps {kept} of {backbone.name}'s {len(layers)} layers; "
                 "keep at least one layer after the input."
             )
         output_layer = layers[kept - 1]
     output = output_layer.output
     if len(output.shape) not in (2, 4):
-        raise ValueError(
+        raise CookbookError(
             f"Cutting {backbone.name} at {output_layer.name!r} gives an output of shape "
             f"{tuple(output.shape)}; the head needs a feature map (batch, height, width, "
             "channels) or a feature vector (batch, units)."
@@ -315,7 +318,7 @@ def block_cut_points(backbone: keras.Model, count: int = 4) -> list[str]:
     spread evenly from the first block to the last (the last layer of ``backbone``).
     """
     if count < 1:
-        raise ValueError(f"count must be at least 1; got {count}.")
+        raise CookbookError(f"count must be at least 1; got {count}.")
     starts = [index for _, index in block_boundaries(backbone)][1:]  # skip the stem
     ends = [start - 1 for start in starts[1:]] + [len(backbone.layers) - 1]
     if not starts:

@@ -31,6 +31,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 PADDING_INDEX = 0
 OOV_INDEX = 1
 MISSING_ROWS = ("random", "zeros")
@@ -115,10 +117,10 @@ def embedding_matrix(
         An `EmbeddingMatrix`. Padding (row 0) is always zeros.
     """
     if missing not in MISSING_ROWS:
-        raise ValueError(f"missing must be one of {MISSING_ROWS}; got {missing!r}.")
+        raise CookbookError(f"missing must be one of {MISSING_ROWS}; got {missing!r}.")
     vocabulary = list(vocabulary)
     if len(vocabulary) <= reserved_tokens:
-        raise ValueError(
+        raise CookbookError(
             f"The vocabulary has {len(vocabulary)} entries, none of them words; adapt the "
             "TextVectorization layer on the training texts first."
         )
@@ -227,18 +229,18 @@ class PretrainedEmbedding(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if anchor_strength < 0:
-            raise ValueError(f"anchor_strength must be 0 or more; got {anchor_strength}.")
+            raise CookbookError(f"anchor_strength must be 0 or more; got {anchor_strength}.")
         if trainable_mode not in TRAINABLE_MODES:
-            raise ValueError(
+            raise CookbookError(
                 f"trainable_mode must be one of {TRAINABLE_MODES}; got {trainable_mode!r}.")
         if matrix is not None and tuple(np.shape(matrix)) != (int(input_dim), int(output_dim)):
-            raise ValueError(
+            raise CookbookError(
                 f"matrix has shape {np.shape(matrix)}, expected ({input_dim}, {output_dim}).")
         if pretrained_rows is not None and len(pretrained_rows) != int(input_dim):
-            raise ValueError(
+            raise CookbookError(
                 f"pretrained_rows has {len(pretrained_rows)} entries, expected {input_dim}.")
         if trainable_rows is not None and not 1 <= int(trainable_rows) <= int(input_dim):
-            raise ValueError(
+            raise CookbookError(
                 f"trainable_rows must lie in 1..input_dim ({input_dim}); got {trainable_rows}.")
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keras
 
+from templates.data.errors import CookbookError
+
 
 @keras.saving.register_keras_serializable(package="transfer_cookbook")
 class HorizontalFlip(keras.layers.Layer):
@@ -35,8 +37,8 @@ def flip_averaged(model: keras.Model, name: str | None = None) -> keras.Model:
         A model with the same inputs and outputs; ``model``'s weights are shared.
     """
     if len(model.input_shape) != 4:
-        raise ValueError(f"flip_averaged needs an image model (4-D inputs); {model.name} "
-                         f"takes {model.input_shape}.")
+        raise CookbookError(f"flip_averaged needs an image model (4-D inputs); {model.name} "
+                            f"takes {model.input_shape}.")
     inputs = keras.Input(shape=model.input_shape[1:], name="images")
     mirrored = HorizontalFlip(name="mirror")(inputs)
     outputs = keras.layers.Average(name="flip_average")([model(inputs), model(mirrored)])

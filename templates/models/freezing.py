@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
 
 
@@ -45,19 +46,20 @@ def unfreeze_from(backbone: keras.Model, from_layer: str | int | None) -> int:
     elif isinstance(from_layer, str):
         names = [layer.name for layer in layers]
         if from_layer not in names:
-            raise ValueError(
+            raise CookbookError(
                 f"Cannot fine-tune from {from_layer!r}: {backbone.name} has no such layer "
                 f"(its last layers are {names[-5:]})."
             )
         start = names.index(from_layer)
     elif isinstance(from_layer, int) and not isinstance(from_layer, bool):
         if not -len(layers) <= from_layer < len(layers):
-            raise ValueError(
+            raise CookbookError(
                 f"from_layer={from_layer} is outside {backbone.name}'s {len(layers)} layers."
             )
         start = from_layer % len(layers)
     else:
-        raise ValueError(f"from_layer must be a layer name, an index or None; got {from_layer!r}.")
+        raise CookbookError(
+            f"from_layer must be a layer name, an index or None; got {from_layer!r}.")
     backbone.trainable = True
     for index, layer in enumerate(layers):
         layer.trainable = index >= start

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import keras
 
+from templates.data.errors import CookbookError
+
 POOLINGS = ("avg", "max", "flatten")
 
 
@@ -39,11 +41,11 @@ def classification_head(
         ``(batch, num_classes)``.
     """
     if int(num_classes) < 2:
-        raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
+        raise CookbookError(f"num_classes must be at least 2; got {num_classes}.")
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+        raise CookbookError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
     if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout}.")
+        raise CookbookError(f"dropout must be in [0, 1); got {dropout}.")
 
     features = keras.Input(shape=tuple(feature_shape), name="features")
     x = features
@@ -55,7 +57,7 @@ def classification_head(
         }[pooling]
         x = pool(name="pooling")(x)
     elif len(feature_shape) != 1:
-        raise ValueError(
+        raise CookbookError(
             f"feature_shape must be (height, width, channels) or (units,); got {feature_shape}."
         )
     for index, units in enumerate(hidden_units):

@@ -22,6 +22,8 @@ import re
 
 import keras
 
+from templates.data.errors import CookbookError
+
 PREFIX = "keras_hub:"
 _STAGE = re.compile(r"^(stack\d+|stage_?\d+|block\d+|transformer_layer_\d+|"
                     r"[a-z_]*?stage_\d+)")
@@ -36,8 +38,8 @@ def preset_of(backbone: str) -> str:
     """The preset name or folder of a ``"keras_hub:..."`` backbone."""
     preset = backbone[len(PREFIX):].strip()
     if not preset:
-        raise ValueError(f"{backbone!r} names no preset: write keras_hub:NAME or "
-                         "keras_hub:/path/to/preset_dir.")
+        raise CookbookError(f"{backbone!r} names no preset: write keras_hub:NAME or "
+                            "keras_hub:/path/to/preset_dir.")
     return preset
 
 
@@ -75,8 +77,8 @@ def load_image_preset(preset: str, load_weights: bool = True, image_size: int | 
 
     backbone, converter = load_from_preset(preset, load, "image", "--backbone keras_hub:")
     if converter is None:
-        raise ValueError(f"keras-hub preset {preset!r} has no image converter "
-                         "(image_converter.json): it is not an image preset.")
+        raise CookbookError(f"keras-hub preset {preset!r} has no image converter "
+                            "(image_converter.json): it is not an image preset.")
     size = int(image_size or (converter.image_size or (224, 224))[0])
     converter.image_size = (size, size)
     return backbone, converter, size
@@ -100,7 +102,7 @@ def load_from_preset(preset: str, load, kind: str, flag: str):
 
     local = os.path.isdir(preset)
     if not local and (os.sep in preset or preset.startswith(".")):
-        raise ValueError(f"keras-hub preset folder {preset!r} does not exist.")
+        raise CookbookError(f"keras-hub preset folder {preset!r} does not exist.")
     try:
         return load(preset)
     except ImportError as error:  # timm and Hugging Face folders need safetensors
@@ -109,8 +111,8 @@ def load_from_preset(preset: str, load, kind: str, flag: str):
                           f"({error}).") from error
     except Exception as error:  # network failures come as several exception types
         if local or not looks_like_network_failure(error):
-            raise ValueError(f"Could not load the keras-hub {kind} preset {preset!r}: "
-                             f"{error}") from error
+            raise CookbookError(f"Could not load the keras-hub {kind} preset {preset!r}: "
+                                f"{error}") from error
         raise WeightsUnavailableError(
             f"Could not download the keras-hub preset {preset!r} "
             f"({type(error).__name__}). Offline? Pass a local preset folder instead "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from templates.data.errors import CookbookError
 from templates.models.backbones import PREPROCESSING_MODES
 
 # ImageNet statistics used by keras.applications.imagenet_utils.
@@ -30,7 +31,7 @@ class BackbonePreprocessing(keras.layers.Layer):
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
-            raise ValueError(
+            raise CookbookError(
                 f"Unknown preprocessing mode {mode!r}; expected one of {PREPROCESSING_MODES}."
             )
         self.mode = mode

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.models.backbones import (
     BackboneSpec,
     build_backbone,
@@ -69,7 +70,7 @@ def pretrained_model(
         ``(image_size, image_size, 3)``; the backbone is frozen.
     """
     if class_names is not None and len(class_names) != int(num_classes):
-        raise ValueError(
+        raise CookbookError(
             f"class_names has {len(class_names)} names but num_classes={num_classes}."
         )
     if isinstance(backbone, str) and backbone.startswith("tfhub:"):
@@ -115,11 +116,11 @@ def _keras_hub_model(backbone, num_classes, weights, image_size, alpha, cut_at,
 
     preset = preset_of(backbone)
     if alpha is not None:
-        raise ValueError(f"alpha={alpha} is a keras.applications width multiplier; the "
-                         f"keras-hub preset {preset!r} fixes its own width.")
+        raise CookbookError(f"alpha={alpha} is a keras.applications width multiplier; the "
+                            f"keras-hub preset {preset!r} fixes its own width.")
     if weights not in ("imagenet", None):
-        raise ValueError(f"A keras-hub preset carries its own weights: use weights="
-                         f"'imagenet' (the preset's) or None (random), not {weights!r}.")
+        raise CookbookError(f"A keras-hub preset carries its own weights: use weights="
+                            f"'imagenet' (the preset's) or None (random), not {weights!r}.")
     full, converter, size = load_image_preset(preset, load_weights=weights is not None,
                                               image_size=image_size)
     reused = cut_backbone(full, cut_at)
@@ -149,7 +150,7 @@ def _tfhub_model(handle, num_classes, weights, image_size, alpha, cut_at, fine_t
          f"fine_tune_from={fine_tune_from!r} (the module is fine-tuned whole)"),
     ) if used]
     if refused:
-        raise ValueError(f"TF-Hub module {handle!r}: {'; '.join(refused)} cannot apply.")
+        raise CookbookError(f"TF-Hub module {handle!r}: {'; '.join(refused)} cannot apply.")
     backbone = hub_image_backbone(handle, image_size or 224)
     backbone.trainable = False
     head = classification_head(backbone.output_shape[1:], num_classes, **head_options)

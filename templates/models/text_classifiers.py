@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.models.embeddings import (
     EmbeddingMatrix,
     PretrainedEmbedding,
@@ -63,7 +64,7 @@ def get_architecture(name: str) -> TextArchitecture:
     """Look up ``name`` in `ARCHITECTURES` (case-insensitive)."""
     key = str(name).lower()
     if key not in ARCHITECTURES:
-        raise ValueError(
+        raise CookbookError(
             f"Unknown text architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}.")
     return ARCHITECTURES[key]
 
@@ -121,9 +122,9 @@ def text_head(
         hidden = (int(units),)
     elif spec.name == "cnn":
         if not kernel_sizes:
-            raise ValueError("kernel_sizes must name at least one width.")
+            raise CookbookError("kernel_sizes must name at least one width.")
         if min(kernel_sizes) < 1 or max(kernel_sizes) > sequence_length:
-            raise ValueError(
+            raise CookbookError(
                 f"kernel_sizes {tuple(kernel_sizes)} must lie in 1..sequence_length "
                 f"({sequence_length}).")
         branches = []
@@ -210,7 +211,8 @@ def pretrained_text_classifier(
         architecture; ``model`` takes ``(sequence_length,)`` int token ids).
     """
     if class_names is not None and len(class_names) != int(num_classes):
-        raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}.")
+        raise CookbookError(
+            f"class_names has {len(class_names)} names but num_classes={num_classes}.")
     vocabulary_size, dimension = embedding.matrix.shape
     layer = PretrainedEmbedding(vocabulary_size, dimension, trainable_mode=trainable_mode,
                                 matrix=embedding.matrix,

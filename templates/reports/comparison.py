@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
 from templates.models.layers import iterate_layers
 from templates.models.transfer_model import TransferModel
@@ -298,7 +299,7 @@ def reuse_depth_sweep(
     budget = budget or TrainingBudget()
     trained_runs = dict(trained_runs or {})
     if trained_runs and state is None:
-        raise ValueError("trained_runs needs the TrainingState the runs were trained in.")
+        raise CookbookError("trained_runs needs the TrainingState the runs were trained in.")
     results = []
     for cut in cut_points:
         name = f"reuse_{cut}"

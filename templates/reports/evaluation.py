@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json, write_text
 from templates.data.multi_label import multi_label_scores
 from templates.training.phases import batch_predictor
@@ -63,13 +64,14 @@ def classification_scores(true_labels: np.ndarray, predicted_labels: np.ndarray,
     true_labels = np.asarray(true_labels, dtype="int64").reshape(-1)
     predicted_labels = np.asarray(predicted_labels, dtype="int64").reshape(-1)
     if true_labels.shape != predicted_labels.shape:
-        raise ValueError(f"{len(true_labels)} true labels but {len(predicted_labels)} predictions.")
+        raise CookbookError(
+            f"{len(true_labels)} true labels but {len(predicted_labels)} predictions.")
     if len(true_labels) == 0:
-        raise ValueError("Cannot score an empty set.")
+        raise CookbookError("Cannot score an empty set.")
     count = len(class_names)
     if max(true_labels.max(), predicted_labels.max()) >= count or min(
             true_labels.min(), predicted_labels.min()) < 0:
-        raise ValueError(f"Labels must lie in 0..{count - 1} for {count} class names.")
+        raise CookbookError(f"Labels must lie in 0..{count - 1} for {count} class names.")
     # scikit-learn's counting (zero_division=0: a class never predicted has precision 0).
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -105,7 +107,7 @@ def predict_labelled(model: keras.Model, data: Iterable, predict=None
         probabilities.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
         labels.append(keras.ops.convert_to_numpy(batch_labels).reshape(-1))
     if not probabilities:
-        raise ValueError("Cannot evaluate: the data yielded no batches.")
+        raise CookbookError("Cannot evaluate: the data yielded no batches.")
     return np.concatenate(probabilities), np.concatenate(labels).astype("int64")
 
 
@@ -203,11 +205,11 @@ def evaluation_report(
         predict: How to get a batch's probabilities (see `predict_labelled`).
     """
     if kind not in ("image", "text"):
-        raise ValueError(f"kind must be 'image' or 'text'; got {kind!r}.")
+        raise CookbookError(f"kind must be 'image' or 'text'; got {kind!r}.")
     os.makedirs(directory, exist_ok=True)
     probabilities, true_labels = predict_labelled(model, data, predict)
     if examples is not None and len(examples) != len(true_labels):
-        raise ValueError(f"{len(examples)} examples given for {len(true_labels)} predictions.")
+        raise CookbookError(f"{len(examples)} examples given for {len(true_labels)} predictions.")
     predicted = probabilities.argmax(axis=1)
     scores = classification_scores(true_labels, predicted, class_names)
     errors = []
@@ -320,7 +322,7 @@ def predict_multi_label(model: keras.Model, data: Iterable, predict=None
         probabilities.append(np.asarray(keras.ops.convert_to_numpy(predict(inputs))))
         targets.append(np.asarray(keras.ops.convert_to_numpy(batch_targets)))
     if not probabilities:
-        raise ValueError("Cannot evaluate: the data yielded no batches.")
+        raise CookbookError("Cannot evaluate: the data yielded no batches.")
     return np.concatenate(probabilities), np.concatenate(targets).astype("float32")
 
 

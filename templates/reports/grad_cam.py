@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 
 def _backbone_and_layer(model: keras.Model, layer_name: str | None):
     """The nested backbone model of ``model`` and its last 4-D (spatial) layer."""
@@ -21,7 +23,7 @@ def _backbone_and_layer(model: keras.Model, layer_name: str | None):
                  and any(len(getattr(inner, "output", np.empty(0)).shape or ()) == 4
                          for inner in layer.layers[1:])]
     if not backbones:
-        raise ValueError(f"{model.name} has no nested convolutional backbone for Grad-CAM.")
+        raise CookbookError(f"{model.name} has no nested convolutional backbone for Grad-CAM.")
     backbone = backbones[0]
     if layer_name is None:
         spatial = [layer for layer in backbone.layers[1:] if len(layer.output.shape) == 4]
@@ -48,8 +50,8 @@ def grad_cam_heatmaps(model: keras.Model, images: np.ndarray,
         to_features = (_identity if layer.output is backbone.output
                        else keras.Model(layer.output, backbone.output))
     except ValueError as error:
-        raise ValueError(f"Grad-CAM cannot explain {layer.name!r}: the layers after it "
-                         f"also read earlier ones ({error}); explain a later layer.") from None
+        raise CookbookError(f"Grad-CAM cannot explain {layer.name!r}: the layers after it "
+                            f"also read earlier ones ({error}); explain a later layer.") from None
     chain = model.layers[1:]
     position = chain.index(backbone)
     inputs = keras.ops.convert_to_tensor(np.asarray(images, dtype="float32"))

@@ -30,6 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
 from templates.models.transfer_model import Transferable
 from templates.reports import transferability
@@ -67,14 +68,14 @@ class SelectionBudget:
 
     def __post_init__(self):
         if self.rank_by not in RANK_BY:
-            raise ValueError(f"SelectionBudget: unknown rank_by {self.rank_by!r}; choose "
-                             f"from {', '.join(RANK_BY)}.")
+            raise CookbookError(f"SelectionBudget: unknown rank_by {self.rank_by!r}; choose "
+                                f"from {', '.join(RANK_BY)}.")
         if self.knn_neighbours < 1 or self.probe_regularisation <= 0 or self.bootstrap < 0:
-            raise ValueError("SelectionBudget: knn_neighbours must be at least 1, "
-                             "probe_regularisation positive and bootstrap 0 or more.")
+            raise CookbookError("SelectionBudget: knn_neighbours must be at least 1, "
+                                "probe_regularisation positive and bootstrap 0 or more.")
         if not 0 < self.close_call <= 1:
-            raise ValueError(f"SelectionBudget: close_call must be in (0, 1]; got "
-                             f"{self.close_call}.")
+            raise CookbookError(f"SelectionBudget: close_call must be in (0, 1]; got "
+                                f"{self.close_call}.")
 
 
 @dataclasses.dataclass
@@ -145,7 +146,7 @@ class Selection:
     seconds: float
     transfer: Transferable | None = dataclasses.field(default=None, repr=False)
     features: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None,
-                                                                         repr=False)
+                                                                            repr=False)
     data: tuple[Iterable, Iterable] | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -230,7 +231,7 @@ def _sample_rows(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray
 def _resample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A bootstrap of the rows within each class (class counts kept)."""
     return np.concatenate([rng.choice(np.flatnonzero(labels == label),
-                                      size=int((labels == label).sum()), replace=True)
+                                         size=int((labels == label).sum()), replace=True)
                            for label in np.unique(labels)])
 
 
@@ -266,7 +267,7 @@ def estimate(scored: _Scored, budget: SelectionBudget, rows: np.ndarray | None =
             results[name] = transferability.h_score(train, labels)
         elif name == "leep":
             results[name] = (None if scored.probabilities is None else
-                             transferability.leep(scored.probabilities[rows], labels))
+                                transferability.leep(scored.probabilities[rows], labels))
     return results
 
 
@@ -288,7 +289,7 @@ def _order_values(rows: list[CandidateScore], rank_by: str) -> list[float]:
         return [-value for value in _mean_ranks(rows)]
     values = [getattr(row, rank_by) for row in rows]
     if all(value is None for value in values):
-        raise ValueError(f"No candidate has a {rank_by} estimate (LEEP needs a source "
+        raise CookbookError(f"No candidate has a {rank_by} estimate (LEEP needs a source "
                          "classifier head); rank by another estimate.")
     return [-np.inf if value is None else value for value in values]
 
@@ -317,10 +318,10 @@ def rank_sources(
     """
     budget = budget or SelectionBudget()
     if not candidates:
-        raise ValueError("rank_sources needs at least one candidate.")
+        raise CookbookError("rank_sources needs at least one candidate.")
     names = [candidate.name for candidate in candidates]
     if len(set(names)) != len(names):
-        raise ValueError(f"Candidate names must differ; got {names}.")
+        raise CookbookError(f"Candidate names must differ; got {names}.")
     say = progress or (lambda line: None)
     started = time.perf_counter()
     rows, scored = [], []
@@ -335,16 +336,16 @@ def rank_sources(
         except (ValueError, RuntimeError) as error:
             raise type(error)(f"Candidate {candidate.name!r}: {error}") from error
         candidate_train, candidate_validation = (candidate.data(transfer) if candidate.data
-                                                 else (train, validation))
+                                                    else (train, validation))
         if candidate_train is None or candidate_validation is None:
-            raise ValueError(f"Candidate {candidate.name!r} has no data: give rank_sources "
-                             "train and validation batches, or the candidate its own.")
+            raise CookbookError(f"Candidate {candidate.name!r} has no data: give rank_sources "
+                                "train and validation batches, or the candidate its own.")
         features, labels = head_training_features(transfer, candidate_train)
         labels = np.asarray(labels).reshape(-1)
         if labels.dtype.kind == "f" or np.ndim(labels) != 1:
             labels = labels.astype(np.int64)
         validation_features, validation_labels = extract_features(transfer.feature_extractor,
-                                                                  candidate_validation)
+                                                                     candidate_validation)
         probabilities = None
         classifier = (candidate.source_classifier(transfer) if candidate.source_classifier
                       else None)
@@ -361,10 +362,10 @@ def rank_sources(
         estimate_started = time.perf_counter()
         values = estimate(vectors, budget)
         row = CandidateScore(candidate.name, **values,
-                             feature_seconds=round(feature_seconds, 2),
-                             estimate_seconds=round(time.perf_counter() - estimate_started, 3),
-                             examples=len(rows_used), dimensions=vectors.train.shape[1],
-                             details=dict(candidate.details))
+                                feature_seconds=round(feature_seconds, 2),
+                                estimate_seconds=round(time.perf_counter() - estimate_started, 3),
+                                examples=len(rows_used), dimensions=vectors.train.shape[1],
+                                details=dict(candidate.details))
         rows.append(row)
         scored.append(vectors)
         shown = ", ".join(f"{name} {value:.3f}" for name, value in values.items()
@@ -399,10 +400,10 @@ def rank_sources(
                 trial_values = _order_values(trial, "mean_rank")
             else:
                 trial_values = [-np.inf if values[budget.rank_by] is None
-                                else values[budget.rank_by] for values in resampled]
+                                   else values[budget.rank_by] for values in resampled]
             trial_values = np.asarray(trial_values, dtype=np.float64)
             leaders = np.flatnonzero(np.isclose(trial_values, trial_values.max(),
-                                                rtol=1e-9, atol=1e-12))
+                                                   rtol=1e-9, atol=1e-12))
             tops[leaders] += 1 / len(leaders)  # a tie shares the round
         for row, count in zip(rows, tops):
             row.top_share = round(count / budget.bootstrap, 3)
@@ -443,22 +444,22 @@ def text_encoder_candidate(name: str, texts: tuple, num_classes: int, batch_size
     from templates.models.text_encoders import pretrained_text_encoder
 
     if not name.startswith(ENCODER_PREFIX) or not name[len(ENCODER_PREFIX):].strip():
-        raise ValueError(f"{name!r}: a sentence-encoder candidate is written "
+        raise CookbookError(f"{name!r}: a sentence-encoder candidate is written "
                          f"{ENCODER_PREFIX}PRESET_OR_FOLDER.")
     preset = name[len(ENCODER_PREFIX):].strip()
     train_texts, train_labels, validation_texts, validation_labels = texts
 
     def build():
         return pretrained_text_encoder(preset, num_classes, fit_texts=train_texts,
-                                       pooling_data=texts)
+                                          pooling_data=texts)
 
     def data(transfer):
         return (transfer.batches(train_texts, train_labels, batch_size, shuffle=True,
-                                 seed=seed),
+                                    seed=seed),
                 transfer.batches(validation_texts, validation_labels, batch_size))
 
     return Candidate(name, build, data=data, details={"kind": "sentence encoder",
-                                                      "preset": preset})
+                                                         "preset": preset})
 
 
 def text_source_candidates(names: Sequence[str], tokenized: Callable[[str], Any],
@@ -477,7 +478,7 @@ def text_source_candidates(names: Sequence[str], tokenized: Callable[[str], Any]
         lambda data: (data.batches("train", batch_size, shuffle=True, seed=seed),
                       data.batches("validation", batch_size)))
     return words + [text_encoder_candidate(name, texts, len(splits.class_names), batch_size,
-                                           seed) for name in encoders]
+                                              seed) for name in encoders]
 
 
 def prepared_candidates(names: Sequence[str], prepare: Callable[[str], Any],
@@ -505,8 +506,8 @@ def prepared_candidates(names: Sequence[str], prepare: Callable[[str], Any],
             return prepared["data"]
 
         candidates.append(Candidate(name, lambda data_of=data_of: build(data_of()),
-                                    data=lambda transfer, data_of=data_of: batches(data_of()),
-                                    **options))
+                                       data=lambda transfer, data_of=data_of: batches(data_of()),
+                                       **options))
     return candidates
 
 
@@ -559,7 +560,7 @@ def plot_selection(selection: Selection, path: str | os.PathLike, title: str) ->
     estimates = [name for name in transferability.ESTIMATES
                  if any(getattr(row, name) is not None for row in selection.candidates)]
     figure, axes = plt.subplots(1, len(estimates), figsize=(3.2 * len(estimates), 4.2),
-                                squeeze=False)
+                                   squeeze=False)
     names = [row.candidate for row in selection.candidates]
     for axis, name in zip(axes[0], estimates):
         values = [getattr(row, name) if getattr(row, name) is not None else 0.0
@@ -597,6 +598,6 @@ def source_model_candidate(name: str, develop: Callable[[], Any], num_classes: i
         return None
     source = developed.source_model
     return Candidate(name, lambda: reuse_model(source, num_classes, cut_at=cut_at,
-                                               pooling=pooling),
+                                                  pooling=pooling),
                      source_classifier=lambda transfer: source, pooling=pooling,
                      details={"source_check": dataclasses.asdict(developed.source_check)})

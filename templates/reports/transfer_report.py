@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
 
 #: The scores a report can be made on: higher is better for each.
@@ -45,9 +46,9 @@ def report_metric(monitor: str) -> str:
     if name == "loss":
         return "accuracy"
     if name not in REPORT_METRICS:
-        raise ValueError(f"No transfer report on {monitor!r}: it reports one of "
-                         f"{', '.join('val_' + metric for metric in REPORT_METRICS)} "
-                         "(or accuracy for val_loss).")
+        raise CookbookError(f"No transfer report on {monitor!r}: it reports one of "
+                            f"{', '.join('val_' + metric for metric in REPORT_METRICS)} "
+                            "(or accuracy for val_loss).")
     return name
 
 
@@ -95,9 +96,9 @@ def summarize_curve(
     """
     curve = [float(value) for value in validation_curve]
     if not curve:
-        raise ValueError("validation_curve is empty: train for at least one epoch.")
+        raise CookbookError("validation_curve is empty: train for at least one epoch.")
     if slope_epochs < 1:
-        raise ValueError(f"slope_epochs must be at least 1; got {slope_epochs}.")
+        raise CookbookError(f"slope_epochs must be at least 1; got {slope_epochs}.")
     k = min(slope_epochs, len(curve))
     return CurveSummary(
         before_training=float(before_training),
@@ -136,13 +137,14 @@ class TransferReport:
 
     def __post_init__(self):
         if self.metric not in REPORT_METRICS:
-            raise ValueError(f"metric must be one of {REPORT_METRICS}; got {self.metric!r} "
-                             "(report_metric(monitor) gives it).")
+            raise CookbookError(f"metric must be one of {REPORT_METRICS}; got {self.metric!r} "
+                                "(report_metric(monitor) gives it).")
         if not self.transfer or not self.scratch:
-            raise ValueError("A transfer report needs at least one transfer and one scratch run.")
+            raise CookbookError(
+                "A transfer report needs at least one transfer and one scratch run.")
         windows = {summary.slope_epochs for summary in self.transfer + self.scratch}
         if len(windows) != 1:
-            raise ValueError(
+            raise CookbookError(
                 f"The runs' slopes were computed over different windows {sorted(windows)}; "
                 "summarise every curve with the same slope_epochs (and train at least that "
                 "many epochs) so the slopes compare."

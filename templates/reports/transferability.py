@@ -31,6 +31,8 @@ import math
 
 import numpy as np
 
+from templates.data.errors import CookbookError
+
 ESTIMATES = ("linear_probe", "knn", "logme", "leep", "h_score")
 
 
@@ -56,19 +58,19 @@ def feature_vectors(features: np.ndarray, pooling: str = "avg") -> np.ndarray:
         if pooling == "max":
             return features.max(axis=(1, 2)).astype(np.float64)
         return features.mean(axis=(1, 2), dtype=np.float64)
-    raise ValueError(f"features of shape {features.shape} are neither vectors, sequences "
-                     "(examples, tokens, dimensions) nor feature maps (examples, height, "
-                     "width, channels).")
+    raise CookbookError(f"features of shape {features.shape} are neither vectors, sequences "
+                        "(examples, tokens, dimensions) nor feature maps (examples, height, "
+                        "width, channels).")
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1)
     if features.ndim != 2 or len(features) != len(labels):
-        raise ValueError(f"estimates need (examples, dimensions) features and one label per "
-                         f"example; got {features.shape} and {labels.shape}.")
+        raise CookbookError(f"estimates need (examples, dimensions) features and one label per "
+                            f"example; got {features.shape} and {labels.shape}.")
     if len(np.unique(labels)) < 2:
-        raise ValueError("estimates need examples of at least two classes.")
+        raise CookbookError("estimates need examples of at least two classes.")
     return features, labels.astype(np.int64)
 
 
@@ -122,8 +124,8 @@ def leep(source_probabilities: np.ndarray, labels: np.ndarray) -> float:
     probabilities = np.asarray(source_probabilities, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if probabilities.ndim != 2 or len(probabilities) != len(labels):
-        raise ValueError(f"LEEP needs (examples, source classes) probabilities and one label "
-                         f"per example; got {probabilities.shape} and {labels.shape}.")
+        raise CookbookError(f"LEEP needs (examples, source classes) probabilities and one label "
+                            f"per example; got {probabilities.shape} and {labels.shape}.")
     classes = int(labels.max()) + 1
     joint = np.zeros((classes, probabilities.shape[1]))
     np.add.at(joint, labels, probabilities)

@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.data.multi_label import is_multi_label
 from templates.data.multi_label import training_metrics as multi_label_metrics
 from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
@@ -35,7 +36,7 @@ def set_jit_compile(setting: str | bool) -> None:
         _jit_compile_default = setting
         return
     if setting not in JIT_COMPILE_SETTINGS:
-        raise ValueError(
+        raise CookbookError(
             f"XLA setting must be one of {', '.join(JIT_COMPILE_SETTINGS)} (or a bool); "
             f"got {setting!r}.")
     _jit_compile_default = JIT_COMPILE_SETTINGS[setting]

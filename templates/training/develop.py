@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.files import write_json
 from templates.models.backbones import cut_backbone
 from templates.models.heads import classification_head
@@ -38,7 +39,7 @@ SOURCE_CHECK_FILE = "source_check.json"
 SOURCE_DATA_FILE = "source_data.json"
 
 
-class UnskilledSourceModelError(ValueError):
+class UnskilledSourceModelError(CookbookError):
     """The source model does not clearly beat the naive baseline: nothing to transfer."""
 
 
@@ -78,7 +79,7 @@ def majority_baseline_accuracy(train_labels: Sequence[int], evaluation_labels: S
     train_labels = np.asarray(train_labels, dtype=int)
     evaluation_labels = np.asarray(evaluation_labels, dtype=int)
     if train_labels.size == 0 or evaluation_labels.size == 0:
-        raise ValueError("The naive baseline needs non-empty training and evaluation labels.")
+        raise CookbookError("The naive baseline needs non-empty training and evaluation labels.")
     majority = np.bincount(train_labels).argmax()
     return float(np.mean(evaluation_labels == majority))
 
@@ -223,7 +224,7 @@ def _enforce(check: SourceCheck, allow_unskilled: bool, where: str | None) -> No
 def default_cut(model: keras.Model) -> str:
     """The layer feeding the source model's output layer: everything but the old head."""
     if len(model.layers) < 3:
-        raise ValueError(f"{model.name} is too small to reuse: it has no hidden layer.")
+        raise CookbookError(f"{model.name} is too small to reuse: it has no hidden layer.")
     return model.layers[-2].name
 
 

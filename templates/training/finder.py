@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.batches import epoch_seed, set_epoch
 from templates.data.files import atomic_path, write_json
 from templates.training.seeds import reseed_generators
@@ -115,11 +116,11 @@ def suggest_learning_rate(learning_rates: list[float], smoothed_losses: list[flo
             loss minimum, divided by 10.
     """
     if rule not in SUGGESTION_RULES:
-        raise ValueError(f"Unknown suggestion rule {rule!r}; choose from "
-                         f"{', '.join(SUGGESTION_RULES)}.")
+        raise CookbookError(f"Unknown suggestion rule {rule!r}; choose from "
+                            f"{', '.join(SUGGESTION_RULES)}.")
     if len(learning_rates) != len(smoothed_losses) or len(learning_rates) < 3:
-        raise ValueError("Need at least three (rate, loss) pairs of equal length to suggest "
-                         "a learning rate; run the finder for more steps.")
+        raise CookbookError("Need at least three (rate, loss) pairs of equal length to suggest "
+                            "a learning rate; run the finder for more steps.")
     rates = np.log10(np.asarray(learning_rates, dtype="float64"))
     losses = np.asarray(smoothed_losses, dtype="float64")
     losses = np.where(np.isfinite(losses), losses, np.inf)
@@ -272,13 +273,13 @@ def sweep_rates(start_learning_rate: float, end_learning_rate: float, steps: int
                 smoothing: float = 0.9) -> np.ndarray:
     """The finder's exponentially spaced rates, after checking its arguments."""
     if not 0 < start_learning_rate < end_learning_rate:
-        raise ValueError(
+        raise CookbookError(
             f"Need 0 < start_learning_rate < end_learning_rate; got {start_learning_rate} "
             f"and {end_learning_rate}.")
     if steps < 5:
-        raise ValueError(f"steps must be at least 5; got {steps}.")
+        raise CookbookError(f"steps must be at least 5; got {steps}.")
     if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1); got {smoothing}.")
+        raise CookbookError(f"smoothing must be in [0, 1); got {smoothing}.")
     return np.geomspace(start_learning_rate, end_learning_rate, steps)
 
 
@@ -365,8 +366,8 @@ def find_learning_rate(
         `choose_learning_rate` for a rate that is always usable.
     """
     if rule not in SUGGESTION_RULES:
-        raise ValueError(f"Unknown suggestion rule {rule!r}; choose from "
-                         f"{', '.join(SUGGESTION_RULES)}.")
+        raise CookbookError(f"Unknown suggestion rule {rule!r}; choose from "
+                            f"{', '.join(SUGGESTION_RULES)}.")
     if loss is None:
         from templates.training.losses import classification_loss
 

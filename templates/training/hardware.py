@@ -29,6 +29,8 @@ from typing import Any
 
 import keras
 
+from templates.data.errors import CookbookError
+
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 
@@ -92,7 +94,7 @@ def choose_strategy(name: str = "auto") -> StrategyChoice:
             hardware / configuration that is missing.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}.")
+        raise CookbookError(f"Unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}.")
     backend = keras.backend.backend()
     if backend == "jax":
         return _choose_jax(name)
@@ -107,7 +109,7 @@ def _choose_tensorflow(name: str) -> StrategyChoice:
     gpus = tf.config.list_physical_devices("GPU")
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
-            raise ValueError(
+            raise CookbookError(
                 "--strategy multi_worker needs TF_CONFIG on every machine, e.g. "
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}} (README.md, "Several machines").')
@@ -120,16 +122,16 @@ def _choose_tensorflow(name: str) -> StrategyChoice:
             return StrategyChoice(strategy, "tpu", strategy.num_replicas_in_sync, "tpu")
         except (ValueError, RuntimeError, tf.errors.NotFoundError) as error:
             if name == "tpu":
-                raise ValueError(f"--strategy tpu: no TPU found ({error}). On Colab pick a "
-                                 "TPU runtime; on a Cloud TPU VM set TPU_NAME.") from None
+                raise CookbookError(f"--strategy tpu: no TPU found ({error}). On Colab pick a "
+                                    "TPU runtime; on a Cloud TPU VM set TPU_NAME.") from None
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         if not gpus and name == "mirrored":
-            raise ValueError("--strategy mirrored needs at least one GPU; none is visible.")
+            raise CookbookError("--strategy mirrored needs at least one GPU; none is visible.")
         strategy = tf.distribute.MirroredStrategy()
         return StrategyChoice(strategy, "mirrored", strategy.num_replicas_in_sync, "gpu")
     if name == "gpu" or (name == "auto" and gpus):
         if not gpus:
-            raise ValueError("--strategy gpu: no GPU is visible to TensorFlow.")
+            raise CookbookError("--strategy gpu: no GPU is visible to TensorFlow.")
         return StrategyChoice(tf.distribute.OneDeviceStrategy("/gpu:0"), "gpu", 1, "gpu")
     return StrategyChoice(tf.distribute.get_strategy(), "cpu", 1, "cpu")
 
@@ -138,7 +140,7 @@ def _choose_jax(name: str) -> StrategyChoice:
     import jax
 
     if name == "multi_worker":
-        raise ValueError(
+        raise CookbookError(
             "--strategy multi_worker is TensorFlow's MultiWorkerMirroredStrategy and the "
             "backend is jax: on JAX call jax.distributed.initialize() on every host and "
             "use --strategy mirrored (docs/guide.md, \"Several devices\").")
@@ -146,14 +148,14 @@ def _choose_jax(name: str) -> StrategyChoice:
     platform = devices[0].platform  # "cpu", "gpu" (cuda/rocm) or "tpu"
     device = "gpu" if platform in ("gpu", "cuda", "rocm") else platform
     if name in ("tpu", "gpu") and device != name:
-        raise ValueError(f"--strategy {name}: JAX sees no {name.upper()} (its devices: "
-                         f"{[str(item) for item in devices]}).")
+        raise CookbookError(f"--strategy {name}: JAX sees no {name.upper()} (its devices: "
+                            f"{[str(item) for item in devices]}).")
     if name == "mirrored" or (name == "auto" and len(devices) > 1):
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         return StrategyChoice(LocalScope(len(devices)), "mirrored", len(devices), device, "jax")
     if name == "cpu" and device != "cpu":
-        raise ValueError(f"--strategy cpu: JAX has already chosen its {device}; start the "
-                         "program with JAX_PLATFORMS=cpu to train on the CPU.")
+        raise CookbookError(f"--strategy cpu: JAX has already chosen its {device}; start the "
+                            "program with JAX_PLATFORMS=cpu to train on the CPU.")
     return StrategyChoice(LocalScope(1), device, 1, device, "jax")
 
 
@@ -161,12 +163,12 @@ def _choose_torch(name: str) -> StrategyChoice:
     import torch
 
     if name in ("multi_worker", "mirrored", "tpu"):
-        raise ValueError(f"--strategy {name} is not available on the torch backend: it "
-                         "trains on one device (use --strategy auto, gpu or cpu, or the "
-                         "jax or tensorflow backend for several devices).")
+        raise CookbookError(f"--strategy {name} is not available on the torch backend: it "
+                            "trains on one device (use --strategy auto, gpu or cpu, or the "
+                            "jax or tensorflow backend for several devices).")
     device = "gpu" if torch.cuda.is_available() else "cpu"
     if name == "gpu" and device != "gpu":
-        raise ValueError("--strategy gpu: PyTorch sees no CUDA GPU.")
+        raise CookbookError("--strategy gpu: PyTorch sees no CUDA GPU.")
     return StrategyChoice(LocalScope(1), device, 1, device, "torch")
 
 
@@ -204,8 +206,8 @@ def mixed_precision_policy(mode: str = "auto", device: str = "cpu",
     """The Keras dtype policy for ``mode`` on ``device`` (``auto``: bfloat16 on TPUs and
     GPUs of compute capability 8.0+, float16 on capability 7.x, float32 otherwise)."""
     if mode not in MIXED_PRECISION:
-        raise ValueError(f"Unknown mixed precision {mode!r}; choose from "
-                         f"{', '.join(MIXED_PRECISION)}.")
+        raise CookbookError(f"Unknown mixed precision {mode!r}; choose from "
+                            f"{', '.join(MIXED_PRECISION)}.")
     if mode == "auto":
         mode = ("bfloat16" if device == "tpu" or (capability and capability >= (8, 0)) else
                 "float16" if capability and capability >= (7, 0) else "off")
@@ -236,6 +238,6 @@ def check_tpu_paths(choice: StrategyChoice, *paths: str | os.PathLike | None) ->
     local = [os.fspath(path) for path in paths
              if path is not None and not os.fspath(path).startswith("gs://")]
     if local:
-        raise ValueError(
+        raise CookbookError(
             f"TPU workers cannot read local files: {local}. Copy the data to a Cloud "
             "Storage bucket and pass gs:// paths (or use a small dataset held in memory).")

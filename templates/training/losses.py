@@ -11,6 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from templates.data.errors import CookbookError
 from templates.data.multi_label import is_multi_label
 
 
@@ -25,7 +26,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
                  **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}.")
+            raise CookbookError(f"label_smoothing must be in [0, 1); got {label_smoothing}.")
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):

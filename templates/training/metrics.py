@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from templates.data.errors import CookbookError
+
 # The monitor names these metrics log under (with the "val_" prefix of validation).
 METRIC_NAMES = ("balanced_accuracy", "macro_f1")
 
@@ -25,7 +27,7 @@ class _ConfusionMetric(keras.metrics.Metric):
     def __init__(self, num_classes: int, name: str, **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 2:
-            raise ValueError(f"{name} needs at least 2 classes; got {num_classes}.")
+            raise CookbookError(f"{name} needs at least 2 classes; got {num_classes}.")
         self.num_classes = int(num_classes)
         self.matrix = self.add_variable(shape=(self.num_classes, self.num_classes),
                                         initializer="zeros", name="confusion",

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from templates.data.errors import CookbookError
 from templates.data.batches import steps_per_epoch
 from templates.data.files import atomic_path, write_json
 from templates.models.transfer_model import unfreeze
@@ -387,7 +388,7 @@ def local_accuracy(model: keras.Model, batches) -> float:
         correct += int(np.sum(probabilities.argmax(axis=-1) == labels))
         total += len(labels)
     if total == 0:
-        raise ValueError("Cannot compute an accuracy: the data yielded no examples.")
+        raise CookbookError("Cannot compute an accuracy: the data yielded no examples.")
     return correct / total
 
 
@@ -423,7 +424,7 @@ def run_transfer_multi_worker(transfer, strategy, train, validation, plan: Trans
          sum(map(len, plan.callbacks.values())) > len(tensorboard)),
     ) if used]
     if refused:
-        raise ValueError(
+        raise CookbookError(
             f"TransferPlan {', '.join(refused)}: not available under a multi-worker "
             "strategy, whose strategy.run loop replaces model.fit (keras-team/keras#20585); "
             "leave them unset there or train on one machine.")
@@ -434,8 +435,8 @@ def run_transfer_multi_worker(transfer, strategy, train, validation, plan: Trans
     if callable(train) and not isinstance(train, tf.data.Dataset):
         dataset_fn = train
         if plan.steps_per_epoch is None:
-            raise ValueError("TransferPlan.steps_per_epoch is needed when the training data "
-                             "is a dataset_fn (its size cannot be read).")
+            raise CookbookError("TransferPlan.steps_per_epoch is needed when the training data "
+                                "is a dataset_fn (its size cannot be read).")
         steps = plan.steps_per_epoch
     else:
         steps = plan.steps_per_epoch or steps_per_epoch(train)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.models.backbones import block_boundaries
 
 
@@ -30,8 +31,8 @@ class _PerVariableLearningRates:
         self.learning_rate_multipliers = dict(learning_rate_multipliers or {})
         for path, multiplier in self.learning_rate_multipliers.items():
             if not multiplier >= 0:
-                raise ValueError(f"Learning-rate multiplier for {path!r} must be >= 0; "
-                                 f"got {multiplier}.")
+                raise CookbookError(f"Learning-rate multiplier for {path!r} must be >= 0; "
+                                    f"got {multiplier}.")
         self._multiplier_by_key: dict = {}
 
     def build(self, variables):
@@ -117,7 +118,7 @@ def discriminative_multipliers(
         ``{variable.path: multiplier}`` for `DiscriminativeAdam`.
     """
     if factor < 1:
-        raise ValueError(f"factor must be >= 1 (earlier blocks learn slower); got {factor}.")
+        raise CookbookError(f"factor must be >= 1 (earlier blocks learn slower); got {factor}.")
     layers = backbone.layers
     if from_layer is None:
         start = 0

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.batches import (
     ShuffledArrays,
     array_batches,
@@ -118,7 +119,7 @@ def extract_features(
         if total:
             progress(index, total)
     if not labels:
-        raise ValueError("Cannot extract features: the data yielded no batches.")
+        raise CookbookError("Cannot extract features: the data yielded no batches.")
     return store.rows(), np.concatenate(labels)
 
 
@@ -142,9 +143,9 @@ def head_training_features(transfer: Transferable, train_data: Iterable,
     memory-mapped from a file (`templates.data.feature_store.FeatureStore`).
     """
     if views < 0:
-        raise ValueError(f"views must be 0 or more; got {views}.")
+        raise CookbookError(f"views must be 0 or more; got {views}.")
     if views and augmentation is None:
-        raise ValueError("views need an augmentation to draw them with.")
+        raise CookbookError("views need an augmentation to draw them with.")
     transfer.backbone.trainable = False
     store = FeatureStore(memory_limit_gb)
     # A shuffled training set is read in its epoch-0 order, so the cached features (and
@@ -229,11 +230,11 @@ def train_head(
         The `keras.callbacks.History` of the phase.
     """
     if train_features is not None and not cache_features:
-        raise ValueError(
+        raise CookbookError(
             "train_features are cached features, but cache_features=False trains through "
             "the backbone on train_data: pass one or the other.")
     if cache_features and augmentation is not None:
-        raise ValueError(
+        raise CookbookError(
             "Random augmentation cannot be used with cache_features=True: cached features "
             "are computed once, so they would never change. Pass cache_features=False to "
             "run the frozen backbone in the training graph."

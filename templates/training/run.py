@@ -39,6 +39,7 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.batches import steps_per_epoch
 from templates.data.multi_label import is_multi_label
 from templates.models.transfer_model import Transferable
@@ -294,12 +295,12 @@ def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None) -> No
     and balanced accuracy need single labels; micro F1 is a multi-label score; given
     ``features`` replace the plan's own extraction, so not with augmented views."""
     if plan.class_weight == "balanced":
-        raise ValueError("TransferPlan(class_weight='balanced') needs the training labels: "
-                         "run with plan.for_training_set(train_labels).")
+        raise CookbookError("TransferPlan(class_weight='balanced') needs the training labels: "
+                            "run with plan.for_training_set(train_labels).")
     if features is not None and (plan.augmented_views or not plan.cache_features):
-        raise ValueError("run_transfer(features=...) gives the cached features of the "
-                         "training examples, but the plan asks for augmented_views or "
-                         "cache_features=False: drop one or the other.")
+        raise CookbookError("run_transfer(features=...) gives the cached features of the "
+                            "training examples, but the plan asks for augmented_views or "
+                            "cache_features=False: drop one or the other.")
     multi = is_multi_label(model)
     problems = [message for refused, message in (
         (multi and plan.class_weight is not None,
@@ -315,7 +316,7 @@ def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None) -> No
          "metrics are single-label); train it on one machine"),
     ) if refused]
     if problems:
-        raise ValueError(f"TransferPlan does not fit {model.name}: {'; '.join(problems)}.")
+        raise CookbookError(f"TransferPlan does not fit {model.name}: {'; '.join(problems)}.")
 
 
 def _scores(model, validation, test, monitor: str) -> dict[str, float]:

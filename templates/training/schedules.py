@@ -16,6 +16,8 @@ import math
 
 import keras
 
+from templates.data.errors import CookbookError
+
 SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
 
 
@@ -35,8 +37,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, peak_learning_rate: float, total_steps: int, warmup_steps: int = 0,
                  initial_learning_rate: float = 0.0, final_learning_rate: float = 0.0):
         if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"Need total_steps >= 1 and 0 <= warmup_steps <= total_steps; "
-                             f"got total_steps={total_steps}, warmup_steps={warmup_steps}.")
+            raise CookbookError(f"Need total_steps >= 1 and 0 <= warmup_steps <= total_steps; "
+                                f"got total_steps={total_steps}, warmup_steps={warmup_steps}.")
         self.peak_learning_rate = float(peak_learning_rate)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
@@ -81,7 +83,7 @@ class OneCycle(WarmupCosine):
                  warmup_fraction: float = 0.25, div_factor: float = 25.0,
                  final_div_factor: float = 1e4):
         if not 0 <= warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}.")
+            raise CookbookError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}.")
         self.max_learning_rate = float(max_learning_rate)
         self.warmup_fraction = float(warmup_fraction)
         self.div_factor = float(div_factor)
@@ -114,7 +116,7 @@ class CyclicalMomentum(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, total_steps: int, warmup_steps: int, high: float = 0.95,
                  low: float = 0.85):
         if not 0 <= low <= high < 1:
-            raise ValueError(f"Need 0 <= low <= high < 1; got low={low}, high={high}.")
+            raise CookbookError(f"Need 0 <= low <= high < 1; got low={low}, high={high}.")
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.high = float(high)
@@ -141,7 +143,7 @@ def scheduled(learning_rate: float, schedule: str, epochs: int, steps_per_epoch:
     makes the rate the peak of a `OneCycle`.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
+        raise CookbookError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
     total = max(1, int(epochs) * int(steps_per_epoch))
     if schedule == "warmup_cosine":
         return WarmupCosine(learning_rate, total, warmup_steps=max(1, total // 10),

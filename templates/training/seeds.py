@@ -31,6 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.batches import EpochListener, epoch_followers, epoch_seed
 from templates.models.layers import iterate_layers
 
@@ -74,7 +75,7 @@ class EpochSeeds(keras.callbacks.Callback):
     def __init__(self, seed: int, data: Any = None):
         super().__init__()
         if int(seed) < 0:
-            raise ValueError(f"seed must be a non-negative integer; got {seed}.")
+            raise CookbookError(f"seed must be a non-negative integer; got {seed}.")
         self.seed = int(seed)
         self.followers: list[EpochListener] = []
         if data is not None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
 from templates.data.tokenization import tokenize
 from templates.models.word_vectors import (
@@ -87,7 +88,7 @@ def score_vectors(
             so the score would say nothing.
     """
     if evaluation not in EVALUATIONS:
-        raise ValueError(f"evaluation must be one of {EVALUATIONS}; got {evaluation!r}.")
+        raise CookbookError(f"evaluation must be one of {EVALUATIONS}; got {evaluation!r}.")
     if evaluation == "similarity":
         path = evaluation_file or gensim_test_file("wordsim353.tsv")
         covered = _covered_pairs(vectors, path)
@@ -104,7 +105,7 @@ def score_vectors(
         covered = len(total["correct"]) + len(total["incorrect"])
         if covered >= minimum_covered:
             return float(score), covered
-    raise ValueError(
+    raise CookbookError(
         f"Only {covered} items of {path} use words these vectors know (at least "
         f"{minimum_covered} needed): the {evaluation} check cannot judge them. Use a "
         "larger corpus, a lower min_count, or an evaluation file in the corpus's domain."
@@ -174,8 +175,8 @@ def develop_word_vectors(
                  else [list(sentence) for sentence in corpus])
     if not sentences:
         where = f" {os.fspath(corpus)!r}" if isinstance(corpus, (str, os.PathLike)) else ""
-        raise ValueError(f"The word2vec corpus{where} is empty: it needs one sentence of "
-                         "text per line.")
+        raise CookbookError(f"The word2vec corpus{where} is empty: it needs one sentence of "
+                            "text per line.")
     source = {"corpus": _fingerprint(sentences), "vector_size": vector_size,
               "window": window, "min_count": min_count, "epochs": epochs, "seed": seed,
               "evaluation": evaluation, "evaluation_file": evaluation_file}
@@ -193,9 +194,9 @@ def develop_word_vectors(
     counts = Counter(word for sentence in sentences for word in sentence)
     if not any(count >= min_count for count in counts.values()):
         where = f" {os.fspath(corpus)!r}" if isinstance(corpus, (str, os.PathLike)) else ""
-        raise ValueError(f"The word2vec corpus{where} has no word that occurs {min_count} "
-                         f"times or more ({len(counts)} distinct words): there is nothing "
-                         "to learn vectors for. Use a larger corpus or a lower min_count.")
+        raise CookbookError(f"The word2vec corpus{where} has no word that occurs {min_count} "
+                            f"times or more ({len(counts)} distinct words): there is nothing "
+                            "to learn vectors for. Use a larger corpus or a lower min_count.")
     from gensim.models import Word2Vec
 
     model = Word2Vec(sentences, vector_size=vector_size, window=window, min_count=min_count,
@@ -269,7 +270,7 @@ def add_in_domain_vectors(
         whether the in-domain ones were added.
     """
     if when not in IN_DOMAIN_CHOICES:
-        raise ValueError(f"when must be one of {IN_DOMAIN_CHOICES}; got {when!r}.")
+        raise CookbookError(f"when must be one of {IN_DOMAIN_CHOICES}; got {when!r}.")
     if when == "off":
         return vectors, False
     sentences = [tokenize(text) for text in texts]
@@ -301,8 +302,8 @@ def word_vector_source(name: str, pretrained: Callable[[], KeyedVectors],
         directory: Where the in-domain word2vec vectors are saved and reused from.
     """
     if name not in VECTOR_SOURCES:
-        raise ValueError(f"Unknown word-vector source {name!r}; choose from "
-                         f"{', '.join(VECTOR_SOURCES)}.")
+        raise CookbookError(f"Unknown word-vector source {name!r}; choose from "
+                            f"{', '.join(VECTOR_SOURCES)}.")
     if name == "glove":
         return pretrained()
     if name == "random":
