@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
         cli.start_multi_worker(args)
-    with choice.strategy.scope():
+    # The run owns --output-dir: a second run into it stops here, before any work.
+    with cli.own_output_dir(args, choice), choice.strategy.scope():
         return run(args, choice)
 
 
@@ -161,8 +162,12 @@ def run(args: argparse.Namespace, choice) -> int:
     # (--discriminative-factor: each earlier block slower still). The learning-rate
     # finder chooses each phase's rate. Every epoch is checkpointed: after a crash or a
     # kill, --resume restores finished phases, says so, and continues the phase in
-    # progress from its last finished epoch.
-    state = cli.checkpoints(args)
+    # progress from its last finished epoch, if what shapes the weights is unchanged
+    # (recorded now: the plan, backbone, image size, classes and a digest of the data).
+    state = cli.checkpoints(args, plan, settings=dict(
+        backbone=selection.pick if selection else args.backbone, alpha=args.alpha,
+        weights=args.weights, image_size=image_size, augment=args.augment, multi_label=args.multi_label, classes=splits.class_names,
+        data=splits.fingerprint()))
     run = run_transfer(transfer, train, validation, plan, state, test=test,
                        output_dir=args.output_dir, measure_start=args.compare_scratch,
                        features=selection.features_for(plan) if selection else None)

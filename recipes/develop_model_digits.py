@@ -61,22 +61,24 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         prog="python -m recipes.develop_model_digits",
         description="Develop-model transfer from odd-vs-even to digits 5-9, vs scratch.",
     )
-    parser.add_argument("--labels-per-class", type=int, default=5,
+    parser.add_argument("--labels-per-class", type=cli.number(int, 1), default=5,
                         help="Labelled target training examples per digit.")
     parser.add_argument("--source-task", default="parity", choices=sorted(SOURCE_TASKS),
                         help="The source task: parity (odd vs even, the default), "
                         "low_digits (tell 0-4 apart), loops (0, 6, 8, 9 against the rest), "
                         "unrelated (memorised noise patterns: a control).")
-    parser.add_argument("--seed", type=int, default=0, help="First seed.")
-    parser.add_argument("--seeds", type=int, default=5, help="Seeds of the transfer report.")
-    parser.add_argument("--source-epochs", type=int, default=30,
+    parser.add_argument("--seed", type=cli.number(int, 0, 2**32 - 1), default=0, help="First seed.")
+    parser.add_argument("--seeds", type=cli.number(int, 1), default=5,
+                        help="Seeds of the transfer report.")
+    parser.add_argument("--source-epochs", type=cli.number(int, 1), default=30,
                         help="Epochs of source-model training.")
-    parser.add_argument("--head-epochs", dest="epochs", type=int, default=10)
-    parser.add_argument("--fine-tune-epochs", type=int, default=5)
+    parser.add_argument("--head-epochs", dest="epochs", type=cli.number(int, 0), default=10)
+    parser.add_argument("--fine-tune-epochs", type=cli.number(int, 0), default=5)
     parser.add_argument("--skip-sweep", action="store_true", help="Skip the reuse sweep.")
-    parser.add_argument("--learning-rate", type=float, default=1e-2,
+    parser.add_argument("--learning-rate", type=cli.number(float, above=0, maximum=1), default=1e-2,
                         help="The transferred head's rate, and the scratch model's.")
-    parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--fine-tune-learning-rate",
+                        type=cli.number(float, above=0, maximum=1), default=1e-3)
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
     # Shared options; --find-lr measures the head's rate once for transfer and scratch.
     cli.add_training_arguments(parser, patience=0, restore_best=False)
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     args = parse_arguments(argv)
     # ## Hardware, as in the other recipes; batch sizes count per replica.
     choice = cli.setup_hardware(args)
-    with choice.strategy.scope():
+    with cli.own_output_dir(args, choice), choice.strategy.scope():
         return run(args, choice.replicas)
 
 
@@ -173,7 +175,9 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     validation = array_batches(*data["validation"], batch_size=512, shuffle=False)
     test = array_batches(*data["test"], batch_size=512, shuffle=False)
     # Checkpointed: --resume reuses finished runs and continues the one in progress.
-    state = cli.checkpoints(args, backup_overhead=0.1)
+    state = cli.checkpoints(args, plan, settings=dict(
+        source_task=args.source_task, labels_per_class=args.labels_per_class,
+        seeds=args.seeds, source_epochs=args.source_epochs), backup_overhead=0.1)
     logs = cli.phase_logs(args)
     report = compare_with_scratch(
         lambda: reuse(developed.source_model), lambda: reuse(build_digit_model()).model,

@@ -23,8 +23,8 @@ How to run:
 
     python -m recipes.glove_text_classification --help
 
-Data: a file of `label<TAB>text` lines (a file without tabs is read as `label text`,
-the SST-2 form), or a directory with one folder of `.txt` files per class. Labels are
+Data: a file of `label<TAB>text` or `label text` lines (the SST-2 form; decided line
+by line), or a directory with one folder of `.txt` files per class. Labels are
 any strings; several classes work.
 
 Outputs in `--output-dir`: `metrics.json` (`test_accuracy`, `vocabulary_size`,
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
         cli.start_multi_worker(args)
-    with choice.strategy.scope():
+    with cli.own_output_dir(args, choice), choice.strategy.scope():
         return run(args, choice)
 
 
@@ -172,7 +172,11 @@ def run(args: argparse.Namespace, choice) -> int:
     # checkpointed: --resume restores finished phases, says so, and continues the phase
     # in progress from its last finished epoch.
     transfer = build_classifier(args, data)
-    state = cli.checkpoints(args)
+    state = cli.checkpoints(args, plan, settings=dict(
+        vectors=details["vectors"], architecture=args.architecture, filters=args.filters,
+        units=args.units, embedding_dropout=args.embedding_dropout,
+        anchor_strength=args.anchor_strength, sequence_length=data.sequence_length,
+        classes=splits.class_names, data=splits.fingerprint()))
     run = run_transfer(transfer, train, validation, plan, state, test=test,
                        output_dir=args.output_dir, measure_start=True, verbose=2)
 

@@ -62,16 +62,16 @@ from templates import (  # noqa: E402
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m recipes.multi_worker_digits",
                                      description=__doc__.split("How to run")[0].strip())
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--per-replica-batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=cli.number(int, 1), default=5)
+    parser.add_argument("--per-replica-batch-size", type=cli.number(int, 1, 65536), default=32)
+    parser.add_argument("--learning-rate", type=cli.number(float, above=0, maximum=1), default=2e-3)
     # Of the shared training options, the schedule, the finder and TensorBoard logs
     # apply to this loop; early stopping and discriminative rates are left to the
     # model.fit recipes (there is no validation pass and one optimiser here).
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="Learning-rate schedule over the whole run (the rate given is "
                              "the peak for one_cycle).")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=cli.number(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the chief's checkpoint in OUTPUT_DIR/checkpoints.")
     parser.add_argument("--output-dir", default="runs/multi_worker_digits")
@@ -105,7 +105,12 @@ def main(argv=None) -> int:
     if args.strategy == "auto" and os.environ.get("TF_CONFIG"):
         args.strategy = "multi_worker"
     choice = cli.setup_hardware(args, multi_worker=True)
+    with cli.own_output_dir(args, choice):  # the chief holds --output-dir
+        return train(args, choice)
 
+
+def train(args: argparse.Namespace, choice) -> int:
+    """The recipe on every worker: data, model, the loop, the outputs."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

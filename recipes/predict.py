@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from templates import IMAGE_EXTENSIONS, Predictor, write_json  # noqa: E402
+from templates import IMAGE_EXTENSIONS, CookbookError, Predictor, cli, write_json  # noqa: E402
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -55,7 +54,7 @@ def _image_paths(inputs: list[str]) -> list[str]:
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise ValueError(f"{item!r} is not a file or folder.")
+            raise CookbookError(f"{item!r} is not a file or folder.")
     return paths
 
 
@@ -63,9 +62,13 @@ def _texts(inputs: list[str], texts: list[str]) -> list[str]:
     collected = list(texts)
     for item in inputs:
         if not os.path.isfile(item):
-            raise ValueError(f"{item!r} is not a file (use --text for a literal text).")
-        with open(item, encoding="utf-8") as handle:
-            collected += [line.rstrip("\n") for line in handle if line.strip()]
+            raise CookbookError(f"{item!r} is not a file (use --text for a literal text).")
+        try:
+            with open(item, encoding="utf-8") as handle:
+                collected += [line.rstrip("\n") for line in handle if line.strip()]
+        except UnicodeDecodeError as error:
+            raise CookbookError(f"{item}: bytes that are not valid UTF-8 at byte "
+                                f"{error.start} ({error.reason}); save it as UTF-8.") from None
     return collected
 
 
@@ -74,29 +77,30 @@ def main(argv=None) -> int:
     predictor = Predictor(args.model_dir, safe_mode=not args.unsafe)
     if predictor.kind == "image":
         if args.text:
-            raise ValueError("This is an image model: pass image files, not --text.")
+            raise CookbookError("This is an image model: pass image files, not --text.")
         items = _image_paths(args.inputs)
     else:
         items = _texts(args.inputs, args.text)
     if not items:
-        raise ValueError("Nothing to classify: give image files, text files or --text.")
+        raise CookbookError("Nothing to classify: give image files, text files or --text.")
     predictions = predictor.predict(items)
     for prediction in predictions:
         shown = prediction.input if len(prediction.input) <= 70 else prediction.input[:67] + "..."
-        if prediction.labels is None:
+        if prediction.problem is not None:  # named and counted; the others still run
+            print(f"{'skipped':>12}  {'':6}  {shown}: {prediction.problem}")
+        elif prediction.labels is None:
             print(f"{prediction.label:>12}  {prediction.confidence:6.1%}  {shown}")
         else:  # multi-label: the input, then each label over its threshold
             print("  ".join([shown] + [f"{name} {probability:.1%}" for name, probability
                                        in prediction.labels.items()]))
+    skipped = sum(prediction.problem is not None for prediction in predictions)
+    if skipped:
+        print(f"Classified {len(predictions) - skipped} of {len(predictions)} inputs; "
+              f"skipped {skipped} that could not be read (named above).")
     if args.output:
-
         write_json(args.output, [dataclasses.asdict(p) for p in predictions])
-    return 0
+    return 1 if skipped == len(predictions) else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_main(main)

@@ -74,6 +74,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from templates import cli  # noqa: E402
 from templates import (  # noqa: E402
     POOLINGS,
+    CookbookError,
     download_sst2,
     load_text_splits,
     pretrained_text_encoder,
@@ -95,10 +96,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "distil_bert_base_en_uncased, roberta_base_en...) or folder, or "
                         "tfhub:HANDLE_OR_DIR for a TF-Hub sentence-embedding module.")
     cli.add_text_data_arguments(parser)
-    parser.add_argument("--lora-rank", type=int, default=None, metavar="R",
+    parser.add_argument("--lora-rank", type=cli.number(int, 1, 1024), default=None, metavar="R",
                         help="Fine-tune rank-R LoRA adapters instead of every weight "
                         "(keras-hub presets).")
-    parser.add_argument("--sequence-length", type=int, default=None,
+    parser.add_argument("--sequence-length", type=cli.number(int, 1, 100_000), default=None,
                         help="Tokens per text (keras-hub); fitted to 99%% of the training "
                         "texts when omitted.")
     parser.add_argument("--pooling", choices=POOLINGS, default="auto",
@@ -107,7 +108,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "all-MiniLM-L6-v2; else mean, cls or pooler, whichever a logistic "
                         "regression on the frozen outputs scores best on validation), "
                         "mean (over real tokens), cls (the first token) or pooler (BERT's).")
-    parser.add_argument("--dropout", type=float, default=0.1, help="The head's dropout.")
+    parser.add_argument("--dropout", type=cli.number(float, 0, below=1), default=0.1,
+                        help="The head's dropout.")
     # The head's rate: 1e-2 chosen on SST-2's validation sentences (docs/results.md): a
     # mean-pooled, unit-length MiniLM vector has coordinates near 0.05, and 1e-3 left
     # the head 3 points short in ten epochs; 1e-2 is within a point of the best rate for
@@ -131,9 +133,9 @@ def main(argv=None) -> int:
     choice = cli.setup_hardware(args, args.train, args.validation, args.test)
     args.batch_size = choice.global_batch_size(args.batch_size)
     if args.export_tflite is not None:
-        raise ValueError("--export-tflite: TFLite's built-in ops cannot run a keras-hub "
-                         "tokenizer or a TF-Hub text module; export saved_model/ instead.")
-    with choice.strategy.scope():
+        raise CookbookError("--export-tflite: TFLite's built-in ops cannot run a keras-hub "
+                            "tokenizer or a TF-Hub text module; export saved_model/ instead.")
+    with cli.own_output_dir(args, choice), choice.strategy.scope():
         return run(args)
 
 
@@ -166,17 +168,19 @@ def run(args: argparse.Namespace) -> int:
     batches = {name: transfer.batches(getattr(splits, name).texts, splits.labels[name],
                                       plan.batch_size, shuffle=name == "train", seed=plan.seed)
                for name in ("train", "validation", "test")}
-    print(f"Data: train {len(splits.train)}, validation {len(splits.validation)}, test "
-          f"{len(splits.test)}; classes {class_names}; skipped {len(splits.skipped)} "
-          f"lines. Encoder {transfer.source}, sequence length {transfer.sequence_length}, "
-          f"{transfer.pooling} pooling ({transfer.pooling_choice['chosen_by']}).")
+    print(f"{splits.describe()}\nEncoder {transfer.source}, sequence length "
+          f"{transfer.sequence_length}, {transfer.pooling} pooling "
+          f"({transfer.pooling_choice['chosen_by']}).")
 
     # ## Training: the two phases, as one plan
     # Phase 1 trains the head on cached encoder outputs; phase 2 unfreezes the encoder
     # (with --lora-rank, only its adapters). Every epoch is checkpointed: --resume
     # continues an interrupted run where it stopped.
     plan = plan.for_training_set(splits.labels["train"])
-    state = cli.checkpoints(args)
+    state = cli.checkpoints(args, plan, settings=dict(
+        preset=args.preset, pooling=transfer.pooling, lora_rank=args.lora_rank,
+        dropout=args.dropout, sequence_length=transfer.sequence_length,
+        classes=class_names, data=splits.fingerprint()))
     run = run_transfer(transfer, batches["train"], batches["validation"], plan, state,
                        test=batches["test"], output_dir=args.output_dir, measure_start=True,
                        verbose=2)

@@ -30,12 +30,14 @@ recipes, as measured (docs/results.md).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
 
 import keras
 
+from templates.data.errors import CookbookError, one_sentence, outside_cause
 from templates.data.decoded_images import DEFAULT_CACHE_MEMORY_GB
 
 from templates.export.formats import TFLITE_MODES
@@ -59,6 +61,43 @@ from templates.training.schedules import SCHEDULES
 from templates.training.word2vec import IN_DOMAIN_CHOICES, IN_DOMAIN_MINIMUM_WORDS
 
 
+# The largest --image-size: a photo of side S costs 3 S^2 bytes decoded (the cache holds
+# every photo) and 12 S^2 bytes as a float32 input; at 1024 px that is 3 MB and 12.6 MB,
+# so a batch of 32 holds 0.4 GB of inputs before a convolutional backbone's activations,
+# which in training take tens of times more: beyond 1024 px a batch no longer fits a
+# 16-24 GB machine. Sizes above LARGE_IMAGE_SIZE print the estimate.
+MAX_IMAGE_SIZE = 1024
+LARGE_IMAGE_SIZE = 512
+
+
+def number(kind: type = float, minimum: float | None = None, maximum: float | None = None,
+           above: float | None = None, below: float | None = None):
+    """An argparse ``type``: a finite ``kind`` (``int`` or ``float``) within the bounds
+    (``minimum``/``maximum`` inclusive, ``above``/``below`` exclusive); anything else,
+    ``inf`` and ``nan`` included, stops the parser with one line naming the flag."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}; got {text!r}") from None
+        ranges = [f">= {minimum:g}" if minimum is not None else "",
+                  f"> {above:g}" if above is not None else "",
+                  f"<= {maximum:g}" if maximum is not None else "",
+                  f"< {below:g}" if below is not None else ""]
+        if not (math.isfinite(value)
+                and (minimum is None or value >= minimum)
+                and (above is None or value > above)
+                and (maximum is None or value <= maximum)
+                and (below is None or value < below)):
+            wanted = " and ".join(bound for bound in ranges if bound)
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number{' ' + wanted if wanted else ''}; got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                       fine_tune_epochs: int = 3, fine_tune_learning_rate: float | None = 1e-4,
                       seed: int = 1337, learning_rate: float = 1e-3) -> None:
@@ -66,14 +105,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
     ``--batch-size``, ``--seed``, ``--resume``, ``--output-dir``, ``--compare-scratch``,
     ``--export-tflite`` and ``--assert-accuracy-at-least``, with the recipe's defaults."""
     group = parser.add_argument_group("the run")
-    group.add_argument("--epochs", type=int, default=10,
+    group.add_argument("--epochs", type=number(int, 0), default=10,
                        help="Epochs of phase 1: the new head on the frozen reused part.")
-    group.add_argument("--fine-tune-epochs", type=int, default=fine_tune_epochs,
+    group.add_argument("--fine-tune-epochs", type=number(int, 0), default=fine_tune_epochs,
                        help="Epochs of phase 2, the reused part unfrozen (0 skips it). "
                             f"Default {fine_tune_epochs}.")
-    group.add_argument("--learning-rate", type=float, default=learning_rate,
+    group.add_argument("--learning-rate", type=number(float, above=0, maximum=1),
+                       default=learning_rate,
                        help=f"Phase 1's learning rate. Default {learning_rate:g}.")
-    group.add_argument("--fine-tune-learning-rate", type=float,
+    group.add_argument("--fine-tune-learning-rate",
+                       type=number(float, above=0, maximum=1),
                        default=fine_tune_learning_rate,
                        help="Phase 2's learning rate (well below phase 1's). Default "
                             + (f"{fine_tune_learning_rate:g}." if fine_tune_learning_rate
@@ -83,9 +124,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                             "beat the head's on the validation data, else end with the "
                             "head's (metrics.json's fine_tuning_kept says which); always: "
                             "keep them whatever they score.")
-    group.add_argument("--batch-size", type=int, default=32,
+    group.add_argument("--batch-size", type=number(int, 1, 65536), default=32,
                        help="Examples per batch and replica. Default 32.")
-    group.add_argument("--seed", type=int, default=seed,
+    group.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=seed,
                        help="Seeds the splits, every epoch's order, dropout and "
                             f"augmentation. Default {seed}.")
     group.add_argument("--output-dir", default=output_dir,
@@ -105,7 +146,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                             "int8 (model_MODE.tflite; int8 calibrated on training "
                             "examples); metrics.json records each one's size and its test "
                             "accuracy run by the TFLite interpreter.")
-    group.add_argument("--assert-accuracy-at-least", type=float, default=None, metavar="X",
+    group.add_argument("--assert-accuracy-at-least", type=number(float, 0, 1), default=None,
+                       metavar="X",
                        help="Exit non-zero if the final accuracy (test if there is a test "
                             "set, else validation) is below X.")
 
@@ -122,9 +164,9 @@ def add_text_data_arguments(parser: argparse.ArgumentParser) -> None:
                        "training data when omitted.")
     group.add_argument("--test", help="Test texts (same forms); split off the training data "
                        "when omitted.")
-    group.add_argument("--train-size", type=int, default=None,
+    group.add_argument("--train-size", type=number(int, 1), default=None,
                        help="Train on a seeded random subset of N training examples.")
-    group.add_argument("--validation-fraction", type=float, default=0.1,
+    group.add_argument("--validation-fraction", type=number(float, above=0, below=1), default=0.1,
                        help="Share split off the training data for a missing validation "
                        "or test set. Default 0.1.")
     group.add_argument("--encoding", default="utf-8", help="Encoding of the text files.")
@@ -161,7 +203,7 @@ def add_word_vector_arguments(parser: argparse.ArgumentParser) -> None:
                        "put its vectors beside the pretrained ones. auto: when the "
                        f"training texts hold at least {IN_DOMAIN_MINIMUM_WORDS:,} words "
                        "(and --develop-vectors is not used).")
-    group.add_argument("--extra-vocabulary", type=int, default=100000,
+    group.add_argument("--extra-vocabulary", type=number(int, 0), default=100000,
                        help="Add the N most frequent words of the vectors to the "
                        "vocabulary (0: training words only).")
     group.add_argument("--normalize-vectors", action=argparse.BooleanOptionalAction,
@@ -187,14 +229,14 @@ def add_image_data_arguments(parser: argparse.ArgumentParser) -> None:
                        "off it unless --validation-csv / --test-csv give them.")
     group.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
     group.add_argument("--test-csv", help="Test images as a path,label CSV.")
-    group.add_argument("--validation-fraction", type=float, default=0.2,
+    group.add_argument("--validation-fraction", type=number(float, above=0, below=1), default=0.2,
                        help="Share split off the training images for validation (and, "
                        "from a labels CSV without --test-csv, for testing). Default 0.2.")
     group.add_argument("--multi-label", action="store_true",
                        help="Any number of labels per image (with --labels-csv, labels "
                        "separated by |): sigmoid outputs, per-label thresholds chosen on "
                        "validation data (thresholds.json).")
-    group.add_argument("--cache-memory-gb", type=float, default=DEFAULT_CACHE_MEMORY_GB,
+    group.add_argument("--cache-memory-gb", type=number(float, 0), default=DEFAULT_CACHE_MEMORY_GB,
                        help="Memory for each of the two caches: the decoded images (uint8, "
                        "all splits together) and the head's cached backbone features "
                        "(every view). A larger image set is memory-mapped from "
@@ -209,6 +251,15 @@ def image_batches(args: argparse.Namespace, splits, plan):
     with ``--cache-memory-gb`` and the decoded-image cache in ``OUTPUT_DIR/cache``."""
     from templates.data.images import image_batches_by_size
 
+    size = getattr(args, "image_size", None)
+    if size and size > LARGE_IMAGE_SIZE:
+        photos = sum(len(part.files) for part in (splits.train, splits.validation,
+                                                  splits.test) if part is not None)
+        print(f"--image-size {size}: the decoded photos take {3 * size**2 * photos / 1e9:.1f} "
+              f"GB ({3 * size**2 / 1e6:.1f} MB each, on disk beyond --cache-memory-gb) "
+              f"and one batch of float32 inputs {12 * size**2 * plan.batch_size / 1e9:.2f} "
+              f"GB, before the backbone's activations, which in training take tens of times "
+              f"more.")
     return image_batches_by_size(splits, plan.batch_size, plan.seed,
                                  cache_dir=os.path.join(args.output_dir, "cache"),
                                  memory_limit_gb=cache_memory_gb(args))
@@ -218,7 +269,7 @@ def cache_memory_gb(args: argparse.Namespace) -> float:
     """``--cache-memory-gb``, checked: the limit of the decoded images and of the cached
     features alike."""
     if args.cache_memory_gb < 0:
-        raise ValueError(f"--cache-memory-gb must be 0 or more; got {args.cache_memory_gb}.")
+        raise CookbookError(f"--cache-memory-gb must be 0 or more; got {args.cache_memory_gb}.")
     return args.cache_memory_gb
 
 
@@ -247,7 +298,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
             per recipe on its validation data.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
+        raise CookbookError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
     group = parser.add_argument_group("training options")
     group.add_argument("--find-lr", action=argparse.BooleanOptionalAction, default=find_lr,
                        help="Run the learning-rate finder before each phase, use its "
@@ -265,10 +316,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                        help="Learning-rate schedule within each phase: constant, warm-up "
                             "(10%% of steps) then cosine decay, or one-cycle (the rate "
                             f"given is the peak). Default {schedule}.")
-    group.add_argument("--discriminative-factor", type=float, default=None, metavar="F",
+    group.add_argument("--discriminative-factor", type=number(float, 1, 100), default=None,
+                       metavar="F",
                        help="Fine-tune each earlier backbone block F times slower than the "
                             "next (e.g. 2.6); default: one rate for every unfrozen layer.")
-    group.add_argument("--patience", type=int, default=patience,
+    group.add_argument("--patience", type=number(int, 0), default=patience,
                        help="Stop a phase after this many epochs without a better "
                             "validation accuracy (0: never stop early). Default "
                             f"{patience}.")
@@ -280,7 +332,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
                        help="balanced: weigh each training example's loss by the inverse "
                             "of its class's frequency (for imbalanced classes), in both "
                             "phases and the scratch run. Default none.")
-    group.add_argument("--label-smoothing", type=float, default=0.0, metavar="S",
+    group.add_argument("--label-smoothing", type=number(float, 0, below=1), default=0.0,
+                       metavar="S",
                        help="Train towards smoothed targets (the true class 1 - S + S / "
                             "classes), in both phases and the scratch run. Default 0.")
     group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
@@ -316,7 +369,7 @@ def start_multi_worker(args) -> None:
     used = [flag for flag in FIT_ONLY_OPTIONS
             if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False, 0)]
     if used:
-        raise ValueError(
+        raise CookbookError(
             f"{', '.join(used)}: not available with --strategy multi_worker, whose "
             "training loop replaces model.fit (run them on one machine).")
 
@@ -351,7 +404,7 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
             (keras-team/keras#20585).
     """
     if args.strategy == "multi_worker" and not multi_worker:
-        raise ValueError(
+        raise CookbookError(
             "--strategy multi_worker: this recipe trains with model.fit, which fails under "
             "MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585). Train across "
             "machines with templates.training.multi_worker.train_multi_worker, as "
@@ -385,8 +438,8 @@ def refuse_tensorflow_only_options(args: argparse.Namespace) -> None:
         [f"--backbone/--select-from {spelling}" for spelling in spellings
          if str(spelling).startswith("tfhub:")]
     if used:
-        raise ValueError(f"{', '.join(used)}: TensorFlow only (TFLite, TF-Hub), and the Keras "
-                         f"backend is {backend}; run with KERAS_BACKEND=tensorflow.")
+        raise CookbookError(f"{', '.join(used)}: TensorFlow only (TFLite, TF-Hub), and the Keras "
+                            f"backend is {backend}; run with KERAS_BACKEND=tensorflow.")
 
 
 def require_tensorflow(recipe: str, reason: str) -> None:
@@ -497,8 +550,8 @@ def select_source(args: argparse.Namespace, candidates, train=None, validation=N
     from templates.reports.selection import SelectionBudget, rank_sources
 
     if getattr(args, "multi_label", False):
-        raise ValueError("--select-from ranks single-label targets; the estimates do not "
-                         "apply to --multi-label.")
+        raise CookbookError("--select-from ranks single-label targets; the estimates do not "
+                            "apply to --multi-label.")
     budget = SelectionBudget(seed=args.seed, **({"rank_by": args.select_by}
                                                 if args.select_by else {}))
     selection = rank_sources(candidates, train, validation, budget)
@@ -514,12 +567,12 @@ def add_image_model_arguments(parser: argparse.ArgumentParser) -> None:
     ``--fine-tune-from``) and its optional extras (``--augment``, ``--augmented-views``,
     ``--test-time-flips``, ``--reuse-sweep N [--estimate]``)."""
     group = parser.add_argument_group("backbone")
-    group.add_argument("--alpha", type=float, default=None,
+    group.add_argument("--alpha", type=number(float, above=0, maximum=2), default=None,
                        help="Width multiplier for MobileNet families.")
     group.add_argument("--weights", default="imagenet",
                        help="'imagenet' (a keras-hub preset's own), 'none' (random "
                        "initialisation) or a weights file.")
-    group.add_argument("--image-size", type=int, default=None,
+    group.add_argument("--image-size", type=number(int, 32, MAX_IMAGE_SIZE), default=None,
                        help="Square image side; the backbone's default when omitted.")
     group.add_argument("--fine-tune-from", default="default", type=_layer_name_or_index,
                        help="First backbone layer to unfreeze (a name, or an index such as "
@@ -531,13 +584,13 @@ def add_image_model_arguments(parser: argparse.ArgumentParser) -> None:
                        choices=("flip_rotate", "randaugment"),
                        help="Random flips and rotations (or flips and RandAugment) while "
                        "fine-tuning, and for the head on --augmented-views cached views.")
-    group.add_argument("--augmented-views", type=int, default=4, metavar="K",
+    group.add_argument("--augmented-views", type=number(int, 0, 64), default=4, metavar="K",
                        help="With --augment: train the head on the cached features of K "
                        "augmented views of every photo (default 4; 0: through the backbone).")
     group.add_argument("--test-time-flips", action="store_true",
                        help="Average each photo's prediction with its mirror image's; the "
                        "saved model does it too.")
-    group.add_argument("--reuse-sweep", type=int, default=0, metavar="N",
+    group.add_argument("--reuse-sweep", type=number(int, 0, 1000), default=0, metavar="N",
                        help="Cut the backbone at N block ends, train a head on each and "
                        "write reuse_sweep.json/.png.")
     group.add_argument("--estimate", action="store_true",
@@ -549,14 +602,42 @@ def _layer_name_or_index(value: str) -> str | int:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def checkpoints(args: argparse.Namespace, **options: Any):
+def own_output_dir(args: argparse.Namespace, choice: StrategyChoice | None = None):
+    """The run's hold on ``--output-dir`` (`templates.training.run_folder.FolderLock`):
+    a second run into a folder in use stops here, in one sentence, before any work. On
+    several machines only the chief holds it (the workers write beside it)."""
+    import contextlib
+
+    from templates.training.checkpoints import chief_process
+    from templates.training.run_folder import FolderLock
+
+    if choice is not None and choice.name == "multi_worker" and not chief_process():
+        return contextlib.nullcontext()
+    return FolderLock(args.output_dir)
+
+
+# Plan fields that do not shape the weights: a resume may change them freely.
+FREE_ON_RESUME = ("callbacks", "feature_memory_gb")
+
+
+def checkpoints(args: argparse.Namespace, plan: TransferPlan | None = None,
+                settings: dict[str, Any] | None = None, **options: Any):
     """The run's `templates.training.checkpoints.TrainingState`:
     ``OUTPUT_DIR/checkpoints``, continued with ``--resume`` (``options``: e.g.
-    ``backup_overhead=0.1``)."""
+    ``backup_overhead=0.1``).
+
+    ``plan`` and ``settings`` (what else shapes the weights: backbone, image size,
+    classes, a fingerprint of the data...) are recorded when the run starts, and a
+    ``--resume`` whose settings differ stops naming them
+    (`templates.training.run_folder.check_settings`)."""
     from templates.training.checkpoints import TrainingState
 
+    recorded = dict(settings or {})
+    if plan is not None:
+        recorded["plan"] = {key: value for key, value in plan.to_dict().items()
+                            if key not in FREE_ON_RESUME}
     return TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-                         **options)
+                         settings=recorded or None, **options)
 
 
 def phase_logs(args: argparse.Namespace):
@@ -709,17 +790,22 @@ def write_metrics(args: argparse.Namespace, metrics: dict[str, Any], gate: bool 
 
 
 def run_main(main, argv=None) -> None:
-    """Run a recipe's ``main`` and exit with its status. Expected failures (offline
-    downloads, missing weights, bad paths or arguments) print one line, not a traceback."""
+    """Run a recipe's ``main`` and exit with its status.
+
+    A cause outside the program (`templates.data.errors.outside_cause`: bad input, an
+    impossible setting, an offline download, a full disk, a read-only folder) prints one
+    line and exits with status 2. Anything else is a bug and keeps its traceback, even a
+    ``ValueError`` raised inside Keras or NumPy.
+    """
     from templates.data.decoded_images import return_large_blocks_to_the_system
-    from templates.data.downloads import DownloadError
-    from templates.models.backbones import WeightsUnavailableError
 
     return_large_blocks_to_the_system()  # batches made and freed every step: no heap creep
     try:
         sys.exit(main(argv))
-    except (DownloadError, WeightsUnavailableError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001  (sorted below: a bug is raised again)
+        if not outside_cause(error):
+            raise
+        print(f"error: {one_sentence(error)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -735,24 +821,24 @@ def add_text_classifier_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("classifier")
     group.add_argument("--architecture", default="cnn", choices=sorted(ARCHITECTURES),
                        help="Classifier on top of the embedding (default: Kim's CNN).")
-    group.add_argument("--filters", type=int, default=200,
+    group.add_argument("--filters", type=number(int, 1), default=200,
                        help="Convolution filters per kernel width (cnn).")
     group.add_argument("--multichannel", action=argparse.BooleanOptionalAction,
                        default=False, help="Kim's multichannel model: a static copy of the "
                        "vectors beside the fine-tuned one.")
-    group.add_argument("--units", type=int, default=64,
+    group.add_argument("--units", type=number(int, 1), default=64,
                        help="Recurrent units per direction (bilstm, bigru) and hidden units "
                        "(pooled).")
-    group.add_argument("--embedding-dropout", type=float, default=0.25,
+    group.add_argument("--embedding-dropout", type=number(float, 0, below=1), default=0.25,
                        help="SpatialDropout1D rate on the word vectors.")
     group.add_argument("--embedding-training", default="trainable", choices=TRAINABLE_MODES,
                        help="What fine-tuning may change: every row, only rows without a "
                        "pretrained vector (missing_only), or nothing (frozen).")
-    group.add_argument("--anchor-strength", type=float, default=0.0,
+    group.add_argument("--anchor-strength", type=number(float, 0), default=0.0,
                        help="While fine-tuning, pull each used word vector towards its "
                        "pretrained value (L2-SP; this times the mean squared distance is "
                        "added to the loss). Default 0.")
-    group.add_argument("--sequence-length", type=int, default=None,
+    group.add_argument("--sequence-length", type=number(int, 1, 100_000), default=None,
                        help="Tokens per text; the 95th percentile of training lengths when "
                        "omitted.")
     group.add_argument("--vector-source", default="auto", choices=("auto", *VECTOR_SOURCES),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -104,9 +106,12 @@ def test_empty_and_single_class_folders_are_clear_errors(tmp_path):
 
 
 def make_classes(root, count=10):
-    for name, color in (("cats", (250, 0, 0)), ("dogs", (0, 0, 250))):
+    """Red cats and blue dogs, every photo a shade of its own (the loaders leave out a
+    photo whose bytes are also in another split)."""
+    shade = zlib.crc32(str(root).encode()) % 200
+    for name, color in (("cats", (250, 0, shade)), ("dogs", (shade, 0, 250))):
         for index in range(count):
-            save(root / name / f"{name}{index}.png", color=color)
+            save(root / name / f"{name}{index}.png", color=(color[0], index * 5, color[2]))
 
 
 def test_layouts_are_detected(tmp_path):
@@ -227,8 +232,8 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path):
 def test_class_folders_differing_in_case(tmp_path):
     save(tmp_path / "train" / "cats" / "c.png")
     save(tmp_path / "train" / "dogs" / "d.png")
-    save(tmp_path / "test" / "Cats" / "c.png")
-    save(tmp_path / "test" / "DOGS" / "d.png")
+    save(tmp_path / "test" / "Cats" / "c.png", color=(1, 2, 3))
+    save(tmp_path / "test" / "DOGS" / "d.png", color=(4, 5, 6))
     splits = load_image_splits(tmp_path / "train", test_dir=tmp_path / "test")
     assert splits.test.class_names == ["cats", "dogs"]  # the training names and labels
     assert [path.rsplit("/", 2)[-2] for path in splits.test.files] == ["Cats", "DOGS"]
@@ -245,7 +250,7 @@ def test_labels_in_a_csv_file_bad_rows_skipped_and_named(tmp_path):
     photos = tmp_path / "photos"
     rows = ["Label,Path"]  # any column order and case
     for index in range(10):
-        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        for name, colour in (("cat", (200, 30 + index, 30)), ("dog", (30, 30 + index, 200))):
             save(photos / f"{name}{index}.png", color=colour)
             rows.append(f"{name},photos/{name}{index}.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg")

@@ -335,7 +335,8 @@ def test_skipped_lines_are_counted_whichever_way_the_splits_are_made(tmp_path):
     lines.insert(7, "a line with no tab at all")
     path = write(tmp_path / "train.tsv", ("\n".join(lines) + "\n").encode())
     examples = read_text_examples(path)
-    assert examples.skipped == [("line 8", "no text")] and len(examples) == 40
+    assert examples.skipped == [("line 8", "no tab, unlike the file's other lines")]
+    assert len(examples) == 40
     train, test = split_examples(examples, 0.1, seed=0)
     train, validation = split_examples(train, 0.1, seed=1)
     assert (len(train), len(validation), len(test)) == (32, 4, 4)

@@ -40,7 +40,7 @@ def test_texts_become_ids_over_a_vocabulary_aligned_to_the_vectors(tmp_path):
                                   "validation": len(splits.validation), "test": 2}
     assert len(report["skipped_lines"]) == 1  # the line without a tab, counted
     assert report["vocabulary_size"] == len(vocabulary)
-    assert "skipped 1 bad lines" in data.summary()
+    assert "skipped 1 lines or files" in data.summary()
 
     batches = data.batches("train", batch_size=2, shuffle=True, seed=1)
     assert sum(int(labels.shape[0]) for _, labels in batches) == len(splits.train)

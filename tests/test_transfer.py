@@ -312,7 +312,8 @@ def test_fine_tuning_is_kept_only_when_it_beats_the_head_on_validation(tmp_path,
     ends with the head's weights, scores and test accuracy; ``keep_fine_tuning="always"``
     keeps the wrecked weights; metrics record which."""
     plan = TransferPlan(head_epochs=4, fine_tune_epochs=2, learning_rate=0.05,
-                        fine_tune_learning_rate=50.0, patience=0, restore_best=False, seed=3)
+                        patience=0, restore_best=False, seed=3)
+    plan.fine_tune_learning_rate = 50.0  # past the plan's check (at most 1), to wreck it
     transfer = small_transfer()
     head_only = run_transfer(small_transfer(), batches(), batches(64, seed=1),
                              TransferPlan(head_epochs=4, fine_tune_epochs=0,
@@ -332,9 +333,8 @@ def test_fine_tuning_is_kept_only_when_it_beats_the_head_on_validation(tmp_path,
     assert final["accuracy"] == pytest.approx(run.phases["head"].scores["val_accuracy"])
     assert head_only.fine_tuning_kept is None
 
-    always = run_transfer(small_transfer(), batches(), batches(64, seed=1),
-                          TransferPlan(**{**plan.to_dict(), "keep_fine_tuning": "always",
-                                          "augmentation": None, "callbacks": {}}),
+    plan.keep_fine_tuning = "always"
+    always = run_transfer(small_transfer(), batches(), batches(64, seed=1), plan,
                           test=batches(64, seed=2))
     assert always.fine_tuning_kept is True
     assert always.scores == always.phases["fine_tune"].scores

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from templates.data.errors import RESUME_HINT, writing
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[str]:
@@ -25,21 +27,25 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     if suffix is None:
         suffix = "".join(part for part in os.path.basename(path).partition(".")[1:])
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(handle)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    # A full disk, a read-only folder or a file where a folder should be: one sentence
+    # naming the path (a CookbookError); the file it replaces is left as it was.
+    with writing(path, RESUME_HINT):
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+        os.close(handle)
+        # mkstemp creates 0600 files; give the result the permissions a plain open()
+        # would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        try:
+            yield temporary
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -63,3 +69,15 @@ def _to_builtin(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short SHA-256 of JSON-ready ``parts`` (lists of paths, texts, labels...): two
+    runs with the same fingerprint read the same examples under the same labels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, default=_to_builtin).encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]

@@ -14,6 +14,7 @@ one random draw.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from templates.data.class_names import check_class_names
+from templates.data.errors import CookbookError
+from templates.data.files import fingerprint
 from templates.data.batches import array_batches
 from templates.data.decoded_images import (
     DEFAULT_CACHE_MEMORY_GB,
@@ -57,6 +61,8 @@ class ImageFolder:
             row per file.
         class_names: Class folder names, sorted.
         skipped: Files left out, with reasons.
+        notes: What else reading the data changed, in words (duplicate rows
+            collapsed, paths outside a CSV's folder).
     """
 
     directory: str
@@ -64,15 +70,17 @@ class ImageFolder:
     labels: list[int]
     class_names: list[str]
     skipped: list[SkippedFile] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def subset(self, indices: Sequence[int]) -> "ImageFolder":
-        """The same folder restricted to ``indices`` (skipped files are kept)."""
+        """The same folder restricted to ``indices`` (skipped files and notes kept)."""
         return ImageFolder(
             self.directory,
             [self.files[i] for i in indices],
             [self.labels[i] for i in indices],
             list(self.class_names),
             list(self.skipped),
+            list(self.notes),
         )
 
     @property
@@ -91,7 +99,7 @@ class ImageFolder:
 
 def _class_folders(directory: str) -> list[str]:
     if not os.path.isdir(directory):
-        raise ValueError(f"Image directory {directory!r} does not exist or is not a directory.")
+        raise CookbookError(f"Image directory {directory!r} does not exist or is not a directory.")
     folders = sorted(
         entry.name
         for entry in os.scandir(directory)
@@ -104,7 +112,7 @@ def _class_folders(directory: str) -> list[str]:
         by_folded.setdefault(name.casefold(), []).append(name)
     clashes = [names for names in by_folded.values() if len(names) > 1]
     if clashes:
-        raise ValueError(
+        raise CookbookError(
             f"{directory!r} has class folders whose names differ only in case: "
             f"{'; '.join(' / '.join(names) for names in clashes)}. Merge or rename them."
         )
@@ -121,7 +129,7 @@ def _match_known_classes(directory: str, folders: list[str],
     known = {name.casefold(): name for name in class_names}
     unknown = sorted(folder for folder in folders if folder.casefold() not in known)
     if unknown:
-        raise ValueError(
+        raise CookbookError(
             f"{directory!r} has class folders {unknown} that are not among the known "
             f"classes {class_names}."
         )
@@ -156,7 +164,7 @@ def scan_image_folder(
     directory = os.fspath(directory)
     folders = _class_folders(directory)
     if class_names is None:
-        class_names = folders
+        class_names = check_class_names(folders, directory)
         folder_of = {name: name for name in folders}
     else:
         class_names = list(class_names)
@@ -194,12 +202,12 @@ def scan_image_folder(
     folder = ImageFolder(directory, files, labels, list(class_names), skipped)
     populated = [name for name, count in folder.counts().items() if count > 0]
     if not files:
-        raise ValueError(
+        raise CookbookError(
             f"No usable images in {directory!r}: expected one sub-folder per class holding "
             f"images ({', '.join(IMAGE_EXTENSIONS)}); {len(skipped)} files were skipped."
         )
     if len(populated) < minimum_classes:
-        raise ValueError(
+        raise CookbookError(
             f"{directory!r} has images for {len(populated)} class(es) ({populated}); "
             f"classification needs at least {minimum_classes} class folders with images."
         )
@@ -212,7 +220,7 @@ def split_folder(
     """Split into training and validation parts, per class, reproducibly for ``seed``
     (multi-label data: at random, each example once)."""
     if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")
+        raise CookbookError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")
     rng = np.random.default_rng(seed)
     if folder.multi_label:
         order = rng.permutation(len(folder.files))
@@ -256,9 +264,20 @@ class ImageSplits:
         lines = [f"Data: {os.fspath(data_dir)} ({self.layout}); classes {self.class_names}; "
                  f"train {len(self.train.files)}, validation {len(self.validation.files)}, "
                  f"test {len(self.test.files) if self.test else 0}; skipped "
-                 f"{len(self.skipped)} unreadable files or rows."]
+                 f"{len(self.skipped)} files or rows."]
+        lines += [f"  note: {note}" for note in self.notes]
         lines += [f"  skipped {item.path}: {item.reason}" for item in self.skipped]
         return "\n".join(lines)
+
+    @property
+    def notes(self) -> list[str]:
+        return list(dict.fromkeys(note for part in (self.train, self.validation, self.test)
+                                  if part is not None for note in part.notes))
+
+    def fingerprint(self) -> str:
+        """A digest of every split's files and labels (`templates.data.files.fingerprint`)."""
+        return fingerprint(*[(part.files, part.labels) if part is not None else None
+                             for part in (self.train, self.validation, self.test)])
 
     def counts(self) -> dict[str, Any]:
         """What metrics.json records of the data: the images per split and the skipped."""
@@ -267,7 +286,8 @@ class ImageSplits:
                            "test": len(self.test.files) if self.test else 0,
                            "skipped": len(self.skipped)},
                 "skipped_files": [{"path": item.path, "reason": item.reason}
-                                  for item in self.skipped]}
+                                  for item in self.skipped],
+                **({"data_notes": self.notes} if self.notes else {})}
 
 
 def load_image_splits(
@@ -293,13 +313,13 @@ def load_image_splits(
         return load_csv_splits(data_dir, validation, test_dir, validation_fraction, seed,
                                multi_label=multi_label)
     if multi_label:
-        raise ValueError("Multi-label images need their labels in a CSV (path,label with "
-                         "labels separated by |): class folders give one label per image.")
+        raise CookbookError("Multi-label images need their labels in a CSV (path,label with "
+                            "labels separated by |): class folders give one label per image.")
     if validation is not None:
-        raise ValueError("A validation CSV goes with a labels CSV; a data directory holds "
-                         "its validation/ folder itself.")
+        raise CookbookError("A validation CSV goes with a labels CSV; a data directory holds "
+                            "its validation/ folder itself.")
     if not os.path.isdir(data_dir):
-        raise ValueError(f"Data directory {data_dir!r} does not exist or is not a directory.")
+        raise CookbookError(f"Data directory {data_dir!r} does not exist or is not a directory.")
     sub = {name: os.path.join(data_dir, name) for name in ("train", "validation", "test")}
     has = {name: os.path.isdir(path) for name, path in sub.items()}
     if has["train"]:
@@ -318,7 +338,7 @@ def load_image_splits(
     test = None
     if test_dir is not None:
         test = scan_image_folder(test_dir, train.class_names, minimum_classes=1)
-    return ImageSplits(train, validation, test, layout)
+    return without_overlaps(ImageSplits(train, validation, test, layout))
 
 
 def read_labels_csv(
@@ -349,42 +369,81 @@ def read_labels_csv(
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"Labels CSV {path!r} does not exist.")
+        raise CookbookError(f"Labels CSV {path!r} does not exist.")
     folder = os.path.dirname(os.path.abspath(path))
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         columns = {name.strip().lower(): index for index, name in enumerate(header or [])}
         if "path" not in columns or "label" not in columns:
-            raise ValueError(f"{path}: the first line must name the columns 'path' and "
-                             f"'label' (found {header or 'an empty file'}).")
+            raise CookbookError(f"{path}: the first line must name the columns 'path' and "
+                                f"'label' (found {header or 'an empty file'}).")
         rows = [(number, row) for number, row in enumerate(reader, start=2) if any(row)]
-    candidates: list[tuple[str, str]] = []
+    candidates: list[tuple[str, list[str]]] = []
+    lines_of: dict[str, list[int]] = {}  # real path -> its rows' line numbers
+    index_of: dict[str, int] = {}  # real path -> its place in candidates
     skipped: list[SkippedFile] = []
+    outside, duplicates = 0, 0
     for number, row in rows:
         where = f"{path} line {number}"
         cells = [row[columns[key]].strip() if columns[key] < len(row) else ""
                  for key in ("path", "label")]
         file, label = cells
-        if not file:
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
+            skipped.append(SkippedFile(where, f"{len(row)} fields where the header has "
+                                              f"{len(header)} (quote a path or label "
+                                              f"that holds a comma)"))
+        elif not file:
             skipped.append(SkippedFile(where, "empty path"))
         elif not label:
             skipped.append(SkippedFile(f"{where}: {file}", "empty label"))
         elif not os.path.isfile(os.path.join(folder, file)):
             skipped.append(SkippedFile(f"{where}: {file}", "no such file"))
         else:
-            candidates.append((os.path.join(folder, file),
-                               split_labels(label) if multi_label else [label]))
+            full = os.path.join(folder, file)
+            real = os.path.realpath(full)
+            outside += os.path.isabs(file) or not real.startswith(folder + os.sep)
+            names = split_labels(label) if multi_label else [label]
+            if real not in lines_of:
+                lines_of[real] = [number]
+                index_of[real] = len(candidates)
+                candidates.append((full, names))
+                continue
+            lines_of[real].append(number)
+            index = index_of[real]
+            if sorted(candidates[index][1]) == sorted(names):
+                duplicates += 1
+            elif multi_label:
+                candidates[index] = (candidates[index][0],
+                                     sorted(set(candidates[index][1]) | set(names)))
+                duplicates += 1
+            else:
+                raise CookbookError(
+                    f"{path}: {file} is listed under two labels, "
+                    f"{candidates[index][1][0]!r} and {label!r} (lines "
+                    f"{', '.join(map(str, lines_of[real]))}); keep one row per photo, or "
+                    f"give several labels with --multi-label.")
+    notes = []
+    if duplicates:
+        repeated = {real: numbers for real, numbers in lines_of.items() if len(numbers) > 1}
+        example = next(iter(repeated.values()))
+        notes.append(f"{path}: {duplicates} repeated rows of {len(repeated)} photos "
+                     f"collapsed to one each{' (their labels merged)' if multi_label else ''}"
+                     f", e.g. lines {', '.join(map(str, example[:5]))}.")
+    if outside:
+        notes.append(f"{path}: {outside} paths lead outside the CSV's folder ({folder}: "
+                     f"absolute paths or '..'); they are used as given.")
     found = sorted({name for _, names in candidates for name in names})
     if class_names is None:
-        class_names = found
+        class_names = check_class_names(found, path)
+        found = class_names
         if len(class_names) < 2:
-            raise ValueError(f"{path}: classification needs at least 2 labels; found "
-                             f"{class_names}.")
+            raise CookbookError(f"{path}: classification needs at least 2 labels; found "
+                                f"{class_names}.")
     unknown = sorted(set(found) - set(class_names))
     if unknown:
-        raise ValueError(f"{path}: labels {unknown} never appear in the training data "
-                         f"(classes {list(class_names)}).")
+        raise CookbookError(f"{path}: labels {unknown} never appear in the training data "
+                            f"(classes {list(class_names)}).")
     if check_images and candidates:
         reasons = check_all([file for file, _ in candidates], path)
     else:
@@ -400,8 +459,8 @@ def read_labels_csv(
         else:
             skipped.append(SkippedFile(file, reason))
     if not files:
-        raise ValueError(f"{path}: no usable images ({len(skipped)} rows skipped).")
-    return ImageFolder(path, files, labels, list(class_names), skipped)
+        raise CookbookError(f"{path}: no usable images ({len(skipped)} rows skipped).")
+    return ImageFolder(path, files, labels, list(class_names), skipped, notes)
 
 
 def load_csv_splits(
@@ -432,7 +491,55 @@ def load_csv_splits(
         layout = "CSV (validation split taken)"
     if test_csv is None:
         layout += ", test split taken"
-    return ImageSplits(train, validation, test, layout)
+    return without_overlaps(ImageSplits(train, validation, test, layout))
+
+
+def file_digests(paths: Sequence[str]) -> list[str]:
+    """The SHA-256 of each file's bytes, read in threads."""
+    def digest(path: str) -> str:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        return sha.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        return list(pool.map(digest, paths))
+
+
+def without_overlaps(splits: ImageSplits) -> ImageSplits:
+    """``splits`` with no photo in two splits: a photo of the training set that is also
+    in the validation or test set, by path or by content (a copy under another name),
+    leaves training; one of the validation set that is also in the test set leaves
+    validation. The test set is never changed. Each removal is a `SkippedFile` naming
+    the other copy, so the counts say it."""
+    parts = [("test", splits.test), ("validation", splits.validation),
+             ("train", splits.train)]
+    parts = [(name, part) for name, part in parts if part is not None]
+    every = [file for _, part in parts for file in part.files]
+    digests = iter(file_digests(every))
+    seen: dict[str, tuple[str, str]] = {}  # real path or content -> (split, file)
+    kept: dict[str, ImageFolder] = {}
+    for name, part in parts:
+        keep, removed = [], []
+        for index, file in enumerate(part.files):
+            keys = (os.path.realpath(file), next(digests))
+            other = next((seen[key] for key in keys if key in seen and seen[key][0] != name),
+                         None)
+            if other is None:
+                keep.append(index)
+                for key in keys:
+                    seen.setdefault(key, (name, file))
+            else:
+                how = "path" if keys[0] in seen else "content"
+                removed.append(SkippedFile(file, f"the same photo (by {how}) as the "
+                                                 f"{other[0]} set's {other[1]}"))
+        kept[name] = part if not removed else dataclasses.replace(
+            part.subset(keep), skipped=list(part.skipped) + removed)
+        if removed and name == "train" and not kept[name].files:
+            raise CookbookError(f"{part.directory}: every training photo is also in the "
+                                f"validation or test set.")
+    return ImageSplits(kept["train"], kept["validation"], kept.get("test"), splits.layout)
 
 
 def check_all(paths: Sequence[str], where: str) -> list[str | None]:
@@ -485,11 +592,11 @@ def image_dataset(
     if shard is not None:
         count, index = (int(value) for value in shard)
         if not 0 <= index < count:
-            raise ValueError(f"shard={shard}: the index must be in [0, {count}).")
+            raise CookbookError(f"shard={shard}: the index must be in [0, {count}).")
         files, labels = files[index::count], labels[index::count]
         if not files:
-            raise ValueError(f"Shard {index} of {count} of {folder.directory} has no images: "
-                             f"{len(folder.files)} images for {count} input pipelines.")
+            raise CookbookError(f"Shard {index} of {count} of {folder.directory} has no images: "
+                                f"{len(folder.files)} images for {count} input pipelines.")
     progress = Progress(f"Decoding {name or folder.directory}", "images",
                         minimum_total=PROGRESS_MINIMUM)
     images = decode_images(files, image_size, cache_file, memory_limit_gb, progress=progress)

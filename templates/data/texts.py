@@ -1,8 +1,9 @@
 """Labelled text data for the classifiers: reading, labels, splits, token ids, batches.
 
-Reading: a labelled file holds ``label<TAB>text`` per line; a file with no tab at all
-is read as ``label text`` split at the first space (the SST-2 files of Kim 2014 use
-that form). A directory holds one folder of ``.txt`` files per class, the
+Reading: a labelled file holds ``label<TAB>text`` or ``label text`` lines (split at the
+first space: the SST-2 files of Kim 2014 use that form). The split is decided line by
+line: in a file of mostly tab lines, a line without a tab fits neither and is skipped;
+otherwise a line splits at a tab that comes before any space, else at its first space. A directory holds one folder of ``.txt`` files per class, the
 `keras.utils.text_dataset_from_directory` convention. Labels are any strings.
 
 Bad lines never crash a run silently: empty lines are skipped, lines with no label or
@@ -29,6 +30,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from templates.data.class_names import check_class_names
+from templates.data.errors import CookbookError
+from templates.data.files import fingerprint
 from templates.data.batches import array_batches
 from templates.data.downloads import download_file
 from templates.data.multi_label import multi_hot, split_labels
@@ -51,7 +55,7 @@ def standardize_text(texts):
     return tf.strings.regex_replace(texts, r"\s+", " ")
 
 
-class TextDataError(ValueError):
+class TextDataError(CookbookError):
     """Labelled text data is malformed; the message names the file and line."""
 
 
@@ -113,13 +117,22 @@ def _read_file(path: str, encoding: str) -> TextExamples:
         lines[0] = lines[0].lstrip("\ufeff")
     if path.lower().endswith(".csv"):
         return _read_csv(path, lines)
-    separator = "\t" if any("\t" in line for line in lines) else " "
     texts, labels, skipped = [], [], []
+    # Each line on its own. In a file of mostly "label<TAB>text" lines, a line without a
+    # tab fits neither form and is skipped; in a file of "label text" lines, a line is
+    # split at a tab that comes before any space, else at its first space (a tab later
+    # on belongs to the text).
+    filled = [line for line in lines if line.strip()]
+    tab_file = sum("\t" in line for line in filled) * 2 > len(filled)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        label, found, text = line.partition(separator)
+        tab = "\t" in line and (tab_file or " " not in line.partition("\t")[0].strip())
+        label, found, text = line.partition("\t" if tab else " ")
         label, text = label.strip(), text.strip()
+        if tab_file and not tab:
+            skipped.append((f"line {number}", "no tab, unlike the file's other lines"))
+            continue
         if not found or not label or not text:
             skipped.append((f"line {number}", "no label" if not label else "no text"))
             continue
@@ -146,6 +159,10 @@ def _read_csv(path: str, lines: list[str]) -> TextExamples:
             continue
         text, label = (row[columns[key]].strip() if columns[key] < len(row) else ""
                        for key in ("text", "label"))
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
+            skipped.append((f"line {reader.line_num}", f"{len(row)} fields where the header "
+                            f"has {len(header)} (quote a text or label that holds a comma)"))
+            continue
         if not text or not label:
             skipped.append((f"line {reader.line_num}", "no label" if not label else "no text"))
             continue
@@ -199,7 +216,8 @@ def encode_labels(
         TextDataError: fewer than two classes, or a label absent from training.
     """
     parse = split_labels if multi_label else (lambda label: [label])
-    class_names = sorted({name for label in train.labels for name in parse(label)})
+    class_names = check_class_names(
+        sorted({name for label in train.labels for name in parse(label)}), train.source)
     if len(class_names) < 2:
         raise TextDataError(
             f"{train.source}: a classifier needs at least two classes; found "
@@ -228,7 +246,7 @@ def split_examples(
     so they are counted once, whichever way the splits are made.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be between 0 and 1; got {fraction}.")
+        raise CookbookError(f"fraction must be between 0 and 1; got {fraction}.")
     order = np.random.default_rng(seed).permutation(len(examples))
     cut = max(1, int(round(len(examples) * fraction)))
     pick = lambda rows, tag, skipped: TextExamples(  # noqa: E731
@@ -270,6 +288,46 @@ class TextSplits:
     skipped: list[dict[str, str]]
     paths: dict[str, str | None]
 
+    def describe(self, shown: int = 10) -> str:
+        """The splits in words: sizes, classes, and the lines skipped (the first
+        ``shown`` of them named, with their reasons)."""
+        lines = [f"Data: train {len(self.train)}, validation {len(self.validation)}, test "
+                 f"{len(self.test)}; classes {self.class_names}; skipped "
+                 f"{len(self.skipped)} lines or files."]
+        lines += [f"  skipped {item['source']} {item['where']}: {item['reason']}"
+                  for item in self.skipped[:shown]]
+        if len(self.skipped) > shown:
+            lines.append(f"  ... and {len(self.skipped) - shown} more (metrics.json lists "
+                         f"them all).")
+        return "\n".join(lines)
+
+    def fingerprint(self) -> str:
+        """A digest of every split's texts and labels (`templates.data.files.fingerprint`)."""
+        return fingerprint(*[(part.texts, part.labels)
+                             for part in (self.train, self.validation, self.test)])
+
+
+def _without_overlaps(training: TextExamples, validating: TextExamples,
+                      testing: TextExamples) -> tuple[TextExamples, TextExamples]:
+    """No text in two splits: a training text that is also a validation or test text
+    leaves training, a validation text that is also a test text leaves validation (the
+    test set never changes); each removal is counted among the skipped lines."""
+    def keep_apart(examples: TextExamples, held: dict[str, str]) -> TextExamples:
+        rows = [row for row, text in enumerate(examples.texts) if text not in held]
+        if len(rows) == len(examples):
+            return examples
+        removed = [(f"text {row + 1}", f"also in the {held[examples.texts[row]]} set")
+                   for row in range(len(examples)) if examples.texts[row] in held]
+        return TextExamples([examples.texts[row] for row in rows],
+                            [examples.labels[row] for row in rows], examples.source,
+                            list(examples.skipped) + removed)
+
+    test_texts = dict.fromkeys(testing.texts, "test")
+    validating = keep_apart(validating, test_texts)
+    training = keep_apart(training, {**dict.fromkeys(validating.texts, "validation"),
+                                     **test_texts})
+    return training, validating
+
 
 def load_text_splits(
     train: str | os.PathLike,
@@ -306,6 +364,7 @@ def load_text_splits(
         training, validating = split_examples(training, validation_fraction, seed + 1)
     if train_size:
         training = subset_examples(training, train_size, seed)
+    training, validating = _without_overlaps(training, validating, testing)
     class_names, (train_ids, validation_ids, test_ids) = encode_labels(
         training, validating, testing, multi_label=multi_label)
     skipped = [{"source": examples.source, "where": where, "reason": reason}

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.multi_label import THRESHOLDS_FILE
 from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.data.vocabulary import VOCABULARY_FILE, Vocabulary
@@ -33,6 +34,8 @@ class Prediction:
     For a multi-label model, ``labels`` holds every label whose probability reaches its
     threshold (``{label: probability}``, most probable first), ``label`` joins them with
     ``|`` (empty when there is none) and ``confidence`` is the highest probability.
+    An input that cannot be read (an empty or corrupt image) has ``problem`` set, an
+    empty label and no probabilities; the other inputs are classified all the same.
     """
 
     input: str
@@ -40,6 +43,7 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
     labels: dict[str, float] | None = None
+    problem: str | None = None  # why the input could not be classified (then no label)
 
 
 class Predictor:
@@ -70,11 +74,11 @@ class Predictor:
         labels_path = os.path.join(folder, "labels.txt")
         thresholds_path = os.path.join(folder, THRESHOLDS_FILE)
         if not os.path.isfile(model_path):
-            raise ValueError(f"No model at {model_path!r}: pass a recipe output folder "
-                             "(holding model.keras and labels.txt) or a .keras file.")
+            raise CookbookError(f"No model at {model_path!r}: pass a recipe output folder "
+                                "(holding model.keras and labels.txt) or a .keras file.")
         if not os.path.isfile(labels_path):
-            raise ValueError(f"No labels file at {labels_path!r}: the class names must "
-                             "travel with the model (recipes write labels.txt).")
+            raise CookbookError(f"No labels file at {labels_path!r}: the class names must "
+                                "travel with the model (recipes write labels.txt).")
         self.model = load_model(model_path, safe_mode=safe_mode)
         self.class_names = read_labels(labels_path)
         #: Per-label decision thresholds of a multi-label model (``thresholds.json``
@@ -85,7 +89,7 @@ class Predictor:
                 saved = json.load(handle)
             missing = [name for name in self.class_names if name not in saved]
             if missing:
-                raise ValueError(f"{thresholds_path!r} has no threshold for {missing}.")
+                raise CookbookError(f"{thresholds_path!r} has no threshold for {missing}.")
             self.thresholds = [float(saved[name]) for name in self.class_names]
         outputs, dtype, shape = _signature(self.model)
         #: The `TokenizerFile` of a transformer on token ids (``tokenizer.json``), else
@@ -97,8 +101,8 @@ class Predictor:
             self.tokenizer = TokenizerFile(tokenizer_path)
             self.input_names = names
         if outputs != len(self.class_names):
-            raise ValueError(f"{labels_path!r} names {len(self.class_names)} classes but the "
-                             f"model predicts {outputs}.")
+            raise CookbookError(f"{labels_path!r} names {len(self.class_names)} classes but the "
+                                f"model predicts {outputs}.")
         #: Text models take ``(batch, 1)`` strings (a vectoriser) or ``(batch,)`` (a
         #: keras-hub tokenizer, a TF-Hub module).
         self.text_rank = len(shape)
@@ -116,8 +120,8 @@ class Predictor:
             self.kind = "image"
             self.image_size = tuple(int(side) for side in shape[1:3])
         else:
-            raise ValueError(f"{model_path!r} takes {shape} {dtype} "
-                             "inputs; Predictor handles image and text models.")
+            raise CookbookError(f"{model_path!r} takes {shape} {dtype} "
+                                "inputs; Predictor handles image and text models.")
 
     def _batch(self, items: Sequence[str]) -> np.ndarray:
         if self.tokenizer is not None:  # padded to the batch's longest text
@@ -129,18 +133,23 @@ class Predictor:
         if self.kind == "text":
             texts = np.array([str(item) for item in items], dtype=object)
             return texts if self.text_rank == 1 else texts[:, None]
-        from templates.data.decoded_images import check_image, load_image
+        from templates.data.decoded_images import load_image
 
-        images = []
-        for path in items:
-            problem = check_image(os.fspath(path))
-            if problem is not None:
-                raise ValueError(f"Cannot classify {os.fspath(path)!r}: {problem}.")
-            images.append(load_image(os.fspath(path), self.image_size).astype("float32"))
-        return np.stack(images)
+        return np.stack([load_image(os.fspath(path), self.image_size).astype("float32")
+                         for path in items])
+
+    def problems(self, items: Sequence[str]) -> list[str | None]:
+        """Why each input cannot be classified (an image that is empty, truncated or not
+        an image), or ``None``; texts always can."""
+        if self.kind != "image":
+            return [None] * len(items)
+        from templates.data.decoded_images import check_image
+
+        return [check_image(os.fspath(path)) for path in items]
 
     def predict_probabilities(self, items: Sequence[str]) -> np.ndarray:
-        """Class probabilities, one row per image path or text."""
+        """Class probabilities, one row per image path or text (every one readable:
+        see `problems`)."""
         items = list(items)
         if not items:
             return np.zeros((0, len(self.class_names)), dtype="float32")
@@ -152,11 +161,18 @@ class Predictor:
 
     def predict(self, items: Sequence[str]) -> list[Prediction]:
         """The top class (multi-label: every label over its threshold) and all
-        probabilities for each image path or text."""
+        probabilities for each image path or text; an unreadable input gets a
+        `Prediction` whose ``problem`` says why, and the others are still classified."""
         items = list(items)
-        probabilities = self.predict_probabilities(items)
+        problems = self.problems(items)
+        readable = [item for item, problem in zip(items, problems) if problem is None]
+        rows = iter(self.predict_probabilities(readable))
         results = []
-        for item, row in zip(items, probabilities):
+        for item, problem in zip(items, problems):
+            if problem is not None:
+                results.append(Prediction(str(item), "", 0.0, {}, problem=problem))
+                continue
+            row = next(rows)
             best = int(np.argmax(row))
             every = {name: float(value) for name, value in zip(self.class_names, row)}
             if self.thresholds is None:

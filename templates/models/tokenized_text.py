@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.texts import (
     TextSplits,
     build_vectorizer,
@@ -73,7 +74,7 @@ class TokenizedText:
         ``"test"``); ``shuffle`` with ``seed`` draws each epoch's order from
         ``(seed, epoch)``."""
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+            raise CookbookError(f"split must be one of {SPLITS}; got {split!r}.")
         return token_dataset(self.ids[split], self.splits.labels[split], batch_size,
                              shuffle=shuffle, seed=seed)
 
@@ -91,9 +92,7 @@ class TokenizedText:
     def summary(self) -> str:
         """Two lines for the console: the data, then the vocabulary and its coverage."""
         splits, matrix = self.splits, self.matrix
-        return (f"Data: train {len(splits.train)}, validation {len(splits.validation)}, "
-                f"test {len(splits.test)}; classes {splits.class_names}; skipped "
-                f"{len(splits.skipped)} bad lines.\n"
+        return (f"{splits.describe()}\n"
                 f"Vocabulary {len(self.vocabulary)} words, {self.sequence_length} tokens per "
                 f"text; {matrix.coverage:.1%} have a pretrained vector "
                 f"({matrix.case_folded_hits} after lower-casing), e.g. missing: "
@@ -122,7 +121,7 @@ def tokenize_for_vectors(
         seed: Seeds the random rows of words without a pretrained vector.
     """
     if extra_vocabulary < 0:
-        raise ValueError(f"extra_vocabulary must be 0 or more; got {extra_vocabulary}.")
+        raise CookbookError(f"extra_vocabulary must be 0 or more; got {extra_vocabulary}.")
     vectorizer = build_vectorizer(splits.train.texts, sequence_length=sequence_length,
                                   extra_vocabulary=vectors.index_to_key[:extra_vocabulary])
     matrix = embedding_matrix(vectorizer.get_vocabulary(), vectors, missing="random",

@@ -38,7 +38,9 @@ from typing import Any
 
 import keras
 
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
+from templates.training.run_folder import check_settings
 from templates.training.seeds import EpochSeeds
 
 
@@ -82,7 +84,7 @@ class KeepBest(keras.callbacks.Callback):
                  patience: int | None = None, restore: bool = True):
         super().__init__()
         if patience is not None and patience < 1:
-            raise ValueError(f"patience must be at least 1 (or None); got {patience}.")
+            raise CookbookError(f"patience must be at least 1 (or None); got {patience}.")
         self.path = os.fspath(path)
         self.monitor = monitor
         self.patience = patience
@@ -149,7 +151,7 @@ class PacedBackup(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir: str | os.PathLike, max_overhead: float = 0.1):
         if not 0 < max_overhead <= 1:
-            raise ValueError(f"max_overhead must be in (0, 1]; got {max_overhead}.")
+            raise CookbookError(f"max_overhead must be in (0, 1]; got {max_overhead}.")
         super().__init__(os.fspath(backup_dir), double_checkpoint=True)
         self.max_overhead = max_overhead
         self._written_at: float | None = None
@@ -165,6 +167,55 @@ class PacedBackup(keras.callbacks.BackupAndRestore):
         self._save_model()
         self._written_at = _clock()
         self._writing_seconds = self._written_at - now
+
+
+# The files a phase (or a saved result) leaves, by ending; what comes before the ending
+# is the phase's name, which may itself hold dots ("seed1.transfer.head").
+STATE_FILES = ("best.weights.h5", "weights.h5", "done.json", "epochs.json", "best.json",
+               "result.json")
+
+
+def damage(path: str) -> str | None:
+    """Why the checkpoint file ``path`` cannot be read (truncated, not HDF5, not JSON),
+    or ``None`` when it reads."""
+    try:
+        if path.endswith(".h5"):
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                handle.keys()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                json.load(handle)
+    except (OSError, ValueError) as error:
+        return " ".join(str(error).split())[:160]
+    return None
+
+
+def discard_damaged(directory: str) -> list[str]:
+    """Check every checkpoint file of ``directory``; for a damaged one, remove its
+    phase's files (weights, history, marker, backup) so that phase trains again from
+    its start, the last state known good. Returns one sentence per damaged file."""
+    notes = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        ending = next((end for end in STATE_FILES if name.endswith("." + end)), None)
+        if ending is None or not os.path.isfile(path):
+            continue
+        problem = damage(path)
+        if problem is None:
+            continue
+        phase = name[:-len(ending) - 1]
+        for other in os.listdir(directory):
+            if other.startswith(phase + "."):
+                target = os.path.join(directory, other)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                elif os.path.exists(target):
+                    os.remove(target)
+        notes.append(f"{path} is damaged ({problem}): {phase!r} starts again from its "
+                     f"beginning, the last state known good.")
+    return notes
 
 
 def read_epochs(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -184,7 +235,7 @@ def as_history(epochs: list[dict[str, Any]]) -> keras.callbacks.History:
     return history
 
 
-def _chief_process() -> bool:
+def chief_process() -> bool:
     """Whether this process is the chief of its ``TF_CONFIG`` cluster (or has none)."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = config.get("task") or {}
@@ -213,14 +264,18 @@ class TrainingState:
             are shorter than a backup.
         monitor: What ``keep_best`` watches: ``"val_accuracy"`` (higher is better) or
             ``"val_loss"`` (lower is better), or any other logged value.
+        settings: What shapes the weights (JSON-ready): recorded in
+            ``settings.json`` on a fresh start; a resume with other settings stops,
+            naming them (`templates.training.run_folder.check_settings`).
     """
 
     def __init__(self, directory: str | os.PathLike, resume: bool = False,
                  keep_best: bool = False,
                  patience: int | None = None, backup_overhead: float | None = None,
-                 restore_best: bool = True, monitor: str = "val_accuracy"):
+                 restore_best: bool = True, monitor: str = "val_accuracy",
+                 settings: dict[str, Any] | None = None):
         if backup_overhead is not None and not 0 < backup_overhead <= 1:
-            raise ValueError(
+            raise CookbookError(
                 f"backup_overhead must be None or in (0, 1]; got {backup_overhead}.")
         self.directory = os.fspath(directory)
         self.resume = bool(resume)
@@ -230,9 +285,18 @@ class TrainingState:
         self.restore_best = bool(restore_best)
         self.monitor = monitor
         # On several machines sharing the folder, only the chief starts it afresh.
-        if not self.resume and os.path.isdir(self.directory) and _chief_process():
+        if not self.resume and os.path.isdir(self.directory) and chief_process():
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
+        #: What this start changed in the folder: settings that grew on a resume,
+        #: damaged files discarded. Each is printed too.
+        self.notes: list[str] = []
+        if self.resume and chief_process():
+            self.notes += discard_damaged(self.directory)
+        if settings is not None and chief_process():
+            self.notes += check_settings(self.directory, settings, self.resume)
+        for note in self.notes:
+            print(note)
 
     def _path(self, phase: str, name: str) -> str:
         return os.path.join(self.directory, f"{phase}.{name}")
@@ -261,14 +325,14 @@ class TrainingState:
             PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead)
             if self.backup_overhead is not None else
             keras.callbacks.BackupAndRestore(self._path(phase, "backup"),
-                                             double_checkpoint=True),
+                                                double_checkpoint=True),
         ]
         if seed is not None:
             callbacks.append(EpochSeeds(seed))
         if settings["keep_best"]:
             callbacks.append(KeepBest(self._path(phase, "best"), monitor=settings["monitor"],
-                                      patience=settings["patience"],
-                                      restore=settings["restore_best"]))
+                                         patience=settings["patience"],
+                                         restore=settings["restore_best"]))
         return callbacks
 
     def result(self, name: str) -> dict[str, Any] | None:
@@ -295,7 +359,7 @@ class TrainingState:
         epochs = read_epochs(self._path(phase, "epochs.json"))
         if not epochs and history is not None:
             epochs = [{"epoch": int(epoch), **{key: float(values[index]) for key, values
-                                               in history.history.items()}}
+                                                  in history.history.items()}}
                       for index, epoch in enumerate(history.epoch)]
         write_json(self._path(phase, "epochs.json"), epochs)
         write_json(self._path(phase, "done.json"), {"phase": phase, "epochs": len(epochs)})
@@ -303,7 +367,7 @@ class TrainingState:
     def restore(self, phase: str, model: keras.Model) -> keras.callbacks.History:
         """Load a finished phase's weights into ``model``; return its history."""
         if not self.finished(phase):
-            raise ValueError(f"Phase {phase!r} has not finished in {self.directory}.")
+            raise CookbookError(f"Phase {phase!r} has not finished in {self.directory}.")
         with warnings.catch_warnings():
             # The file also holds the phase's optimiser state, which the next phase (a
             # new optimiser) does not need: Keras's warning that it skipped it is noise.

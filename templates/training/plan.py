@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.errors import CookbookError
 from templates.data.feature_store import DEFAULT_FEATURE_MEMORY_GB
 from templates.training.finder import (
     SUGGESTION_RULES,
@@ -39,9 +40,9 @@ class TransferPlan:
 
     Attributes:
         head_epochs: Epochs of phase 1 (reused part frozen).
-        fine_tune_epochs: Epochs of phase 2 (0 skips fine-tuning).
-        learning_rate: The head's Adam rate (with ``find_learning_rates``, the rate
-            used when the finder's sweep cannot be trusted).
+        fine_tune_epochs: Epochs of phase 2 (0 skips fine-tuning; not both 0).
+        learning_rate: The head's Adam rate, in (0, 1] (with ``find_learning_rates``,
+            the rate used when the finder's sweep cannot be trusted).
         fine_tune_learning_rate: The fine-tuning rate (likewise).
         batch_size: Examples per batch when training on cached features (batches the
             caller gives are used as they are).
@@ -121,14 +122,18 @@ class TransferPlan:
             (self.head_epochs >= 0 and self.fine_tune_epochs >= 0,
              f"epochs must be 0 or more; got head_epochs={self.head_epochs}, "
              f"fine_tune_epochs={self.fine_tune_epochs}"),
-            (self.learning_rate > 0 and self.fine_tune_learning_rate > 0,
-             f"learning rates must be positive; got {self.learning_rate} and "
+            (self.head_epochs + self.fine_tune_epochs > 0,
+             "head_epochs and fine_tune_epochs are both 0: nothing would be trained"),
+            (all(_finite(rate) and 0 < rate <= 1
+                 for rate in (self.learning_rate, self.fine_tune_learning_rate)),
+             f"learning rates must be finite and in (0, 1]; got {self.learning_rate} and "
              f"{self.fine_tune_learning_rate}"),
             (self.batch_size >= 1, f"batch_size must be at least 1; got {self.batch_size}"),
             (self.schedule in SCHEDULES,
              f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
-            (self.discriminative_factor is None or self.discriminative_factor >= 1,
-             f"discriminative_factor must be 1 or more (earlier blocks learn slower); got "
+            (self.discriminative_factor is None or (
+                _finite(self.discriminative_factor) and 1 <= self.discriminative_factor <= 100),
+             f"discriminative_factor must be in [1, 100] (earlier blocks learn slower); got "
              f"{self.discriminative_factor}"),
             (self.finder_rule in SUGGESTION_RULES,
              f"unknown finder_rule {self.finder_rule!r}; choose from "
@@ -137,9 +142,10 @@ class TransferPlan:
             (self.monitor in MONITORS,
              f"unknown monitor {self.monitor!r}; choose from {', '.join(MONITORS)}"),
             (self.seed >= 0, f"seed must be a non-negative integer; got {self.seed}"),
-            (0.0 <= self.label_smoothing < 1.0,
+            (_finite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
-            (self.feature_memory_gb is None or self.feature_memory_gb >= 0,
+            (self.feature_memory_gb is None or (_finite(self.feature_memory_gb)
+                                                and self.feature_memory_gb >= 0),
              f"feature_memory_gb must be 0 or more (or None: no limit); got "
              f"{self.feature_memory_gb}"),
             (self.keep_fine_tuning in KEEP_FINE_TUNING,
@@ -155,7 +161,8 @@ class TransferPlan:
              "augmented_views needs an augmentation to draw the views with"),
             (self.class_weight is None or self.class_weight == "balanced" or (
                 isinstance(self.class_weight, dict) and self.class_weight
-                and all(float(weight) > 0 for weight in self.class_weight.values())),
+                and all(_finite(float(weight)) and float(weight) > 0
+                        for weight in self.class_weight.values())),
              f"class_weight must be None, 'balanced' or a non-empty {{label: positive "
              f"weight}} dict; "
              f"got {self.class_weight!r}"),
@@ -165,7 +172,7 @@ class TransferPlan:
         ]
         for passed, message in checks:
             if not passed:
-                raise ValueError(f"TransferPlan: {message}.")
+                raise CookbookError(f"TransferPlan: {message}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (``augmentation`` and ``callbacks`` by name)."""
@@ -186,7 +193,7 @@ class TransferPlan:
                                                                       "callbacks"}
         unknown = sorted(set(data) - names - {"augmentation", "callbacks"})
         if unknown:
-            raise ValueError(f"TransferPlan.from_dict: unknown fields {unknown}.")
+            raise CookbookError(f"TransferPlan.from_dict: unknown fields {unknown}.")
         fields = {key: value for key, value in data.items() if key in names}
         if isinstance(fields.get("class_weight"), dict):  # JSON object keys are strings
             fields["class_weight"] = {int(label): float(weight)
@@ -221,7 +228,7 @@ class TransferPlan:
     def epochs_of(self, phase: str) -> int:
         """The most epochs ``phase`` (``"head"`` or ``"fine_tune"``) trains."""
         if phase not in PHASES:
-            raise ValueError(f"Unknown phase {phase!r}; the phases are {', '.join(PHASES)}.")
+            raise CookbookError(f"Unknown phase {phase!r}; the phases are {', '.join(PHASES)}.")
         return self.head_epochs if phase == "head" else self.fine_tune_epochs
 
     def compared_score(self) -> str:
@@ -236,6 +243,10 @@ class TransferPlan:
                 "monitor": self.monitor}
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
+
+
 def balanced_class_weight(labels) -> dict[int, float]:
     """``{label: weight}`` that makes every class weigh as much in the loss as the
     others: ``examples / (classes * examples of the label)``, scikit-learn's
@@ -244,7 +255,7 @@ def balanced_class_weight(labels) -> dict[int, float]:
 
     labels = np.asarray(labels).reshape(-1)
     if labels.size == 0:
-        raise ValueError("balanced_class_weight needs at least one label.")
+        raise CookbookError("balanced_class_weight needs at least one label.")
     classes = np.unique(labels)
     weights = compute_class_weight("balanced", classes=classes, y=labels)
     return {int(label): round(float(weight), 6) for label, weight in zip(classes, weights)}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 
 import keras
 
+from templates.data.class_names import check_class_names
+from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_text
 
 
@@ -18,7 +21,7 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> str:
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
-        raise ValueError(f"Keras 3 saves whole models to '.keras' files; got {path!r}.")
+        raise CookbookError(f"Keras 3 saves whole models to '.keras' files; got {path!r}.")
     with atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
     return path
@@ -50,7 +53,12 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"Model file {path!r} does not exist.")
+        raise CookbookError(f"Model file {path!r} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise CookbookError(
+            f"{path} is not a Keras model file: a .keras file is a zip archive, and this "
+            f"one ({os.path.getsize(path)} bytes) is not (empty, cut short or another "
+            f"format); write it again (a recipe run: rerun it with --resume).")
     try:
         return keras.saving.load_model(path, safe_mode=safe_mode)
     except Exception as error:
@@ -65,10 +73,7 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
 
 def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> str:
     """Write class names, one per line in label order, atomically."""
-    names = [str(name) for name in class_names]
-    bad = [name for name in names if "\n" in name or not name.strip()]
-    if bad:
-        raise ValueError(f"Class names must be non-empty single lines; got {bad!r}.")
+    names = check_class_names(class_names, os.fspath(path))
     write_text(path, "\n".join(names) + "\n")
     return os.fspath(path)
 
@@ -78,5 +83,5 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         names = [line.rstrip("\n") for line in handle if line.strip()]
     if not names:
-        raise ValueError(f"Labels file {os.fspath(path)!r} holds no class names.")
+        raise CookbookError(f"Labels file {os.fspath(path)!r} holds no class names.")
     return names
