@@ -180,8 +180,8 @@ def recipe_run(photos: str, keras_home: str | None, quick: bool, output_dir: str
                  os.path.join(photos, "test"), "--backbone", "MobileNet", "--alpha", "0.25",
                  "--seed", "1", "--output-dir", output_dir, "--mixed-precision", "auto"]
     if quick:
-        arguments += ["--image-size", "96", "--epochs", "1", "--fine-tune-epochs", "1",
-                      "--no-find-lr"]
+        arguments += ["--image-size", "96", "--head-epochs", "1", "--fine-tune-epochs", "1",
+                      "--no-find-learning-rates"]
     keras.backend.clear_session()
     started = time.perf_counter()
     returncode = cats_vs_dogs.main(arguments)

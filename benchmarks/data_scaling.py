@@ -133,8 +133,8 @@ def main(argv=None) -> int:
         out = os.path.join(work, f"{name}_{size}_{limit or 'default'}")
         command = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir", photos,
                    "--test-dir", os.path.join(args.source, "test"), "--backbone", "MobileNet",
-                   "--alpha", "0.25", "--image-size", str(args.image_size), "--epochs", "2",
-                   "--fine-tune-epochs", "1", "--patience", "0", "--no-find-lr",
+                   "--alpha", "0.25", "--image-size", str(args.image_size), "--head-epochs", "2",
+                   "--fine-tune-epochs", "1", "--patience", "0", "--no-find-learning-rates",
                    "--seed", "1", "--output-dir", out]
         if limit is not None:
             command += ["--cache-memory-gb", str(limit)]

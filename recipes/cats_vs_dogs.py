@@ -51,6 +51,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from templates import (  # noqa: E402
+    TransferPlan,
     cli,
     download_dataset,
     flip_averaged,
@@ -83,8 +84,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     cli.add_run_arguments(parser, "runs/cats_vs_dogs")
     # Chosen on validation photos (docs/results.md): warm-up + cosine, and the finder's
     # rates, so --learning-rate and --fine-tune-learning-rate are the fallbacks
-    # (--no-find-lr uses them).
-    cli.add_training_arguments(parser, schedule="warmup_cosine", find_lr=True)
+    # (--no-find-learning-rates uses them).
+    cli.add_plan_arguments(parser, TransferPlan(schedule="warmup_cosine",
+                                                find_learning_rates=True))
     cli.add_hardware_arguments(parser)
     return parser.parse_args(argv)
 
@@ -103,10 +105,10 @@ def main(argv=None) -> int:
         cli.start_multi_worker(args)
     # The run owns --output-dir: a second run into it stops here, before any work.
     with cli.own_output_dir(args, choice), choice.strategy.scope():
-        return run(args, choice)
+        return run_recipe(args, choice)
 
 
-def run(args: argparse.Namespace, choice) -> int:
+def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     # ## The plan
     # One object owns every training setting: the seed (each epoch's data order, dropout
@@ -166,7 +168,8 @@ def run(args: argparse.Namespace, choice) -> int:
     # (recorded now: the plan, backbone, image size, classes and a digest of the data).
     state = cli.checkpoints(args, plan, settings=dict(
         backbone=selection.pick if selection else args.backbone, alpha=args.alpha,
-        weights=args.weights, image_size=image_size, augment=args.augment, multi_label=args.multi_label, classes=splits.class_names,
+        weights=args.weights, image_size=image_size, augment=args.augment,
+        multi_label=args.multi_label, classes=splits.class_names,
         data=splits.fingerprint()))
     run = run_transfer(transfer, train, validation, plan, state, test=test,
                        output_dir=args.output_dir, measure_start=args.compare_scratch,

@@ -11,7 +11,7 @@ How to run (no download: scikit-learn ships the 1,797 real 8x8 scans):
     python -m recipes.develop_model_digits --select-from all --select-only  # rank the tasks
     python -m recipes.develop_model_digits --help
 
-The training options (`--find-lr`, `--schedule`...) apply to transfer and scratch
+The plan's options (`--find-learning-rates`, `--schedule`...) apply to transfer and scratch
 alike. Outputs: `source/TASK/` (the source model and its check, reused by later runs),
 `transfer_report.json/.png`, `reuse_sweep.json/.png`, `evaluation/`, `metrics.json`.
 
@@ -40,6 +40,7 @@ import keras  # noqa: E402
 from templates import (  # noqa: E402
     SOURCE_TASKS,
     TARGET_DIGITS,
+    TransferPlan,
     array_batches,
     cli,
     compare_with_scratch,
@@ -67,25 +68,23 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="The source task: parity (odd vs even, the default), "
                         "low_digits (tell 0-4 apart), loops (0, 6, 8, 9 against the rest), "
                         "unrelated (memorised noise patterns: a control).")
-    parser.add_argument("--seed", type=cli.number(int, 0, 2**32 - 1), default=0, help="First seed.")
     parser.add_argument("--seeds", type=cli.number(int, 1), default=5,
-                        help="Seeds of the transfer report.")
+                        help="Runs of the transfer report, seeded from --seed on.")
     parser.add_argument("--source-epochs", type=cli.number(int, 1), default=30,
                         help="Epochs of source-model training.")
-    parser.add_argument("--head-epochs", dest="epochs", type=cli.number(int, 0), default=10)
-    parser.add_argument("--fine-tune-epochs", type=cli.number(int, 0), default=5)
     parser.add_argument("--skip-sweep", action="store_true", help="Skip the reuse sweep.")
-    parser.add_argument("--learning-rate", type=cli.number(float, above=0, maximum=1), default=1e-2,
-                        help="The transferred head's rate, and the scratch model's.")
-    parser.add_argument("--fine-tune-learning-rate",
-                        type=cli.number(float, above=0, maximum=1), default=1e-3)
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
-    # Shared options; --find-lr measures the head's rate once for transfer and scratch.
-    cli.add_training_arguments(parser, patience=0, restore_best=False)
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="Write TensorBoard logs under DIR (one folder per phase).")
+    # One plan for transfer and scratch alike (--find-learning-rates measures the head's
+    # rate once for both); no early stopping by default: the report compares a fixed
+    # budget. --learning-rate is the transferred head's rate and the scratch model's.
+    cli.add_plan_arguments(parser, TransferPlan(
+        fine_tune_epochs=5, learning_rate=1e-2, fine_tune_learning_rate=1e-3, batch_size=8,
+        patience=0, restore_best=False))
     cli.add_hardware_arguments(parser)
     cli.add_selection_arguments(parser, "Candidate source tasks by name (or all): "
                             f"{', '.join(SOURCE_TASKS)}.")
-    parser.set_defaults(batch_size=8)  # target examples per batch and replica
     parser.add_argument("--resume", action="store_true", help="Continue an interrupted run "
                         "in --output-dir: finished runs are reused, not retrained.")
     return parser.parse_args(argv)
@@ -127,15 +126,14 @@ def main(argv=None) -> int:
     # ## Hardware, as in the other recipes; batch sizes count per replica.
     choice = cli.setup_hardware(args)
     with cli.own_output_dir(args, choice), choice.strategy.scope():
-        return run(args, choice.replicas)
+        return run_recipe(args, choice.replicas)
 
 
-def run(args: argparse.Namespace, replicas: int = 1) -> int:
+def run_recipe(args: argparse.Namespace, replicas: int = 1) -> int:
     """The recipe, inside the strategy's scope."""
     started = time.perf_counter()
     os.makedirs(args.output_dir, exist_ok=True)
-    # ## The plan: one for transfer and scratch alike; no early stopping by default
-    # (--patience 0): the report compares a fixed budget.
+    # ## The plan: one for transfer and scratch alike; --batch-size counts per replica.
     plan = cli.transfer_plan(args, batch_size=args.batch_size * replicas, callbacks={})
 
     # ## Step 0 (--select-from): which source task?
@@ -181,8 +179,8 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     logs = cli.phase_logs(args)
     report = compare_with_scratch(
         lambda: reuse(developed.source_model), lambda: reuse(build_digit_model()).model,
-        train, validation, test, budget=plan, slope_epochs=5, state=state,
-        seeds=[plan.seed + offset for offset in range(args.seeds)], phase_callbacks=logs,
+        train, validation, test, plan=plan, repeats=args.seeds, slope_epochs=5, state=state,
+        phase_callbacks=logs,
         output_dir=args.output_dir)
     report.write(args.output_dir,
                  f"{args.source_task} -> digits 5-9, {args.labels_per_class} labels per class")
@@ -203,7 +201,7 @@ def run(args: argparse.Namespace, replicas: int = 1) -> int:
     reuse_depth_sweep(
         lambda cut: reuse(developed.source_model, cut),
         [] if args.skip_sweep else ["conv_1", "pool", "features"], train, validation, test,
-        budget=report.plan, seed=plan.seed, state=state, phase_callbacks=logs,
+        plan=report.plan, state=state, phase_callbacks=logs,
         trained_runs={"pool": f"seed{plan.seed}.transfer"}, directory=args.output_dir,
         title=f"Reuse depth, {args.source_task} -> 5-9 ({args.labels_per_class} labels/class)")
 

@@ -32,7 +32,7 @@ Outputs in `--output-dir`: `metrics.json` (`test_accuracy`, `vocabulary_size`,
 strings), `labels.txt`, `saved_model/`, `evaluation/` (per-class scores, confusion
 matrix, the most confidently wrong test sentences, `report.md`); with
 `--compare-scratch` also `transfer_report.json` / `.png` and `pretrained` / `scratch`
-entries in `metrics.json`; with `--find-lr` the finder's plots; with `--export-tflite`
+entries in `metrics.json`; with `--find-learning-rates` the finder's plots; with `--export-tflite`
 `tflite/`. Classify new texts with `python -m recipes.predict OUTPUT_DIR --text "..."`.
 
 ## Why this recipe looks the way it does
@@ -64,6 +64,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from templates import (  # noqa: E402
+    TransferPlan,
     cli,
     download_sst2,
     load_text_splits,
@@ -89,9 +90,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                                 "encoder:PRESET_OR_FOLDER (e.g. encoder:hf://sentence-"
                                 "transformers/all-MiniLM-L6-v2; if one is picked, the "
                                 "text-encoder recipe trains it).")
-    cli.add_run_arguments(parser, "runs/glove_text_classification", fine_tune_epochs=6,
-                          fine_tune_learning_rate=5e-4)
-    cli.add_training_arguments(parser)
+    cli.add_run_arguments(parser, "runs/glove_text_classification")
+    cli.add_plan_arguments(parser, TransferPlan(fine_tune_epochs=6,
+                                                fine_tune_learning_rate=5e-4))
     cli.add_hardware_arguments(parser)
     return parser.parse_args(argv)
 
@@ -130,10 +131,10 @@ def main(argv=None) -> int:
     if choice.name == "multi_worker":
         cli.start_multi_worker(args)
     with cli.own_output_dir(args, choice), choice.strategy.scope():
-        return run(args, choice)
+        return run_recipe(args, choice)
 
 
-def run(args: argparse.Namespace, choice) -> int:
+def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     # ## The plan: the seed, both phases' epochs and rates, the class weights
     plan = cli.transfer_plan(args)

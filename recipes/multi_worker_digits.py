@@ -75,7 +75,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the chief's checkpoint in OUTPUT_DIR/checkpoints.")
     parser.add_argument("--output-dir", default="runs/multi_worker_digits")
-    parser.add_argument("--find-lr", action="store_true",
+    parser.add_argument("--find-learning-rates", action="store_true",
                         help="Run the learning-rate finder on the same loop first and train "
                              "at its suggestion; writes lr_finder_train.png/.json.")
     parser.add_argument("--tensorboard", metavar="DIR",
@@ -132,7 +132,7 @@ def train(args: argparse.Namespace, choice) -> int:
     with choice.strategy.scope():  # one model, mirrored on every worker
         model = build_model()
     learning_rate = args.learning_rate
-    if args.find_lr:
+    if args.find_learning_rates:
         # The finder on the same loop (every worker in step); the chief keeps the plot.
         learning_rate = learning_rate_multi_worker(choice, lambda: model, dataset_fn,
                                                    global_batch, args.learning_rate,

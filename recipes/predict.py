@@ -58,8 +58,11 @@ def _image_paths(inputs: list[str]) -> list[str]:
     return paths
 
 
-def _texts(inputs: list[str], texts: list[str]) -> list[str]:
-    collected = list(texts)
+def _texts(inputs: list[str], texts: list[str]) -> tuple[list[str], list[str]]:
+    """The texts to classify (each line of each file, then each --text), and one line
+    for each file that could not be read: it is named and counted, the others still
+    classified."""
+    collected, unreadable = list(texts), []
     for item in inputs:
         if not os.path.isfile(item):
             raise CookbookError(f"{item!r} is not a file (use --text for a literal text).")
@@ -67,9 +70,9 @@ def _texts(inputs: list[str], texts: list[str]) -> list[str]:
             with open(item, encoding="utf-8") as handle:
                 collected += [line.rstrip("\n") for line in handle if line.strip()]
         except UnicodeDecodeError as error:
-            raise CookbookError(f"{item}: bytes that are not valid UTF-8 at byte "
-                                f"{error.start} ({error.reason}); save it as UTF-8.") from None
-    return collected
+            unreadable.append(f"{item}: bytes that are not valid UTF-8 at byte "
+                              f"{error.start} ({error.reason}); save it as UTF-8")
+    return collected, unreadable
 
 
 def main(argv=None) -> int:
@@ -78,11 +81,14 @@ def main(argv=None) -> int:
     if predictor.kind == "image":
         if args.text:
             raise CookbookError("This is an image model: pass image files, not --text.")
-        items = _image_paths(args.inputs)
+        items, unreadable = _image_paths(args.inputs), []
     else:
-        items = _texts(args.inputs, args.text)
+        items, unreadable = _texts(args.inputs, args.text)
+    for problem in unreadable:
+        print(f"{'skipped':>12}  {'':6}  {problem}")
     if not items:
-        raise CookbookError("Nothing to classify: give image files, text files or --text.")
+        raise CookbookError("Nothing to classify: give image files, text files or --text"
+                            + (f" ({len(unreadable)} unreadable)." if unreadable else "."))
     predictions = predictor.predict(items)
     for prediction in predictions:
         shown = prediction.input if len(prediction.input) <= 70 else prediction.input[:67] + "..."
@@ -94,9 +100,9 @@ def main(argv=None) -> int:
             print("  ".join([shown] + [f"{name} {probability:.1%}" for name, probability
                                        in prediction.labels.items()]))
     skipped = sum(prediction.problem is not None for prediction in predictions)
-    if skipped:
+    if skipped or unreadable:
         print(f"Classified {len(predictions) - skipped} of {len(predictions)} inputs; "
-              f"skipped {skipped} that could not be read (named above).")
+              f"skipped {skipped + len(unreadable)} that could not be read (named above).")
     if args.output:
         write_json(args.output, [dataclasses.asdict(p) for p in predictions])
     return 1 if skipped == len(predictions) else 0

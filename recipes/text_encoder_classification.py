@@ -75,6 +75,7 @@ from templates import cli  # noqa: E402
 from templates import (  # noqa: E402
     POOLINGS,
     CookbookError,
+    TransferPlan,
     download_sst2,
     load_text_splits,
     pretrained_text_encoder,
@@ -114,15 +115,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     # mean-pooled, unit-length MiniLM vector has coordinates near 0.05, and 1e-3 left
     # the head 3 points short in ten epochs; 1e-2 is within a point of the best rate for
     # [CLS] vectors too.
-    cli.add_run_arguments(parser, "runs/text_encoder_classification", fine_tune_epochs=3,
-                          fine_tune_learning_rate=None, learning_rate=1e-2)
-    cli.add_training_arguments(parser)
+    cli.add_run_arguments(parser, "runs/text_encoder_classification")
+    cli.add_plan_arguments(parser, TransferPlan(learning_rate=1e-2), fine_tune_learning_rate=(
+        f"{FINE_TUNE_LEARNING_RATE['full']:g}, or {FINE_TUNE_LEARNING_RATE['lora']:g} with "
+        f"--lora-rank"))
     cli.add_hardware_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.fine_tune_learning_rate is None:
-        args.fine_tune_learning_rate = FINE_TUNE_LEARNING_RATE[
-            "lora" if args.lora_rank else "full"]
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -136,12 +134,15 @@ def main(argv=None) -> int:
         raise CookbookError("--export-tflite: TFLite's built-in ops cannot run a keras-hub "
                             "tokenizer or a TF-Hub text module; export saved_model/ instead.")
     with cli.own_output_dir(args, choice), choice.strategy.scope():
-        return run(args)
+        return run_recipe(args)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_recipe(args: argparse.Namespace) -> int:
     """The recipe, inside the strategy's scope."""
-    plan = cli.transfer_plan(args)  # the seed, epochs, rates and schedule of the run
+    # The seed, epochs, rates and schedule of the run; fine-tuning's rate by default
+    # depends on --lora-rank (docs/results.md).
+    plan = cli.transfer_plan(args, fine_tune_learning_rate=args.fine_tune_learning_rate
+                             or FINE_TUNE_LEARNING_RATE["lora" if args.lora_rank else "full"])
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data

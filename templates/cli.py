@@ -1,30 +1,12 @@
 """The recipes' shared command line: flags in, library objects out.
 
-The only library module that knows about flags. Recipes add the shared flags with
-`add_training_arguments` and `add_hardware_arguments`, then turn the parsed arguments
-into what the library takes: `transfer_plan` (a `templates.training.plan.TransferPlan`),
-`setup_hardware` (a strategy, precision and XLA), `accuracy_gate` (the exit status).
-
-Training flags:
-
-    --find-lr                    run the finder before each phase and use its suggestion
-    --schedule                   constant | warmup_cosine | one_cycle (per phase)
-    --discriminative-factor F    fine-tune earlier backbone blocks F times slower per block
-    --patience N                 early stopping (0: never stop early)
-    --restore-best / --no-restore-best
-                                 end each phase with its best epoch's weights, or its last
-    --monitor val_accuracy|val_loss|val_balanced_accuracy|val_macro_f1
-                                 what early stopping and best-epoch restore watch
-    --class-weight none|balanced weigh examples by inverse class frequency
-    --tensorboard DIR            TensorBoard logs, one folder per phase
-
-Hardware flags: ``--strategy``, ``--mixed-precision``, ``--xla``.
-
-A recipe chooses the defaults of ``--patience``, ``--restore-best`` and ``--schedule``:
-early stopping with best-epoch restore (patience 3) for the image and text recipes,
-none for the digits comparison (its point is a fixed budget for transfer and scratch
-alike); warm-up + cosine for the image recipe, constant rates for the text and digits
-recipes, as measured (docs/results.md).
+The only library module that knows about flags. Recipes add the plan's flags with
+`add_plan_arguments` (one per `templates.training.plan.TransferPlan` setting, spelled as
+the field: ``--head-epochs``, ``--find-learning-rates``, ``--patience``...; the recipe
+gives only its defaults, as a plan), the run's with `add_run_arguments` and the
+hardware's with `add_hardware_arguments`, then turn the parsed arguments into what the
+library takes: `transfer_plan` (the plan), `setup_hardware` (a strategy, precision and
+XLA), `accuracy_gate` (the exit status). Every number is checked at the door (`number`).
 """
 
 from __future__ import annotations
@@ -43,7 +25,6 @@ from templates.data.decoded_images import DEFAULT_CACHE_MEMORY_GB
 from templates.export.formats import TFLITE_MODES
 from templates.models.augmentation import image_augmentation
 from templates.training.compilation import JIT_COMPILE_SETTINGS, set_jit_compile
-from templates.training.finder import SUGGESTION_RULES
 from templates.training.hardware import (
     MIXED_PRECISION,
     STRATEGIES,
@@ -52,12 +33,8 @@ from templates.training.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
-from templates.training.plan import KEEP_FINE_TUNING, MONITORS, TransferPlan
-from templates.training.plan import balanced_class_weight
+from templates.training.plan import TransferPlan, balanced_class_weight, flag_fields
 
-# The schedules and the finder's bookkeeping live in templates.training.finder; the
-# recipes import them from here with the flags.
-from templates.training.schedules import SCHEDULES
 from templates.training.word2vec import IN_DOMAIN_CHOICES, IN_DOMAIN_MINIMUM_WORDS
 
 
@@ -98,37 +75,55 @@ def number(kind: type = float, minimum: float | None = None, maximum: float | No
     return parse
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
-                      fine_tune_epochs: int = 3, fine_tune_learning_rate: float | None = 1e-4,
-                      seed: int = 1337, learning_rate: float = 1e-3) -> None:
-    """Add the flags every transfer recipe shares: the two phases' epochs and rates,
-    ``--batch-size``, ``--seed``, ``--resume``, ``--output-dir``, ``--compare-scratch``,
-    ``--export-tflite`` and ``--assert-accuracy-at-least``, with the recipe's defaults."""
+def add_plan_arguments(parser: argparse.ArgumentParser,
+                       defaults: TransferPlan | None = None, **later: str) -> None:
+    """One flag per `TransferPlan` setting (`templates.training.plan.flag_fields`),
+    spelled as the field (``head_epochs`` -> ``--head-epochs``), with the field's help,
+    choices and range; the default is ``defaults``' value (the recipe's plan, e.g.
+    ``TransferPlan(schedule="warmup_cosine")``). ``later``: fields whose default the
+    recipe sets after parsing, with the words the help shows for it (e.g.
+    ``fine_tune_learning_rate="5e-5, or 5e-4 with --lora-rank"``)."""
+    defaults = defaults or TransferPlan()
+    group = parser.add_argument_group("the plan (templates.training.plan.TransferPlan)")
+    for field in flag_fields():
+        meta = dict(field.metadata)
+        default = None if field.name in later else getattr(defaults, field.name)
+        shown = later.get(field.name, "none" if default is None else default)
+        if isinstance(shown, bool):
+            shown = "on" if shown else "off"
+        options: dict[str, Any] = {"default": default, "dest": field.name,
+                                   "help": f"{meta.pop('help')} Default: {shown}."}
+        choices = meta.pop("choices")
+        if isinstance(getattr(TransferPlan(), field.name), bool):
+            options["action"] = argparse.BooleanOptionalAction
+        elif choices:
+            options["choices"] = choices
+        else:
+            kind = int if isinstance(getattr(TransferPlan(), field.name), int) else float
+            options["metavar"] = meta.pop("metavar", None)
+            options["type"] = number(kind, **meta)
+        group.add_argument("--" + field.name.replace("_", "-"), **options)
+
+
+def plan_flags(plan: TransferPlan) -> list[str]:
+    """The command-line flags that give ``plan``'s settings (the inverse of
+    `transfer_plan` on `add_plan_arguments`' flags)."""
+    flags = []
+    for field in flag_fields():
+        value = getattr(plan, field.name)
+        name = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(name if value else "--no-" + name[2:])
+        elif value is not None:
+            flags += [name, str(value)]
+    return flags
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
+    """Add the flags of a run that are not the plan's: ``--output-dir``, ``--resume``,
+    ``--compare-scratch``, ``--export-tflite``, ``--assert-accuracy-at-least`` and
+    ``--tensorboard``."""
     group = parser.add_argument_group("the run")
-    group.add_argument("--epochs", type=number(int, 0), default=10,
-                       help="Epochs of phase 1: the new head on the frozen reused part.")
-    group.add_argument("--fine-tune-epochs", type=number(int, 0), default=fine_tune_epochs,
-                       help="Epochs of phase 2, the reused part unfrozen (0 skips it). "
-                            f"Default {fine_tune_epochs}.")
-    group.add_argument("--learning-rate", type=number(float, above=0, maximum=1),
-                       default=learning_rate,
-                       help=f"Phase 1's learning rate. Default {learning_rate:g}.")
-    group.add_argument("--fine-tune-learning-rate",
-                       type=number(float, above=0, maximum=1),
-                       default=fine_tune_learning_rate,
-                       help="Phase 2's learning rate (well below phase 1's). Default "
-                            + (f"{fine_tune_learning_rate:g}." if fine_tune_learning_rate
-                               else "the recipe's (see its description)."))
-    group.add_argument("--keep-fine-tuning", choices=KEEP_FINE_TUNING, default="if_better",
-                       help="if_better (default): keep the fine-tuned weights only if they "
-                            "beat the head's on the validation data, else end with the "
-                            "head's (metrics.json's fine_tuning_kept says which); always: "
-                            "keep them whatever they score.")
-    group.add_argument("--batch-size", type=number(int, 1, 65536), default=32,
-                       help="Examples per batch and replica. Default 32.")
-    group.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=seed,
-                       help="Seeds the splits, every epoch's order, dropout and "
-                            f"augmentation. Default {seed}.")
     group.add_argument("--output-dir", default=output_dir,
                        help=f"Where the outputs go. Default {output_dir}.")
     group.add_argument("--resume", action="store_true",
@@ -150,6 +145,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str,
                        metavar="X",
                        help="Exit non-zero if the final accuracy (test if there is a test "
                             "set, else validation) is below X.")
+    group.add_argument("--tensorboard", metavar="DIR",
+                       help="Write TensorBoard logs under DIR (one folder per phase).")
 
 
 def add_text_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,70 +278,6 @@ def remove_image_cache(args: argparse.Namespace) -> None:
     shutil.rmtree(os.path.join(args.output_dir, "cache"), ignore_errors=True)
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, patience: int = 3,
-                           restore_best: bool = True, schedule: str = "constant",
-                           monitor: str = "val_accuracy", find_lr: bool = False,
-                           finder_rule: str = "minimum_over_10") -> None:
-    """Add the shared training flags (see the module docstring) to ``parser``.
-
-    Args:
-        parser: The recipe's parser.
-        patience: Default of ``--patience`` (0: never stop early).
-        restore_best: Default of ``--restore-best / --no-restore-best``.
-        schedule: Default of ``--schedule`` (one of `SCHEDULES`).
-        monitor: Default of ``--monitor`` (one of `MONITORS`).
-        find_lr: Default of ``--find-lr / --no-find-lr``.
-        finder_rule: Default of ``--finder-rule`` (one of `SUGGESTION_RULES`), chosen
-            per recipe on its validation data.
-    """
-    if schedule not in SCHEDULES:
-        raise CookbookError(f"Unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}.")
-    group = parser.add_argument_group("training options")
-    group.add_argument("--find-lr", action=argparse.BooleanOptionalAction, default=find_lr,
-                       help="Run the learning-rate finder before each phase, use its "
-                            "suggestion (--finder-rule; the default "
-                            "rate when the sweep is unusable or out of bounds) instead of "
-                            "--learning-rate / --fine-tune-learning-rate, and write "
-                            "lr_finder_PHASE.png/.json. Default: "
-                            f"{'on' if find_lr else 'off'}.")
-    group.add_argument("--finder-rule", choices=SUGGESTION_RULES, default=finder_rule,
-                       help="How --find-lr suggests a rate from its sweep: fastai's valley, "
-                            "the steepest descent of the loss, or the loss minimum / 10. "
-                            f"Default {finder_rule} (chosen on this recipe's validation "
-                            "data: docs/results.md).")
-    group.add_argument("--schedule", choices=SCHEDULES, default=schedule,
-                       help="Learning-rate schedule within each phase: constant, warm-up "
-                            "(10%% of steps) then cosine decay, or one-cycle (the rate "
-                            f"given is the peak). Default {schedule}.")
-    group.add_argument("--discriminative-factor", type=number(float, 1, 100), default=None,
-                       metavar="F",
-                       help="Fine-tune each earlier backbone block F times slower than the "
-                            "next (e.g. 2.6); default: one rate for every unfrozen layer.")
-    group.add_argument("--patience", type=number(int, 0), default=patience,
-                       help="Stop a phase after this many epochs without a better "
-                            "validation accuracy (0: never stop early). Default "
-                            f"{patience}.")
-    group.add_argument("--monitor", choices=MONITORS, default=monitor,
-                       help="What early stopping and best-epoch restore watch: validation "
-                            "accuracy or loss, or for imbalanced classes the balanced "
-                            f"accuracy or macro F1. Default {monitor}.")
-    group.add_argument("--class-weight", choices=("none", "balanced"), default="none",
-                       help="balanced: weigh each training example's loss by the inverse "
-                            "of its class's frequency (for imbalanced classes), in both "
-                            "phases and the scratch run. Default none.")
-    group.add_argument("--label-smoothing", type=number(float, 0, below=1), default=0.0,
-                       metavar="S",
-                       help="Train towards smoothed targets (the true class 1 - S + S / "
-                            "classes), in both phases and the scratch run. Default 0.")
-    group.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
-                       default=restore_best,
-                       help="End each phase with its best epoch's weights (by validation "
-                            "accuracy) instead of its last epoch's. Default: "
-                            f"{'on' if restore_best else 'off'}.")
-    group.add_argument("--tensorboard", metavar="DIR",
-                       help="Write TensorBoard logs under DIR (one folder per phase).")
-
-
 def tensorboard_callbacks(directory: str | None, phase: str) -> list[keras.callbacks.Callback]:
     """A TensorBoard callback logging to ``DIRECTORY/PHASE`` (none without a folder)."""
     if not directory:
@@ -464,28 +397,20 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
                   ) -> TransferPlan:
     """The `TransferPlan` a recipe's flags describe.
 
-    Reads ``--epochs`` (the head's), ``--fine-tune-epochs``, ``--learning-rate``,
-    ``--fine-tune-learning-rate``, ``--batch-size``, ``--seed``, the training flags
-    above and, where the recipe has them, ``--fine-tune-from``, ``--augment`` and
-    ``--cache-memory-gb`` (the features' memory limit, as the images');
+    Reads the plan's flags (`add_plan_arguments`), ``--tensorboard`` and, where the
+    recipe has them, ``--fine-tune-from``, ``--augment`` and ``--cache-memory-gb`` (the
+    features' memory limit, as the images');
     ``overrides`` set any other field (e.g. ``steps_per_epoch=``). ``--class-weight
     balanced`` is resolved on ``train_labels`` when given, else later by
     `TransferPlan.for_training_set`. The plan is the one owner of the seed: data,
     augmentation, checkpoints, comparisons and sweeps read ``plan.seed``, and Keras's
     global generators are seeded with it here, before any model is built.
     """
-    fields = dict(
-        head_epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
-        learning_rate=args.learning_rate, fine_tune_learning_rate=args.fine_tune_learning_rate,
-        batch_size=args.batch_size, schedule=args.schedule,
-        discriminative_factor=args.discriminative_factor, find_learning_rates=args.find_lr,
-        finder_rule=getattr(args, "finder_rule", "minimum_over_10"),
-        patience=args.patience, restore_best=args.restore_best, monitor=args.monitor,
-        seed=args.seed, label_smoothing=getattr(args, "label_smoothing", 0.0),
-        keep_fine_tuning=getattr(args, "keep_fine_tuning", "if_better"),
-        callbacks={phase: tensorboard_callbacks(args.tensorboard, phase)
-                   for phase in ("head", "fine_tune")} if args.tensorboard else {},
-    )
+    fields = {field.name: getattr(args, field.name) for field in flag_fields()
+              if getattr(args, field.name, None) not in (None, "none")}
+    fields["callbacks"] = ({phase: tensorboard_callbacks(args.tensorboard, phase)
+                            for phase in ("head", "fine_tune")}
+                           if getattr(args, "tensorboard", None) else {})
     if getattr(args, "fine_tune_from", None) is not None:
         fields["fine_tune_from"] = args.fine_tune_from
     if getattr(args, "cache_memory_gb", None) is not None:
@@ -497,9 +422,8 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
         views = getattr(args, "augmented_views", 0)
         fields.update(augmentation=image_augmentation(args.augment, args.seed),
                       augmented_views=views, cache_features=views > 0)
-    if getattr(args, "class_weight", "none") == "balanced":
-        fields["class_weight"] = ("balanced" if train_labels is None
-                                  else balanced_class_weight(train_labels))
+    if fields.get("class_weight") == "balanced" and train_labels is not None:
+        fields["class_weight"] = balanced_class_weight(train_labels)
     fields.update(overrides)
     plan = TransferPlan(**fields)
     # The plan's seed also seeds Keras's global generators here, before the recipe builds
@@ -738,11 +662,10 @@ def reuse_depth(args: argparse.Namespace, run, source, transfer, splits, train, 
                                   title=f"Reuse depth, estimated: {source.spelling}",
                                   directory=os.path.join(args.output_dir, "reuse_estimates"))
         return {"reuse_estimates": selection.brief()}
-    budget = dataclasses.replace(run.plan.with_rates(run.learning_rates), fine_tune_epochs=0,
-                            callbacks={})
+    plan = dataclasses.replace(run.plan.with_rates(run.learning_rates), fine_tune_epochs=0,
+                               callbacks={})
     return {"reuse_sweep": reuse_depth_sweep(
-        build, cuts, train, validation, test, budget=budget, seed=run.plan.seed,
-        state=state, directory=args.output_dir,
+        build, cuts, train, validation, test, plan=plan, state=state, directory=args.output_dir,
         title=f"Reuse depth: {source.spelling} blocks (head only)",
         phase_callbacks=lambda phase: tensorboard_callbacks(args.tensorboard, phase))}
 

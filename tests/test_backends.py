@@ -216,14 +216,15 @@ def test_torch_backend_runs_each_recipe_and_the_predictor(recipe, cats_vs_dogs_d
                     os.symlink(source, photos / split / label / source.name)
         arguments = ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"), "--test-dir",
                      str(photos / "test"), "--backbone", "MobileNet", "--alpha", "0.25",
-                     "--image-size", "224", "--epochs", "1", "--batch-size", "8",
+                     "--image-size", "224", "--head-epochs", "1", "--batch-size", "8",
                      "--compare-scratch", *short]
     else:
         arguments = ["recipes.glove_text_classification", "--train",
                      str(sst2_dir / "stsa.binary.train"), "--validation",
                      str(sst2_dir / "stsa.binary.dev"), "--test", str(sst2_dir / "stsa.binary.test"),
                      "--train-size", "200", "--vectors",
-                     str(shared_dir / "data" / "glove" / "glove.6B.50d.10k.txt"), "--epochs", "1",
+                     str(shared_dir / "data" / "glove" / "glove.6B.50d.10k.txt"),
+                     "--head-epochs", "1",
                      "--compare-scratch", *short]
     env = backend_env(subprocess_env, "torch")
     result = without_tensorflow(["-m", *arguments], env)
@@ -333,7 +334,7 @@ def test_jax_cats_recipe_killed_in_fine_tuning_resumes_to_the_uninterrupted_resu
     def arguments(out):
         return ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"), "--test-dir",
                 str(photos / "test"), "--backbone", "mobilenet", "--alpha", "0.25",
-                "--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "2",
+                "--image-size", "96", "--head-epochs", "3", "--fine-tune-epochs", "2",
                 "--batch-size", "8", "--seed", "1", "--output-dir", str(out)]
 
     env = backend_env(subprocess_env)

@@ -82,7 +82,7 @@ def test_recipe_killed_mid_training_resumes_without_repeating_epochs(subprocess_
     out = tmp_path / "out"
     arguments = [sys.executable, "-m", "recipes.glove_text_classification",
                  "--train", str(tmp_path / "train.tsv"), "--vectors", str(tmp_path / "vectors.txt"),
-                 "--architecture", "bilstm", "--units", "32", "--epochs", "6",
+                 "--architecture", "bilstm", "--units", "32", "--head-epochs", "6",
                  "--fine-tune-epochs", "2", "--seed", "5", "--output-dir", str(out)]
 
     metadata = out / "checkpoints" / "head.backup" / "training_metadata.json"

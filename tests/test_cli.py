@@ -7,17 +7,19 @@ import pytest
 from templates.cli import (
     FIT_ONLY_OPTIONS,
     accuracy_gate,
+    add_plan_arguments,
     add_run_arguments,
-    add_training_arguments,
+    plan_flags,
     start_multi_worker,
     transfer_plan,
 )
+from templates.training.plan import TransferPlan, flag_fields
 
 
-def parse(*flags, run_defaults=None, **training_defaults):
+def parse(*flags, **plan_defaults):
     parser = argparse.ArgumentParser()
-    add_run_arguments(parser, "runs/x", **(run_defaults or {}))
-    add_training_arguments(parser, **training_defaults)
+    add_run_arguments(parser, "runs/x")
+    add_plan_arguments(parser, TransferPlan(**plan_defaults))
     return parser.parse_args(flags)
 
 
@@ -25,16 +27,16 @@ def test_the_flags_build_the_plan_they_describe():
     plan = transfer_plan(parse())  # the image and text recipes' early-stopping defaults
     assert plan.early_stopping() == {"keep_best": True, "patience": 3, "restore_best": True,
                                      "monitor": "val_accuracy"}
-    assert plan.seed == 1337 and plan.schedule == "constant" and not plan.find_learning_rates
+    assert plan == TransferPlan()  # every default is the plan's own
     fixed = transfer_plan(parse(patience=0, restore_best=False))  # the digits comparison's
     assert fixed.early_stopping()["keep_best"] is False and fixed.patience == 0
     stop_only = transfer_plan(parse("--no-restore-best", "--patience", "2"))
     assert stop_only.early_stopping() == {"keep_best": True, "patience": 2,
                                           "restore_best": False, "monitor": "val_accuracy"}
     chosen = transfer_plan(parse(
-        "--epochs", "7", "--fine-tune-epochs", "2", "--learning-rate", "0.01",
+        "--head-epochs", "7", "--fine-tune-epochs", "2", "--learning-rate", "0.01",
         "--fine-tune-learning-rate", "1e-5", "--batch-size", "16", "--seed", "4",
-        "--schedule", "one_cycle", "--find-lr", "--monitor", "val_loss",
+        "--schedule", "one_cycle", "--find-learning-rates", "--monitor", "val_loss",
         "--discriminative-factor", "2.5", "--tensorboard", "logs"), steps_per_epoch=9)
     assert (chosen.head_epochs, chosen.fine_tune_epochs, chosen.learning_rate,
             chosen.fine_tune_learning_rate, chosen.batch_size, chosen.seed) == (
@@ -46,9 +48,8 @@ def test_the_flags_build_the_plan_they_describe():
     assert {phase: [callback.log_dir for callback in callbacks]
             for phase, callbacks in chosen.callbacks.items()} == {
         "head": ["logs/head"], "fine_tune": ["logs/fine_tune"]}
-    # A recipe's own defaults for the run flags.
-    text = transfer_plan(parse(run_defaults={"fine_tune_epochs": 6,
-                                             "fine_tune_learning_rate": 5e-4}))
+    # A recipe's own defaults, given as a plan.
+    text = transfer_plan(parse(fine_tune_epochs=6, fine_tune_learning_rate=5e-4))
     assert (text.fine_tune_epochs, text.fine_tune_learning_rate) == (6, 5e-4)
     # --class-weight balanced: weights from the training labels (3 of class 0, 1 of 1).
     balanced = transfer_plan(parse("--class-weight", "balanced"), [0, 0, 0, 1])
@@ -74,9 +75,10 @@ def test_the_flags_build_the_plan_they_describe():
 
 def test_the_finder_flag_takes_a_recipe_default_and_can_be_turned_off():
     assert transfer_plan(parse()).find_learning_rates is False
-    assert transfer_plan(parse("--find-lr")).find_learning_rates is True
-    assert transfer_plan(parse(find_lr=True)).find_learning_rates is True
-    assert transfer_plan(parse("--no-find-lr", find_lr=True)).find_learning_rates is False
+    assert transfer_plan(parse("--find-learning-rates")).find_learning_rates is True
+    assert transfer_plan(parse(find_learning_rates=True)).find_learning_rates is True
+    assert transfer_plan(parse("--no-find-learning-rates",
+                               find_learning_rates=True)).find_learning_rates is False
 
 
 def test_the_multi_worker_check_names_every_refused_flag():
@@ -106,12 +108,12 @@ def test_the_plan_from_the_flags_seeds_keras_before_any_model_is_built():
     import keras
     import numpy as np
 
-    from templates.cli import add_run_arguments, add_training_arguments, transfer_plan
+    from templates.cli import add_plan_arguments, add_run_arguments, transfer_plan
 
     def first_draw(seed):
         parser = argparse.ArgumentParser()
         add_run_arguments(parser, "runs/x")
-        add_training_arguments(parser)
+        add_plan_arguments(parser)
         transfer_plan(parser.parse_args(["--seed", str(seed)]))
         layer = keras.layers.Dense(3)
         layer.build((None, 4))  # initialised from Keras's global generator
@@ -127,7 +129,7 @@ def test_cache_memory_gb_sets_the_features_limit_and_refuses_a_negative_one():
     def plan_with(*flags):
         parser = argparse.ArgumentParser()
         add_run_arguments(parser, "runs/x")
-        add_training_arguments(parser)
+        add_plan_arguments(parser)
         add_image_data_arguments(parser)
         return transfer_plan(parser.parse_args(list(flags)))
 
@@ -137,3 +139,39 @@ def test_cache_memory_gb_sets_the_features_limit_and_refuses_a_negative_one():
     for bad in ("-1", "inf", "nan"):
         with pytest.raises(SystemExit):
             plan_with("--cache-memory-gb", bad)
+
+
+def test_every_plan_setting_has_one_flag_spelled_as_the_field_with_its_default():
+    """Issue 38: a setting has one name and one default, the plan's."""
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, "runs/x")
+    add_plan_arguments(parser)
+    flags = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            flags.setdefault(action.dest, []).append(option)
+    defaults = TransferPlan()
+    assert len(flag_fields()) >= 15
+    for field in flag_fields():
+        name = "--" + field.name.replace("_", "-")
+        assert name in flags[field.name], (field.name, flags.get(field.name))
+        assert [option for option in flags[field.name] if not option.startswith("--no-")] == [
+            name], flags[field.name]
+        assert parser.get_default(field.name) == getattr(defaults, field.name), field.name
+    # No other flag sets a plan field under another name.
+    plan_names = {field.name for field in flag_fields()}
+    others = [option for dest, options in flags.items() if dest not in plan_names
+              for option in options]
+    assert not {"--epochs", "--find-lr"} & set(others)
+
+
+@pytest.mark.parametrize("plan", [
+    TransferPlan(),
+    TransferPlan(head_epochs=7, fine_tune_epochs=0, learning_rate=0.02,
+                 fine_tune_learning_rate=3e-5, batch_size=12, schedule="one_cycle",
+                 discriminative_factor=2.6, find_learning_rates=True, finder_rule="valley",
+                 patience=0, restore_best=False, monitor="val_macro_f1", seed=41,
+                 class_weight="balanced", label_smoothing=0.1, keep_fine_tuning="always"),
+])
+def test_a_plan_round_trips_through_its_flags(plan):
+    assert transfer_plan(parse(*plan_flags(plan))) == plan

@@ -74,7 +74,7 @@ def test_a_run_killed_in_feature_extraction_resumes_without_decoding_again(
     arguments = ["recipes.cats_vs_dogs", "--data-dir",
                  str(cats_vs_dogs_dir / "train"), "--test-dir", str(cats_vs_dogs_dir / "test"),
                  "--backbone", "MobileNet", "--alpha", "0.25", "--image-size", "96",
-                 "--epochs", "2", "--fine-tune-epochs", "1", "--no-find-lr",
+                 "--head-epochs", "2", "--fine-tune-epochs", "1", "--no-find-learning-rates",
                  "--cache-memory-gb", "0", "--seed", "1", "--output-dir", str(out)]
     manifests = {split: out / "cache" / f"decoded_{split}_96px.npy.json"
                  for split in ("train", "validation", "test")}

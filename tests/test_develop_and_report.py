@@ -133,25 +133,22 @@ class RecordRates(keras.callbacks.Callback):
 def test_comparison_applies_the_training_options_to_both_sides(schedule):
     import tensorflow as tf
 
-    from templates.reports.comparison import (
-        TrainingBudget,
-        compare_with_scratch,
-        steps_per_epoch,
-    )
+    from templates.reports.comparison import compare_with_scratch, steps_per_epoch
+    from templates.training.plan import TransferPlan
 
     inputs, labels = separable_data(96)
     train = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(16)
     validation = tf.data.Dataset.from_tensor_slices(separable_data(64, seed=1)).batch(64)
     assert steps_per_epoch(train) == 6
     source = mlp()
-    budget = TrainingBudget(head_epochs=3, fine_tune_epochs=2, learning_rate=1e-2,
-                            fine_tune_learning_rate=1e-3, batch_size=16, schedule=schedule,
-                            discriminative_factor=3.0, patience=0, restore_best=False)
+    plan = TransferPlan(head_epochs=3, fine_tune_epochs=2, learning_rate=1e-2,
+                        fine_tune_learning_rate=1e-3, batch_size=16, schedule=schedule,
+                        discriminative_factor=3.0, patience=0, restore_best=False)
     log = {}
     report = compare_with_scratch(
         lambda: reuse_model(source, 2, cut_at="features"),
         lambda: reuse_model(mlp(), 2, cut_at="features").model,
-        train, validation, budget=budget, seeds=[0],
+        train, validation, plan=plan,
         phase_callbacks=lambda phase: [RecordRates(phase, log)])
     assert set(log) == {"seed0.transfer.head", "seed0.transfer.fine_tune", "seed0.scratch"}
     assert [len(log[phase]) for phase in sorted(log)] == [5 * 6, 2 * 6, 3 * 6]
@@ -247,7 +244,7 @@ def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
         array_batches(*data["train"], batch_size=8, seed=0),
         array_batches(*data["validation"], batch_size=256, shuffle=False),
         array_batches(*data["test"], batch_size=256, shuffle=False),
-        budget=plan, seeds=[0, 1], slope_epochs=5)
+        plan=plan, repeats=2, slope_epochs=5)
     # Measured: slope -22.1 / -21.0, asymptote -2.1 / -2.3 points (two measurements). The
     # start (one epoch from a random head on both sides, two seeds) is noise: -2.8 once,
     # +1.9 once, with per-seed starts 0.2-0.5 on both sides; it is not asserted.

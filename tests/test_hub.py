@@ -254,8 +254,8 @@ def test_the_image_recipe_runs_on_a_tfhub_module(any_size_image_module, subproce
         [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
          str(tmp_path / "photos" / "train"), "--test-dir", str(tmp_path / "photos" / "test"),
          "--backbone", f"tfhub:{any_size_image_module}", "--image-size", "32",
-         "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
-         "--learning-rate", "0.05", "--no-find-lr", "--output-dir", str(out)],
+         "--head-epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
+         "--learning-rate", "0.05", "--no-find-learning-rates", "--output-dir", str(out)],
         env=subprocess_env, capture_output=True, text=True, timeout=600, cwd=cwd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

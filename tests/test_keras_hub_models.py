@@ -100,7 +100,8 @@ def test_the_image_recipe_runs_on_a_local_preset(subprocess_env, tmp_path):
     out = tmp_path / "run"
     arguments = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
                  str(tmp_path / "photos" / "train"), "--test-dir", str(tmp_path / "photos" / "test"),
-                 "--backbone", f"keras_hub:{preset}", "--image-size", "64", "--epochs", "1",
+                 "--backbone", f"keras_hub:{preset}", "--image-size", "64",
+                 "--head-epochs", "1",
                  "--fine-tune-epochs", "1", "--batch-size", "8", "--compare-scratch",
                  "--reuse-sweep", "2", "--output-dir", str(out)]
     cwd = subprocess_env["PYTHONPATH"].split(":")[0]

@@ -134,8 +134,9 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     out = tmp_path / "run"
     arguments = ["--data-dir", str(tmp_path / "photos"), "--backbone", "MobileNet",
                  "--alpha", "0.25", "--weights", str(weights), "--image-size", "64",
-                 "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
-                 "--learning-rate", "1e-2", "--no-find-lr", "--strategy", "multi_worker",
+                 "--head-epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
+                 "--learning-rate", "1e-2", "--no-find-learning-rates",
+                 "--strategy", "multi_worker",
                  "--seed", "3"]
     workers = run_workers(subprocess_env, out, *arguments, "--tensorboard",
                           str(tmp_path / "logs"), recipe="recipes.cats_vs_dogs",
@@ -184,7 +185,7 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     out = tmp_path / "run"
     arguments = ["--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv"),
                  "--vectors", str(tmp_path / "vectors.txt"), "--filters", "16",
-                 "--epochs", "3", "--fine-tune-epochs", "1", "--batch-size", "16",
+                 "--head-epochs", "3", "--fine-tune-epochs", "1", "--batch-size", "16",
                  "--learning-rate", "1e-2", "--strategy", "multi_worker", "--seed", "3"]
     workers = run_workers(subprocess_env, out, *arguments,
                           recipe="recipes.glove_text_classification",
@@ -206,12 +207,12 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
         model(np.array(["the wall is painted teal today"])))
     assert probabilities.shape == (1, 2)
 
-    # --find-lr under multi_worker (a one-worker cluster, to keep it short): the finder
+    # --find-learning-rates under multi_worker (a one-worker cluster, to keep it short): the finder
     # runs on the loop before each phase and the chief keeps its plots.
     found = tmp_path / "found"
     result = subprocess.run(
         [sys.executable, "-m", "recipes.glove_text_classification", "--output-dir",
-         str(found), *arguments, "--find-lr"],
+         str(found), *arguments, "--find-learning-rates"],
         env={**subprocess_env, "TF_CONFIG": json.dumps(
             {"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
              "task": {"type": "worker", "index": 0}})},
@@ -236,7 +237,8 @@ def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subp
     # Keras wraps the optimiser in a LossScaleOptimizer and the loop scales the loss.
     result = subprocess.run(
         [sys.executable, "-m", "recipes.multi_worker_digits", "--output-dir", str(tmp_path),
-         "--epochs", "3", "--strategy", "cpu", "--mixed-precision", "float16", "--find-lr"],
+         "--epochs", "3", "--strategy", "cpu", "--mixed-precision", "float16",
+         "--find-learning-rates"],
         env=subprocess_env, capture_output=True, text=True, timeout=300,
         cwd=subprocess_env["PYTHONPATH"].split(":")[0])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -244,7 +246,7 @@ def test_the_loop_recipe_takes_the_hardware_flags_and_scales_float16_losses(subp
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["replicas"] == 1 and all(np.isfinite(metrics["loss"]))
     assert metrics["loss"][-1] < 0.5 * metrics["loss"][0] and metrics["train_accuracy"] > 0.8
-    # --find-lr ran the finder on the same loop and trained at its suggestion.
+    # --find-learning-rates ran the finder on the same loop and trained at its suggestion.
     finding = json.loads((tmp_path / "lr_finder_train.json").read_text())
     rates = finding["learning_rates"]
     assert rates[0] <= finding["suggestion"] <= rates[-1]

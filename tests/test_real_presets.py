@@ -133,7 +133,7 @@ def test_the_text_encoder_recipe_runs_minilm_on_jax_without_tensorflow(
          "--preset", str(minilm_dir), "--train", str(sst2_dir / "stsa.binary.train"),
          "--validation", str(tmp_path / "validation.txt"),
          "--test", str(tmp_path / "test.txt"), "--train-size", "200",
-         "--epochs", "5", "--fine-tune-epochs", "0", "--seed", "1", "--output-dir", str(out)],
+         "--head-epochs", "5", "--fine-tune-epochs", "0", "--seed", "1", "--output-dir", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -171,9 +171,9 @@ def test_the_cats_recipe_runs_lite0_offline_and_records_what_it_kept(
         [sys.executable, "-m", "recipes.cats_vs_dogs",
          "--labels-csv", str(listing(cats_vs_dogs_dir / "train", 40, "train.csv")),
          "--test-csv", str(listing(cats_vs_dogs_dir / "test", 20, "test.csv")),
-         "--backbone", f"keras_hub:{lite0_dir}", "--epochs", "10", "--learning-rate", "0.01",
+         "--backbone", f"keras_hub:{lite0_dir}", "--head-epochs", "10", "--learning-rate", "0.01",
          "--fine-tune-epochs", "1",
-         "--no-find-lr", "--seed", "1", "--output-dir", str(out)],
+         "--no-find-learning-rates", "--seed", "1", "--output-dir", str(out)],
         env=subprocess_env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

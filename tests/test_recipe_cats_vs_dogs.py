@@ -13,7 +13,7 @@ from templates.training.saving import load_model, read_labels
 
 RECIPE = [sys.executable, "-m", "recipes.cats_vs_dogs"]
 SMALL_MOBILENET = ["--backbone", "MobileNet", "--alpha", "0.25", "--image-size", "224",
-                   "--epochs", "10", "--fine-tune-epochs", "3", "--seed", "7"]
+                   "--head-epochs", "10", "--fine-tune-epochs", "3", "--seed", "7"]
 
 
 def run(arguments, env, timeout=900):
@@ -31,7 +31,7 @@ def test_defaults_and_the_finder_over_three_seeds(recipe_runs, cats_vs_dogs_dir)
     The finder finishes every time, inside its bounds; --test-time-flips scores the same
     trained model both ways.
 
-    The comparison with fixed rates (--no-find-lr: 0.918 against the defaults' 0.940,
+    The comparison with fixed rates (--no-find-learning-rates: 0.918 against the defaults' 0.940,
     seeds 1-3) is a published result of `benchmarks.seeds` (docs/results.md), no longer
     rerun here, to save CI three more 224 px runs."""
     def scores(seed):
@@ -120,7 +120,7 @@ def test_help_lists_the_contract(subprocess_env):
     result = run(["--help"], subprocess_env, timeout=300)
     assert result.returncode == 0
     for flag in ("--data-dir", "--test-dir", "--backbone", "--alpha", "--image-size",
-                 "--epochs", "--fine-tune-epochs", "--batch-size", "--seed", "--output-dir",
+                 "--head-epochs", "--fine-tune-epochs", "--batch-size", "--seed", "--output-dir",
                  "--assert-accuracy-at-least"):
         assert flag in result.stdout
 
@@ -134,7 +134,7 @@ def test_compare_scratch_writes_the_transfer_report(cats_vs_dogs_dir, subprocess
     weights = SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
     result = run(["--data-dir", str(cats_vs_dogs_dir), "--output-dir", str(tmp_path),
                   "--backbone", "MobileNet", "--alpha", "0.25", "--weights", str(weights),
-                  "--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "1",
+                  "--image-size", "96", "--head-epochs", "3", "--fine-tune-epochs", "1",
                   "--compare-scratch", "--export-tflite", "float32", "dynamic", "int8",
                   "--reuse-sweep", "3"], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -265,8 +265,8 @@ def test_labels_csv_instead_of_class_folders(subprocess_env, tmp_path):
     out = tmp_path / "run"
     result = run(["--labels-csv", str(tmp_path / "labels.csv"), "--backbone", "MobileNet",
                   "--alpha", "0.25", "--weights", str(weights), "--image-size", "64",
-                  "--epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
-                  "--learning-rate", "1e-2", "--no-find-lr", "--output-dir", str(out)],
+                  "--head-epochs", "5", "--fine-tune-epochs", "1", "--batch-size", "8",
+                  "--learning-rate", "1e-2", "--no-find-learning-rates", "--output-dir", str(out)],
                  subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -320,7 +320,7 @@ def test_multi_label_collages_of_real_photos(cats_vs_dogs_dir, subprocess_env, t
         out = tmp_path / f"seed{seed}"
         result = run(["--labels-csv", str(train_csv), "--test-csv", str(test_csv),
                       "--multi-label", "--backbone", "MobileNet", "--alpha", "0.25",
-                      "--weights", str(weights), "--image-size", "128", "--epochs", "10",
+                      "--weights", str(weights), "--image-size", "128", "--head-epochs", "10",
                       "--fine-tune-epochs", "2", "--seed", str(seed), "--output-dir", str(out)],
                      subprocess_env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -355,8 +355,8 @@ def test_augmentation_policies_run_through_cached_views(subprocess_env, tmp_path
     for policy in ([], ["randaugment"]):
         out = tmp_path / f"run{len(policy)}"
         result = run(["--data-dir", str(tmp_path / "photos"), "--backbone", f"keras_hub:{preset}",
-                      "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1",
-                      "--batch-size", "8", "--no-find-lr", "--augment", *policy,
+                      "--image-size", "32", "--head-epochs", "1", "--fine-tune-epochs", "1",
+                      "--batch-size", "8", "--no-find-learning-rates", "--augment", *policy,
                       "--augmented-views", "2", "--output-dir", str(out)], subprocess_env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         plan = json.loads((out / "metrics.json").read_text())["plan"]

@@ -68,7 +68,7 @@ def test_help_lists_the_contract(subprocess_env):
     result = run_recipe(["--help"], subprocess_env)
     assert result.returncode == 0
     for flag in ("--train", "--validation", "--test", "--vectors", "--architecture",
-                 "--epochs", "--seed", "--output-dir", "--compare-scratch",
+                 "--head-epochs", "--seed", "--output-dir", "--compare-scratch",
                  "--assert-accuracy-at-least"):
         assert flag in result.stdout
 
@@ -79,7 +79,7 @@ def test_recipe_outputs_and_compare_scratch_on_multiclass_data(colour_data, subp
     result = run_recipe([
         "--train", colour_data["train"], "--validation", colour_data["validation"],
         "--test", colour_data["test"], "--vectors", colour_data["vectors"],
-        "--architecture", "pooled", "--epochs", "25", "--fine-tune-epochs", "1",
+        "--architecture", "pooled", "--head-epochs", "25", "--fine-tune-epochs", "1",
         "--learning-rate", "0.01", "--batch-size", "16", "--seed", "3",
         "--output-dir", str(out), "--compare-scratch", "--assert-accuracy-at-least", "0.9",
     ], subprocess_env)
@@ -118,7 +118,7 @@ def test_in_domain_vectors_sit_beside_the_pretrained_ones(colour_data, subproces
     arguments = [
         "--train", colour_data["train"], "--validation", colour_data["validation"],
         "--test", colour_data["test"], "--vectors", colour_data["vectors"],
-        "--architecture", "pooled", "--epochs", "25", "--fine-tune-epochs", "1",
+        "--architecture", "pooled", "--head-epochs", "25", "--fine-tune-epochs", "1",
         "--learning-rate", "0.01", "--batch-size", "16", "--seed", "3",
         "--output-dir", str(out)]
     result = run_recipe(arguments + ["--in-domain-vectors", "on"], subprocess_env)
@@ -150,9 +150,9 @@ def test_training_options_evaluation_predictor_and_tflite(colour_data, subproces
     result = run_recipe([
         "--train", colour_data["train"], "--validation", colour_data["validation"],
         "--test", colour_data["test"], "--vectors", colour_data["vectors"],
-        "--architecture", "pooled", "--epochs", "8", "--fine-tune-epochs", "2",
+        "--architecture", "pooled", "--head-epochs", "8", "--fine-tune-epochs", "2",
         "--batch-size", "16", "--seed", "4", "--output-dir", str(out),
-        "--find-lr", "--schedule", "one_cycle", "--discriminative-factor", "2.6",
+        "--find-learning-rates", "--schedule", "one_cycle", "--discriminative-factor", "2.6",
         "--tensorboard", str(tmp_path / "logs"), "--export-tflite",
     ], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -287,7 +287,7 @@ def test_glove_beats_random_embeddings_on_1000_sst2_sentences(recipe_runs, sst2_
     assert all(run["examples"]["train"] == 1000 for run in runs)
     assert all(run["vectors"] == "glove.6B.50d" for run in runs)  # too few words for word2vec
     assert (glove - scratch).mean() >= 0.03, (glove, scratch)
-    # --find-lr finishes every time and does about as well as the defaults (the rule,
+    # --find-learning-rates finishes every time and does about as well as the defaults (the rule,
     # minimum / 10, was chosen on seeds 11-13). Measured on seeds 1-3: 0.757 against
     # 0.753 with tf.data's shuffle, 0.752 against 0.763 since TensorFlow reads the same
     # epoch orders as the other backends. One seed's accuracy varies by about 1.1 points
@@ -295,7 +295,7 @@ def test_glove_beats_random_embeddings_on_1000_sst2_sentences(recipe_runs, sst2_
     # points (about 2 spreads), catches a finder that picks a bad rate, not the noise.
     found = np.array([sst2_run(sst2_dir, tmp_path / f"find_lr{seed}", subprocess_env,
                                "--train-size", "1000", "--seed", str(seed),
-                               "--find-lr", compare=False)["test_accuracy"]
+                               "--find-learning-rates", compare=False)["test_accuracy"]
                       for seed in SEEDS])
     assert found.mean() >= glove.mean() - 0.02, (glove, found)
 
@@ -353,7 +353,7 @@ def test_labels_and_texts_from_csv_files(colour_data, subprocess_env, tmp_path):
         "--train", to_csv(colour_data["train"], "train.csv", ['"a wall with no label",']),
         "--validation", to_csv(colour_data["validation"], "dev.csv"),
         "--test", to_csv(colour_data["test"], "test.csv"), "--vectors", colour_data["vectors"],
-        "--architecture", "pooled", "--epochs", "25", "--fine-tune-epochs", "1",
+        "--architecture", "pooled", "--head-epochs", "25", "--fine-tune-epochs", "1",
         "--learning-rate", "0.01", "--batch-size", "16", "--seed", "3",
         "--output-dir", str(out)], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -384,7 +384,7 @@ def test_multi_label_texts(colour_data, subprocess_env, tmp_path):
     result = run_recipe([
         "--train", write("train.tsv", 0, 3, 180), "--validation", write("dev.tsv", 0, 3, 60),
         "--test", write("test.tsv", 3, 6, 60), "--vectors", colour_data["vectors"],
-        "--multi-label", "--architecture", "pooled", "--epochs", "40",
+        "--multi-label", "--architecture", "pooled", "--head-epochs", "40",
         "--fine-tune-epochs", "1", "--learning-rate", "0.01", "--batch-size", "16",
         "--seed", "3", "--monitor", "val_micro_f1", "--compare-scratch",
         "--output-dir", str(out)], subprocess_env)

@@ -38,7 +38,7 @@ def few_photos(cats_vs_dogs_dir, tmp_path):
 def recipe_arguments(photos, out):
     return ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"),
             "--test-dir", str(photos / "test"), "--backbone", "mobilenet", "--alpha", "0.25",
-            "--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "2",
+            "--image-size", "96", "--head-epochs", "3", "--fine-tune-epochs", "2",
             "--batch-size", "8", "--seed", "1", "--cache-memory-gb", "0",
             "--output-dir", str(out)]
 

@@ -368,10 +368,13 @@ def test_the_predictor_names_bad_inputs_and_classifies_the_others(tmp_path):
         Predictor(tmp_path)
 
 
-def test_undecodable_text_for_the_predictor_names_the_file(tmp_path):
+def test_an_undecodable_text_file_is_named_and_the_others_still_read(tmp_path):
     from recipes.predict import _texts
 
     (tmp_path / "latin.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    with pytest.raises(CookbookError, match=r"latin.txt: bytes that are not valid UTF-8 at "
-                                            r"byte 3"):
-        _texts([str(tmp_path / "latin.txt")], [])
+    (tmp_path / "fine.txt").write_text("a fine film\nanother one\n")
+    texts, unreadable = _texts([str(tmp_path / "latin.txt"), str(tmp_path / "fine.txt")],
+                               ["typed"])
+    assert texts == ["typed", "a fine film", "another one"]
+    assert unreadable == [f"{tmp_path / 'latin.txt'}: bytes that are not valid UTF-8 at "
+                          f"byte 3 (invalid continuation byte); save it as UTF-8"]

@@ -283,7 +283,7 @@ def test_cats_recipe_ranks_backbones_then_trains_the_pick(cats_vs_dogs_dir, subp
 
     trained = tmp_path / "trained"
     result = run_recipe("recipes.cats_vs_dogs", [
-        *data, "--select-from", CATS_POOL[0], CATS_POOL[-1], "--epochs", "3",
+        *data, "--select-from", CATS_POOL[0], CATS_POOL[-1], "--head-epochs", "3",
         "--fine-tune-epochs", "1", "--output-dir", str(trained)], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((trained / "metrics.json").read_text())
@@ -324,7 +324,8 @@ def test_cats_reuse_sweep_estimate_ranks_cuts_without_training_them(
     out = tmp_path / "estimate"
     result = run_recipe("recipes.cats_vs_dogs", [
         "--data-dir", str(cats_vs_dogs_dir / "train"), "--backbone", "MobileNet,alpha=0.25",
-        "--epochs", "1", "--fine-tune-epochs", "0", "--no-find-lr", "--reuse-sweep", "3",
+        "--head-epochs", "1", "--fine-tune-epochs", "0", "--no-find-learning-rates",
+        "--reuse-sweep", "3",
         "--estimate", "--output-dir", str(out)], subprocess_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -205,7 +205,7 @@ def test_the_encoder_recipe_runs_on_a_local_bert_preset(sst2_dir, subprocess_env
                  "--preset", str(preset), "--train", str(train_file),
                  "--validation", str(sst2_dir / "stsa.binary.dev"),
                  "--test", str(sst2_dir / "stsa.binary.test"), "--train-size", "300",
-                 "--epochs", "2", "--fine-tune-epochs", "1", "--output-dir", str(out)]
+                 "--head-epochs", "2", "--fine-tune-epochs", "1", "--output-dir", str(out)]
 
     def run(extra, folder=out):
         result = subprocess.run(arguments[:-1] + [str(folder)] + extra, env=subprocess_env,
@@ -252,7 +252,7 @@ def test_the_encoder_recipe_runs_on_a_tfhub_text_module(subprocess_env, tmp_path
     result = subprocess.run(
         [sys.executable, "-m", "recipes.text_encoder_classification", "--preset",
          f"tfhub:{handle}", "--train", str(tmp_path / "train.tsv"), "--test",
-         str(tmp_path / "test.tsv"), "--validation-fraction", "0.25", "--epochs", "2",
+         str(tmp_path / "test.tsv"), "--validation-fraction", "0.25", "--head-epochs", "2",
          "--fine-tune-epochs", "8", "--fine-tune-learning-rate", "0.1", "--batch-size", "8",
          "--compare-scratch", "--output-dir", str(out)],
         env=subprocess_env, capture_output=True, text=True, timeout=600, cwd=cwd)

@@ -34,7 +34,6 @@ import numpy as np
 from templates.data.errors import CookbookError
 
 PADDING_INDEX = 0
-OOV_INDEX = 1
 MISSING_ROWS = ("random", "zeros")
 TRAINABLE_MODES = ("frozen", "trainable", "missing_only")
 

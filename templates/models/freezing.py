@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 
 from templates.data.errors import CookbookError
-from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
+from templates.models.layers import iterate_layers
 
 
 def freeze_batch_normalization(model: keras.layers.Layer) -> int:

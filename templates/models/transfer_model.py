@@ -13,7 +13,6 @@ from typing import Protocol
 import keras
 
 from templates.models.freezing import unfreeze_from
-from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
 
 
 class Transferable(Protocol):

@@ -39,11 +39,10 @@ from templates.training.run import (
 from templates.training.schedules import scheduled
 from templates.training.seeds import following_epochs
 
-# The comparison's budget is the transfer plan itself: the transferred model runs the
-# plan (`templates.training.run.run_transfer`); the scratch model trains every layer for
-# ``head_epochs + fine_tune_epochs`` at ``learning_rate``, with the same optimiser, data,
-# seed, schedule shape and early-stopping rule. (``TrainingBudget`` is its old name.)
-TrainingBudget = TransferPlan
+# The comparison reads the transfer plan and nothing else: the transferred model runs
+# the plan (`templates.training.run.run_transfer`); the scratch model trains every layer
+# for ``head_epochs + fine_tune_epochs`` at ``learning_rate``, with the same optimiser,
+# data, seed, schedule shape and early-stopping rule.
 
 PhaseCallbacks = Callable[[str], Sequence[keras.callbacks.Callback]]
 
@@ -58,11 +57,11 @@ def _with_phase_callbacks(plan: TransferPlan, name: str,
 
 
 def train_transferred(
-    transfer: TransferModel, train, validation, test, budget: TransferPlan, seed: int,
+    transfer: TransferModel, train, validation, test, plan: TransferPlan,
     verbose: int | str = 0, state: TrainingState | None = None, name: str = "transfer",
     phase_callbacks: PhaseCallbacks | None = None,
 ):
-    """Run ``budget`` (a `TransferPlan`) on ``transfer`` with ``seed``; return
+    """Run ``plan`` on ``transfer`` (with the plan's seed); return
     ``(start score, validation curve, test score)`` for a curve summary, on the
     report's metric (`report_metric` of the plan's monitor: accuracy by default).
 
@@ -73,8 +72,7 @@ def train_transferred(
         phase_callbacks: Returns extra callbacks for a phase, given its name
             (e.g. TensorBoard logs per phase).
     """
-    plan = _with_phase_callbacks(dataclasses.replace(budget, seed=seed), name,
-                                 phase_callbacks)
+    plan = _with_phase_callbacks(plan, name, phase_callbacks)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        name=name, measure_start=True, score_phases=False, verbose=verbose)
     metric = report_metric(plan.monitor)
@@ -82,47 +80,45 @@ def train_transferred(
 
 
 def train_from_scratch(
-    model: keras.Model, train, validation, test, budget: TransferPlan,
+    model: keras.Model, train, validation, test, plan: TransferPlan,
     verbose: int | str = 0, state: TrainingState | None = None, name: str = "scratch",
-    seed: int | None = None, phase_callbacks: PhaseCallbacks | None = None,
+    phase_callbacks: PhaseCallbacks | None = None,
 ):
-    """Train every layer of ``model`` (BatchNorm included) on the same budget.
+    """Train every layer of ``model`` (BatchNorm included) on the plan's epochs.
 
     All ``head_epochs + fine_tune_epochs`` at ``learning_rate``, the plan's schedule
     shaping the whole run, and its early-stopping rule. Returns ``(start score,
     validation curve, test score)`` on the report's metric, as `train_transferred`.
 
     Args:
-        state: Checkpoints the run as phase ``name``, so it resumes when interrupted.
-        seed: Seeds each epoch's randomness when ``state`` is given (`EpochSeeds`).
+        state: Checkpoints the run as phase ``name``, so it resumes when interrupted;
+            each epoch's randomness is then seeded from the plan's seed (`EpochSeeds`).
         phase_callbacks: As in `train_transferred` (called with ``name``).
     """
     model.trainable = True
     for layer in iterate_layers(model):
         layer.trainable = True
-    epochs = budget.head_epochs + budget.fine_tune_epochs
-    rate = budget.learning_rate
-    if budget.schedule != "constant":
-        rate = scheduled(rate, budget.schedule, epochs,
-                         budget.steps_per_epoch or steps_per_epoch(train))
-    compile_classifier(model, rate, monitor=budget.monitor,
-                       label_smoothing=budget.label_smoothing)
-    metric = report_metric(budget.monitor)
+    epochs = plan.head_epochs + plan.fine_tune_epochs
+    rate = plan.learning_rate
+    if plan.schedule != "constant":
+        rate = scheduled(rate, plan.schedule, epochs,
+                         plan.steps_per_epoch or steps_per_epoch(train))
+    compile_classifier(model, rate, monitor=plan.monitor,
+                       label_smoothing=plan.label_smoothing)
+    metric = report_metric(plan.monitor)
     before = evaluate_scores(model, validation)[metric]
     extra = list(phase_callbacks(name)) if phase_callbacks is not None else []
-    history = _scratch_phase(state, name, model, budget, seed, lambda callbacks: model.fit(
+    history = _scratch_phase(state, name, model, plan, lambda callbacks: model.fit(
         train, validation_data=validation, epochs=epochs,
         callbacks=following_epochs(callbacks + extra, train),
-        shuffle=False, verbose=verbose, class_weight=budget.class_weight))
+        shuffle=False, verbose=verbose, class_weight=plan.class_weight))
     test_score = evaluate_scores(model, test)[metric] if test is not None else None
     return before, list(history.history[f"val_{metric}"]), test_score
 
 
-def _scratch_phase(state, name, model, plan: TransferPlan, seed, train):
+def _scratch_phase(state, name, model, plan: TransferPlan, train):
     """The scratch run through ``state`` under the plan's early-stopping rule, as
     `run_transfer` runs its phases (a temporary folder when the rule needs one)."""
-    if seed is not None:
-        plan = dataclasses.replace(plan, seed=seed)
     with checkpoint_state(state, False, plan) as checkpoints:
         return run_planned_phase(checkpoints, name, model, plan, train)
 
@@ -147,26 +143,28 @@ def compare_with_scratch(
     train: Iterable,
     validation: Iterable,
     test: Iterable | None = None,
-    budget: TrainingBudget | None = None,
-    seeds: Sequence[int] = (0,),
+    plan: TransferPlan | None = None,
+    repeats: int = 1,
     slope_epochs: int = 3,
     verbose: int | str = 0,
     state: TrainingState | None = None,
     phase_callbacks: PhaseCallbacks | None = None,
     output_dir: str | os.PathLike | None = None,
 ) -> TransferReport:
-    """Train transfer and scratch models for each seed and report the three measures.
+    """Train transfer and scratch models ``repeats`` times and report the three measures.
 
-    With ``budget.find_learning_rates`` the finder measures the head's rate once, on the
-    first seed's transferred model (kept in ``state``, plotted in ``output_dir``), and
-    transfer and scratch both train at it, so the comparison stays fair.
+    Run ``i`` seeds everything with ``plan.seed + i``. With ``plan.find_learning_rates``
+    the finder measures the head's rate once, on the first run's transferred model (kept
+    in ``state``, plotted in ``output_dir``), and transfer and scratch both train at it,
+    so the comparison stays fair.
 
     Args:
         build_transfer: Returns a fresh `TransferModel` (reused part frozen).
         build_scratch: Returns the same architecture with random weights.
         train, validation, test: Batches of ``(inputs, labels)``; re-iterable.
-        budget: Epochs and learning rates shared by both (see `TrainingBudget`).
-        seeds: One transfer and one scratch run per seed; the report shows the spread.
+        plan: Epochs, rates, seed and early stopping, shared by both sides.
+        repeats: Transfer and scratch runs, one each per seed from the plan's on; the
+            report shows the spread.
         slope_epochs: ``k`` for the slope measure.
         verbose: Passed to ``fit``.
         state: A `TrainingState`: every run is checkpointed per epoch and kept when it
@@ -174,39 +172,42 @@ def compare_with_scratch(
         phase_callbacks: Extra callbacks per phase, given the phase's name
             (``seed0.transfer.head``, ``seed0.scratch``...), e.g. TensorBoard logs.
     """
-    budget = budget or TrainingBudget()
-    if budget.find_learning_rates:
-        keras.utils.set_random_seed(seeds[0])
+    plan = plan or TransferPlan()
+    seeds = [plan.seed + repeat for repeat in range(repeats)]
+    if plan.find_learning_rates:
+        keras.utils.set_random_seed(plan.seed)
         transfer = build_transfer()
         rate = phase_rate(
-            state, "comparison.head", budget.learning_rate, True, output_dir,
-            lambda: find_head_learning_rate(transfer, train, batch_size=budget.batch_size,
-                                            seed=seeds[0], rule=budget.finder_rule),
+            state, "comparison.head", plan.learning_rate, True, output_dir,
+            lambda: find_head_learning_rate(transfer, train, batch_size=plan.batch_size,
+                                            seed=plan.seed, rule=plan.finder_rule),
             title="Learning-rate finder: the transferred model's head")
         keras.backend.clear_session()
-        budget = dataclasses.replace(budget, learning_rate=rate, find_learning_rates=False)
+        plan = dataclasses.replace(plan, learning_rate=rate, find_learning_rates=False)
     transferred, scratch = [], []
     for seed in seeds:
-        def transfer_run(seed=seed):
-            keras.utils.set_random_seed(seed)
-            return train_transferred(build_transfer(), train, validation, test, budget, seed,
-                                     verbose, state, name=f"seed{seed}.transfer",
+        seeded = dataclasses.replace(plan, seed=seed)
+
+        def transfer_run(seeded=seeded):
+            keras.utils.set_random_seed(seeded.seed)
+            return train_transferred(build_transfer(), train, validation, test, seeded,
+                                     verbose, state, name=f"seed{seeded.seed}.transfer",
                                      phase_callbacks=phase_callbacks)
 
-        def scratch_run(seed=seed):
-            keras.utils.set_random_seed(seed)
-            return train_from_scratch(build_scratch(), train, validation, test, budget,
-                                      verbose, state, name=f"seed{seed}.scratch", seed=seed,
+        def scratch_run(seeded=seeded):
+            keras.utils.set_random_seed(seeded.seed)
+            return train_from_scratch(build_scratch(), train, validation, test, seeded,
+                                      verbose, state, name=f"seed{seeded.seed}.scratch",
                                       phase_callbacks=phase_callbacks)
 
         transferred.append(_summary(state, f"seed{seed}.transfer", transfer_run, slope_epochs))
         keras.backend.clear_session()
         scratch.append(_summary(state, f"seed{seed}.scratch", scratch_run, slope_epochs))
         keras.backend.clear_session()
-    report = TransferReport(transferred, scratch, list(seeds),
-                            phase_boundary=budget.head_epochs if budget.fine_tune_epochs
-                            else None, metric=report_metric(budget.monitor))
-    report.plan = budget  # with the finder's rate, when it ran
+    report = TransferReport(transferred, scratch, seeds,
+                            phase_boundary=plan.head_epochs if plan.fine_tune_epochs
+                            else None, metric=report_metric(plan.monitor))
+    report.plan = plan  # with the finder's rate, when it ran
     return report
 
 
@@ -246,7 +247,7 @@ def report_against_scratch(
     plan = run.plan.with_rates(run.learning_rates)
     scratch_before, scratch_curve, scratch_test = train_from_scratch(
         scratch_model, train, validation, test, plan, verbose=verbose, state=state,
-        seed=plan.seed, phase_callbacks=phase_callbacks)
+        phase_callbacks=phase_callbacks)
     metric = report_metric(plan.monitor)
     report = TransferReport(
         transfer=[summarize_curve(run.curve(metric), run.start_scores.get(metric),
@@ -266,8 +267,7 @@ def reuse_depth_sweep(
     train: Iterable,
     validation: Iterable,
     test: Iterable | None = None,
-    budget: TrainingBudget | None = None,
-    seed: int = 0,
+    plan: TransferPlan | None = None,
     verbose: int | str = 0,
     state: TrainingState | None = None,
     trained_runs: Mapping[str | int, str] | None = None,
@@ -282,10 +282,10 @@ def reuse_depth_sweep(
             cut point (e.g. ``lambda cut: reuse_model(source, 5, cut_at=cut)``).
         cut_points: Layer names or depths, shallow to deep
             (`templates.training.develop.articulation_layers` lists the valid ones).
-        train, validation, test, budget, seed, verbose, state, phase_callbacks: As in
-            `compare_with_scratch`.
+        train, validation, test, plan, verbose, state, phase_callbacks: As in
+            `compare_with_scratch` (one run, with the plan's seed).
         trained_runs: ``{cut point: run name}`` for cut points already trained in
-            ``state`` on the same budget and seed, for example
+            ``state`` on the same plan, for example
             ``{"pool": "seed0.transfer"}`` when `compare_with_scratch`'s first
             transferred run reused the source model up to ``"pool"``: that run's
             finished phases are restored instead of trained again.
@@ -296,7 +296,7 @@ def reuse_depth_sweep(
         One dict per cut point: ``cut_at``, ``reused_layers``, ``best_val_accuracy``,
         ``final_val_accuracy`` and ``test_accuracy``.
     """
-    budget = budget or TrainingBudget()
+    plan = plan or TransferPlan()
     trained_runs = dict(trained_runs or {})
     if trained_runs and state is None:
         raise CookbookError("trained_runs needs the TrainingState the runs were trained in.")
@@ -305,10 +305,10 @@ def reuse_depth_sweep(
         name = f"reuse_{cut}"
         saved = state.result(name) if state is not None else None
         if saved is None:
-            keras.utils.set_random_seed(seed)
+            keras.utils.set_random_seed(plan.seed)
             transfer = build_transfer_at(cut)
             _, curve, test_accuracy = train_transferred(
-                transfer, train, validation, test, budget, seed, verbose, state,
+                transfer, train, validation, test, plan, verbose, state,
                 name=trained_runs.get(cut, name), phase_callbacks=phase_callbacks)
             saved = {
                 "cut_at": cut,

@@ -10,7 +10,6 @@ import keras
 from templates.data.errors import CookbookError
 from templates.data.multi_label import is_multi_label
 from templates.data.multi_label import training_metrics as multi_label_metrics
-from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
 from templates.training.losses import classification_loss
 from templates.training.metrics import metrics_for
 from templates.training.optimizers import DiscriminativeAdam

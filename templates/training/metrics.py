@@ -17,9 +17,6 @@ from keras import ops
 
 from templates.data.errors import CookbookError
 
-# The monitor names these metrics log under (with the "val_" prefix of validation).
-METRIC_NAMES = ("balanced_accuracy", "macro_f1")
-
 
 class _ConfusionMetric(keras.metrics.Metric):
     """Accumulates a ``[true][predicted]`` confusion matrix over an epoch."""

@@ -36,7 +36,6 @@ from templates.data.progress import Progress
 
 #: Extractions shorter than this (batches) report no progress.
 PROGRESS_MINIMUM_BATCHES = 20
-from templates.models.layers import iterate_layers  # noqa: F401 (part of this module's API)
 from templates.models.transfer_model import Transferable, unfreeze
 from templates.training.compilation import compile_classifier
 from templates.training.seeds import following_epochs, reseed_generators

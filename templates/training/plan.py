@@ -20,6 +20,19 @@ from templates.training.finder import (
 )
 from templates.training.schedules import SCHEDULES
 
+def setting(default: Any, help: str, choices: tuple | None = None, **bounds: Any):
+    """A plan field that is also a command-line flag: its default, help, and either its
+    ``choices`` or its bounds (``minimum``/``maximum`` inclusive, ``above``/``below``
+    exclusive) and ``metavar``, kept beside the field as its metadata."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, **bounds})
+
+
+def flag_fields() -> list[dataclasses.Field]:
+    """The `TransferPlan` fields that are command-line flags (made with `setting`)."""
+    return [field for field in dataclasses.fields(TransferPlan) if "help" in field.metadata]
+
+
 MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1",
             "val_micro_f1")
 
@@ -91,27 +104,64 @@ class TransferPlan:
             [...]}`` (e.g. TensorBoard); not serialised.
     """
 
-    head_epochs: int = 10
-    fine_tune_epochs: int = 3
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    batch_size: int = 32
+    # A field with a `setting` is also a command-line flag of every recipe, spelled as
+    # the field (``--head-epochs``) with the help and range given here
+    # (`templates.cli.add_plan_arguments`); a recipe changes only its default.
+    head_epochs: int = setting(
+        10, "Epochs of phase 1: the new head on the frozen reused part.", minimum=0)
+    fine_tune_epochs: int = setting(
+        3, "Epochs of phase 2, the reused part unfrozen (0 skips it).", minimum=0)
+    learning_rate: float = setting(1e-3, "Phase 1's learning rate.", above=0, maximum=1)
+    fine_tune_learning_rate: float = setting(
+        1e-4, "Phase 2's learning rate (well below phase 1's).", above=0, maximum=1)
+    batch_size: int = setting(32, "Examples per batch and replica.", minimum=1,
+                              maximum=65536)
     cache_features: bool = True
-    schedule: str = "constant"
-    discriminative_factor: float | None = None
+    schedule: str = setting(
+        "constant", "Learning-rate schedule within each phase: constant, warm-up (a tenth of "
+        "the steps) then cosine decay, or one-cycle (the rate given is the peak).",
+        choices=SCHEDULES)
+    discriminative_factor: float | None = setting(
+        None, "Fine-tune each earlier backbone block F times slower than the next (e.g. "
+        "2.6); none: one rate for every unfrozen layer.", minimum=1, maximum=100,
+        metavar="F")
     steps_per_epoch: int | None = None
-    find_learning_rates: bool = False
-    finder_rule: str = "minimum_over_10"
+    find_learning_rates: bool = setting(
+        False, "Run the learning-rate finder before each phase and use its suggestion "
+        "(--finder-rule; the given rate when the sweep is unusable or out of bounds), and "
+        "write lr_finder_PHASE.png/.json.")
+    finder_rule: str = setting(
+        "minimum_over_10", "How the finder suggests a rate from its sweep: fastai's "
+        "valley, the steepest descent of the loss, or the loss minimum / 10 (chosen on "
+        "validation data: docs/results.md).", choices=SUGGESTION_RULES)
     fine_tune_from: str | int | None = "default"
-    patience: int = 3
-    restore_best: bool = True
-    monitor: str = "val_accuracy"
-    seed: int = 0
+    patience: int = setting(
+        3, "Stop a phase after this many epochs without a better --monitor score (0: "
+        "never stop early).", minimum=0)
+    restore_best: bool = setting(
+        True, "End each phase with its best epoch's weights (by --monitor) instead of its "
+        "last epoch's.")
+    monitor: str = setting(
+        "val_accuracy", "What early stopping, best-epoch restore and keeping fine-tuning "
+        "watch: validation accuracy or loss, or for imbalanced classes the balanced "
+        "accuracy or macro F1.", choices=MONITORS)
+    seed: int = setting(
+        0, "Seeds the splits, every epoch's order, dropout and augmentation.", minimum=0,
+        maximum=2**32 - 1)
     augmented_views: int = 0
-    class_weight: dict[int, float] | str | None = None
-    label_smoothing: float = 0.0
+    class_weight: dict[int, float] | str | None = setting(
+        None, "balanced: weigh each training example's loss by the inverse of its "
+        "class's frequency (for imbalanced classes), in both phases and the scratch run.",
+        choices=("none", "balanced"))
+    label_smoothing: float = setting(
+        0.0, "Train towards smoothed targets (the true class 1 - S + S / classes), in both "
+        "phases and the scratch run.", minimum=0, below=1, metavar="S")
     feature_memory_gb: float | None = DEFAULT_FEATURE_MEMORY_GB
-    keep_fine_tuning: str = "if_better"
+    keep_fine_tuning: str = setting(
+        "if_better", "if_better: keep the fine-tuned weights only if they beat the head's "
+        "on the validation data, else end with the head's (metrics.json's "
+        "fine_tuning_kept says which); always: keep them whatever they score.",
+        choices=KEEP_FINE_TUNING)
     augmentation: keras.layers.Layer | None = dataclasses.field(
         default=None, repr=False, compare=False)
     callbacks: dict[str, list[keras.callbacks.Callback]] = dataclasses.field(
