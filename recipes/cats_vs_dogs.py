@@ -100,7 +100,6 @@ def main(argv=None) -> int:
     # NVIDIA GPUs. Options built on model.fit are refused by name on several machines.
     choice = cli.setup_hardware(args, args.data_dir, args.test_dir, args.labels_csv,
                                 multi_worker=True)
-    args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
         cli.start_multi_worker(args)
     # The run owns --output-dir: a second run into it stops here, before any work.
@@ -115,7 +114,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # and augmentation are drawn from (seed, epoch) alone, so a resumed run ends exactly
     # where an uninterrupted one would), both phases' epochs and rates, the schedule,
     # --augment and --class-weight. Everything below reads them from it.
-    plan = cli.transfer_plan(args)
+    plan = cli.transfer_plan(args, choice=choice)
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data
@@ -221,7 +220,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         metrics.update(cli.reuse_depth(args, run, source, transfer, splits, train,
                                        validation, test, state))
     cli.remove_image_cache(args)  # the decoded images on disk only served this run
-    return cli.write_metrics(args, metrics)
+    return cli.write_metrics(args, metrics, choice)
 
 
 if __name__ == "__main__":

@@ -126,15 +126,15 @@ def main(argv=None) -> int:
     # ## Hardware, as in the other recipes; batch sizes count per replica.
     choice = cli.setup_hardware(args)
     with cli.own_output_dir(args, choice), choice.strategy.scope():
-        return run_recipe(args, choice.replicas)
+        return run_recipe(args, choice)
 
 
-def run_recipe(args: argparse.Namespace, replicas: int = 1) -> int:
+def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     started = time.perf_counter()
     os.makedirs(args.output_dir, exist_ok=True)
     # ## The plan: one for transfer and scratch alike; --batch-size counts per replica.
-    plan = cli.transfer_plan(args, batch_size=args.batch_size * replicas, callbacks={})
+    plan = cli.transfer_plan(args, choice=choice, callbacks={})
 
     # ## Step 0 (--select-from): which source task?
     # Each candidate's source model is developed and checked against its baseline, then
@@ -143,7 +143,7 @@ def run_recipe(args: argparse.Namespace, replicas: int = 1) -> int:
         tasks = list(SOURCE_TASKS) if args.select_from == ["all"] else args.select_from
         target = load_digits_by_task(args.labels_per_class, plan.seed)
         candidates = [source_model_candidate(
-            task, functools.partial(develop_source, args, task, plan.seed, replicas),
+            task, functools.partial(develop_source, args, task, plan.seed, choice.replicas),
             len(TARGET_DIGITS), cut_at="pool", pooling="flatten") for task in tasks]
         selection = cli.select_source(
             args, [candidate for candidate in candidates if candidate],
@@ -159,7 +159,7 @@ def run_recipe(args: argparse.Namespace, replicas: int = 1) -> int:
     # baseline on held-out source scans, or develop_model raises instead of transferring
     # nothing. Saved under source/TASK/, a second run skips this training.
     data = load_digits_by_task(args.labels_per_class, plan.seed, source_task=args.source_task)
-    developed = develop_source(args, args.source_task, plan.seed, replicas)
+    developed = develop_source(args, args.source_task, plan.seed, choice.replicas)
     check = developed.source_check
     print(f"Source model ({args.source_task}): held-out accuracy {check.accuracy:.3f} vs "
           f"majority-class baseline {check.baseline_accuracy:.3f} -> skilful: {check.skilful}")
@@ -215,7 +215,7 @@ def run_recipe(args: argparse.Namespace, replicas: int = 1) -> int:
         "plan": report.plan.to_dict(),
         "evaluation": {"set": "test", "seed": plan.seed, "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"]},
-        "seconds": round(time.perf_counter() - started, 1)}, gate=False)
+        "seconds": round(time.perf_counter() - started, 1)}, choice, gate=False)
 
 
 if __name__ == "__main__":

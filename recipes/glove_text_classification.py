@@ -127,7 +127,6 @@ def main(argv=None) -> int:
     # several machines.
     choice = cli.setup_hardware(args, args.train, args.validation, args.test,
                                 multi_worker=True)
-    args.batch_size = choice.global_batch_size(args.batch_size)
     if choice.name == "multi_worker":
         cli.start_multi_worker(args)
     with cli.own_output_dir(args, choice), choice.strategy.scope():
@@ -137,7 +136,7 @@ def main(argv=None) -> int:
 def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     # ## The plan: the seed, both phases' epochs and rates, the class weights
-    plan = cli.transfer_plan(args)
+    plan = cli.transfer_plan(args, choice=choice)
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data
@@ -158,7 +157,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # trains word2vec on your own text, used only if it beats random vectors;
     # --select-from glove word2vec glove+word2vec random ranks the sources on their
     # frozen features first. Texts become token ids once; the models train on ids.
-    data, details = cli.choose_word_vectors(args, splits, plan.seed,
+    data, details = cli.choose_word_vectors(args, splits, plan,
                                             functools.partial(build_classifier, args))
     if data is None:  # --select-only, or a sentence encoder picked (its recipe trains it)
         return 0
@@ -216,7 +215,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
             validation, test, state, verbose=2,
             title=f"{details['vectors']} vectors vs random embeddings ({args.architecture})"))
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
-    return cli.write_metrics(args, metrics)
+    return cli.write_metrics(args, metrics, choice)
 
 
 if __name__ == "__main__":

@@ -129,19 +129,18 @@ def main(argv=None) -> int:
     # One machine: a TPU, GPUs or the CPU (--strategy). Several machines are refused by
     # name: this recipe trains with model.fit (keras-team/keras#20585).
     choice = cli.setup_hardware(args, args.train, args.validation, args.test)
-    args.batch_size = choice.global_batch_size(args.batch_size)
     if args.export_tflite is not None:
         raise CookbookError("--export-tflite: TFLite's built-in ops cannot run a keras-hub "
                             "tokenizer or a TF-Hub text module; export saved_model/ instead.")
     with cli.own_output_dir(args, choice), choice.strategy.scope():
-        return run_recipe(args)
+        return run_recipe(args, choice)
 
 
-def run_recipe(args: argparse.Namespace) -> int:
+def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     # The seed, epochs, rates and schedule of the run; fine-tuning's rate by default
     # depends on --lora-rank (docs/results.md).
-    plan = cli.transfer_plan(args, fine_tune_learning_rate=args.fine_tune_learning_rate
+    plan = cli.transfer_plan(args, choice=choice, fine_tune_learning_rate=args.fine_tune_learning_rate
                              or FINE_TUNE_LEARNING_RATE["lora" if args.lora_rank else "full"])
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -225,7 +224,7 @@ def run_recipe(args: argparse.Namespace) -> int:
             batches["train"], batches["validation"], batches["test"], state, verbose=2,
             title=f"{transfer.source} vs the same encoder from scratch"))
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
-    return cli.write_metrics(args, metrics)
+    return cli.write_metrics(args, metrics, choice)
 
 
 if __name__ == "__main__":

@@ -348,10 +348,7 @@ def setup_hardware(args, *paths, multi_worker: bool = False) -> StrategyChoice:
     policy = set_mixed_precision(args.mixed_precision, choice.device)
     set_jit_compile(args.xla)
     print(f"{choice.describe()}; dtype policy {policy}; XLA {args.xla}", flush=True)
-    # write_metrics records what the run ran on.
-    args.hardware = {"backend": choice.backend, "strategy": choice.name,
-                     "device": choice.device, "replicas": choice.replicas,
-                     "dtype_policy": policy, "xla": args.xla}
+    choice.settings = {"dtype_policy": policy, "xla": args.xla}  # for metrics.json
     return choice
 
 
@@ -393,8 +390,8 @@ def tflite_modes(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(args.export_tflite or ["float32"]))
 
 
-def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
-                  ) -> TransferPlan:
+def transfer_plan(args: argparse.Namespace, train_labels=None,
+                  choice: StrategyChoice | None = None, **overrides: Any) -> TransferPlan:
     """The `TransferPlan` a recipe's flags describe.
 
     Reads the plan's flags (`add_plan_arguments`), ``--tensorboard`` and, where the
@@ -424,6 +421,8 @@ def transfer_plan(args: argparse.Namespace, train_labels=None, **overrides: Any
                       augmented_views=views, cache_features=views > 0)
     if fields.get("class_weight") == "balanced" and train_labels is not None:
         fields["class_weight"] = balanced_class_weight(train_labels)
+    if choice is not None:  # --batch-size counts per replica
+        fields["batch_size"] = choice.global_batch_size(fields["batch_size"])
     fields.update(overrides)
     plan = TransferPlan(**fields)
     # The plan's seed also seeds Keras's global generators here, before the recipe builds
@@ -698,13 +697,15 @@ def quiet_retracing_warnings() -> None:
         lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 
-def write_metrics(args: argparse.Namespace, metrics: dict[str, Any], gate: bool = True) -> int:
-    """Write ``OUTPUT_DIR/metrics.json`` and return the exit status: `accuracy_gate`'s,
-    or 0 with ``gate=False`` (for runs without one final accuracy)."""
+def write_metrics(args: argparse.Namespace, metrics: dict[str, Any],
+                  choice: StrategyChoice | None = None, gate: bool = True) -> int:
+    """Write ``OUTPUT_DIR/metrics.json`` (with what ``choice`` ran on) and return the exit
+    status: `accuracy_gate`'s, or 0 with ``gate=False`` (for runs without one final
+    accuracy)."""
     from templates.data.files import write_json
 
-    if getattr(args, "hardware", None):
-        metrics = {**metrics, "hardware": args.hardware}
+    if choice is not None:
+        metrics = {**metrics, "hardware": choice.record()}
     write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
     if not gate:
         print(f"Outputs in {args.output_dir}")
@@ -770,7 +771,8 @@ def add_text_classifier_arguments(parser: argparse.ArgumentParser) -> None:
                        "plus --in-domain-vectors.")
 
 
-def choose_word_vectors(args: argparse.Namespace, splits, seed: int, build_classifier):
+def choose_word_vectors(args: argparse.Namespace, splits, plan: TransferPlan,
+                        build_classifier):
     """The word vectors a text run trains on, tokenised: a `templates.TokenizedText`.
 
     ``--vector-source NAME`` takes one source; ``--develop-vectors CORPUS`` trains
@@ -781,6 +783,7 @@ def choose_word_vectors(args: argparse.Namespace, splits, seed: int, build_class
     features (``build_classifier(tokenized)`` builds each candidate's model). The
     result's ``details`` record the source, the word2vec check and the selection.
     """
+    seed = plan.seed
     import dataclasses
     import functools
 
@@ -807,7 +810,7 @@ def choose_word_vectors(args: argparse.Namespace, splits, seed: int, build_class
     source = args.vector_source
     if args.select_from:
         selection = select_source(args, text_source_candidates(
-            args.select_from, tokenized, build_classifier, splits, args.batch_size, seed),
+            args.select_from, tokenized, build_classifier, splits, plan.batch_size, plan.seed),
             title="Text classification: candidate sources")
         details["selection"] = selection.brief()
         if args.select_only or selection.pick.startswith(ENCODER_PREFIX):

@@ -206,7 +206,7 @@ def test_the_cats_recipe_reads_the_seed_once_into_the_plan():
     """The seed's one owner is the plan: the recipe never reads ``args.seed`` itself."""
     text = (REPOSITORY / "recipes" / "cats_vs_dogs.py").read_text(encoding="utf-8")
     assert "args.seed" not in text and "set_random_seed" not in text
-    assert text.count("plan = cli.transfer_plan(args)") == 1
+    assert text.count("plan = cli.transfer_plan(args, choice=choice)") == 1
 
 
 def test_the_readme_example_imports_only_from_the_package_surface():

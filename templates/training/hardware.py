@@ -57,6 +57,7 @@ class StrategyChoice:
         replicas: Replicas in sync (the global batch is per-replica batch x replicas).
         device: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
         backend: The Keras backend.
+        settings: What was applied on top (the dtype policy, XLA), for `record`.
     """
 
     strategy: Any
@@ -64,6 +65,12 @@ class StrategyChoice:
     replicas: int
     device: str
     backend: str = "tensorflow"
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """What a run's metrics.json records of the hardware it ran on."""
+        return {"backend": self.backend, "strategy": self.name, "device": self.device,
+                "replicas": self.replicas, **self.settings}
 
     def global_batch_size(self, per_replica_batch_size: int) -> int:
         return int(per_replica_batch_size) * self.replicas
