@@ -139,6 +139,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # ## Step 0 (--select-from): which source task?
     # Each candidate's source model is developed and checked against its baseline, then
     # its frozen features of the target scans scored in seconds (probes, LogME, LEEP).
+    source_task = args.source_task
     if args.select_from:
         tasks = list(SOURCE_TASKS) if args.select_from == ["all"] else args.select_from
         target = load_digits_by_task(args.labels_per_class, plan.seed)
@@ -152,16 +153,16 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
             title="Digits 5-9: candidate source tasks")
         if args.select_only:
             return 0
-        args.source_task = selection.pick
+        source_task = selection.pick
 
     # ## Steps 1-2: develop the source model and check it is skilful
     # The source model (one output per source class) must clearly beat the majority-class
     # baseline on held-out source scans, or develop_model raises instead of transferring
     # nothing. Saved under source/TASK/, a second run skips this training.
-    data = load_digits_by_task(args.labels_per_class, plan.seed, source_task=args.source_task)
-    developed = develop_source(args, args.source_task, plan.seed, choice.replicas)
+    data = load_digits_by_task(args.labels_per_class, plan.seed, source_task=source_task)
+    developed = develop_source(args, source_task, plan.seed, choice.replicas)
     check = developed.source_check
-    print(f"Source model ({args.source_task}): held-out accuracy {check.accuracy:.3f} vs "
+    print(f"Source model ({source_task}): held-out accuracy {check.accuracy:.3f} vs "
           f"majority-class baseline {check.baseline_accuracy:.3f} -> skilful: {check.skilful}")
 
     # ## Steps 3-4 vs scratch: the transfer report
@@ -174,7 +175,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     test = array_batches(*data["test"], batch_size=512, shuffle=False)
     # Checkpointed: --resume reuses finished runs and continues the one in progress.
     state = cli.checkpoints(args, plan, settings=dict(
-        source_task=args.source_task, labels_per_class=args.labels_per_class,
+        source_task=source_task, labels_per_class=args.labels_per_class,
         seeds=args.seeds, source_epochs=args.source_epochs), backup_overhead=0.1)
     logs = cli.phase_logs(args)
     report = compare_with_scratch(
@@ -183,7 +184,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         phase_callbacks=logs,
         output_dir=args.output_dir)
     report.write(args.output_dir,
-                 f"{args.source_task} -> digits 5-9, {args.labels_per_class} labels per class")
+                 f"{source_task} -> digits 5-9, {args.labels_per_class} labels per class")
     print(report.summary_text())
 
     # ## What the first seed's transferred model gets wrong (restored from its
@@ -203,10 +204,10 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         [] if args.skip_sweep else ["conv_1", "pool", "features"], train, validation, test,
         plan=report.plan, state=state, phase_callbacks=logs,
         trained_runs={"pool": f"seed{plan.seed}.transfer"}, directory=args.output_dir,
-        title=f"Reuse depth, {args.source_task} -> 5-9 ({args.labels_per_class} labels/class)")
+        title=f"Reuse depth, {source_task} -> 5-9 ({args.labels_per_class} labels/class)")
 
     return cli.write_metrics(args, {
-        "source_task": args.source_task, "source_check": check.__dict__,
+        "source_task": source_task, "source_check": check.__dict__,
         "labels_per_class": args.labels_per_class,
         "target_images": {name: int(len(data[name][1]))
                           for name in ("train", "validation", "test")},
