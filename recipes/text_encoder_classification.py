@@ -204,6 +204,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         "pooling": transfer.pooling_choice,
         "sequence_length": transfer.sequence_length, "trainable_weights": trainable,
         "class_names": class_names, "skipped_lines": splits.skipped,
+        "data_notes": splits.notes,
         "examples": {name: len(getattr(splits, name))
                      for name in ("train", "validation", "test")},
         **run_metadata(data={key: value for key, value in splits.paths.items() if value},

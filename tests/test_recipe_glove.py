@@ -34,23 +34,19 @@ def colour_data(tmp_path_factory):
     seen = {label: words[:3] for label, words in COLOURS.items()}
     unseen = {label: words[3:] for label, words in COLOURS.items()}
 
-    filler = ["the", "wall", "is", "painted", "today"]
-    written = [0]  # every sentence differs: the recipe leaves out a text found in two splits
-
     def write(name, words_by_label, count):
         lines = []
         for index in range(count):
             label = list(COLOURS)[index % 3]
             word = generator.choice(words_by_label[label])
-            tail = " ".join(filler[written[0] // 5 ** digit % 5] for digit in range(4))
-            written[0] += 1
-            lines.append(f"{label}\tthe wall is painted {word} {tail}")
+            lines.append(f"{label}\tthe wall is painted {word} today")
         (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         return str(folder / name)
 
     paths = {"train": write("train.tsv", seen, 90), "validation": write("dev.tsv", seen, 30),
              "test": write("test.tsv", unseen, 30)}
     rows = []
+    filler = ["the", "wall", "is", "painted", "today"]
     for position, (label, words) in enumerate(COLOURS.items()):
         for word in words:
             vector = generator.normal(scale=0.2, size=12)

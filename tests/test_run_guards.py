@@ -150,15 +150,21 @@ def test_a_photo_copied_into_the_test_set_leaves_training(tmp_path):
     assert "the same photo (by content) as the test set's" in splits.describe(train)
 
 
-def test_a_text_in_two_splits_leaves_training_and_is_counted(tmp_path):
+def test_texts_in_two_splits_are_counted_and_one_file_cannot_be_two_splits(tmp_path):
     (tmp_path / "train.txt").write_text("pos good film\nneg bad film\npos great\nneg awful\n")
     (tmp_path / "test.txt").write_text("pos great\nneg dull\n")
     (tmp_path / "dev.txt").write_text("neg bad film\npos fine\n")
     splits = load_text_splits(tmp_path / "train.txt", tmp_path / "dev.txt",
                               tmp_path / "test.txt")
-    assert splits.train.texts == ["good film", "awful"]
-    reasons = sorted(item["reason"] for item in splits.skipped)
-    assert reasons == ["also in the test set", "also in the validation set"]
+    assert splits.notes == [
+        f"1 of the 2 validation texts also appear word for word in an earlier split (kept: "
+        f"{tmp_path / 'dev.txt'}).",
+        f"1 of the 2 test texts also appear word for word in an earlier split (kept: "
+        f"{tmp_path / 'test.txt'})."]
+    assert "note: 1 of the 2 test texts" in splits.describe()
+    with pytest.raises(CookbookError, match=r"train.txt is given as both the train and the "
+                                            r"test texts"):
+        load_text_splits(tmp_path / "train.txt", tmp_path / "dev.txt", tmp_path / "train.txt")
 
 
 # 4 and 9. Numbers checked at the door
@@ -295,9 +301,10 @@ def test_class_names_that_break_labels_txt_are_refused_when_read(tmp_path, name)
     if name == "do\x0bgs":  # a line of a text file can hold only this one
         (tmp_path / "texts.txt").write_text(f"cats\tone\n{name}\ttwo\n")
         (tmp_path / "other.txt").write_text("cats\tthree\n")
+        (tmp_path / "third.txt").write_text("cats\tfour\n")
         with pytest.raises(CookbookError, match="class names must be one visible line"):
             load_text_splits(tmp_path / "texts.txt", tmp_path / "other.txt",
-                             tmp_path / "other.txt")
+                             tmp_path / "third.txt")
 
 
 # 8. A corrupt checkpoint

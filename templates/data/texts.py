@@ -278,6 +278,7 @@ class TextSplits:
             float32 multi-hot rows for multi-label data).
         skipped: Every line or file left out, once: ``{"source", "where", "reason"}``.
         paths: The files or folders read (``None`` for a split taken off training).
+        notes: Texts found word for word in two splits, counted (`overlap_notes`).
     """
 
     train: TextExamples
@@ -287,6 +288,7 @@ class TextSplits:
     labels: dict[str, np.ndarray]
     skipped: list[dict[str, str]]
     paths: dict[str, str | None]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self, shown: int = 10) -> str:
         """The splits in words: sizes, classes, and the lines skipped (the first
@@ -294,6 +296,7 @@ class TextSplits:
         lines = [f"Data: train {len(self.train)}, validation {len(self.validation)}, test "
                  f"{len(self.test)}; classes {self.class_names}; skipped "
                  f"{len(self.skipped)} lines or files."]
+        lines += [f"  note: {note}" for note in self.notes]
         lines += [f"  skipped {item['source']} {item['where']}: {item['reason']}"
                   for item in self.skipped[:shown]]
         if len(self.skipped) > shown:
@@ -307,26 +310,21 @@ class TextSplits:
                              for part in (self.train, self.validation, self.test)])
 
 
-def _without_overlaps(training: TextExamples, validating: TextExamples,
-                      testing: TextExamples) -> tuple[TextExamples, TextExamples]:
-    """No text in two splits: a training text that is also a validation or test text
-    leaves training, a validation text that is also a test text leaves validation (the
-    test set never changes); each removal is counted among the skipped lines."""
-    def keep_apart(examples: TextExamples, held: dict[str, str]) -> TextExamples:
-        rows = [row for row, text in enumerate(examples.texts) if text not in held]
-        if len(rows) == len(examples):
-            return examples
-        removed = [(f"text {row + 1}", f"also in the {held[examples.texts[row]]} set")
-                   for row in range(len(examples)) if examples.texts[row] in held]
-        return TextExamples([examples.texts[row] for row in rows],
-                            [examples.labels[row] for row in rows], examples.source,
-                            list(examples.skipped) + removed)
-
-    test_texts = dict.fromkeys(testing.texts, "test")
-    validating = keep_apart(validating, test_texts)
-    training = keep_apart(training, {**dict.fromkeys(validating.texts, "validation"),
-                                     **test_texts})
-    return training, validating
+def overlap_notes(training: TextExamples, validating: TextExamples,
+                  testing: TextExamples) -> list[str]:
+    """Count the texts that appear, word for word, in two splits. They are kept, not
+    removed: identical short texts are ordinary in text data (SST-2 has 2 of its 1,821
+    test sentences among its training sentences, as published), so the count is said
+    instead, for the reader to judge."""
+    notes = []
+    train_texts = set(training.texts)
+    for name, examples, others in (("validation", validating, train_texts),
+                                   ("test", testing, train_texts | set(validating.texts))):
+        shared = sum(text in others for text in examples.texts)
+        if shared:
+            notes.append(f"{shared} of the {len(examples)} {name} texts also appear word for "
+                         f"word in an earlier split (kept: {examples.source}).")
+    return notes
 
 
 def load_text_splits(
@@ -353,6 +351,13 @@ def load_text_splits(
     """
     paths = {"train": os.fspath(train), "validation": validation and os.fspath(validation),
              "test": test and os.fspath(test)}
+    given = [(name, os.path.realpath(path)) for name, path in paths.items() if path]
+    for index, (name, path) in enumerate(given):
+        for other, other_path in given[:index]:
+            if path == other_path:
+                raise CookbookError(f"{paths[name]} is given as both the {other} and the "
+                                    f"{name} texts: a text would sit in two splits. Give "
+                                    f"another file, or leave --{name} out to split it off.")
     training = read_text_examples(paths["train"], encoding)
     if paths["test"]:
         testing = read_text_examples(paths["test"], encoding)
@@ -364,7 +369,6 @@ def load_text_splits(
         training, validating = split_examples(training, validation_fraction, seed + 1)
     if train_size:
         training = subset_examples(training, train_size, seed)
-    training, validating = _without_overlaps(training, validating, testing)
     class_names, (train_ids, validation_ids, test_ids) = encode_labels(
         training, validating, testing, multi_label=multi_label)
     skipped = [{"source": examples.source, "where": where, "reason": reason}
@@ -372,7 +376,7 @@ def load_text_splits(
                for where, reason in examples.skipped]
     return TextSplits(training, validating, testing, class_names,
                       {"train": train_ids, "validation": validation_ids, "test": test_ids},
-                      skipped, paths)
+                      skipped, paths, overlap_notes(training, validating, testing))
 
 
 def build_vectorizer(

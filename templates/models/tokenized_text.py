@@ -87,6 +87,7 @@ class TokenizedText:
             "class_names": self.splits.class_names,
             "examples": {name: len(getattr(self.splits, name)) for name in SPLITS},
             "skipped_lines": self.splits.skipped,
+            **({"data_notes": self.splits.notes} if self.splits.notes else {}),
         }
 
     def summary(self) -> str:
