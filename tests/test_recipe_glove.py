@@ -315,11 +315,18 @@ def test_develop_vectors_are_checked_then_used_or_refused(sst2_dir, subprocess_e
     corpus.write_text("".join(line.split(" ", 1)[1] + "\n" for split in ("train", "dev")
                               for line in (sst2_dir / f"stsa.binary.{split}")
                               .read_text(encoding="utf-8").splitlines()), encoding="utf-8")
+    # On these 7,800 sentences word2vec's word similarity (gensim's wordsim353) is
+    # borderline: Spearman 0.08-0.12 against 0.03 to -0.03 for random vectors (the mean
+    # of five draws), so clear of the 0.1 margin for seeds 1, 3 and 1337, not 0 and 2
+    # (measured 2026-12-06; until then the test passed on its default seed's luck). The
+    # run therefore allows an unskilled source and checks that the check is recorded.
     metrics = sst2_run(sst2_dir, tmp_path / "developed", subprocess_env, "--train-size",
-                       "1000", "--develop-vectors", str(corpus), compare=False)
+                       "1000", "--develop-vectors", str(corpus), "--allow-unskilled",
+                       compare=False)
     check = metrics["source_check"]
-    # Word similarity (gensim's wordsim353) beats random vectors by the margin.
-    assert check["skilful"] and check["accuracy"] >= check["baseline_accuracy"] + 0.1
+    assert check["skilful"] == (check["accuracy"] >= check["baseline_accuracy"]
+                                + check["margin"])
+    assert 0.05 <= check["accuracy"] <= 0.2 and abs(check["baseline_accuracy"]) < 0.1
     assert check["baseline"] == "random vectors" and metrics["vectors"] == f"word2vec:{corpus}"
     assert metrics["test_accuracy"] >= 0.6
     assert (tmp_path / "developed" / "word2vec" / "word2vec.txt").is_file()

@@ -8,7 +8,8 @@ the target classifier's embedding exactly as GloVe does
 As for every developed source model, its skill is checked, not assumed: the vectors
 are scored on a word-similarity list (Spearman correlation with human ratings, e.g.
 gensim's ``wordsim353.tsv``) or on analogies (``questions-words.txt``), and so are
-random vectors for the same vocabulary, the naive baseline. Vectors that are not
+random vectors for the same vocabulary (the mean of `RANDOM_DRAWS` draws), the naive
+baseline. Vectors that are not
 clearly better are refused (`templates.training.develop.UnskilledSourceModelError`) unless
 the caller overrides it.
 
@@ -215,10 +216,18 @@ def develop_word_vectors(
     return vectors, check
 
 
+# Random vector sets averaged into the naive baseline.
+RANDOM_DRAWS = 5
+
+
 def _check_against_random(vectors: KeyedVectors, evaluation: str, evaluation_file, margin: float,
                           seed: int) -> SourceCheck:
     score, covered = score_vectors(vectors, evaluation, evaluation_file)
-    baseline, _ = score_vectors(random_vectors_like(vectors, seed), evaluation, evaluation_file)
+    # One draw of random vectors scores anywhere from -0.22 to 0.08 on wordsim353
+    # (SST-2's vocabulary, seeds 0-3 and 1337): the baseline is the mean of several.
+    baseline = float(np.mean([
+        score_vectors(random_vectors_like(vectors, seed + draw), evaluation,
+                      evaluation_file)[0] for draw in range(RANDOM_DRAWS)]))
     metric = ("Spearman correlation with human similarity ratings" if evaluation == "similarity"
               else "analogy accuracy") + f" ({covered} items)"
     return SourceCheck(score, baseline, margin, score >= baseline + margin,
