@@ -165,7 +165,14 @@ def inject_at(site: str, count: int, action) -> None:
         raise SystemExit(f"unknown fault site {site!r}; choose from {SITES}")
 
 
+# The named points of earlier tests, as sites of `inject_at` (mid-epoch has its own rule).
+NAMED = {"features.mid_extraction": "features@6", "head.before_done": "head.before_done@1",
+         "between_phases": "between_phases@1",
+         "fine_tune.before_done": "fine_tune.before_done@1", "outputs": "outputs.model@1"}
+
+
 def inject(point: str) -> None:
+    point = NAMED.get(point, point)
     if "@" in point:
         mode, _, point = point.rpartition(":")
         site, _, count = point.partition("@")
@@ -173,62 +180,33 @@ def inject(point: str) -> None:
         return
     if point not in POINTS:
         raise SystemExit(f"unknown fault point {point!r}; choose from {POINTS}")
-    phase, _, moment = point.partition(".")
-    if point == "features.mid_extraction":
-        original_append = feature_store.FeatureStore.append
-        appended = [0]
+    phase = point.partition(".")[0]  # POINTS left: the phases' mid-epoch kills
+    history = checkpoints.PhaseHistory
 
-        def append(self, rows):
-            original_append(self, rows)
-            appended[0] += 1
-            if appended[0] == 6:
-                kill()
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
 
-        feature_store.FeatureStore.append = append
-    elif moment == "mid_epoch":
-        history = checkpoints.PhaseHistory
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.current_epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            if (self.path.endswith(f"{phase}.epochs.json") and batch >= 1
-                    and getattr(self, "current_epoch", 0) == self.first_epoch + 1):
-                kill()
-
-        original_begin = history.on_train_begin
-
-        def on_train_begin(self, logs=None):
-            original_begin(self, logs)
-            self.first_epoch = self.epochs[-1]["epoch"] + 1 if self.epochs else 0
-            if phase == "fine_tune" and not self.epochs:
-                self.first_epoch = None  # fine-tuning counts on from the head's epochs
-
-        def on_epoch_begin_counting(self, epoch, logs=None):
-            if getattr(self, "first_epoch", 0) is None:
-                self.first_epoch = epoch
-            on_epoch_begin(self, epoch, logs)
-
-        history.on_train_begin = on_train_begin
-        history.on_epoch_begin = on_epoch_begin_counting
-        history.on_train_batch_end = on_train_batch_end
-    elif moment == "before_done" or point == "between_phases":
-        original_finish = checkpoints.TrainingState.finish
-        target = "head" if point == "between_phases" else phase
-
-        def finish(self, name, model, history=None):
-            if name == target and point != "between_phases":
-                kill()
-            original_finish(self, name, model, history)
-            if name == target:
-                kill()
-
-        checkpoints.TrainingState.finish = finish
-    elif point == "outputs":
-        def export_saved_model(*args, **kwargs):
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.path.endswith(f"{phase}.epochs.json") and batch >= 1
+                and getattr(self, "current_epoch", 0) == self.first_epoch + 1):
             kill()
 
-        export.export_saved_model = export_saved_model
+    original_begin = history.on_train_begin
+
+    def on_train_begin(self, logs=None):
+        original_begin(self, logs)
+        self.first_epoch = self.epochs[-1]["epoch"] + 1 if self.epochs else 0
+        if phase == "fine_tune" and not self.epochs:
+            self.first_epoch = None  # fine-tuning counts on from the head's epochs
+
+    def on_epoch_begin_counting(self, epoch, logs=None):
+        if getattr(self, "first_epoch", 0) is None:
+            self.first_epoch = epoch
+        on_epoch_begin(self, epoch, logs)
+
+    history.on_train_begin = on_train_begin
+    history.on_epoch_begin = on_epoch_begin_counting
+    history.on_train_batch_end = on_train_batch_end
 
 
 if __name__ == "__main__":
