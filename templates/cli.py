@@ -259,15 +259,7 @@ def image_batches(args: argparse.Namespace, splits, plan):
               f"more.")
     return image_batches_by_size(splits, plan.batch_size, plan.seed,
                                  cache_dir=os.path.join(args.output_dir, "cache"),
-                                 memory_limit_gb=cache_memory_gb(args))
-
-
-def cache_memory_gb(args: argparse.Namespace) -> float:
-    """``--cache-memory-gb``, checked: the limit of the decoded images and of the cached
-    features alike."""
-    if args.cache_memory_gb < 0:
-        raise CookbookError(f"--cache-memory-gb must be 0 or more; got {args.cache_memory_gb}.")
-    return args.cache_memory_gb
+                                 memory_limit_gb=args.cache_memory_gb)
 
 
 def remove_image_cache(args: argparse.Namespace) -> None:
@@ -412,7 +404,7 @@ def transfer_plan(args: argparse.Namespace, train_labels=None,
         fields["fine_tune_from"] = args.fine_tune_from
     if getattr(args, "cache_memory_gb", None) is not None:
         # One flag bounds both caches: the decoded images (image_batches) and the features.
-        fields["feature_memory_gb"] = cache_memory_gb(args)
+        fields["feature_memory_gb"] = args.cache_memory_gb
     if getattr(args, "augment", None):
         # The augmentation reads the plan's seed; with --augmented-views K the head trains
         # on the cached features of K augmented views, else through the backbone.
