@@ -44,24 +44,38 @@ second phase every BatchNormalization layer must stay in inference mode. In Kera
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 
 # Keep TensorFlow's C++ start-up chatter out of the recipe's output (see the guide:
 # TensorFlow 2.21 prints some of it before any Python setting can take effect).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from templates import (  # noqa: E402
+    DEFAULT_CACHE_MEMORY_GB,
+    MAX_IMAGE_SIZE,
     TransferPlan,
+    block_cut_points,
     cli,
+    cut_candidates,
     download_dataset,
+    evaluate_run,
+    finish_multi_worker,
     flip_averaged,
     flip_scores,
+    image_augmentation,
+    image_batches_by_size,
     image_candidates,
     load_image_splits,
     parse_backbone,
     pretrained_model,
+    report_against_scratch,
+    reuse_depth_sweep,
     run_metadata,
     run_transfer,
+    select_source,
+    tensorboard_logs,
     write_model_outputs,
 )
 
@@ -71,13 +85,62 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         prog="python -m recipes.cats_vs_dogs",
         description="Cats vs dogs by transfer learning from a keras.applications backbone.",
     )
-    cli.add_image_data_arguments(parser)
-    parser.add_argument("--backbone", default="MobileNetV2",
-                        help="keras.applications constructor name (case-insensitive), "
-                        "keras_hub:PRESET (a keras-hub preset name or a local preset folder) "
-                        "or tfhub:HANDLE; options and a cut may follow: "
-                        "NAME[,option=value...][@CUT], e.g. MobileNet,alpha=0.25@-30.")
-    cli.add_image_model_arguments(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", help="Folder with train/ and validation/ or test/ class "
+                      "folders, or class folders directly. Downloads cats_and_dogs_filtered "
+                      "when omitted.")
+    data.add_argument("--test-dir", help="Folder of class folders used as the test set.")
+    data.add_argument("--labels-csv", help="Instead of --data-dir: a CSV with path,label "
+                      "columns (paths relative to it); validation and test sets are split off "
+                      "it unless --validation-csv / --test-csv give them.")
+    data.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
+    data.add_argument("--test-csv", help="Test images as a path,label CSV.")
+    data.add_argument("--validation-fraction", type=cli.number(float, above=0, below=1),
+                      default=0.2, help="Share split off the training images for validation "
+                      "(and, from a labels CSV without --test-csv, for testing). Default 0.2.")
+    data.add_argument("--multi-label", action="store_true", help="Any number of labels per "
+                      "image (with --labels-csv, separated by |): sigmoid outputs, per-label "
+                      "thresholds chosen on validation data (thresholds.json).")
+    data.add_argument("--cache-memory-gb", type=cli.number(float, 0),
+                      default=DEFAULT_CACHE_MEMORY_GB, help="Memory for each of the two "
+                      "caches, the decoded images and the head's backbone features; beyond it "
+                      "they are memory-mapped from disk (OUTPUT_DIR/cache/, which --resume "
+                      f"reuses). Default {DEFAULT_CACHE_MEMORY_GB:g}: both full and the model "
+                      "fit a 16 GB machine.")
+    model = parser.add_argument_group("backbone")
+    model.add_argument("--backbone", default="MobileNetV2",
+                       help="keras.applications constructor name (case-insensitive), "
+                       "keras_hub:PRESET (a keras-hub preset name or a local preset folder) "
+                       "or tfhub:HANDLE; options and a cut may follow: "
+                       "NAME[,option=value...][@CUT], e.g. MobileNet,alpha=0.25@-30.")
+    model.add_argument("--alpha", type=cli.number(float, above=0, maximum=2), default=None,
+                       help="Width multiplier for MobileNet families.")
+    model.add_argument("--weights", default="imagenet", help="'imagenet' (a keras-hub "
+                       "preset's own), 'none' (random initialisation) or a weights file.")
+    model.add_argument("--image-size", type=cli.number(int, 32, MAX_IMAGE_SIZE), default=None,
+                       help="Square image side; the backbone's default when omitted.")
+    model.add_argument("--fine-tune-from", default="default",
+                       type=lambda text: int(text) if text.lstrip("-").isdigit() else text,
+                       help="First backbone layer to unfreeze (a name, or an index such as "
+                       "-20); the registry's choice by default.")
+    # Augmented views and test-time flips did not help on validation photos
+    # (docs/results.md): options, off by default.
+    options = parser.add_argument_group("options")
+    options.add_argument("--augment", nargs="?", const="flip_rotate", default=None,
+                         choices=("flip_rotate", "randaugment"),
+                         help="Random flips and rotations (or flips and RandAugment) while "
+                         "fine-tuning, and for the head on --augmented-views cached views.")
+    options.add_argument("--augmented-views", type=cli.number(int, 0, 64), default=4,
+                         metavar="K", help="With --augment: train the head on the cached "
+                         "features of K augmented views of every photo (0: through the "
+                         "backbone). Default 4.")
+    options.add_argument("--test-time-flips", action="store_true", help="Average each "
+                         "photo's prediction with its mirror image's (the saved model too).")
+    options.add_argument("--reuse-sweep", type=cli.number(int, 0, 1000), default=0,
+                         metavar="N", help="Cut the backbone at N block ends, train a head on "
+                         "each and write reuse_sweep.json/.png.")
+    options.add_argument("--estimate", action="store_true", help="With --reuse-sweep N: rank "
+                         "the cuts from their frozen features in seconds instead.")
     cli.add_selection_arguments(parser, "Candidate backbones, each spelled as --backbone is "
                                 "(NAME[,option=value...][@CUT]), e.g. MobileNet,alpha=0.25 "
                                 "MobileNet,alpha=0.25@-30 MobileNet,alpha=0.25,weights=none.")
@@ -100,8 +163,6 @@ def main(argv=None) -> int:
     # NVIDIA GPUs. Options built on model.fit are refused by name on several machines.
     choice = cli.setup_hardware(args, args.data_dir, args.test_dir, args.labels_csv,
                                 multi_worker=True)
-    if choice.name == "multi_worker":
-        cli.start_multi_worker(args)
     # The run owns --output-dir: a second run into it stops here, before any work.
     with cli.own_output_dir(args, choice), choice.strategy.scope():
         return run_recipe(args, choice)
@@ -113,23 +174,30 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # One object owns every training setting: the seed (each epoch's data order, dropout
     # and augmentation are drawn from (seed, epoch) alone, so a resumed run ends exactly
     # where an uninterrupted one would), both phases' epochs and rates, the schedule,
-    # --augment and --class-weight. Everything below reads them from it.
-    plan = cli.transfer_plan(args, choice=choice)
+    # --class-weight; --augment adds its layers (the head then trains on the cached
+    # features of --augmented-views views of every photo). Everything below reads it.
+    plan = cli.transfer_plan(args, choice=choice, fine_tune_from=args.fine_tune_from,
+                             feature_memory_gb=args.cache_memory_gb)
+    plan = plan.with_augmentation(
+        args.augment and image_augmentation(args.augment, plan.seed), args.augmented_views)
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data
     # Without --data-dir we fetch the standard archive. Every file is opened once up
     # front: corrupt, truncated and non-image files are skipped and listed in
-    # metrics.json instead of crashing training halfway through.
-    # --labels-csv lists path,label rows instead; bad rows are skipped and named too.
+    # metrics.json instead of crashing training halfway through; so are bad rows of
+    # --labels-csv, and copies of a photo across splits (by its bytes).
     data_dir = args.labels_csv or args.data_dir or download_dataset("cats_and_dogs_filtered")
     splits = load_image_splits(data_dir, args.test_csv or args.test_dir,
                                args.validation_fraction, plan.seed, args.validation_csv,
                                multi_label=args.multi_label)
     print(splits.describe(data_dir))
     plan = plan.for_training_set(splits.train.labels)  # balanced weights, steps per epoch
-    # Decoded once to uint8 (on disk beyond --cache-memory-gb), float32 per batch.
-    batches = cli.image_batches(args, splits, plan)
+    # Decoded once to uint8 (memory-mapped from OUTPUT_DIR/cache beyond
+    # --cache-memory-gb), float32 per batch, at whatever size the backbone takes.
+    batches = image_batches_by_size(splits, plan.batch_size, plan.seed,
+                                    cache_dir=os.path.join(args.output_dir, "cache"),
+                                    memory_limit_gb=args.cache_memory_gb)
 
     # ## Model
     # The backbone's own preprocessing (MobileNet's scaling to [-1, 1], a keras-hub
@@ -144,10 +212,11 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # candidates are too close to call.
     selection = None
     if args.select_from:
-        selection = cli.select_source(args, image_candidates(
-            args.select_from, batches, alpha=args.alpha, weights=args.weights,
-            image_size=args.image_size, **options),
-            title="Cats vs dogs: candidate backbones")
+        selection = select_source(
+            image_candidates(args.select_from, batches, alpha=args.alpha,
+                             weights=args.weights, image_size=args.image_size, **options),
+            seed=plan.seed, rank_by=args.select_by, directory=args.output_dir,
+            title="Cats vs dogs: candidate backbones", multi_label=args.multi_label)
         if args.select_only:
             return 0
         source = parse_backbone(selection.pick, args.alpha, args.weights, args.image_size)
@@ -177,18 +246,28 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # ## Evaluation and outputs
     # --test-time-flips: the model users get averages each photo with its mirror image.
     # model.keras takes plain 0..255 RGB images; saved_model/ serves them; with
-    # --export-tflite MODE... each TFLite file is scored on the test photos.
+    # --export-tflite MODE... each TFLite file is scored on the test photos. evaluation/
+    # holds per-class scores, the confusion matrix, the most confidently wrong photos
+    # and Grad-CAM heat maps (per-label thresholds with --multi-label).
     model = flip_averaged(transfer.model) if args.test_time_flips else transfer.model
     title = f"Cats vs dogs, {source.spelling} ({source.weights_name} weights)"
     metadata = run_metadata(backbone=source.spelling, weights=source.weights_name,
                             alpha=source.alpha, cut_at=source.cut_at, image_size=image_size,
                             data_dir=data_dir, seed=plan.seed)
+
+    def evaluate(predict=None):
+        return evaluate_run(transfer.model, splits, validation, test, args.output_dir, title,
+                            plan.seed, args.multi_label, scored_model=model, predict=predict)
+
     if choice.name == "multi_worker":
         # Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras
         # #20585), so run_transfer ran the plan on a strategy.run loop; every worker
         # scores its copy and joins the save, the chief writes the outputs.
-        return cli.finish_multi_worker_run(args, choice, run, transfer, splits, validation,
-                                           test, title, metadata)
+        finish_multi_worker(choice, run, transfer.model, model, args.output_dir,
+                            splits.class_names, {"val_accuracy": validation,
+                                                 "test_accuracy": test},
+                            report=evaluate, **metadata)
+        return 0
     metrics = {**run.metrics(), **splits.counts(), **metadata,
                "fine_tune_from": transfer.fine_tune_from}
     tflite = write_model_outputs(
@@ -197,10 +276,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         tflite_modes=cli.tflite_modes(args), representative_data=train, test=test)
     if tflite:
         metrics["tflite"] = tflite
-    # Per-class precision/recall/F1, the confusion matrix, the most confidently wrong
-    # photos and Grad-CAM heat maps (per-label thresholds with --multi-label).
-    metrics["evaluation"] = cli.evaluation(args, transfer, model, splits, validation, test,
-                                           title, plan.seed)
+    metrics["evaluation"] = evaluate()
     if args.test_time_flips:
         metrics.update(flip_scores(run, model, validation, test))
     if selection:
@@ -208,18 +284,35 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
 
     # ## Did transfer help? How much of the backbone to reuse?
     # --compare-scratch trains the same architecture from random weights on the same
-    # plan; --reuse-sweep N cuts the backbone at N block ends (early blocks compute
-    # generic edges and textures, later ones ImageNet-specific parts) and trains a head
-    # on each, or with --estimate ranks the cuts from their frozen features in seconds.
+    # plan (and the rates the run used); --reuse-sweep N cuts the backbone at N block
+    # ends (early blocks compute generic edges and textures, later ones ImageNet-specific
+    # parts) and trains a head on each, or with --estimate ranks the cuts from their
+    # frozen features in seconds.
+    logs = tensorboard_logs(args.tensorboard)
     if args.compare_scratch:
-        metrics.update(cli.compare_against_scratch(
-            args, run, cli.scratch_image_model(args, source, splits), train, validation,
-            test, state,
-            title=f"Cats vs dogs: {source.spelling} pretrained transfer vs scratch"))
+        scratch = dataclasses.replace(source, weights=None)
+        metrics.update(report_against_scratch(
+            run, lambda: pretrained_model(**scratch.model_options(), **options).model, train,
+            validation, test, args.output_dir, state=state, phase_callbacks=logs,
+            title=f"Cats vs dogs: {source.spelling} pretrained transfer vs scratch").metrics())
     if args.reuse_sweep:
-        metrics.update(cli.reuse_depth(args, run, source, transfer, splits, train,
-                                       validation, test, state))
-    cli.remove_image_cache(args)  # the decoded images on disk only served this run
+        def build_at(cut):
+            return pretrained_model(**dataclasses.replace(source, cut_at=cut).model_options(),
+                                    **options)
+
+        cuts = block_cut_points(transfer.backbone, args.reuse_sweep)
+        if args.estimate:
+            metrics["reuse_estimates"] = select_source(
+                cut_candidates(build_at, cuts), train, validation, seed=plan.seed,
+                directory=os.path.join(args.output_dir, "reuse_estimates"),
+                title=f"Reuse depth, estimated: {source.spelling}").brief()
+        else:
+            metrics["reuse_sweep"] = reuse_depth_sweep(
+                build_at, cuts, train, validation, test, state=state, phase_callbacks=logs,
+                plan=run.plan.with_rates(run.learning_rates).head_only(),
+                directory=args.output_dir, title=f"Reuse depth: {source.spelling} blocks")
+    # The decoded photos on disk only served a run that is resumed before it ends.
+    shutil.rmtree(os.path.join(args.output_dir, "cache"), ignore_errors=True)
     return cli.write_metrics(args, metrics, choice)
 
 

@@ -46,15 +46,18 @@ from templates import (  # noqa: E402
     compare_with_scratch,
     develop_model,
     load_digits_by_task,
+    quiet_retracing_warnings,
     reuse_depth_sweep,
     reuse_model,
     scan_evaluation_report,
+    select_source,
     source_model_candidate,
+    tensorboard_logs,
 )
 
 # Every run below builds new small models, each tracing its own functions: expected
 # here, so TensorFlow's "retracing" warning would only alarm the reader.
-cli.quiet_retracing_warnings()
+quiet_retracing_warnings()
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -146,10 +149,11 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         candidates = [source_model_candidate(
             task, functools.partial(develop_source, args, task, plan.seed, choice.replicas),
             len(TARGET_DIGITS), cut_at="pool", pooling="flatten") for task in tasks]
-        selection = cli.select_source(
-            args, [candidate for candidate in candidates if candidate],
+        selection = select_source(
+            [candidate for candidate in candidates if candidate],
             array_batches(*target["train"], batch_size=plan.batch_size, seed=plan.seed),
             array_batches(*target["validation"], batch_size=512, shuffle=False),
+            seed=plan.seed, rank_by=args.select_by, directory=args.output_dir,
             title="Digits 5-9: candidate source tasks")
         if args.select_only:
             return 0
@@ -177,7 +181,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     state = cli.checkpoints(args, plan, settings=dict(
         source_task=source_task, labels_per_class=args.labels_per_class,
         seeds=args.seeds, source_epochs=args.source_epochs), backup_overhead=0.1)
-    logs = cli.phase_logs(args)
+    logs = tensorboard_logs(args.tensorboard)
     report = compare_with_scratch(
         lambda: reuse(developed.source_model), lambda: reuse(build_digit_model()).model,
         train, validation, test, plan=plan, repeats=args.seeds, slope_epochs=5, state=state,

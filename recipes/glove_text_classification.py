@@ -64,15 +64,24 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from templates import (  # noqa: E402
+    ENCODER_PREFIX,
+    TextClassifierSettings,
     TransferPlan,
+    WordVectorSettings,
+    WordVectorSources,
     cli,
     download_sst2,
+    evaluate_run,
+    finish_multi_worker,
     load_text_splits,
-    pretrained_text_classifier,
+    report_against_scratch,
     run_metadata,
     run_transfer,
-    scratch_text_classifier,
+    select_source,
     string_model,
+    tensorboard_logs,
+    text_classifier,
+    text_source_candidates,
     write_model_outputs,
 )
 
@@ -83,8 +92,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         description="Text classification with pretrained word vectors (GloVe by default).",
     )
     cli.add_text_data_arguments(parser)
-    cli.add_word_vector_arguments(parser)
-    cli.add_text_classifier_arguments(parser)
+    # The word vectors' and the classifier's settings are dataclasses, like the plan:
+    # each field is one flag (--vectors, --in-domain-vectors, --architecture...).
+    cli.add_settings_arguments(parser, WordVectorSettings(), "word vectors "
+                               "(templates.training.word_vector_sources.WordVectorSettings)")
+    cli.add_settings_arguments(parser, TextClassifierSettings(), "classifier "
+                               "(templates.models.text_classifiers.TextClassifierSettings)")
     cli.add_selection_arguments(parser, "Candidate sources: glove, word2vec, "
                                 "glove+word2vec, random, and sentence encoders as "
                                 "encoder:PRESET_OR_FOLDER (e.g. encoder:hf://sentence-"
@@ -97,27 +110,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_classifier(args: argparse.Namespace, data, scratch: bool = False):
-    """The classifier on ``data``'s vectors (``scratch``: the same network on randomly
-    initialised embeddings). Fine-tuning can only reach the rows of words in the
-    training texts; the extra GloVe words' rows (most of the vocabulary) stay in a fixed
-    table, which makes each step several times faster and changes no result (those rows
-    get no gradient). --anchor-strength pulls tuned vectors back towards the pretrained
-    ones: the pretrained model's option only."""
-    options = dict(filters=args.filters, units=args.units, static_channel=args.multichannel,
-                   multi_label=args.multi_label, embedding_dropout=args.embedding_dropout,
-                   trainable_rows=data.trainable_rows)
-    num_classes = len(data.splits.class_names)
-    if scratch:
-        return scratch_text_classifier(len(data.vocabulary), data.matrix.matrix.shape[1],
-                                       num_classes, data.sequence_length, args.architecture,
-                                       **options)
-    return pretrained_text_classifier(
-        data.matrix, num_classes, data.sequence_length, args.architecture,
-        trainable_mode=args.embedding_training, class_names=data.splits.class_names,
-        anchor_strength=args.anchor_strength, **options)
-
-
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     # ## Hardware
@@ -127,8 +119,6 @@ def main(argv=None) -> int:
     # several machines.
     choice = cli.setup_hardware(args, args.train, args.validation, args.test,
                                 multi_worker=True)
-    if choice.name == "multi_worker":
-        cli.start_multi_worker(args)
     with cli.own_output_dir(args, choice), choice.strategy.scope():
         return run_recipe(args, choice)
 
@@ -157,10 +147,23 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # trains word2vec on your own text, used only if it beats random vectors;
     # --select-from glove word2vec glove+word2vec random ranks the sources on their
     # frozen features first. Texts become token ids once; the models train on ids.
-    data, details = cli.choose_word_vectors(args, splits, plan,
-                                            functools.partial(build_classifier, args))
-    if data is None:  # --select-only, or a sentence encoder picked (its recipe trains it)
-        return 0
+    classifier = cli.settings_from(args, TextClassifierSettings)
+    build = functools.partial(text_classifier, settings=classifier,
+                              multi_label=args.multi_label)
+    sources = WordVectorSources(splits, cli.settings_from(args, WordVectorSettings),
+                                plan.seed, args.output_dir)
+    selection = None
+    if args.select_from:
+        selection = select_source(
+            text_source_candidates(args.select_from, sources.tokenized, build, splits,
+                                   plan.batch_size, plan.seed),
+            seed=plan.seed, rank_by=args.select_by, directory=args.output_dir,
+            title="Text classification: candidate sources", multi_label=args.multi_label)
+        if args.select_only or selection.pick.startswith(ENCODER_PREFIX):
+            return 0  # an encoder is trained by its own recipe (the table says so)
+    data, details = sources.choose(selection.pick if selection else None)
+    if selection:
+        details["selection"] = selection.brief()
     train = data.batches("train", plan.batch_size, shuffle=True, seed=plan.seed)
     validation = data.batches("validation", plan.batch_size)
     test = data.batches("test", plan.batch_size)
@@ -168,15 +171,15 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # ## Model and training: the two phases of the plan
     # Phase 1: the head learns on frozen vectors (their output is cached, so a head
     # epoch only runs the CNN). Phase 2: the embedding is unfrozen at a lower rate
-    # (--discriminative-factor F gives it 1/F of the head's rate). Every epoch is
-    # checkpointed: --resume restores finished phases, says so, and continues the phase
-    # in progress from its last finished epoch.
-    transfer = build_classifier(args, data)
+    # (--discriminative-factor F gives it 1/F of the head's rate); fine-tuning reaches
+    # only the rows of training words, the other rows stay in a fixed table (faster,
+    # and the same result: they get no gradient). Every epoch is checkpointed: --resume
+    # restores finished phases, says so, and continues the phase in progress.
+    transfer = build(data)
     state = cli.checkpoints(args, plan, settings=dict(
-        vectors=details["vectors"], architecture=args.architecture, filters=args.filters,
-        units=args.units, embedding_dropout=args.embedding_dropout,
-        anchor_strength=args.anchor_strength, sequence_length=data.sequence_length,
-        classes=splits.class_names, data=splits.fingerprint()))
+        vectors=details["vectors"], classifier=vars(classifier),
+        sequence_length=data.sequence_length, classes=splits.class_names,
+        data=splits.fingerprint()))
     run = run_transfer(transfer, train, validation, plan, state, test=test,
                        output_dir=args.output_dir, measure_start=True, verbose=2)
 
@@ -184,16 +187,25 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # The saved model takes raw strings: the vectoriser (vocabulary included) is its
     # first layer, so users never rebuild the preprocessing. TFLite's built-in ops
     # cannot run the vectoriser's string ops: the TFLite model takes token ids, and the
-    # vocabulary travels beside it.
-    title = f"{args.architecture} on {os.path.basename(details['vectors'])} vectors"
-    metadata = run_metadata(vectors=details["vectors"], architecture=args.architecture,
+    # vocabulary travels beside it. The evaluation folder holds per-class scores, the
+    # confusion matrix and the most confidently wrong test sentences.
+    title = f"{classifier.architecture} on {os.path.basename(details['vectors'])} vectors"
+    metadata = run_metadata(vectors=details["vectors"], architecture=classifier.architecture,
                             data={key: value for key, value in splits.paths.items() if value},
                             seed=plan.seed)
     string_classifier = string_model(data.vectorizer, transfer.model, name="text_classifier")
+
+    def evaluate(predict=None):
+        return evaluate_run(transfer.model, splits, validation, test, args.output_dir,
+                            "Text classification", plan.seed, args.multi_label,
+                            predict=predict)
+
     if choice.name == "multi_worker":  # as in the cats recipe: a strategy.run loop
-        return cli.finish_multi_worker_run(args, choice, run, transfer, splits, validation,
-                                           test, "Text classification", metadata,
-                                           saved_model=string_classifier)
+        finish_multi_worker(choice, run, transfer.model, string_classifier, args.output_dir,
+                            splits.class_names, {"val_accuracy": validation,
+                                                 "test_accuracy": test},
+                            report=evaluate, **metadata)
+        return 0
     metrics = {**run.metrics(), **data.report(), **metadata, **details}
     tflite = write_model_outputs(
         args.output_dir, string_classifier, splits.class_names, run.history, title=title,
@@ -202,18 +214,18 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         vocabulary=data.vocabulary)
     if tflite:
         metrics["tflite"] = tflite
-    # Per-class scores, confusion matrix, the most confidently wrong test sentences.
-    metrics["evaluation"] = cli.evaluation(args, transfer, transfer.model, splits,
-                                           validation, test, "Text classification", plan.seed)
+    metrics["evaluation"] = evaluate()
 
     # ## Did the pretrained vectors help?
     # The identical model from Keras's default embedding initialiser, trained end to end
     # for all the epochs at the head's rate: same data, epochs, seed and optimiser.
     if args.compare_scratch:
-        metrics.update(cli.compare_against_scratch(
-            args, run, functools.partial(build_classifier, args, data, scratch=True), train,
-            validation, test, state, verbose=2,
-            title=f"{details['vectors']} vectors vs random embeddings ({args.architecture})"))
+        metrics.update(report_against_scratch(
+            run, functools.partial(build, data, scratch=True), train, validation, test,
+            args.output_dir, state=state, verbose=2,
+            phase_callbacks=tensorboard_logs(args.tensorboard),
+            title=f"{details['vectors']} vectors vs random embeddings "
+                  f"({classifier.architecture})").metrics())
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
     return cli.write_metrics(args, metrics, choice)
 

@@ -37,16 +37,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from templates import cli  # noqa: E402
+from templates import cli, require_tensorflow  # noqa: E402
 
-cli.require_tensorflow("recipes.multi_worker_digits", "its loop is tf.distribute's "
+require_tensorflow("recipes.multi_worker_digits", "its loop is tf.distribute's "
                        "MultiWorkerMirroredStrategy; on JAX, --strategy mirrored in the other "
                        "recipes trains on several devices")
 import tensorflow as tf  # noqa: E402
 
 from templates import (  # noqa: E402
     SCHEDULES,
-    cli,
     is_chief,
     learning_rate_multi_worker,
     local_predict,

@@ -77,10 +77,13 @@ from templates import (  # noqa: E402
     CookbookError,
     TransferPlan,
     download_sst2,
+    evaluate_run,
     load_text_splits,
     pretrained_text_encoder,
+    report_against_scratch,
     run_metadata,
     run_transfer,
+    tensorboard_logs,
     write_model_outputs,
 )
 
@@ -211,19 +214,20 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
                        seed=plan.seed),
     }
     # Per-class scores, confusion matrix, the most confidently wrong test sentences.
-    metrics["evaluation"] = cli.evaluation(args, transfer, transfer.model, splits,
-                                           batches["validation"], batches["test"],
-                                           "Text classification", plan.seed)
+    metrics["evaluation"] = evaluate_run(transfer.model, splits, batches["validation"],
+                                         batches["test"], args.output_dir,
+                                         "Text classification", plan.seed, args.multi_label)
 
     if args.compare_scratch:
         # ## Did pretraining help? The same encoder, randomly initialised.
         # keras-hub's own initialisers (a TF-Hub module's weights redrawn at their own
         # spread), trained end to end for all the epochs at the head's rate: the same
         # data, seed, schedule and early stopping.
-        metrics.update(cli.compare_against_scratch(
-            args, run, functools.partial(transfer.scratch_model, seed=plan.seed),
-            batches["train"], batches["validation"], batches["test"], state, verbose=2,
-            title=f"{transfer.source} vs the same encoder from scratch"))
+        metrics.update(report_against_scratch(
+            run, functools.partial(transfer.scratch_model, seed=plan.seed), batches["train"],
+            batches["validation"], batches["test"], args.output_dir, state=state, verbose=2,
+            phase_callbacks=tensorboard_logs(args.tensorboard),
+            title=f"{transfer.source} vs the same encoder from scratch").metrics())
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
     return cli.write_metrics(args, metrics, choice)
 

@@ -1,25 +1,33 @@
 """`templates.cli`: the recipes' shared flags and the library objects they become."""
 
 import argparse
+import dataclasses
 
 import pytest
 
 from templates.cli import (
-    FIT_ONLY_OPTIONS,
-    accuracy_gate,
+    add_hardware_arguments,
     add_plan_arguments,
     add_run_arguments,
-    plan_flags,
-    start_multi_worker,
+    settings_flags,
+    settings_from,
+    add_settings_arguments,
+    setup_hardware,
     transfer_plan,
+    write_metrics,
 )
-from templates.training.plan import TransferPlan, flag_fields
+from templates.data.settings import flag_fields
+from templates.models.text_classifiers import TextClassifierSettings
+from templates.training.plan import TransferPlan
+from templates.training.run import FIT_ONLY
+from templates.training.word_vector_sources import WordVectorSettings
 
 
 def parse(*flags, **plan_defaults):
     parser = argparse.ArgumentParser()
     add_run_arguments(parser, "runs/x")
     add_plan_arguments(parser, TransferPlan(**plan_defaults))
+    add_hardware_arguments(parser)
     return parser.parse_args(flags)
 
 
@@ -82,22 +90,29 @@ def test_the_finder_flag_takes_a_recipe_default_and_can_be_turned_off():
 
 
 def test_the_multi_worker_check_names_every_refused_flag():
-    start_multi_worker(parse())  # nothing refused: nothing raised
-    arguments = parse("--compare-scratch", "--export-tflite")
+    """One list (`templates.training.run.FIT_ONLY`) refuses the flags before any work
+    and the plan's fields inside run_transfer."""
+    arguments = parse("--strategy", "multi_worker", "--compare-scratch", "--export-tflite",
+                      "--label-smoothing", "0.1")
     with pytest.raises(ValueError) as raised:
-        start_multi_worker(arguments)
-    assert "--compare-scratch" in str(raised.value) and "--export-tflite" in str(raised.value)
-    assert set(FIT_ONLY_OPTIONS) >= {"--compare-scratch", "--export-tflite"}
+        setup_hardware(arguments, multi_worker=True)
+    for flag in ("--compare-scratch", "--export-tflite", "--label-smoothing"):
+        assert flag in str(raised.value)
+    assert {"--compare-scratch", "--export-tflite", "--augment"} <= set(FIT_ONLY)
+    assert {"augmentation", "label_smoothing", "class_weight"} <= set(FIT_ONLY.values())
 
 
-def test_the_accuracy_gate_fails_below_the_bar(capsys):
+def test_the_accuracy_gate_fails_below_the_bar(capsys, tmp_path):
     arguments = parse("--assert-accuracy-at-least", "0.9")
-    assert accuracy_gate(arguments, {"test_accuracy": 0.95, "val_accuracy": 0.5}) == 0
-    assert accuracy_gate(arguments, {"test_accuracy": 0.85}) == 1
+    arguments.output_dir = str(tmp_path)
+    assert write_metrics(arguments, {"test_accuracy": 0.95, "val_accuracy": 0.5}) == 0
+    assert write_metrics(arguments, {"test_accuracy": 0.85}) == 1
     assert "FAILED: test_accuracy 0.8500 is below the required 0.9" in capsys.readouterr().err
     # Without a test set the gate reads the validation accuracy.
-    assert accuracy_gate(arguments, {"val_accuracy": 0.89}) == 1
-    assert accuracy_gate(parse(), {"val_accuracy": 0.1}) == 0  # no bar: never fails
+    assert write_metrics(arguments, {"val_accuracy": 0.89}) == 1
+    unbarred = parse()
+    unbarred.output_dir = str(tmp_path)
+    assert write_metrics(unbarred, {"val_accuracy": 0.1}) == 0  # no bar: never fails
 
 
 def test_the_plan_from_the_flags_seeds_keras_before_any_model_is_built():
@@ -124,14 +139,11 @@ def test_the_plan_from_the_flags_seeds_keras_before_any_model_is_built():
 
 
 def test_cache_memory_gb_sets_the_features_limit_and_refuses_a_negative_one():
-    from templates.cli import add_image_data_arguments
+    from recipes.cats_vs_dogs import parse_arguments
 
     def plan_with(*flags):
-        parser = argparse.ArgumentParser()
-        add_run_arguments(parser, "runs/x")
-        add_plan_arguments(parser)
-        add_image_data_arguments(parser)
-        return transfer_plan(parser.parse_args(list(flags)))
+        args = parse_arguments(list(flags))
+        return transfer_plan(args, feature_memory_gb=args.cache_memory_gb)
 
     assert plan_with().feature_memory_gb == 4.0  # the flag's default, not the library's 2
     assert plan_with("--cache-memory-gb", "0.2").feature_memory_gb == 0.2
@@ -151,15 +163,15 @@ def test_every_plan_setting_has_one_flag_spelled_as_the_field_with_its_default()
         for option in action.option_strings:
             flags.setdefault(action.dest, []).append(option)
     defaults = TransferPlan()
-    assert len(flag_fields()) >= 15
-    for field in flag_fields():
+    assert len(flag_fields(TransferPlan)) >= 15
+    for field in flag_fields(TransferPlan):
         name = "--" + field.name.replace("_", "-")
         assert name in flags[field.name], (field.name, flags.get(field.name))
         assert [option for option in flags[field.name] if not option.startswith("--no-")] == [
             name], flags[field.name]
         assert parser.get_default(field.name) == getattr(defaults, field.name), field.name
     # No other flag sets a plan field under another name.
-    plan_names = {field.name for field in flag_fields()}
+    plan_names = {field.name for field in flag_fields(TransferPlan)}
     others = [option for dest, options in flags.items() if dest not in plan_names
               for option in options]
     assert not {"--epochs", "--find-lr"} & set(others)
@@ -174,4 +186,28 @@ def test_every_plan_setting_has_one_flag_spelled_as_the_field_with_its_default()
                  class_weight="balanced", label_smoothing=0.1, keep_fine_tuning="always"),
 ])
 def test_a_plan_round_trips_through_its_flags(plan):
-    assert transfer_plan(parse(*plan_flags(plan))) == plan
+    assert transfer_plan(parse(*settings_flags(plan))) == plan
+
+
+@pytest.mark.parametrize("settings", [
+    WordVectorSettings(),
+    WordVectorSettings(vectors="vectors.txt", vector_source="glove+word2vec",
+                       in_domain_vectors="off", develop_vectors="corpus.txt",
+                       develop_evaluation="analogy", allow_unskilled=True, extra_vocabulary=0,
+                       normalize_vectors=False, sequence_length=40, words_with_spaces=True,
+                       trust_pickle=True),
+    TextClassifierSettings(),
+    TextClassifierSettings(architecture="bigru", filters=8, multichannel=True, units=5,
+                           embedding_dropout=0.1, embedding_training="missing_only",
+                           anchor_strength=0.5),
+])
+def test_other_settings_make_one_flag_per_field_and_round_trip(settings):
+    """The GloVe recipe's word-vector and classifier settings are dataclasses too: one
+    flag per field, spelled as the field, with the field's default."""
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, type(settings)(), "settings")
+    for field in flag_fields(type(settings)):
+        assert parser.get_default(field.name) == getattr(type(settings)(), field.name)
+    assert len(flag_fields(type(settings))) == len(dataclasses.fields(settings))
+    args = parser.parse_args(settings_flags(settings))
+    assert settings_from(args, type(settings)) == settings

@@ -163,7 +163,7 @@ import numpy as np, tensorflow as tf, keras
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 sys.path.insert(0, {tests!r})
 from test_transfer import batches, small_transfer
-from templates.training.multi_worker import weights_digest
+from templates.training.workers import weights_digest
 from templates.training.run import TransferPlan, run_transfer
 plan = TransferPlan(**json.loads({plan!r}))
 with strategy.scope():
@@ -221,11 +221,12 @@ def test_the_same_call_and_plan_run_on_one_machine_and_on_two_workers(subprocess
 
     # What the loop cannot honour is refused by name, before any training.
     refused = TransferPlan(discriminative_factor=2.6, patience=0, restore_best=False)
-    from templates.training.multi_worker import run_transfer_multi_worker
+    from templates.training.run import check_plan_fits
 
-    with pytest.raises(ValueError, match="discriminative_factor: not available under a "
-                                         "multi-worker strategy"):
-        run_transfer_multi_worker(None, None, batches(), None, refused, None, False, None, None)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(ValueError, match="discriminative_factor need model.fit"):
+        check_plan_fits(refused, model, multi_worker=True)
+    check_plan_fits(refused, model)  # on one machine: fine
 
 
 def test_early_stopping_can_watch_balanced_accuracy_and_macro_f1():

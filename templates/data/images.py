@@ -604,6 +604,15 @@ def image_dataset(
     return array_batches(images, labels, batch_size, seed, shuffle=shuffle, dtype="float32")
 
 
+# The largest image side the recipes take: a photo of side S costs 3 S^2 bytes decoded
+# (the cache holds every photo) and 12 S^2 bytes as a float32 input; at 1024 px that is
+# 3 MB and 12.6 MB, so a batch of 32 holds 0.4 GB of inputs before a convolutional
+# backbone's activations, which in training take tens of times more: beyond 1024 px a
+# batch no longer fits a 16-24 GB machine. Above LARGE_IMAGE_SIZE the estimate is printed.
+MAX_IMAGE_SIZE = 1024
+LARGE_IMAGE_SIZE = 512
+
+
 def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None = None,
                           cache_dir: str | os.PathLike | None = None,
                           memory_limit_gb: float | None = DEFAULT_CACHE_MEMORY_GB):
@@ -625,6 +634,11 @@ def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None
         if image_size not in built:
             total = sum(decoded_bytes(len(folder.files), (image_size, image_size))
                         for _, folder in parts if folder)
+            if image_size > LARGE_IMAGE_SIZE:
+                print(f"{image_size} px images: decoded, they take {total / 1e9:.1f} GB "
+                      f"({3 * image_size**2 / 1e6:.1f} MB each), and one batch of float32 "
+                      f"inputs {12 * image_size**2 * batch_size / 1e9:.2f} GB, before the "
+                      "backbone's activations, which in training take tens of times more.")
             in_memory = memory_limit_gb is None or total <= memory_limit_gb * 1e9
             limit = None if in_memory else 0.0
             if not in_memory:

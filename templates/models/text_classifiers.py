@@ -24,7 +24,9 @@ import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
+from templates.data.settings import setting
 from templates.models.embeddings import (
+    TRAINABLE_MODES,
     EmbeddingMatrix,
     PretrainedEmbedding,
     random_embedding_matrix,
@@ -278,3 +280,50 @@ def scratch_text_classifier(
                      kernel_sizes=kernel_sizes, units=units, dropout=dropout,
                      embedding_dropout=embedding_dropout, multi_label=multi_label)
     return keras.Model(backbone.inputs, head(backbone.outputs[0]), name="text_classifier_scratch")
+
+
+@dataclasses.dataclass
+class TextClassifierSettings:
+    """The classifier a word-vector run trains (the GloVe recipe's classifier flags)."""
+
+    architecture: str = setting("cnn", "Classifier on the embedding (cnn: Kim 2014).",
+                                choices=tuple(sorted(ARCHITECTURES)))
+    filters: int = setting(200, "Convolution filters per kernel width (cnn).", minimum=1)
+    multichannel: bool = setting(False, "Kim's multichannel model: a static copy of the "
+                                 "vectors beside the fine-tuned one.")
+    units: int = setting(64, "Recurrent units per direction (bilstm, bigru) and hidden "
+                         "units (pooled).", minimum=1)
+    embedding_dropout: float = setting(0.25, "SpatialDropout1D rate on the word vectors.",
+                                       minimum=0, below=1)
+    embedding_training: str = setting(
+        "trainable", "What fine-tuning may change: every row, only rows without a "
+        "pretrained vector (missing_only), or nothing (frozen).", choices=TRAINABLE_MODES)
+    anchor_strength: float = setting(
+        0.0, "While fine-tuning, pull each used word vector towards its pretrained value "
+        "(L2-SP; this times the mean squared distance is added to the loss).", minimum=0)
+
+
+def text_classifier(data, settings: TextClassifierSettings | None = None,
+                    multi_label: bool = False, scratch: bool = False):
+    """The classifier ``settings`` describe on ``data``'s vectors (a
+    `templates.models.tokenized_text.TokenizedText`): a `TransferModel`, or with
+    ``scratch`` the same network on randomly initialised embeddings (a `keras.Model`).
+
+    Fine-tuning can only reach the rows of words in the training texts; the other rows
+    (most of a GloVe vocabulary) stay in a fixed table, which makes each step several
+    times faster and changes no result (those rows get no gradient).
+    """
+    settings = settings or TextClassifierSettings()
+    options = dict(filters=settings.filters, units=settings.units,
+                   static_channel=settings.multichannel, multi_label=multi_label,
+                   embedding_dropout=settings.embedding_dropout,
+                   trainable_rows=data.trainable_rows)
+    num_classes = len(data.splits.class_names)
+    if scratch:
+        return scratch_text_classifier(len(data.vocabulary), data.matrix.matrix.shape[1],
+                                       num_classes, data.sequence_length,
+                                       settings.architecture, **options)
+    return pretrained_text_classifier(
+        data.matrix, num_classes, data.sequence_length, settings.architecture,
+        trainable_mode=settings.embedding_training, class_names=data.splits.class_names,
+        anchor_strength=settings.anchor_strength, **options)

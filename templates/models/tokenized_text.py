@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import keras
 import numpy as np
 
 from templates.data.errors import CookbookError

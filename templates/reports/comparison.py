@@ -213,7 +213,7 @@ def compare_with_scratch(
 
 def report_against_scratch(
     run: TransferRun,
-    scratch_model: keras.Model,
+    scratch_model: keras.Model | Callable[[], keras.Model],
     train: Iterable,
     validation: Iterable,
     test: Iterable | None,
@@ -229,12 +229,14 @@ def report_against_scratch(
     `train_from_scratch`: every layer, ``head_epochs + fine_tune_epochs`` at the head's
     rate, the same schedule shape, early-stopping rule and seed); then the
     `TransferReport` is built and ``transfer_report.json`` / ``.png`` written to
-    ``directory``. Seed Keras with ``run.plan.seed`` before building ``scratch_model``.
+    ``directory``, and the three measures printed.
 
     Args:
         run: The transferred model's run (``measure_start=True`` gives the start
             measure; ``test`` data gives the test accuracy).
-        scratch_model: The same architecture, randomly initialised.
+        scratch_model: The same architecture, randomly initialised, or a function that
+            builds it (called after seeding Keras with the plan's seed, so the random
+            weights follow from it).
         train, validation, test: As the run used them.
         directory: Output folder.
         title: Plot title.
@@ -245,6 +247,9 @@ def report_against_scratch(
         verbose: Passed to ``fit``.
     """
     plan = run.plan.with_rates(run.learning_rates)
+    if not isinstance(scratch_model, keras.Model):
+        keras.utils.set_random_seed(plan.seed)
+        scratch_model = scratch_model()
     scratch_before, scratch_curve, scratch_test = train_from_scratch(
         scratch_model, train, validation, test, plan, verbose=verbose, state=state,
         phase_callbacks=phase_callbacks)
@@ -258,6 +263,7 @@ def report_against_scratch(
     )
     report.write_json(os.path.join(directory, "transfer_report.json"))
     report.plot(os.path.join(directory, "transfer_report.png"), title=title)
+    print(report.summary_text())
     return report
 
 

@@ -419,3 +419,43 @@ def scan_evaluation_report(model: keras.Model, images: np.ndarray, labels: np.nd
         model, array_batches(images, labels, batch_size=batch_size, shuffle=False),
         class_names, directory, examples=[f"test_{index}" for index in range(len(images))],
         load_example=as_rgb, title=title, grad_cam=grad_cam, predict=predict)
+
+
+def evaluate_run(model: keras.Model, splits: Any, validation: Iterable, test: Iterable | None,
+                 output_dir: str | os.PathLike, title: str, seed: int = 0,
+                 multi_label: bool = False, scored_model: keras.Model | None = None,
+                 predict=None) -> dict[str, Any]:
+    """A run's evaluation folder, ``OUTPUT_DIR/evaluation``, on the test set (or the
+    validation set when there is none), for images and texts alike: per-class scores,
+    the confusion matrix, the most confidently wrong examples (and Grad-CAM for
+    images); with ``multi_label``, per-label thresholds chosen on validation.
+
+    Args:
+        model: The trained model (Grad-CAM reads its layers).
+        splits: The recipe's `templates.data.images.ImageSplits` or
+            `templates.data.texts.TextSplits` (examples and class names).
+        validation, test: Their batches (``test`` ``None``: no test set).
+        scored_model: What is scored, when it differs from ``model`` (e.g. the
+            `templates.models.flip_averaging.flip_averaged` model users get).
+        predict: A batch predictor (default: ``scored_model``'s, or
+            `templates.training.multi_worker.local_predict` on several machines).
+
+    Returns:
+        The headline figures for metrics.json (`evaluation_summary`) and ``set``.
+    """
+    scored_model = scored_model or model
+    evaluated, data = (splits.test, test) if splits.test else (splits.validation, validation)
+    texts = getattr(evaluated, "texts", None)
+    examples = texts if texts is not None else evaluated.files
+    if multi_label:
+        report = multi_label_evaluation(scored_model, validation, data, splits.class_names,
+                                        output_dir, examples, title, predict=predict)
+    else:
+        folder = os.path.join(os.fspath(output_dir), "evaluation")
+        predict = predict or batch_predictor(scored_model)
+        report = (evaluation_report(model, data, splits.class_names, folder, examples=texts,
+                                    kind="text", title=title, predict=predict)
+                  if texts is not None else
+                  image_evaluation_report(model, evaluated, data, folder, title, seed=seed,
+                                          predict=predict))
+    return {"set": "test" if splits.test else "validation", **evaluation_summary(report)}

@@ -431,6 +431,25 @@ def rank_sources(
                      transfer=transfer, features=features, data=data)
 
 
+def select_source(candidates: Sequence[Candidate], train: Iterable | None = None,
+                  validation: Iterable | None = None, *, seed: int = 0,
+                  rank_by: str | None = None, directory: str | os.PathLike | None = None,
+                  title: str = "Source selection", multi_label: bool = False) -> Selection:
+    """`rank_sources` as a recipe uses it: rank ``candidates`` with the run's ``seed``
+    (``rank_by``: the estimate the rank follows; ``None``: `SelectionBudget`'s), print
+    the table, write ``selection.json`` / ``.png`` to ``directory`` and return the
+    `Selection`. The estimates rank single-label targets: ``multi_label`` is refused."""
+    if multi_label:
+        raise CookbookError("--select-from ranks single-label targets; the estimates do not "
+                            "apply to --multi-label.")
+    budget = SelectionBudget(seed=seed, **({"rank_by": rank_by} if rank_by else {}))
+    selection = rank_sources(candidates, train, validation, budget)
+    print(selection.summary_text())
+    if directory is not None:
+        selection.write(directory, title)
+    return selection
+
+
 ENCODER_PREFIX = "encoder:"
 
 

@@ -252,38 +252,24 @@ class TrainingState:
     Args:
         directory: Folder for the state (e.g. ``OUTPUT_DIR/checkpoints``).
         resume: Continue from the state in ``directory``; ``False`` clears it.
-        keep_best: Track every phase's best epoch (by ``monitor``) with
-            `KeepBest`: needed for ``restore_best`` and ``patience``.
-        patience: With ``keep_best``, stop a phase after this many epochs without
-            improvement (``None``: never early).
-        restore_best: With ``keep_best``, end every phase with its best epoch's
-            weights (``False``: its last epoch's).
         backup_overhead: ``None`` backs up every epoch. A fraction such as ``0.1``
             skips backups while the last one is recent, so they take at most about that
             fraction of the training time (`PacedBackup`): for tiny models whose epochs
             are shorter than a backup.
-        monitor: What ``keep_best`` watches: ``"val_accuracy"`` (higher is better) or
-            ``"val_loss"`` (lower is better), or any other logged value.
         settings: What shapes the weights (JSON-ready): recorded in
             ``settings.json`` on a fresh start; a resume with other settings stops,
             naming them (`templates.training.run_folder.check_settings`).
     """
 
     def __init__(self, directory: str | os.PathLike, resume: bool = False,
-                 keep_best: bool = False,
-                 patience: int | None = None, backup_overhead: float | None = None,
-                 restore_best: bool = True, monitor: str = "val_accuracy",
+                 backup_overhead: float | None = None,
                  settings: dict[str, Any] | None = None):
         if backup_overhead is not None and not 0 < backup_overhead <= 1:
             raise CookbookError(
                 f"backup_overhead must be None or in (0, 1]; got {backup_overhead}.")
         self.directory = os.fspath(directory)
         self.resume = bool(resume)
-        self.keep_best = bool(keep_best)
-        self.patience = patience
         self.backup_overhead = backup_overhead
-        self.restore_best = bool(restore_best)
-        self.monitor = monitor
         # On several machines sharing the folder, only the chief starts it afresh.
         if not self.resume and os.path.isdir(self.directory) and chief_process():
             shutil.rmtree(self.directory)
@@ -313,13 +299,12 @@ class TrainingState:
             phase: The phase's name.
             seed: The run's seed (the plan's): every epoch's randomness then depends only
                 on ``(seed, epoch)`` (`EpochSeeds`); ``None`` leaves it as it is.
-            early_stopping: ``keep_best``, ``patience``, ``restore_best`` and
-                ``monitor`` for this phase instead of the state's (a
-                `templates.training.plan.TransferPlan` passes its own).
+            early_stopping: The phase's ``keep_best``, ``patience``, ``restore_best``
+                and ``monitor`` (`templates.training.plan.TransferPlan.early_stopping`);
+                ``None``: every epoch runs and the last one's weights are kept.
         """
-        settings = {"keep_best": self.keep_best, "patience": self.patience,
-                    "restore_best": self.restore_best, "monitor": self.monitor,
-                    **(early_stopping or {})}
+        settings = {"keep_best": False, "patience": None, "restore_best": False,
+                    "monitor": "val_accuracy", **(early_stopping or {})}
         callbacks = [
             PhaseHistory(self._path(phase, "epochs.json")),
             PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead)

@@ -100,3 +100,13 @@ def compile_classifier(
     # what is trainable, as Keras asks anyway.)
     if model.built:
         model.optimizer.build(model.trainable_variables)
+
+
+def quiet_retracing_warnings() -> None:
+    """Hide TensorFlow's "triggered tf.function retracing" warning: a run that builds
+    many small models (comparisons over seeds, sweeps) traces each model's functions on
+    purpose, and the warning would only alarm the reader."""
+    import logging
+
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import keras
@@ -232,6 +233,17 @@ def set_mixed_precision(mode: str = "auto", device: str = "cpu") -> str:
     policy = mixed_precision_policy(mode, device, capability)
     keras.mixed_precision.set_dtype_policy(policy)
     return policy
+
+
+def require_tensorflow(recipe: str, reason: str) -> None:
+    """Stop a script that only TensorFlow can run, on another Keras backend, before it
+    imports TensorFlow: one sentence on stderr naming the script, why, and the backend,
+    and exit status 2 (called at import time, so even ``--help`` says it)."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        print(f"error: {recipe} needs the TensorFlow backend ({reason}), and the Keras "
+              f"backend is {backend}; run it with KERAS_BACKEND=tensorflow.", file=sys.stderr)
+        sys.exit(2)
 
 
 def check_tpu_paths(choice: StrategyChoice, *paths: str | os.PathLike | None) -> None:

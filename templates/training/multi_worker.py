@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +26,7 @@ import tensorflow as tf
 
 from templates.data.errors import CookbookError
 from templates.data.batches import steps_per_epoch
-from templates.data.files import atomic_path, write_json
+from templates.data.files import write_json
 from templates.models.transfer_model import unfreeze
 from templates.training.checkpoints import TrainingState
 from templates.training.finder import (
@@ -42,18 +40,9 @@ from templates.training.hardware import StrategyChoice
 from templates.training.history import merge_histories
 from templates.training.plan import TransferPlan
 from templates.training.results import PhaseResult, TransferRun, test_part
-from templates.training.saving import save_model, write_labels
 from templates.training.schedules import scheduled
+from templates.training.workers import is_chief, local_accuracy, save_on_every_worker
 
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes checkpoints and outputs (worker 0, or single-host)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in (None, "chief") or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
 
 
 @dataclasses.dataclass
@@ -216,30 +205,6 @@ def find_learning_rate_multi_worker(
     return sweep.finding(rule)
 
 
-def save_on_every_worker(chief: bool, path: str | os.PathLike,
-                         save: Callable[[str], Any]) -> None:
-    """Call ``save`` on every worker; only the chief's file is kept, at ``path``.
-
-    Saving a model reads its variables, which under `MultiWorkerMirroredStrategy` can
-    run collective ops that every worker must join (a chief saving alone waits for, or
-    crosses, the others' next collective). As TensorFlow's multi-worker guide does, the
-    other workers save too, to a temporary folder that is then deleted.
-    """
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if chief:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        suffix = next((ending for ending in (".weights.h5", ".keras") if name.endswith(ending)),
-                      os.path.splitext(name)[1])
-        with atomic_path(path, suffix=suffix) as temporary:
-            save(temporary)
-        return
-    folder = tempfile.mkdtemp(prefix="worker-save-")
-    try:
-        save(os.path.join(folder, name))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
 
 def train_transfer_multi_worker(
     choice: StrategyChoice,
@@ -314,97 +279,9 @@ def _epochs_done(checkpoint_dir: str) -> int:
         return int(json.load(handle)["epochs_done"])
 
 
-def finish_multi_worker(
-    choice: StrategyChoice,
-    run: Any,
-    model: keras.Model,
-    saved_model: keras.Model,
-    output_dir: str | os.PathLike,
-    class_names: list[str],
-    evaluation: dict[str, Any],
-    report: Callable[[Callable[[Any], Any]], dict] | None = None,
-    **metadata: Any,
-) -> dict[str, Any]:
-    """Score, record and save a multi-worker run; return its metrics.
-
-    Every worker scores its (identical) copy of ``model`` on each ``evaluation`` set
-    with `local_accuracy` and writes ``OUTPUT_DIR/workers/worker_I.json``; every worker
-    joins the save of ``saved_model`` (`save_on_every_worker`); the chief keeps
-    ``model.keras`` and writes ``labels.txt``, ``metrics.json`` and, with ``report``,
-    the evaluation folder.
-
-    Args:
-        run: The `templates.training.run.TransferRun` of the multi-worker training.
-        evaluation: ``{"val_accuracy": batches, "test_accuracy": batches}`` (either may
-            be left out).
-        report: Writes the recipe's evaluation folder given a batch predictor (called
-            on the chief with `local_predict`, which runs no collective op) and returns
-            `templates.reports.evaluation.evaluation_report`'s numbers.
-        metadata: Recorded in the metrics (e.g. `templates.reports.environment.run_metadata`).
-    """
-    output_dir = os.fspath(output_dir)
-    chief = is_chief(choice.strategy)
-    metrics = {
-        "strategy": "multi_worker", "replicas": choice.replicas,
-        "loss": run.per_phase("loss"),
-        "epochs_run": {phase: result.epochs_run for phase, result in run.phases.items()},
-        "learning_rates": run.learning_rates,
-        **{name: local_accuracy(model, batches) for name, batches in evaluation.items()},
-        "weights_digest": weights_digest(model), "chief": chief, **metadata,
-    }
-    write_json(os.path.join(output_dir, "workers", f"worker_{task_index()}.json"), metrics)
-    save_on_every_worker(chief, os.path.join(output_dir, "model.keras"),
-                         lambda path: save_model(saved_model, path))
-    if chief:
-        write_labels(class_names, os.path.join(output_dir, "labels.txt"))
-        if report is not None:
-            numbers = report(local_predict(model))
-            metrics["evaluation"] = {"accuracy": numbers["accuracy"],
-                                     "macro_f1": numbers["macro"]["f1"]}
-        write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    score = "test_accuracy" if "test_accuracy" in metrics else "val_accuracy"
-    print(f"replicas {choice.replicas}; final {score} {metrics[score]:.4f}; "
-          f"weights {metrics['weights_digest']}; outputs in {output_dir}", flush=True)
-    return metrics
 
 
-def local_predict(model: keras.Model) -> Callable[[Any], Any]:
-    """A batch predictor for this worker alone: a plain call in inference mode (see
-    `local_accuracy`); for `templates.reports.evaluation.evaluation_report(predict=...)`."""
-    return lambda inputs: model(inputs, training=False)
 
-
-def local_accuracy(model: keras.Model, batches) -> float:
-    """Accuracy of ``model`` on ``(inputs, labels)`` batches, computed on this worker.
-
-    Plain model calls read the (identical) local copy of the weights: under
-    `MultiWorkerMirroredStrategy`, ``model.evaluate`` would run collectives that need
-    every worker.
-    """
-    correct = total = 0
-    for inputs, labels in batches:
-        probabilities = keras.ops.convert_to_numpy(model(inputs, training=False))
-        labels = np.asarray(keras.ops.convert_to_numpy(labels)).reshape(-1)
-        correct += int(np.sum(probabilities.argmax(axis=-1) == labels))
-        total += len(labels)
-    if total == 0:
-        raise CookbookError("Cannot compute an accuracy: the data yielded no examples.")
-    return correct / total
-
-
-def task_index() -> int:
-    """This worker's index in ``TF_CONFIG`` (0 without one)."""
-    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
-
-
-def weights_digest(model: keras.Model) -> str:
-    """A short SHA-256 of every weight, to compare replicas across machines."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:16]
 
 
 # ## Several machines
@@ -415,19 +292,6 @@ def run_transfer_multi_worker(transfer, strategy, train, validation, plan: Trans
     """`run_transfer` under a `MultiWorkerMirroredStrategy`: both phases on the ``strategy.run`` loop."""
     tensorboard = [callback for callbacks in plan.callbacks.values() for callback in callbacks
                    if isinstance(callback, keras.callbacks.TensorBoard)]
-    refused = [name for name, used in (
-        ("augmentation", plan.augmentation is not None),
-        ("discriminative_factor", plan.discriminative_factor is not None),
-        ("class_weight", plan.class_weight is not None),
-        ("label_smoothing", bool(plan.label_smoothing)),
-        ("callbacks (other than TensorBoard)",
-         sum(map(len, plan.callbacks.values())) > len(tensorboard)),
-    ) if used]
-    if refused:
-        raise CookbookError(
-            f"TransferPlan {', '.join(refused)}: not available under a multi-worker "
-            "strategy, whose strategy.run loop replaces model.fit (keras-team/keras#20585); "
-            "leave them unset there or train on one machine.")
     if plan.patience or plan.restore_best:
         print("Early stopping and best-epoch restore need model.fit: under a multi-worker "
               "strategy each phase runs all its epochs.", flush=True)

@@ -8,36 +8,38 @@ checkpoints, comparisons and sweeps read them from it.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
+from templates.data.settings import setting
 from templates.data.feature_store import DEFAULT_FEATURE_MEMORY_GB
 from templates.training.finder import (
     SUGGESTION_RULES,
 )
 from templates.training.schedules import SCHEDULES
 
-def setting(default: Any, help: str, choices: tuple | None = None, **bounds: Any):
-    """A plan field that is also a command-line flag: its default, help, and either its
-    ``choices`` or its bounds (``minimum``/``maximum`` inclusive, ``above``/``below``
-    exclusive) and ``metavar``, kept beside the field as its metadata."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "choices": choices, **bounds})
-
-
-def flag_fields() -> list[dataclasses.Field]:
-    """The `TransferPlan` fields that are command-line flags (made with `setting`)."""
-    return [field for field in dataclasses.fields(TransferPlan) if "help" in field.metadata]
-
-
 MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1",
             "val_micro_f1")
 
 
 PHASES = ("head", "fine_tune")
+
+
+def tensorboard_logs(directory: str | os.PathLike | None
+                     ) -> Callable[[str], list[keras.callbacks.Callback]]:
+    """``phase name -> callbacks``: a TensorBoard callback logging to ``DIRECTORY/PHASE``
+    (none without a folder), for `TransferPlan.callbacks` and the comparisons' and
+    sweeps' ``phase_callbacks``."""
+    def callbacks(phase: str) -> list[keras.callbacks.Callback]:
+        if not directory:
+            return []
+        return [keras.callbacks.TensorBoard(log_dir=os.path.join(directory, phase))]
+    return callbacks
 
 KEEP_FINE_TUNING = ("if_better", "always")
 
@@ -106,7 +108,7 @@ class TransferPlan:
 
     # A field with a `setting` is also a command-line flag of every recipe, spelled as
     # the field (``--head-epochs``) with the help and range given here
-    # (`templates.cli.add_plan_arguments`); a recipe changes only its default.
+    # (`templates.cli.add_plan_arguments`, `templates.data.settings`); a recipe changes only its default.
     head_epochs: int = setting(
         10, "Epochs of phase 1: the new head on the frozen reused part.", minimum=0)
     fine_tune_epochs: int = setting(
@@ -258,6 +260,20 @@ class TransferPlan:
             fine_tune_learning_rate=learning_rates.get("fine_tune",
                                                        self.fine_tune_learning_rate),
             find_learning_rates=False)
+
+    def with_augmentation(self, augmentation: keras.layers.Layer | None,
+                          views: int = 0) -> TransferPlan:
+        """This plan with ``augmentation`` (``None``: the plan unchanged): with ``views``
+        K > 0 the head trains on the cached features of K augmented views of every
+        example, else through the backbone; fine-tuning sees augmented inputs."""
+        if augmentation is None:
+            return self
+        return dataclasses.replace(self, augmentation=augmentation, augmented_views=views,
+                                   cache_features=views > 0)
+
+    def head_only(self) -> TransferPlan:
+        """This plan without fine-tuning or extra callbacks (a sweep's heads)."""
+        return dataclasses.replace(self, fine_tune_epochs=0, callbacks={})
 
     def for_training_set(self, labels) -> TransferPlan:
         """This plan fitted to the training set's ``labels``: ``class_weight="balanced"``

@@ -290,7 +290,20 @@ def report_resume(state: TrainingState | None, phases: list[str]) -> dict | None
     return resumed
 
 
-def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None) -> None:
+# What only model.fit can do, by flag, with the plan field it sets (None: a recipe option
+# outside the plan). The one list of refusals of a multi-worker run, whose strategy.run
+# loop replaces fit: `templates.cli.setup_hardware` refuses the flags before any work,
+# `check_plan_fits` the plan's fields.
+FIT_ONLY = {
+    "--augment": "augmentation", "--discriminative-factor": "discriminative_factor",
+    "--class-weight": "class_weight", "--label-smoothing": "label_smoothing",
+    "--compare-scratch": None, "--reuse-sweep": None, "--export-tflite": None,
+    "--assert-accuracy-at-least": None, "--test-time-flips": None, "--multi-label": None,
+}
+
+
+def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None,
+                    multi_worker: bool | None = None) -> None:
     """Refuse, by name, what a plan asks that the model's kind cannot do: class weights
     and balanced accuracy need single labels; micro F1 is a multi-label score; given
     ``features`` replace the plan's own extraction, so not with augmented views."""
@@ -302,6 +315,8 @@ def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None) -> No
                             "training examples, but the plan asks for augmented_views or "
                             "cache_features=False: drop one or the other.")
     multi = is_multi_label(model)
+    if multi_worker is None:  # the model's strategy says
+        multi_worker = _is_multi_worker(getattr(model, "distribute_strategy", None))
     problems = [message for refused, message in (
         (multi and plan.class_weight is not None,
          "class_weight scales single-label examples; a multi-label model's examples "
@@ -311,10 +326,20 @@ def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None) -> No
          "val_macro_f1, val_accuracy (exact match) or val_loss"),
         (not multi and plan.monitor == "val_micro_f1",
          "val_micro_f1 is a multi-label score (for single labels it is the accuracy)"),
-        (multi and _is_multi_worker(getattr(model, "distribute_strategy", None)),
+        (multi and multi_worker,
          "a multi-label model does not train on the multi-worker loop (its loss and "
          "metrics are single-label); train it on one machine"),
     ) if refused]
+    if multi_worker:
+        used = [field for field in FIT_ONLY.values()
+                if field and getattr(plan, field) not in (None, False, 0)]
+        extra = [callback for callbacks in plan.callbacks.values() for callback in callbacks
+                 if not isinstance(callback, keras.callbacks.TensorBoard)]
+        if used or extra:
+            problems.append(
+                f"{', '.join(used + ['callbacks other than TensorBoard'] * bool(extra))} "
+                "need model.fit, which the multi-worker strategy.run loop replaces "
+                "(keras-team/keras#20585): leave them unset there or train on one machine")
     if problems:
         raise CookbookError(f"TransferPlan does not fit {model.name}: {'; '.join(problems)}.")
 
