@@ -46,6 +46,7 @@ import tensorflow as tf  # noqa: E402
 
 from templates import (  # noqa: E402
     SCHEDULES,
+    TrainingState,
     is_chief,
     learning_rate_multi_worker,
     local_predict,
@@ -136,11 +137,13 @@ def train(args: argparse.Namespace, choice) -> int:
         learning_rate = learning_rate_multi_worker(choice, lambda: model, dataset_fn,
                                                    global_batch, args.learning_rate,
                                                    args.output_dir)
+    # Checkpointed as one phase, "train", in the files run_transfer writes: the chief
+    # writes them, every worker resumes from them (a folder they share).
+    state = TrainingState(os.path.join(args.output_dir, "checkpoints"), resume=args.resume)
     model, history = train_multi_worker(
         choice, lambda: model, dataset_fn, global_batch, steps_per_epoch, args.epochs,
         learning_rate=scheduled(learning_rate, args.schedule, args.epochs, steps_per_epoch),
-        checkpoint_dir=os.path.join(args.output_dir, "checkpoints"), resume=args.resume,
-        log_dir=args.tensorboard)
+        state=state, log_dir=args.tensorboard)
 
     # Every worker holds the same weights now. A plain call of the model reads them
     # locally (model.predict would run collectives, and the other workers may be gone).

@@ -10,9 +10,9 @@ The names below are the user-facing surface: every name a recipe or the README i
 comes from here. Each is imported from its module the first time it is used (PEP 562), so
 ``import templates`` loads neither TensorFlow-only parts nor gensim and pyarrow until
 something needs them. The modules live in floors that import only from the floors below
-(`data` < `models` < `training` < `reports` < `export` < `cli`, docs/design.md). Model
-building and training are plain Keras 3; `data.images`, `data.texts`,
-`models.text_encoders`, `models.tfhub`, `export.formats`, `training.hardware` and
+(`data` < `models` < `reports` < `training` < `selection` < `export` < `cli`,
+docs/design.md). Model building and training are plain Keras 3; `data.images`,
+`data.texts`, `models.text_encoders`, `models.tfhub`, `export.formats` and
 `training.multi_worker` need TensorFlow.
 """
 
@@ -36,7 +36,7 @@ _EXPORTS = {
     "MAX_IMAGE_SIZE": "data.images", "DEFAULT_CACHE_MEMORY_GB": "data.decoded_images",
     "IMAGE_EXTENSIONS": "data.images", "load_image_splits": "data.images",
     "download_sst2": "data.texts", "load_text_splits": "data.texts",
-    "string_model": "data.texts",
+    "string_model": "models.tokenized_text",
     # models
     "BackboneChoice": "models.backbone_spelling",
     "parse_backbone": "models.backbone_spelling",
@@ -82,20 +82,20 @@ _EXPORTS = {
     "WordVectorSettings": "training.word_vector_sources",
     "WordVectorSources": "training.word_vector_sources",
     # reports
-    "image_candidates": "reports.candidates",
-    "compare_with_scratch": "reports.comparison",
-    "reuse_depth_sweep": "reports.comparison",
-    "report_against_scratch": "reports.comparison",
+    "image_candidates": "selection.candidates",
+    "compare_with_scratch": "training.comparison",
+    "reuse_depth_sweep": "training.comparison",
+    "report_against_scratch": "training.comparison",
     "run_metadata": "reports.environment",
     "evaluation_report": "reports.evaluation", "evaluate_run": "reports.evaluation",
     "image_evaluation_report": "reports.evaluation",
     "scan_evaluation_report": "reports.evaluation",
-    "flip_scores": "reports.flip_scores",
-    "Candidate": "reports.selection", "rank_cuts": "reports.selection",
-    "rank_sources": "reports.selection", "Selection": "reports.selection",
-    "SelectionBudget": "reports.selection", "source_model_candidate": "reports.selection",
-    "select_source": "reports.selection", "cut_candidates": "reports.selection",
-    "text_source_candidates": "reports.selection", "ENCODER_PREFIX": "reports.selection",
+    "flip_scores": "training.flip_scores",
+    "Candidate": "selection.ranking", "rank_cuts": "selection.ranking",
+    "rank_sources": "selection.ranking", "Selection": "selection.ranking",
+    "SelectionBudget": "selection.ranking", "source_model_candidate": "selection.ranking",
+    "select_source": "selection.ranking", "cut_candidates": "selection.ranking",
+    "text_source_candidates": "selection.ranking", "ENCODER_PREFIX": "selection.ranking",
     "TransferReport": "reports.transfer_report",
     # export
     "write_model_outputs": "export.outputs",

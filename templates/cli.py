@@ -196,7 +196,7 @@ def add_text_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser, candidates_help: str) -> None:
-    """``--select-from``, ``--select-only``, ``--select-by`` (`templates.reports.selection`)."""
+    """``--select-from``, ``--select-only``, ``--select-by`` (`templates.selection.ranking`)."""
     group = parser.add_argument_group(
         "source selection", "Rank candidate sources on frozen features of the target data "
         "before training (LogME, k-NN and linear probes, LEEP where the source has a "

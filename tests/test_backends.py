@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from templates.data.texts import build_vectorizer, read_text_examples, string_model, vectorize
+from templates.data.texts import build_vectorizer, read_text_examples, vectorize
+from templates.models.tokenized_text import string_model
 from templates.data.vocabulary import Vocabulary
 from templates.export.predictor import Predictor
 

@@ -133,7 +133,7 @@ class RecordRates(keras.callbacks.Callback):
 def test_comparison_applies_the_training_options_to_both_sides(schedule):
     import tensorflow as tf
 
-    from templates.reports.comparison import compare_with_scratch, steps_per_epoch
+    from templates.training.comparison import compare_with_scratch, steps_per_epoch
     from templates.training.plan import TransferPlan
 
     inputs, labels = separable_data(96)
@@ -224,7 +224,7 @@ def test_a_deliberately_unrelated_source_is_reported_as_negative_transfer():
     layer: its features know nothing of strokes, and the report must say so plainly."""
     from recipes.develop_model_digits import build_digit_model, load_digits_by_task
     from templates.data.batches import array_batches
-    from templates.reports.comparison import compare_with_scratch
+    from templates.training.comparison import compare_with_scratch
     from templates.training.develop import reuse_model
 
     data = load_digits_by_task(5, seed=0)

@@ -70,7 +70,7 @@ def test_the_finder_restores_weights_and_suggests_a_rate_inside_the_sweep(tmp_pa
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
     rates = list(np.geomspace(1e-5, 1.0, 11))
     losses = [1.0, 1.0, 0.99, 0.98, 0.9, 0.6, 0.5, 0.45, 0.4, 2.0, 9.0]
-    assert suggest_learning_rate(rates, losses) == pytest.approx(rates[5])
+    assert suggest_learning_rate(rates, losses, rule="steepest") == pytest.approx(rates[5])
     with pytest.raises(ValueError, match="at least three"):
         suggest_learning_rate(rates[:2], losses[:2])
 

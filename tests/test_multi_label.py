@@ -132,7 +132,7 @@ def test_what_a_multi_label_model_cannot_do_is_refused_by_name():
 
 
 def test_the_transfer_report_compares_the_monitored_metric(tmp_path):
-    from templates.reports.comparison import report_against_scratch
+    from templates.training.comparison import report_against_scratch
     from templates.reports.transfer_report import report_metric
 
     assert report_metric("val_micro_f1") == "micro_f1"

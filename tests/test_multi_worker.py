@@ -56,8 +56,11 @@ def test_two_workers_train_the_same_model_and_resume(subprocess_env, tmp_path):
     assert first[0]["loss"] == first[1]["loss"]  # the all-reduced loss
     assert first[0]["loss"][-1] < 0.5 * first[0]["loss"][0]
     assert [worker["chief"] for worker in first] == [True, False]
-    state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["epochs_done"] == 3
+    # The checkpoint files run_transfer writes (issue 38): one phase, "train".
+    done = json.loads((out / "checkpoints" / "train.done.json").read_text())
+    assert done == {"phase": "train", "epochs": 3}
+    assert len(json.loads((out / "checkpoints" / "train.epochs.json").read_text())) == 3
+    assert (out / "checkpoints" / "train.weights.h5").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_accuracy"] > 0.8
     # The chief's evaluation folder, on the held-out fifth, and its TensorBoard logs.
@@ -92,15 +95,17 @@ def test_the_training_loop_follows_a_schedule_across_a_resume(tmp_path):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16)
 
     schedule = WarmupCosine(1e-2, total_steps=4 * 6, warmup_steps=4)
+    from templates.training.checkpoints import TrainingState
+
     choice = choose_strategy("cpu")
     model, history = train_multi_worker(choice, build, dataset_fn, 16, 4, 3,
-                                        learning_rate=schedule, checkpoint_dir=tmp_path)
+                                        learning_rate=schedule, state=TrainingState(tmp_path))
     assert int(model.optimizer.iterations) == 12
     # Resumed: the optimiser's step count comes back with the weights, so the schedule
     # continues where it stopped instead of warming up again.
     model, history = train_multi_worker(choice, build, dataset_fn, 16, 4, 6,
-                                        learning_rate=schedule, checkpoint_dir=tmp_path,
-                                        resume=True)
+                                        learning_rate=schedule,
+                                        state=TrainingState(tmp_path, resume=True))
     assert history.epochs_run == [3, 4, 5]
     assert int(model.optimizer.iterations) == 24
     assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(24)), abs=1e-7)
@@ -168,10 +173,9 @@ def test_the_image_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     assert result.returncode == 2 and "--compare-scratch" in result.stderr, result.stderr[-2000:]
 
 
-@pytest.mark.acceptance  # whole recipes on two workers: the full run
-def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
-    # Sentences whose colour word gives the label; the vectors place the two colour
-    # families apart, so the frozen-vector head can learn it.
+def colour_sentences(tmp_path):
+    """Sentences whose colour word gives the label, and vectors that place the two colour
+    families apart, so a frozen-vector head can learn it: the glove recipe's flags."""
     generator = np.random.default_rng(0)
     words = {"warm": ["red", "orange", "gold"], "cool": ["blue", "teal", "navy"]}
     for name, count in (("train", 150), ("test", 40)):
@@ -182,11 +186,16 @@ def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
                                      generator.normal(3.0 if label == "warm" else -3.0, 1.0, 8))
                for label, choices in words.items() for word in choices]
     (tmp_path / "vectors.txt").write_text("\n".join(vectors) + "\n", encoding="utf-8")
+    return ["--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv"),
+            "--vectors", str(tmp_path / "vectors.txt"), "--filters", "16", "--batch-size",
+            "16", "--learning-rate", "1e-2", "--seed", "3"]
+
+
+@pytest.mark.acceptance  # whole recipes on two workers: the full run
+def test_the_text_recipe_trains_on_two_workers(subprocess_env, tmp_path):
     out = tmp_path / "run"
-    arguments = ["--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv"),
-                 "--vectors", str(tmp_path / "vectors.txt"), "--filters", "16",
-                 "--head-epochs", "3", "--fine-tune-epochs", "1", "--batch-size", "16",
-                 "--learning-rate", "1e-2", "--strategy", "multi_worker", "--seed", "3"]
+    arguments = [*colour_sentences(tmp_path), "--head-epochs", "3", "--fine-tune-epochs", "1",
+                 "--strategy", "multi_worker"]
     workers = run_workers(subprocess_env, out, *arguments,
                           recipe="recipes.glove_text_classification",
                           reports="workers/worker_{index}.json")
@@ -321,3 +330,39 @@ def test_cached_head_features_train_under_a_mirrored_strategy(subprocess_env):
     assert outcome["replicas"] == 2
     assert outcome["predicted_rows"] == outcome["labels"] == 96
     assert outcome["val_accuracy"][-1] >= 0.9
+
+
+@pytest.mark.acceptance  # two recipe runs, one on a one-worker cluster
+def test_a_multi_worker_checkpoint_folder_resumes_on_one_machine(subprocess_env, tmp_path):
+    """Issue 38: one implementation of the phases. The multi-worker loop writes the
+    checkpoint files run_transfer writes on one machine, so a run started on a (here
+    one-worker) cluster resumes under model.fit: its head is restored, not retrained,
+    and only the fine-tuning trains."""
+    arguments = [*colour_sentences(tmp_path), "--head-epochs", "3", "--output-dir",
+                 str(tmp_path / "run")]
+    cluster = json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
+                          "task": {"type": "worker", "index": 0}})
+    cwd = subprocess_env["PYTHONPATH"].split(":")[0]
+    first = subprocess.run(
+        [sys.executable, "-m", "recipes.glove_text_classification", *arguments,
+         "--fine-tune-epochs", "0", "--strategy", "multi_worker"],
+        env={**subprocess_env, "TF_CONFIG": cluster}, capture_output=True, text=True,
+        timeout=300, cwd=cwd)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert json.loads((checkpoints / "head.done.json").read_text()) == {"phase": "head",
+                                                                         "epochs": 3}
+    head_epochs = json.loads((checkpoints / "head.epochs.json").read_text())
+    resumed = subprocess.run(
+        [sys.executable, "-m", "recipes.glove_text_classification", *arguments,
+         "--fine-tune-epochs", "2", "--strategy", "cpu", "--resume"],
+        env=subprocess_env, capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "head restored; fine_tune continues from its epoch 1" in resumed.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["resumed"] == {"finished_phases": ["head"], "phase": "fine_tune",
+                                  "epoch": 1}
+    # Restored from the loop's files, not retrained: its epochs are the loop's.
+    assert json.loads((checkpoints / "head.epochs.json").read_text()) == head_epochs
+    assert len(json.loads((checkpoints / "fine_tune.epochs.json").read_text())) == 2
+    assert metrics["test_accuracy"] >= 0.9

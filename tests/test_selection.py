@@ -14,8 +14,8 @@ import pytest
 
 from templates.data.batches import array_batches
 from templates.models.backbone_spelling import parse_backbone
-from templates.reports import transferability
-from templates.reports.selection import (
+from templates.selection import transferability
+from templates.selection.ranking import (
     Candidate,
     SelectionBudget,
     rank_cuts,

@@ -14,7 +14,6 @@ from templates.data.texts import (
     load_text_splits,
     read_text_examples,
     split_examples,
-    string_model,
     subset_examples,
     token_dataset,
     vectorize,
@@ -25,6 +24,7 @@ from templates.models.text_classifiers import (
     pretrained_text_classifier,
     scratch_text_classifier,
 )
+from templates.models.tokenized_text import string_model
 from templates.models.word_vectors import keyed_vectors
 from templates.training.compilation import compile_classifier
 from templates.training.phases import fine_tune, train_head

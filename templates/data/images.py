@@ -619,7 +619,7 @@ def image_batches_by_size(splits: ImageSplits, batch_size: int, seed: int | None
     """A function from an image size to ``(train, validation, test)`` batches of
     ``splits`` at that size (`image_dataset`: training shuffled with ``seed``; test
     ``None`` without a test split), each size built once, so candidates of one size
-    (`templates.reports.selection`) and the run after them share the decoded images.
+    (`templates.selection.ranking`) and the run after them share the decoded images.
 
     ``memory_limit_gb`` bounds the decoded images of all three splits together: when
     they fit, all stay in memory; when not, every split is memory-mapped from

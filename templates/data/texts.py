@@ -16,7 +16,7 @@ Vectorising: `build_vectorizer` builds the vocabulary on the training texts
 (`templates.data.vocabulary.Vocabulary`, in NumPy) and can append the most frequent
 words of the pretrained vectors, so words never seen in the few training sentences
 still get their pretrained meaning. On TensorFlow it returns the same vocabulary as a
-`keras.layers.TextVectorization`, and `string_model` puts it in front of the token-id
+`keras.layers.TextVectorization`, and `templates.models.tokenized_text.string_model` puts it in front of the token-id
 model, so the saved model takes raw strings; on JAX and PyTorch the ids are made in
 NumPy and the saved model takes them (``vocabulary.txt`` travels beside it).
 """
@@ -440,18 +440,6 @@ def token_dataset(
     resumed run sees the same orders, and TensorFlow and JAX train on the same batches.
     """
     return array_batches(token_ids, labels, batch_size, seed, shuffle=shuffle)
-
-
-def string_model(vectorizer, model: keras.Model, name: str | None = None) -> keras.Model:
-    """The model users load: on TensorFlow, ``model`` (on token ids) behind
-    ``vectorizer``, taking raw strings; on other backends, which have no string tensors,
-    ``model`` itself, with the vocabulary written beside it (``vocabulary.txt``,
-    `templates.export.outputs.write_model_outputs`) for the predictor to tokenise with."""
-    if isinstance(vectorizer, Vocabulary):
-        return model
-    texts = keras.Input(shape=(1,), dtype="string", name="texts")
-    token_ids = vectorizer(texts)
-    return keras.Model(texts, model(token_ids), name=name or f"{model.name}_on_text")
 
 
 # Kim (2014)'s copy of SST-2 (sentence level, binary), pinned to a commit, with digests.

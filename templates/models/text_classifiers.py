@@ -12,7 +12,7 @@ only runs the head), then `fine_tune` with the embedding unfrozen at a lower rat
     fine_tune(transfer, train_ids, validation_ids, epochs=3, learning_rate=1e-4)
 
 Models here take integer token ids, so they run on any Keras backend;
-`templates.data.texts.string_model` adds the (TensorFlow) vectorisation in front.
+`templates.models.tokenized_text.string_model` adds the (TensorFlow) vectorisation in front.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class EncoderTransfer:
 
     def scratch_model(self, seed: int = 0) -> keras.Model:
         """The same architecture with the encoder's weights drawn at random, for
-        `templates.reports.comparison.report_against_scratch`: keras-hub's own initialisers
+        `templates.training.comparison.report_against_scratch`: keras-hub's own initialisers
         (the preset loaded without weights); a TF-Hub module's variables redrawn from a
         normal distribution at each variable's own spread."""
         keras.utils.set_random_seed(seed)

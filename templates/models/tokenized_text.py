@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
+from templates.data.vocabulary import Vocabulary
 from templates.data.texts import (
     TextSplits,
     build_vectorizer,
@@ -37,7 +39,7 @@ class TokenizedText:
         splits: The texts, integer labels, skipped lines and paths.
         vectorizer: Texts to token ids: a `keras.layers.TextVectorization` on
             TensorFlow (put in front of the trained model by
-            `templates.data.texts.string_model`, so the saved model takes strings), a
+            `templates.models.tokenized_text.string_model`, so the saved model takes strings), a
             `templates.data.vocabulary.Vocabulary` on other backends.
         matrix: The pretrained vectors, one row per vocabulary entry.
         ids: Token ids per split, shape ``(examples, sequence_length)``.
@@ -128,3 +130,15 @@ def tokenize_for_vectors(
                               seed=seed, normalize=normalize)
     ids = {name: vectorize(vectorizer, getattr(splits, name).texts) for name in SPLITS}
     return TokenizedText(splits=splits, vectorizer=vectorizer, matrix=matrix, ids=ids)
+
+
+def string_model(vectorizer, model: keras.Model, name: str | None = None) -> keras.Model:
+    """The model users load: on TensorFlow, ``model`` (on token ids) behind
+    ``vectorizer``, taking raw strings; on other backends, which have no string tensors,
+    ``model`` itself, with the vocabulary written beside it (``vocabulary.txt``,
+    `templates.export.outputs.write_model_outputs`) for the predictor to tokenise with."""
+    if isinstance(vectorizer, Vocabulary):
+        return model
+    texts = keras.Input(shape=(1,), dtype="string", name="texts")
+    token_ids = vectorizer(texts)
+    return keras.Model(texts, model(token_ids), name=name or f"{model.name}_on_text")

@@ -29,7 +29,7 @@ import numpy as np
 from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json, write_text
 from templates.data.multi_label import multi_label_scores
-from templates.training.phases import batch_predictor
+from templates.models.prediction import batch_predictor
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ def predict_labelled(model: keras.Model, data: Iterable, predict=None
     Args:
         predict: Returns probabilities for a batch of inputs; ``None`` uses
             ``model.predict_on_batch`` (a plain call under a several-replica strategy,
-            see `templates.training.phases.batch_predictor`). Multi-worker runs pass a plain
+            see `templates.models.prediction.batch_predictor`). Multi-worker runs pass a plain
             model call (`templates.training.multi_worker.local_predict`): ``predict_on_batch``
             would run collective ops that every worker must join.
     """

@@ -28,9 +28,11 @@ callback: epoch ``e``'s data order, dropout masks and augmentation depend only o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +44,43 @@ from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
 from templates.training.run_folder import check_settings
 from templates.training.seeds import EpochSeeds
+
+
+def chief_process() -> bool:
+    """Whether this process is the chief of its ``TF_CONFIG`` cluster (or has none)."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def save_on_every_worker(path: str | os.PathLike, save: Callable[[str], Any]) -> None:
+    """Call ``save`` on every process of the run; only the chief's file is kept, at
+    ``path`` (written atomically).
+
+    Saving a model reads its variables, which under `MultiWorkerMirroredStrategy` can
+    run collective ops that every worker must join (a chief saving alone waits for, or
+    crosses, the others' next collective). As TensorFlow's multi-worker guide does, the
+    other workers save too, to a temporary folder that is then deleted. On one machine
+    this is an atomic save.
+    """
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if chief_process():
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        suffix = next((ending for ending in (".weights.h5", ".keras") if name.endswith(ending)),
+                      os.path.splitext(name)[1])
+        with atomic_path(path, suffix=suffix) as temporary:
+            save(temporary)
+        return
+    folder = tempfile.mkdtemp(prefix="worker-save-")
+    try:
+        save(os.path.join(folder, name))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class PhaseHistory(keras.callbacks.Callback):
@@ -59,7 +98,8 @@ class PhaseHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": int(epoch), **{key: float(value) for key, value in (logs or {}).items()}}
         self.epochs = [item for item in self.epochs if item["epoch"] < epoch] + [entry]
-        write_json(self.path, self.epochs)
+        if chief_process():  # on several machines the chief writes the shared file
+            write_json(self.path, self.epochs)
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -132,25 +172,30 @@ _clock = time.perf_counter  # read at each call, so tests can drive the pacing
 
 
 class PacedBackup(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` that keeps its own cost bounded.
+    """`keras.callbacks.BackupAndRestore` that keeps its own cost bounded and writes
+    from the chief only.
 
     Keras writes the backup after every epoch. For a tiny model an epoch can take less
     time than the backup itself (about 0.1 s for a 2 MB model with its optimiser
-    state), so backups would double the training time. Here an epoch's backup is
-    skipped when the previous one was written less than ``1 / max_overhead`` times its
-    own writing time ago: backups take at most about ``max_overhead`` of the training
-    time, and a kill loses at most that interval (about 1 s for ``max_overhead=0.1``
-    and a 0.1 s backup). Epochs longer than that are all backed up, as in Keras.
-    The last finished epoch of a phase never needs a backup: `TrainingState.finish`
-    records the phase's weights.
+    state), so backups would double the training time. With ``max_overhead``, an
+    epoch's backup is skipped when the previous one was written less than
+    ``1 / max_overhead`` times its own writing time ago: backups take at most about
+    ``max_overhead`` of the training time, and a kill loses at most that interval
+    (about 1 s for ``max_overhead=0.1`` and a 0.1 s backup). Epochs longer than that
+    are all backed up, as in Keras. The last finished epoch of a phase never needs a
+    backup: `TrainingState.finish` records the phase's weights.
+
+    On several machines every worker joins the save (`save_on_every_worker`) and only
+    the chief's backup is kept; on a resume every worker reads it.
 
     Args:
         backup_dir: As for `keras.callbacks.BackupAndRestore`.
-        max_overhead: Fraction of training time the backups may take (0 < x <= 1).
+        max_overhead: Fraction of training time the backups may take (0 < x <= 1);
+            ``None``: every epoch, as Keras.
     """
 
-    def __init__(self, backup_dir: str | os.PathLike, max_overhead: float = 0.1):
-        if not 0 < max_overhead <= 1:
+    def __init__(self, backup_dir: str | os.PathLike, max_overhead: float | None = None):
+        if max_overhead is not None and not 0 < max_overhead <= 1:
             raise CookbookError(f"max_overhead must be in (0, 1]; got {max_overhead}.")
         super().__init__(os.fspath(backup_dir), double_checkpoint=True)
         self.max_overhead = max_overhead
@@ -161,12 +206,22 @@ class PacedBackup(keras.callbacks.BackupAndRestore):
         self._current_epoch = epoch + 1
         self._last_batch_seen = 0
         now = _clock()
-        if (self._written_at is not None
+        if (self.max_overhead is not None and self._written_at is not None
                 and now - self._written_at < self._writing_seconds / self.max_overhead):
             return
         self._save_model()
         self._written_at = _clock()
         self._writing_seconds = self._written_at - now
+
+    def _save_model(self):
+        if chief_process():
+            super()._save_model()
+        else:  # join the save's collective ops; the chief's backup is the one kept
+            save_on_every_worker(self._weights_path, self.model.save_weights)
+
+    def on_train_end(self, logs=None):
+        if chief_process():
+            super().on_train_end(logs)
 
 
 # The files a phase (or a saved result) leaves, by ending; what comes before the ending
@@ -235,17 +290,6 @@ def as_history(epochs: list[dict[str, Any]]) -> keras.callbacks.History:
     return history
 
 
-def chief_process() -> bool:
-    """Whether this process is the chief of its ``TF_CONFIG`` cluster (or has none)."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task") or {}
-    if not task:
-        return True
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
-
-
 class TrainingState:
     """Checkpoints of a multi-phase training run (see the module docstring).
 
@@ -270,7 +314,13 @@ class TrainingState:
         self.directory = os.fspath(directory)
         self.resume = bool(resume)
         self.backup_overhead = backup_overhead
-        # On several machines sharing the folder, only the chief starts it afresh.
+        self._reopened: set[str] = set()
+        # On several machines sharing the folder, only the chief starts it afresh, and
+        # on a fresh start the other workers read none of it (an old run's files stay
+        # until the chief clears them): they keep an empty folder of their own. On a
+        # resume every worker reads the shared one.
+        if not self.resume and not chief_process():
+            self.directory = tempfile.mkdtemp(prefix="worker-checkpoints-")
         if not self.resume and os.path.isdir(self.directory) and chief_process():
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
@@ -307,10 +357,7 @@ class TrainingState:
                     "monitor": "val_accuracy", **(early_stopping or {})}
         callbacks = [
             PhaseHistory(self._path(phase, "epochs.json")),
-            PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead)
-            if self.backup_overhead is not None else
-            keras.callbacks.BackupAndRestore(self._path(phase, "backup"),
-                                                double_checkpoint=True),
+            PacedBackup(self._path(phase, "backup"), max_overhead=self.backup_overhead),
         ]
         if seed is not None:
             callbacks.append(EpochSeeds(seed))
@@ -330,17 +377,28 @@ class TrainingState:
 
     def save_result(self, name: str, result: dict[str, Any]) -> None:
         """Keep a finished run's result (for example a learning-curve summary)."""
-        write_json(self._path(name, "result.json"), result)
+        if chief_process():
+            write_json(self._path(name, "result.json"), result)
 
     def finished(self, phase: str) -> bool:
         """Whether ``phase`` completed in an earlier (or this) run."""
-        return os.path.isfile(self._path(phase, "done.json"))
+        return phase not in self._reopened and os.path.isfile(self._path(phase, "done.json"))
+
+    def reopen(self, phase: str) -> None:
+        """Count a finished phase as in progress again, to train it on to more epochs
+        from its weights (`templates.training.multi_worker.train_multi_worker`)."""
+        self._reopened.add(phase)
+        if chief_process():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._path(phase, "done.json"))
 
     def finish(self, phase: str, model: keras.Model,
                history: keras.callbacks.History | None = None) -> None:
-        """Record ``phase`` as complete: the model's weights, then the marker."""
-        with atomic_path(self._path(phase, "weights.h5"), suffix=".weights.h5") as temporary:
-            model.save_weights(temporary)
+        """Record ``phase`` as complete: the model's weights, then the marker (on
+        several machines every worker joins the save and the chief writes)."""
+        save_on_every_worker(self._path(phase, "weights.h5"), model.save_weights)
+        if not chief_process():
+            return
         epochs = read_epochs(self._path(phase, "epochs.json"))
         if not epochs and history is not None:
             epochs = [{"epoch": int(epoch), **{key: float(values[index]) for key, values
@@ -366,30 +424,38 @@ class TrainingState:
 
 
 def run_phase(
-    state: TrainingState,
+    state: TrainingState | None,
     phase: str,
     model: keras.Model,
     train: Callable[[list[keras.callbacks.Callback]], Any],
-    seed: int | None = None,
-    early_stopping: dict[str, Any] | None = None,
+    plan: Any = None,
 ) -> keras.callbacks.History:
-    """Run one checkpointed phase, or restore it if it finished in an earlier run.
+    """Run one checkpointed phase, or restore it if it finished in an earlier run: the
+    one way every phase of the library runs (the two of `run_transfer`, on ``fit`` or
+    on the multi-worker loop, the comparisons' scratch runs, the sweeps' heads).
 
     Args:
-        state: The run's `TrainingState`.
+        state: The run's `TrainingState`; ``None`` trains without checkpoints.
         phase: The phase's name (``"head"``, ``"fine_tune"``...).
         model: The model whose weights the phase produces (restored when skipped).
-        train: Trains the phase; called with the callbacks to pass to ``fit``.
-        seed: The run's seed (`TransferPlan.seed`): the phase's epochs are seeded
-            from ``(seed, epoch)``.
-        early_stopping: Overrides the state's early-stopping settings for this phase
-            (see `TrainingState.callbacks`).
+        train: Trains the phase; called with the callbacks to pass to ``fit`` (or to
+            drive, on a loop of one's own).
+        plan: The run's `templates.training.plan.TransferPlan`: its seed seeds every
+            epoch from ``(seed, epoch)``, its early stopping (patience, best-epoch
+            restore, monitor) applies; ``None``: unseeded, every epoch runs.
 
     Returns:
         The phase's history over every epoch, including epochs run before a restart.
     """
+    if state is None:
+        return train([])
     if state.finished(phase):
         return state.restore(phase, model)
-    train(state.callbacks(phase, seed=seed, early_stopping=early_stopping))
+    seed, early_stopping = (plan.seed, plan.early_stopping()) if plan is not None else (None,
+                                                                                         None)
+    callbacks = state.callbacks(phase, seed=seed, early_stopping=early_stopping)
+    train(callbacks)
     state.finish(phase, model)
-    return state.history(phase)
+    # The history every process kept itself (on several machines only the chief writes
+    # the file, and another worker may finish before the chief's last write).
+    return as_history(callbacks[0].epochs)

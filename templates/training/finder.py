@@ -2,14 +2,14 @@
 
 * `find_learning_rate` raises the learning rate exponentially, one step per batch, on
   the user's own data, records the loss, restores the weights, and suggests a rate by
-  one of the `SUGGESTION_RULES`: ``"steepest"`` (this function's default), the point of
-  **steepest descent of the smoothed loss** before its minimum (Smith 2017; ktrain,
-  fastai's ``steep``); ``"valley"``, fastai's default since v2.5 and
-  `templates.training.plan.TransferPlan`'s (two thirds of the way down the longest stretch
-  over which the smoothed loss keeps falling; on real data it stayed inside the bounds
-  where steepest descent did not, docs/results.md); or
-  ``"minimum_over_10"`` (the rate at the loss minimum divided by 10, fastai's
-  ``minimum``). `choose_learning_rate` turns a finding into the rate to train with:
+  one of the `SUGGESTION_RULES`: ``"minimum_over_10"`` (`DEFAULT_RULE`, every finder's
+  default and `templates.training.plan.TransferPlan`'s, chosen on validation data,
+  docs/results.md: the rate at the loss minimum divided by 10, fastai's
+  ``minimum``), ``"valley"`` (fastai's default since v2.5: two thirds of the way down the
+  longest stretch over which the smoothed loss keeps falling) or ``"steepest"`` (the
+  steepest descent of the smoothed loss before its minimum; Smith 2017, ktrain,
+  fastai's ``steep``, which on real data left the bounds most often).
+  `choose_learning_rate` turns a finding into the rate to train with:
   a sweep that recorded too little, or a suggestion outside the phase's bounds
   (`HEAD_BOUNDS`, `FINE_TUNE_BOUNDS`), falls back to the default rate with the
   reason, so the finder never stops a run.
@@ -31,6 +31,9 @@ from templates.data.files import atomic_path, write_json
 from templates.training.seeds import reseed_generators
 
 SUGGESTION_RULES = ("steepest", "valley", "minimum_over_10")
+# The rule every finder uses unless told otherwise (`TransferPlan.finder_rule`'s default):
+# the loss minimum / 10, chosen on validation data (docs/results.md).
+DEFAULT_RULE = "minimum_over_10"
 
 
 # Rates outside these bounds come from a sweep that went wrong (a head suggestion of
@@ -64,7 +67,7 @@ class LearningRateFinding:
     smoothed_losses: list[float]
     suggestion: float | None
     stopped_early: bool
-    rule: str = "steepest"
+    rule: str = DEFAULT_RULE
     problem: str | None = None
 
     def to_dict(self) -> dict:
@@ -103,7 +106,7 @@ class LearningRateFinding:
 
 
 def suggest_learning_rate(learning_rates: list[float], smoothed_losses: list[float],
-                          skip_start: int = 3, rule: str = "steepest") -> float:
+                          skip_start: int = 3, rule: str = DEFAULT_RULE) -> float:
     """Suggest a rate from a sweep's smoothed loss curve.
 
     Args:
@@ -251,7 +254,7 @@ class LossSweep:
             return True
         return step >= len(self.rates)
 
-    def finding(self, rule: str = "steepest") -> LearningRateFinding:
+    def finding(self, rule: str = DEFAULT_RULE) -> LearningRateFinding:
         """The sweep's record and suggestion; with fewer than 5 steps recorded the
         suggestion is ``None`` and ``problem`` says why (it never raises)."""
         recorded = len(self.losses)
@@ -331,7 +334,7 @@ def find_learning_rate(
     loss: str | keras.losses.Loss | None = None,
     smoothing: float = 0.9,
     divergence: float = 4.0,
-    rule: str = "steepest",
+    rule: str = DEFAULT_RULE,
     seed: int = 0,
 ) -> LearningRateFinding:
     """Sweep the learning rate exponentially on ``train_data``; suggest one.

@@ -3,33 +3,34 @@
 
 Keras 3's ``model.fit`` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585,
 tensorflow/tensorflow#72388), while a loop over ``strategy.run`` with a Keras 3 model
-works. `train_multi_worker` is that loop, with checkpoints written by the chief only and
-resumable; `train_transfer_multi_worker` runs the two transfer phases on it (what
-`templates.training.run.run_transfer` calls under a multi-worker strategy);
-`find_learning_rate_multi_worker` is the finder on the same loop; `local_accuracy` and
-`local_predict` score a worker's copy of the model without collective ops, and
-`finish_multi_worker` writes a run's outputs from every worker.
+works. `fit_on_loop` is that loop in ``fit``'s place: it drives the same Keras callbacks,
+so a phase on it runs through `templates.training.checkpoints.run_phase` and leaves the
+same checkpoint files as on one machine (``PHASE.epochs.json``, ``PHASE.backup/``,
+``PHASE.weights.h5``, ``PHASE.done.json``), written by the chief and resumed by every
+worker. `loop_phase` gives `templates.training.run.run_transfer` a phase's finder and
+trainer on the loop (everything else, the rates, checkpoints and scores, is
+`run_transfer`'s); `train_multi_worker` trains any model on it;
+`find_learning_rate_multi_worker` is the finder on the same loop.
+`templates.training.workers` holds what every worker does around it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from templates.data.batches import steps_per_epoch as count_steps
 from templates.data.errors import CookbookError
-from templates.data.batches import steps_per_epoch
-from templates.data.files import write_json
 from templates.models.transfer_model import unfreeze
-from templates.training.checkpoints import TrainingState
+from templates.training.checkpoints import TrainingState, chief_process, run_phase
 from templates.training.finder import (
+    DEFAULT_RULE,
     LossSweep,
     choose_learning_rate,
     finder_bounds,
@@ -37,12 +38,7 @@ from templates.training.finder import (
     sweep_rates,
 )
 from templates.training.hardware import StrategyChoice
-from templates.training.history import merge_histories
 from templates.training.plan import TransferPlan
-from templates.training.results import PhaseResult, TransferRun, test_part
-from templates.training.schedules import scheduled
-from templates.training.workers import is_chief, local_accuracy, save_on_every_worker
-
 
 
 @dataclasses.dataclass
@@ -54,6 +50,66 @@ class DistributedHistory:
     replicas: int
 
 
+def fit_on_loop(
+    choice: StrategyChoice,
+    model: keras.Model,
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    global_batch_size: int,
+    steps_per_epoch: int,
+    epochs: int,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+    compile: bool = True,
+) -> keras.callbacks.History:
+    """``model.fit`` on a ``strategy.run`` loop: Adam at ``learning_rate`` (a rate or a
+    schedule), ``epochs`` epochs of ``steps_per_epoch`` all-reduced steps, driving
+    ``callbacks`` as ``fit`` would (a `keras.callbacks.BackupAndRestore` among them
+    restores the weights, optimiser state and epoch). Each epoch's logs hold ``loss``
+    (the global-batch mean) and ``learning_rate``. TensorBoard callbacks are written by
+    the chief alone (``epoch_loss`` and ``epoch_learning_rate``, as Keras's callback
+    names them).
+
+    Args:
+        dataset_fn: Returns this input pipeline's shard, batched per replica
+            (``input_context.get_per_replica_batch_size(global_batch_size)``), repeated.
+        initial_epoch: The epoch to start from when no backup says otherwise.
+        compile: Compile ``model`` with a new Adam optimiser first (as each phase
+            does); ``False`` keeps its compiled optimiser and that optimiser's state.
+    """
+    strategy = choice.strategy
+    callbacks = list(callbacks)
+    logs_to = [callback.log_dir for callback in callbacks
+               if isinstance(callback, keras.callbacks.TensorBoard)]
+    callbacks = [callback for callback in callbacks
+                 if not isinstance(callback, keras.callbacks.TensorBoard)]
+    if compile:
+        _compiled(strategy, lambda: model, learning_rate)
+    optimizer = model.optimizer
+    history = keras.callbacks.History()
+    driven = keras.callbacks.CallbackList([*callbacks, history], model=model)
+    model._initial_epoch = None  # set by a backup that restores
+    driven.on_train_begin()
+    start = model._initial_epoch or initial_epoch
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    train_step = _train_step(strategy, model, optimizer, global_batch_size)
+    writer = (tf.summary.create_file_writer(logs_to[0]) if logs_to and chief_process()
+              else None)
+    for epoch in range(start, epochs):
+        driven.on_epoch_begin(epoch)
+        total = sum(float(train_step(iterator)) for _ in range(steps_per_epoch))
+        logs = {"loss": total / steps_per_epoch, "learning_rate": float(
+            keras.ops.convert_to_numpy(optimizer.learning_rate))}
+        if writer is not None:
+            with writer.as_default():
+                tf.summary.scalar("epoch_loss", logs["loss"], step=epoch)
+                tf.summary.scalar("epoch_learning_rate", logs["learning_rate"], step=epoch)
+            writer.flush()
+        driven.on_epoch_end(epoch, logs)
+    driven.on_train_end()
+    return history
+
+
 def train_multi_worker(
     choice: StrategyChoice,
     build_model: Callable[[], keras.Model],
@@ -62,69 +118,46 @@ def train_multi_worker(
     steps_per_epoch: int,
     epochs: int,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    log_dir: str | os.PathLike | None = None,
+    state: TrainingState | None = None,
+    phase: str = "train",
+    log_dir: str | None = None,
 ) -> tuple[keras.Model, DistributedHistory]:
-    """Data-parallel training with ``strategy.run``: works under
-    `MultiWorkerMirroredStrategy`, where Keras 3's ``fit`` does not.
+    """Data-parallel training of any model on the loop (`fit_on_loop`), checkpointed as
+    one phase of ``state`` (`templates.training.checkpoints.run_phase`).
+
+    A resumed run continues the phase in progress; a finished phase asked for more
+    ``epochs`` continues from its weights and optimiser state (a schedule's step count
+    included) to the new count.
 
     Args:
         choice: From `choose_strategy` (any strategy works, one machine included).
         build_model: Returns the Keras model (called inside the strategy's scope).
-        dataset_fn: Returns this input pipeline's shard, batched per replica
-            (``input_context.get_per_replica_batch_size(global_batch_size)``), repeated.
-        global_batch_size: Examples per step over all replicas.
-        steps_per_epoch: Steps per epoch.
-        epochs: Epochs in total (a resumed run trains the remaining ones).
-        learning_rate: Adam learning rate, or a schedule (its step count, the
-            optimiser's, is saved in the checkpoint, so a resumed run continues it).
-        checkpoint_dir: Where the chief writes ``weights.weights.h5`` and
-            ``state.json`` after every epoch (a shared folder when machines differ).
-        resume: Continue from ``checkpoint_dir``.
-        log_dir: TensorBoard logs: the chief writes each epoch's loss (``epoch_loss``,
-            as Keras's callback names it) and learning rate there.
+        state: Where the chief checkpoints every epoch (a folder every worker reads:
+            shared when machines differ); ``None``: no checkpoints.
+        phase: The phase's name in ``state``.
+        log_dir: TensorBoard logs, written by the chief.
 
     Returns:
         The trained model and a `DistributedHistory`.
     """
-    strategy = choice.strategy
-    model, optimizer = _compiled(strategy, build_model, learning_rate)
-    start, losses = 0, []
-    state_path = weights_path = None
-    if checkpoint_dir is not None:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        state_path = os.path.join(checkpoint_dir, "state.json")
-        weights_path = os.path.join(checkpoint_dir, "weights.weights.h5")
-        if resume and os.path.isfile(state_path):
-            with open(state_path, encoding="utf-8") as handle:
-                saved = json.load(handle)
-            model.load_weights(weights_path)
-            start, losses = saved["epochs_done"], saved["loss"]
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_step = _train_step(strategy, model, optimizer, global_batch_size)
-    epochs_run = []
-    chief = is_chief(strategy)
-    writer = tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir and chief else None
-    for epoch in range(start, epochs):
-        total = 0.0
-        for _ in range(steps_per_epoch):
-            total += float(train_step(iterator))
-        losses.append(total / steps_per_epoch)
-        epochs_run.append(epoch)
-        if writer is not None:
-            with writer.as_default():
-                tf.summary.scalar("epoch_loss", losses[-1], step=epoch)
-                tf.summary.scalar("epoch_learning_rate",
-                                  float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-                                  step=epoch)
-            writer.flush()
-        if checkpoint_dir is not None:
-            save_on_every_worker(chief, weights_path, model.save_weights)
-            if chief:
-                write_json(state_path, {"epochs_done": epoch + 1, "loss": losses})
-    return model, DistributedHistory(losses, epochs_run, choice.replicas)
+    done = len(state.history(phase).epoch) if state is not None else 0
+    grow = state is not None and state.finished(phase) and done < epochs
+    with choice.strategy.scope():
+        # Creating the variables broadcasts their values from the chief: every worker
+        # has read the state above before the chief changes it below.
+        model = build_model()
+    _compiled(choice.strategy, lambda: model, learning_rate)
+    initial_epoch = 0
+    if grow:
+        state.restore(phase, model)  # the weights and the optimiser's state
+        state.reopen(phase)
+        initial_epoch = done
+    logs = [keras.callbacks.TensorBoard(log_dir)] if log_dir else []
+    history = run_phase(state, phase, model, lambda callbacks: fit_on_loop(
+        choice, model, dataset_fn, global_batch_size, steps_per_epoch, epochs,
+        learning_rate, callbacks + logs, initial_epoch=initial_epoch, compile=False))
+    losses = list(history.history.get("loss", []))
+    return model, DistributedHistory(losses, list(range(done, len(losses))), choice.replicas)
 
 
 def _compiled(strategy: tf.distribute.Strategy, build_model: Callable[[], keras.Model],
@@ -175,7 +208,7 @@ def find_learning_rate_multi_worker(
     steps: int = 100,
     start_learning_rate: float = 1e-7,
     end_learning_rate: float = 10.0,
-    rule: str = "steepest",
+    rule: str = DEFAULT_RULE,
 ):
     """The learning-rate finder on the `train_multi_worker` loop.
 
@@ -206,157 +239,57 @@ def find_learning_rate_multi_worker(
 
 
 
-def train_transfer_multi_worker(
-    choice: StrategyChoice,
-    transfer,
-    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
-    global_batch_size: int,
-    steps_per_epoch: int,
-    head_epochs: int,
-    fine_tune_epochs: int,
-    learning_rate=1e-3,
-    fine_tune_learning_rate=1e-4,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    from_layer: str | int | None = "default",
-    log_dir: str | os.PathLike | None = None,
-    before_phase: Callable[[str], Any] | None = None,
-) -> dict[str, DistributedHistory]:
-    """The transfer phases of `templates.training.phases` on the `train_multi_worker` loop.
-
-    Phase 1 trains the head with the reused part frozen; phase 2 unfreezes from
-    ``from_layer`` (BatchNormalization stays frozen, see `templates.models.transfer_model.unfreeze`)
-    and trains at ``fine_tune_learning_rate``. The head is trained through the frozen
-    backbone (no cached features: every worker reads only its shard of the images).
-    Each phase checkpoints under ``checkpoint_dir/PHASE`` (chief only) and resumes.
-
-    Args:
-        transfer: A `templates.models.transfer_model.TransferModel` built in the strategy's scope.
-        dataset_fn: This worker's shard, batched per replica and repeated.
-        learning_rate, fine_tune_learning_rate: Rates or schedules for the two phases.
-        log_dir: TensorBoard logs, one folder per phase (``head``, ``fine_tune``).
-        before_phase: Called with the phase's name (``head``, ``fine_tune``) once its
-            layers are frozen or unfrozen, before it trains, unless the phase finished
-            in an earlier run; returns the phase's rate or schedule (e.g. from
-            `find_learning_rate_multi_worker`), or ``None`` to keep the given one.
-        Others: as in `train_multi_worker`.
-
-    Returns:
-        ``{"head": DistributedHistory, "fine_tune": DistributedHistory}`` (no
-        ``fine_tune`` when ``fine_tune_epochs`` is 0).
-    """
-    def directory(root, phase):
-        return None if root is None else os.path.join(root, phase)
-
-    def rate(phase, given, epochs):
-        state = directory(checkpoint_dir, phase)
-        if before_phase is None or (resume and state is not None and _epochs_done(state)
-                                    >= epochs):
-            return given
-        chosen = before_phase(phase)
-        return given if chosen is None else chosen
-
-    histories = {}
-    transfer.backbone.trainable = False
-    _, histories["head"] = train_multi_worker(
-        choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
-        head_epochs, rate("head", learning_rate, head_epochs),
-        directory(checkpoint_dir, "head"), resume, directory(log_dir, "head"))
-    if fine_tune_epochs:
-        unfreeze(transfer, transfer.fine_tune_from if from_layer == "default" else from_layer)
-        _, histories["fine_tune"] = train_multi_worker(
-            choice, lambda: transfer.model, dataset_fn, global_batch_size, steps_per_epoch,
-            fine_tune_epochs, rate("fine_tune", fine_tune_learning_rate, fine_tune_epochs),
-            directory(checkpoint_dir, "fine_tune"), resume, directory(log_dir, "fine_tune"))
-    return histories
-
-
-def _epochs_done(checkpoint_dir: str) -> int:
-    path = os.path.join(checkpoint_dir, "state.json")
-    if not os.path.isfile(path):
-        return 0
-    with open(path, encoding="utf-8") as handle:
-        return int(json.load(handle)["epochs_done"])
-
-
-
-
-
-
-
-# ## Several machines
-# Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
-# the same plan runs on the strategy.run loop of templates.training.multi_worker instead.
-def run_transfer_multi_worker(transfer, strategy, train, validation, plan: TransferPlan,
-                              checkpoints, resume: bool, test, output_dir) -> TransferRun:
-    """`run_transfer` under a `MultiWorkerMirroredStrategy`: both phases on the ``strategy.run`` loop."""
-    tensorboard = [callback for callbacks in plan.callbacks.values() for callback in callbacks
-                   if isinstance(callback, keras.callbacks.TensorBoard)]
-    if plan.patience or plan.restore_best:
-        print("Early stopping and best-epoch restore need model.fit: under a multi-worker "
-              "strategy each phase runs all its epochs.", flush=True)
-    global_batch_size = plan.batch_size
+def loop_data(train, plan: TransferPlan):
+    """``(dataset_fn, steps per epoch)`` for the loop from a run's training data: a
+    batched `tf.data.Dataset` (each worker reads every n-th example) or a
+    ``dataset_fn`` (then ``plan.steps_per_epoch`` is needed)."""
     if callable(train) and not isinstance(train, tf.data.Dataset):
-        dataset_fn = train
         if plan.steps_per_epoch is None:
-            raise CookbookError("TransferPlan.steps_per_epoch is needed when the training data "
-                                "is a dataset_fn (its size cannot be read).")
-        steps = plan.steps_per_epoch
-    else:
-        steps = plan.steps_per_epoch or steps_per_epoch(train)
+            raise CookbookError("TransferPlan.steps_per_epoch is needed when the training "
+                                "data is a dataset_fn (its size cannot be read).")
+        return train, plan.steps_per_epoch
 
-        def dataset_fn(context):  # each worker reads every n-th example
-            shard = train.unbatch().shard(context.num_input_pipelines,
-                                          context.input_pipeline_id)
-            return shard.batch(context.get_per_replica_batch_size(global_batch_size)).repeat()
+    def dataset_fn(context):
+        shard = train.unbatch().shard(context.num_input_pipelines, context.input_pipeline_id)
+        return shard.batch(context.get_per_replica_batch_size(plan.batch_size)).repeat()
 
+    return dataset_fn, plan.steps_per_epoch or count_steps(train)
+
+
+def loop_phase(phase: str, transfer, train, plan: TransferPlan
+               ) -> tuple[Callable[[], Any], Callable[..., keras.callbacks.History]]:
+    """A phase of `templates.training.run.run_transfer` on the loop, under the model's
+    `MultiWorkerMirroredStrategy`: ``(finder, trainer)`` as the ``fit`` path has them.
+    The head trains through the frozen backbone (every worker reads only its shard of
+    the data, so there are no cached features); fine-tuning unfreezes from the plan's
+    layer (BatchNormalization kept frozen). Every worker runs the finder in step: the
+    all-reduced losses are the same everywhere, so all choose the same rate."""
+    strategy = transfer.model.distribute_strategy
     device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
     choice = StrategyChoice(strategy, "multi_worker", strategy.num_replicas_in_sync, device)
-    folder = checkpoints.directory if isinstance(checkpoints, TrainingState) else checkpoints
-    resume = checkpoints.resume if isinstance(checkpoints, TrainingState) else resume
-    rates = {"head": plan.learning_rate, "fine_tune": plan.fine_tune_learning_rate}
-    epochs = {"head": plan.head_epochs, "fine_tune": plan.fine_tune_epochs}
+    dataset_fn, steps = loop_data(train, plan)
 
-    def before_phase(phase: str):
-        # The finder on the same loop, every worker in step: the all-reduced losses are
-        # the same everywhere, so every worker chooses the same rate.
-        finding = find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
-                                                  global_batch_size, rule=plan.finder_rule)
-        rates[phase], reason = choose_learning_rate(finding, rates[phase],
-                                                    finder_bounds(phase))
-        if is_chief(strategy) and output_dir is not None:
-            record_finding(finding, output_dir, phase, default=rates[phase],
-                           title=f"Learning-rate finder ({phase}, multi-worker)")
-        return scheduled(rates[phase], plan.schedule, epochs[phase], steps)
+    def set_trainable():
+        if phase == "head":
+            transfer.backbone.trainable = False
+        else:
+            unfreeze(transfer, transfer.fine_tune_from if plan.fine_tune_from == "default"
+                     else plan.fine_tune_from)
 
-    started = time.perf_counter()
-    histories = train_transfer_multi_worker(
-        choice, transfer, dataset_fn, global_batch_size, steps, plan.head_epochs,
-        plan.fine_tune_epochs,
-        learning_rate=scheduled(plan.learning_rate, plan.schedule, plan.head_epochs, steps),
-        fine_tune_learning_rate=scheduled(plan.fine_tune_learning_rate, plan.schedule,
-                                          plan.fine_tune_epochs, steps),
-        checkpoint_dir=None if folder is None else os.path.join(folder, "multi_worker"),
-        resume=resume, from_layer=plan.fine_tune_from,
-        log_dir=os.path.dirname(tensorboard[0].log_dir) if tensorboard else None,
-        before_phase=before_phase if plan.find_learning_rates else None)
-    scores = {}
-    if validation is not None:
-        scores["val_accuracy"] = local_accuracy(transfer.model, validation)
-    if test is not None:
-        scores["test_accuracy"] = local_accuracy(transfer.model, test)
-    seconds = round(time.perf_counter() - started, 2)
-    phases = {phase: PhaseResult(epochs=len(history.loss), seconds=seconds if phase ==
-                                 list(histories)[-1] else 0.0, learning_rate=rates[phase],
-                                 scores=scores if phase == list(histories)[-1] else {},
-                                 restored=not history.epochs_run,
-                                 epochs_run=list(history.epochs_run))
-              for phase, history in histories.items()}
-    names = {"head": "head", "fine_tune": "fine-tuning"}
-    return TransferRun(
-        history=merge_histories([(names[phase], {"loss": history.loss})
-                                 for phase, history in histories.items()]),
-        phases=phases, plan=plan, test_scores=test_part(scores))
+    def finder():
+        set_trainable()
+        return find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
+                                               plan.batch_size, rule=plan.finder_rule)
+
+    def trainer(learning_rate, callbacks, epochs, initial_epoch=0, **fit_only):
+        set_trainable()
+        return fit_on_loop(choice, transfer.model, dataset_fn, plan.batch_size, steps,
+                           epochs, learning_rate, callbacks)
+
+    if phase == "head" and (plan.patience or plan.restore_best):
+        print("Early stopping and best-epoch restore need model.fit's validation pass: "
+              "under a multi-worker strategy each phase runs all its epochs.", flush=True)
+    return finder, trainer
 
 
 def learning_rate_multi_worker(choice: StrategyChoice, build_model: Callable[[], keras.Model],
@@ -369,6 +302,6 @@ def learning_rate_multi_worker(choice: StrategyChoice, build_model: Callable[[],
     finding = find_learning_rate_multi_worker(choice, build_model, dataset_fn,
                                               global_batch_size)
     rate, _ = choose_learning_rate(finding, default, finder_bounds("train"))
-    if is_chief(choice.strategy):
+    if chief_process():
         rate = record_finding(finding, output_dir, "train", title=title, default=default)
     return rate

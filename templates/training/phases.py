@@ -36,8 +36,10 @@ from templates.data.progress import Progress
 
 #: Extractions shorter than this (batches) report no progress.
 PROGRESS_MINIMUM_BATCHES = 20
+from templates.models.prediction import batch_predictor
 from templates.models.transfer_model import Transferable, unfreeze
 from templates.training.compilation import compile_classifier
+from templates.training.finder import DEFAULT_RULE
 from templates.training.seeds import following_epochs, reseed_generators
 
 
@@ -63,21 +65,6 @@ def evaluate_accuracy(model: keras.Model, data) -> float:
     """Accuracy of ``model`` on ``(inputs, labels)`` arrays or on batches (see
     `evaluate_scores`)."""
     return evaluate_scores(model, data)["accuracy"]
-
-
-def batch_predictor(model: keras.Model):
-    """A function returning ``model``'s outputs for one batch of inputs.
-
-    ``model.predict_on_batch``, except under a distribution strategy with several
-    replicas in sync: there Keras 3.15's ``predict_on_batch`` runs the whole batch on
-    every replica and returns all their outputs (two replicas: twice the rows, so the
-    features no longer line up with the labels), and a plain inference-mode call on
-    the mirrored weights is used instead.
-    """
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        return lambda inputs: model(inputs, training=False)
-    return model.predict_on_batch
 
 
 def _batch_count(data) -> int | None:
@@ -354,7 +341,7 @@ def find_head_learning_rate(
     seed: int | None = None,
     steps: int = 100,
     train_features: tuple[np.ndarray, np.ndarray] | None = None,
-    rule: str = "steepest",
+    rule: str = DEFAULT_RULE,
 ):
     """Run the learning-rate finder for head training, on cached features.
 
@@ -382,7 +369,7 @@ def find_fine_tune_learning_rate(
     from_layer: str | int | None = "default",
     steps: int = 50,
     end_learning_rate: float = 0.1,
-    rule: str = "steepest",
+    rule: str = DEFAULT_RULE,
     seed: int = 0,
 ):
     """Run the learning-rate finder for fine-tuning (the top of the backbone unfrozen).

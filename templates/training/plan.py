@@ -18,9 +18,7 @@ import numpy as np
 from templates.data.errors import CookbookError
 from templates.data.settings import setting
 from templates.data.feature_store import DEFAULT_FEATURE_MEMORY_GB
-from templates.training.finder import (
-    SUGGESTION_RULES,
-)
+from templates.training.finder import DEFAULT_RULE, SUGGESTION_RULES
 from templates.training.schedules import SCHEDULES
 
 MONITORS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1",
@@ -133,7 +131,7 @@ class TransferPlan:
         "(--finder-rule; the given rate when the sweep is unusable or out of bounds), and "
         "write lr_finder_PHASE.png/.json.")
     finder_rule: str = setting(
-        "minimum_over_10", "How the finder suggests a rate from its sweep: fastai's "
+        DEFAULT_RULE, "How the finder suggests a rate from its sweep: fastai's "
         "valley, the steepest descent of the loss, or the loss minimum / 10 (chosen on "
         "validation data: docs/results.md).", choices=SUGGESTION_RULES)
     fine_tune_from: str | int | None = "default"

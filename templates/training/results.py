@@ -14,15 +14,13 @@ class PhaseResult:
 
     Attributes:
         epochs: Epochs recorded (across restarts; fewer than planned after an early stop).
-        seconds: Wall time of this call's work on the phase (0 when restored; on the
-            multi-worker loop, which runs both phases in one call, the last phase
-            carries the whole run's time).
+        seconds: Wall time of this call's work on the phase (0 when restored).
         learning_rate: The peak rate the phase trained at (the finder's, or the plan's).
         scores: Scores after the phase: ``val_accuracy``, ``test_accuracy`` and the
             other compiled metrics (``val_macro_f1``...).
         restored: Whether the phase had finished in an earlier run.
-        epochs_run: On the multi-worker loop, the epochs this call trained (a resumed
-            run skips finished ones); empty on one machine.
+        epochs_run: The epochs of the phase this call trained, counted from 0 within
+            the phase (a resumed run skips finished ones; empty when restored).
     """
 
     epochs: int

@@ -20,11 +20,11 @@ Every epoch is checkpointed under ``checkpoints``: with ``resume=True`` finished
 (and the rates the finder chose for them) are restored, and the phase in progress
 continues from its last finished epoch, ending where an uninterrupted run would.
 
-The recipes, `templates.reports.comparison` (transfer against scratch, the reuse-depth sweep)
+The recipes, `templates.training.comparison` (transfer against scratch, the reuse-depth sweep)
 and the develop-model template all train through `run_transfer`. Under a
 `tf.distribute.MultiWorkerMirroredStrategy`, where Keras 3's ``fit`` fails
 (keras-team/keras#20585), the same call runs the same plan on a ``strategy.run`` loop
-(`templates.training.multi_worker.train_transfer_multi_worker`); options that loop cannot honour
+(`templates.training.multi_worker.loop_phase`); options that loop cannot honour
 are refused by name.
 """
 
@@ -43,7 +43,7 @@ from templates.data.errors import CookbookError
 from templates.data.batches import steps_per_epoch
 from templates.data.multi_label import is_multi_label
 from templates.models.transfer_model import Transferable
-from templates.training.checkpoints import TrainingState, run_phase
+from templates.training.checkpoints import TrainingState, chief_process, run_phase
 from templates.training.compilation import compile_classifier
 from templates.training.finder import (
     choose_learning_rate,
@@ -110,7 +110,7 @@ def run_transfer(
         score_phases: Score validation (and test) data after each phase.
         verbose: Passed to ``fit``.
         features: The frozen part's features of ``train``, already extracted
-            (`templates.reports.selection.Selection.features`, or
+            (`templates.selection.ranking.Selection.features`, or
             `templates.training.phases.head_training_features`): the head phase and its finder
             train on them instead of extracting them again. Not with the plan's
             ``augmented_views`` (those add views) or without ``cache_features``.
@@ -120,14 +120,6 @@ def run_transfer(
     """
     plan = plan or TransferPlan()
     check_plan_fits(plan, transfer.model, features)
-    strategy = getattr(transfer.model, "distribute_strategy", None)
-    if _is_multi_worker(strategy):
-        from templates.training.multi_worker import (
-            run_transfer_multi_worker,  # TensorFlow
-        )
-
-        return run_transfer_multi_worker(transfer, strategy, train, validation, plan,
-                                         checkpoints, resume, test, output_dir)
     with checkpoint_state(checkpoints, resume, plan) as state:
         prefix = f"{name}." if name else ""
         resumed = report_resume(state, [prefix + phase for phase in plan.phases()])
@@ -175,10 +167,12 @@ def keep_fine_tuning_if_better(transfer: Transferable, phases: dict[str, PhaseRe
         tuned_score = phases["fine_tune"].scores[name]
     else:  # not scored, or the head's compile lacked the metric: score both sets now
         tuned_weights = transfer.model.get_weights()
-        tuned_score = evaluate_scores(transfer.model, validation, plan.monitor)[name[4:]]
+        tuned_score = _scores(transfer.model, validation, None, plan.monitor).get(name)
         transfer.model.set_weights(head_weights)
-        head_score = evaluate_scores(transfer.model, validation, plan.monitor)[name[4:]]
+        head_score = _scores(transfer.model, validation, None, plan.monitor).get(name)
         transfer.model.set_weights(tuned_weights)
+        if tuned_score is None or head_score is None:
+            return True  # a score the multi-worker loop does not measure: kept
     if tuned_score > head_score:
         print(f"Fine-tuning kept: {name} {tuned_score:.4f} against the head's "
               f"{head_score:.4f}.")
@@ -193,7 +187,8 @@ def keep_fine_tuning_if_better(transfer: Transferable, phases: dict[str, PhaseRe
 def _start_scores(transfer: Transferable, validation, plan: TransferPlan) -> dict[str, float]:
     """Validation scores before any training (the transfer report's start measure)."""
     compile_classifier(transfer.model, plan.learning_rate, monitor=plan.monitor)
-    return evaluate_scores(transfer.model, validation)
+    return {name[4:]: value for name, value in
+            _scores(transfer.model, validation, None, plan.monitor).items()}
 
 
 def _test_scores(transfer: Transferable, run: TransferRun, test, plan: TransferPlan,
@@ -226,7 +221,14 @@ def train_phase(phase: str, transfer: Transferable, train: Iterable, validation,
     epochs = plan.epochs_of(phase)
     settings = dict(epochs=epochs, class_weight=plan.class_weight, monitor=plan.monitor,
                     label_smoothing=plan.label_smoothing, verbose=verbose)
-    if phase == "head":
+    if _is_multi_worker(getattr(transfer.model, "distribute_strategy", None)):
+        # Several machines: the same phase on a strategy.run loop, since Keras 3's fit
+        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        from templates.training.multi_worker import loop_phase  # TensorFlow
+
+        default = plan.learning_rate if phase == "head" else plan.fine_tune_learning_rate
+        finder, trainer = loop_phase(phase, transfer, train, plan)
+    elif phase == "head":
         views = plan.augmented_views if plan.cache_features else 0
         if (features is None and (plan.find_learning_rates or views)
                 and not _finished(state, name) and plan.cache_features):
@@ -260,12 +262,14 @@ def train_phase(phase: str, transfer: Transferable, train: Iterable, validation,
     rate = phase_rate(state, name, default, plan.find_learning_rates, output_dir, finder,
                        title=FINDER_TITLES[phase])
     restored = _finished(state, name)
-    history = run_planned_phase(state, name, transfer.model, plan, lambda callbacks: trainer(
+    done = len(state.history(name).epoch) if state is not None else 0
+    history = run_phase(state, name, transfer.model, lambda callbacks: trainer(
         learning_rate=_shaped(rate, plan, epochs, steps),
-        callbacks=callbacks + list(plan.callbacks.get(phase, [])), **settings))
+        callbacks=callbacks + list(plan.callbacks.get(phase, [])), **settings), plan)
     result = PhaseResult(
         epochs=len(history.epoch), seconds=round(time.perf_counter() - started, 2),
         learning_rate=rate, restored=restored,
+        epochs_run=[] if restored else list(range(done, len(history.epoch))),
         scores=_scores(transfer.model, validation, test, plan.monitor) if score else {})
     return history, result
 
@@ -346,7 +350,13 @@ def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None,
 
 def _scores(model, validation, test, monitor: str) -> dict[str, float]:
     """Every compiled metric on the validation and test data (``val_accuracy``,
-    ``test_accuracy``, ``test_macro_f1``...)."""
+    ``test_accuracy``, ``test_macro_f1``...); on several machines, the accuracies of
+    this worker's copy (``evaluate`` would run collectives every worker must join)."""
+    if _is_multi_worker(getattr(model, "distribute_strategy", None)):
+        from templates.training.workers import local_accuracy
+
+        return {f"{prefix}_accuracy": local_accuracy(model, data) for prefix, data in
+                (("val", validation), ("test", test)) if data is not None}
     scores = {}
     for prefix, data in (("val", validation), ("test", test)):
         if data is not None:
@@ -364,16 +374,6 @@ def _finished(state: TrainingState | None, phase: str) -> bool:
     return state is not None and state.finished(phase)
 
 
-def run_planned_phase(state: TrainingState | None, phase: str, model: keras.Model,
-                      plan: TransferPlan, train) -> keras.callbacks.History:
-    """One phase through ``state`` (checkpointed, resumable, with the plan's seed and
-    early-stopping rule), or directly when there is no state."""
-    if state is None:
-        return train([])
-    return run_phase(state, phase, model, train, seed=plan.seed,
-                     early_stopping=plan.early_stopping())
-
-
 def phase_rate(state, phase, default, find, output_dir, finder, title) -> float:
     """The phase's rate: the plan's, or the finder's (chosen once, kept in ``state``)."""
     if not find:
@@ -384,7 +384,7 @@ def phase_rate(state, phase, default, find, output_dir, finder, title) -> float:
     if _finished(state, phase):
         return default  # finished before the finder's choice was recorded
     finding = finder()
-    if output_dir is not None:
+    if output_dir is not None and chief_process():  # on several machines the chief writes
         rate = record_finding(finding, output_dir, phase.rsplit(".", 1)[-1], title=title,
                               default=default)
     else:
@@ -401,7 +401,7 @@ def checkpoint_state(checkpoints: str | os.PathLike | TrainingState | None, resu
                      plan: TransferPlan):
     """The `TrainingState` for a run under ``plan``: the given one, one on the given
     folder, a temporary one when the plan's early stopping needs a folder, or ``None``
-    (use with `run_planned_phase`)."""
+    (use with `templates.training.checkpoints.run_phase`)."""
     if isinstance(checkpoints, TrainingState):
         yield checkpoints
     elif checkpoints is not None:

@@ -41,7 +41,7 @@ def image_classifier_head(choice: BackboneChoice):
 
 def image_candidates(spellings, batches_for_size, alpha=None, weights="imagenet",
                      image_size=None, **model_options):
-    """`templates.reports.selection.Candidate` objects for spelled image backbones.
+    """`templates.selection.ranking.Candidate` objects for spelled image backbones.
 
     Args:
         spellings: ``NAME[,option=value...][@CUT]`` strings (`parse_backbone`).
@@ -52,7 +52,7 @@ def image_candidates(spellings, batches_for_size, alpha=None, weights="imagenet"
             (``num_classes``, ``fine_tune_from``, ``class_names``...).
     """
     from templates.models.pretrained import pretrained_model
-    from templates.reports.selection import Candidate
+    from templates.selection.ranking import Candidate
 
     candidates = []
     for spelling in spellings:

@@ -12,7 +12,7 @@ its options, a keras-hub preset or a TF-Hub module (`image_candidates`), a cut o
 part's features of the target's training and validation examples are extracted once,
 with the function the head phase caches them with
 (`templates.training.phases.head_training_features`), and scored by every estimate of
-`templates.reports.transferability` that applies. The candidates are ranked by one estimate
+`templates.selection.transferability` that applies. The candidates are ranked by one estimate
 (`SelectionBudget.rank_by`; LogME by default, chosen on the selection seeds of the
 digits and cats pools, where the linear probe picked worse: docs/results.md), and a bootstrap over the training rows says how often the top pick
 stays on top: below `SelectionBudget.close_call` the table says "too close to call"
@@ -33,7 +33,7 @@ import numpy as np
 from templates.data.errors import CookbookError
 from templates.data.files import atomic_path, write_json
 from templates.models.transfer_model import Transferable
-from templates.reports import transferability
+from templates.selection import transferability
 from templates.training.phases import extract_features, head_training_features
 
 RANK_BY = (*transferability.ESTIMATES, "mean_rank")
@@ -540,7 +540,7 @@ def rank_cuts(
     progress: Callable[[str], None] | None = print,
 ) -> Selection:
     """Rank cuts of one backbone (how much of it to reuse) as `rank_sources` ranks
-    sources: the fast mode of `templates.reports.comparison.reuse_depth_sweep`, which trains a
+    sources: the fast mode of `templates.training.comparison.reuse_depth_sweep`, which trains a
     head per cut.
 
     Args:

@@ -24,7 +24,7 @@ from templates.reports.transfer_report import (
     report_metric,
     summarize_curve,
 )
-from templates.training.checkpoints import TrainingState
+from templates.training.checkpoints import TrainingState, run_phase
 from templates.training.compilation import compile_classifier
 from templates.training.phases import evaluate_scores, find_head_learning_rate
 from templates.training.plan import TransferPlan
@@ -32,7 +32,6 @@ from templates.training.run import (
     TransferRun,
     checkpoint_state,
     phase_rate,
-    run_planned_phase,
     run_transfer,
     steps_per_epoch,
 )
@@ -108,19 +107,15 @@ def train_from_scratch(
     metric = report_metric(plan.monitor)
     before = evaluate_scores(model, validation)[metric]
     extra = list(phase_callbacks(name)) if phase_callbacks is not None else []
-    history = _scratch_phase(state, name, model, plan, lambda callbacks: model.fit(
-        train, validation_data=validation, epochs=epochs,
-        callbacks=following_epochs(callbacks + extra, train),
-        shuffle=False, verbose=verbose, class_weight=plan.class_weight))
+    # Through the state under the plan's early-stopping rule, as run_transfer runs its
+    # phases (a temporary folder when the rule needs one).
+    with checkpoint_state(state, False, plan) as checkpoints:
+        history = run_phase(checkpoints, name, model, lambda callbacks: model.fit(
+            train, validation_data=validation, epochs=epochs,
+            callbacks=following_epochs(callbacks + extra, train),
+            shuffle=False, verbose=verbose, class_weight=plan.class_weight), plan)
     test_score = evaluate_scores(model, test)[metric] if test is not None else None
     return before, list(history.history[f"val_{metric}"]), test_score
-
-
-def _scratch_phase(state, name, model, plan: TransferPlan, train):
-    """The scratch run through ``state`` under the plan's early-stopping rule, as
-    `run_transfer` runs its phases (a temporary folder when the rule needs one)."""
-    with checkpoint_state(state, False, plan) as checkpoints:
-        return run_planned_phase(checkpoints, name, model, plan, train)
 
 
 def _summary(state: TrainingState | None, name: str, train_run, slope_epochs: int):

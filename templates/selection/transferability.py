@@ -19,7 +19,7 @@ Each estimate is computed from the frozen features of the target's training exam
 
 No single estimate wins everywhere (Agostinelli et al., ECCV 2022); a 2025 study of 23
 of them (Sorkhei et al.) found the plain probes as good as any.
-`templates.reports.selection` ranks candidates by one of them and says, from a bootstrap over
+`templates.selection.ranking` ranks candidates by one of them and says, from a bootstrap over
 the training rows, how far to trust the ranking.
 
 Everything here is NumPy and scikit-learn: any Keras backend.

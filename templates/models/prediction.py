@@ -1,0 +1,20 @@
+"""Predicting one batch at a time, the same way on one device and under a strategy."""
+
+from __future__ import annotations
+
+import keras
+
+
+def batch_predictor(model: keras.Model):
+    """A function returning ``model``'s outputs for one batch of inputs.
+
+    ``model.predict_on_batch``, except under a distribution strategy with several
+    replicas in sync: there Keras 3.15's ``predict_on_batch`` runs the whole batch on
+    every replica and returns all their outputs (two replicas: twice the rows, so the
+    features no longer line up with the labels), and a plain inference-mode call on
+    the mirrored weights is used instead.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return lambda inputs: model(inputs, training=False)
+    return model.predict_on_batch
