@@ -112,11 +112,14 @@ def build_digit_model(num_classes: int = len(TARGET_DIGITS)) -> keras.Model:
 def develop_source(args, task: str, seed: int, replicas: int = 1):
     """Develop (or reload) the source model of ``task`` and check its skill."""
     data = load_digits_by_task(args.labels_per_class, seed, source_task=task)
+    # The source model's own plan: --source-epochs of Adam at 1e-3, 32 scans per batch
+    # and replica, the run's seed.
+    source_plan = TransferPlan(head_epochs=args.source_epochs, fine_tune_epochs=0,
+                               batch_size=32 * replicas, seed=seed)
     return develop_model(
         lambda: build_digit_model(len(SOURCE_TASKS[task])), data["source_train"],
-        data["source_held_out"], num_classes=len(TARGET_DIGITS),
-        source_epochs=args.source_epochs, batch_size=32 * replicas,
-        directory=os.path.join(args.output_dir, "source", task), seed=seed, verbose=0)
+        data["source_held_out"], num_classes=len(TARGET_DIGITS), source_plan=source_plan,
+        directory=os.path.join(args.output_dir, "source", task), verbose=0)
 
 
 def reuse(source_model, cut_at="pool"):

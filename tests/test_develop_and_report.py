@@ -43,10 +43,14 @@ def test_majority_baseline():
         majority_baseline_accuracy([], [1])
 
 
+# The source model trains as a plan says (its head phase's epochs, rate, batch and seed).
+SOURCE_PLAN = TransferPlan(head_epochs=20, learning_rate=1e-2, seed=0)
+
+
 def test_skilful_source_model_is_accepted_saved_and_reused(tmp_path):
     train, held_out = separable_data(seed=0), separable_data(seed=1)
-    model, check = develop_source_model(mlp, train, held_out, epochs=20, learning_rate=1e-2,
-                                        directory=tmp_path, seed=0, verbose=0)
+    model, check = develop_source_model(mlp, train, held_out, SOURCE_PLAN,
+                                        directory=tmp_path, verbose=0)
     assert check.skilful and check.accuracy > 0.9
     assert 0.3 < check.baseline_accuracy < 0.7
     saved = json.loads((tmp_path / SOURCE_CHECK_FILE).read_text())
@@ -67,8 +71,8 @@ def test_skilful_source_model_is_accepted_saved_and_reused(tmp_path):
     other = separable_data(seed=2)
     with pytest.raises(AssertionError, match="must be reused"):
         develop_source_model(must_not_train, other, held_out, directory=tmp_path)
-    retrained, _ = develop_source_model(mlp, other, held_out, epochs=20, learning_rate=1e-2,
-                                        directory=tmp_path, seed=0, verbose=0)
+    retrained, _ = develop_source_model(mlp, other, held_out, SOURCE_PLAN,
+                                        directory=tmp_path, verbose=0)
     served, _ = develop_source_model(must_not_train, other, held_out, directory=tmp_path)
     np.testing.assert_allclose(served.predict(train[0][:5], verbose=0),
                                retrained.predict(train[0][:5], verbose=0), rtol=1e-6)
@@ -81,8 +85,8 @@ def test_unskilled_source_model_is_refused_unless_overridden(tmp_path):
     held_out = (rng.normal(size=(200, 4)).astype("float32"),
                 rng.integers(0, 2, 200).astype("int32"))
     with pytest.raises(UnskilledSourceModelError, match="naive baseline"):
-        develop_source_model(mlp, noise, held_out, epochs=2, directory=tmp_path, seed=0,
-                             verbose=0)
+        develop_source_model(mlp, noise, held_out, TransferPlan(head_epochs=2),
+                             directory=tmp_path, verbose=0)
     assert (tmp_path / SOURCE_CHECK_FILE).is_file()  # the refusal can be inspected
     # The saved refusal holds on the next run too, without retraining...
     with pytest.raises(UnskilledSourceModelError):

@@ -14,7 +14,6 @@ again continues where it stopped instead of decoding every photo again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from templates.data.files import fingerprint as files_fingerprint
 
 #: Decoded images held in memory before they go to a memory-mapped file: 4 GB leaves a
 #: 16 GB machine room for the model, its features and the operating system.
@@ -122,14 +123,6 @@ def check_image(path: str) -> str | None:
     return None
 
 
-def _fingerprint(files: Sequence[str], image_size: tuple[int, int]) -> str:
-    digest = hashlib.sha256(repr(tuple(image_size)).encode())
-    for path in files:
-        digest.update(os.fspath(path).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def _decode_into(array: np.ndarray, files: Sequence[str], image_size: tuple[int, int],
                  start: int, stop: int, decode: Callable, workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -193,7 +186,7 @@ def decode_images(
                         os.path.exists(path) and os.remove(path))
     cache_file = os.fspath(cache_file)
     manifest_file = cache_file + ".json"
-    fingerprint = _fingerprint(files, image_size)
+    fingerprint = files_fingerprint(list(image_size), [os.fspath(path) for path in files])
     decoded = 0
     if os.path.isfile(cache_file) and os.path.isfile(manifest_file):
         try:

@@ -9,11 +9,11 @@ variable that points at a local copy instead.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 
 import keras
 
+from templates.data.files import file_sha256
 from templates.data.errors import CookbookError
 
 
@@ -137,9 +137,5 @@ def _remove_if_corrupt(path: str, sha256: str | None) -> None:
     """
     if sha256 is None or not os.path.isfile(path):
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != sha256.lower():
+    if file_sha256(path) != sha256.lower():
         os.remove(path)

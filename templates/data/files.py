@@ -59,16 +59,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_to_builtin) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=to_builtin) + "\n")
 
 
-def _to_builtin(value: Any) -> Any:
-    # NumPy scalars and arrays show up in metrics; JSON wants plain Python values.
+def to_builtin(value: Any) -> Any:
+    """``json.dumps``' ``default``: NumPy scalars and arrays (they show up in metrics) as
+    plain Python values; anything else is not JSON-ready (TypeError)."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fingerprint(*parts: Any) -> str:
@@ -78,6 +90,6 @@ def fingerprint(*parts: Any) -> str:
 
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(json.dumps(part, default=_to_builtin).encode("utf-8"))
+        digest.update(json.dumps(part, default=to_builtin).encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()[:16]

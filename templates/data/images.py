@@ -14,7 +14,6 @@ one random draw.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import numpy as np
 
 from templates.data.class_names import check_class_names
 from templates.data.errors import CookbookError
-from templates.data.files import fingerprint
+from templates.data.files import file_sha256, fingerprint
 from templates.data.batches import array_batches
 from templates.data.decoded_images import (
     DEFAULT_CACHE_MEMORY_GB,
@@ -495,16 +494,10 @@ def load_csv_splits(
 
 
 def file_digests(paths: Sequence[str]) -> list[str]:
-    """The SHA-256 of each file's bytes, read in threads."""
-    def digest(path: str) -> str:
-        sha = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
-        return sha.hexdigest()
-
+    """The SHA-256 of each file's bytes (`templates.data.files.file_sha256`), read in
+    threads."""
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return list(pool.map(digest, paths))
+        return list(pool.map(file_sha256, paths))
 
 
 def without_overlaps(splits: ImageSplits) -> ImageSplits:

@@ -32,6 +32,7 @@ from templates.models.heads import classification_head
 from templates.models.transfer_model import TransferModel
 from templates.training.compilation import compile_classifier
 from templates.training.phases import evaluate_accuracy
+from templates.training.plan import TransferPlan
 from templates.training.saving import load_model, save_model
 
 SOURCE_MODEL_FILE = "source_model.keras"
@@ -106,13 +107,10 @@ def develop_source_model(
     build_model: Callable[[], keras.Model],
     train_data,
     held_out_data,
-    epochs: int = 10,
-    learning_rate: float = 1e-3,
-    batch_size: int = 32,
+    plan: TransferPlan | None = None,
     margin: float = 0.05,
     allow_unskilled: bool = False,
     directory: str | os.PathLike | None = None,
-    seed: int | None = None,
     verbose: int | str = "auto",
 ) -> tuple[keras.Model, SourceCheck]:
     """Steps 1-2: train the source model and check it beats the naive baseline.
@@ -122,7 +120,10 @@ def develop_source_model(
             task.
         train_data: Source training data: ``(inputs, labels)`` arrays or batches.
         held_out_data: Held-out source data, same form, for the skill check.
-        epochs, learning_rate, batch_size: Source training settings (Adam).
+        plan: How the source model trains: ``head_epochs`` epochs of Adam at
+            ``learning_rate``, ``batch_size`` examples per batch, Keras's generators
+            seeded with ``seed`` before the model is built (``None``: `TransferPlan`'s
+            defaults, ten epochs at 1e-3 in batches of 32, seed 0).
         margin: Accuracy points (0..1) the model must be above the baseline.
         allow_unskilled: Return an unskilled model instead of raising (explicit
             override; the check is still recorded).
@@ -133,7 +134,6 @@ def develop_source_model(
             are trained on afresh, so a model trained on other examples (perhaps the
             target's test examples) is never served. Batches cannot be digested; a
             saved model is then reused as it is.
-        seed: Seeds Keras's random generators before building the model.
         verbose: Passed to ``fit``.
 
     Raises:
@@ -151,11 +151,11 @@ def develop_source_model(
             check = read_saved_check(check_path, margin, allow_unskilled)
             return load_model(model_path), check
 
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    plan = plan or TransferPlan()
+    keras.utils.set_random_seed(plan.seed)
     model = build_model()
-    compile_classifier(model, learning_rate)
-    _fit(model, train_data, epochs, batch_size, verbose)
+    compile_classifier(model, plan.learning_rate)
+    _fit(model, train_data, plan.head_epochs, plan.batch_size, verbose)
     check = check_source_model(model, labels_of(train_data), held_out_data, margin)
     if directory is not None:
         # The check is saved even when it fails, so the refusal can be inspected.
@@ -282,25 +282,23 @@ def develop_model(
     source_held_out,
     num_classes: int,
     cut_at: str | int | None = "default",
-    source_epochs: int = 10,
-    source_learning_rate: float = 1e-3,
-    batch_size: int = 32,
+    source_plan: TransferPlan | None = None,
     margin: float = 0.05,
     allow_unskilled: bool = False,
     directory: str | os.PathLike | None = None,
-    seed: int | None = None,
     verbose: int | str = "auto",
     **head_options,
 ) -> DevelopedModel:
-    """Steps 1-3 of the develop-model approach in one call.
+    """Steps 1-3 of the develop-model approach in one call: the source model trained
+    as ``source_plan`` says (`develop_source_model`), checked, cut at ``cut_at`` under a
+    new head.
 
     Then tune the returned ``transfer`` with `templates.training.phases.train_head` and
     `templates.training.phases.fine_tune` (step 4), exactly as for a pretrained model.
     """
     source_model, check = develop_source_model(
-        build_model, source_train, source_held_out, epochs=source_epochs,
-        learning_rate=source_learning_rate, batch_size=batch_size, margin=margin,
-        allow_unskilled=allow_unskilled, directory=directory, seed=seed, verbose=verbose,
+        build_model, source_train, source_held_out, source_plan, margin=margin,
+        allow_unskilled=allow_unskilled, directory=directory, verbose=verbose,
     )
     transfer = reuse_model(source_model, num_classes, cut_at=cut_at, **head_options)
     return DevelopedModel(transfer, source_model, check)

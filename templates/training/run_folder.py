@@ -21,7 +21,7 @@ import socket
 from typing import Any
 
 from templates.data.errors import CookbookError
-from templates.data.files import write_json
+from templates.data.files import to_builtin, write_json
 
 LOCK_FILE = ".lock"
 SETTINGS_FILE = "settings.json"
@@ -139,12 +139,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in settings.items():
@@ -173,7 +167,9 @@ def check_settings(directory: str | os.PathLike, settings: dict[str, Any],
             each (recorded -> now).
     """
     path = os.path.join(os.fspath(directory), SETTINGS_FILE)
-    settings = json.loads(json.dumps(settings, default=_plain))  # as JSON reads them back
+    # As JSON reads them back (NumPy values as plain ones, anything else by its name).
+    settings = json.loads(json.dumps(settings, default=lambda value: to_builtin(value)
+                                      if hasattr(value, "tolist") else str(value)))
     notes: list[str] = []
     if resume and os.path.isfile(path):
         try:
