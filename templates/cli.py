@@ -290,9 +290,9 @@ def checkpoints(args: argparse.Namespace, plan: TransferPlan,
                 settings: dict[str, Any] | None = None, **options: Any):
     """The run's `templates.training.checkpoints.TrainingState` in
     ``OUTPUT_DIR/checkpoints``, continued with ``--resume`` (``options``: e.g.
-    ``backup_overhead=0.1``). ``plan`` and ``settings`` (what else shapes the weights: backbone, image
-    size, classes, a fingerprint of the data...) are recorded when the run starts, and
-    a ``--resume`` whose settings differ stops naming them
+    ``backup_overhead=0.1``). ``plan`` and ``settings`` (what else shapes the weights:
+    backbone, image size, classes, a fingerprint of the data...) are recorded when the
+    run starts, and a ``--resume`` whose settings differ stops naming them
     (`templates.training.run_folder.check_settings`)."""
     from templates.training.checkpoints import TrainingState
 

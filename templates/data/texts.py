@@ -16,8 +16,8 @@ Vectorising: `build_vectorizer` builds the vocabulary on the training texts
 (`templates.data.vocabulary.Vocabulary`, in NumPy) and can append the most frequent
 words of the pretrained vectors, so words never seen in the few training sentences
 still get their pretrained meaning. On TensorFlow it returns the same vocabulary as a
-`keras.layers.TextVectorization`, and `templates.models.tokenized_text.string_model` puts it in front of the token-id
-model, so the saved model takes raw strings; on JAX and PyTorch the ids are made in
+`keras.layers.TextVectorization`, and `templates.models.tokenized_text.string_model`
+puts it in front of the token-id model, so the saved model takes raw strings; on JAX and PyTorch the ids are made in
 NumPy and the saved model takes them (``vocabulary.txt`` travels beside it).
 """
 

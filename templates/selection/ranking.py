@@ -12,10 +12,10 @@ its options, a keras-hub preset or a TF-Hub module (`image_candidates`), a cut o
 part's features of the target's training and validation examples are extracted once,
 with the function the head phase caches them with
 (`templates.training.phases.head_training_features`), and scored by every estimate of
-`templates.selection.transferability` that applies. The candidates are ranked by one estimate
-(`SelectionBudget.rank_by`; LogME by default, chosen on the selection seeds of the
-digits and cats pools, where the linear probe picked worse: docs/results.md), and a bootstrap over the training rows says how often the top pick
-stays on top: below `SelectionBudget.close_call` the table says "too close to call"
+`templates.selection.transferability` that applies. The candidates are ranked by one
+estimate (`SelectionBudget.rank_by`; LogME by default, chosen on the selection seeds of
+the digits and cats pools, where the linear probe picked worse: docs/results.md), and a
+bootstrap over the training rows says how often the top pick stays on top: below `SelectionBudget.close_call` the table says "too close to call"
 instead of pretending to a clear winner.
 """
 

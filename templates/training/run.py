@@ -128,7 +128,7 @@ def run_transfer(
         # the top of the reused part unfrozen (BatchNorm kept frozen) at a lower rate.
         phases, histories, head_weights = {}, [], None
         for phase in plan.phases():
-            history, phases[phase] = train_phase(
+            history, phases[phase] = _train_phase(
                 phase, transfer, train, validation, plan, state, test=test,
                 name=prefix + phase, output_dir=output_dir, verbose=verbose,
                 score=score_phases, features=features,
@@ -202,11 +202,11 @@ def _test_scores(transfer: Transferable, run: TransferRun, test, plan: TransferP
     return evaluate_scores(transfer.model, test, plan.monitor)
 
 
-def train_phase(phase: str, transfer: Transferable, train: Iterable, validation, plan: TransferPlan,
-                state: TrainingState | None, *, test=None, name: str | None = None,
-                output_dir=None, verbose="auto", score: bool = True,
-                features: tuple[np.ndarray, np.ndarray] | None = None,
-                initial_epoch: int = 0) -> tuple[keras.callbacks.History, PhaseResult]:
+def _train_phase(phase: str, transfer: Transferable, train: Iterable, validation,
+                 plan: TransferPlan, state: TrainingState | None, *, test=None,
+                 name: str | None = None, output_dir=None, verbose="auto",
+                 score: bool = True, features: tuple[np.ndarray, np.ndarray] | None = None,
+                 initial_epoch: int = 0) -> tuple[keras.callbacks.History, PhaseResult]:
     """One phase of ``plan`` (``"head"`` or ``"fine_tune"``): its rate (the plan's or the
     finder's), its checkpointed training (restored when it finished before), its scores.
 
