@@ -20,11 +20,9 @@ How to run:
     python -m recipes.cats_vs_dogs --help
 
 Outputs in `--output-dir`: `metrics.json`, `history.json`, `learning_curves.png`,
-`model.keras` (takes 0..255 RGB images), `labels.txt`, `saved_model/` (for serving),
-`evaluation/` (per-class scores, confusion matrix, most confidently wrong photos,
-Grad-CAM, `report.md`), the finder's `lr_finder_*.png/.json`, and with the options
-`tflite/` and `transfer_report.*`. Classify new photos with `python -m recipes.predict
-OUTPUT_DIR photo.jpg`.
+`model.keras` (takes 0..255 RGB images), `labels.txt`, `saved_model/`, `evaluation/`,
+the finder's `lr_finder_*`, and with the options `tflite/`, `transfer_report.*`,
+`label_curve.*`. Classify new photos: `python -m recipes.predict OUTPUT_DIR photo.jpg`.
 
 ## Why this recipe looks the way it does
 
@@ -33,8 +31,7 @@ a small new head learns: the backbone's features are computed **once** and cache
 so each head epoch takes a fraction of a second instead of a full backbone pass.
 Then the top of the backbone is unfrozen and trains at a much lower learning rate, so
 the pretrained features are adjusted, not destroyed. Each phase's rate comes from a
-short learning-rate sweep (the loss minimum / 10, bounded, falling back to the given
-rate when the sweep cannot be trusted): on validation photos it beat fixed rates. During that
+short learning-rate sweep (on validation photos it beat fixed rates). During that
 second phase every BatchNormalization layer must stay in inference mode. In Keras 3,
 `base(x, training=False)` does not guarantee it once the base is unfrozen
 (keras-team/keras#20285); `templates.fine_tune` sets those layers to
@@ -64,9 +61,12 @@ from templates import (  # noqa: E402
     finish_multi_worker,
     flip_averaged,
     flip_scores,
+    head_training_features,
     image_augmentation,
     image_batches_by_size,
     image_candidates,
+    image_dataset,
+    label_curve,
     load_image_splits,
     parse_backbone,
     pretrained_model,
@@ -86,37 +86,29 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         description="Cats vs dogs by transfer learning from a keras.applications backbone.",
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", help="Folder with train/ and validation/ or test/ class "
-                      "folders, or class folders directly. Downloads cats_and_dogs_filtered "
-                      "when omitted.")
+    data.add_argument("--data-dir", help="Class folders, or train/ and validation/ or test/ "
+                      "of them; downloads cats_and_dogs_filtered when omitted.")
     data.add_argument("--test-dir", help="Folder of class folders used as the test set.")
-    data.add_argument("--labels-csv", help="Instead of --data-dir: a CSV with path,label "
-                      "columns (paths relative to it); validation and test sets are split off "
-                      "it unless --validation-csv / --test-csv give them.")
+    data.add_argument("--labels-csv", help="Instead of --data-dir: a path,label CSV (paths "
+                      "relative to it); validation and test sets split off it if not given.")
     data.add_argument("--validation-csv", help="Validation images as a path,label CSV.")
     data.add_argument("--test-csv", help="Test images as a path,label CSV.")
     data.add_argument("--validation-fraction", type=cli.number(float, above=0, below=1),
-                      default=0.2, help="Share split off the training images for validation "
-                      "(and, from a labels CSV without --test-csv, for testing). Default 0.2.")
+                      default=0.2, help="Share split off for validation (and testing). 0.2.")
     data.add_argument("--multi-label", action="store_true", help="Any number of labels per "
-                      "image (with --labels-csv, separated by |): sigmoid outputs, per-label "
-                      "thresholds chosen on validation data (thresholds.json).")
+                      "image (CSV labels separated by |): per-label thresholds.")
     data.add_argument("--cache-memory-gb", type=cli.number(float, 0),
-                      default=DEFAULT_CACHE_MEMORY_GB, help="Memory for each of the two "
-                      "caches, the decoded images and the head's backbone features; beyond it "
-                      "they are memory-mapped from disk (OUTPUT_DIR/cache/, which --resume "
-                      f"reuses). Default {DEFAULT_CACHE_MEMORY_GB:g}: both full and the model "
-                      "fit a 16 GB machine.")
+                      default=DEFAULT_CACHE_MEMORY_GB, help="Memory for each cache (decoded "
+                      "images, features); beyond it memory-mapped from OUTPUT_DIR/cache/. "
+                      f"Default {DEFAULT_CACHE_MEMORY_GB:g}: both fit a 16 GB machine.")
     model = parser.add_argument_group("backbone")
-    model.add_argument("--backbone", default="MobileNetV2",
-                       help="keras.applications constructor name (case-insensitive), "
-                       "keras_hub:PRESET (a keras-hub preset name or a local preset folder) "
-                       "or tfhub:HANDLE; options and a cut may follow: "
-                       "NAME[,option=value...][@CUT], e.g. MobileNet,alpha=0.25@-30.")
+    model.add_argument("--backbone", default="MobileNetV2", help="A keras.applications name, "
+                       "keras_hub:PRESET (name or folder) or tfhub:HANDLE, then options and "
+                       "a cut: NAME[,option=value...][@CUT], e.g. MobileNet,alpha=0.25@-30.")
     model.add_argument("--alpha", type=cli.number(float, above=0, maximum=2), default=None,
                        help="Width multiplier for MobileNet families.")
-    model.add_argument("--weights", default="imagenet", help="'imagenet' (a keras-hub "
-                       "preset's own), 'none' (random initialisation) or a weights file.")
+    model.add_argument("--weights", default="imagenet", help="imagenet (a preset's own), "
+                       "none (random) or a weights file.")
     model.add_argument("--image-size", type=cli.number(int, 32, MAX_IMAGE_SIZE), default=None,
                        help="Square image side; the backbone's default when omitted.")
     model.add_argument("--fine-tune-from", default="default",
@@ -131,9 +123,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                          help="Random flips and rotations (or flips and RandAugment) while "
                          "fine-tuning, and for the head on --augmented-views cached views.")
     options.add_argument("--augmented-views", type=cli.number(int, 0, 64), default=4,
-                         metavar="K", help="With --augment: train the head on the cached "
-                         "features of K augmented views of every photo (0: through the "
-                         "backbone). Default 4.")
+                         metavar="K", help="With --augment: the head trains on K cached "
+                         "augmented views of every photo (0: through the backbone). 4.")
     options.add_argument("--test-time-flips", action="store_true", help="Average each "
                          "photo's prediction with its mirror image's (the saved model too).")
     options.add_argument("--reuse-sweep", type=cli.number(int, 0, 1000), default=0,
@@ -157,10 +148,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     # ## Hardware
-    # --strategy picks a TPU, GPUs, the CPU or several machines; models and optimisers
-    # are built inside its scope, and --batch-size counts per replica, so the global
-    # batch grows with the replicas. --mixed-precision auto uses float16 on recent
-    # NVIDIA GPUs. Options built on model.fit are refused by name on several machines.
+    # --strategy picks a TPU, GPUs, the CPU or several machines; models are built in its
+    # scope, --batch-size counts per replica; options built on model.fit are refused by
+    # name on several machines.
     choice = cli.setup_hardware(args, args.data_dir, args.test_dir, args.labels_csv,
                                 multi_worker=True)
     # The run owns --output-dir: a second run into it stops here, before any work.
@@ -171,11 +161,10 @@ def main(argv=None) -> int:
 def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     # ## The plan
-    # One object owns every training setting: the seed (each epoch's data order, dropout
-    # and augmentation are drawn from (seed, epoch) alone, so a resumed run ends exactly
-    # where an uninterrupted one would), both phases' epochs and rates, the schedule,
-    # --class-weight; --augment adds its layers (the head then trains on the cached
-    # features of --augmented-views views of every photo). Everything below reads it.
+    # One object owns every training setting: the seed (each epoch's randomness is drawn
+    # from (seed, epoch), so a resumed run ends where an uninterrupted one would), both
+    # phases' epochs and rates, the schedule; --augment adds its layers (the head then
+    # trains on cached features of --augmented-views views). Everything below reads it.
     plan = cli.transfer_plan(args, choice=choice, fine_tune_from=args.fine_tune_from,
                              feature_memory_gb=args.cache_memory_gb)
     plan = plan.with_augmentation(
@@ -206,6 +195,10 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     source = parse_backbone(args.backbone, args.alpha, args.weights, args.image_size)
     options = dict(num_classes=len(splits.class_names), class_names=splits.class_names,
                    fine_tune_from=args.fine_tune_from, multi_label=args.multi_label)
+
+    def build(spelled=None):  # a backbone's model with this data's head
+        return pretrained_model(**(spelled or source).model_options(), **options)
+
     # --select-from A B C: rank candidate backbones (options, cuts, weights) on their
     # frozen features of these photos, in seconds, before paying to train one; the pick
     # then trains below, its features already cached. The table says when the
@@ -220,8 +213,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         if args.select_only:
             return 0
         source = parse_backbone(selection.pick, args.alpha, args.weights, args.image_size)
-    transfer = (selection.transfer if selection
-                else pretrained_model(**source.model_options(), **options))
+    transfer = selection.transfer if selection else build()
     image_size = transfer.model.input_shape[1]  # --image-size, or the backbone's own
     train, validation, test = batches(image_size)
 
@@ -245,10 +237,9 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
 
     # ## Evaluation and outputs
     # --test-time-flips: the model users get averages each photo with its mirror image.
-    # model.keras takes plain 0..255 RGB images; saved_model/ serves them; with
-    # --export-tflite MODE... each TFLite file is scored on the test photos. evaluation/
-    # holds per-class scores, the confusion matrix, the most confidently wrong photos
-    # and Grad-CAM heat maps (per-label thresholds with --multi-label).
+    # model.keras takes 0..255 RGB images; --export-tflite files are scored on the test
+    # photos; evaluation/ holds per-class scores, the confusion matrix, the most
+    # confidently wrong photos and Grad-CAM heat maps.
     model = flip_averaged(transfer.model) if args.test_time_flips else transfer.model
     title = f"Cats vs dogs, {source.spelling} ({source.weights_name} weights)"
     metadata = run_metadata(backbone=source.spelling, weights=source.weights_name,
@@ -284,22 +275,18 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
 
     # ## Did transfer help? How much of the backbone to reuse?
     # --compare-scratch trains the same architecture from random weights on the same
-    # plan (and the rates the run used); --reuse-sweep N cuts the backbone at N block
-    # ends (early blocks compute generic edges and textures, later ones ImageNet-specific
-    # parts) and trains a head on each, or with --estimate ranks the cuts from their
-    # frozen features in seconds.
+    # plan; --reuse-sweep N cuts the backbone at N block ends (early blocks compute
+    # generic edges, later ones ImageNet-specific parts) and trains a head on each, or
+    # with --estimate ranks the cuts from their frozen features in seconds.
     logs = tensorboard_logs(args.tensorboard)
+    scratch = dataclasses.replace(source, weights=None)
     if args.compare_scratch:
-        scratch = dataclasses.replace(source, weights=None)
         metrics.update(report_against_scratch(
-            run, lambda: pretrained_model(**scratch.model_options(), **options).model, train,
-            validation, test, args.output_dir, state=state, phase_callbacks=logs,
+            run, lambda: build(scratch).model, train, validation, test, args.output_dir,
+            state=state, phase_callbacks=logs,
             title=f"Cats vs dogs: {source.spelling} pretrained transfer vs scratch").metrics())
     if args.reuse_sweep:
-        def build_at(cut):
-            return pretrained_model(**dataclasses.replace(source, cut_at=cut).model_options(),
-                                    **options)
-
+        build_at = lambda cut: build(dataclasses.replace(source, cut_at=cut))  # noqa: E731
         cuts = block_cut_points(transfer.backbone, args.reuse_sweep)
         if args.estimate:
             metrics["reuse_estimates"] = select_source(
@@ -311,6 +298,19 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
                 build_at, cuts, train, validation, test, state=state, phase_callbacks=logs,
                 plan=run.plan.with_rates(run.learning_rates).head_only(),
                 directory=args.output_dir, title=f"Reuse depth: {source.spelling} blocks")
+    # ## How many labels do you need? (--label-curve 2 5 10 20)
+    # The same model and plan on K photos per class (a new draw per seed), the same
+    # validation and test photos. The pretrained backbone's features of every training
+    # photo are computed once; each subset's head trains on its rows of them.
+    if args.label_curve:
+        ordered = image_dataset(splits.train, image_size, plan.batch_size)
+        metrics["label_curve"] = label_curve(
+            args.label_curve, splits.train.labels, lambda rows, seed: image_dataset(
+                splits.train.subset(rows), image_size, plan.batch_size, shuffle=True,
+                seed=seed), build, validation, test, plan, state=state,
+            features=head_training_features(build(), ordered), directory=args.output_dir,
+            build_scratch=(lambda: build(scratch).model) if args.compare_scratch else None,
+            title=f"Cats vs dogs, {source.spelling}: photos per class").summary()
     # The decoded photos on disk only served a run that is resumed before it ends.
     shutil.rmtree(os.path.join(args.output_dir, "cache"), ignore_errors=True)
     return cli.write_metrics(args, metrics, choice)

@@ -45,6 +45,7 @@ from templates import (  # noqa: E402
     cli,
     compare_with_scratch,
     develop_model,
+    label_curve,
     load_digits_by_task,
     quiet_retracing_warnings,
     reuse_depth_sweep,
@@ -76,6 +77,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--source-epochs", type=cli.number(int, 1), default=30,
                         help="Epochs of source-model training.")
     parser.add_argument("--skip-sweep", action="store_true", help="Skip the reuse sweep.")
+    cli.add_label_curve_argument(parser)  # K up to --labels-per-class (all: that many)
     parser.add_argument("--output-dir", default="runs/develop_model_digits")
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="Write TensorBoard logs under DIR (one folder per phase).")
@@ -213,6 +215,16 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         trained_runs={"pool": f"seed{plan.seed}.transfer"}, directory=args.output_dir,
         title=f"Reuse depth, {source_task} -> 5-9 ({args.labels_per_class} labels/class)")
 
+    # ## Where does transfer stop paying? (--label-curve 1 2 5 all)
+    # The transferred model and scratch on K of the labelled scans per digit (a new draw
+    # per seed), the same validation and test scans: does scratch catch up, and where?
+    curve = args.label_curve and label_curve(
+        args.label_curve, data["train"][1], lambda rows, seed: array_batches(
+            data["train"][0][rows], data["train"][1][rows], plan.batch_size, seed=seed),
+        lambda: reuse(developed.source_model), validation, test, plan, state=state,
+        build_scratch=lambda: reuse(build_digit_model()).model, directory=args.output_dir,
+        title=f"{source_task} -> digits 5-9: labels per class")
+
     return cli.write_metrics(args, {
         "source_task": source_task, "source_check": check.__dict__,
         "labels_per_class": args.labels_per_class,
@@ -223,6 +235,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         "plan": report.plan.to_dict(),
         "evaluation": {"set": "test", "seed": plan.seed, "accuracy": evaluation["accuracy"],
                        "macro_f1": evaluation["macro"]["f1"]},
+        **({"label_curve": curve.summary()} if curve else {}),
         "seconds": round(time.perf_counter() - started, 1)}, choice, gate=False)
 
 

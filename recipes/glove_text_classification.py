@@ -73,6 +73,7 @@ from templates import (  # noqa: E402
     download_sst2,
     evaluate_run,
     finish_multi_worker,
+    label_curve,
     load_text_splits,
     report_against_scratch,
     run_metadata,
@@ -226,6 +227,20 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
             phase_callbacks=tensorboard_logs(args.tensorboard),
             title=f"{details['vectors']} vectors vs random embeddings "
                   f"({classifier.architecture})").metrics())
+    # ## How many labels do you need?
+    # --label-curve 8 16 32 all: the same model and plan on K labelled sentences per
+    # class (a new draw per seed), the same validation and test sentences; with
+    # --compare-scratch, the scratch network's curve beside it.
+    if args.label_curve:
+        metrics["label_curve"] = label_curve(
+            args.label_curve, splits.labels["train"],
+            lambda rows, seed: data.batches("train", plan.batch_size, shuffle=True,
+                                            seed=seed, rows=rows),
+            lambda: build(data), validation, test, plan, state=state,
+            build_scratch=(functools.partial(build, data, scratch=True)
+                           if args.compare_scratch else None),
+            directory=args.output_dir, title=f"{details['vectors']}: labels per class"
+        ).summary()
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
     return cli.write_metrics(args, metrics, choice)
 

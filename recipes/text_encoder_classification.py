@@ -78,6 +78,7 @@ from templates import (  # noqa: E402
     TransferPlan,
     download_sst2,
     evaluate_run,
+    label_curve,
     load_text_splits,
     pretrained_text_encoder,
     report_against_scratch,
@@ -162,12 +163,15 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     # A keras-hub preset brings its tokenizer and packer (the preprocessor); they run
     # once over every text here, so training reads token ids. A TF-Hub module reads the
     # strings itself.
-    transfer = pretrained_text_encoder(
-        args.preset, len(class_names), sequence_length=args.sequence_length,
-        fit_texts=splits.train.texts, lora_rank=args.lora_rank, dropout=args.dropout,
-        class_names=class_names, multi_label=args.multi_label, pooling=args.pooling,
-        pooling_data=(splits.train.texts, splits.labels["train"], splits.validation.texts,
-                      splits.labels["validation"]))
+    def build_encoder(pooling=args.pooling):
+        return pretrained_text_encoder(
+            args.preset, len(class_names), sequence_length=args.sequence_length,
+            fit_texts=splits.train.texts, lora_rank=args.lora_rank, dropout=args.dropout,
+            class_names=class_names, multi_label=args.multi_label, pooling=pooling,
+            pooling_data=(splits.train.texts, splits.labels["train"],
+                          splits.validation.texts, splits.labels["validation"]))
+
+    transfer = build_encoder()
     batches = {name: transfer.batches(getattr(splits, name).texts, splits.labels[name],
                                       plan.batch_size, shuffle=name == "train", seed=plan.seed)
                for name in ("train", "validation", "test")}
@@ -228,6 +232,19 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
             batches["validation"], batches["test"], args.output_dir, state=state, verbose=2,
             phase_callbacks=tensorboard_logs(args.tensorboard),
             title=f"{transfer.source} vs the same encoder from scratch").metrics())
+    # ## How many labels do you need? (--label-curve 8 16 32 all)
+    # The same encoder (its pooling as chosen above) and plan on K labelled sentences per
+    # class, a new draw per seed; with --compare-scratch, the random encoder's curve too.
+    if args.label_curve:
+        texts, labels = splits.train.texts, splits.labels["train"]
+        metrics["label_curve"] = label_curve(
+            args.label_curve, labels, lambda rows, seed: transfer.batches(
+                [texts[row] for row in rows], labels[rows], plan.batch_size, shuffle=True,
+                seed=seed), lambda: build_encoder(transfer.pooling), batches["validation"],
+            batches["test"], plan, state=state, directory=args.output_dir,
+            build_scratch=(functools.partial(transfer.scratch_model, seed=plan.seed)
+                           if args.compare_scratch else None),
+            title=f"{transfer.source}: labels per class").summary()
     print(f"Before any training: validation accuracy {run.start_accuracy:.4f}.")
     return cli.write_metrics(args, metrics, choice)
 

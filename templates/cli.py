@@ -64,11 +64,9 @@ def number(kind: type = float, minimum: float | None = None, maximum: float | No
 
 def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Any, title: str,
                            **later: str) -> None:
-    """One flag per setting of the dataclass instance ``defaults`` (its fields made with
-    `templates.data.settings.setting`), spelled as the field (``head_epochs`` ->
-    ``--head-epochs``), with the field's help, choices and range and ``defaults``' value
-    as the default. ``later``: fields whose default the recipe sets after parsing, with
-    the words the help shows for it."""
+    """One flag per `templates.data.settings.setting` field of the dataclass instance
+    ``defaults``, spelled as the field (``--head-epochs``), with its help and range and
+    ``defaults``' value. ``later``: fields the recipe sets after parsing, with help words."""
     group = parser.add_argument_group(title)
     for field in flag_fields(type(defaults)):
         meta = dict(field.metadata)
@@ -150,20 +148,27 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
                             "finished phases are restored, the phase in progress continues "
                             "from its last finished epoch.")
     group.add_argument("--compare-scratch", action="store_true",
-                       help="Also train the same model from random weights (same data, "
-                            "epochs, seed, schedule and early stopping) and write "
-                            "transfer_report.json/.png: did transfer help here?")
+                       help="Also train the same model from random weights on the same "
+                            "plan and write transfer_report.json/.png: did transfer help?")
     group.add_argument("--export-tflite", nargs="*", default=None, metavar="MODE",
                        choices=TFLITE_MODES,
-                       help="Also write TFLite models to tflite/ with labels.txt: float32 "
-                            "(the flag alone), dynamic, float16 or int8 (calibrated on "
-                            "training examples); metrics.json records each one's size and "
-                            "test accuracy by the TFLite interpreter.")
+                       help="Also write TFLite models to tflite/: float32 (the flag "
+                            "alone), dynamic, float16 or int8, each scored on the test set.")
     group.add_argument("--assert-accuracy-at-least", type=number(float, 0, 1), default=None,
                        metavar="X", help="Exit non-zero if the final accuracy (test, else "
                        "validation) is below X.")
     group.add_argument("--tensorboard", metavar="DIR",
                        help="Write TensorBoard logs under DIR (one folder per phase).")
+    add_label_curve_argument(group)
+
+
+def add_label_curve_argument(group) -> None:
+    """``--label-curve K... [all]`` (`templates.training.label_curve.label_curve`)."""
+    group.add_argument("--label-curve", nargs="+", metavar="K", default=None,
+                       type=lambda text: None if text == "all" else number(int, 1)(text),
+                       help="Also train on K labels per class for each K (stratified, "
+                       "drawn per seed: 5 seeds up to 32, 3 above; all: every label), "
+                       "with --compare-scratch from scratch too; writes label_curve.*.")
 
 
 def tflite_modes(args: argparse.Namespace) -> list[str]:
@@ -197,10 +202,8 @@ def add_text_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_selection_arguments(parser: argparse.ArgumentParser, candidates_help: str) -> None:
     """``--select-from``, ``--select-only``, ``--select-by`` (`templates.selection.ranking`)."""
-    group = parser.add_argument_group(
-        "source selection", "Rank candidate sources on frozen features of the target data "
-        "before training (LogME, k-NN and linear probes, LEEP where the source has a "
-        "classifier head); writes selection.json and selection.png.")
+    group = parser.add_argument_group("source selection", "Rank candidate sources on "
+                                      "frozen features of the target data before training.")
     group.add_argument("--select-from", nargs="+", metavar="CANDIDATE", default=None,
                        help=candidates_help)
     group.add_argument("--select-only", action="store_true",
@@ -331,13 +334,10 @@ def write_metrics(args: argparse.Namespace, metrics: dict[str, Any],
 
 
 def run_main(main, argv=None) -> None:
-    """Run a recipe's ``main`` and exit with its status.
-
-    A cause outside the program (`templates.data.errors.outside_cause`: bad input, an
-    impossible setting, an offline download, a full disk, a read-only folder) prints one
-    line and exits with status 2. Anything else is a bug and keeps its traceback, even a
-    ``ValueError`` raised inside Keras or NumPy.
-    """
+    """Run a recipe's ``main`` and exit with its status. A cause outside the program
+    (`templates.data.errors.outside_cause`: bad input, an impossible setting, an offline
+    download, a full disk) prints one line and exits with 2; anything else is a bug and
+    keeps its traceback, even a ``ValueError`` raised inside Keras or NumPy."""
     from templates.data.decoded_images import return_large_blocks_to_the_system
 
     return_large_blocks_to_the_system()  # batches made and freed every step: no heap creep

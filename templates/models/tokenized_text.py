@@ -70,14 +70,16 @@ class TokenizedText:
         return int(self.ids["train"].max()) + 1
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False,
-                seed: int | None = None):
+                seed: int | None = None, rows: np.ndarray | None = None):
         """``(token ids, labels)`` batches of ``split`` (``"train"``, ``"validation"``,
-        ``"test"``); ``shuffle`` with ``seed`` draws each epoch's order from
-        ``(seed, epoch)``."""
+        ``"test"``), or of its ``rows`` only (a label-count curve's subset); ``shuffle``
+        with ``seed`` draws each epoch's order from ``(seed, epoch)``."""
         if split not in SPLITS:
             raise CookbookError(f"split must be one of {SPLITS}; got {split!r}.")
-        return token_dataset(self.ids[split], self.splits.labels[split], batch_size,
-                             shuffle=shuffle, seed=seed)
+        ids, labels = self.ids[split], np.asarray(self.splits.labels[split])
+        if rows is not None:
+            ids, labels = ids[rows], labels[rows]
+        return token_dataset(ids, labels, batch_size, shuffle=shuffle, seed=seed)
 
     def report(self) -> dict[str, Any]:
         """Figures for metrics.json: vocabulary, coverage, unknown words, lengths."""

@@ -303,6 +303,7 @@ FIT_ONLY = {
     "--class-weight": "class_weight", "--label-smoothing": "label_smoothing",
     "--compare-scratch": None, "--reuse-sweep": None, "--export-tflite": None,
     "--assert-accuracy-at-least": None, "--test-time-flips": None, "--multi-label": None,
+    "--label-curve": None,
 }
 
 

@@ -1,0 +1,146 @@
+"""The label-count curve (`templates.training.label_curve`, issue 39): stratified subsets
+drawn per seed, more seeds for small subsets, transfer and scratch curves written, and a
+resumed curve that trains nothing twice."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from templates.data.batches import array_batches
+from templates.training.checkpoints import TrainingState
+from templates.training.develop import reuse_model
+from templates.training.label_curve import label_curve, seeds_for, stratified_subset
+from templates.training.plan import TransferPlan
+
+
+def test_subsets_hold_k_labels_of_every_class_drawn_per_seed():
+    labels = np.repeat([0, 1, 2], [10, 20, 30])
+    rows = stratified_subset(labels, 4, seed=1)
+    assert np.bincount(labels[rows]).tolist() == [4, 4, 4]
+    assert rows.tolist() == sorted(set(rows.tolist()))  # sorted, no row twice
+    np.testing.assert_array_equal(rows, stratified_subset(labels, 4, seed=1))
+    assert not np.array_equal(rows, stratified_subset(labels, 4, seed=2))
+    assert len(stratified_subset(labels, None, seed=1)) == 60  # all the labels
+    with pytest.raises(ValueError, match="class 0 has only 10"):
+        stratified_subset(labels, 11, seed=1)
+    assert seeds_for(8, 3) == [3, 4, 5, 6, 7] and seeds_for(32) == [0, 1, 2, 3, 4]
+    assert seeds_for(64) == [0, 1, 2] and seeds_for(None) == [0, 1, 2]
+
+
+def blobs(count, seed, width=64):
+    """Three classes in ``width`` dimensions, readable only along three directions hidden
+    in noise: a source model learns them from plenty of examples; a few labels barely
+    show them to a model from scratch."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(count) % 3).astype("int32")  # balanced
+    inputs = rng.normal(size=(count, width))
+    inputs[:, :3] += 2.5 * np.eye(3)[labels]
+    rotation = np.linalg.qr(np.random.default_rng(99).normal(size=(width, width)))[0]
+    return (inputs @ rotation).astype("float32"), labels
+
+
+def network(num_classes=3, width=64):
+    inputs = keras.Input((width,))
+    x = keras.layers.Dense(16, activation="relu", name="features")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax",
+                                                  name="predictions")(x))
+
+
+@pytest.mark.acceptance  # 16 small trainings: 30-100 s
+def test_a_curve_trains_every_point_writes_its_files_and_resumes(tmp_path):
+    keras.utils.set_random_seed(0)
+    source = network()
+    source.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    source.fit(*blobs(2000, 0), epochs=5, batch_size=64, verbose=0)
+    train_x, train_y = blobs(120, 1)
+    validation = array_batches(*blobs(150, 2), batch_size=64, shuffle=False)
+    test = array_batches(*blobs(300, 3), batch_size=64, shuffle=False)
+    plan = TransferPlan(head_epochs=20, fine_tune_epochs=0, learning_rate=3e-2,
+                        batch_size=8, patience=0, restore_best=False, seed=10)
+    drawn = []
+
+    def train_for(rows, seed):
+        drawn.append((len(rows), seed))
+        return array_batches(train_x[rows], train_y[rows], batch_size=8, seed=seed)
+
+    state = TrainingState(tmp_path / "checkpoints")
+    curve = label_curve(
+        [2, 40], train_y, train_for, lambda: reuse_model(source, 3, cut_at="features",
+                                                          pooling="flatten", dropout=0.0),
+        validation, test, plan, state=state, build_scratch=network, directory=tmp_path)
+    # Five seeds for 2 labels per class, three for 40; each subset drawn once per seed
+    # and trained on by transfer and scratch alike.
+    assert sorted(set(drawn)) == [(6, seed) for seed in range(10, 15)] + [
+        (120, seed) for seed in range(10, 13)]
+    assert len(curve.points) == 2 * (5 + 3)
+    written = json.loads((tmp_path / "label_curve.json").read_text())
+    summary = written["summary"]
+    assert summary["transfer"]["2"]["seeds"] == 5 and summary["scratch"]["40"]["seeds"] == 3
+    assert summary["transfer"]["2"]["examples"] == 6
+    # The source's features carry the three hidden directions; scratch must find them
+    # in 64 noisy dimensions from the few labels.
+    # Measured here: transfer 0.73 (sd 0.03) against scratch 0.56 at two labels per
+    # class; scratch needs all forty to reach the transfer's two.
+    assert summary["transfer"]["2"]["mean"] > 0.65
+    assert summary["transfer"]["2"]["mean"] > summary["scratch"]["2"]["mean"] + 0.1
+    assert written["scratch_matches_at"] == "40"
+    assert written["sentence"] == curve.sentence and "2 labels per class" in curve.sentence
+    assert (tmp_path / "label_curve.png").stat().st_size > 10_000
+
+    # Resumed: every finished point is read back, nothing is built or trained again.
+    def must_not_train(*_):
+        raise AssertionError("a finished point must not train again")
+
+    again = label_curve([2, 40], train_y, must_not_train, must_not_train, validation, test,
+                        plan, state=TrainingState(tmp_path / "checkpoints", resume=True),
+                        build_scratch=must_not_train)
+    assert again.points == curve.points
+
+
+@pytest.mark.acceptance  # the cats recipe's curve: 10 small runs of MobileNet 0.25
+def test_the_image_recipe_draws_a_curve_and_resumes_it(subprocess_env, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import SHARED_KERAS_MODELS, require_shared
+    from test_multi_worker import colour_photos
+
+    weights = SHARED_KERAS_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
+    require_shared(weights)
+    colour_photos(tmp_path / "photos", per_class=24)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
+               str(tmp_path / "photos"), "--backbone", "MobileNet", "--alpha", "0.25",
+               "--weights", str(weights), "--image-size", "64", "--head-epochs", "3",
+               "--fine-tune-epochs", "0", "--batch-size", "8", "--no-find-learning-rates",
+               "--seed", "3", "--output-dir", str(out), "--label-curve", "2",
+               "--compare-scratch"]
+
+    def run(*extra):
+        result = subprocess.run([*command, *extra], env=subprocess_env, capture_output=True,
+                                text=True, timeout=900,
+                                cwd=subprocess_env["PYTHONPATH"].split(":")[0])
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    first = run()
+    curve = json.loads((out / "label_curve.json").read_text())
+    for kind in ("transfer", "scratch"):
+        for per_class, examples in ((2, 4),):
+            points = [point for point in curve["points"]
+                      if point["kind"] == kind and point["per_class"] == per_class]
+            # Five seeds per point from the plan's, each a stratified draw of K per class.
+            assert sorted(point["seed"] for point in points) == [3, 4, 5, 6, 7]
+            assert {point["examples"] for point in points} == {examples}
+    assert first.count("Label curve:") == 10 and curve["sentence"] in first
+    assert (out / "label_curve.png").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["label_curve"] == curve["summary"]
+    # Resumed: the run and every point of the curve are restored, none trained again.
+    resumed = run("--resume")
+    assert "Label curve:" not in resumed
+    assert json.loads((out / "label_curve.json").read_text())["points"] == curve["points"]
