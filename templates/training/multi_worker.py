@@ -281,7 +281,7 @@ def loop_phase(phase: str, transfer, train, plan: TransferPlan
         return find_learning_rate_multi_worker(choice, lambda: transfer.model, dataset_fn,
                                                plan.batch_size, rule=plan.finder_rule)
 
-    def trainer(learning_rate, callbacks, epochs, initial_epoch=0, **fit_only):
+    def trainer(learning_rate, callbacks, epochs, **fit_only):
         set_trainable()
         return fit_on_loop(choice, transfer.model, dataset_fn, plan.batch_size, steps,
                            epochs, learning_rate, callbacks)

@@ -1,5 +1,5 @@
 """What every worker of a multi-worker run does around training: which one is the
-chief, saving together (only the chief's file kept), scoring its own copy without
+chief, scoring its own copy without
 collective ops, and writing the run's outputs (`finish_multi_worker`).
 
 Plain Keras and the standard library: the recipes import it on any backend, and only the
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +17,8 @@ import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
-from templates.data.files import atomic_path, write_json
+from templates.data.files import write_json
+from templates.training.checkpoints import save_on_every_worker
 from templates.training.hardware import StrategyChoice
 from templates.training.saving import save_model, write_labels
 
@@ -32,31 +31,6 @@ def is_chief(strategy) -> bool:
     return resolver.task_type in (None, "chief") or (
         resolver.task_type == "worker" and resolver.task_id == 0
         and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def save_on_every_worker(chief: bool, path: str | os.PathLike,
-                         save: Callable[[str], Any]) -> None:
-    """Call ``save`` on every worker; only the chief's file is kept, at ``path``.
-
-    Saving a model reads its variables, which under `MultiWorkerMirroredStrategy` can
-    run collective ops that every worker must join (a chief saving alone waits for, or
-    crosses, the others' next collective). As TensorFlow's multi-worker guide does, the
-    other workers save too, to a temporary folder that is then deleted.
-    """
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if chief:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        suffix = next((ending for ending in (".weights.h5", ".keras") if name.endswith(ending)),
-                      os.path.splitext(name)[1])
-        with atomic_path(path, suffix=suffix) as temporary:
-            save(temporary)
-        return
-    folder = tempfile.mkdtemp(prefix="worker-save-")
-    try:
-        save(os.path.join(folder, name))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def finish_multi_worker(
@@ -98,7 +72,7 @@ def finish_multi_worker(
         "weights_digest": weights_digest(model), "chief": chief, **metadata,
     }
     write_json(os.path.join(output_dir, "workers", f"worker_{task_index()}.json"), metrics)
-    save_on_every_worker(chief, os.path.join(output_dir, "model.keras"),
+    save_on_every_worker(os.path.join(output_dir, "model.keras"),
                          lambda path: save_model(saved_model, path))
     if chief:
         write_labels(class_names, os.path.join(output_dir, "labels.txt"))
