@@ -451,7 +451,7 @@ def run_phase(
         return train([])
     if state.finished(phase):
         return state.restore(phase, model)
-    seed, early_stopping = (plan.seed, plan.early_stopping()) if plan is not None else (None,
+    seed, early_stopping = (plan.seed, plan.early_stopping(phase)) if plan is not None else (None,
                                                                                          None)
     callbacks = state.callbacks(phase, seed=seed, early_stopping=early_stopping)
     train(callbacks)

@@ -41,6 +41,11 @@ def tensorboard_logs(directory: str | os.PathLike | None
 
 KEEP_FINE_TUNING = ("if_better", "always")
 
+# A head on cached features takes at least this many steps per epoch it is given: on 16
+# labelled sentences (one batch) ten head epochs were ten steps, and the head ended near
+# chance (docs/results.md, "Few labels").
+HEAD_STEPS_AT_LEAST = 16
+
 
 @dataclasses.dataclass
 class TransferPlan:
@@ -87,6 +92,9 @@ class TransferPlan:
             on cached features of the originals and of K augmented views of every
             training example, extracted once (`templates.training.phases.head_training_features`);
             fine-tuning applies ``augmentation`` in the graph. 0: no views.
+        head_epoch_factor: Multiplies ``head_epochs`` and the head's patience; set by
+            `for_training_set` so that a head on cached features of a small training
+            set takes at least `HEAD_STEPS_AT_LEAST` steps per head epoch.
         keep_fine_tuning: ``"if_better"``: after fine-tuning, the run keeps the
             fine-tuned weights only if they beat the head's on the validation data
             (``monitor``; ``val_accuracy`` for ``val_loss``, which the scores leave out),
@@ -149,6 +157,7 @@ class TransferPlan:
         0, "Seeds the splits, every epoch's order, dropout and augmentation.", minimum=0,
         maximum=2**32 - 1)
     augmented_views: int = 0
+    head_epoch_factor: int = 1
     class_weight: dict[int, float] | str | None = setting(
         None, "balanced: weigh each training example's loss by the inverse of its "
         "class's frequency (for imbalanced classes), in both phases and the scratch run.",
@@ -276,13 +285,21 @@ class TransferPlan:
     def for_training_set(self, labels) -> TransferPlan:
         """This plan fitted to the training set's ``labels``: ``class_weight="balanced"``
         becomes the weights of those labels (`balanced_class_weight`), and an unset
-        ``steps_per_epoch`` the batches per epoch (for the schedules)."""
+        ``steps_per_epoch`` the batches per epoch (for the schedules). A head trained
+        on cached features gets at least `HEAD_STEPS_AT_LEAST` steps per head epoch:
+        on a training set of fewer batches, ``head_epoch_factor`` multiplies the head's
+        epochs and patience to make up the difference (a pass over cached features
+        costs almost nothing; fine-tuning's epochs stay as they are)."""
         labels = np.asarray(labels)
         changes: dict[str, Any] = {}
         if self.class_weight == "balanced":
             changes["class_weight"] = balanced_class_weight(labels)
+        batches = -(-len(labels) // self.batch_size)
         if self.steps_per_epoch is None and len(labels):
-            changes["steps_per_epoch"] = -(-len(labels) // self.batch_size)
+            changes["steps_per_epoch"] = batches
+        if self.cache_features and len(labels):
+            changes["head_epoch_factor"] = max(1, -(-HEAD_STEPS_AT_LEAST // (
+                batches * (1 + self.augmented_views))))
         return dataclasses.replace(self, **changes)
 
     def phases(self) -> list[str]:
@@ -293,18 +310,21 @@ class TransferPlan:
         """The most epochs ``phase`` (``"head"`` or ``"fine_tune"``) trains."""
         if phase not in PHASES:
             raise CookbookError(f"Unknown phase {phase!r}; the phases are {', '.join(PHASES)}.")
-        return self.head_epochs if phase == "head" else self.fine_tune_epochs
+        return (self.head_epochs * self.head_epoch_factor if phase == "head"
+                else self.fine_tune_epochs)
 
     def compared_score(self) -> str:
         """The validation score that decides whether fine-tuning is kept: ``monitor``,
         or ``val_accuracy`` when it watches the loss (phase scores leave the loss out)."""
         return "val_accuracy" if self.monitor == "val_loss" else self.monitor
 
-    def early_stopping(self) -> dict[str, Any]:
-        """The settings `templates.training.checkpoints.TrainingState.callbacks` takes."""
+    def early_stopping(self, phase: str | None = None) -> dict[str, Any]:
+        """The settings `templates.training.checkpoints.TrainingState.callbacks` takes
+        (for ``"head"``, the patience times ``head_epoch_factor``)."""
+        factor = self.head_epoch_factor if phase == "head" else 1
         return {"keep_best": self.restore_best or bool(self.patience),
-                "patience": self.patience or None, "restore_best": self.restore_best,
-                "monitor": self.monitor}
+                "patience": self.patience * factor or None,
+                "restore_best": self.restore_best, "monitor": self.monitor}
 
 
 def _finite(value) -> bool:
