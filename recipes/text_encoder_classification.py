@@ -16,6 +16,10 @@ How to run:
         --validation ../shared/data/text/sst2/stsa.binary.dev \
         --test ../shared/data/text/sst2/stsa.binary.test --compare-scratch
 
+    # Few labels (8 per class): tune the encoder on sentence pairs first, SetFit's way:
+    python -m recipes.text_encoder_classification --preset ../shared/presets/all-MiniLM-L6-v2 \
+        --train-size 16 --contrastive
+
     # Fine-tune rank-4 LoRA adapters only; or a TF-Hub module (handle or folder):
     python -m recipes.text_encoder_classification --preset bert_base_en_uncased --lora-rank 4
     python -m recipes.text_encoder_classification \
@@ -56,6 +60,10 @@ Classify new texts with `python -m recipes.predict OUTPUT_DIR --text "..."`.
 * **Every backend.** On JAX and PyTorch the texts are tokenised by Hugging Face's
   `tokenizers` from the folder's `tokenizer.json`, and the saved model reads token ids
   with `tokenizer.json` beside it (`recipes.predict` uses it).
+* **Few labels: pairs first** (`--contrastive`). With 8 labelled sentences per class,
+  fine-tuning a whole classifier has 16 examples to learn from; SetFit (Tunstall et al.
+  2022) makes 136 pairs of them, tunes the encoder so that sentences of one label end up
+  close (cosine similarity), then trains the head on the tuned, pooled vectors.
 * **LoRA** (`--lora-rank R`) trains rank-R updates of the attention's query and value
   projections and keeps every released weight: a fraction of the trainable weights, and
   a smaller step of memory on a GPU.
@@ -74,8 +82,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from templates import cli  # noqa: E402
 from templates import (  # noqa: E402
     POOLINGS,
+    ContrastiveSettings,
     CookbookError,
     TransferPlan,
+    contrastive_tune,
     download_sst2,
     evaluate_run,
     label_curve,
@@ -115,6 +125,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "mean (over real tokens), cls (the first token) or pooler (BERT's).")
     parser.add_argument("--dropout", type=cli.number(float, 0, below=1), default=0.1,
                         help="The head's dropout.")
+    cli.add_settings_arguments(parser, ContrastiveSettings(), "few labels: contrastive "
+                               "tuning on pairs (SetFit)")
     # The head's rate: 1e-2 chosen on SST-2's validation sentences (docs/results.md): a
     # mean-pooled, unit-length MiniLM vector has coordinates near 0.05, and 1e-3 left
     # the head 3 points short in ten epochs; 1e-2 is within a point of the best rate for
@@ -143,9 +155,12 @@ def main(argv=None) -> int:
 def run_recipe(args: argparse.Namespace, choice) -> int:
     """The recipe, inside the strategy's scope."""
     # The seed, epochs, rates and schedule of the run; fine-tuning's rate by default
-    # depends on --lora-rank (docs/results.md).
+    # depends on --lora-rank (docs/results.md). With --contrastive the tuning on pairs
+    # takes fine-tuning's place: the head then trains alone, as in SetFit.
     plan = cli.transfer_plan(args, choice=choice, fine_tune_learning_rate=args.fine_tune_learning_rate
                              or FINE_TUNE_LEARNING_RATE["lora" if args.lora_rank else "full"])
+    contrastive = cli.settings_from(args, ContrastiveSettings)
+    plan = contrastive.plan_for(plan)
     os.makedirs(args.output_dir, exist_ok=True)
 
     # ## Data
@@ -187,7 +202,16 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     state = cli.checkpoints(args, plan, settings=dict(
         preset=args.preset, pooling=transfer.pooling, lora_rank=args.lora_rank,
         dropout=args.dropout, sequence_length=transfer.sequence_length,
-        classes=class_names, data=splits.fingerprint()))
+        contrastive=vars(contrastive), classes=class_names,
+        data=splits.fingerprint()))
+    # With --contrastive, the encoder first learns on pairs of training sentences: one
+    # label close, different labels apart (checkpointed as a phase of its own).
+    def tune_on_pairs(encoder, rows, seed, state=None):
+        return contrastive_tune(encoder, [splits.train.texts[row] for row in rows],
+                                splits.labels["train"][rows], contrastive, seed, state,
+                                verbose=0 if state is None else 2) if contrastive.contrastive else None
+
+    tuned = tune_on_pairs(transfer, range(len(splits.train)), plan.seed, state)
     run = run_transfer(transfer, batches["train"], batches["validation"], plan, state,
                        test=batches["test"], output_dir=args.output_dir, measure_start=True,
                        verbose=2)
@@ -208,7 +232,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
                         tokenizer=transfer.tokenizer_file)
     metrics = {
         **run.metrics(), "encoder": transfer.source, "lora_rank": args.lora_rank,
-        "pooling": transfer.pooling_choice,
+        "pooling": transfer.pooling_choice, "contrastive": tuned,
         "sequence_length": transfer.sequence_length, "trainable_weights": trainable,
         "class_names": class_names, "skipped_lines": splits.skipped,
         "data_notes": splits.notes,
@@ -242,6 +266,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
                 [texts[row] for row in rows], labels[rows], plan.batch_size, shuffle=True,
                 seed=seed), lambda: build_encoder(transfer.pooling), batches["validation"],
             batches["test"], plan, state=state, directory=args.output_dir,
+            before_training=tune_on_pairs if contrastive.contrastive else None,
             build_scratch=(functools.partial(transfer.scratch_model, seed=plan.seed)
                            if args.compare_scratch else None),
             title=f"{transfer.source}: labels per class").summary()

@@ -60,6 +60,7 @@ _EXPORTS = {
     "TokenizedText": "models.tokenized_text",
     "TransferModel": "models.transfer_model", "unfreeze": "models.transfer_model",
     "load_word_vectors": "models.word_vectors",
+    "nearest_class_mean_head": "models.nearest_class_mean",
     # training
     "TrainingState": "training.checkpoints",
     "quiet_retracing_warnings": "training.compilation",
@@ -75,6 +76,9 @@ _EXPORTS = {
     "train_head": "training.phases", "head_training_features": "training.phases",
     "TransferPlan": "training.plan", "tensorboard_logs": "training.plan",
     "label_curve": "training.label_curve", "LabelCurve": "training.label_curve",
+    "stratified_subset": "training.label_curve", "seeds_for": "training.label_curve",
+    "ContrastiveSettings": "training.contrastive", "contrastive_tune": "training.contrastive",
+    "contrastive_pairs": "training.contrastive",
     "run_transfer": "training.run", "TransferRun": "training.run",
     "load_model": "training.saving", "read_labels": "training.saving",
     "save_model": "training.saving", "write_labels": "training.saving",

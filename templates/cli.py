@@ -75,7 +75,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Any, title
         if isinstance(shown, bool):
             shown = "on" if shown else "off"
         options: dict[str, Any] = {"default": default, "dest": field.name,
-                                   "help": f"{meta.pop('help')} Default: {shown}."}
+                                   "help": f"{meta.pop('help')} Default: {shown}.".replace("%", "%%")}
         kind, choices = field_kind(field), meta.pop("choices")
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction

@@ -141,3 +141,45 @@ def test_the_image_recipe_draws_a_curve_and_resumes_it(subprocess_env, tmp_path)
     resumed = run("--resume")
     assert "Label curve:" not in resumed
     assert json.loads((out / "label_curve.json").read_text())["points"] == curve["points"]
+
+
+def test_a_head_on_a_few_cached_features_gets_enough_steps():
+    """On 16 labels (one batch) ten head epochs were ten steps and MiniLM's head ended
+    near chance: the plan fitted to a small training set multiplies the head's epochs
+    and patience, once, and leaves fine-tuning and larger sets alone."""
+    plan = TransferPlan(head_epochs=10, patience=3).for_training_set([0] * 8 + [1] * 8)
+    assert plan.head_epoch_factor == 16 and plan.epochs_of("head") == 160
+    assert plan.early_stopping("head")["patience"] == 48
+    assert plan.early_stopping("fine_tune")["patience"] == 3
+    assert plan.epochs_of("fine_tune") == 3
+    again = plan.for_training_set([0] * 8 + [1] * 8)  # not compounded
+    assert again.epochs_of("head") == 160
+    assert TransferPlan().for_training_set([0, 1] * 300).head_epoch_factor == 1
+    assert TransferPlan(batch_size=8).for_training_set([0, 1] * 32).head_epoch_factor == 2
+    assert TransferPlan(cache_features=False).for_training_set([0, 1]).head_epoch_factor == 1
+
+
+def test_the_nearest_class_mean_head_needs_no_training():
+    """Purpose-built feature maps: each class points along its own direction, with
+    noise; the head's class is the one whose mean is nearest in angle (computed apart
+    here), and a class without an example is named."""
+    from templates.data.errors import CookbookError
+    from templates.models.nearest_class_mean import nearest_class_mean_head
+
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(3, 16))
+    labels = np.arange(60) % 3
+    maps = (directions[labels][:, None, None, :] * rng.uniform(0.5, 2, (60, 1, 1, 1))
+            + rng.normal(scale=0.8, size=(60, 2, 2, 16))).astype("float32")
+    head = nearest_class_mean_head(maps[:9], labels[:9])
+    predicted = head.predict(maps, verbose=0)
+    np.testing.assert_allclose(predicted.sum(axis=1), 1.0, rtol=1e-5)
+    vectors = maps.mean(axis=(1, 2))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    means = np.stack([vectors[:9][labels[:9] == label].mean(axis=0) for label in range(3)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_array_equal(predicted.argmax(axis=1), (vectors @ means.T).argmax(axis=1))
+    assert (predicted.argmax(axis=1) == labels).mean() > 0.9
+    assert not head.trainable_weights
+    with pytest.raises(CookbookError, match=r"classes \[2\] have none"):
+        nearest_class_mean_head(maps[:6], np.array([0, 1, 0, 1, 0, 1]), num_classes=3)

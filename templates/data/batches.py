@@ -3,7 +3,8 @@
 * `epoch_seed` / `permutation`: the order of an epoch; `set_epoch` tells every data
   source that follows epochs (`EpochListener`) which epoch begins.
 * `ShuffledArrays` / `array_batches`: in-memory arrays as a `keras.utils.PyDataset`
-  (any backend).
+  (any backend); `LengthBucketedBatches` and `PairBatches`: token ids, each batch as
+  wide as its longest text (`variable_length_dataset` makes them `tf.data` pipelines).
 * `shuffle_each_epoch` / `array_batches_dataset`: the same rule for `tf.data`
   pipelines (TensorFlow imported only when called).
 
@@ -252,28 +253,98 @@ class LengthBucketedBatches(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
     def as_tf_dataset(self) -> tf.data.Dataset:
-        """The same batches as a `tf.data` pipeline whose inputs are ``(None, None)``:
-        Keras's own adapter fixes the shapes it sees in its first batches, so a later,
-        wider batch would be refused. Each pass reads the current epoch's order and
-        moves on to the next epoch, as `shuffle_each_epoch` does; `set_epoch` (found by
-        `epoch_followers`) sets it."""
-        import tensorflow as tf
+        """The same batches as a `tf.data` pipeline (`variable_length_dataset`)."""
+        return variable_length_dataset(self)
 
-        def generate():
-            epoch = self.epoch
-            for index in range(len(self)):
-                yield self[index]
-            if self.epoch == epoch:
-                self.set_epoch(epoch + 1)
 
-        inputs, labels = self[0]
-        signature = ({name: tf.TensorSpec((None, None), tf.as_dtype(values.dtype), name=name)
-                      for name, values in inputs.items()},
-                     tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)))
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
-        dataset._epoch_counter = self  # found by epoch_followers
-        return dataset
+class PairBatches(keras.utils.PyDataset):
+    """Batches of text pairs and a target per pair, for a two-tower (siamese) model.
+
+    Each side of a batch is cut to its own longest text, as in `LengthBucketedBatches`;
+    the inputs are named ``first_NAME`` and ``second_NAME``. With ``seed``, epoch ``e``'s
+    order of the pairs is drawn from ``(seed, e)``.
+
+    Args:
+        inputs: ``{name: (texts, length) array}`` with a boolean ``padding_mask``: every
+            text the pairs index.
+        first, second: Row indices into ``inputs``, one of each per pair.
+        targets: One target per pair.
+        batch_size: Pairs per batch.
+        seed: Seed of the orders (``None``: fresh ones).
+        multiple: Padded lengths are multiples of this.
+    """
+
+    def __init__(self, inputs: dict[str, np.ndarray], first, second, targets,
+                 batch_size: int = 16, seed: int | None = None, multiple: int = 8):
+        super().__init__()
+        if "padding_mask" not in inputs:
+            raise CookbookError("PairBatches needs a padding_mask among the inputs.")
+        self.first, self.second = np.asarray(first), np.asarray(second)
+        self.targets = np.asarray(targets, dtype="float32")
+        if not len(self.first) == len(self.second) == len(self.targets):
+            raise CookbookError(f"PairBatches: {len(self.first)} first texts, "
+                                f"{len(self.second)} second texts and {len(self.targets)} "
+                                "targets; they must match.")
+        check_arrays(self.first, self.targets, batch_size, "PairBatches")
+        self.inputs, self.batch_size, self.seed = inputs, int(batch_size), seed
+        self.multiple = int(multiple)
+        self.lengths = np.asarray(inputs["padding_mask"]).sum(axis=1)
+        self.width = int(inputs["padding_mask"].shape[1])
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s order from now on."""
+        self.epoch = int(epoch)
+        self.order = permutation(len(self.targets), self.seed, self.epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.targets) / self.batch_size)
+
+    def _side(self, rows: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+        longest = int(self.lengths[rows].max())
+        width = min(self.width, max(self.multiple, -(-longest // self.multiple) * self.multiple))
+        return {f"{prefix}_{name}": np.asarray(values[rows, :width])
+                for name, values in self.inputs.items()}
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        pairs = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return ({**self._side(self.first[pairs], "first"),
+                 **self._side(self.second[pairs], "second")}, self.targets[pairs])
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def as_tf_dataset(self) -> tf.data.Dataset:
+        """The same batches as a `tf.data` pipeline (`variable_length_dataset`)."""
+        return variable_length_dataset(self)
+
+
+def variable_length_dataset(batches) -> tf.data.Dataset:
+    """A `keras.utils.PyDataset` of token-id batches (``(inputs dict, targets)``, each
+    batch as wide as its longest text) as a `tf.data` pipeline whose inputs are
+    ``(None, None)``: Keras's own adapter fixes the shapes it sees in its first batches,
+    so a later, wider batch would be refused. Each pass reads the current epoch's order
+    and moves on to the next epoch, as `shuffle_each_epoch` does; ``batches.set_epoch``
+    (found by `epoch_followers`) sets it."""
+    import tensorflow as tf
+
+    def generate():
+        epoch = batches.epoch
+        for index in range(len(batches)):
+            yield batches[index]
+        if batches.epoch == epoch:
+            batches.set_epoch(epoch + 1)
+
+    inputs, labels = batches[0]
+    signature = ({name: tf.TensorSpec((None, None), tf.as_dtype(values.dtype), name=name)
+                  for name, values in inputs.items()},
+                 tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)))
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
+    dataset._epoch_counter = batches  # found by epoch_followers
+    return dataset
 
 
 class _EpochCounter:

@@ -190,6 +190,7 @@ def label_curve(
     state: TrainingState | None = None,
     build_scratch: Callable[[], keras.Model] | None = None,
     features: tuple[np.ndarray, np.ndarray] | None = None,
+    before_training: Callable[[Any, np.ndarray, int], dict | None] | None = None,
     directory: str | os.PathLike | None = None,
     title: str = "Label-count curve",
     verbose: int | str = 0,
@@ -214,6 +215,11 @@ def label_curve(
         features: The frozen part's features of every training example and their
             labels (`templates.training.phases.head_training_features`), so each
             subset's head trains on its rows without extracting them again.
+        before_training: ``(transfer, rows, seed) -> details``, called on each point's
+            fresh transfer model before its phases (for example
+            `templates.training.contrastive.contrastive_tune` on the subset's texts);
+            the details it returns are kept with the point. ``features`` are then not
+            used (the frozen part changed).
         directory: Where `LabelCurve.write` puts the JSON and the plot (and the
             sentence is printed); ``None``: nothing written.
 
@@ -235,7 +241,7 @@ def label_curve(
                 if saved is None:
                     saved = _train_point(kind, rows, seed, point_plan, train_for,
                                          build_transfer, build_scratch, validation, test,
-                                         features, verbose)
+                                         features, before_training, verbose)
                     saved.update(kind=kind, per_class=per_class, seed=seed,
                                  examples=int(len(rows)))
                     print(f"Label curve: {kind}, {_key(per_class)} labels per class, seed "
@@ -253,7 +259,7 @@ def label_curve(
 
 
 def _train_point(kind, rows, seed, plan, train_for, build_transfer, build_scratch,
-                 validation, test, features, verbose) -> dict[str, Any]:
+                 validation, test, features, before_training, verbose) -> dict[str, Any]:
     keras.utils.set_random_seed(seed)
     train = train_for(rows, seed)
     if kind == "scratch":
@@ -262,9 +268,11 @@ def _train_point(kind, rows, seed, plan, train_for, build_transfer, build_scratc
         return {"val_accuracy": float(max(curve)) if plan.restore_best else float(curve[-1]),
                 "test_accuracy": None if test_score is None else float(test_score)}
     transfer = build_transfer()
-    subset = (None if features is None or plan.augmented_views
+    details = before_training(transfer, rows, seed) if before_training is not None else None
+    subset = (None if features is None or plan.augmented_views or before_training is not None
               else (features[0][rows], features[1][rows]))
     run = run_transfer(transfer, train, validation, plan, None, test=test, verbose=verbose,
                        features=subset)
     return {"val_accuracy": float(run.scores.get("val_accuracy", float("nan"))),
-            "test_accuracy": run.test_scores.get("accuracy")}
+            "test_accuracy": run.test_scores.get("accuracy"),
+            **({"before_training": details} if details is not None else {})}
