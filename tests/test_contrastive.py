@@ -48,7 +48,7 @@ def test_many_sentences_get_at_most_twenty_pairs_of_each_kind_each():
     np.testing.assert_array_equal(labels[first] == labels[second], targets.astype(bool))
 
 
-def test_pair_batches_pad_each_side_to_its_longest_text():
+def test_pair_batches_pad_both_sides_to_the_longest_text():
     mask = np.zeros((4, 32), bool)
     for row, length in enumerate((3, 20, 9, 30)):
         mask[row, :length] = True
@@ -61,8 +61,9 @@ def test_pair_batches_pad_each_side_to_its_longest_text():
         pairs, targets = batches[index]
         assert set(pairs) == {"first_token_ids", "first_padding_mask",
                               "second_token_ids", "second_padding_mask"}
-        for side in ("first", "second"):
-            longest = pairs[f"{side}_padding_mask"].sum(axis=1).max()
+        longest = max(pairs[f"{side}_padding_mask"].sum(axis=1).max()
+                      for side in ("first", "second"))
+        for side in ("first", "second"):  # one width, the batch's longest text's
             assert pairs[f"{side}_token_ids"].shape[1] == max(8, -(-longest // 8) * 8)
         seen += list(targets)
     assert sorted(seen) == [0.0, 1.0, 1.0]

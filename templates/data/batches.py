@@ -260,8 +260,9 @@ class LengthBucketedBatches(keras.utils.PyDataset):
 class PairBatches(keras.utils.PyDataset):
     """Batches of text pairs and a target per pair, for a two-tower (siamese) model.
 
-    Each side of a batch is cut to its own longest text, as in `LengthBucketedBatches`;
-    the inputs are named ``first_NAME`` and ``second_NAME``. With ``seed``, epoch ``e``'s
+    Both sides of a batch are cut to the batch's longest text, as in
+    `LengthBucketedBatches` (one width for both: a compiled step is reused for every
+    batch of that width, where two widths would multiply the shapes); the inputs are named ``first_NAME`` and ``second_NAME``. With ``seed``, epoch ``e``'s
     order of the pairs is drawn from ``(seed, e)``.
 
     Args:
@@ -300,18 +301,16 @@ class PairBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.targets) / self.batch_size)
 
-    def _side(self, rows: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-        longest = int(self.lengths[rows].max())
-        width = min(self.width, max(self.multiple, -(-longest // self.multiple) * self.multiple))
-        return {f"{prefix}_{name}": np.asarray(values[rows, :width])
-                for name, values in self.inputs.items()}
-
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         pairs = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return ({**self._side(self.first[pairs], "first"),
-                 **self._side(self.second[pairs], "second")}, self.targets[pairs])
+        sides = {"first": self.first[pairs], "second": self.second[pairs]}
+        longest = int(max(self.lengths[rows].max() for rows in sides.values()))
+        width = min(self.width, max(self.multiple, -(-longest // self.multiple) * self.multiple))
+        return ({f"{side}_{name}": np.asarray(values[rows, :width])
+                 for side, rows in sides.items() for name, values in self.inputs.items()},
+                self.targets[pairs])
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
