@@ -90,14 +90,16 @@ class LabelCurve:
 
     def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{kind: {K: {"mean", "sd", "min", "max", "seeds", "examples"}}}`` of the
-        test accuracy (the validation accuracy without a test set)."""
+        test accuracy (the validation accuracy without a test set); ``sd`` is the
+        sample standard deviation over the seeds."""
         table: dict[str, dict[str, dict[str, Any]]] = {}
         for kind in KINDS:
             rows = [point for point in self.points if point["kind"] == kind]
             for key in dict.fromkeys(_key(point["per_class"]) for point in rows):
                 scores = [_score(point) for point in rows if _key(point["per_class"]) == key]
                 table.setdefault(kind, {})[key] = {
-                    "mean": float(np.mean(scores)), "sd": float(np.std(scores)),
+                    "mean": float(np.mean(scores)),
+                    "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
                     "min": float(np.min(scores)), "max": float(np.max(scores)),
                     "seeds": len(scores), "examples": int(np.mean(
                         [point["examples"] for point in rows
