@@ -1,0 +1,173 @@
+"""Few photos per class: the head on frozen features, the nearest class mean, fine-tuning.
+
+Every photo's features are computed once (training, validation and test sets, in
+order); at K photos per class (5 seeds each up to 32, each a new stratified draw from
+the training set, `templates.training.label_curve`) each method is scored on the same
+test set:
+
+* ``head``: the cats recipe's head on the K-per-class features (its plan: the rate
+  finder, warm-up and cosine decay, early stopping on the same validation set), no
+  fine-tuning;
+* ``ncm``: the nearest class mean of those features (nothing trained,
+  `templates.models.nearest_class_mean`);
+* ``fine_tune``: the recipe's whole run on the K-per-class photos (head, then the top of
+  the backbone, kept only if it beats the head on validation); it reads photos, so it
+  is slower, and runs only at ``--fine-tune-counts``;
+* ``head_flip_rotate``, ``head_randaugment``: the head on the features of the K-per-class
+  photos and of 4 augmented views of each (the recipe's ``--augment KIND
+  --augmented-views 4``; RandAugment is Keras's own layer), at ``--augment-counts``.
+
+    python -m benchmarks.few_shot_images --backbone keras_hub:../shared/presets/efficientnet_lite0 \
+        --data-dir ../shared/data/cats_vs_dogs/train --test-dir ../shared/data/cats_vs_dogs/test
+
+Prints one JSON object (each method's mean, spread and seeds per K); every finished
+point is kept in ``--output`` and skipped when the command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+
+from templates import (
+    TrainingState,
+    TransferModel,
+    TransferPlan,
+    array_batches,
+    classification_head,
+    extract_features,
+    head_training_features,
+    image_augmentation,
+    image_dataset,
+    load_image_splits,
+    nearest_class_mean_head,
+    parse_backbone,
+    pretrained_model,
+    run_transfer,
+    seeds_for,
+    stratified_subset,
+)
+
+METHODS = ("head", "ncm", "fine_tune", "head_flip_rotate", "head_randaugment")
+VIEWS = 4  # augmented views of each photo (the cats recipe's --augmented-views)
+
+
+def on_features(shape, num_classes: int, dropout: float) -> TransferModel:
+    """The recipe's head on features already computed: a transfer model whose backbone
+    passes them through, so `run_transfer` trains the head as the recipe does."""
+    inputs = keras.Input(shape=shape, name="cached_features")
+    passthrough = keras.Model(inputs, keras.layers.Identity()(inputs), name="passthrough")
+    return TransferModel(passthrough, classification_head(shape, num_classes, dropout=dropout),
+                         input_name="features")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.few_shot_images",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="MobileNet,alpha=0.25",
+                        help="Spelled as the cats recipe's --backbone.")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--test-dir", required=True)
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--fine-tune-counts", type=int, nargs="*", default=[10])
+    parser.add_argument("--augment-counts", type=int, nargs="*", default=[5, 10])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--output", default="runs/few_shot_images")
+    args = parser.parse_args(argv)
+
+    # The cats recipe's split (a fifth of the training folder validates, seed 0) and plan.
+    splits = load_image_splits(args.data_dir, args.test_dir, 0.2, 0)
+    plan = TransferPlan(schedule="warmup_cosine", find_learning_rates=True)
+    source = parse_backbone(args.backbone)
+
+    def build():
+        return pretrained_model(**source.model_options(), num_classes=2,
+                                class_names=splits.class_names)
+
+    transfer = build()
+    size = transfer.model.input_shape[1]
+    data = {name: image_dataset(getattr(splits, name), size, plan.batch_size)
+            for name in ("train", "validation", "test")}
+    # Kept in --output, so a second command (other methods) reads them back.
+    cache = os.path.join(args.output, "features.npz")
+    if os.path.isfile(cache):
+        with np.load(cache) as saved:
+            features = {name: (saved[f"{name}_x"], saved[f"{name}_y"]) for name in data}
+    else:
+        features = {name: extract_features(transfer.feature_extractor, batches, what=name)
+                    for name, batches in data.items()}
+        os.makedirs(args.output, exist_ok=True)
+        np.savez(cache, **{f"{name}_{part}": array for name, pair in features.items()
+                           for part, array in zip("xy", pair)})
+    labels = features["train"][1]
+    shape = features["train"][0].shape[1:]
+    validation, test = (array_batches(*features[name], batch_size=256, shuffle=False)
+                        for name in ("validation", "test"))
+    results: dict[str, dict] = {}
+    for method in args.methods:
+        state = TrainingState(os.path.join(args.output, method), resume=True)
+        counts = {"fine_tune": args.fine_tune_counts, "head_flip_rotate": args.augment_counts,
+                  "head_randaugment": args.augment_counts}.get(method, args.counts)
+        for count in counts:
+            scores = []
+            for seed in seeds_for(count):
+                name = f"{method}.{count}.{seed}"
+                point = state.result(name)
+                if point is None:
+                    point = score_point(method, count, seed, labels, features, shape,
+                                        validation, test, plan, splits, data, build, size,
+                                        transfer)
+                    state.save_result(name, point)
+                    print(f"{method}, {count} per class, seed {seed}: test accuracy "
+                          f"{point['test_accuracy']:.3f}", flush=True)
+                    keras.backend.clear_session()
+                scores.append(point["test_accuracy"])
+            results.setdefault(method, {})[count] = {
+                "mean": round(float(np.mean(scores)), 4), "sd": round(float(np.std(scores, ddof=1)), 4),
+                "min": round(float(np.min(scores)), 4), "seeds": len(scores)}
+    report = {"backbone": args.backbone, "test_photos": int(len(features["test"][1])),
+              "validation_photos": int(len(features["validation"][1])), "methods": results}
+    print(json.dumps(report, indent=1))
+    return report
+
+
+def score_point(method, count, seed, labels, features, shape, validation, test, plan,
+                splits, data, build, size, extractor) -> dict:
+    rows = stratified_subset(labels, count, seed)
+    keras.utils.set_random_seed(seed)
+    point_plan = dataclasses.replace(plan, seed=seed).for_training_set(labels[rows])
+    if method == "ncm":
+        head = nearest_class_mean_head(features["train"][0][rows], labels[rows])
+        return {f"{short}_accuracy": float(
+            (head.predict(features[name][0], verbose=0).argmax(axis=1)
+             == features[name][1]).mean()) for short, name in (("test", "test"),
+                                                               ("val", "validation"))}
+    if method.startswith("head"):
+        inputs, targets = features["train"][0][rows], labels[rows]
+        if method != "head":  # the originals and VIEWS augmented views of each
+            photos = image_dataset(splits.train.subset(rows), size, plan.batch_size)
+            inputs, targets = head_training_features(
+                extractor, photos, image_augmentation(method[len("head_"):], seed), VIEWS,
+                seed)
+            point_plan = dataclasses.replace(plan, seed=seed).for_training_set(targets)
+        model = on_features(shape, 2, dropout=0.2)
+        train = array_batches(inputs, targets, plan.batch_size, seed=seed)
+        run = run_transfer(model, train, validation, point_plan.head_only(), test=test,
+                           verbose=0)
+    else:
+        transfer = build()
+        train = image_dataset(splits.train.subset(rows), size, plan.batch_size, shuffle=True,
+                              seed=seed)
+        run = run_transfer(transfer, train, data["validation"], point_plan, test=data["test"],
+                           verbose=0, features=(features["train"][0][rows], labels[rows]))
+    return {"test_accuracy": float(run.test_scores["accuracy"]),
+            "val_accuracy": float(run.scores.get("val_accuracy", float("nan")))}
+
+
+if __name__ == "__main__":
+    main()
