@@ -20,7 +20,7 @@ test set:
     python -m benchmarks.few_shot_images --backbone keras_hub:../shared/presets/efficientnet_lite0 \
         --data-dir ../shared/data/cats_vs_dogs/train --test-dir ../shared/data/cats_vs_dogs/test
 
-Prints one JSON object (each method's mean, spread and seeds per K); every finished
+Ends with one JSON object on stdout (each method's mean, spread and seeds per K); every finished
 point is kept in ``--output`` and skipped when the command is run again.
 """
 

@@ -14,7 +14,7 @@ scored on the same validation and test sets (`templates.training.label_curve`):
     python -m benchmarks.few_shot_text --preset ../shared/presets/all-MiniLM-L6-v2 \
         --data ../shared/data/text/sst2 --counts 8 16 32 --output runs/few_shot_text
 
-Prints one JSON object (each method's mean, spread and seeds per K); every finished
+Ends with one JSON object on stdout (each method's mean, spread and seeds per K); every finished
 point is kept in ``--output`` and skipped when the command is run again.
 """
 
