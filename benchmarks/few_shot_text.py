@@ -48,6 +48,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--counts", type=int, nargs="+", default=[8, 16, 32],
                         help="Labels per class.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--contrastive-learning-rate", type=float,
+                        default=ContrastiveSettings.contrastive_learning_rate,
+                        help="The contrastive methods' rate (SetFit's 2e-5).")
     parser.add_argument("--output", default="runs/few_shot_text")
     args = parser.parse_args(argv)
 
@@ -69,7 +72,8 @@ def main(argv=None) -> dict:
     results = {}
     for method in args.methods:
         pairs = ContrastiveSettings(contrastive=method.startswith("contrastive"),
-                                    contrastive_pairs=20 if method == "contrastive20" else None)
+                                    contrastive_pairs=20 if method == "contrastive20" else None,
+                                    contrastive_learning_rate=args.contrastive_learning_rate)
         method_plan = (dataclasses.replace(plan, fine_tune_epochs=0) if method == "head"
                        else pairs.plan_for(plan))
 
