@@ -71,7 +71,10 @@ def train_transferred(
         phase_callbacks: Returns extra callbacks for a phase, given its name
             (e.g. TensorBoard logs per phase).
     """
-    plan = _with_phase_callbacks(plan, name, phase_callbacks)
+    # The report compares curves epoch by epoch with scratch's head_epochs +
+    # fine_tune_epochs: the head gets no extra epochs for a small training set here.
+    plan = dataclasses.replace(_with_phase_callbacks(plan, name, phase_callbacks),
+                               head_epoch_factor=1)
     run = run_transfer(transfer, train, validation, plan, checkpoints=state, test=test,
                        name=name, measure_start=True, score_phases=False, verbose=verbose)
     metric = report_metric(plan.monitor)
