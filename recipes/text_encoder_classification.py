@@ -62,8 +62,9 @@ Classify new texts with `python -m recipes.predict OUTPUT_DIR --text "..."`.
   with `tokenizer.json` beside it (`recipes.predict` uses it).
 * **Few labels: pairs first** (`--contrastive`). With 8 labelled sentences per class,
   fine-tuning a whole classifier has 16 examples to learn from; SetFit (Tunstall et al.
-  2022) makes 136 pairs of them, tunes the encoder so that sentences of one label end up
-  close (cosine similarity), then trains the head on the tuned, pooled vectors.
+  2022) draws 640 pairs of them (20 of each kind per sentence), tunes the encoder so that
+  sentences of one label end up close (cosine similarity), then trains the head on the
+  tuned, pooled vectors.
 * **LoRA** (`--lora-rank R`) trains rank-R updates of the attention's query and value
   projections and keeps every released weight: a fraction of the trainable weights, and
   a smaller step of memory on a GPU.

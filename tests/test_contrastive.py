@@ -72,6 +72,7 @@ def test_pair_batches_pad_both_sides_to_the_longest_text():
 def test_the_contrastive_option_replaces_fine_tuning_in_the_plan():
     from templates.training.plan import TransferPlan
 
+    assert ContrastiveSettings().contrastive_pairs == 20  # the SetFit paper's, validated
     plan = TransferPlan(fine_tune_epochs=3)
     assert ContrastiveSettings(contrastive=True).plan_for(plan).fine_tune_epochs == 0
     assert ContrastiveSettings().plan_for(plan) is plan
@@ -126,7 +127,8 @@ def test_contrastive_tuning_pulls_same_label_sentences_together(minilm_dir, sst2
 def test_the_encoder_recipe_few_shot_option_runs_and_predicts(minilm_dir, sst2_dir,
                                                                subprocess_env, tmp_path):
     """Issue 39's acceptance: ``--contrastive`` on MiniLM with 16 labelled sentences
-    (validation and test: 150 dev sentences each); metrics.json says what the pairs were,
+    (4 pairs of each kind per sentence, to keep it short; validation and test: 150 dev
+    sentences each); metrics.json says what the pairs were,
     fine-tuning did not run, and recipes.predict classifies with the saved model."""
     held = (sst2_dir / "stsa.binary.dev").read_text(encoding="utf-8").splitlines()
     (tmp_path / "validation.txt").write_text("\n".join(held[:150]) + "\n", encoding="utf-8")
@@ -136,12 +138,13 @@ def test_the_encoder_recipe_few_shot_option_runs_and_predicts(minilm_dir, sst2_d
         [sys.executable, "-m", "recipes.text_encoder_classification", "--preset",
          str(minilm_dir), "--train", str(sst2_dir / "stsa.binary.train"),
          "--validation", str(tmp_path / "validation.txt"), "--test", str(tmp_path / "test.txt"),
-         "--train-size", "16", "--contrastive", "--seed", "1", "--output-dir", str(out)],
+         "--train-size", "16", "--contrastive", "--contrastive-pairs", "4", "--seed", "1",
+         "--output-dir", str(out)],
         env=subprocess_env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     tuned = metrics["contrastive"]
-    assert tuned["contrastive"] and tuned["texts"] == 16 and tuned["pairs"] >= 136
+    assert tuned["contrastive"] and tuned["texts"] == 16 and tuned["pairs"] == 2 * 4 * 16
     assert tuned["pairs"] == 2 * tuned["positive_pairs"] and len(tuned["loss"]) == 1
     assert metrics["plan"]["fine_tune_epochs"] == 0 and "fine_tune" not in metrics
     assert (out / "checkpoints" / "contrastive.done.json").is_file()
