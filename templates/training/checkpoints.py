@@ -451,8 +451,9 @@ def run_phase(
         return train([])
     if state.finished(phase):
         return state.restore(phase, model)
-    seed, early_stopping = (plan.seed, plan.early_stopping(phase)) if plan is not None else (None,
-                                                                                         None)
+    # A phase named "NAME.head" (a comparison's) stops as a head does.
+    seed, early_stopping = ((plan.seed, plan.early_stopping(phase.rsplit(".", 1)[-1]))
+                            if plan is not None else (None, None))
     callbacks = state.callbacks(phase, seed=seed, early_stopping=early_stopping)
     train(callbacks)
     state.finish(phase, model)

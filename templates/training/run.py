@@ -31,6 +31,7 @@ are refused by name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -218,10 +219,15 @@ def _train_phase(phase: str, transfer: Transferable, train: Iterable, validation
     started = time.perf_counter()
     steps = (plan.steps_per_epoch or steps_per_epoch(train)
              if plan.schedule != "constant" else None)
+    multi_worker = _is_multi_worker(getattr(transfer.model, "distribute_strategy", None))
+    if multi_worker or not plan.cache_features:
+        # The head trains through the whole model there, not on cached features: no
+        # extra epochs for a small training set (`TransferPlan.head_epoch_factor`).
+        plan = dataclasses.replace(plan, head_epoch_factor=1)
     epochs = plan.epochs_of(phase)
     settings = dict(epochs=epochs, class_weight=plan.class_weight, monitor=plan.monitor,
                     label_smoothing=plan.label_smoothing, verbose=verbose)
-    if _is_multi_worker(getattr(transfer.model, "distribute_strategy", None)):
+    if multi_worker:
         # Several machines: the same phase on a strategy.run loop, since Keras 3's fit
         # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
         from templates.training.multi_worker import loop_phase  # TensorFlow
