@@ -180,7 +180,7 @@ def contrastive_tune(transfer, texts: Sequence[str], labels,
     transfer.unfreeze(None)
     try:
         # XLA ("auto" turns it on for TensorFlow on CPU) compiles the step anew for every
-        # batch width: 106 s against 59 s for 34 steps on MiniLM (docs/results.md).
+        # batch width (one timing of 34 MiniLM steps: 106 s against 59 s; not a benchmark).
         jit_compile = jit_compile_setting()
         model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.0),
                       loss="mean_squared_error",

@@ -43,7 +43,7 @@ KEEP_FINE_TUNING = ("if_better", "always")
 
 # A head on cached features takes at least this many steps per epoch it is given: on 16
 # labelled sentences (one batch) ten head epochs were ten steps, and the head ended near
-# chance (docs/results.md, "Few labels").
+# chance in the one draw looked at (docs/results.md, "Few labels"; not checked over seeds).
 HEAD_STEPS_AT_LEAST = 16
 
 
