@@ -173,6 +173,31 @@ def test_a_head_on_a_few_cached_features_gets_enough_steps():
     assert TransferPlan(cache_features=False).for_training_set([0, 1]).head_epoch_factor == 1
 
 
+def test_scratch_trains_as_many_epochs_as_a_transfer_run_with_extra_head_epochs(tmp_path):
+    """A run on two batches trains its head twice the planned epochs; the report's
+    scratch run then trains as many epochs as the whole transferred run (it had
+    trained the planned ones, and the report refused the two slope windows)."""
+    from templates.training.comparison import report_against_scratch
+    from templates.training.run import run_transfer
+
+    keras.utils.set_random_seed(0)
+    source = network()
+    train_x, train_y = blobs(12, 1)
+    train = array_batches(train_x, train_y, batch_size=8, seed=0)
+    validation = array_batches(*blobs(30, 2), batch_size=32, shuffle=False)
+    plan = TransferPlan(head_epochs=1, fine_tune_epochs=1, learning_rate=1e-2,
+                        fine_tune_learning_rate=1e-3, batch_size=8, patience=0,
+                        restore_best=False, seed=0).for_training_set(train_y)
+    assert plan.head_epoch_factor == 8
+    transfer = reuse_model(source, 3, cut_at="features", pooling="flatten", dropout=0.0)
+    run = run_transfer(transfer, train, validation, plan, measure_start=True)
+    assert len(run.history["val_accuracy"]) == 9
+    report = report_against_scratch(run, network, train, validation, None, tmp_path,
+                                    title="blobs")
+    assert len(report.scratch[0].validation_curve) == 9
+    assert report.phase_boundary == 8 and report.slope_epochs == 3
+
+
 def test_the_nearest_class_mean_head_needs_no_training():
     """Purpose-built feature maps: each class points along its own direction, with
     noise; the head's class is the one whose mean is nearest in angle (computed apart

@@ -224,8 +224,9 @@ def report_against_scratch(
     """Report a finished `run_transfer` run against the same model from scratch.
 
     ``scratch_model`` trains on the run's plan with the rates the run used (see
-    `train_from_scratch`: every layer, ``head_epochs + fine_tune_epochs`` at the head's
-    rate, the same schedule shape, early-stopping rule and seed); then the
+    `train_from_scratch`: every layer, as many epochs as the run planned, the head's
+    extra ones on a small training set included, at the head's rate, the same schedule
+    shape, early-stopping rule and seed); then the
     `TransferReport` is built and ``transfer_report.json`` / ``.png`` written to
     ``directory``, and the three measures printed.
 
@@ -245,6 +246,11 @@ def report_against_scratch(
         verbose: Passed to ``fit``.
     """
     plan = run.plan.with_rates(run.learning_rates)
+    # Scratch trains as many epochs as the transferred run did: its head's epochs
+    # include the extra ones a small training set gets (`TransferPlan.head_epoch_factor`),
+    # so both curves are as long and their slopes span the same window.
+    head_epochs = plan.epochs_of("head")
+    plan = dataclasses.replace(plan, head_epochs=head_epochs, head_epoch_factor=1)
     if not isinstance(scratch_model, keras.Model):
         keras.utils.set_random_seed(plan.seed)
         scratch_model = scratch_model()

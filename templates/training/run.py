@@ -121,6 +121,12 @@ def run_transfer(
     """
     plan = plan or TransferPlan()
     check_plan_fits(plan, transfer.model, features)
+    if _is_multi_worker(getattr(transfer.model, "distribute_strategy", None)) or (
+            not plan.cache_features):
+        # The head trains through the whole model there, not on cached features: no
+        # extra epochs for a small training set (`TransferPlan.head_epoch_factor`), and
+        # the run's plan says so (a comparison with scratch matches its epochs).
+        plan = dataclasses.replace(plan, head_epoch_factor=1)
     with checkpoint_state(checkpoints, resume, plan) as state:
         prefix = f"{name}." if name else ""
         resumed = report_resume(state, [prefix + phase for phase in plan.phases()])
@@ -220,10 +226,6 @@ def _train_phase(phase: str, transfer: Transferable, train: Iterable, validation
     steps = (plan.steps_per_epoch or steps_per_epoch(train)
              if plan.schedule != "constant" else None)
     multi_worker = _is_multi_worker(getattr(transfer.model, "distribute_strategy", None))
-    if multi_worker or not plan.cache_features:
-        # The head trains through the whole model there, not on cached features: no
-        # extra epochs for a small training set (`TransferPlan.head_epoch_factor`).
-        plan = dataclasses.replace(plan, head_epoch_factor=1)
     epochs = plan.epochs_of(phase)
     settings = dict(epochs=epochs, class_weight=plan.class_weight, monitor=plan.monitor,
                     label_smoothing=plan.label_smoothing, verbose=verbose)
