@@ -98,6 +98,16 @@ def test_resume_with_other_settings_names_them_and_epochs_may_grow(tmp_path, cap
         TrainingState(tmp_path, resume=True, settings=fewer)
     TrainingState(tmp_path, settings=fewer)  # without --resume: a new run, recorded anew
     assert json.loads((tmp_path / "settings.json").read_text()) == fewer
+    # A record written before plan.head_epoch_factor existed resumes at factor 1 (what
+    # it trained under), and names any other factor.
+    earlier = {**settings, "plan": {key: value for key, value in plan.items()
+                                    if key != "head_epoch_factor"}}
+    TrainingState(tmp_path, settings=earlier)
+    TrainingState(tmp_path, resume=True, settings=settings)
+    TrainingState(tmp_path, settings=earlier)
+    with pytest.raises(CookbookError, match="plan.head_epoch_factor 1 -> 4"):
+        TrainingState(tmp_path, resume=True, settings={
+            **settings, "plan": {**plan, "head_epoch_factor": 4}})
 
 
 # 3. Splits that leak

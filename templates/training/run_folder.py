@@ -28,6 +28,9 @@ SETTINGS_FILE = "settings.json"
 
 # Settings a resume may raise: more epochs extend the phase in progress.
 GROWABLE = ("plan.head_epochs", "plan.fine_tune_epochs")
+# Settings recorded since a later version, with the value every earlier run trained
+# under: a record without one resumes when the run's value is that one.
+ADDED_SINCE = {"plan.head_epoch_factor": 1}
 
 
 class FolderLock:
@@ -181,7 +184,8 @@ def check_settings(directory: str | os.PathLike, settings: dict[str, Any],
         old, new = _flatten(recorded), _flatten(settings)
         differing = []
         for key in sorted(set(old) | set(new)):
-            before, now = old.get(key, "(not set)"), new.get(key, "(not set)")
+            before, now = old.get(key, ADDED_SINCE.get(key, "(not set)")), new.get(
+                key, "(not set)")
             if before == now:
                 continue
             if (key in GROWABLE and isinstance(before, int) and isinstance(now, int)
