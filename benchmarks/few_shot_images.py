@@ -15,7 +15,15 @@ test set:
   is slower, and runs only at ``--fine-tune-counts``;
 * ``head_flip_rotate``, ``head_randaugment``: the head on the features of the K-per-class
   photos and of 4 augmented views of each (the recipe's ``--augment KIND
-  --augmented-views 4``; RandAugment is Keras's own layer), at ``--augment-counts``.
+  --augmented-views 4``; RandAugment is Keras's own layer), at ``--augment-counts``;
+* ``scratch``: the same network from random weights, every layer trained on the
+  K-per-class photos as the recipe's ``--label-curve --compare-scratch`` trains it (the
+  head's and fine-tuning's epochs at the head's rate);
+* ``head_mixup``, ``head_cutmix``: the same with 4 views mixed by Keras's ``MixUp`` or
+  ``CutMix`` (each photo blended with, or patched from, another of the K-per-class
+  photos). They mix labels too, and the recipes' losses take integer labels: each mixed
+  view's label is drawn from its mixing weights (class a with probability lambda), whose
+  expected loss is the mixed label's.
 
     python -m benchmarks.few_shot_images --backbone keras_hub:../shared/presets/efficientnet_lite0 \
         --data-dir ../shared/data/cats_vs_dogs/train --test-dir ../shared/data/cats_vs_dogs/test
@@ -52,8 +60,11 @@ from templates import (
     seeds_for,
     stratified_subset,
 )
+from templates.training.comparison import train_from_scratch
 
-METHODS = ("head", "ncm", "fine_tune", "head_flip_rotate", "head_randaugment")
+METHODS = ("head", "ncm", "fine_tune", "scratch", "head_flip_rotate", "head_randaugment",
+           "head_mixup", "head_cutmix")
+MIXING = {"head_mixup": "MixUp", "head_cutmix": "CutMix"}
 VIEWS = 4  # augmented views of each photo (the cats recipe's --augmented-views)
 
 
@@ -85,8 +96,9 @@ def main(argv=None) -> dict:
     plan = TransferPlan(schedule="warmup_cosine", find_learning_rates=True)
     source = parse_backbone(args.backbone)
 
-    def build():
-        return pretrained_model(**source.model_options(), num_classes=2,
+    def build(scratch=False):  # scratch: the same network, weights drawn at random
+        spelled = dataclasses.replace(source, weights=None) if scratch else source
+        return pretrained_model(**spelled.model_options(), num_classes=2,
                                 class_names=splits.class_names)
 
     transfer = build()
@@ -111,8 +123,8 @@ def main(argv=None) -> dict:
     results: dict[str, dict] = {}
     for method in args.methods:
         state = TrainingState(os.path.join(args.output, method), resume=True)
-        counts = {"fine_tune": args.fine_tune_counts, "head_flip_rotate": args.augment_counts,
-                  "head_randaugment": args.augment_counts}.get(method, args.counts)
+        counts = (args.fine_tune_counts if method == "fine_tune" else args.augment_counts
+                  if method.startswith("head_") else args.counts)
         for count in counts:
             scores = []
             for seed in seeds_for(count):
@@ -147,10 +159,21 @@ def score_point(method, count, seed, labels, features, shape, validation, test, 
             (head.predict(features[name][0], verbose=0).argmax(axis=1)
              == features[name][1]).mean()) for short, name in (("test", "test"),
                                                                ("val", "validation"))}
+    if method == "scratch":  # as templates.training.label_curve trains a scratch point
+        train = image_dataset(splits.train.subset(rows), size, plan.batch_size, shuffle=True,
+                              seed=seed)
+        model = build(scratch=True).model
+        _, curve, test_score = train_from_scratch(model, train, data["validation"],
+                                                  data["test"], point_plan, verbose=0)
+        return {"test_accuracy": float(test_score), "val_accuracy": float(
+            max(curve) if point_plan.restore_best else curve[-1])}
     if method.startswith("head"):
         inputs, targets = features["train"][0][rows], labels[rows]
-        if method != "head":  # the originals and VIEWS augmented views of each
-            photos = image_dataset(splits.train.subset(rows), size, plan.batch_size)
+        photos = image_dataset(splits.train.subset(rows), size, plan.batch_size)
+        if method in MIXING:
+            inputs, targets = mixed_view_features(extractor, photos, MIXING[method], seed)
+            point_plan = dataclasses.replace(plan, seed=seed).for_training_set(targets)
+        elif method != "head":  # the originals and VIEWS augmented views of each
             inputs, targets = head_training_features(
                 extractor, photos, image_augmentation(method[len("head_"):], seed), VIEWS,
                 seed)
@@ -167,6 +190,25 @@ def score_point(method, count, seed, labels, features, shape, validation, test, 
                            verbose=0, features=(features["train"][0][rows], labels[rows]))
     return {"test_accuracy": float(run.test_scores["accuracy"]),
             "val_accuracy": float(run.scores.get("val_accuracy", float("nan")))}
+
+
+def mixed_view_features(extractor, photos, layer_name: str, seed: int):
+    """The features of the photos and of VIEWS views mixed by ``keras.layers.MixUp`` or
+    ``CutMix``, each view's integer label drawn from its mixed label."""
+    images = np.concatenate([batch for batch, _ in photos])
+    labels = np.concatenate([batch for _, batch in photos]).astype("int64")
+    one_hot = np.eye(int(labels.max()) + 1, dtype="float32")[labels]
+    mixing = getattr(keras.layers, layer_name)(seed=seed)
+    rng = np.random.default_rng(seed)
+    features = [extractor.feature_extractor.predict(images, verbose=0)]
+    targets = [labels]
+    for _ in range(VIEWS):
+        mixed = mixing({"images": images, "labels": one_hot}, training=True)
+        features.append(extractor.feature_extractor.predict(
+            keras.ops.convert_to_numpy(mixed["images"]), verbose=0))
+        weights = keras.ops.convert_to_numpy(mixed["labels"])
+        targets.append(np.array([rng.choice(len(row), p=row / row.sum()) for row in weights]))
+    return np.concatenate(features), np.concatenate(targets).astype("int32")
 
 
 if __name__ == "__main__":

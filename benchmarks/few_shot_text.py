@@ -9,7 +9,10 @@ scored on the same validation and test sets (`templates.training.label_curve`):
   only if it beats the head on validation);
 * ``contrastive``: SetFit's way (`templates.training.contrastive`), the encoder tuned on
   pairs of the K-per-class sentences (SetFit 1.0's oversampled pairs), then the head;
-* ``contrastive20``: the same with the paper's 20 pairs of each kind per sentence.
+* ``contrastive20``: the same with the paper's 20 pairs of each kind per sentence;
+* ``--compare-scratch``: beside ``head``, the same encoder from random weights trained on
+  the same draws, as the recipe's ``--label-curve --compare-scratch`` trains it (every
+  layer, the head's epochs at the head's rate).
 
     python -m benchmarks.few_shot_text --preset ../shared/presets/all-MiniLM-L6-v2 \
         --data ../shared/data/text/sst2 --counts 8 16 32 --output runs/few_shot_text
@@ -51,6 +54,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--contrastive-learning-rate", type=float,
                         default=ContrastiveSettings.contrastive_learning_rate,
                         help="The contrastive methods' rate (SetFit's 2e-5).")
+    parser.add_argument("--compare-scratch", action="store_true",
+                        help="With the head: the random encoder's curve too.")
     parser.add_argument("--output", default="runs/few_shot_text")
     args = parser.parse_args(argv)
 
@@ -87,8 +92,12 @@ def main(argv=None) -> dict:
                 [texts[row] for row in rows], labels[rows], plan.batch_size, shuffle=True,
                 seed=seed), build, validation, test, method_plan, state=state,
             before_training=tune if pairs.contrastive else None,
+            build_scratch=(functools.partial(encoder.scratch_model, seed=plan.seed)
+                           if args.compare_scratch and method == "head" else None),
             directory=os.path.join(args.output, method), title=f"SST-2, {method}")
         results[method] = curve.summary()["transfer"]
+        if "scratch" in curve.summary():
+            results["scratch"] = curve.summary()["scratch"]
     report = {"preset": args.preset, "test_sentences": len(splits.test), "methods": results}
     print(json.dumps(report, indent=1))
     return report
