@@ -127,8 +127,8 @@ def test_contrastive_tuning_pulls_same_label_sentences_together(minilm_dir, sst2
 def test_the_encoder_recipe_few_shot_option_runs_and_predicts(minilm_dir, sst2_dir,
                                                                subprocess_env, tmp_path):
     """Issue 39's acceptance: ``--contrastive`` on MiniLM with 16 labelled sentences
-    (4 pairs of each kind per sentence, to keep it short; validation and test: 150 dev
-    sentences each); metrics.json says what the pairs were,
+    (4 pairs of each kind per sentence and 2 head epochs, to keep it short; validation and
+    test: 150 dev sentences each); metrics.json says what the pairs were,
     fine-tuning did not run, and recipes.predict classifies with the saved model."""
     held = (sst2_dir / "stsa.binary.dev").read_text(encoding="utf-8").splitlines()
     (tmp_path / "validation.txt").write_text("\n".join(held[:150]) + "\n", encoding="utf-8")
@@ -139,6 +139,7 @@ def test_the_encoder_recipe_few_shot_option_runs_and_predicts(minilm_dir, sst2_d
          str(minilm_dir), "--train", str(sst2_dir / "stsa.binary.train"),
          "--validation", str(tmp_path / "validation.txt"), "--test", str(tmp_path / "test.txt"),
          "--train-size", "16", "--contrastive", "--contrastive-pairs", "4", "--seed", "1",
+         "--head-epochs", "2",  # 32 epochs of one batch (TransferPlan.head_epoch_factor)
          "--output-dir", str(out)],
         env=subprocess_env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

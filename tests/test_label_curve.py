@@ -128,7 +128,7 @@ def test_the_image_recipe_draws_a_curve_and_resumes_it(subprocess_env, tmp_path)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
                str(tmp_path / "photos"), "--backbone", "MobileNet", "--alpha", "0.25",
-               "--weights", str(weights), "--image-size", "64", "--head-epochs", "3",
+               "--weights", str(weights), "--image-size", "64", "--head-epochs", "1",
                "--fine-tune-epochs", "0", "--batch-size", "8", "--no-find-learning-rates",
                "--seed", "3", "--output-dir", str(out), "--label-curve", "2"]
 
