@@ -169,14 +169,13 @@ def score_point(method, count, seed, labels, features, shape, validation, test, 
             max(curve) if point_plan.restore_best else curve[-1])}
     if method.startswith("head"):
         inputs, targets = features["train"][0][rows], labels[rows]
-        photos = image_dataset(splits.train.subset(rows), size, plan.batch_size)
-        if method in MIXING:
-            inputs, targets = mixed_view_features(extractor, photos, MIXING[method], seed)
-            point_plan = dataclasses.replace(plan, seed=seed).for_training_set(targets)
-        elif method != "head":  # the originals and VIEWS augmented views of each
-            inputs, targets = head_training_features(
-                extractor, photos, image_augmentation(method[len("head_"):], seed), VIEWS,
-                seed)
+        if method != "head":  # the originals and VIEWS augmented (or mixed) views of each
+            photos = image_dataset(splits.train.subset(rows), size, plan.batch_size)
+            inputs, targets = (
+                mixed_view_features(extractor, photos, MIXING[method], seed)
+                if method in MIXING else head_training_features(
+                    extractor, photos, image_augmentation(method[len("head_"):], seed),
+                    VIEWS, seed))
             point_plan = dataclasses.replace(plan, seed=seed).for_training_set(targets)
         model = on_features(shape, 2, dropout=0.2)
         train = array_batches(inputs, targets, plan.batch_size, seed=seed)
