@@ -30,12 +30,7 @@ from templates.training.hardware import (
     choose_strategy,
     set_mixed_precision,
 )
-from templates.training.plan import (
-    PHASES,
-    TransferPlan,
-    balanced_class_weight,
-    tensorboard_logs,
-)
+from templates.training.plan import PHASES, TransferPlan, balanced_class_weight, tensorboard_logs
 from templates.training.run import FIT_ONLY
 
 
@@ -134,6 +129,8 @@ def transfer_plan(args: argparse.Namespace, train_labels=None,
     if choice is not None:
         overrides.setdefault("batch_size", choice.global_batch_size(plan.batch_size))
     plan = dataclasses.replace(plan, **overrides)
+    if getattr(args, "compare_scratch", False):
+        plan.scratch_epochs()  # none (a class-means head): refused before any work
     keras.utils.set_random_seed(plan.seed)
     return plan
 

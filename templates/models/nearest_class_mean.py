@@ -9,6 +9,10 @@ learning) needs no training at all: an example belongs to the class whose mean
     features, labels = head_training_features(transfer, train)
     head = nearest_class_mean_head(features, labels)
     probabilities = head.predict(test_features)
+
+Or, inside a run, the recipe's own head starts as that classifier (`imprint_class_means`,
+the plan's ``head_init="class_means"``): with ``head_epochs=0`` it stays it, and the
+model saves, reloads and predicts like any other run.
 """
 
 from __future__ import annotations
@@ -72,3 +76,57 @@ def nearest_class_mean_head(features: np.ndarray, labels, num_classes: int | Non
     outputs = keras.layers.Softmax(dtype="float32")(scores(unit))
     scores.set_weights([SCALE * means.T])
     return keras.Model(inputs, outputs, name=name)
+
+
+# The layers a head may have for its output layer to become the nearest class mean:
+# only averaging and dropout before its one dense layer (no hidden layer to imprint).
+IMPRINTABLE = ("InputLayer", "GlobalAveragePooling2D", "Dropout", "Dense")
+
+
+def imprint_class_means(head: keras.Model, features: np.ndarray, labels) -> None:
+    """Start ``head``'s output layer as the nearest class mean (weight imprinting, Qi et
+    al. 2018): each class's weights point along the mean of its examples' unit-length
+    features, the biases are 0.
+
+    The head then ranks the classes exactly as `nearest_class_mean_head` does (an
+    example's length scales all its class scores alike), so with no training at all it
+    is that classifier; training (``head_epochs``) starts from it instead of from random
+    weights. The weights are scaled so that an example of average length gets ``SCALE``
+    times its cosines as scores.
+
+    Args:
+        head: A `templates.models.heads.classification_head` without hidden layers
+            (averaging, dropout, one softmax layer).
+        features: The frozen part's features of the training examples (`templates.training
+            .phases.head_training_features`).
+        labels: Their integer labels.
+
+    Raises:
+        CookbookError: when the head has other layers (hidden layers, a text CNN, max
+            pooling), is multi-label, or a class has no example.
+    """
+    kinds = [type(layer).__name__ for layer in head.layers]
+    dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+    if any(kind not in IMPRINTABLE for kind in kinds) or len(dense) != 1:
+        raise CookbookError(
+            f"head_init='class_means' needs a head of averaging, dropout and one dense "
+            f"layer; {head.name!r} has {', '.join(kinds)}.")
+    output = dense[0]
+    if getattr(output.activation, "__name__", "") != "softmax":
+        raise CookbookError("head_init='class_means' needs one label per example (a softmax "
+                            "head); this head is multi-label.")
+    labels = np.asarray(labels).reshape(-1)
+    classes = int(output.units)
+    vectors = np.asarray(features, dtype="float32")
+    if vectors.ndim > 2:
+        vectors = vectors.reshape(len(vectors), -1, vectors.shape[-1]).mean(axis=1)
+    lengths = np.linalg.norm(vectors, axis=1)
+    missing = [label for label in range(classes) if not (labels == label).any()]
+    if missing:
+        raise CookbookError(f"head_init='class_means' needs a training example of every "
+                            f"class; classes {missing} have none.")
+    unit = vectors / np.maximum(lengths[:, None], 1e-12)
+    means = np.stack([unit[labels == label].mean(axis=0) for label in range(classes)])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    scale = SCALE / max(float(lengths.mean()), 1e-12)
+    output.set_weights([scale * means.T.astype("float32"), np.zeros(classes, "float32")])

@@ -44,7 +44,11 @@ def plot_learning_curves(
         axis.set_ylabel(metric)
         axis.set_title(metric.capitalize())
         axis.grid(alpha=0.3)
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+        else:  # a head that needed no training (the nearest class mean)
+            axis.text(0.5, 0.5, "no epochs trained", transform=axis.transAxes,
+                      ha="center", va="center", color="gray")
     figure.suptitle(title)
     figure.tight_layout()
     with atomic_path(path, suffix=".png") as temporary:

@@ -100,7 +100,7 @@ def train_from_scratch(
     model.trainable = True
     for layer in iterate_layers(model):
         layer.trainable = True
-    epochs = plan.head_epochs + plan.fine_tune_epochs
+    epochs = plan.scratch_epochs()
     rate = plan.learning_rate
     if plan.schedule != "constant":
         rate = scheduled(rate, plan.schedule, epochs,

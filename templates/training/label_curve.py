@@ -232,6 +232,8 @@ def label_curve(
     labels = np.asarray(train_labels)
     points: list[dict[str, Any]] = []
     kinds = ["transfer"] + (["scratch"] if build_scratch is not None else [])
+    if build_scratch is not None:
+        plan.scratch_epochs()  # refused before any point trains when there are none
     for per_class in counts:
         for seed in seeds_for(per_class, plan.seed):
             rows = stratified_subset(labels, per_class, seed)

@@ -40,6 +40,7 @@ def tensorboard_logs(directory: str | os.PathLike | None
     return callbacks
 
 KEEP_FINE_TUNING = ("if_better", "always")
+HEAD_INITS = ("random", "class_means")
 
 # A head on cached features takes at least this many steps per epoch it is given: on 16
 # labelled sentences (one batch) ten head epochs were ten steps, and the head ended near
@@ -58,7 +59,13 @@ class TransferPlan:
 
     Attributes:
         head_epochs: Epochs of phase 1 (reused part frozen).
-        fine_tune_epochs: Epochs of phase 2 (0 skips fine-tuning; not both 0).
+        fine_tune_epochs: Epochs of phase 2 (0 skips fine-tuning; not both 0, unless
+            the head starts from the class means).
+        head_init: How the head's output layer starts (`HEAD_INITS`): ``"random"``, or
+            ``"class_means"``, the nearest class mean of the training examples'
+            features (`templates.models.nearest_class_mean.imprint_class_means`); with
+            ``head_epochs=0`` the head stays that classifier, which beats a trained head
+            at 1-20 photos per class (docs/results.md, "Few labels").
         learning_rate: The head's Adam rate, in (0, 1] (with ``find_learning_rates``,
             the rate used when the finder's sweep cannot be trusted).
         fine_tune_learning_rate: The fine-tuning rate (likewise).
@@ -119,6 +126,12 @@ class TransferPlan:
         10, "Epochs of phase 1: the new head on the frozen reused part.", minimum=0)
     fine_tune_epochs: int = setting(
         3, "Epochs of phase 2, the reused part unfrozen (0 skips it).", minimum=0)
+    head_init: str = setting(
+        "random", "How the head's output layer starts: random, or class_means: each "
+        "class's weights the mean direction of its training examples' features (weight "
+        "imprinting); with --head-epochs 0 the head is the nearest-class-mean classifier, "
+        "ahead of a trained head with 1-20 photos per class (docs/results.md).",
+        choices=HEAD_INITS)
     learning_rate: float = setting(1e-3, "Phase 1's learning rate.", above=0, maximum=1)
     fine_tune_learning_rate: float = setting(
         1e-4, "Phase 2's learning rate (well below phase 1's).", above=0, maximum=1)
@@ -181,8 +194,11 @@ class TransferPlan:
             (self.head_epochs >= 0 and self.fine_tune_epochs >= 0,
              f"epochs must be 0 or more; got head_epochs={self.head_epochs}, "
              f"fine_tune_epochs={self.fine_tune_epochs}"),
-            (self.head_epochs + self.fine_tune_epochs > 0,
-             "head_epochs and fine_tune_epochs are both 0: nothing would be trained"),
+            (self.head_epochs + self.fine_tune_epochs > 0 or self.head_init == "class_means",
+             "head_epochs and fine_tune_epochs are both 0: nothing would be trained (with "
+             "head_init='class_means' the head needs no training)"),
+            (self.head_init in HEAD_INITS,
+             f"unknown head_init {self.head_init!r}; choose from {', '.join(HEAD_INITS)}"),
             (all(_finite(rate) and 0 < rate <= 1
                  for rate in (self.learning_rate, self.fine_tune_learning_rate)),
              f"learning rates must be finite and in (0, 1]; got {self.learning_rate} and "
@@ -312,6 +328,20 @@ class TransferPlan:
             raise CookbookError(f"Unknown phase {phase!r}; the phases are {', '.join(PHASES)}.")
         return (self.head_epochs * self.head_epoch_factor if phase == "head"
                 else self.fine_tune_epochs)
+
+    def scratch_epochs(self) -> int:
+        """The epochs a comparison trains the same model from random weights:
+        ``head_epochs + fine_tune_epochs`` (`templates.training.comparison`).
+
+        Raises:
+            CookbookError: when both are 0 (a class-means head trains none).
+        """
+        if not self.head_epochs + self.fine_tune_epochs:
+            raise CookbookError(
+                "Training from scratch (--compare-scratch) runs the plan's head_epochs + "
+                "fine_tune_epochs, and both are 0 (a class-means head needs none): give "
+                "--head-epochs N, which the head then also trains from the class means.")
+        return self.head_epochs + self.fine_tune_epochs
 
     def compared_score(self) -> str:
         """The validation score that decides whether fine-tuning is kept: ``monitor``,

@@ -43,6 +43,7 @@ import numpy as np
 from templates.data.errors import CookbookError
 from templates.data.batches import steps_per_epoch
 from templates.data.multi_label import is_multi_label
+from templates.models.nearest_class_mean import imprint_class_means
 from templates.models.transfer_model import Transferable
 from templates.training.checkpoints import TrainingState, chief_process, run_phase
 from templates.training.compilation import compile_classifier
@@ -238,13 +239,16 @@ def _train_phase(phase: str, transfer: Transferable, train: Iterable, validation
         finder, trainer = loop_phase(phase, transfer, train, plan)
     elif phase == "head":
         views = plan.augmented_views if plan.cache_features else 0
-        if (features is None and (plan.find_learning_rates or views)
-                and not _finished(state, name) and plan.cache_features):
+        imprint = plan.head_init == "class_means" and not _finished(state, name)
+        if features is None and not _finished(state, name) and (imprint or (
+                plan.cache_features and (plan.find_learning_rates or views))):
             # The finder and the head train on the same features: extracted once (with
             # augmented_views, of the original and K augmented views of every example).
             features = head_training_features(
                 transfer, train, plan.augmentation if views else None, views, plan.seed,
                 memory_limit_gb=plan.feature_memory_gb)
+        if imprint:  # the head starts as (with no epochs: is) the nearest class mean
+            imprint_class_means(transfer.head, *features)
         default = plan.learning_rate
         finder = lambda: find_head_learning_rate(  # noqa: E731
             transfer, train, plan.batch_size, plan.seed, train_features=features,
@@ -267,8 +271,8 @@ def _train_phase(phase: str, transfer: Transferable, train: Iterable, validation
             transfer, train, validation, from_layer=from_layer,
             augmentation=plan.augmentation, initial_epoch=initial_epoch,
             learning_rate_multipliers=multipliers, **given)
-    rate = phase_rate(state, name, default, plan.find_learning_rates, output_dir, finder,
-                       title=FINDER_TITLES[phase])
+    rate = phase_rate(state, name, default, plan.find_learning_rates and epochs > 0,
+                      output_dir, finder, title=FINDER_TITLES[phase])
     restored = _finished(state, name)
     done = len(state.history(name).epoch) if state is not None else 0
     history = run_phase(state, name, transfer.model, lambda callbacks: trainer(
@@ -342,6 +346,9 @@ def check_plan_fits(plan: TransferPlan, model: keras.Model, features=None,
         (multi and multi_worker,
          "a multi-label model does not train on the multi-worker loop (its loss and "
          "metrics are single-label); train it on one machine"),
+        (multi_worker and plan.head_init != "random",
+         "head_init='class_means' reads the training set's cached features, which the "
+         "multi-worker loop does not extract; train it on one machine"),
     ) if refused]
     if multi_worker:
         used = [field for field in FIT_ONLY.values()
