@@ -8,8 +8,11 @@ test set:
 * ``head``: the cats recipe's head on the K-per-class features (its plan: the rate
   finder, warm-up and cosine decay, early stopping on the same validation set), no
   fine-tuning;
-* ``ncm``: the nearest class mean of those features (nothing trained,
+* ``ncm``: the nearest class mean of those features, nothing trained (the recipes'
+  ``--head-init class_means --head-epochs 0 --fine-tune-epochs 0``,
   `templates.models.nearest_class_mean`);
+* ``head_from_means``: the recipe's head started from those class means
+  (``--head-init class_means``, weight imprinting) and trained as ``head`` is;
 * ``fine_tune``: the recipe's whole run on the K-per-class photos (head, then the top of
   the backbone, kept only if it beats the head on validation); it reads photos, so it
   is slower, and runs only at ``--fine-tune-counts``;
@@ -53,18 +56,18 @@ from templates import (
     image_augmentation,
     image_dataset,
     load_image_splits,
-    nearest_class_mean_head,
     parse_backbone,
     pretrained_model,
     run_transfer,
+    scratch_point,
     seeds_for,
     stratified_subset,
 )
-from templates.training.comparison import train_from_scratch
 
-METHODS = ("head", "ncm", "fine_tune", "scratch", "head_flip_rotate", "head_randaugment",
+METHODS = ("head", "ncm", "head_from_means", "fine_tune", "scratch", "head_flip_rotate", "head_randaugment",
            "head_mixup", "head_cutmix")
 MIXING = {"head_mixup": "MixUp", "head_cutmix": "CutMix"}
+AUGMENTED = ("head_flip_rotate", "head_randaugment", *MIXING)  # at --augment-counts
 VIEWS = 4  # augmented views of each photo (the cats recipe's --augmented-views)
 
 
@@ -124,7 +127,7 @@ def main(argv=None) -> dict:
     for method in args.methods:
         state = TrainingState(os.path.join(args.output, method), resume=True)
         counts = (args.fine_tune_counts if method == "fine_tune" else args.augment_counts
-                  if method.startswith("head_") else args.counts)
+                  if method in AUGMENTED else args.counts)
         for count in counts:
             scores = []
             for seed in seeds_for(count):
@@ -153,23 +156,18 @@ def score_point(method, count, seed, labels, features, shape, validation, test, 
     rows = stratified_subset(labels, count, seed)
     keras.utils.set_random_seed(seed)
     point_plan = dataclasses.replace(plan, seed=seed).for_training_set(labels[rows])
-    if method == "ncm":
-        head = nearest_class_mean_head(features["train"][0][rows], labels[rows])
-        return {f"{short}_accuracy": float(
-            (head.predict(features[name][0], verbose=0).argmax(axis=1)
-             == features[name][1]).mean()) for short, name in (("test", "test"),
-                                                               ("val", "validation"))}
+    if method in ("ncm", "head_from_means"):  # the head starts as the class means
+        point_plan = dataclasses.replace(point_plan, head_init="class_means")
+        if method == "ncm":  # and stays it
+            point_plan = dataclasses.replace(point_plan, head_epochs=0)
     if method == "scratch":  # as templates.training.label_curve trains a scratch point
         train = image_dataset(splits.train.subset(rows), size, plan.batch_size, shuffle=True,
                               seed=seed)
-        model = build(scratch=True).model
-        _, curve, test_score = train_from_scratch(model, train, data["validation"],
-                                                  data["test"], point_plan, verbose=0)
-        return {"test_accuracy": float(test_score), "val_accuracy": float(
-            max(curve) if point_plan.restore_best else curve[-1])}
-    if method.startswith("head"):
+        return scratch_point(build(scratch=True).model, train, data["validation"],
+                             data["test"], point_plan)
+    if method.startswith("head") or method == "ncm":
         inputs, targets = features["train"][0][rows], labels[rows]
-        if method != "head":  # the originals and VIEWS augmented (or mixed) views of each
+        if method in AUGMENTED:  # the originals and VIEWS augmented (or mixed) views of each
             photos = image_dataset(splits.train.subset(rows), size, plan.batch_size)
             inputs, targets = (
                 mixed_view_features(extractor, photos, MIXING[method], seed)

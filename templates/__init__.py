@@ -61,6 +61,7 @@ _EXPORTS = {
     "TransferModel": "models.transfer_model", "unfreeze": "models.transfer_model",
     "load_word_vectors": "models.word_vectors",
     "nearest_class_mean_head": "models.nearest_class_mean",
+    "imprint_class_means": "models.nearest_class_mean",
     # training
     "TrainingState": "training.checkpoints",
     "quiet_retracing_warnings": "training.compilation",
@@ -77,6 +78,7 @@ _EXPORTS = {
     "TransferPlan": "training.plan", "tensorboard_logs": "training.plan",
     "label_curve": "training.label_curve", "LabelCurve": "training.label_curve",
     "stratified_subset": "training.label_curve", "seeds_for": "training.label_curve",
+    "scratch_point": "training.label_curve",
     "ContrastiveSettings": "training.contrastive", "contrastive_tune": "training.contrastive",
     "contrastive_pairs": "training.contrastive",
     "run_transfer": "training.run", "TransferRun": "training.run",

@@ -262,15 +262,25 @@ def label_curve(
     return curve
 
 
+def scratch_point(model: keras.Model, train, validation, test=None,
+                  plan: TransferPlan | None = None, verbose: int | str = 0) -> dict[str, Any]:
+    """One scratch point of a curve: ``model`` (random weights) trained on ``train`` as
+    `templates.training.comparison.train_from_scratch` trains it; its validation
+    accuracy (the best epoch's with ``restore_best``) and test accuracy (``None``
+    without ``test``)."""
+    plan = plan or TransferPlan()
+    _, curve, test_score = train_from_scratch(model, train, validation, test, plan,
+                                              verbose=verbose)
+    return {"val_accuracy": float(max(curve)) if plan.restore_best else float(curve[-1]),
+            "test_accuracy": None if test_score is None else float(test_score)}
+
+
 def _train_point(kind, rows, seed, plan, train_for, build_transfer, build_scratch,
                  validation, test, features, before_training, verbose) -> dict[str, Any]:
     keras.utils.set_random_seed(seed)
     train = train_for(rows, seed)
     if kind == "scratch":
-        _, curve, test_score = train_from_scratch(build_scratch(), train, validation, test,
-                                                  plan, verbose=verbose)
-        return {"val_accuracy": float(max(curve)) if plan.restore_best else float(curve[-1]),
-                "test_accuracy": None if test_score is None else float(test_score)}
+        return scratch_point(build_scratch(), train, validation, test, plan, verbose)
     transfer = build_transfer()
     details = before_training(transfer, rows, seed) if before_training is not None else None
     subset = (None if features is None or plan.augmented_views or before_training is not None
