@@ -91,6 +91,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--fine-tune-counts", type=int, nargs="*", default=[10])
     parser.add_argument("--augment-counts", type=int, nargs="*", default=[5, 10])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seed", type=int, default=0, help="The first draw's seed: 0 for "
+                        "the reported figures, 11 to choose settings on other draws.")
+    parser.add_argument("--head-epoch-factor", choices=("auto", "1"), default="auto",
+                        help="auto: the plan's extra head epochs on a small training set "
+                        "(TransferPlan.head_epoch_factor); 1: without them, to measure them.")
     parser.add_argument("--output", default="runs/few_shot_images")
     args = parser.parse_args(argv)
 
@@ -130,13 +135,13 @@ def main(argv=None) -> dict:
                   if method in AUGMENTED else args.counts)
         for count in counts:
             scores = []
-            for seed in seeds_for(count):
+            for seed in seeds_for(count, args.seed):
                 name = f"{method}.{count}.{seed}"
                 point = state.result(name)
                 if point is None:
                     point = score_point(method, count, seed, labels, features, shape,
                                         validation, test, plan, splits, data, build, size,
-                                        transfer)
+                                        transfer, args.head_epoch_factor == "auto")
                     state.save_result(name, point)
                     print(f"{method}, {count} per class, seed {seed}: test accuracy "
                           f"{point['test_accuracy']:.3f}", flush=True)
@@ -152,10 +157,12 @@ def main(argv=None) -> dict:
 
 
 def score_point(method, count, seed, labels, features, shape, validation, test, plan,
-                splits, data, build, size, extractor) -> dict:
+                splits, data, build, size, extractor, epoch_factor=True) -> dict:
     rows = stratified_subset(labels, count, seed)
     keras.utils.set_random_seed(seed)
     point_plan = dataclasses.replace(plan, seed=seed).for_training_set(labels[rows])
+    if not epoch_factor:
+        point_plan = dataclasses.replace(point_plan, head_epoch_factor=1)
     if method in ("ncm", "head_from_means"):  # the head starts as the class means
         point_plan = dataclasses.replace(point_plan, head_init="class_means")
         if method == "ncm":  # and stays it
@@ -175,6 +182,8 @@ def score_point(method, count, seed, labels, features, shape, validation, test, 
                     extractor, photos, image_augmentation(method[len("head_"):], seed),
                     VIEWS, seed))
             point_plan = dataclasses.replace(plan, seed=seed).for_training_set(targets)
+            if not epoch_factor:
+                point_plan = dataclasses.replace(point_plan, head_epoch_factor=1)
         model = on_features(shape, 2, dropout=0.2)
         train = array_batches(inputs, targets, plan.batch_size, seed=seed)
         run = run_transfer(model, train, validation, point_plan.head_only(), test=test,
