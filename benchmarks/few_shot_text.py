@@ -58,8 +58,15 @@ def main(argv=None) -> dict:
                         help="With the head: the random encoder's curve too.")
     parser.add_argument("--seed", type=int, default=0, help="The first draw's seed: 0 for "
                         "the reported figures, 11 to choose settings on other draws.")
+    parser.add_argument("--head-epoch-factor", choices=("auto", "1"), default="auto",
+                        help="auto: the plan's extra head epochs on a small training set "
+                        "(TransferPlan.head_epoch_factor); 1: without them, to measure them.")
     parser.add_argument("--output", default="runs/few_shot_text")
     args = parser.parse_args(argv)
+    if args.head_epoch_factor == "1":  # label_curve fits each point's plan: lift the rule
+        import templates.training.plan
+
+        templates.training.plan.HEAD_STEPS_AT_LEAST = 1
 
     files = [os.path.join(args.data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
     splits = load_text_splits(*files)
