@@ -1,0 +1,101 @@
+"""SetFit's head and more contrastive epochs, on validation: two levers for 32 per class.
+
+At K labelled SST-2 sentences per class (the selection draws, seeds 11-15), MiniLM is
+tuned on SetFit's pairs as the text-encoder recipe's ``--contrastive`` tunes it
+(``--contrastive-epochs``: SetFit's 1, or more), then scored two ways on the same tuned
+encoder: the recipe's Keras head (`templates.training.label_curve`, as
+``benchmarks.few_shot_text --methods contrastive20`` trains it) and SetFit's own head,
+scikit-learn's logistic regression fitted to convergence on the pooled embeddings
+(``C=1``, SetFit's, and ``C=100``).
+
+    python -m benchmarks.setfit_levers --preset ../shared/presets/all-MiniLM-L6-v2 \\
+        --data ../shared/data/text/sst2 --contrastive-epochs 1 --output runs/setfit_levers_1
+
+Ends with the curve's JSON; each point's logistic-regression scores are kept beside it
+(``before_training`` of ``curve.transfer.K.SEED``), and finished points are skipped when
+the command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+
+import numpy as np
+
+from templates import (
+    ContrastiveSettings,
+    TrainingState,
+    TransferPlan,
+    contrastive_tune,
+    label_curve,
+    load_text_splits,
+    pretrained_text_encoder,
+)
+
+
+def embeddings(transfer, batches):
+    """The encoder's pooled vectors of ``batches`` and their labels (length-bucketed
+    batches come in their own order, so the labels are read with them)."""
+    vectors, labels = [], []
+    for inputs, batch_labels in batches:
+        vectors.append(np.asarray(transfer.backbone(inputs, training=False)))
+        labels.append(np.asarray(batch_labels))
+    return np.concatenate(vectors), np.concatenate(labels)
+
+
+def main(argv=None) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.setfit_levers",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--data", required=True, help="SST-2's stsa.binary.{train,dev,test}.")
+    parser.add_argument("--counts", type=int, nargs="+", default=[32])
+    parser.add_argument("--contrastive-epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=11, help="The first draw's seed.")
+    parser.add_argument("--output", default="runs/setfit_levers")
+    args = parser.parse_args(argv)
+
+    files = [os.path.join(args.data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
+    splits = load_text_splits(*files)
+    texts, labels = splits.train.texts, splits.labels["train"]
+
+    def build(length=None):
+        return pretrained_text_encoder(args.preset, 2, sequence_length=length,
+                                       fit_texts=texts, class_names=["0", "1"])
+
+    encoder = build()
+    build = functools.partial(build, encoder.sequence_length)
+    validation, test = (encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
+                        for name in ("validation", "test"))
+    plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5, seed=args.seed)
+    settings = ContrastiveSettings(contrastive=True,
+                                   contrastive_epochs=args.contrastive_epochs)
+
+    def tune(transfer, rows, seed):
+        subset = [texts[row] for row in rows]
+        details = contrastive_tune(transfer, subset, labels[rows], settings, seed)
+        train = embeddings(transfer, transfer.batches(subset, labels[rows], 256))
+        scored = {"validation": embeddings(transfer, validation),
+                  "test": embeddings(transfer, test)}
+        for strength in (1.0, 100.0):  # SetFit's C=1, and a weaker penalty
+            head = LogisticRegression(C=strength, max_iter=5000).fit(*train)
+            details[f"logistic_regression_C{strength:g}"] = {
+                name: float(head.score(*pair)) for name, pair in scored.items()}
+        return details
+
+    curve = label_curve(
+        args.counts, labels, lambda rows, seed: encoder.batches(
+            [texts[row] for row in rows], labels[rows], plan.batch_size, shuffle=True,
+            seed=seed), build, validation, test, settings.plan_for(plan),
+        state=TrainingState(args.output, resume=True), before_training=tune,
+        directory=args.output, title="SST-2, SetFit's levers")
+    print(json.dumps(curve.summary(), indent=1))
+    return curve.summary()
+
+
+if __name__ == "__main__":
+    main()
