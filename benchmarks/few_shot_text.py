@@ -42,6 +42,30 @@ from templates import (
 METHODS = ("head", "fine_tune", "contrastive", "contrastive20")
 
 
+class Sst2Setup:
+    """SST-2 and the text-encoder recipe's encoder and plan, as the few-shot text
+    benchmarks share them: the training ``texts`` and ``labels``, a fresh ``build()``
+    of the encoder (its pooling: mean, unit length for MiniLM; its sequence length
+    fitted once), the ``validation`` and ``test`` batches, and the recipe's ``plan``
+    with ``seed`` (the first draw's)."""
+
+    def __init__(self, preset: str, data: str, seed: int = 0):
+        files = [os.path.join(data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
+        splits = load_text_splits(*files)
+        self.texts, self.labels = splits.train.texts, splits.labels["train"]
+        self.test_sentences = len(splits.test)
+        self.encoder = pretrained_text_encoder(preset, 2, fit_texts=self.texts,
+                                               class_names=["0", "1"])
+        self.build = functools.partial(
+            pretrained_text_encoder, preset, 2, sequence_length=self.encoder.sequence_length,
+            fit_texts=self.texts, class_names=["0", "1"])
+        self.validation, self.test = (
+            self.encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
+            for name in ("validation", "test"))
+        # The recipe's defaults (recipes.text_encoder_classification).
+        self.plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5, seed=seed)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.few_shot_text",
                                      description=__doc__.split("\n")[0])
@@ -68,21 +92,9 @@ def main(argv=None) -> dict:
 
         templates.training.plan.HEAD_STEPS_AT_LEAST = 1
 
-    files = [os.path.join(args.data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
-    splits = load_text_splits(*files)
-    texts, labels = splits.train.texts, splits.labels["train"]
-
-    def build(length=None):
-        # The recipe's encoder: its pooling (mean, unit length for MiniLM), its length.
-        return pretrained_text_encoder(args.preset, 2, sequence_length=length,
-                                       fit_texts=texts, class_names=["0", "1"])
-
-    encoder = build()
-    build = functools.partial(build, encoder.sequence_length)  # fitted once
-    validation, test = (encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
-                        for name in ("validation", "test"))
-    # The recipe's defaults (recipes.text_encoder_classification).
-    plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5, seed=args.seed)
+    setup = Sst2Setup(args.preset, args.data, args.seed)
+    texts, labels, encoder, build = setup.texts, setup.labels, setup.encoder, setup.build
+    validation, test, plan = setup.validation, setup.test, setup.plan
     results = {}
     for method in args.methods:
         pairs = ContrastiveSettings(contrastive=method.startswith("contrastive"),
@@ -107,7 +119,7 @@ def main(argv=None) -> dict:
         results[method] = curve.summary()["transfer"]
         if "scratch" in curve.summary():
             results["scratch"] = curve.summary()["scratch"]
-    report = {"preset": args.preset, "test_sentences": len(splits.test), "methods": results}
+    report = {"preset": args.preset, "test_sentences": setup.test_sentences, "methods": results}
     print(json.dumps(report, indent=1))
     return report
 

@@ -19,21 +19,12 @@ the command is run again.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 
 import numpy as np
 
-from templates import (
-    ContrastiveSettings,
-    TrainingState,
-    TransferPlan,
-    contrastive_tune,
-    label_curve,
-    load_text_splits,
-    pretrained_text_encoder,
-)
+from benchmarks.few_shot_text import Sst2Setup
+from templates import ContrastiveSettings, TrainingState, contrastive_tune, label_curve
 
 
 def embeddings(transfer, batches):
@@ -59,19 +50,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default="runs/setfit_levers")
     args = parser.parse_args(argv)
 
-    files = [os.path.join(args.data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
-    splits = load_text_splits(*files)
-    texts, labels = splits.train.texts, splits.labels["train"]
-
-    def build(length=None):
-        return pretrained_text_encoder(args.preset, 2, sequence_length=length,
-                                       fit_texts=texts, class_names=["0", "1"])
-
-    encoder = build()
-    build = functools.partial(build, encoder.sequence_length)
-    validation, test = (encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
-                        for name in ("validation", "test"))
-    plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5, seed=args.seed)
+    setup = Sst2Setup(args.preset, args.data, args.seed)
+    texts, labels, encoder, plan = setup.texts, setup.labels, setup.encoder, setup.plan
+    validation, test = setup.validation, setup.test
     settings = ContrastiveSettings(contrastive=True,
                                    contrastive_epochs=args.contrastive_epochs)
 
@@ -90,7 +71,7 @@ def main(argv=None) -> dict:
     curve = label_curve(
         args.counts, labels, lambda rows, seed: encoder.batches(
             [texts[row] for row in rows], labels[rows], plan.batch_size, shuffle=True,
-            seed=seed), build, validation, test, settings.plan_for(plan),
+            seed=seed), setup.build, validation, test, settings.plan_for(plan),
         state=TrainingState(args.output, resume=True), before_training=tune,
         directory=args.output, title="SST-2, SetFit's levers")
     print(json.dumps(curve.summary(), indent=1))

@@ -66,6 +66,20 @@ def cats_vs_dogs_dir() -> pathlib.Path:
     return CATS_VS_DOGS
 
 
+def linked_photos(cats_vs_dogs_dir: pathlib.Path, root: pathlib.Path, train: int,
+                  test: int) -> pathlib.Path:
+    """``root/{train,test}/{cats,dogs}``: the first ``train`` and ``test`` shared photos
+    of each class, linked (not copied). Returns ``root``."""
+    for split, count in (("train", train), ("test", test)):
+        for label in ("cats", "dogs"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            source = cats_vs_dogs_dir / split / label
+            for name in sorted(os.listdir(source))[:count]:
+                os.symlink(source / name, folder / name)
+    return root
+
+
 @pytest.fixture
 def shared_dir() -> pathlib.Path:
     require_shared(GLOVE / "glove.6B.50d.10k.txt", GLOVE / "glove.6B.50d.10k.zip")

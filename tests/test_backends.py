@@ -14,6 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import linked_photos
 
 from templates.data.texts import build_vectorizer, read_text_examples, vectorize
 from templates.models.tokenized_text import string_model
@@ -209,12 +210,7 @@ def test_torch_backend_runs_each_recipe_and_the_predictor(recipe, cats_vs_dogs_d
         arguments = ["recipes.develop_model_digits", "--seeds", "1", "--source-epochs", "2",
                      "--head-epochs", "1", "--skip-sweep", *short]
     elif recipe == "cats":
-        photos = tmp_path / "photos"
-        for split in ("train", "test"):
-            for label in ("cats", "dogs"):
-                (photos / split / label).mkdir(parents=True)
-                for source in sorted((cats_vs_dogs_dir / split / label).iterdir())[:12]:
-                    os.symlink(source, photos / split / label / source.name)
+        photos = linked_photos(cats_vs_dogs_dir, tmp_path / "photos", train=12, test=12)
         arguments = ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"), "--test-dir",
                      str(photos / "test"), "--backbone", "MobileNet", "--alpha", "0.25",
                      "--image-size", "224", "--head-epochs", "1", "--batch-size", "8",
@@ -329,12 +325,7 @@ def test_jax_cats_recipe_killed_in_fine_tuning_resumes_to_the_uninterrupted_resu
     """Checkpoints and --resume on JAX: killed mid-way through fine-tuning (os._exit), the
     resumed run restores the head, continues fine-tuning, and ends with the metrics and
     curves of a run never interrupted (the seeded epoch orders of ShuffledArrays)."""
-    photos = tmp_path / "photos"
-    for split, count in (("train", 24), ("test", 8)):
-        for label in ("cats", "dogs"):
-            (photos / split / label).mkdir(parents=True)
-            for source in sorted((cats_vs_dogs_dir / split / label).iterdir())[:count]:
-                os.symlink(source, photos / split / label / source.name)
+    photos = linked_photos(cats_vs_dogs_dir, tmp_path / "photos", train=24, test=8)
 
     def arguments(out):
         return ["recipes.cats_vs_dogs", "--data-dir", str(photos / "train"), "--test-dir",

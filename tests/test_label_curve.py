@@ -281,12 +281,9 @@ def test_the_image_recipe_classifies_by_the_class_means_with_no_head_epochs(
     import subprocess
     import sys
 
-    photos = tmp_path / "photos"
-    for split in ("train", "test"):
-        for label in ("cats", "dogs"):
-            (photos / split / label).mkdir(parents=True)
-            for source in sorted((cats_vs_dogs_dir / split / label).iterdir())[:16]:
-                os.symlink(source, photos / split / label / source.name)
+    from conftest import linked_photos
+
+    photos = linked_photos(cats_vs_dogs_dir, tmp_path / "photos", train=16, test=16)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "recipes.cats_vs_dogs", "--data-dir",
                str(photos / "train"), "--test-dir", str(photos / "test"), "--backbone",

@@ -1,21 +1,14 @@
 """The README's ten-line API example runs as written, on a few real photos."""
 
-import os
 import re
 
-from conftest import REPOSITORY
+from conftest import REPOSITORY, linked_photos
 
 
 def test_the_readme_api_example_runs(cats_vs_dogs_dir, tmp_path, monkeypatch):
     readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
     [example] = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
-    for split, count in (("train", 12), ("test", 4)):
-        for label in ("cats", "dogs"):
-            folder = tmp_path / "photos" / split / label
-            folder.mkdir(parents=True)
-            source = cats_vs_dogs_dir / split / label
-            for name in sorted(os.listdir(source))[:count]:
-                os.symlink(source / name, folder / name)
+    linked_photos(cats_vs_dogs_dir, tmp_path / "photos", train=12, test=4)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102

@@ -9,12 +9,11 @@ weights of a run that was never interrupted.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import REPOSITORY
+from conftest import REPOSITORY, linked_photos
 
 INJECT = str(REPOSITORY / "tests" / "inject_fault.py")
 OUTPUTS = ("metrics.json", "history.json", "learning_curves.png", "model.keras", "labels.txt",
@@ -24,15 +23,7 @@ OUTPUTS = ("metrics.json", "history.json", "learning_curves.png", "model.keras",
 @pytest.fixture
 def few_photos(cats_vs_dogs_dir, tmp_path):
     """24 training and 8 test photos per class, linked from the shared set."""
-    root = tmp_path / "photos"
-    for split, count in (("train", 24), ("test", 8)):
-        for label in ("cats", "dogs"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            source = cats_vs_dogs_dir / split / label
-            for name in sorted(os.listdir(source))[:count]:
-                os.symlink(source / name, folder / name)
-    return root
+    return linked_photos(cats_vs_dogs_dir, tmp_path / "photos", train=24, test=8)
 
 
 def recipe_arguments(photos, out):
