@@ -5,6 +5,8 @@ from the training set), every method trains the text-encoder recipe's model and 
 scored on the same validation and test sets (`templates.training.label_curve`):
 
 * ``head``: the head on the frozen, pooled encoder (no fine-tuning);
+* ``head_from_means``: the same head started from the class means (``--head-init
+  class_means``);
 * ``fine_tune``: the recipe's defaults, the head then the whole encoder at 5e-5 (kept
   only if it beats the head on validation);
 * ``contrastive``: SetFit's way (`templates.training.contrastive`), the encoder tuned on
@@ -39,7 +41,7 @@ from templates import (
     pretrained_text_encoder,
 )
 
-METHODS = ("head", "fine_tune", "contrastive", "contrastive20")
+METHODS = ("head", "head_from_means", "fine_tune", "contrastive", "contrastive20")
 
 
 class Sst2Setup:
@@ -101,7 +103,9 @@ def main(argv=None) -> dict:
                                     contrastive_pairs=20 if method == "contrastive20" else None,
                                     contrastive_learning_rate=args.contrastive_learning_rate)
         method_plan = (dataclasses.replace(plan, fine_tune_epochs=0) if method == "head"
-                       else pairs.plan_for(plan))
+                       else dataclasses.replace(plan, fine_tune_epochs=0,
+                                                head_init="class_means")
+                       if method == "head_from_means" else pairs.plan_for(plan))
 
         def tune(transfer, rows, seed, pairs=pairs):
             return contrastive_tune(transfer, [texts[row] for row in rows], labels[rows],
