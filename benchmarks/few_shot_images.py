@@ -64,8 +64,8 @@ from templates import (
     stratified_subset,
 )
 
-METHODS = ("head", "ncm", "head_from_means", "fine_tune", "scratch", "head_flip_rotate", "head_randaugment",
-           "head_mixup", "head_cutmix")
+METHODS = ("head", "ncm", "head_from_means", "fine_tune", "scratch", "head_flip_rotate",
+           "head_randaugment", "head_mixup", "head_cutmix")
 MIXING = {"head_mixup": "MixUp", "head_cutmix": "CutMix"}
 AUGMENTED = ("head_flip_rotate", "head_randaugment", *MIXING)  # at --augment-counts
 VIEWS = 4  # augmented views of each photo (the cats recipe's --augmented-views)
