@@ -21,20 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from benchmarks.few_shot_text import Sst2Setup
-from templates import ContrastiveSettings, TrainingState, contrastive_tune, label_curve
-
-
-def embeddings(transfer, batches):
-    """The encoder's pooled vectors of ``batches`` and their labels (length-bucketed
-    batches come in their own order, so the labels are read with them)."""
-    vectors, labels = [], []
-    for inputs, batch_labels in batches:
-        vectors.append(np.asarray(transfer.backbone(inputs, training=False)))
-        labels.append(np.asarray(batch_labels))
-    return np.concatenate(vectors), np.concatenate(labels)
+from templates import (
+    ContrastiveSettings,
+    TrainingState,
+    contrastive_tune,
+    extract_features,
+    label_curve,
+)
 
 
 def main(argv=None) -> dict:
@@ -59,9 +53,12 @@ def main(argv=None) -> dict:
     def tune(transfer, rows, seed):
         subset = [texts[row] for row in rows]
         details = contrastive_tune(transfer, subset, labels[rows], settings, seed)
-        train = embeddings(transfer, transfer.batches(subset, labels[rows], 256))
-        scored = {"validation": embeddings(transfer, validation),
-                  "test": embeddings(transfer, test)}
+        # The tuned encoder's pooled vectors, labels read with them (length-bucketed
+        # batches come in their own order).
+        train = extract_features(transfer.feature_extractor,
+                                 transfer.batches(subset, labels[rows], 256))
+        scored = {name: extract_features(transfer.feature_extractor, batches, what=name)
+                  for name, batches in (("validation", validation), ("test", test))}
         for strength in (1.0, 100.0):  # SetFit's C=1, and a weaker penalty
             head = LogisticRegression(C=strength, max_iter=5000).fit(*train)
             details[f"logistic_regression_C{strength:g}"] = {
