@@ -198,12 +198,14 @@ def test_jax_data_parallel_on_two_devices_matches_one(subprocess_env):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torch is not installed here (CI runs JAX; see README, Backends)")
-@pytest.mark.acceptance  # three recipe runs, where torch can be imported
-@pytest.mark.parametrize("recipe", ["digits", "cats", "glove"])
+@pytest.mark.acceptance  # four recipe runs, where torch can be imported
+@pytest.mark.parametrize("recipe", ["digits", "cats", "glove", "minilm"])
 def test_torch_backend_runs_each_recipe_and_the_predictor(recipe, cats_vs_dogs_dir, shared_dir,
-                                                          sst2_dir, subprocess_env, tmp_path):
-    """Where torch can be imported (the lent GPU machine; not CI): each recipe on a few
-    examples, TensorFlow hidden, and recipes.predict on what it wrote."""
+                                                          sst2_dir, minilm_dir, subprocess_env,
+                                                          tmp_path):
+    """Where torch can be imported (not CI; run by hand with torch installed): each
+    recipe on a few examples, both phases, TensorFlow hidden, and recipes.predict on what
+    it wrote; the text encoder is the real MiniLM folder, fine-tuned on PyTorch."""
     out = tmp_path / recipe
     short = ["--fine-tune-epochs", "1", "--output-dir", str(out)]
     if recipe == "digits":
@@ -215,6 +217,11 @@ def test_torch_backend_runs_each_recipe_and_the_predictor(recipe, cats_vs_dogs_d
                      str(photos / "test"), "--backbone", "MobileNet", "--alpha", "0.25",
                      "--image-size", "224", "--head-epochs", "1", "--batch-size", "8",
                      "--compare-scratch", *short]
+    elif recipe == "minilm":
+        arguments = ["recipes.text_encoder_classification", "--preset", str(minilm_dir),
+                     "--train", str(sst2_dir / "stsa.binary.train"), "--validation",
+                     str(sst2_dir / "stsa.binary.dev"), "--train-size", "64",
+                     "--head-epochs", "1", *short]
     else:
         arguments = ["recipes.glove_text_classification", "--train",
                      str(sst2_dir / "stsa.binary.train"), "--validation",
@@ -229,11 +236,11 @@ def test_torch_backend_runs_each_recipe_and_the_predictor(recipe, cats_vs_dogs_d
     assert json.loads((out / "metrics.json").read_text())["hardware"]["backend"] == "torch"
     if recipe == "digits":
         return
-    inputs = (["--text", "a fine film"] if recipe == "glove"
-              else [str(photos / "test" / "cats")])
+    texts = recipe in ("glove", "minilm")
+    inputs = ["--text", "a fine film"] if texts else [str(photos / "test" / "cats")]
     predicted = without_tensorflow(["-m", "recipes.predict", str(out), *inputs], env)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    assert len(predicted.stdout.strip().splitlines()) == (1 if recipe == "glove" else 12)
+    assert len(predicted.stdout.strip().splitlines()) == (1 if texts else 12)
 
 
 def predict_without_tensorflow(model_dir, inputs, env):
