@@ -12,7 +12,10 @@ each in its own process so every Keras backend starts clean:
   (BatchNormalization frozen, as the recipes fine-tune);
 
 on TensorFlow (as the recipes run by default), TensorFlow with XLA (``jit_compile``) and
-JAX (jitted). The arithmetic bound is the multiply-adds per example (Lite0's published
+JAX (jitted); and the forward pass alone in ONNX Runtime (``onnxruntime``: the same
+networks exported by Keras's own ``model.export(format="onnx")``, which needs the
+``tf2onnx`` and ``onnxruntime`` packages; the largest difference from Keras's outputs is
+reported beside it). The arithmetic bound is the multiply-adds per example (Lite0's published
 407 M at 224 px; MiniLM's from its configuration at the sentences' mean length) against
 the cores' peak: ``cores x GHz x FLOPs per cycle`` (``--flops-per-cycle``, 32 for a Zen 4
 core: two 256-bit FMA pipes). Prints one JSON object: every figure, and the ratios of the
@@ -32,7 +35,9 @@ import time
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAYS = {"tensorflow": ("tensorflow", False), "tensorflow_xla": ("tensorflow", True),
-        "jax": ("jax", False)}
+        "jax": ("jax", False), "onnxruntime": ("tensorflow", False)}
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(bool)": "bool"}
 
 
 def per_second(step, examples: int, repeats: int) -> float:
@@ -57,6 +62,53 @@ def bert_macs(encoder, tokens: float) -> int:
     return int(per_token * tokens)
 
 
+def onnx_runtime(model, sample, folder: str):
+    """``model`` exported to ONNX by Keras and loaded in ONNX Runtime: a function that
+    runs one batch (an array, or a dict of arrays named as the model's inputs) and
+    returns the first output."""
+    import numpy as np
+    import onnxruntime
+
+    model.predict_on_batch(sample)  # Keras's exporter needs a model that was called
+    path = os.path.join(folder, f"{model.name}.onnx")
+    model.export(path, format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+
+    def run(batch):
+        named = batch if isinstance(batch, dict) else {inputs[0].name: batch}
+        return session.run(None, {entry.name: np.asarray(named[entry.name]).astype(
+            ONNX_TYPES[entry.type]) for entry in inputs})[0]
+    return run
+
+
+def largest_difference(first, second) -> float:
+    import numpy as np
+    return float(np.max(np.abs(np.asarray(first) - np.asarray(second))))
+
+
+def onnx_child(args, transfer, images, encoder, batches) -> dict:
+    """The forward passes in ONNX Runtime (an inference runtime: no training step)."""
+    import tempfile
+
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        lite0 = onnx_runtime(transfer.feature_extractor, images, folder)
+        results["lite0_largest_difference"] = largest_difference(
+            lite0(images), transfer.feature_extractor.predict_on_batch(images))
+        results["lite0_forward"] = per_second(lambda: lite0(images), len(images), args.repeats)
+        minilm = onnx_runtime(encoder.backbone, batches[0][0], folder)
+        results["minilm_largest_difference"] = max(
+            largest_difference(minilm(batches[index][0]),
+                               encoder.backbone.predict_on_batch(batches[index][0]))
+            for index in range(len(batches)))
+        results["minilm_forward"] = per_second(
+            lambda: [minilm(batches[index][0]) for index in range(len(batches))],
+            sum(len(batches[index][1]) for index in range(len(batches))),
+            max(1, args.repeats // 4))
+    return results
+
+
 def child(args) -> dict:
     """The measurements of one way (run in a fresh process)."""
     import keras
@@ -72,15 +124,30 @@ def child(args) -> dict:
     xla = WAYS[args.child][1]
     results = {"way": args.child, "backend": keras.backend.backend()}
     batch = 32
-    # EfficientNet-Lite0 at 224 px.
-    lite0 = os.path.join(args.presets, "efficientnet_lite0")
-    transfer = pretrained_model(f"keras_hub:{lite0}", 2)
+    # EfficientNet-Lite0 at 224 px, and all-MiniLM-L6-v2 on SST-2's validation sentences.
+    transfer = pretrained_model(f"keras_hub:{os.path.join(args.presets, 'efficientnet_lite0')}",
+                                2)
     images = np.random.default_rng(0).uniform(0, 255, (batch, 224, 224, 3)).astype("float32")
     labels = np.arange(batch) % 2
+    data_dir = os.path.join(args.data, "text", "sst2")
+    splits = load_text_splits(os.path.join(data_dir, "stsa.binary.train"),
+                              os.path.join(data_dir, "stsa.binary.dev"),
+                              os.path.join(data_dir, "stsa.binary.test"), seed=1,
+                              train_size=batch * 4)
+    encoder = pretrained_text_encoder(os.path.join(args.presets, "all-MiniLM-L6-v2"), 2,
+                                      fit_texts=splits.train.texts)
+    texts = splits.validation.texts[:batch * 8]
+    batches = LengthBucketedBatches(encoder.encode(texts),
+                                    splits.labels["validation"][:len(texts)], batch, seed=1)
+    tokens = float(np.mean([batches.lengths]))
+    results.update(lite0_macs=LITE0_MACS, minilm_mean_tokens=round(tokens, 1),
+                   minilm_macs=bert_macs(encoder.encoder, tokens))
+    if args.child == "onnxruntime":
+        return {**results, **onnx_child(args, transfer, images, encoder, batches)}
+
     extractor = transfer.feature_extractor
     if xla:
         extractor.jit_compile = True
-    results["lite0_macs"] = LITE0_MACS
     results["lite0_forward"] = per_second(lambda: extractor.predict_on_batch(images), batch,
                                           args.repeats)
     many = np.concatenate([images] * 4)
@@ -93,20 +160,6 @@ def child(args) -> dict:
                            loss="sparse_categorical_crossentropy", jit_compile=xla)
     results["lite0_fine_tune_step"] = per_second(
         lambda: transfer.model.train_on_batch(images, labels), batch, max(2, args.repeats // 2))
-    # all-MiniLM-L6-v2 on SST-2's validation sentences.
-    data_dir = os.path.join(args.data, "text", "sst2")
-    splits = load_text_splits(os.path.join(data_dir, "stsa.binary.train"),
-                              os.path.join(data_dir, "stsa.binary.dev"),
-                              os.path.join(data_dir, "stsa.binary.test"), seed=1,
-                              train_size=batch * 4)
-    encoder = pretrained_text_encoder(os.path.join(args.presets, "all-MiniLM-L6-v2"), 2,
-                                      fit_texts=splits.train.texts)
-    texts = splits.validation.texts[:batch * 8]
-    batches = LengthBucketedBatches(encoder.encode(texts),
-                                    splits.labels["validation"][:len(texts)], batch, seed=1)
-    tokens = float(np.mean([batches.lengths]))
-    results["minilm_mean_tokens"] = round(tokens, 1)
-    results["minilm_macs"] = bert_macs(encoder.encoder, tokens)
     backbone = encoder.backbone
     if xla:
         backbone.jit_compile = True
