@@ -40,6 +40,8 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("TRANSFER_COOKBOOK_SHARED", REPOSITORY.parent / "shared"))
 CATS = SHARED / "data" / "cats_vs_dogs"
 SST2 = SHARED / "data" / "text" / "sst2"
+LITE0 = f"keras_hub:{SHARED / 'presets' / 'efficientnet_lite0'}"
+MINILM = SHARED / "presets" / "all-MiniLM-L6-v2"
 MARKER = "<!-- selection-benchmark -->"
 ESTIMATES = ("final", "linear_probe", "knn", "logme", "leep", "h_score", "mean_rank")
 
@@ -55,6 +57,17 @@ class Pool:
     arguments: tuple[str, ...]     # data and fixed options, shared by every run
     selection_arguments: tuple[str, ...] = ()
     keras_home: str = "shared"     # "shared", or "derived_128" (see _derived_keras_home)
+    # Candidates another recipe trains: {candidate: (recipe, its flags before the data)}.
+    trained_elsewhere: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def training_command(self, candidate: str) -> list[str]:
+        """The recipe run that trains ``candidate`` (data flags included, not the seed
+        or output folder)."""
+        elsewhere = dict(self.trained_elsewhere)
+        if candidate in elsewhere:
+            recipe, *flags = elsewhere[candidate]
+            return [recipe, *flags, *self.arguments]
+        return [self.recipe, *self.arguments, self.flag, candidate]
 
 
 MOBILENET = "MobileNet,alpha=0.25"
@@ -84,6 +97,18 @@ POOLS = {
     "sst2_full": Pool("sst2_full", "recipes.glove_text_classification",
                       ("glove", "word2vec", "glove+word2vec", "random"), "--vector-source",
                       SST2_DATA),
+    # Issue 36: real models beside the small ones. EfficientNet-Lite0 whole and cut at
+    # its sixth stage, MobileNet 0.25, and Lite0 with random weights.
+    "cats_mixed": Pool("cats_mixed", "recipes.cats_vs_dogs", (
+        LITE0, f"{LITE0}@block6a_expand_conv", MOBILENET, f"{LITE0},weights=none"),
+        "--backbone", CATS_DATA),
+    # MiniLM (mean-pooled, ranked by the GloVe recipe's --select-from and trained by the
+    # text-encoder recipe) beside GloVe, in-domain word2vec and random vectors.
+    "sst2_mixed": Pool("sst2_mixed", "recipes.glove_text_classification", (
+        "glove", "word2vec", "random", f"encoder:{MINILM}"), "--vector-source",
+        (*SST2_DATA, "--train-size", "1000"), trained_elsewhere=(
+            (f"encoder:{MINILM}", ("recipes.text_encoder_classification", "--preset",
+                                   str(MINILM))),)),
 }
 
 
@@ -166,7 +191,7 @@ def train_candidates(pool: Pool, seed: int, output_dir: pathlib.Path) -> dict[st
     results = {}
     for candidate in pool.candidates:
         folder = output_dir / pool.name / f"seed{seed}" / "train" / _safe(candidate)
-        command = [sys.executable, "-m", pool.recipe, *pool.arguments, pool.flag, candidate,
+        command = [sys.executable, "-m", *pool.training_command(candidate),
                    "--seed", str(seed), "--output-dir", str(folder)]
         seconds = _run(command, env, folder, "metrics.json")
         metrics = json.loads((folder / "metrics.json").read_text())
