@@ -262,3 +262,75 @@ def test_the_text_pool_ranks_minilm_beside_word_vectors(minilm_dir, sst2_dir, sh
                                                  key=lambda row: row["rank"])]
     assert selection["pick"] == f"encoder:{minilm_dir}" and ranked[-1] == "random", ranked
     assert "recipes.text_encoder_classification --preset" in result.stdout
+
+
+HANDLES = r"""
+import json, sys
+import numpy as np
+from templates.models.pretrained import pretrained_model
+from templates.models.text_encoders import (
+    preset_file, pretrained_text_encoder, sentence_transformers_pooling)
+minilm, lite0 = sys.argv[1:3]
+handle = "hf://sentence-transformers/all-MiniLM-L6-v2"
+texts = ["a gripping, funny film", "a dull mess"]
+features = [model.feature_extractor.predict(model.encode(texts), verbose=0) for model in (
+    pretrained_text_encoder(name, 2, sequence_length=16) for name in (handle, minilm))]
+photos = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+images = [pretrained_model(name, 2).feature_extractor.predict(photos, verbose=0) for name in (
+    "keras_hub:hf://timm/efficientnet_lite0.ra_in1k", f"keras_hub:{lite0}")]
+print(json.dumps({"pooling": sentence_transformers_pooling(handle),
+                  "tokenizer": preset_file(handle, "tokenizer.json"),
+                  "text": float(np.abs(features[0] - features[1]).max()),
+                  "image": float(np.abs(images[0] - images[1]).max())}))
+"""
+
+
+def hugging_face_cache(root, repository: str, folder) -> None:
+    """``folder``'s files as ``repository`` in a Hugging Face hub cache under ``root``
+    (what a first online load leaves there), linked, not copied."""
+    cache = root / "hub" / f"models--{repository.replace('/', '--')}"
+    revision = "0" * 40
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(revision)
+    for path in folder.rglob("*"):
+        if path.is_file() and path.name != "SOURCE.md":
+            link = cache / "snapshots" / revision / path.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+
+
+@pytest.mark.acceptance  # loads MiniLM and Lite0 twice each
+def test_hf_handles_load_through_keras_hubs_download_path(minilm_dir, lite0_dir, sst2_dir,
+                                                          subprocess_env, tmp_path):
+    """The online spellings the docs give (`--preset hf://sentence-transformers/...`,
+    `--backbone keras_hub:hf://timm/...`) go through keras-hub's Hugging Face download
+    path; here its cache holds the shared folders and HF_HUB_OFFLINE=1 keeps it off the
+    network. They load the same weights as the folders, MiniLM pooled as its
+    modules.json says, its tokenizer.json fetched the same way. With an empty cache the
+    recipe stops in one sentence saying to pass a folder. (Before the check, any preset
+    holding a "/" was refused as a missing folder: no hf:// handle loaded.)"""
+    import subprocess
+    import sys
+
+    hugging_face_cache(tmp_path / "hf", "sentence-transformers/all-MiniLM-L6-v2", minilm_dir)
+    hugging_face_cache(tmp_path / "hf", "timm/efficientnet_lite0.ra_in1k", lite0_dir)
+    env = dict(subprocess_env, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", HANDLES, str(minilm_dir), str(lite0_dir)],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["pooling"] == ["mean", True]
+    assert found["tokenizer"].startswith(str(tmp_path / "hf"))
+    assert found["text"] == 0.0 and found["image"] == 0.0, found
+
+    empty = dict(env, HF_HOME=str(tmp_path / "empty"))
+    missing = subprocess.run(
+        [sys.executable, "-m", "recipes.text_encoder_classification", "--preset",
+         "hf://sentence-transformers/all-MiniLM-L6-v2", "--train",
+         str(sst2_dir / "stsa.binary.train"), "--train-size", "64", "--output-dir",
+         str(tmp_path / "out")],
+        env=empty, capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0
+    assert "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    last = missing.stderr.strip().splitlines()[-1]
+    assert "hf://sentence-transformers/all-MiniLM-L6-v2" in last and "local folder" in last

@@ -101,7 +101,8 @@ def load_from_preset(preset: str, load, kind: str, flag: str):
     from templates.models.backbones import WeightsUnavailableError
 
     local = os.path.isdir(preset)
-    if not local and (os.sep in preset or preset.startswith(".")):
+    handle = "://" in preset  # hf://, kaggle://: keras-hub downloads (or reads its cache)
+    if not local and not handle and (os.sep in preset or preset.startswith(".")):
         raise CookbookError(f"keras-hub preset folder {preset!r} does not exist.")
     try:
         return load(preset)
@@ -110,6 +111,13 @@ def load_from_preset(preset: str, load, kind: str, flag: str):
                           f"{error.name or 'missing'} package: pip install -e \".[hub]\" "
                           f"({error}).") from error
     except Exception as error:  # network failures come as several exception types
+        if handle and not looks_like_network_failure(error):
+            # keras-hub reports a failed hf:// download as a preset without config.json.
+            raise WeightsUnavailableError(
+                f"Could not load {preset!r} ({str(error).split('. ')[0]}): a misspelt "
+                "handle, or no connection. Offline? Pass a local folder instead "
+                f"({flag}/path/to/folder: the repository downloaded once, e.g. with "
+                "huggingface-cli download).") from None
         if local or not looks_like_network_failure(error):
             raise CookbookError(f"Could not load the keras-hub {kind} preset {preset!r}: "
                                 f"{error}") from error
