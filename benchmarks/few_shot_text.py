@@ -14,7 +14,7 @@ scored on the same validation and test sets (`templates.training.label_curve`):
 * ``contrastive20``: the same with the paper's 20 pairs of each kind per sentence;
 * ``--compare-scratch``: beside ``head``, the same encoder from random weights trained on
   the same draws, as the recipe's ``--label-curve --compare-scratch`` trains it (every
-  layer, the head's epochs at the head's rate).
+  layer, the head's epochs at the recipe's scratch rate, 1e-4).
 
     python -m benchmarks.few_shot_text --preset ../shared/presets/all-MiniLM-L6-v2 \
         --data ../shared/data/text/sst2 --counts 8 16 32 --output runs/few_shot_text
@@ -65,7 +65,8 @@ class Sst2Setup:
             self.encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
             for name in ("validation", "test"))
         # The recipe's defaults (recipes.text_encoder_classification).
-        self.plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5, seed=seed)
+        self.plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5,
+                                 scratch_learning_rate=1e-4, seed=seed)
 
 
 def main(argv=None) -> dict:

@@ -197,6 +197,23 @@ def test_scratch_trains_as_many_epochs_as_a_transfer_run_with_extra_head_epochs(
     assert report.phase_boundary == 8 and report.slope_epochs == 3
 
 
+@pytest.mark.parametrize("scratch_rate", [None, 1e-4])
+def test_scratch_trains_at_the_plans_scratch_rate_else_the_heads(scratch_rate):
+    """`TransferPlan.scratch_learning_rate` is the scratch model's rate (the text-encoder
+    recipe's transformer trains at 1e-4 from random weights); unset, the head's."""
+    from templates.training.label_curve import scratch_point
+
+    keras.utils.set_random_seed(0)
+    model = network()
+    train = array_batches(*blobs(24, 1), batch_size=8, seed=0)
+    validation = array_batches(*blobs(30, 2), batch_size=32, shuffle=False)
+    plan = TransferPlan(head_epochs=1, fine_tune_epochs=0, learning_rate=1e-2,
+                        scratch_learning_rate=scratch_rate, batch_size=8, seed=0)
+    scratch_point(model, train, validation, plan=plan)
+    used = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert used == pytest.approx(scratch_rate or 1e-2)
+
+
 def test_the_nearest_class_mean_head_needs_no_training():
     """Purpose-built feature maps: each class points along its own direction, with
     noise; the head's class is the one whose mean is nearest in angle (computed apart

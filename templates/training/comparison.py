@@ -101,7 +101,7 @@ def train_from_scratch(
     for layer in iterate_layers(model):
         layer.trainable = True
     epochs = plan.scratch_epochs()
-    rate = plan.learning_rate
+    rate = plan.scratch_learning_rate or plan.learning_rate
     if plan.schedule != "constant":
         rate = scheduled(rate, plan.schedule, epochs,
                          plan.steps_per_epoch or steps_per_epoch(train))
@@ -225,7 +225,8 @@ def report_against_scratch(
 
     ``scratch_model`` trains on the run's plan with the rates the run used (see
     `train_from_scratch`: every layer, as many epochs as the run planned, the head's
-    extra ones on a small training set included, at the head's rate, the same schedule
+    extra ones on a small training set included, at ``scratch_learning_rate`` (the
+    head's rate when unset), the same schedule
     shape, early-stopping rule and seed); then the
     `TransferReport` is built and ``transfer_report.json`` / ``.png`` written to
     ``directory``, and the three measures printed.

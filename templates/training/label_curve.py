@@ -213,7 +213,7 @@ def label_curve(
             skips them.
         build_scratch: The same architecture from random weights: a scratch curve
             beside the transfer one (`templates.training.comparison.train_from_scratch`,
-            all the plan's epochs at the head's rate).
+            all the plan's epochs at its ``scratch_learning_rate``, else the head's rate).
         features: The frozen part's features of every training example and their
             labels (`templates.training.phases.head_training_features`), so each
             subset's head trains on its rows without extracting them again.

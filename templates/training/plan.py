@@ -69,6 +69,10 @@ class TransferPlan:
         learning_rate: The head's Adam rate, in (0, 1] (with ``find_learning_rates``,
             the rate used when the finder's sweep cannot be trusted).
         fine_tune_learning_rate: The fine-tuning rate (likewise).
+        scratch_learning_rate: The rate of the same model from random weights
+            (`templates.training.comparison.train_from_scratch`); ``None``:
+            ``learning_rate``. A transformer from scratch needs a far lower rate than a
+            head on its features (the text-encoder recipe: 1e-4 against 1e-2).
         batch_size: Examples per batch when training on cached features (batches the
             caller gives are used as they are).
         cache_features: Train the head on the frozen part's features, computed once.
@@ -135,6 +139,9 @@ class TransferPlan:
     learning_rate: float = setting(1e-3, "Phase 1's learning rate.", above=0, maximum=1)
     fine_tune_learning_rate: float = setting(
         1e-4, "Phase 2's learning rate (well below phase 1's).", above=0, maximum=1)
+    scratch_learning_rate: float | None = setting(
+        None, "The rate of --compare-scratch's model (every layer from random weights); "
+        "none: phase 1's rate.", above=0, maximum=1)
     batch_size: int = setting(32, "Examples per batch and replica.", minimum=1,
                               maximum=65536)
     cache_features: bool = True

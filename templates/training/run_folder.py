@@ -30,7 +30,8 @@ SETTINGS_FILE = "settings.json"
 GROWABLE = ("plan.head_epochs", "plan.fine_tune_epochs")
 # Settings recorded since a later version, with the value every earlier run trained
 # under: a record without one resumes when the run's value is that one.
-ADDED_SINCE = {"plan.head_epoch_factor": 1, "plan.head_init": "random"}
+ADDED_SINCE = {"plan.head_epoch_factor": 1, "plan.head_init": "random",
+               "plan.scratch_learning_rate": None}
 
 
 class FolderLock:
