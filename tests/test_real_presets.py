@@ -333,4 +333,4 @@ def test_hf_handles_load_through_keras_hubs_download_path(minilm_dir, lite0_dir,
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr, missing.stderr[-2000:]
     last = missing.stderr.strip().splitlines()[-1]
-    assert "hf://sentence-transformers/all-MiniLM-L6-v2" in last and "local folder" in last
+    assert "hf://sentence-transformers/all-MiniLM-L6-v2" in last and "local preset folder" in last

@@ -111,21 +111,18 @@ def load_from_preset(preset: str, load, kind: str, flag: str):
                           f"{error.name or 'missing'} package: pip install -e \".[hub]\" "
                           f"({error}).") from error
     except Exception as error:  # network failures come as several exception types
-        if handle and not looks_like_network_failure(error):
-            # keras-hub reports a failed hf:// download as a preset without config.json.
-            raise WeightsUnavailableError(
-                f"Could not load {preset!r} ({str(error).split('. ')[0]}): a misspelt "
-                "handle, or no connection. Offline? Pass a local folder instead "
-                f"({flag}/path/to/folder: the repository downloaded once, e.g. with "
-                "huggingface-cli download).") from None
-        if local or not looks_like_network_failure(error):
+        # keras-hub reports a failed hf:// download as a preset that "has no config.json".
+        download_failed = looks_like_network_failure(error) or (
+            handle and "no config.json" in str(error))
+        if local or not download_failed:
             raise CookbookError(f"Could not load the keras-hub {kind} preset {preset!r}: "
                                 f"{error}") from error
         raise WeightsUnavailableError(
             f"Could not download the keras-hub preset {preset!r} "
-            f"({type(error).__name__}). Offline? Pass a local preset folder instead "
-            f"({flag}/path/to/preset_dir, written by Backbone.save_to_preset and the "
-            "preprocessor's save_to_preset).") from None
+            f"({type(error).__name__}; or the name is misspelt). Offline? Pass a local "
+            f"preset folder instead ({flag}/path/to/preset_dir: written by "
+            "Backbone.save_to_preset and the preprocessor's save_to_preset, or a Hugging "
+            "Face or timm repository downloaded once).") from None
 
 
 def looks_like_network_failure(error: Exception) -> bool:
