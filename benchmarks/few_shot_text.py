@@ -83,6 +83,9 @@ def main(argv=None) -> dict:
                         help="The contrastive methods' rate (SetFit's 2e-5).")
     parser.add_argument("--compare-scratch", action="store_true",
                         help="With the head: the random encoder's curve too.")
+    parser.add_argument("--scratch-learning-rate", type=float,
+                        help="The random encoder's rate (default: the recipe's, 1e-4), to "
+                        "choose it on validation with --seed 11.")
     parser.add_argument("--seed", type=int, default=0, help="The first draw's seed: 0 for "
                         "the reported figures, 11 to choose settings on other draws.")
     parser.add_argument("--head-epoch-factor", choices=("auto", "1"), default="auto",
@@ -98,6 +101,8 @@ def main(argv=None) -> dict:
     setup = Sst2Setup(args.preset, args.data, args.seed)
     texts, labels, encoder, build = setup.texts, setup.labels, setup.encoder, setup.build
     validation, test, plan = setup.validation, setup.test, setup.plan
+    if args.scratch_learning_rate:
+        plan = dataclasses.replace(plan, scratch_learning_rate=args.scratch_learning_rate)
     results = {}
     for method in args.methods:
         pairs = ContrastiveSettings(contrastive=method.startswith("contrastive"),
