@@ -62,6 +62,7 @@ _EXPORTS = {
     "load_word_vectors": "models.word_vectors",
     "nearest_class_mean_head": "models.nearest_class_mean",
     "imprint_class_means": "models.nearest_class_mean",
+    "batch_predictor": "models.prediction", "frozen_predictor": "models.inference_graph",
     # training
     "TrainingState": "training.checkpoints",
     "quiet_retracing_warnings": "training.compilation",

@@ -12,6 +12,7 @@ from templates.models.layers import iterate_layers
 from templates.models.pretrained import pretrained_model
 from templates.models.transfer_model import TransferModel
 from templates.training.compilation import compile_classifier
+from templates.training import phases
 from templates.training.phases import (
     extract_features,
     find_head_learning_rate,
@@ -140,9 +141,10 @@ def test_freeze_batch_normalization_reaches_nested_models():
                         for layer in transfer.backbone.layers)
 
 
-def counted_conv_transfer(seed, filters=8):
+def counted_conv_transfer(seed, monkeypatch, filters=8):
     """A fixed random conv "backbone" (enough to check the mechanics) under a small head,
-    and the list of batch sizes its feature extractor has been called on."""
+    and the list of batch sizes its feature extractor has been run on (through the
+    predictor the phases use: `batch_predictor`, a frozen graph on TensorFlow)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((16, 16, 3))
     backbone = keras.Model(inputs, keras.layers.Conv2D(filters, 3, activation="relu")(inputs))
@@ -151,18 +153,24 @@ def counted_conv_transfer(seed, filters=8):
         keras.layers.GlobalAveragePooling2D()(head_inputs)))
     transfer = TransferModel(backbone, head)
     calls = []
-    original = transfer.feature_extractor.predict_on_batch
+    original = phases.batch_predictor
 
-    def counting(batch):
-        calls.append(len(batch))
-        return original(batch)
+    def counting_predictor(model, batches=None):
+        predict = original(model, batches)
+        if model is not transfer.feature_extractor:
+            return predict
 
-    transfer.feature_extractor.predict_on_batch = counting
+        def counting(batch):
+            calls.append(len(batch))
+            return predict(batch)
+        return counting
+
+    monkeypatch.setattr(phases, "batch_predictor", counting_predictor)
     return transfer, calls
 
 
-def test_head_on_cached_features_learns_and_runs_the_backbone_once():
-    transfer, calls = counted_conv_transfer(seed=1)
+def test_head_on_cached_features_learns_and_runs_the_backbone_once(monkeypatch):
+    transfer, calls = counted_conv_transfer(seed=1, monkeypatch=monkeypatch)
     data = bright_dark_batches(count=64, size=16)
     history = train_head(transfer, data, validation_data=data, epochs=30,
                          learning_rate=0.05, seed=1, verbose=0)
@@ -174,9 +182,9 @@ def test_head_on_cached_features_learns_and_runs_the_backbone_once():
     assert accuracy["accuracy"] >= 0.9
 
 
-def test_the_finder_and_the_head_share_one_feature_extraction():
+def test_the_finder_and_the_head_share_one_feature_extraction(monkeypatch):
     data = bright_dark_batches(count=32, size=16)
-    transfer, calls = counted_conv_transfer(seed=2, filters=4)
+    transfer, calls = counted_conv_transfer(seed=2, monkeypatch=monkeypatch, filters=4)
     features = head_training_features(transfer, data)
     find_head_learning_rate(transfer, data, batch_size=8, seed=2, steps=8,
                             train_features=features)
@@ -185,7 +193,7 @@ def test_the_finder_and_the_head_share_one_feature_extraction():
     assert sum(calls) == 32  # one pass over the training data for both
 
     # The same head training as extracting inside train_head.
-    alone, calls = counted_conv_transfer(seed=2, filters=4)
+    alone, calls = counted_conv_transfer(seed=2, monkeypatch=monkeypatch, filters=4)
     history = train_head(alone, data, epochs=3, learning_rate=0.05, batch_size=8, seed=2,
                          verbose=0)
     assert sum(calls) == 32
@@ -194,13 +202,13 @@ def test_the_finder_and_the_head_share_one_feature_extraction():
         train_head(alone, data, cache_features=False, train_features=features)
 
 
-def test_the_head_trains_the_same_on_features_memory_mapped_from_disk(capsys):
+def test_the_head_trains_the_same_on_features_memory_mapped_from_disk(capsys, monkeypatch):
     """feature_memory_gb=0 puts the training and validation features in files from the
     first row: the head reads them batch by batch and trains exactly as in memory."""
     data = bright_dark_batches(count=32, size=16)
     histories = []
     for limit in (None, 0):
-        transfer, _ = counted_conv_transfer(seed=2, filters=4)
+        transfer, _ = counted_conv_transfer(seed=2, monkeypatch=monkeypatch, filters=4)
         histories.append(train_head(transfer, data, validation_data=data, epochs=3,
                                     learning_rate=0.05, batch_size=8, seed=2, verbose=0,
                                     feature_memory_gb=limit))
@@ -211,7 +219,7 @@ def test_the_head_trains_the_same_on_features_memory_mapped_from_disk(capsys):
                                    rtol=1e-6)
     # One budget for both: room for the training features only sends the validation
     # features (the same data here, so the same size) to a file.
-    transfer, _ = counted_conv_transfer(seed=2, filters=4)
+    transfer, _ = counted_conv_transfer(seed=2, monkeypatch=monkeypatch, filters=4)
     train_bytes = head_training_features(transfer, data)[0].nbytes
     train_head(transfer, data, validation_data=data, epochs=1, learning_rate=0.05,
                batch_size=8, seed=2, verbose=0, feature_memory_gb=1.5 * train_bytes / 1e9)
@@ -239,9 +247,9 @@ def test_augmentation_with_cached_features_is_refused():
                    augmentation=keras.layers.RandomFlip())
 
 
-def test_augmented_views_are_cached_once_and_drawn_from_the_seed():
+def test_augmented_views_are_cached_once_and_drawn_from_the_seed(monkeypatch):
     data = bright_dark_batches(count=24, size=16, batch_size=8)
-    transfer, calls = counted_conv_transfer(seed=3, filters=4)
+    transfer, calls = counted_conv_transfer(seed=3, monkeypatch=monkeypatch, filters=4)
     flip = keras.layers.RandomFlip("horizontal", seed=0)
     features, labels = head_training_features(transfer, data, flip, views=2, seed=5)
     # The originals, then two views: three rows per example, one backbone pass each.
@@ -258,6 +266,19 @@ def test_augmented_views_are_cached_once_and_drawn_from_the_seed():
     # A head trains on them through the plan (augmentation cached, not in the graph).
     with pytest.raises(ValueError, match="views need an augmentation"):
         head_training_features(transfer, data, None, views=1)
+
+
+def test_the_originals_and_views_share_one_predictor_sized_for_all_passes(monkeypatch):
+    """ONNX Runtime or a frozen graph pays only for long passes (`batch_predictor`):
+    the views are passes over the same extractor, so it is asked once, for all of them."""
+    data = bright_dark_batches(count=24, size=16, batch_size=8)
+    transfer, _ = counted_conv_transfer(seed=3, monkeypatch=monkeypatch, filters=4)
+    asked = []
+    counting = phases.batch_predictor
+    monkeypatch.setattr(phases, "batch_predictor",
+                        lambda model, batches=None: asked.append(batches) or counting(model, batches))
+    head_training_features(transfer, data, keras.layers.RandomFlip(seed=0), views=2, seed=5)
+    assert asked == [3 * 3]  # 3 batches, the originals and two views
 
 
 def test_extract_features_keeps_order_and_labels():

@@ -77,6 +77,7 @@ def _batch_count(data) -> int | None:
 def extract_features(
     feature_extractor: keras.Model, data: Iterable, store: FeatureStore | None = None,
     what: str = "features", transform: Callable | None = None,
+    predict: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``feature_extractor`` once over ``data`` (batches of ``(inputs, labels)``).
 
@@ -86,15 +87,18 @@ def extract_features(
             omitted. Pass the same store to append several passes (augmented views).
         what: What the progress lines call the step (long extractions report by 10%).
         transform: Applied to each batch of inputs first (e.g. a random augmentation).
+        predict: Returns a batch's features; ``None``: `batch_predictor` for a pass of
+            ``data``'s length (ONNX Runtime or a frozen graph on TensorFlow, where the
+            pass is long enough). Several passes over one extractor share one.
 
     Returns:
         ``(features, labels)``, in the order of ``data``: the features of every pass
         appended to ``store`` so far (an array, or a `numpy.memmap`), the labels of this
         pass.
     """
-    predict = batch_predictor(feature_extractor)
-    store = store if store is not None else FeatureStore()
     total = _batch_count(data)
+    predict = predict or batch_predictor(feature_extractor, total)
+    store = store if store is not None else FeatureStore()
     progress = Progress(f"Extracting {what}", "batches", minimum_total=PROGRESS_MINIMUM_BATCHES)
     labels = []
     for index, (inputs, batch_labels) in enumerate(data, start=1):
@@ -137,8 +141,12 @@ def head_training_features(transfer: Transferable, train_data: Iterable,
     # A shuffled training set is read in its epoch-0 order, so the cached features (and
     # the orders drawn from them) do not depend on how often it was read.
     set_epoch(train_data, 0)
+    # One predictor for the originals and every view: together they may be long enough
+    # to pay for ONNX Runtime or a frozen graph (`batch_predictor`) where one pass is not.
+    passes = _batch_count(train_data)
+    predict = batch_predictor(transfer.feature_extractor, passes and passes * (views + 1))
     features, labels = extract_features(transfer.feature_extractor, train_data, store,
-                                        what="the training set's features")
+                                        what="the training set's features", predict=predict)
     if not views:
         return features, labels
     all_labels = [labels]
@@ -148,7 +156,7 @@ def head_training_features(transfer: Transferable, train_data: Iterable,
         features, view_labels = extract_features(
             transfer.feature_extractor, train_data, store,
             what=f"the features of augmented view {view + 1} of {views}",
-            transform=lambda inputs: augmentation(inputs, training=True))
+            transform=lambda inputs: augmentation(inputs, training=True), predict=predict)
         all_labels.append(view_labels)
         print(f"Cached the features of augmented view {view + 1} of {views}.")
     return features, np.concatenate(all_labels)
