@@ -79,14 +79,15 @@ def frozen_predictor(model: keras.Model, batches: int | None = None):
     Args:
         batches: How many batches the pass has. With fewer than `FREEZE_FOR_AT_LEAST`
             examples in all (counted from the first batch), the pass predicts with
-            ``predict_on_batch`` unless the graph is frozen already; ``None``: freeze
-            whatever the size.
+            ``predict_on_batch`` unless the model's graph is built already; ``None``:
+            build it whatever the size.
 
     The graph is built on the first batch and kept (for as long as the model lives)
     until the model's weights change; that batch is checked against
     ``predict_on_batch``. If the check fails, a warning gives the difference and
-    ``predict_on_batch`` is used instead; a graph TensorFlow cannot freeze is
-    predicted with ``predict_on_batch`` too.
+    ``predict_on_batch`` is used instead. A model ONNX Runtime cannot take goes to the
+    frozen graph, with a warning; one TensorFlow cannot freeze either is predicted with
+    ``predict_on_batch``.
     """
     if not applies_to(model):
         return None
@@ -107,7 +108,8 @@ def frozen_predictor(model: keras.Model, batches: int | None = None):
         difference = float(np.max(np.abs(frozen - expected))) if expected.size else 0.0
         scale = 1.0 + float(np.max(np.abs(expected))) if expected.size else 1.0
         if difference > TOLERANCE * scale:
-            warnings.warn(f"{model.name}'s frozen graph differs from the model by "
+            warnings.warn(f"{model.name} run through ONNX Runtime or its frozen graph "
+                          f"differs from the model by "
                           f"{difference:.3g} (outputs up to {scale - 1:.3g}); predicting "
                           "with predict_on_batch instead.", stacklevel=2)
             kept.graph = None
