@@ -10,13 +10,14 @@ picks its own kernels. Here, for a pass long enough to pay for it:
 * **ONNX Runtime**, where the ``onnx`` extra is installed (tf2onnx and onnxruntime; in
   the test extra): the model exported by Keras's own ``model.export(format="onnx")``.
   EfficientNet-Lite0 extracts about 1.9 times faster than ``predict_on_batch`` on 2
-  CPU cores (docs/benchmarks.md); exporting takes about 6 s.
+  CPU cores (docs/benchmarks.md); exporting takes a few seconds (about 7 s, from the
+  benchmark's first pass).
 * Else **the frozen TensorFlow graph**: the weights made constants, so grappler folds
   what it can, and two rewrites here do the rest: a depthwise convolution's
   BatchNormalization scale goes into its filter (grappler folds it into plain
   convolutions only), and an add of a per-channel constant becomes a ``BiasAdd``, which
   TensorFlow fuses with the convolution and its activation. Lite0: about 1.3 times
-  faster; freezing takes 1-4 s.
+  faster; freezing takes a few seconds.
 
 Outputs stay within about 3e-5 of ``predict_on_batch`` for Lite0's features.
 
@@ -45,9 +46,10 @@ WEIGHTS_BYTES_AT_MOST = 512 * 2**20
 # The frozen graph's outputs against predict_on_batch's, on the first batch: a larger
 # difference than this (relative to the outputs' scale) means the rewrite is wrong.
 TOLERANCE = 1e-3
-# Building costs 1-6 s (freezing MobileNet 0.25 to exporting EfficientNet-Lite0 to ONNX,
-# on 2 cores) and saves about 0.6-4 ms a photo: a pass over fewer photos than this
-# predicts as usual, unless the model's graph is already built.
+# Building costs a few seconds (exporting Lite0 to ONNX: about 7 s on 2 cores) and saves
+# about 7 ms a Lite0 photo (docs/benchmarks.md): a pass over fewer photos than this
+# predicts as usual, unless the model's graph is already built. Set by that break-even
+# (about 1,000 photos for Lite0), with a margin for smaller networks; not tuned further.
 FREEZE_FOR_AT_LEAST = 2_000
 
 _graphs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -183,8 +185,8 @@ def _onnx_session(model: keras.Model):
         model.export(path, format="onnx", verbose=False)
         options = onnxruntime.SessionOptions()
         # Between two batches TensorFlow works (the input pipeline): ONNX Runtime's
-        # threads spinning meanwhile fought it for the cores (Lite0 on 2 cores: 92-118
-        # photos/s spinning, 150 not).
+        # threads spinning meanwhile fought it for the cores (seen in one-off timings of
+        # Lite0 on 2 cores, not a benchmark: about a third slower spinning).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name, dtype = session.get_inputs()[0].name, model.inputs[0].dtype
