@@ -1,4 +1,4 @@
-"""SetFit's optimiser for the contrastive phase, on validation: a third lever for 32 per class.
+"""SetFit's optimiser for the contrastive phase, on validation: levers for 32 per class.
 
 sentence-transformers (which SetFit trains through) uses AdamW with weight decay 0.01
 (biases and LayerNorm weights excluded) and a linear decay after the warm-up; the
@@ -6,7 +6,9 @@ text-encoder recipe's ``--contrastive`` uses no weight decay and a cosine decay
 (`templates.training.contrastive`). This runs ``benchmarks.few_shot_text --methods
 contrastive20`` at 32 sentences per class on the selection draws (seeds 11-15) with
 SetFit's optimiser swapped in for the contrastive phase only (``--optimizer setfit``),
-or as the recipe has it (``--optimizer recipe``), and prints that benchmark's JSON.
+the recipe's with the gradients clipped to a global norm of 1 as SetFit's trainer clips
+them (``--optimizer clipped``), or as the recipe has it (``--optimizer recipe``), and
+prints that benchmark's JSON.
 
     python -m benchmarks.setfit_optimizer --optimizer setfit \\
         --preset ../shared/presets/all-MiniLM-L6-v2 --data ../shared/data/text/sst2
@@ -24,6 +26,7 @@ from templates.training import contrastive
 
 WEIGHT_DECAY = 0.01
 NOT_DECAYED = ["bias", "gamma", "beta"]  # LayerNorm's weights are gamma and beta in Keras
+MAX_GRADIENT_NORM = 1.0  # transformers.TrainingArguments.max_grad_norm's default
 
 
 class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
@@ -61,16 +64,33 @@ def use_setfits_optimizer() -> None:
     contrastive.keras = types.SimpleNamespace(**namespace)
 
 
+def use_clipped_gradients() -> None:
+    """The recipe's contrastive AdamW with the gradients clipped to a global norm of 1
+    (the Hugging Face trainer's ``max_grad_norm``, under SetFit 1.x and
+    sentence-transformers' own ``fit`` alike), nothing else changed (this process)."""
+
+    def adamw(learning_rate, weight_decay=0.0):
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay,
+                                      global_clipnorm=MAX_GRADIENT_NORM)
+
+    namespace = {name: getattr(keras, name) for name in dir(keras) if not name.startswith("__")}
+    namespace["optimizers"] = types.SimpleNamespace(AdamW=adamw,
+                                                    schedules=keras.optimizers.schedules)
+    contrastive.keras = types.SimpleNamespace(**namespace)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.setfit_optimizer",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--optimizer", choices=("setfit", "recipe"), required=True)
+    parser.add_argument("--optimizer", choices=("setfit", "recipe", "clipped"), required=True)
     parser.add_argument("--preset", required=True)
     parser.add_argument("--data", required=True, help="SST-2's stsa.binary.{train,dev,test}.")
     parser.add_argument("--output", default="runs/setfit_optimizer")
     args = parser.parse_args(argv)
     if args.optimizer == "setfit":
         use_setfits_optimizer()
+    elif args.optimizer == "clipped":
+        use_clipped_gradients()
     return few_shot_text.main(["--preset", args.preset, "--data", args.data, "--counts", "32",
                                "--methods", "contrastive20", "--seed", "11",
                                "--output", f"{args.output}_{args.optimizer}"])
