@@ -1,0 +1,129 @@
+"""SetFit itself on the recipe's own few-shot draws: the reference for ``--contrastive``.
+
+The issue's 0.751 (all-MiniLM-L6-v2, 32 SST-2 sentences per class) is one run of the
+SetFit library on a draw of its own. This runs the SetFit library (PyTorch) on the very
+draws the text-encoder recipe's ``--label-curve`` and ``benchmarks.few_shot_text`` train
+on (`templates.training.label_curve.stratified_subset`, seeds 0-4 for the reported
+figures), read by the same loader, scored on the same 872 validation and 1,821 test
+sentences, so the two implementations differ in nothing but their code:
+
+* ``paper``: SetFit's ``TrainingArguments`` with the paper's 20 positive and 20 negative
+  pairs per sentence (``num_iterations=20``), one epoch, 16 pairs a batch, 2e-5: the
+  settings of the recipe's ``--contrastive``; SetFit's head (scikit-learn's logistic
+  regression) on the tuned, pooled, unit-length embeddings;
+* ``library``: SetFit's own defaults, ``TrainingArguments`` untouched but for the seed
+  (SetFit 1.x's oversampled pairs).
+
+It needs the ``setfit`` package (and so PyTorch) beside this project, which it imports
+for the draws and the data only (the PyTorch backend is enough):
+
+    pip install setfit
+    KERAS_BACKEND=torch python -m benchmarks.setfit_reference \\
+        --preset ../shared/presets/all-MiniLM-L6-v2 --data ../shared/data/text/sst2
+
+Ends with one JSON object on stdout (each way's mean, spread and scores per seed, on test
+and on validation); each finished draw is kept in ``--output`` and skipped when the
+command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from templates.data.texts import load_text_splits
+from templates.training.label_curve import seeds_for, stratified_subset
+
+WAYS = ("paper", "library")
+
+
+def training_arguments(way: str, seed: int):
+    """SetFit's ``TrainingArguments`` for ``way`` (`WAYS`)."""
+    from setfit import TrainingArguments
+
+    common = {"seed": seed, "report_to": "none", "show_progress_bar": False,
+              "output_dir": os.path.join("/tmp", "setfit_reference_checkpoints"),
+              "save_strategy": "no"}
+    if way == "paper":
+        return TrainingArguments(num_iterations=20, num_epochs=1, batch_size=16,
+                                 body_learning_rate=2e-5, **common)
+    return TrainingArguments(**common)
+
+
+def one_draw(preset: str, way: str, texts, labels, rows, seed: int, scored) -> dict:
+    """Train SetFit on ``rows`` of the training texts and score it on ``scored``
+    (``{name: (texts, labels)}``)."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer
+
+    started = time.perf_counter()
+    model = SetFitModel.from_pretrained(preset)
+    train = Dataset.from_dict({"text": [texts[row] for row in rows],
+                               "label": [int(labels[row]) for row in rows]})
+    Trainer(model=model, args=training_arguments(way, seed), train_dataset=train).train()
+    point = {"seed": seed, "examples": len(rows)}
+    for name, (sentences, answers) in scored.items():
+        predicted = np.asarray(model.predict(sentences, batch_size=256, as_numpy=True))
+        point[f"{name}_accuracy"] = float(np.mean(predicted == np.asarray(answers)))
+    point["seconds"] = round(time.perf_counter() - started, 1)
+    return point
+
+
+def summary(points: list[dict], name: str) -> dict:
+    """Mean, sample sd, lowest and highest of ``name`` over the points."""
+    scores = [point[name] for point in points]
+    return {"mean": round(float(np.mean(scores)), 4),
+            "sd": round(float(np.std(scores, ddof=1)), 4) if len(scores) > 1 else 0.0,
+            "min": round(float(np.min(scores)), 4), "max": round(float(np.max(scores)), 4),
+            "seeds": len(scores)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.setfit_reference",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", required=True, help="A sentence-transformers folder "
+                        "(or Hugging Face name) SetFit loads.")
+    parser.add_argument("--data", required=True, help="A folder with SST-2's "
+                        "stsa.binary.{train,dev,test}.")
+    parser.add_argument("--counts", type=int, nargs="+", default=[32], help="Labels per class.")
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
+    parser.add_argument("--seed", type=int, default=0, help="The first draw's seed (0: the "
+                        "reported figures' draws).")
+    parser.add_argument("--output", default="runs/setfit_reference")
+    args = parser.parse_args(argv)
+
+    splits = load_text_splits(*(os.path.join(args.data, f"stsa.binary.{name}")
+                                for name in ("train", "dev", "test")))
+    texts, labels = splits.train.texts, splits.labels["train"]
+    scored = {name: (list(getattr(splits, name).texts), splits.labels[name])
+              for name in ("validation", "test")}
+    os.makedirs(args.output, exist_ok=True)
+    report = {"preset": args.preset, "ways": {}}
+    for way in args.ways:
+        for count in args.counts:
+            points = []
+            for seed in seeds_for(count, args.seed):
+                path = os.path.join(args.output, f"{way}_{count}_{seed}.json")
+                if os.path.exists(path):
+                    with open(path) as file:
+                        points.append(json.load(file))
+                    continue
+                rows = stratified_subset(labels, count, seed)
+                points.append(one_draw(args.preset, way, texts, labels, rows, seed, scored))
+                with open(path + ".partial", "w") as file:
+                    json.dump(points[-1], file)
+                os.replace(path + ".partial", path)
+                print(json.dumps({"way": way, "per_class": count, **points[-1]}), flush=True)
+            report["ways"].setdefault(way, {})[str(count)] = {
+                "test": summary(points, "test_accuracy"),
+                "validation": summary(points, "validation_accuracy"), "points": points}
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
