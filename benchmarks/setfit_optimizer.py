@@ -47,6 +47,14 @@ class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
 
 
+def swap_contrastive_optimizers(adamw, schedules) -> None:
+    """`templates.training.contrastive` sees ``keras.optimizers.AdamW`` and
+    ``keras.optimizers.schedules`` as these (this process); the rest of Keras as it is."""
+    namespace = {name: getattr(keras, name) for name in dir(keras) if not name.startswith("__")}
+    namespace["optimizers"] = types.SimpleNamespace(AdamW=adamw, schedules=schedules)
+    contrastive.keras = types.SimpleNamespace(**namespace)
+
+
 def use_setfits_optimizer() -> None:
     """The contrastive phase's AdamW and schedule replaced by SetFit's (this process)."""
 
@@ -58,10 +66,7 @@ def use_setfits_optimizer() -> None:
     def schedule(initial, decay_steps, warmup_target, warmup_steps):
         return WarmupLinear(warmup_target, warmup_steps, decay_steps + warmup_steps)
 
-    namespace = {name: getattr(keras, name) for name in dir(keras) if not name.startswith("__")}
-    namespace["optimizers"] = types.SimpleNamespace(
-        AdamW=adamw, schedules=types.SimpleNamespace(CosineDecay=schedule))
-    contrastive.keras = types.SimpleNamespace(**namespace)
+    swap_contrastive_optimizers(adamw, types.SimpleNamespace(CosineDecay=schedule))
 
 
 def use_clipped_gradients() -> None:
@@ -73,10 +78,7 @@ def use_clipped_gradients() -> None:
         return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay,
                                       global_clipnorm=MAX_GRADIENT_NORM)
 
-    namespace = {name: getattr(keras, name) for name in dir(keras) if not name.startswith("__")}
-    namespace["optimizers"] = types.SimpleNamespace(AdamW=adamw,
-                                                    schedules=keras.optimizers.schedules)
-    contrastive.keras = types.SimpleNamespace(**namespace)
+    swap_contrastive_optimizers(adamw, keras.optimizers.schedules)
 
 
 def main(argv=None) -> dict:

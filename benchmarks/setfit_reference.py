@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from benchmarks.seeds import summary
+from templates.data.files import write_json
 from templates.data.texts import load_text_splits
 from templates.training.label_curve import seeds_for, stratified_subset
 
@@ -76,15 +78,6 @@ def one_draw(preset: str, way: str, texts, labels, rows, seed: int, scored,
     return point
 
 
-def summary(points: list[dict], name: str) -> dict:
-    """Mean, sample sd, lowest and highest of ``name`` over the points."""
-    scores = [point[name] for point in points]
-    return {"mean": round(float(np.mean(scores)), 4),
-            "sd": round(float(np.std(scores, ddof=1)), 4) if len(scores) > 1 else 0.0,
-            "min": round(float(np.min(scores)), 4), "max": round(float(np.max(scores)), 4),
-            "seeds": len(scores)}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.setfit_reference",
                                      description=__doc__.split("\n")[0])
@@ -118,13 +111,11 @@ def main(argv=None) -> dict:
                 rows = stratified_subset(labels, count, seed)
                 points.append(one_draw(args.preset, way, texts, labels, rows, seed, scored,
                                        args.output))
-                with open(path + ".partial", "w") as file:
-                    json.dump(points[-1], file)
-                os.replace(path + ".partial", path)
+                write_json(path, points[-1])
                 print(json.dumps({"way": way, "per_class": count, **points[-1]}), flush=True)
             report["ways"].setdefault(way, {})[str(count)] = {
-                "test": summary(points, "test_accuracy"),
-                "validation": summary(points, "validation_accuracy"), "points": points}
+                name: summary([point[f"{name}_accuracy"] for point in points])
+                for name in ("test", "validation")}
     print(json.dumps(report, indent=1))
     return report
 
