@@ -63,6 +63,7 @@ from templates import (
     seeds_for,
     stratified_subset,
 )
+from templates.cli import label_count
 
 METHODS = ("head", "ncm", "head_from_means", "fine_tune", "scratch", "head_flip_rotate",
            "head_randaugment", "head_mixup", "head_cutmix")
@@ -87,7 +88,8 @@ def main(argv=None) -> dict:
                         help="Spelled as the cats recipe's --backbone.")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--test-dir", required=True)
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--counts", type=label_count, nargs="+", default=[1, 2, 5, 10, 20],
+                        help="Photos per class (all: the whole training set, 3 seeds).")
     parser.add_argument("--fine-tune-counts", type=int, nargs="*", default=[10])
     parser.add_argument("--augment-counts", type=int, nargs="*", default=[5, 10])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -135,19 +137,20 @@ def main(argv=None) -> dict:
                   if method in AUGMENTED else args.counts)
         for count in counts:
             scores = []
+            key = "all" if count is None else count
             for seed in seeds_for(count, args.seed):
-                name = f"{method}.{count}.{seed}"
+                name = f"{method}.{key}.{seed}"
                 point = state.result(name)
                 if point is None:
                     point = score_point(method, count, seed, labels, features, shape,
                                         validation, test, plan, splits, data, build, size,
                                         transfer, args.head_epoch_factor == "auto")
                     state.save_result(name, point)
-                    print(f"{method}, {count} per class, seed {seed}: test accuracy "
+                    print(f"{method}, {key} per class, seed {seed}: test accuracy "
                           f"{point['test_accuracy']:.3f}", flush=True)
                     keras.backend.clear_session()
                 scores.append(point["test_accuracy"])
-            results.setdefault(method, {})[count] = {
+            results.setdefault(method, {})[key] = {
                 "mean": round(float(np.mean(scores)), 4), "sd": round(float(np.std(scores, ddof=1)), 4),
                 "min": round(float(np.min(scores)), 4), "seeds": len(scores)}
     report = {"backbone": args.backbone, "test_photos": int(len(features["test"][1])),

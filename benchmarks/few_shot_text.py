@@ -40,6 +40,7 @@ from templates import (
     load_text_splits,
     pretrained_text_encoder,
 )
+from templates.cli import label_count
 
 METHODS = ("head", "head_from_means", "fine_tune", "contrastive", "contrastive20")
 
@@ -75,8 +76,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", required=True, help="A keras-hub text preset or folder.")
     parser.add_argument("--data", required=True, help="A folder with SST-2's "
                         "stsa.binary.{train,dev,test}.")
-    parser.add_argument("--counts", type=int, nargs="+", default=[8, 16, 32],
-                        help="Labels per class.")
+    parser.add_argument("--counts", type=label_count, nargs="+", default=[8, 16, 32],
+                        help="Labels per class (all: the whole training set, 3 seeds).")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--contrastive-learning-rate", type=float,
                         default=ContrastiveSettings.contrastive_learning_rate,

@@ -159,10 +159,15 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
     add_label_curve_argument(group)
 
 
+def label_count(text: str) -> int | None:
+    """An argparse ``type`` for labels per class: a whole number from 1, or ``all``
+    (``None``: every label, as `templates.training.label_curve.label_curve` takes it)."""
+    return None if text == "all" else number(int, 1)(text)
+
+
 def add_label_curve_argument(group) -> None:
     """``--label-curve K... [all]`` (`templates.training.label_curve.label_curve`)."""
-    group.add_argument("--label-curve", nargs="+", metavar="K", default=None,
-                       type=lambda text: None if text == "all" else number(int, 1)(text),
+    group.add_argument("--label-curve", nargs="+", metavar="K", default=None, type=label_count,
                        help="Also train on K labels per class for each K (stratified, "
                        "drawn per seed: 5 seeds up to 32, 3 above; all: every label), "
                        "with --compare-scratch from scratch too; writes label_curve.*.")

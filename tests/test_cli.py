@@ -12,6 +12,7 @@ from templates.cli import (
     settings_flags,
     settings_from,
     add_settings_arguments,
+    label_count,
     setup_hardware,
     transfer_plan,
     write_metrics,
@@ -211,3 +212,10 @@ def test_other_settings_make_one_flag_per_field_and_round_trip(settings):
     assert len(flag_fields(type(settings))) == len(dataclasses.fields(settings))
     args = parser.parse_args(settings_flags(settings))
     assert settings_from(args, type(settings)) == settings
+
+
+def test_label_counts_are_whole_numbers_from_one_or_all():
+    assert label_count("16") == 16 and label_count("all") is None
+    for text in ("0", "2.5", "every"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            label_count(text)
