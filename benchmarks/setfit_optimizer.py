@@ -100,7 +100,8 @@ def use_weight_average() -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.setfit_optimizer",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--optimizer", choices=("setfit", "recipe", "clipped", "ema"), required=True)
+    parser.add_argument("--optimizer", choices=("setfit", "recipe", "clipped", "ema"),
+                        required=True)
     parser.add_argument("--preset", required=True)
     parser.add_argument("--data", required=True, help="SST-2's stsa.binary.{train,dev,test}.")
     parser.add_argument("--output", default="runs/setfit_optimizer")

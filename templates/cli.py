@@ -160,14 +160,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
 
 
 def label_count(text: str) -> int | None:
-    """An argparse ``type`` for labels per class: a whole number from 1, or ``all``
-    (``None``: every label, as `templates.training.label_curve.label_curve` takes it)."""
+    """An argparse ``type``: labels per class from 1, or ``all`` (``None``, every label)."""
     return None if text == "all" else number(int, 1)(text)
 
 
 def add_label_curve_argument(group) -> None:
     """``--label-curve K... [all]`` (`templates.training.label_curve.label_curve`)."""
-    group.add_argument("--label-curve", nargs="+", metavar="K", default=None, type=label_count,
+    group.add_argument("--label-curve", nargs="+", metavar="K", type=label_count,
                        help="Also train on K labels per class for each K (stratified, "
                        "drawn per seed: 5 seeds up to 32, 3 above; all: every label), "
                        "with --compare-scratch from scratch too; writes label_curve.*.")
@@ -324,9 +323,8 @@ def write_metrics(args: argparse.Namespace, metrics: dict[str, Any],
         return 0
     name = "test_accuracy" if "test_accuracy" in metrics else "val_accuracy"
     head = metrics.get("head", {}).get(name)
-    print(f"Final {name}: {metrics[name]:.4f}" + (f" (head only: {head:.4f})" if head
-                                                  is not None else "")
-          + f". Outputs in {args.output_dir}")
+    head_only = f" (head only: {head:.4f})" if head is not None else ""
+    print(f"Final {name}: {metrics[name]:.4f}{head_only}. Outputs in {args.output_dir}")
     bar = getattr(args, "assert_accuracy_at_least", None)
     if bar is not None and metrics[name] < bar:
         print(f"FAILED: {name} {metrics[name]:.4f} is below the required {bar}",
