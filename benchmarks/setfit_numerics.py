@@ -14,6 +14,10 @@ could differ are measured here rather than tried as levers:
   matters for weights whose gradients are of that size. The root mean square of each
   weight's gradient over the first batches of pairs of seed 0's draw (32 per class, the
   paper's pairs) is compared with it.
+* ``embeddings`` (with ``--reference-embeddings FILE``, written by ``python -m
+  benchmarks.setfit_reference --embeddings FILE`` where sentence-transformers is
+  installed): the untuned encoder's pooled, unit-length vectors of the test sentences,
+  ours against sentence-transformers', at 128 tokens and at the length the recipe fits.
 
     python -m benchmarks.setfit_numerics --preset ../shared/presets/all-MiniLM-L6-v2 \\
         --data ../shared/data/text/sst2
@@ -69,7 +73,7 @@ def gradient_scale(setup: Sst2Setup, per_class: int = 32, seed: int = 0) -> dict
     from templates.training.label_curve import stratified_subset
 
     rows = stratified_subset(setup.labels, per_class, seed)
-    transfer = setup.build()
+    transfer = setup.encoder  # untuned, and not used by anything else here
     first, second, targets = contrastive_pairs(setup.labels[rows], seed, 20)
     batches = PairBatches(transfer.encode([setup.texts[row] for row in rows]), first, second,
                           targets, 16, seed=seed)
@@ -104,14 +108,45 @@ def gradient_scale(setup: Sst2Setup, per_class: int = 32, seed: int = 0) -> dict
     }
 
 
+def embedding_agreement(setup: Sst2Setup, preset: str, data: str, reference_file: str) -> dict:
+    """Cosines between our untuned vectors of the test sentences and those in
+    ``reference_file`` (sentence-transformers', same order), at 128 tokens and at the
+    recipe's fitted length."""
+    from templates import extract_features, load_text_splits, pretrained_text_encoder
+
+    reference = np.load(reference_file)
+    texts = load_text_splits(*(os.path.join(data, f"stsa.binary.{name}")
+                               for name in ("train", "dev", "test"))).test.texts
+    long = pretrained_text_encoder(preset, 2, sequence_length=128, fit_texts=setup.texts,
+                                   class_names=["0", "1"])
+    report = {}
+    for name, encoder in (("128 tokens", long),
+                          (f"{setup.encoder.sequence_length} tokens (fitted)", setup.encoder)):
+        # Batches come in length order: the labels given are the row numbers.
+        vectors, rows = extract_features(encoder.feature_extractor,
+                                         encoder.batches(texts, np.arange(len(texts)), 256))
+        ours = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        cosines = np.sum(ours * reference[rows.astype(int)], axis=1)
+        report[name] = {"sentences": len(texts), "min_cosine": float(cosines.min()),
+                        "under_0.9999": int(np.sum(cosines < 0.9999))}
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.setfit_numerics",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--preset", required=True, help="A Hugging Face MiniLM folder.")
     parser.add_argument("--data", required=True, help="SST-2's stsa.binary.{train,dev,test}.")
+    parser.add_argument("--reference-embeddings", metavar="FILE",
+                        help="sentence-transformers' vectors of the test sentences "
+                        "(benchmarks.setfit_reference --embeddings FILE).")
     args = parser.parse_args(argv)
-    report = {"tokens": token_differences(args.preset, args.data),
-              "gradients": gradient_scale(Sst2Setup(args.preset, args.data))}
+    setup = Sst2Setup(args.preset, args.data)
+    report = {"tokens": token_differences(args.preset, args.data)}
+    if args.reference_embeddings:  # before gradient_scale unfreezes setup.encoder
+        report["embeddings"] = embedding_agreement(setup, args.preset, args.data,
+                                                   args.reference_embeddings)
+    report["gradients"] = gradient_scale(setup)
     print(json.dumps(report, indent=1))
     return report
 

@@ -90,6 +90,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="The first draw's seed (0: the "
                         "reported figures' draws).")
     parser.add_argument("--output", default="runs/setfit_reference")
+    parser.add_argument("--embeddings", metavar="FILE", help="Instead: write the untuned "
+                        "model's unit-length sentence-transformers embeddings of the test "
+                        "sentences to FILE (.npy), for benchmarks.setfit_numerics "
+                        "--reference-embeddings.")
     args = parser.parse_args(argv)
 
     splits = load_text_splits(*(os.path.join(args.data, f"stsa.binary.{name}")
@@ -97,6 +101,15 @@ def main(argv=None) -> dict:
     texts, labels = splits.train.texts, splits.labels["train"]
     scored = {name: (list(getattr(splits, name).texts), splits.labels[name])
               for name in ("validation", "test")}
+    if args.embeddings:
+        from sentence_transformers import SentenceTransformer
+
+        vectors = SentenceTransformer(args.preset, device="cpu").encode(
+            scored["test"][0], batch_size=64, normalize_embeddings=True)
+        np.save(args.embeddings, vectors)
+        report = {"embeddings": args.embeddings, "shape": list(vectors.shape)}
+        print(json.dumps(report))
+        return report
     os.makedirs(args.output, exist_ok=True)
     report = {"preset": args.preset, "ways": {}}
     for way in args.ways:
