@@ -87,6 +87,7 @@ from templates import (  # noqa: E402
     CookbookError,
     TransferPlan,
     contrastive_tune,
+    describe_cut_texts,
     download_sst2,
     evaluate_run,
     label_curve,
@@ -193,9 +194,13 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     batches = {name: transfer.batches(getattr(splits, name).texts, splits.labels[name],
                                       plan.batch_size, shuffle=name == "train", seed=plan.seed)
                for name in ("train", "validation", "test")}
+    # Texts longer than the sequence length are read to it: counted, never silently.
+    texts_cut = transfer.texts_cut(splits)
     print(f"{splits.describe()}\nEncoder {transfer.source}, sequence length "
           f"{transfer.sequence_length}, {transfer.pooling} pooling "
           f"({transfer.pooling_choice['chosen_by']}).")
+    if texts_cut:
+        print(describe_cut_texts(texts_cut, splits))
 
     # ## Training: the two phases, as one plan
     # Phase 1 trains the head on cached encoder outputs; phase 2 unfreezes the encoder
@@ -236,7 +241,8 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
     metrics = {
         **run.metrics(), "encoder": transfer.source, "lora_rank": args.lora_rank,
         "pooling": transfer.pooling_choice, "contrastive": tuned,
-        "sequence_length": transfer.sequence_length, "trainable_weights": trainable,
+        "sequence_length": transfer.sequence_length, "texts_cut": texts_cut,
+        "trainable_weights": trainable,
         "class_names": class_names, "skipped_lines": splits.skipped,
         "data_notes": splits.notes,
         "examples": {name: len(getattr(splits, name))

@@ -36,6 +36,7 @@ _EXPORTS = {
     "MAX_IMAGE_SIZE": "data.images", "DEFAULT_CACHE_MEMORY_GB": "data.decoded_images",
     "IMAGE_EXTENSIONS": "data.images", "load_image_splits": "data.images",
     "download_sst2": "data.texts", "load_text_splits": "data.texts",
+    "count_cut_texts": "data.texts", "describe_cut_texts": "data.texts",
     "string_model": "models.tokenized_text",
     # models
     "BackboneChoice": "models.backbone_spelling",

@@ -140,6 +140,19 @@ def test_the_text_encoder_recipe_runs_minilm_on_jax_without_tensorflow(
     assert metrics["pooling"]["pooling"] == "mean" and metrics["pooling"]["normalize"]
     assert (out / "tokenizer.json").is_file() and not (out / "saved_model").exists()
     assert metrics["test_accuracy"] >= 0.65, metrics["test_accuracy"]
+    # The sentences read only to the fitted length are counted, as tokenizer.json counts
+    # their tokens (the length fits 99% of the 200 training sentences).
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    length = metrics["sequence_length"]
+    for split, lines in (("validation", held[:200]), ("test", held[200:400])):
+        tokens = [len(encoding.ids) for encoding in
+                  tokenizer.encode_batch([line.split(" ", 1)[1] for line in lines])]
+        assert metrics["texts_cut"][split] == sum(count > length for count in tokens), split
+    assert metrics["texts_cut"]["sequence_length"] == length
     predicted = subprocess.run(
         [sys.executable, WITHOUT_TENSORFLOW, "-m", "recipes.predict", str(out), "--text",
          "a gripping, funny and moving film", "--text", "a dull, boring and lifeless mess"],

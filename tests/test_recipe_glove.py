@@ -85,6 +85,9 @@ def test_recipe_outputs_and_compare_scratch_on_multiclass_data(colour_data, subp
     assert metrics["test_accuracy"] >= 0.9   # unseen colour words, through the vectors
     assert metrics["vocabulary_size"] == 2 + 18 + 5  # padding, OOV, the vectors' words
     assert metrics["oov_rate"] == 0.0
+    # The length fits 95% of the training texts; the texts read only to it are counted.
+    assert metrics["texts_cut"]["sequence_length"] == metrics["sequence_length"]
+    assert "tokens, read to that length" in result.stdout or "No text is longer" in result.stdout
     for name in ("history.json", "learning_curves.png", "model.keras", "labels.txt",
                  "transfer_report.json", "transfer_report.png", "saved_model"):
         assert (out / name).exists(), name

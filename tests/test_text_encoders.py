@@ -144,6 +144,36 @@ def test_the_sequence_length_fits_the_texts(keyword_preset):
     assert fitted_sequence_length(preprocessor, ["good " * 200]) == 64  # the preset's
 
 
+def test_texts_longer_than_the_sequence_length_are_counted(keyword_preset, tmp_path):
+    """Nothing is cut silently: the texts a model reads only the start of, per split."""
+    import tensorflow as tf
+
+    from templates.data.texts import describe_cut_texts, load_text_splits
+    from templates.models.text_encoders import load_text_preset, token_lengths
+
+    _, preprocessor = load_text_preset(str(keyword_preset))
+    texts = ["good", "the film was good", "the film was very good " * 3, "bad " * 70]
+    # Each text's tokens before any cut: where the preset's 64 fit it, what its packer
+    # marks as real; the last one is longer than that (70 words, [CLS] and [SEP]).
+    packed = preprocessor(tf.constant(texts))["padding_mask"].numpy().sum(axis=1)
+    lengths = token_lengths(preprocessor, texts)
+    assert lengths[:3].tolist() == packed[:3].tolist() == [3, 6, 17]
+    assert lengths[3] == 72 and packed[3] == 64
+
+    write_lines(tmp_path / "train.tsv", texts * 2, ["pos", "neg"] * 4)
+    write_lines(tmp_path / "test.tsv", texts[2:], ["pos", "neg"])
+    splits = load_text_splits(tmp_path / "train.tsv", test=tmp_path / "test.tsv",
+                              validation_fraction=0.25, seed=0)
+    transfer = pretrained_text_encoder(str(keyword_preset), 2, sequence_length=16)
+    cut = transfer.texts_cut(splits)
+    long_ones = {name: sum(len(text.split()) + 2 > 16 for text in getattr(splits, name).texts)
+                 for name in ("train", "validation", "test")}
+    assert cut == {"sequence_length": 16, **long_ones} and cut["test"] == 2
+    assert describe_cut_texts(cut, splits).startswith("Texts longer than 16 tokens")
+    assert describe_cut_texts({**cut, "train": 0, "validation": 0, "test": 0},
+                              splits) == "No text is longer than 16 tokens."
+
+
 def test_bad_sources_fail_with_one_sentence(keyword_preset, tmp_path, monkeypatch):
     import keras_hub
 
@@ -216,6 +246,8 @@ def test_the_encoder_recipe_runs_on_a_local_bert_preset(sst2_dir, subprocess_env
     metrics = run(["--compare-scratch"])
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["encoder"] == f"keras_hub:{preset}"
     assert metrics["examples"] == {"train": 300, "validation": 872, "test": 1821}
+    assert set(metrics["texts_cut"]) == {"sequence_length", "train", "validation", "test"}
+    assert metrics["texts_cut"]["sequence_length"] == metrics["sequence_length"]
     for name in ("model.keras", "labels.txt", "evaluation/evaluation.json", "history.json",
                  "transfer_report.json", "saved_model/saved_model.pb"):
         assert (out / name).is_file(), name

@@ -48,3 +48,29 @@ def test_texts_become_ids_over_a_vocabulary_aligned_to_the_vectors(tmp_path):
         data.batches("dev", batch_size=2)
     with pytest.raises(ValueError, match="extra_vocabulary"):
         tokenize_for_vectors(splits, vectors, extra_vocabulary=-1)
+
+
+def test_texts_longer_than_the_sequence_length_are_counted_not_cut_silently(tmp_path):
+    from templates.data.texts import build_vectorizer, vectorize
+
+    texts = ["Good, fine film!", "a b c d e f", "one two three four five six seven",
+             "short", "it's a dull -- very dull -- day."]
+    (tmp_path / "train.tsv").write_text("".join(f"{'pos' if i % 2 else 'neg'}\t{text}\n"
+                                                for i, text in enumerate(texts * 2)),
+                                        encoding="utf-8")
+    (tmp_path / "test.tsv").write_text("pos\tone two three four five six seven eight\n"
+                                       "neg\tbad\n", encoding="utf-8")
+    splits = load_text_splits(tmp_path / "train.tsv", test=tmp_path / "test.tsv",
+                              validation_fraction=0.2, seed=0)
+    vectors = KeyedVectors(vector_size=4)
+    vectors.add_vectors(["good", "film"], np.ones((2, 4), dtype="float32"))
+    data = tokenize_for_vectors(splits, vectors, sequence_length=5)
+    # The tokens counted are the vectoriser's own (punctuation marks are tokens): at a
+    # length that cuts nothing, each text's non-padding ids.
+    wide = build_vectorizer(splits.train.texts, sequence_length=50)
+    assert ((vectorize(wide, texts) != 0).sum(axis=1)).tolist() == [5, 6, 7, 1, 9]
+    expected = {name: int(((vectorize(wide, getattr(splits, name).texts) != 0).sum(axis=1)
+                           > 5).sum()) for name in ("train", "validation", "test")}
+    assert data.texts_cut == {"sequence_length": 5, **expected} and expected["test"] == 1
+    assert data.report()["texts_cut"] == data.texts_cut
+    assert "Texts longer than 5 tokens" in data.summary().splitlines()[-1]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -325,6 +325,37 @@ def overlap_notes(training: TextExamples, validating: TextExamples,
             notes.append(f"{shared} of the {len(examples)} {name} texts also appear word for "
                          f"word in an earlier split (kept: {examples.source}).")
     return notes
+
+
+def count_cut_texts(splits: TextSplits, sequence_length: int,
+                    lengths: Callable[[Sequence[str]], Sequence[int]]) -> dict[str, int]:
+    """How many texts of each split are longer than ``sequence_length`` tokens, so that a
+    model reads only their first ``sequence_length`` (a cut is counted, never silent).
+
+    Args:
+        splits: The texts (`load_text_splits`).
+        sequence_length: Tokens the model reads per text.
+        lengths: Each text's token count as the model's tokeniser makes it, before any
+            cut (special tokens included where the model adds them).
+
+    Returns:
+        ``{"sequence_length": L, "train": n, "validation": n, "test": n}``.
+    """
+    counts = {"sequence_length": int(sequence_length)}
+    for name in ("train", "validation", "test"):
+        texts = getattr(splits, name).texts
+        counts[name] = int((np.asarray(lengths(texts)) > sequence_length).sum()) if len(texts) else 0
+    return counts
+
+
+def describe_cut_texts(counts: dict[str, int], splits: TextSplits) -> str:
+    """`count_cut_texts` in one sentence for the console."""
+    cut = [f"{counts[name]:,} of {len(getattr(splits, name)):,} {name}"
+           for name in ("train", "validation", "test") if counts[name]]
+    if not cut:
+        return f"No text is longer than {counts['sequence_length']} tokens."
+    return (f"Texts longer than {counts['sequence_length']} tokens, read to that length "
+            f"(--sequence-length reads more): {', '.join(cut)}.")
 
 
 def load_text_splits(

@@ -35,6 +35,7 @@ model holding one loads with ``safe_mode=False`` only (`templates.models.tfhub`)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ import numpy as np
 from templates.data.errors import CookbookError
 from templates.data.batches import LengthBucketedBatches, shuffle_each_epoch
 from templates.data.multi_label import is_multi_label
+from templates.data.texts import TextSplits, count_cut_texts
 from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.models.freezing import unfreeze_from
 from templates.models.heads import classification_head
@@ -222,6 +224,15 @@ class EncoderTransfer:
     def sequence_length(self) -> int | None:
         """Tokens per text (keras-hub), ``None`` for a TF-Hub module."""
         return None if self.preprocessor is None else int(self.preprocessor.sequence_length)
+
+    def texts_cut(self, splits: TextSplits) -> dict[str, int] | None:
+        """Texts of each split longer than `sequence_length` tokens
+        (`templates.data.texts.count_cut_texts`); ``None`` for a TF-Hub module, which
+        cuts (or not) inside itself."""
+        if self.preprocessor is None:
+            return None
+        return count_cut_texts(splits, self.sequence_length,
+                               functools.partial(token_lengths, self.preprocessor))
 
     @property
     def head_dropout(self) -> float:
@@ -478,24 +489,31 @@ def enable_lora(encoder: keras.Model, rank: int) -> int:
     return len(targets)
 
 
+def token_lengths(preprocessor, texts: Sequence[str]) -> np.ndarray:
+    """Tokens of each text as ``preprocessor`` (keras-hub's, or a `TokenizerFile`) packs
+    it, special tokens included, before any cut to its sequence length."""
+    texts = [str(text) for text in texts]
+    if isinstance(preprocessor, TokenizerFile):
+        return preprocessor.lengths(texts)
+    import tensorflow as tf
+
+    # The tokeniser's pieces, plus what the packer adds around them ([CLS] and [SEP]
+    # for BERT): the real tokens of an empty text.
+    special = int(keras.ops.convert_to_numpy(preprocessor(tf.constant([""]))["padding_mask"]).sum())
+    return np.asarray([len(pieces) for start in range(0, len(texts), 256)
+                       for pieces in preprocessor.tokenizer(tf.constant(texts[start:start + 256]))],
+                      dtype="int64") + special
+
+
 def fitted_sequence_length(preprocessor, texts: Sequence[str], percentile: float = 99,
                            multiple: int = 8) -> int:
     """Tokens per text that fit ``percentile`` % of ``texts`` whole (special tokens
     included), rounded up to a multiple of ``multiple`` and at most the preprocessor's
     own length: shorter sequences make every step cheaper (attention is quadratic)."""
     longest = int(preprocessor.sequence_length)
-    sample = np.asarray([str(text) for text in texts[:5000]], dtype=object)
-    if not len(sample):
+    if not len(texts):
         return longest
-    if isinstance(preprocessor, TokenizerFile):
-        masks = [np.minimum(preprocessor.lengths(list(sample)), longest)]
-    else:
-        import tensorflow as tf
-
-        masks = [keras.ops.convert_to_numpy(preprocessor(tf.constant(sample[start:start + 256]))
-                                            ["padding_mask"]).sum(axis=1)
-                 for start in range(0, len(sample), 256)]
-    needed = float(np.percentile(np.concatenate(masks), percentile))
+    needed = float(np.percentile(token_lengths(preprocessor, texts[:5000]), percentile))
     return int(min(longest, max(multiple, multiple * np.ceil(needed / multiple))))
 
 

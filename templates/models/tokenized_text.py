@@ -12,16 +12,20 @@ pretrained meaning), aligns the vectors to its vocabulary
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
+from templates.data.tokenization import standard_tokens
 from templates.data.vocabulary import Vocabulary
 from templates.data.texts import (
     TextSplits,
     build_vectorizer,
+    count_cut_texts,
+    describe_cut_texts,
     token_dataset,
     unknown_token_rate,
     vectorize,
@@ -60,6 +64,12 @@ class TokenizedText:
         """Tokens per text (longer texts are cut, shorter ones padded)."""
         return int(self.ids["train"].shape[1])
 
+    @functools.cached_property
+    def texts_cut(self) -> dict[str, int]:
+        """Texts of each split longer than `sequence_length` words (`count_cut_texts`)."""
+        return count_cut_texts(self.splits, self.sequence_length, lambda texts: [
+            len(standard_tokens(str(text))) for text in texts])
+
     @property
     def trainable_rows(self) -> int:
         """Rows of the embedding the training texts reach (ids below this).
@@ -87,6 +97,7 @@ class TokenizedText:
             "vocabulary_size": len(self.vocabulary), "oov_rate": round(self.matrix.oov_rate, 4),
             "test_unknown_token_rate": round(unknown_token_rate(self.ids["test"]), 4),
             "embedding": self.matrix.report(), "sequence_length": self.sequence_length,
+            "texts_cut": self.texts_cut,
             "class_names": self.splits.class_names,
             "examples": {name: len(getattr(self.splits, name)) for name in SPLITS},
             "skipped_lines": self.splits.skipped,
@@ -94,13 +105,15 @@ class TokenizedText:
         }
 
     def summary(self) -> str:
-        """Two lines for the console: the data, then the vocabulary and its coverage."""
+        """Three lines for the console: the data, the vocabulary and its coverage, and
+        the texts cut to the sequence length."""
         splits, matrix = self.splits, self.matrix
         return (f"{splits.describe()}\n"
                 f"Vocabulary {len(self.vocabulary)} words, {self.sequence_length} tokens per "
                 f"text; {matrix.coverage:.1%} have a pretrained vector "
                 f"({matrix.case_folded_hits} after lower-casing), e.g. missing: "
-                f"{matrix.missing_examples[:5]}")
+                f"{matrix.missing_examples[:5]}\n"
+                f"{describe_cut_texts(self.texts_cut, splits)}")
 
 
 def tokenize_for_vectors(
