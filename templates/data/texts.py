@@ -344,7 +344,8 @@ def count_cut_texts(splits: TextSplits, sequence_length: int,
     counts = {"sequence_length": int(sequence_length)}
     for name in ("train", "validation", "test"):
         texts = getattr(splits, name).texts
-        counts[name] = int((np.asarray(lengths(texts)) > sequence_length).sum()) if len(texts) else 0
+        longer = np.asarray(lengths(texts)) > sequence_length if len(texts) else []
+        counts[name] = int(np.sum(longer))
     return counts
 
 

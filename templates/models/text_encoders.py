@@ -499,9 +499,11 @@ def token_lengths(preprocessor, texts: Sequence[str]) -> np.ndarray:
 
     # The tokeniser's pieces, plus what the packer adds around them ([CLS] and [SEP]
     # for BERT): the real tokens of an empty text.
-    special = int(keras.ops.convert_to_numpy(preprocessor(tf.constant([""]))["padding_mask"]).sum())
-    return np.asarray([len(pieces) for start in range(0, len(texts), 256)
-                       for pieces in preprocessor.tokenizer(tf.constant(texts[start:start + 256]))],
+    special = int(np.sum(keras.ops.convert_to_numpy(
+        preprocessor(tf.constant([""]))["padding_mask"])))
+    batches = (preprocessor.tokenizer(tf.constant(texts[start:start + 256]))
+               for start in range(0, len(texts), 256))
+    return np.asarray([len(pieces) for batch in batches for pieces in batch],
                       dtype="int64") + special
 
 
