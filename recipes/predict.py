@@ -103,6 +103,10 @@ def main(argv=None) -> int:
     if skipped or unreadable:
         print(f"Classified {len(predictions) - skipped} of {len(predictions)} inputs; "
               f"skipped {skipped + len(unreadable)} that could not be read (named above).")
+    cut = [prediction for prediction in predictions if prediction.cut_at]
+    if cut:  # the model read these texts only to its sequence length: said, not silent
+        print(f"{len(cut)} of {len(predictions)} texts are longer than the model's "
+              f"{cut[0].cut_at} tokens and were read only that far (cut_at in --output).")
     if args.output:
         write_json(args.output, [dataclasses.asdict(p) for p in predictions])
     return 1 if skipped == len(predictions) else 0

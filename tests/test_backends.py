@@ -157,6 +157,9 @@ def test_token_id_model_with_its_vocabulary_predicts_as_the_string_model(tmp_pat
     unseen = ["a fine story", "DULL, not fine", "words never seen", "fine " * 10]
     np.testing.assert_allclose(from_ids.predict_probabilities(unseen),
                                from_strings.predict_probabilities(unseen), atol=1e-6)
+    # Both say which texts they read only the start of (6 of the last one's 10 words).
+    for predictor in (from_ids, from_strings):
+        assert [p.cut_at for p in predictor.predict(unseen)] == [None, None, None, 6]
 
 
 DATA_PARALLEL = r"""

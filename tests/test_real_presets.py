@@ -155,11 +155,15 @@ def test_the_text_encoder_recipe_runs_minilm_on_jax_without_tensorflow(
     assert metrics["texts_cut"]["sequence_length"] == length
     predicted = subprocess.run(
         [sys.executable, WITHOUT_TENSORFLOW, "-m", "recipes.predict", str(out), "--text",
-         "a gripping, funny and moving film", "--text", "a dull, boring and lifeless mess"],
+         "a gripping, funny and moving film", "--text", "a dull, boring and lifeless mess",
+         "--text", "a gripping film " * 40],
         env=env, capture_output=True, text=True, timeout=300)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = [line.split() for line in predicted.stdout.splitlines() if "%" in line]
-    assert [line[0] for line in lines] == ["1", "0"], predicted.stdout
+    assert [line[0] for line in lines[:2]] == ["1", "0"] and len(lines) == 3, predicted.stdout
+    # The 120-word text is read to the fitted length, and the predictor says so.
+    assert (f"1 of 3 texts are longer than the model's {length} tokens"
+            in predicted.stdout), predicted.stdout
 
 
 @pytest.mark.acceptance

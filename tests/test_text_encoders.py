@@ -103,6 +103,13 @@ def test_a_bert_preset_is_fine_tuned_after_its_head_and_saved_for_raw_strings(
     strings = np.array(held_texts[:6], dtype=object)
     np.testing.assert_allclose(reloaded.predict_on_batch(strings),
                                classifier.predict_on_batch(strings), atol=1e-5)
+    # The predictor reads the tokeniser inside the saved pipeline and says which texts
+    # the model read only to its 16 tokens.
+    from templates.export.predictor import Predictor
+
+    (tmp_path / "labels.txt").write_text("negative\npositive\n")
+    predictions = Predictor(tmp_path).predict([held_texts[0], "good " * 20])
+    assert [prediction.cut_at for prediction in predictions] == [None, 16]
 
 
 def test_lora_trains_only_its_adapters(keyword_preset):

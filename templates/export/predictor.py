@@ -14,14 +14,17 @@ raw strings:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
 from templates.data.multi_label import THRESHOLDS_FILE
+from templates.data.tokenization import standard_tokens
 from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.data.vocabulary import VOCABULARY_FILE, Vocabulary
 from templates.training.saving import load_model, read_labels
@@ -44,6 +47,7 @@ class Prediction:
     probabilities: dict[str, float]
     labels: dict[str, float] | None = None
     problem: str | None = None  # why the input could not be classified (then no label)
+    cut_at: int | None = None  # a text longer than the model reads: the tokens it read
 
 
 class Predictor:
@@ -122,6 +126,30 @@ class Predictor:
         else:
             raise CookbookError(f"{model_path!r} takes {shape} {dtype} "
                                 "inputs; Predictor handles image and text models.")
+        #: ``(sequence_length, lengths)`` of a text model whose tokeniser can be read
+        #: (``lengths`` counts each text's tokens before the cut), else ``None``.
+        self.text_cut = self._text_cut() if self.kind == "text" else None
+
+    def _text_cut(self) -> tuple[int, Callable[[Sequence[str]], Sequence[int]]] | None:
+        if self.tokenizer is not None:
+            return self.tokenizer.sequence_length, self.tokenizer.lengths
+
+        def words(texts):
+            return [len(standard_tokens(str(text))) for text in texts]
+
+        if self.vocabulary is not None:
+            return self.vocabulary.sequence_length, words
+        for layer in self.model._flatten_layers():
+            if isinstance(layer, keras.layers.TextVectorization):  # the GloVe recipe's
+                length = layer.get_config().get("output_sequence_length")
+                return (int(length), words) if length else None
+            preprocessor = getattr(layer, "preprocessor", None)  # a keras-hub pipeline
+            if preprocessor is not None and hasattr(preprocessor, "sequence_length"):
+                from templates.models.text_encoders import token_lengths
+
+                return (int(preprocessor.sequence_length),
+                        functools.partial(token_lengths, preprocessor))
+        return None  # a TF-Hub module cuts (or not) inside itself
 
     def _batch(self, items: Sequence[str]) -> np.ndarray:
         if self.tokenizer is not None:  # padded to the batch's longest text
@@ -162,28 +190,34 @@ class Predictor:
     def predict(self, items: Sequence[str]) -> list[Prediction]:
         """The top class (multi-label: every label over its threshold) and all
         probabilities for each image path or text; an unreadable input gets a
-        `Prediction` whose ``problem`` says why, and the others are still classified."""
+        `Prediction` whose ``problem`` says why, and the others are still classified. A
+        text longer than the model reads has ``cut_at``: the tokens it was read to."""
         items = list(items)
         problems = self.problems(items)
         readable = [item for item, problem in zip(items, problems) if problem is None]
         rows = iter(self.predict_probabilities(readable))
+        cut = iter([None] * len(readable))
+        if self.text_cut is not None and readable:  # a cut text is said, never silent
+            length, lengths = self.text_cut
+            cut = iter([length if count > length else None
+                        for count in np.asarray(lengths(readable))])
         results = []
         for item, problem in zip(items, problems):
             if problem is not None:
                 results.append(Prediction(str(item), "", 0.0, {}, problem=problem))
                 continue
-            row = next(rows)
+            row, cut_at = next(rows), next(cut)
             best = int(np.argmax(row))
             every = {name: float(value) for name, value in zip(self.class_names, row)}
             if self.thresholds is None:
                 results.append(Prediction(str(item), self.class_names[best], float(row[best]),
-                                          every))
+                                          every, cut_at=cut_at))
                 continue
             chosen = {self.class_names[index]: float(row[index])
                       for index in np.argsort(-row, kind="stable")
                       if row[index] >= self.thresholds[index]}
             results.append(Prediction(str(item), "|".join(chosen), float(row[best]), every,
-                                      labels=chosen))
+                                      labels=chosen, cut_at=cut_at))
         return results
 
 
