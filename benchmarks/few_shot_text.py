@@ -47,14 +47,14 @@ METHODS = ("head", "head_from_means", "fine_tune", "contrastive", "contrastive20
 
 class Sst2Setup:
     """SST-2 and the text-encoder recipe's encoder and plan, as the few-shot text
-    benchmarks share them: the training ``texts`` and ``labels``, a fresh ``build()``
-    of the encoder (its pooling: mean, unit length for MiniLM; its sequence length
-    fitted once), the ``validation`` and ``test`` batches, and the recipe's ``plan``
+    benchmarks share them: the ``splits``, the training ``texts`` and ``labels``, a
+    fresh ``build()`` of the encoder (its pooling: mean, unit length for MiniLM; its
+    sequence length fitted once), the ``validation`` and ``test`` batches, and the recipe's ``plan``
     with ``seed`` (the first draw's)."""
 
     def __init__(self, preset: str, data: str, seed: int = 0):
         files = [os.path.join(data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
-        splits = load_text_splits(*files)
+        self.splits = splits = load_text_splits(*files)
         self.texts, self.labels = splits.train.texts, splits.labels["train"]
         self.test_sentences = len(splits.test)
         self.encoder = pretrained_text_encoder(preset, 2, fit_texts=self.texts,

@@ -8,6 +8,8 @@ could differ are measured here rather than tried as levers:
   against the folder's ``tokenizer.json`` read by ``tokenizers``
   (`templates.data.tokenizer_file.TokenizerFile`, what SetFit and our JAX and PyTorch
   runs read), on every SST-2 sentence, at 128 tokens: how many sentences differ.
+* ``texts_cut``: the sentences of each split longer than the length the recipe fits
+  (`templates.models.text_encoders.EncoderTransfer.texts_cut`), which SetFit reads whole.
 * ``gradients``: Keras's Adam adds its epsilon (1e-7) to the uncorrected ``sqrt(v)``,
   PyTorch's (1e-8) to the bias-corrected one, so in PyTorch's terms Keras's epsilon is
   ``1e-7 / sqrt(1 - 0.999 ** step)``: 3.2e-6 at step 1, 2.6e-7 at step 160. It only
@@ -108,15 +110,14 @@ def gradient_scale(setup: Sst2Setup, per_class: int = 32, seed: int = 0) -> dict
     }
 
 
-def embedding_agreement(setup: Sst2Setup, preset: str, data: str, reference_file: str) -> dict:
+def embedding_agreement(setup: Sst2Setup, preset: str, reference_file: str) -> dict:
     """Cosines between our untuned vectors of the test sentences and those in
     ``reference_file`` (sentence-transformers', same order), at 128 tokens and at the
     recipe's fitted length."""
-    from templates import extract_features, load_text_splits, pretrained_text_encoder
+    from templates import extract_features, pretrained_text_encoder
 
     reference = np.load(reference_file)
-    texts = load_text_splits(*(os.path.join(data, f"stsa.binary.{name}")
-                               for name in ("train", "dev", "test"))).test.texts
+    texts = setup.splits.test.texts
     long = pretrained_text_encoder(preset, 2, sequence_length=128, fit_texts=setup.texts,
                                    class_names=["0", "1"])
     report = {}
@@ -142,9 +143,12 @@ def main(argv=None) -> dict:
                         "(benchmarks.setfit_reference --embeddings FILE).")
     args = parser.parse_args(argv)
     setup = Sst2Setup(args.preset, args.data)
-    report = {"tokens": token_differences(args.preset, args.data)}
+    report = {"tokens": token_differences(args.preset, args.data),
+              # The sentences the fitted length cuts, which sentence-transformers (256
+              # tokens) reads whole.
+              "texts_cut": setup.encoder.texts_cut(setup.splits)}
     if args.reference_embeddings:  # before gradient_scale unfreezes setup.encoder
-        report["embeddings"] = embedding_agreement(setup, args.preset, args.data,
+        report["embeddings"] = embedding_agreement(setup, args.preset,
                                                    args.reference_embeddings)
     report["gradients"] = gradient_scale(setup)
     print(json.dumps(report, indent=1))

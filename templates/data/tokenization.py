@@ -31,3 +31,8 @@ def standard_tokens(text: str) -> list[str]:
     ASCII-only lower-casing and whitespace)."""
     spaced = _PUNCTUATION.sub(r" \1 ", text.translate(_ASCII_LOWER))
     return [token for token in _ASCII_WHITESPACE.split(spaced) if token]
+
+
+def standard_token_counts(texts) -> list[int]:
+    """How many `standard_tokens` each text has: its length before a vectoriser's cut."""
+    return [len(standard_tokens(str(text))) for text in texts]

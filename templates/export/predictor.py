@@ -24,7 +24,7 @@ import numpy as np
 
 from templates.data.errors import CookbookError
 from templates.data.multi_label import THRESHOLDS_FILE
-from templates.data.tokenization import standard_tokens
+from templates.data.tokenization import standard_token_counts
 from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.data.vocabulary import VOCABULARY_FILE, Vocabulary
 from templates.training.saving import load_model, read_labels
@@ -133,16 +133,12 @@ class Predictor:
     def _text_cut(self) -> tuple[int, Callable[[Sequence[str]], Sequence[int]]] | None:
         if self.tokenizer is not None:
             return self.tokenizer.sequence_length, self.tokenizer.lengths
-
-        def words(texts):
-            return [len(standard_tokens(str(text))) for text in texts]
-
         if self.vocabulary is not None:
-            return self.vocabulary.sequence_length, words
+            return self.vocabulary.sequence_length, standard_token_counts
         for layer in self.model._flatten_layers():
             if isinstance(layer, keras.layers.TextVectorization):  # the GloVe recipe's
                 length = layer.get_config().get("output_sequence_length")
-                return (int(length), words) if length else None
+                return (int(length), standard_token_counts) if length else None
             preprocessor = getattr(layer, "preprocessor", None)  # a keras-hub pipeline
             if preprocessor is not None and hasattr(preprocessor, "sequence_length"):
                 from templates.models.text_encoders import token_lengths

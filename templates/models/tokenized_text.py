@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from templates.data.errors import CookbookError
-from templates.data.tokenization import standard_tokens
+from templates.data.tokenization import standard_token_counts
 from templates.data.vocabulary import Vocabulary
 from templates.data.texts import (
     TextSplits,
@@ -67,8 +67,7 @@ class TokenizedText:
     @functools.cached_property
     def texts_cut(self) -> dict[str, int]:
         """Texts of each split longer than `sequence_length` words (`count_cut_texts`)."""
-        return count_cut_texts(self.splits, self.sequence_length, lambda texts: [
-            len(standard_tokens(str(text))) for text in texts])
+        return count_cut_texts(self.splits, self.sequence_length, standard_token_counts)
 
     @property
     def trainable_rows(self) -> int:
