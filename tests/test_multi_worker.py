@@ -24,6 +24,10 @@ def free_port() -> int:
 def run_workers(env, output_dir, *arguments, timeout=300, recipe="recipes.multi_worker_digits",
                 reports="worker_{index}.json"):
     ports = [free_port(), free_port()]
+    # A temporary folder of their own, to check what the workers leave there.
+    temporary = output_dir.parent / f"{output_dir.name}-tmp"
+    temporary.mkdir(parents=True, exist_ok=True)
+    env = {**env, "TMPDIR": str(temporary)}
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
@@ -42,6 +46,10 @@ def run_workers(env, output_dir, *arguments, timeout=300, recipe="recipes.multi_
                 process.kill()
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
+    # The second worker's private checkpoint folder and any spilled features are gone.
+    left = [path.name for path in temporary.iterdir() if path.name.startswith(
+        ("worker-", "cached-", "decoded-images-"))]
+    assert not left, left
     return [json.loads((output_dir / reports.format(index=index)).read_text())
             for index in range(2)]
 

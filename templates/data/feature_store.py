@@ -32,7 +32,7 @@ class FeatureStore:
         memory_limit_gb: Bytes kept in memory before spilling (``None``: no limit; ``0``:
             on disk from the first row).
         directory: Where the spill file goes (a temporary folder by default); the file
-            is deleted when the program ends.
+            is gone when the program ends, even if it is killed (on Windows: at exit).
     """
 
     def __init__(self, memory_limit_gb: float | None = DEFAULT_FEATURE_MEMORY_GB,
@@ -72,11 +72,15 @@ class FeatureStore:
             os.makedirs(self.directory, exist_ok=True)
         handle, self.path = tempfile.mkstemp(suffix=".features", prefix="cached-",
                                              dir=self.directory)
-        os.close(handle)
-        atexit.register(lambda path=self.path: os.path.exists(path) and os.remove(path))
-        self.handle = open(self.path, "wb")
+        self.handle = os.fdopen(handle, "w+b")
+        if os.name == "posix":
+            # The open handle (and every memory map of it) keeps the file; its name goes
+            # now, so nothing is left behind however the process ends, killed included.
+            os.remove(self.path)
+        else:  # Windows cannot remove an open file: at exit, then.
+            atexit.register(lambda path=self.path: os.path.exists(path) and os.remove(path))
         print(f"Cached features past {self.limit / 1e9:g} GB in memory: memory-mapped from "
-              f"{self.path} (deleted at exit).")
+              f"a temporary file in {os.path.dirname(self.path)} (removed when the run ends).")
         for part in self.parts:
             self.handle.write(part.tobytes())
         self.parts = []
@@ -88,5 +92,5 @@ class FeatureStore:
         if self.handle is None:
             return np.concatenate(self.parts) if len(self.parts) != 1 else self.parts[0]
         self.handle.flush()
-        return np.memmap(self.path, dtype=self.dtype, mode="r",
+        return np.memmap(self.handle, dtype=self.dtype, mode="r",
                          shape=(self.count, *self.row_shape))

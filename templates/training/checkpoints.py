@@ -28,6 +28,7 @@ callback: epoch ``e``'s data order, dropout masks and augmentation depend only o
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -321,6 +322,7 @@ class TrainingState:
         # resume every worker reads the shared one.
         if not self.resume and not chief_process():
             self.directory = tempfile.mkdtemp(prefix="worker-checkpoints-")
+            atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
         if not self.resume and os.path.isdir(self.directory) and chief_process():
             shutil.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
