@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 import pytest
@@ -37,6 +38,17 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="transfer-cook
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # Word-vector caches go to a private folder too, never to the user's ~/.cache.
 os.environ["TRANSFER_COOKBOOK_CACHE"] = tempfile.mkdtemp(prefix="transfer-cookbook-cache-")
+# This process's folders above (each xdist worker makes its own), removed when its
+# session ends (tmp_path's folders are pytest's, which keeps the last three runs).
+SESSION_FOLDERS = (KERAS_HOME, os.environ["JAX_COMPILATION_CACHE_DIR"],
+                   os.environ["TRANSFER_COOKBOOK_CACHE"])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this process's folders (KERAS_HOME's models/ is a link: only the link
+    goes, never the shared weights)."""
+    for folder in SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
