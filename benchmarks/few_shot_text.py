@@ -52,7 +52,8 @@ class Sst2Setup:
     sequence length fitted once), the ``validation`` and ``test`` batches, and the recipe's ``plan``
     with ``seed`` (the first draw's)."""
 
-    def __init__(self, preset: str, data: str, seed: int = 0):
+    def __init__(self, preset: str, data: str, seed: int = 0,
+                 evaluation_length: int | None = None):
         files = [os.path.join(data, f"stsa.binary.{name}") for name in ("train", "dev", "test")]
         self.splits = splits = load_text_splits(*files)
         self.texts, self.labels = splits.train.texts, splits.labels["train"]
@@ -62,9 +63,15 @@ class Sst2Setup:
         self.build = functools.partial(
             pretrained_text_encoder, preset, 2, sequence_length=self.encoder.sequence_length,
             fit_texts=self.texts, class_names=["0", "1"])
+        # Validation and test read at the training length, or (``evaluation_length``)
+        # whole: the encoder takes any length up to its own, each batch padded to its
+        # longest text.
+        preprocessor = self.encoder.preprocessor
+        preprocessor.sequence_length = evaluation_length or self.encoder.sequence_length
         self.validation, self.test = (
             self.encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
             for name in ("validation", "test"))
+        preprocessor.sequence_length = self.build.keywords["sequence_length"]
         # The recipe's defaults (recipes.text_encoder_classification).
         self.plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5,
                                  scratch_learning_rate=1e-4, seed=seed)
@@ -92,6 +99,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--head-epoch-factor", choices=("auto", "1"), default="auto",
                         help="auto: the plan's extra head epochs on a small training set "
                         "(TransferPlan.head_epoch_factor); 1: without them, to measure them.")
+    parser.add_argument("--evaluation-sequence-length", type=int,
+                        help="Read the validation and test sentences up to this many "
+                        "tokens (default: the length fitted to the training sentences).")
     parser.add_argument("--output", default="runs/few_shot_text")
     args = parser.parse_args(argv)
     if args.head_epoch_factor == "1":  # label_curve fits each point's plan: lift the rule
@@ -99,7 +109,7 @@ def main(argv=None) -> dict:
 
         templates.training.plan.HEAD_STEPS_AT_LEAST = 1
 
-    setup = Sst2Setup(args.preset, args.data, args.seed)
+    setup = Sst2Setup(args.preset, args.data, args.seed, args.evaluation_sequence_length)
     texts, labels, encoder, build = setup.texts, setup.labels, setup.encoder, setup.build
     validation, test, plan = setup.validation, setup.test, setup.plan
     if args.scratch_learning_rate:
