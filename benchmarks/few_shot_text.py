@@ -64,14 +64,14 @@ class Sst2Setup:
             pretrained_text_encoder, preset, 2, sequence_length=self.encoder.sequence_length,
             fit_texts=self.texts, class_names=["0", "1"])
         # Validation and test read at the training length, or (``evaluation_length``)
-        # whole: the encoder takes any length up to its own, each batch padded to its
-        # longest text.
-        preprocessor = self.encoder.preprocessor
-        preprocessor.sequence_length = evaluation_length or self.encoder.sequence_length
+        # longer: the encoder takes any length up to its own (each batch is padded to
+        # its longest text), so only the tokeniser changes.
+        reader = self.encoder if not evaluation_length else pretrained_text_encoder(
+            preset, 2, sequence_length=evaluation_length, load_weights=False,
+            class_names=["0", "1"])
         self.validation, self.test = (
-            self.encoder.batches(getattr(splits, name).texts, splits.labels[name], 256)
+            reader.batches(getattr(splits, name).texts, splits.labels[name], 256)
             for name in ("validation", "test"))
-        preprocessor.sequence_length = self.build.keywords["sequence_length"]
         # The recipe's defaults (recipes.text_encoder_classification).
         self.plan = TransferPlan(learning_rate=1e-2, fine_tune_learning_rate=5e-5,
                                  scratch_learning_rate=1e-4, seed=seed)
