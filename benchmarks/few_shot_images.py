@@ -47,11 +47,11 @@ import numpy as np
 
 from templates import (
     TrainingState,
-    TransferModel,
     TransferPlan,
     array_batches,
     classification_head,
     extract_features,
+    head_on_features,
     head_training_features,
     image_augmentation,
     image_dataset,
@@ -70,15 +70,6 @@ METHODS = ("head", "ncm", "head_from_means", "fine_tune", "scratch", "head_flip_
 MIXING = {"head_mixup": "MixUp", "head_cutmix": "CutMix"}
 AUGMENTED = ("head_flip_rotate", "head_randaugment", *MIXING)  # at --augment-counts
 VIEWS = 4  # augmented views of each photo (the cats recipe's --augmented-views)
-
-
-def on_features(shape, num_classes: int, dropout: float) -> TransferModel:
-    """The recipe's head on features already computed: a transfer model whose backbone
-    passes them through, so `run_transfer` trains the head as the recipe does."""
-    inputs = keras.Input(shape=shape, name="cached_features")
-    passthrough = keras.Model(inputs, keras.layers.Identity()(inputs), name="passthrough")
-    return TransferModel(passthrough, classification_head(shape, num_classes, dropout=dropout),
-                         input_name="features")
 
 
 def main(argv=None) -> dict:
@@ -187,7 +178,7 @@ def score_point(method, count, seed, labels, features, shape, validation, test, 
             point_plan = dataclasses.replace(plan, seed=seed).for_training_set(targets)
             if not epoch_factor:
                 point_plan = dataclasses.replace(point_plan, head_epoch_factor=1)
-        model = on_features(shape, 2, dropout=0.2)
+        model = head_on_features(classification_head(shape, 2, dropout=0.2))
         train = array_batches(inputs, targets, plan.batch_size, seed=seed)
         run = run_transfer(model, train, validation, point_plan.head_only(), test=test,
                            verbose=0)

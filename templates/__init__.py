@@ -60,6 +60,7 @@ _EXPORTS = {
     "tokenize_for_vectors": "models.tokenized_text",
     "TokenizedText": "models.tokenized_text",
     "TransferModel": "models.transfer_model", "unfreeze": "models.transfer_model",
+    "head_on_features": "models.transfer_model",
     "load_word_vectors": "models.word_vectors",
     "nearest_class_mean_head": "models.nearest_class_mean",
     "imprint_class_means": "models.nearest_class_mean",

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from templates.data.batches import array_batches
+from templates.data.batches import ShuffledArrays, array_batches
 from templates.training.checkpoints import TrainingState
 from templates.training.develop import reuse_model
 from templates.training.label_curve import label_curve, seeds_for, stratified_subset
@@ -112,6 +112,49 @@ def test_a_curve_trains_every_point_writes_its_files_and_resumes(tmp_path):
                         plan, state=TrainingState(tmp_path / "checkpoints", resume=True),
                         build_scratch=must_not_train)
     assert again.points == curve.points
+
+
+class CountedPasses(ShuffledArrays):
+    """Fixed-order batches that count the passes made over them (each starts at batch 0)."""
+
+    passes = 0
+
+    def __getitem__(self, index):
+        if index == 0:
+            self.passes += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.acceptance  # 10 small head trainings (about 40 s)
+def test_a_head_only_curve_reads_the_held_out_sets_once_and_scores_as_the_whole_model():
+    keras.utils.set_random_seed(0)
+    source = network()
+    source.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    source.fit(*blobs(2000, 0), epochs=5, batch_size=64, verbose=0)
+    train_x, train_y = blobs(120, 1)
+    plan = TransferPlan(head_epochs=2, fine_tune_epochs=0, learning_rate=3e-2,
+                        batch_size=8, patience=0, restore_best=False, seed=10)
+    curves, held_out = [], []
+    # The head alone; then the same points through the whole model (a hook that does
+    # nothing, but could change the frozen part, so every point reads the sets itself).
+    for hook in (None, lambda transfer, rows, seed: None):
+        validation, test = (CountedPasses(*blobs(count, seed), batch_size=64, shuffle=False)
+                            for count, seed in ((150, 2), (300, 3)))
+        curves.append(label_curve(
+            [2], train_y, lambda rows, seed: array_batches(
+                train_x[rows], train_y[rows], batch_size=8, seed=seed),
+            lambda: reuse_model(source, 3, cut_at="features", pooling="flatten",
+                                dropout=0.0), validation, test, plan, before_training=hook))
+        held_out.append((validation.passes, test.passes))
+    on_features, whole = curves
+    # Five points; the frozen part read the validation and test sets once for all of them.
+    assert held_out[0] == (1, 1)
+    assert held_out[1][0] >= 10 and held_out[1][1] >= 5
+    for first, second in zip(on_features.points, whole.points):
+        assert first["seed"] == second["seed"] and first["examples"] == second["examples"] == 6
+        assert first["val_accuracy"] == pytest.approx(second["val_accuracy"], abs=1 / 150)
+        assert first["test_accuracy"] == pytest.approx(second["test_accuracy"], abs=1 / 300)
+    assert 0.5 < on_features.summary()["transfer"]["2"]["mean"] < 1.0
 
 
 @pytest.mark.acceptance  # the cats recipe's curve: 5 small runs of MobileNet 0.25

@@ -3,6 +3,7 @@
 ``backbone`` is the reused part, ``head`` the new part, ``feature_extractor`` what the
 head reads (the backbone with its preprocessing), ``model`` the whole classifier, and
 ``fine_tune_from`` the first layer the fine-tuning phase unfreezes (`unfreeze`).
+`head_on_features` is a head alone as that contract, for features computed already.
 """
 
 from __future__ import annotations
@@ -83,3 +84,15 @@ class TransferModel:
         features = backbone(x)
         self.feature_extractor = keras.Model(inputs, features, name=f"{name}_features")
         self.model = keras.Model(inputs, head(features), name=name)
+
+
+def head_on_features(head: keras.Model) -> TransferModel:
+    """``head`` as a `TransferModel` whose inputs are the frozen part's features (its
+    backbone passes them through), so `templates.training.run.run_transfer` trains,
+    validates and scores the head on features extracted once
+    (`templates.training.phases.extract_features`), as it would the whole model with
+    that part frozen."""
+    inputs = keras.Input(tuple(head.input_shape[1:]), name="features")
+    passthrough = keras.Model(inputs, keras.layers.Identity()(inputs), name="passthrough")
+    return TransferModel(passthrough, head, input_name="features",
+                         name=f"{head.name}_on_features")

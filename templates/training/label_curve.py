@@ -15,7 +15,9 @@ training needs to match transfer at the smallest K, or that it never does in the
 
 Finished points are kept in the run's `templates.training.checkpoints.TrainingState` and
 skipped on a resume. ``features`` (the frozen part's features of every training
-example, computed once) let every subset's head train on its rows of them.
+example, computed once) let every subset's head train on its rows of them; when the
+plan trains the head alone, the validation and test examples' features are computed
+once too, and every point's head is validated and scored on them.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from templates.data.batches import array_batches
 from templates.data.errors import CookbookError
+from templates.data.feature_store import FeatureStore
 from templates.data.files import atomic_path, write_json
+from templates.models.transfer_model import head_on_features
 from templates.training.checkpoints import TrainingState
 from templates.training.comparison import train_from_scratch
+from templates.training.phases import extract_features, head_training_features
 from templates.training.plan import TransferPlan
 from templates.training.run import run_transfer
 
@@ -199,6 +205,12 @@ def label_curve(
 ) -> LabelCurve:
     """Train on K labels per class for every K of ``counts``, over `seeds_for` seeds.
 
+    When the plan trains the head alone (no fine-tuning, cached features, no augmented
+    views) and nothing changes the frozen part (no ``before_training``), the frozen
+    part is the same at every point: the validation and test examples go through it
+    once, on the first transfer point, and every point's head trains, validates and is
+    scored on features (`templates.models.transfer_model.head_on_features`).
+
     Args:
         counts: Labels per class, smallest first (``None``: all of them).
         train_labels: The full training set's integer labels (the subsets' strata).
@@ -222,6 +234,7 @@ def label_curve(
             `templates.training.contrastive.contrastive_tune` on the subset's texts);
             the details it returns are kept with the point. ``features`` are then not
             used (the frozen part changed).
+
         directory: Where `LabelCurve.write` puts the JSON and the plot (and the
             sentence is printed); ``None``: nothing written.
 
@@ -234,6 +247,10 @@ def label_curve(
     kinds = ["transfer"] + (["scratch"] if build_scratch is not None else [])
     if build_scratch is not None:
         plan.scratch_epochs()  # refused before any point trains when there are none
+    # A head-only plan on an unchanged frozen part: held-out features, once (a list
+    # the first transfer point fills).
+    held_out: list | None = ([] if before_training is None and plan.phases() == ["head"]
+                             and plan.cache_features and not plan.augmented_views else None)
     for per_class in counts:
         for seed in seeds_for(per_class, plan.seed):
             rows = stratified_subset(labels, per_class, seed)
@@ -245,7 +262,7 @@ def label_curve(
                 if saved is None:
                     saved = _train_point(kind, rows, seed, point_plan, train_for,
                                          build_transfer, build_scratch, validation, test,
-                                         features, before_training, verbose)
+                                         features, before_training, verbose, held_out)
                     saved.update(kind=kind, per_class=per_class, seed=seed,
                                  examples=int(len(rows)))
                     print(f"Label curve: {kind}, {_key(per_class)} labels per class, seed "
@@ -275,8 +292,19 @@ def scratch_point(model: keras.Model, train, validation, test=None,
             "test_accuracy": None if test_score is None else float(test_score)}
 
 
+def _held_out_batches(transfer, data, name: str, memory_limit_gb: float | None):
+    if data is None:
+        return None
+    features, labels = extract_features(transfer.feature_extractor, data,
+                                        FeatureStore(memory_limit_gb),
+                                        what=f"{name} features (once for every point)")
+    return array_batches(features, labels, batch_size=256, shuffle=False,
+                         dtype=str(features.dtype))
+
+
 def _train_point(kind, rows, seed, plan, train_for, build_transfer, build_scratch,
-                 validation, test, features, before_training, verbose) -> dict[str, Any]:
+                 validation, test, features, before_training, verbose,
+                 held_out=None) -> dict[str, Any]:
     keras.utils.set_random_seed(seed)
     train = train_for(rows, seed)
     if kind == "scratch":
@@ -285,6 +313,15 @@ def _train_point(kind, rows, seed, plan, train_for, build_transfer, build_scratc
     details = before_training(transfer, rows, seed) if before_training is not None else None
     subset = (None if features is None or plan.augmented_views or before_training is not None
               else (features[0][rows], features[1][rows]))
+    if held_out is not None:
+        if not held_out:  # the first transfer point: the held-out sets, through the frozen part
+            held_out += [_held_out_batches(transfer, data, name, plan.feature_memory_gb)
+                         for data, name in ((validation, "validation"), (test, "test"))]
+        subset = subset if subset is not None else head_training_features(
+            transfer, train, memory_limit_gb=plan.feature_memory_gb)
+        transfer, validation, test = head_on_features(transfer.head), *held_out
+        train = array_batches(*subset, batch_size=plan.batch_size, seed=seed,
+                              dtype=str(subset[0].dtype))
     run = run_transfer(transfer, train, validation, plan, None, test=test, verbose=verbose,
                        features=subset)
     return {"val_accuracy": float(run.scores.get("val_accuracy", float("nan"))),
