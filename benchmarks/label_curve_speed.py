@@ -81,7 +81,8 @@ def every_point_curve(curve: dict) -> list[dict]:
     """The curve's points as before: each point's own run of `run_transfer` on the whole
     model (the curve's point function, given no held-out features)."""
     point = label_curve_module._train_point
-    label_curve_module._train_point = lambda *given: point(*given[:12], None)
+    label_curve_module._train_point = lambda *given, **named: point(
+        *given, **{**named, "held_out": None})
     try:
         return label_curve(**curve).points
     finally:

@@ -262,7 +262,8 @@ def label_curve(
                 if saved is None:
                     saved = _train_point(kind, rows, seed, point_plan, train_for,
                                          build_transfer, build_scratch, validation, test,
-                                         features, before_training, verbose, held_out)
+                                         features, before_training, verbose,
+                                         held_out=held_out)
                     saved.update(kind=kind, per_class=per_class, seed=seed,
                                  examples=int(len(rows)))
                     print(f"Label curve: {kind}, {_key(per_class)} labels per class, seed "
