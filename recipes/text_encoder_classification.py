@@ -273,7 +273,7 @@ def run_recipe(args: argparse.Namespace, choice) -> int:
         metrics["label_curve"] = label_curve(
             args.label_curve, labels, lambda rows, seed: transfer.batches(
                 [texts[row] for row in rows], labels[rows], plan.batch_size, shuffle=True,
-                seed=seed), lambda: build_encoder(transfer.pooling), batches["validation"],
+                seed=seed), lambda: build_encoder(transfer.pooling_choice), batches["validation"],
             batches["test"], plan, state=state, directory=args.output_dir,
             before_training=tune_on_pairs if contrastive.contrastive else None,
             build_scratch=(functools.partial(transfer.scratch_model, seed=plan.seed)

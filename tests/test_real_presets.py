@@ -46,6 +46,14 @@ def test_the_minilm_folder_is_mean_pooled_and_normalised_as_its_config_says(mini
     pooler = pretrained_text_encoder(str(minilm_dir), 2, sequence_length=32, pooling="pooler")
     assert pooler.pooling_choice["chosen_by"] == "given"
     assert not np.allclose(pooler.backbone.predict(inputs, verbose=0), vectors, atol=1e-2)
+    # An earlier encoder's choice builds the same pooling, unit length included (the
+    # recipe's label curve builds each point's encoder so); the name alone would not.
+    again = pretrained_text_encoder(str(minilm_dir), 2, sequence_length=32,
+                                    pooling=transfer.pooling_choice)
+    assert again.pooling_choice == transfer.pooling_choice
+    np.testing.assert_allclose(again.backbone.predict(inputs, verbose=0), vectors, atol=1e-5)
+    named = pretrained_text_encoder(str(minilm_dir), 2, sequence_length=32, pooling="mean")
+    assert not named.pooling_choice["normalize"]
 
 
 def photos(folder, per_class, skip=0, size=224):

@@ -529,7 +529,7 @@ def pretrained_text_encoder(
     class_names: Sequence[str] | None = None,
     load_weights: bool = True,
     multi_label: bool = False,
-    pooling: str = "auto",
+    pooling: str | dict = "auto",
     pooling_data: tuple | None = None,
 ) -> EncoderTransfer:
     """A text classifier reusing a pretrained sentence encoder, frozen, with a new head.
@@ -555,13 +555,18 @@ def pretrained_text_encoder(
             a ``Normalize`` module), else the candidate that scores best on the
             validation data of ``pooling_data`` (`choose_pooling`), else ``"pooler"``
             (``"cls"`` for encoders without one). The pooling is a layer of the saved
-            model, so a reloaded model pools the same way.
+            model, so a reloaded model pools the same way. An earlier encoder's
+            `EncoderTransfer.pooling_choice` (a dict) builds the same pooling again,
+            unit length included, without choosing anew.
         pooling_data: ``(train_texts, train_labels, validation_texts,
             validation_labels)`` for ``pooling="auto"`` to choose on.
 
     Returns:
         An `EncoderTransfer`, the encoder frozen.
     """
+    chosen = pooling if isinstance(pooling, dict) else None  # an earlier encoder's choice
+    if chosen is not None:
+        pooling = "auto" if chosen.get("pooling") == "module" else chosen.get("pooling")
     if pooling not in POOLINGS:
         raise CookbookError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
     if int(num_classes) < 2:
@@ -595,7 +600,8 @@ def pretrained_text_encoder(
                 preprocessor.tokenizer.enable_truncation(int(sequence_length))
         if lora_rank:
             enable_lora(encoder, int(lora_rank))
-        choice = resolve_pooling(pooling, preset.strip(), encoder, preprocessor, pooling_data)
+        choice = (dict(chosen) if chosen is not None else
+                  resolve_pooling(pooling, preset.strip(), encoder, preprocessor, pooling_data))
         backbone = keras_hub_text_backbone(encoder, int(preprocessor.sequence_length),
                                            choice["pooling"], choice["normalize"])
         source = KERAS_HUB_PREFIX + preset.strip()
