@@ -66,7 +66,8 @@ def cats_curve(args) -> dict:
         return pretrained_model(**source.model_options(), num_classes=2,
                                 class_names=splits.class_names)
 
-    size = build().model.input_shape[1]
+    first = build()  # its input size and the training photos' features, once
+    size = first.model.input_shape[1]
     data = {name: image_dataset(getattr(splits, name), size, plan.batch_size)
             for name in ("train", "validation", "test")}
     return dict(
@@ -74,7 +75,7 @@ def cats_curve(args) -> dict:
         train_for=lambda rows, seed: image_dataset(
             splits.train.subset(rows), size, plan.batch_size, shuffle=True, seed=seed),
         build_transfer=build, validation=data["validation"], test=data["test"], plan=plan,
-        features=head_training_features(build(), data["train"]))
+        features=head_training_features(first, data["train"]))
 
 
 def every_point_curve(curve: dict) -> list[dict]:
