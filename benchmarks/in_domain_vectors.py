@@ -35,6 +35,7 @@ from templates.cli import transfer_plan  # noqa: E402
 from templates.data.texts import load_text_splits  # noqa: E402
 from templates.data.tokenization import tokenize  # noqa: E402
 from templates.models.embeddings import PretrainedEmbedding  # noqa: E402
+from templates.models.layers import iterate_layers  # noqa: E402
 from templates.models.text_classifiers import pretrained_text_classifier  # noqa: E402
 from templates.models.tokenized_text import tokenize_for_vectors  # noqa: E402
 from templates.models.word_vectors import (
@@ -106,7 +107,7 @@ def run_variant(variant: str, seed: int, data_dir: str) -> dict:
 
 
 def _mapped_scores(model, data, scores) -> dict:
-    layer = next(layer for layer in model._flatten_layers()
+    layer = next(layer for layer in iterate_layers(model)
                  if isinstance(layer, PretrainedEmbedding))
     split = layer.embeddings.shape[0]
     initial = data.matrix.matrix

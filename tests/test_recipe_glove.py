@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from templates.models.layers import iterate_layers
 from templates.training.saving import load_model
 
 RECIPE = "recipes.glove_text_classification"
@@ -128,7 +129,7 @@ def test_in_domain_vectors_sit_beside_the_pretrained_ones(colour_data, subproces
     # 12 GloVe-style dimensions + 50 of word2vec on the training sentences; the test's
     # colour words never occur in training, so only their pretrained half places them.
     model = load_model(out / "model.keras")
-    embedding = next(layer for layer in model._flatten_layers()
+    embedding = next(layer for layer in iterate_layers(model)
                      if layer.__class__.__name__ == "PretrainedEmbedding")
     assert embedding.output_dim == 62
     assert metrics["test_accuracy"] >= 0.9

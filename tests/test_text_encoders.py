@@ -112,6 +112,19 @@ def test_a_bert_preset_is_fine_tuned_after_its_head_and_saved_for_raw_strings(
     assert [prediction.cut_at for prediction in predictions] == [None, 16]
 
 
+def test_unfreezing_leaves_the_pooler_frozen_unless_it_pools(keyword_preset):
+    """Mean and [CLS] pooling never read BERT's pooler, so fine-tuning must not train it
+    (its weights would only decay); the pooler's own pooling trains it."""
+    texts, _ = keyword_sentences(20, seed=1)
+    for pooling, pooler_trains in (("mean", False), ("cls", False), ("pooler", True)):
+        transfer = pretrained_text_encoder(str(keyword_preset), 2, fit_texts=texts,
+                                           pooling=pooling)
+        transfer.unfreeze()
+        trainable = [weight.path for weight in transfer.model.trainable_weights]
+        assert any("pooled_dense" in path for path in trainable) == pooler_trains, pooling
+        assert any("transformer_layer_0" in path for path in trainable), pooling
+
+
 def test_lora_trains_only_its_adapters(keyword_preset):
     texts, labels = keyword_sentences(64, seed=3)
     full = pretrained_text_encoder(str(keyword_preset), 2, sequence_length=16)

@@ -27,6 +27,7 @@ from templates.data.multi_label import THRESHOLDS_FILE
 from templates.data.tokenization import standard_token_counts
 from templates.data.tokenizer_file import TOKENIZER_FILE, TokenizerFile
 from templates.data.vocabulary import VOCABULARY_FILE, Vocabulary
+from templates.models.layers import iterate_layers
 from templates.training.saving import load_model, read_labels
 
 
@@ -135,7 +136,7 @@ class Predictor:
             return self.tokenizer.sequence_length, self.tokenizer.lengths
         if self.vocabulary is not None:
             return self.vocabulary.sequence_length, standard_token_counts
-        for layer in self.model._flatten_layers():
+        for layer in (self.model, *iterate_layers(self.model)):
             if isinstance(layer, keras.layers.TextVectorization):  # the GloVe recipe's
                 length = layer.get_config().get("output_sequence_length")
                 return (int(length), standard_token_counts) if length else None

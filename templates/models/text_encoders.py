@@ -52,6 +52,7 @@ from templates.models.freezing import unfreeze_from
 from templates.models.heads import classification_head
 from templates.models.keras_hub_presets import PREFIX as KERAS_HUB_PREFIX
 from templates.models.keras_hub_presets import import_keras_hub, load_from_preset
+from templates.models.layers import iterate_layers
 
 TFHUB_PREFIX = "tfhub:"  # templates.models.tfhub's (TensorFlow), kept here for JAX and torch
 
@@ -146,7 +147,7 @@ class EncoderTransfer:
         trainable weight tensors."""
         unfreeze_from(self.backbone, from_layer)
         if self.pooling in ("mean", "cls"):  # BERT's pooler is not read: leave it be
-            for layer in self.encoder._flatten_layers(include_self=False):
+            for layer in iterate_layers(self.encoder):
                 if layer.name == "pooled_dense":
                     layer.trainable = False
         if self.lora_rank:
@@ -479,6 +480,8 @@ def enable_lora(encoder: keras.Model, rank: int) -> int:
     trainable. Returns the number of layers adapted.
     """
     names = set(encoder.default_lora_layer_names())
+    # The attention's dense layers sit inside custom layers that no public walk reaches;
+    # keras-hub's own `Backbone.enable_lora` walks `_flatten_layers` the same way.
     targets = [layer for layer in encoder._flatten_layers(include_self=False)
                if layer.name in names and hasattr(layer, "enable_lora")]
     if not targets:
